@@ -1,0 +1,2 @@
+// The package's public surface.
+export * from "./native/engine.js";
