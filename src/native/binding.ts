@@ -52,6 +52,35 @@ export interface NativeRoundTrip {
   aliased: boolean;
 }
 
+/** A tensor with its parameter name, as the train calls pass them. */
+export interface NativeNamedTensor {
+  name: string;
+  dtype: NativeDtype;
+  shape: number[];
+  data: NativeTypedArray;
+}
+
+/** An opaque, type-tagged optimizer handle (addon/train.cc OptimizerBox). */
+export type NativeOptimizerHandle = { readonly __brand: "tiller.optimizer" };
+
+export interface NativeAdamWConfig {
+  lr: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  noDecay?: "biases-and-norms" | string[];
+}
+
+export interface NativeLrSchedule {
+  kind: "constant" | "constant-with-warmup" | "warmup-cosine";
+  lr: number;
+  warmupSteps?: number;
+  totalSteps?: number;
+  minLrRatio?: number;
+  numCycles?: number;
+}
+
 export interface NativeAddon {
   /** addon/engine.cc EngineInfo() */
   engineInfo(): NativeEngineInfo;
@@ -71,6 +100,47 @@ export interface NativeAddon {
     k: number,
     iterations: number,
   ): Promise<{ seconds: number; flop: number; tflops: number }>;
+  /** addon/train.cc OptimizerCreate(NamedTensor[] params, AdamWConfig config, string device) */
+  optimizerCreate(
+    params: NativeNamedTensor[],
+    config: NativeAdamWConfig,
+    device: string,
+  ): NativeOptimizerHandle;
+  /** addon/train.cc OptimizerSetGrads(handle, NamedTensor[] grads) */
+  optimizerSetGrads(handle: NativeOptimizerHandle, grads: NativeNamedTensor[]): void;
+  /** addon/train.cc OptimizerStep: async AdamW::step(lr) */
+  optimizerStep(handle: NativeOptimizerHandle, lr: number): Promise<void>;
+  /** addon/train.cc OptimizerZeroGrad: AdamW::zero_grad() */
+  optimizerZeroGrad(handle: NativeOptimizerHandle): void;
+  /** addon/train.cc OptimizerParams: copies of AdamW::params() */
+  optimizerParams(handle: NativeOptimizerHandle): NativeNamedTensor[];
+  /** addon/train.cc OptimizerGrads: copies of the defined gradients */
+  optimizerGrads(handle: NativeOptimizerHandle): NativeNamedTensor[];
+  /** addon/train.cc OptimizerState: copies of AdamW::state() */
+  optimizerState(handle: NativeOptimizerHandle): NativeNamedTensor[];
+  /** addon/train.cc OptimizerLoadState: AdamW::load_state(state) */
+  optimizerLoadState(handle: NativeOptimizerHandle, state: NativeNamedTensor[]): void;
+  /** addon/train.cc OptimizerOffload: async AdamW::offload_to_cpu() */
+  optimizerOffload(handle: NativeOptimizerHandle): Promise<void>;
+  /** addon/train.cc OptimizerReload: async AdamW::reload() */
+  optimizerReload(handle: NativeOptimizerHandle): Promise<void>;
+  /** addon/train.cc OptimizerOffloaded: AdamW::offloaded() */
+  optimizerOffloaded(handle: NativeOptimizerHandle): boolean;
+  /** addon/train.cc OptimizerDispose: frees the optimizer; the handle is dead afterwards */
+  optimizerDispose(handle: NativeOptimizerHandle): void;
+  /** addon/train.cc OptimizerClipGradNorm: train::clip_grad_norm(params, maxNorm) */
+  optimizerClipGradNorm(handle: NativeOptimizerHandle, maxNorm: number): { norm: number; finite: boolean };
+  /** addon/train.cc LrAt: train::lr_at(schedule, step) */
+  lrAt(schedule: NativeLrSchedule, step: number): number;
+  /** addon/train.cc TrainTestLinearNll: test model, logits = x·W, masked NLL, backward */
+  trainTestLinearNll(
+    handle: NativeOptimizerHandle,
+    weightName: string,
+    x: { dtype: NativeDtype; shape: number[]; data: NativeTypedArray },
+    targets: { dtype: NativeDtype; shape: number[]; data: NativeTypedArray },
+    mask: { dtype: NativeDtype; shape: number[]; data: NativeTypedArray },
+    tokenNormaliser: number,
+  ): number;
 }
 
 /** The repository root, found from this file's place in dist/src/native/. */
