@@ -8,7 +8,7 @@ import { after, before, test } from "node:test";
 import { type ChatMessage, type ChatTemplateOptions, Tokenizer } from "../../src/tokenizer/index.js";
 import { runPython, tempDir } from "../helpers/python.js";
 
-const texts = [
+const fixedTexts = [
   "Hello, world! The quick brown fox jumps over the lazy dog.",
   "  leading spaces, trailing tabs\t\t",
   "你好，世界！今天天气很好。",
@@ -17,8 +17,47 @@ const texts = [
   "12345 + 678.9 = 13023.9; 1e-5, 0x1F, 3,141,592",
   "<|im_start|>user\nhi<|im_end|>\n<think>\nreasoning\n</think>\n\nanswer<|endoftext|>",
   "Ünïcödé ﬁ ligature, combining é (e + \u0301), Ωμέγα, Привет, مرحبا",
+  "It'S HE'LL we'Ve don't I'M 'd",
   "",
 ];
+
+// Seeded random strings over the character classes the split regex treats differently (letters,
+// digits, whitespace runs, newlines, punctuation, contractions, CJK, emoji), where a regex
+// translation from Oniguruma to JS would show a difference first.
+function randomTexts(count: number, seed: number): string[] {
+  const pieces = [
+    ..."abcXYZéßΩж",
+    ..."0123456789",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\n\n ",
+    ..."!?.,;:-_()[]{}<>\"'`~@#$%^&*+=/\\|",
+    "'s",
+    "'LL",
+    "中",
+    "文",
+    "。",
+    "🎉",
+    "👍🏽",
+    "\u00a0",
+    "\u3000",
+  ];
+  let state = seed;
+  const next = () => {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return state / 2 ** 32;
+  };
+  return Array.from({ length: count }, () =>
+    Array.from(
+      { length: 1 + Math.floor(next() * 40) },
+      () => pieces[Math.floor(next() * pieces.length)],
+    ).join(""),
+  );
+}
+const texts = [...fixedTexts, ...randomTexts(200, 7)];
 
 const chatHistory: ChatMessage[] = [
   { role: "system", content: "You are a careful math tutor." },
