@@ -5,7 +5,12 @@ import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { type ChatMessage, type ChatTemplateOptions, Tokenizer } from "../../src/tokenizer/index.js";
+import {
+  type ChatMessage,
+  type ChatTemplateOptions,
+  DecodeStream,
+  Tokenizer,
+} from "../../src/tokenizer/index.js";
 import { runPython, tempDir } from "../helpers/python.js";
 
 const fixedTexts = [
@@ -202,6 +207,20 @@ test("streaming decode yields only complete text and equals the full decode", ()
   const cut = qwen3.decodeStream();
   assert.equal(cut.push(ids[0] ?? -1), "");
   assert.equal(cut.flush(), qwen3.decode(ids.slice(0, 1)));
+});
+
+test("streaming keeps the previous piece as context for decoders that look at neighbours", () => {
+  // SentencePiece-style: "▁" is a space, except at the very start of the text.
+  const decode = (ids: readonly number[]) =>
+    ids
+      .map((id) => `▁w${id}`)
+      .join("")
+      .replace(/^▁/, "")
+      .replaceAll("▁", " ");
+  const stream = new DecodeStream(decode);
+  const pieces = [stream.push(1), stream.push(2), stream.push(3, 4), stream.flush()];
+  assert.deepEqual(pieces, ["w1", " w2", " w3 w4", ""]);
+  assert.equal(pieces.join(""), decode([1, 2, 3, 4]));
 });
 
 test("fromFolder reads the same files, plus chat_template.jinja and generation_config.json", () => {
