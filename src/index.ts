@@ -1,3 +1,4 @@
 // The package's public surface.
 export * from "./native/engine.js";
 export * from "./native/train.js";
+export * from "./tokenizer/index.js";
