@@ -1,4 +1,5 @@
 // The package's public surface.
 export * from "./native/engine.js";
+export * from "./native/io.js";
 export * from "./native/train.js";
 export * from "./tokenizer/index.js";
