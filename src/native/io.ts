@@ -66,7 +66,7 @@ export async function inspectCheckpoint(dir: string): Promise<CheckpointSummary>
   return { ...out, config: JSON.parse(out.config) as Record<string, unknown> };
 }
 
-export interface NamedTensor {
+export interface StoredTensor {
   name: string;
   dtype: IoDtype;
   shape: number[];
@@ -76,13 +76,13 @@ export interface NamedTensor {
 /** Reads a safetensors file; the data arrays are views of the mapped file (no copy). */
 export async function readSafetensors(
   path: string,
-): Promise<{ metadata: Record<string, string>; tensors: NamedTensor[] }> {
+): Promise<{ metadata: Record<string, string>; tensors: StoredTensor[] }> {
   return io().safetensorsRead(checkString(path, "path"));
 }
 
 const float8 = new Set<string>(["float8_e4m3fn", "float8_e5m2"]);
 
-function checkNamedTensor(tensor: NamedTensor, field: string): NamedTensor {
+function checkStoredTensor(tensor: StoredTensor, field: string): StoredTensor {
   if (tensor === null || typeof tensor !== "object")
     throw new TypeError(`${field}: expected {name, dtype, shape, data}`);
   checkString(tensor.name, `${field}.name`);
@@ -101,7 +101,7 @@ function checkNamedTensor(tensor: NamedTensor, field: string): NamedTensor {
 /** Writes a safetensors file atomically (HF layout); the arrays must not change until it resolves. */
 export async function writeSafetensors(
   path: string,
-  tensors: NamedTensor[],
+  tensors: StoredTensor[],
   metadata: Record<string, string> = {},
 ): Promise<{ bytes: number }> {
   checkString(path, "path");
@@ -109,7 +109,7 @@ export async function writeSafetensors(
     throw new TypeError("tensors: expected an array of {name, dtype, shape, data}");
   const seen = new Set<string>();
   tensors.forEach((t, i) => {
-    checkNamedTensor(t, `tensors[${i}]`);
+    checkStoredTensor(t, `tensors[${i}]`);
     if (seen.has(t.name)) throw new RangeError(`tensors[${i}].name: "${t.name}" is given twice`);
     seen.add(t.name);
   });

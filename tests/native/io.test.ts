@@ -11,7 +11,7 @@ import {
   resaveCheckpoint,
   writeSafetensors,
 } from "../../src/index.js";
-import type { NamedTensor } from "../../src/native/io.js";
+import type { StoredTensor } from "../../src/native/io.js";
 import { runPython, tempDir } from "../helpers/python.js";
 
 const tmp = tempDir("io");
@@ -126,7 +126,7 @@ test("safetensors: a file written by Python (every dtype) reads back exactly", a
 
 test("safetensors: a file we write reads back exactly in Python, in HF's layout", async () => {
   const path = join(tmp.path, "ours.safetensors");
-  const tensors: NamedTensor[] = [
+  const tensors: StoredTensor[] = [
     {
       name: "w.f32",
       dtype: "float32",
@@ -198,7 +198,7 @@ test("safetensors: writing leaves no temporary files and replaces an existing fi
 });
 
 test("safetensors: argument checks name the field", async () => {
-  const good: NamedTensor = { name: "a", dtype: "float32", shape: [2], data: new Float32Array(2) };
+  const good: StoredTensor = { name: "a", dtype: "float32", shape: [2], data: new Float32Array(2) };
   await assert.rejects(writeSafetensors("", [good]), /path: "" must be a non-empty string/);
   await assert.rejects(writeSafetensors("x", [good, good]), /tensors\[1\].name: "a" is given twice/);
   await assert.rejects(
