@@ -1,5 +1,6 @@
 // The package's public surface.
 export * from "./native/engine.js";
 export * from "./native/io.js";
+export * from "./native/model.js";
 export * from "./native/train.js";
 export * from "./tokenizer/index.js";

@@ -1,0 +1,398 @@
+// Model handles: create from an HF config object and named host tensors, then logprobs, generation,
+// parameters and a weighted-NLL backward for parity tests. Long calls run as async work; each
+// holds the model's own mutex so that calls on one model never overlap.
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "addon/common.h"
+#include "addon/registry.h"
+#include "addon/tensor.h"
+#include "layers/logprob.h"
+#include "models/registry.h"
+#include "rollout/generate.h"
+
+namespace tiller::addon {
+namespace {
+
+using models::CausalLM;
+
+// Tags a JS handle as a model so that any other object passed in is refused.
+constexpr napi_type_tag kModelTag = {0x7d1f3c2a9b4e4f61ULL, 0xa3c8e5d2b1f09e47ULL};
+
+struct ModelSlot {
+  std::mutex mutex;  // one call at a time on this model
+  std::unique_ptr<CausalLM> model;
+};
+
+// The JS handle owns a shared_ptr to the slot; running async work holds another, so dispose() while a
+// call runs frees the model only when that call ends.
+struct Handle {
+  std::shared_ptr<ModelSlot> slot;
+};
+
+std::shared_ptr<ModelSlot> slot_of(const Napi::Value& value) {
+  if (!value.IsExternal() || !value.As<Napi::External<Handle>>().CheckTypeTag(&kModelTag)) {
+    throw std::invalid_argument("model: not a model handle");
+  }
+  auto* handle = value.As<Napi::External<Handle>>().Data();
+  if (!handle->slot) throw std::invalid_argument("model: this model was disposed");
+  return handle->slot;
+}
+
+void flatten(const Napi::Value& value, const std::string& key, models::HfConfig& out) {
+  if (value.IsNumber()) {
+    out.numbers[key] = value.As<Napi::Number>().DoubleValue();
+  } else if (value.IsBoolean()) {
+    out.numbers[key] = value.As<Napi::Boolean>().Value() ? 1.0 : 0.0;
+  } else if (value.IsString()) {
+    out.strings[key] = value.As<Napi::String>().Utf8Value();
+  } else if (value.IsArray()) {
+    auto array = value.As<Napi::Array>();
+    for (uint32_t i = 0; i < array.Length(); ++i) flatten(array.Get(i), key + "." + std::to_string(i), out);
+  } else if (value.IsObject()) {
+    auto object = value.As<Napi::Object>();
+    auto names = object.GetPropertyNames();
+    for (uint32_t i = 0; i < names.Length(); ++i) {
+      const auto name = names.Get(i).As<Napi::String>().Utf8Value();
+      flatten(object.Get(name), key.empty() ? name : key + "." + name, out);
+    }
+  }
+}
+
+// An Int32Array or BigInt64Array of ids, copied into an int64 tensor (the worker must not read JS memory).
+at::Tensor ids_from_js(const Napi::Value& value, const char* field) {
+  if (!value.IsTypedArray()) throw std::invalid_argument(std::string(field) + ": expected an Int32Array or BigInt64Array");
+  auto array = value.As<Napi::TypedArray>();
+  const auto n = static_cast<int64_t>(array.ElementLength());
+  if (array.TypedArrayType() == napi_int32_array) return tensor_from_typed_array(array, at::kInt, {n}).to(at::kLong);
+  if (array.TypedArrayType() == napi_bigint64_array) return tensor_from_typed_array(array, at::kLong, {n}).clone();
+  throw std::invalid_argument(std::string(field) + ": expected an Int32Array or BigInt64Array");
+}
+
+std::vector<int64_t> cu_from_js(const Napi::Value& value, int64_t tokens) {
+  const auto t = ids_from_js(value, "cuSeqlens");
+  std::vector<int64_t> cu(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  if (cu.size() < 2 || cu.front() != 0 || cu.back() != tokens) {
+    throw std::invalid_argument("cuSeqlens: must start at 0 and end at the token count " + std::to_string(tokens));
+  }
+  for (size_t i = 1; i < cu.size(); ++i) {
+    if (cu[i] - cu[i - 1] < 2) throw std::invalid_argument("cuSeqlens: sequence " + std::to_string(i - 1) + " has fewer than 2 tokens");
+  }
+  return cu;
+}
+
+Napi::Object host_tensor(Napi::Env env, const std::string& name, const at::Tensor& t) {
+  auto out = Napi::Object::New(env);
+  out["name"] = name;
+  out["dtype"] = dtype_name(t.scalar_type());
+  out["shape"] = shape_to_js(env, t.sizes());
+  out["data"] = typed_array_from_tensor(env, t);
+  return out;
+}
+
+// Base for the model's async calls: promise plumbing and libtorch error conversion.
+class ModelWork : public Napi::AsyncWorker {
+ public:
+  ModelWork(Napi::Env env, const char* name, std::shared_ptr<ModelSlot> slot)
+      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), slot_(std::move(slot)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      std::lock_guard<std::mutex> lock(slot_->mutex);
+      Run(*slot_->model);
+    } catch (const c10::Error& e) {
+      SetError(std::string("libtorch: ") + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+
+ protected:
+  virtual void Run(CausalLM& model) = 0;
+  Napi::Promise::Deferred deferred_;
+
+ private:
+  std::shared_ptr<ModelSlot> slot_;
+};
+
+// Positions 1..n-1 of every sequence: which hidden rows predict which targets.
+struct NextTokenRows {
+  at::Tensor rows, targets;  // [tokens - sequences] int64
+};
+
+NextTokenRows next_token_rows(const at::Tensor& tokens, const std::vector<int64_t>& cu) {
+  std::vector<int64_t> rows;
+  for (size_t i = 0; i + 1 < cu.size(); ++i) {
+    for (int64_t j = cu[i]; j + 1 < cu[i + 1]; ++j) rows.push_back(j);
+  }
+  const auto r = at::tensor(rows, at::kLong).to(tokens.device());
+  return {r, tokens.index_select(0, r + 1)};
+}
+
+layers::TokenLogprobs forward_logprobs(CausalLM& model, const at::Tensor& tokens_cpu, const std::vector<int64_t>& cu,
+                                       double temperature, int64_t chunk_tokens) {
+  const auto tokens = tokens_cpu.to(model.device());
+  const auto hidden = model.forward(models::pack_batch(tokens, cu));
+  const auto next = next_token_rows(tokens, cu);
+  return layers::chunked_logprobs(hidden.index_select(0, next.rows), model.lm_head(), next.targets, temperature,
+                                   chunk_tokens);
+}
+
+class LogprobsWork final : public ModelWork {
+ public:
+  LogprobsWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
+               double temperature, int64_t chunk)
+      : ModelWork(env, "tiller.modelLogprobs", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
+        temperature_(temperature), chunk_(chunk) {}
+
+  void Run(CausalLM& model) override {
+    at::NoGradGuard no_grad;
+    const auto out = forward_logprobs(model, tokens_, cu_, temperature_, chunk_);
+    logprob_ = out.logprob.to(at::kCPU).contiguous();
+    entropy_ = out.entropy.to(at::kCPU).contiguous();
+  }
+
+  void OnOK() override {
+    auto env = Env();
+    auto out = Napi::Object::New(env);
+    out["logprobs"] = typed_array_from_tensor(env, logprob_);
+    out["entropy"] = typed_array_from_tensor(env, entropy_);
+    deferred_.Resolve(out);
+  }
+
+ private:
+  at::Tensor tokens_;
+  std::vector<int64_t> cu_;
+  double temperature_;
+  int64_t chunk_;
+  at::Tensor logprob_, entropy_;
+};
+
+class LossBackwardWork final : public ModelWork {
+ public:
+  LossBackwardWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
+                   at::Tensor weights, double temperature, int64_t chunk)
+      : ModelWork(env, "tiller.modelLossBackward", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
+        weights_(std::move(weights)), temperature_(temperature), chunk_(chunk) {}
+
+  void Run(CausalLM& model) override {
+    const auto& params = model.named_parameters();
+    for (const auto& [_, p] : params) p.requires_grad_(true);
+    try {
+      const auto out = forward_logprobs(model, tokens_, cu_, temperature_, chunk_);
+      if (out.logprob.size(0) != weights_.size(0)) {
+        throw std::invalid_argument("weights: has " + std::to_string(weights_.size(0)) + " entries, expected " +
+                                    std::to_string(out.logprob.size(0)) + " (tokens minus sequences)");
+      }
+      const auto loss = -(weights_.to(out.logprob.device()) * out.logprob).sum();
+      loss.backward();
+      loss_ = loss.item<double>();
+      for (const auto& [name, p] : params) {
+        const auto g = p.grad().defined() ? p.grad() : at::zeros_like(p);
+        grads_.emplace_back(name, g.to(at::kCPU).contiguous().clone());
+      }
+    } catch (...) {
+      release(params);
+      throw;
+    }
+    release(params);
+  }
+
+  void OnOK() override {
+    auto env = Env();
+    auto out = Napi::Object::New(env);
+    out["loss"] = loss_;
+    auto list = Napi::Array::New(env, grads_.size());
+    for (size_t i = 0; i < grads_.size(); ++i) list[i] = host_tensor(env, grads_[i].first, grads_[i].second);
+    out["gradients"] = list;
+    deferred_.Resolve(out);
+  }
+
+ private:
+  static void release(const models::NamedTensors& params) {
+    for (const auto& [_, p] : params) {
+      p.mutable_grad() = at::Tensor();
+      p.requires_grad_(false);
+    }
+  }
+  at::Tensor tokens_;
+  std::vector<int64_t> cu_;
+  at::Tensor weights_;
+  double temperature_;
+  int64_t chunk_;
+  double loss_ = 0;
+  models::NamedTensors grads_;
+};
+
+class GenerateWork final : public ModelWork {
+ public:
+  GenerateWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::vector<std::vector<int64_t>> prompts,
+               rollout::GenerateOptions options)
+      : ModelWork(env, "tiller.modelGenerate", std::move(slot)), prompts_(std::move(prompts)), options_(std::move(options)) {}
+
+  void Run(CausalLM& model) override { results_ = rollout::generate(model, prompts_, options_); }
+
+  void OnOK() override {
+    auto env = Env();
+    auto list = Napi::Array::New(env, results_.size());
+    for (size_t i = 0; i < results_.size(); ++i) {
+      const auto& r = results_[i];
+      auto item = Napi::Object::New(env);
+      auto tokens = Napi::Int32Array::New(env, r.tokens.size());
+      for (size_t j = 0; j < r.tokens.size(); ++j) tokens[j] = static_cast<int32_t>(r.tokens[j]);
+      auto logprobs = Napi::Float32Array::New(env, r.logprobs.size());
+      for (size_t j = 0; j < r.logprobs.size(); ++j) logprobs[j] = r.logprobs[j];
+      item["tokens"] = tokens;
+      item["logprobs"] = logprobs;
+      item["finishReason"] = r.finish_reason;
+      list[i] = item;
+    }
+    deferred_.Resolve(list);
+  }
+
+ private:
+  std::vector<std::vector<int64_t>> prompts_;
+  rollout::GenerateOptions options_;
+  std::vector<rollout::SequenceState> results_;
+};
+
+// modelCreate(config: object, tensors: {name, dtype, shape, data}[], device: string, dtype: string) -> handle
+Napi::Value ModelCreate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    models::HfConfig config;
+    flatten(info[0], "", config);
+    models::WeightMap weights;
+    auto list = info[1].As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); ++i) {
+      auto t = list.Get(i).As<Napi::Object>();
+      const auto name = t.Get("name").As<Napi::String>().Utf8Value();
+      const auto field = "tensors[" + std::to_string(i) + "]";
+      weights[name] = tensor_from_typed_array(t.Get("data").As<Napi::TypedArray>(),
+                                              dtype_from_name(t.Get("dtype").As<Napi::String>().Utf8Value()),
+                                              shape_from_js(t.Get("shape"), (field + ".shape").c_str()));
+    }
+    const auto device = parse_device(info[2].As<Napi::String>().Utf8Value());
+    const auto dtype = dtype_from_name(info[3].As<Napi::String>().Utf8Value());
+    auto slot = std::make_shared<ModelSlot>();
+    // The builder copies every tensor, so nothing aliases JS memory once this returns.
+    slot->model = models::build_model(config, weights, device, dtype);
+    auto handle = Napi::External<Handle>::New(env, new Handle{slot}, [](Napi::Env, Handle* h) { delete h; });
+    handle.TypeTag(&kModelTag);
+    return handle;
+  });
+}
+
+// modelDispose(handle): frees the model (after any running call); later calls throw.
+Napi::Value ModelDispose(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    slot_of(info[0]);
+    info[0].As<Napi::External<Handle>>().Data()->slot.reset();
+    return env.Undefined();
+  });
+}
+
+// modelLogprobs(handle, tokens, cuSeqlens, temperature, chunkTokens) -> Promise<{logprobs, entropy}>
+Napi::Value ModelLogprobs(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    auto tokens = ids_from_js(info[1], "tokens");
+    auto cu = cu_from_js(info[2], tokens.numel());
+    auto* work = new LogprobsWork(env, slot, tokens, cu, info[3].As<Napi::Number>().DoubleValue(),
+                                  info[4].As<Napi::Number>().Int64Value());
+    auto promise = work->Promise();
+    work->Queue();
+    return promise;
+  });
+}
+
+// modelLossBackward(handle, tokens, cuSeqlens, weights: Float32Array, temperature, chunkTokens) -> Promise<{loss, gradients}>
+Napi::Value ModelLossBackward(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    auto tokens = ids_from_js(info[1], "tokens");
+    auto cu = cu_from_js(info[2], tokens.numel());
+    auto w = info[3].As<Napi::TypedArray>();
+    auto weights = tensor_from_typed_array(w, at::kFloat, {static_cast<int64_t>(w.ElementLength())}).clone();
+    auto* work = new LossBackwardWork(env, slot, tokens, cu, weights, info[4].As<Napi::Number>().DoubleValue(),
+                                      info[5].As<Napi::Number>().Int64Value());
+    auto promise = work->Promise();
+    work->Queue();
+    return promise;
+  });
+}
+
+// modelGenerate(handle, prompts: Int32Array[], {maxNewTokens, temperature, topK, topP, stopTokenIds, seed})
+Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    auto list = info[1].As<Napi::Array>();
+    std::vector<std::vector<int64_t>> prompts;
+    for (uint32_t i = 0; i < list.Length(); ++i) {
+      const auto t = ids_from_js(list.Get(i), ("prompts[" + std::to_string(i) + "]").c_str());
+      prompts.emplace_back(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+    }
+    auto o = info[2].As<Napi::Object>();
+    rollout::GenerateOptions options;
+    options.stop.max_new_tokens = o.Get("maxNewTokens").As<Napi::Number>().Int64Value();
+    options.sampling.temperature = o.Get("temperature").As<Napi::Number>().DoubleValue();
+    options.sampling.top_k = o.Get("topK").As<Napi::Number>().Int64Value();
+    options.sampling.top_p = o.Get("topP").As<Napi::Number>().DoubleValue();
+    options.seed = static_cast<uint64_t>(o.Get("seed").As<Napi::Number>().Int64Value());
+    auto stops = o.Get("stopTokenIds").As<Napi::Array>();
+    for (uint32_t i = 0; i < stops.Length(); ++i) {
+      options.stop.stop_token_ids.push_back(stops.Get(i).As<Napi::Number>().Int64Value());
+    }
+    auto* work = new GenerateWork(env, slot, std::move(prompts), std::move(options));
+    auto promise = work->Promise();
+    work->Queue();
+    return promise;
+  });
+}
+
+// modelParameters(handle) -> {name, dtype, shape, data}[] (host copies)
+Napi::Value ModelParameters(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    const auto& params = slot->model->named_parameters();
+    auto list = Napi::Array::New(env, params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      list[i] = host_tensor(env, params[i].first, params[i].second.detach().to(at::kCPU).contiguous().clone());
+    }
+    return list;
+  });
+}
+
+// supportedArchitectures() -> string[]
+Napi::Value SupportedArchitectures(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  const auto names = models::supported_architectures();
+  auto list = Napi::Array::New(env, names.size());
+  for (size_t i = 0; i < names.size(); ++i) list[i] = names[i];
+  return list;
+}
+
+void register_model(Napi::Env env, Napi::Object exports) {
+  exports["modelCreate"] = Napi::Function::New(env, ModelCreate, "modelCreate");
+  exports["modelDispose"] = Napi::Function::New(env, ModelDispose, "modelDispose");
+  exports["modelLogprobs"] = Napi::Function::New(env, ModelLogprobs, "modelLogprobs");
+  exports["modelLossBackward"] = Napi::Function::New(env, ModelLossBackward, "modelLossBackward");
+  exports["modelGenerate"] = Napi::Function::New(env, ModelGenerate, "modelGenerate");
+  exports["modelParameters"] = Napi::Function::New(env, ModelParameters, "modelParameters");
+  exports["supportedArchitectures"] = Napi::Function::New(env, SupportedArchitectures, "supportedArchitectures");
+}
+
+const Registrar registrar(register_model);
+
+}  // namespace
+}  // namespace tiller::addon

@@ -1,0 +1,123 @@
+#include "layers/rope.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace tiller::layers {
+namespace {
+
+// base^(2i/dim) for i < dim/2, computed in float32 the way HF does.
+at::Tensor power_ladder(double base, int64_t dim) {
+  const auto exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  return at::pow(base, exponents);
+}
+
+double yarn_mscale(double scale, double mscale) { return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0; }
+
+RopeFrequencies yarn_frequencies(const RopeConfig& c) {
+  const auto dim = c.rotary_dim;
+  const double factor = c.factor;
+  RopeFrequencies out;
+  if (c.attention_factor) {
+    out.attention_scaling = *c.attention_factor;
+  } else if (c.mscale && c.mscale_all_dim && *c.mscale != 0 && *c.mscale_all_dim != 0) {
+    out.attention_scaling = yarn_mscale(factor, *c.mscale) / yarn_mscale(factor, *c.mscale_all_dim);
+  } else {
+    out.attention_scaling = yarn_mscale(factor, 1.0);
+  }
+  // The dimension whose wavelength makes `rotations` turns over the original context.
+  const auto correction_dim = [&](double rotations) {
+    return dim * std::log(c.original_max_position_embeddings / (rotations * 2 * M_PI)) / (2 * std::log(c.theta));
+  };
+  double low = correction_dim(c.beta_fast), high = correction_dim(c.beta_slow);
+  if (c.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;
+  const auto pos_freqs = power_ladder(c.theta, dim);
+  const auto extrapolation = 1.0 / pos_freqs;
+  const auto interpolation = 1.0 / (factor * pos_freqs);
+  const auto ramp = ((at::arange(dim / 2, at::kFloat) - low) / (high - low)).clamp(0, 1);
+  const auto extrapolation_weight = 1 - ramp;
+  out.inv_freq = interpolation * (1 - extrapolation_weight) + extrapolation * extrapolation_weight;
+  return out;
+}
+
+at::Tensor llama3_frequencies(const RopeConfig& c) {
+  const auto inv_freq = 1.0 / power_ladder(c.theta, c.rotary_dim);
+  const double old_context = static_cast<double>(c.original_max_position_embeddings);
+  const double low_freq_wavelen = old_context / c.low_freq_factor;
+  const double high_freq_wavelen = old_context / c.high_freq_factor;
+  const auto wavelen = 2 * M_PI / inv_freq;
+  // Long wavelengths are divided by factor, short ones kept, the band between blended smoothly.
+  const auto scaled = at::where(wavelen > low_freq_wavelen, inv_freq / c.factor, inv_freq);
+  const auto smooth = (old_context / wavelen - c.low_freq_factor) / (c.high_freq_factor - c.low_freq_factor);
+  const auto smoothed = (1 - smooth) * scaled / c.factor + smooth * scaled;
+  const auto medium = at::logical_not(wavelen < high_freq_wavelen).logical_and(at::logical_not(wavelen > low_freq_wavelen));
+  return at::where(medium, smoothed, scaled);
+}
+
+}  // namespace
+
+RopeType rope_type_from_name(const std::string& name) {
+  if (name == "default") return RopeType::Default;
+  if (name == "linear") return RopeType::Linear;
+  if (name == "dynamic") return RopeType::Dynamic;
+  if (name == "yarn") return RopeType::Yarn;
+  if (name == "llama3") return RopeType::Llama3;
+  throw std::invalid_argument("rope_type: '" + name + "' is not supported; supported: default, linear, dynamic, yarn, llama3");
+}
+
+RopeFrequencies rope_frequencies(const RopeConfig& c, int64_t context_length) {
+  const auto dim = c.rotary_dim;
+  switch (c.type) {
+    case RopeType::Default: return {1.0 / power_ladder(c.theta, dim), 1.0};
+    case RopeType::Linear: return {1.0 / power_ladder(c.theta, dim) / c.factor, 1.0};
+    case RopeType::Dynamic: {
+      const double max_pos = static_cast<double>(c.max_position_embeddings);
+      const double seq_len = std::max(static_cast<double>(context_length), max_pos);
+      const double base = c.theta * std::pow(c.factor * seq_len / max_pos - (c.factor - 1),
+                                             static_cast<double>(dim) / static_cast<double>(dim - 2));
+      return {1.0 / power_ladder(base, dim), 1.0};
+    }
+    case RopeType::Yarn: return yarn_frequencies(c);
+    case RopeType::Llama3: return {llama3_frequencies(c), 1.0};
+  }
+  throw std::logic_error("rope: unhandled type");
+}
+
+RopeTable rope_table(const RopeConfig& config, const at::Tensor& positions, const std::vector<int64_t>& cu_seqlens,
+                     const std::vector<int64_t>& context_lengths) {
+  const auto angles_for = [&](const RopeFrequencies& f, const at::Tensor& pos) {
+    // pos: [n] -> angles [n, rotary_dim], the half-table repeated as HF's cat(freqs, freqs)
+    const auto freqs = pos.to(at::kFloat).unsqueeze(1) * f.inv_freq.to(pos.device()).unsqueeze(0);
+    return at::cat({freqs, freqs}, -1);
+  };
+  const auto table_for = [&](const RopeFrequencies& f, const at::Tensor& pos) {
+    const auto angles = angles_for(f, pos);
+    return RopeTable{angles.cos() * f.attention_scaling, angles.sin() * f.attention_scaling};
+  };
+  if (config.type != RopeType::Dynamic) return table_for(rope_frequencies(config, 0), positions);
+  std::vector<at::Tensor> cos, sin;
+  for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
+    const auto part = table_for(rope_frequencies(config, context_lengths.at(i)),
+                                positions.slice(0, cu_seqlens[i], cu_seqlens[i + 1]));
+    cos.push_back(part.cos);
+    sin.push_back(part.sin);
+  }
+  return {at::cat(cos), at::cat(sin)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const RopeTable& table) {
+  const auto half = x.size(-1) / 2;
+  const auto cos = table.cos.to(x.scalar_type()).unsqueeze(1);  // [tokens, 1, rotary_dim]
+  const auto sin = table.sin.to(x.scalar_type()).unsqueeze(1);
+  const auto rotated = at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+}  // namespace tiller::layers

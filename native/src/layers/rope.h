@@ -1,0 +1,55 @@
+// Rotary position embedding: the inverse frequencies of each HF rope type (default, linear,
+// dynamic NTK, YaRN, llama3) and their application to packed [tokens, heads, head_dim] tensors.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tiller::layers {
+
+enum class RopeType { Default, Linear, Dynamic, Yarn, Llama3 };
+
+// "default" | "linear" | "dynamic" | "yarn" | "llama3"; anything else throws, naming the known ones.
+RopeType rope_type_from_name(const std::string& name);
+
+struct RopeConfig {
+  RopeType type = RopeType::Default;
+  double theta = 10000.0;
+  int64_t rotary_dim = 0;  // = head_dim (no partial rotary in the supported families)
+  int64_t max_position_embeddings = 0;
+  double factor = 1.0;                              // linear, dynamic, yarn, llama3
+  int64_t original_max_position_embeddings = 0;     // yarn, llama3
+  double low_freq_factor = 1.0;                     // llama3
+  double high_freq_factor = 4.0;                    // llama3
+  double beta_fast = 32.0, beta_slow = 1.0;         // yarn
+  std::optional<double> attention_factor;           // yarn: scales cos/sin
+  std::optional<double> mscale, mscale_all_dim;     // yarn: infer attention_factor
+  bool truncate = true;                             // yarn: integer correction range
+};
+
+struct RopeFrequencies {
+  at::Tensor inv_freq;          // [rotary_dim / 2] float32, CPU
+  double attention_scaling = 1.0;  // multiplies cos and sin (YaRN)
+};
+
+// context_length matters only for dynamic NTK: the frequencies stretch once a sequence runs past
+// max_position_embeddings.
+RopeFrequencies rope_frequencies(const RopeConfig& config, int64_t context_length);
+
+struct RopeTable {
+  at::Tensor cos, sin;  // [tokens, rotary_dim] float32 on the positions' device
+};
+
+// positions: [tokens] int64. Sequence i owns tokens cu_seqlens[i]..cu_seqlens[i+1] and, for dynamic
+// NTK, is rotated with the frequencies of context_lengths[i] (each sequence on its own, so a
+// sequence's result never depends on what it is packed with).
+RopeTable rope_table(const RopeConfig& config, const at::Tensor& positions,
+                     const std::vector<int64_t>& cu_seqlens, const std::vector<int64_t>& context_lengths);
+
+// x: [tokens, heads, head_dim], table rows per token -> same shape and dtype as x
+at::Tensor apply_rope(const at::Tensor& x, const RopeTable& table);
+
+}  // namespace tiller::layers

@@ -1,0 +1,21 @@
+#include "models/causal_lm.h"
+
+namespace tiller::models {
+
+PackedBatch pack_batch(const at::Tensor& tokens, std::vector<int64_t> cu_seqlens, const std::vector<int64_t>& offsets) {
+  PackedBatch batch;
+  const auto sequences = cu_seqlens.size() - 1;
+  std::vector<int64_t> positions;
+  positions.reserve(tokens.size(0));
+  for (size_t i = 0; i < sequences; ++i) {
+    const int64_t offset = offsets.empty() ? 0 : offsets[i];
+    for (int64_t j = 0; j < cu_seqlens[i + 1] - cu_seqlens[i]; ++j) positions.push_back(offset + j);
+    batch.context_lengths.push_back(offset + cu_seqlens[i + 1] - cu_seqlens[i]);
+  }
+  batch.tokens = tokens;
+  batch.positions = at::tensor(positions, at::kLong).to(tokens.device());
+  batch.cu_seqlens = std::move(cu_seqlens);
+  return batch;
+}
+
+}  // namespace tiller::models

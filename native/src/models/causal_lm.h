@@ -1,0 +1,50 @@
+// The interface every model family implements: HF-named parameters and a forward pass over a
+// packed batch that returns final hidden states. Logits, logprobs and sampling live outside.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "layers/attention.h"
+
+namespace tiller::models {
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+// A packed batch: sequence i owns tokens cu_seqlens[i] .. cu_seqlens[i+1]-1 (no padding).
+struct PackedBatch {
+  at::Tensor tokens;                     // [tokens] int64, on the model's device
+  at::Tensor positions;                  // [tokens] int64, restart per sequence (plus cache offset)
+  std::vector<int64_t> cu_seqlens;       // [sequences + 1], host
+  std::vector<int64_t> context_lengths;  // [sequences]: last position + 1 (dynamic rope)
+  // Generation only: one cache view per layer and where each sequence writes into it.
+  const std::vector<layers::KvView>* cache = nullptr;
+  layers::CacheSpans spans;
+};
+
+// Builds positions 0..n-1 per sequence (shifted by offsets when given) and the context lengths.
+PackedBatch pack_batch(const at::Tensor& tokens, std::vector<int64_t> cu_seqlens,
+                       const std::vector<int64_t>& offsets = {});
+
+struct KvShape {
+  int64_t layers, kv_heads, head_dim;
+};
+
+class CausalLM {
+ public:
+  virtual ~CausalLM() = default;
+  // HF names -> parameters (valid as long as the model lives); the same names save and load.
+  virtual const NamedTensors& named_parameters() const = 0;
+  // batch -> hidden states after the final norm: [tokens, hidden]
+  virtual at::Tensor forward(const PackedBatch& batch) const = 0;
+  // [vocab, hidden]: the output projection (the embedding when tied).
+  virtual const at::Tensor& lm_head() const = 0;
+  virtual KvShape kv_shape() const = 0;
+  virtual at::Device device() const = 0;
+  virtual at::ScalarType dtype() const = 0;
+};
+
+}  // namespace tiller::models

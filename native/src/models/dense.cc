@@ -1,0 +1,214 @@
+#include "models/dense.h"
+
+#include <cmath>
+#include <set>
+#include <stdexcept>
+
+#include "layers/attention.h"
+#include "layers/norm.h"
+
+namespace tiller::models {
+namespace {
+
+std::string shape_text(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+layers::RopeConfig read_rope(const HfConfig& c, int64_t head_dim, int64_t max_positions) {
+  // HF v5 writes rope_parameters (with rope_theta inside); older configs rope_theta + rope_scaling.
+  const std::string prefix = c.string("rope_parameters.rope_type") || c.has("rope_parameters.rope_theta")
+                                 ? "rope_parameters."
+                                 : "rope_scaling.";
+  layers::RopeConfig rope;
+  rope.rotary_dim = head_dim;
+  rope.max_position_embeddings = max_positions;
+  rope.theta = c.number_or("rope_parameters.rope_theta", c.number_or("rope_theta", 10000.0));
+  const auto type = c.string(prefix + "rope_type").value_or(c.string(prefix + "type").value_or("default"));
+  rope.type = layers::rope_type_from_name(type);
+  rope.original_max_position_embeddings =
+      static_cast<int64_t>(c.number_or(prefix + "original_max_position_embeddings", 0));
+  const auto factor = c.number(prefix + "factor");
+  if (rope.type == layers::RopeType::Yarn && !factor) {
+    if (rope.original_max_position_embeddings <= 0) {
+      throw std::invalid_argument("config.json: yarn rope needs factor or original_max_position_embeddings");
+    }
+    rope.factor = static_cast<double>(max_positions) / static_cast<double>(rope.original_max_position_embeddings);
+  } else if (rope.type != layers::RopeType::Default) {
+    if (!factor) throw std::invalid_argument("config.json: " + prefix + "factor is missing (rope type " + type + ")");
+    rope.factor = *factor;
+  }
+  if ((rope.type == layers::RopeType::Yarn || rope.type == layers::RopeType::Llama3) &&
+      rope.original_max_position_embeddings <= 0) {
+    throw std::invalid_argument("config.json: " + prefix + "original_max_position_embeddings is missing (rope type " +
+                                type + ")");
+  }
+  rope.low_freq_factor = c.number_or(prefix + "low_freq_factor", 1.0);
+  rope.high_freq_factor = c.number_or(prefix + "high_freq_factor", 4.0);
+  // HF treats a 0 or absent beta as its default.
+  rope.beta_fast = c.number_or(prefix + "beta_fast", 0) ? *c.number(prefix + "beta_fast") : 32.0;
+  rope.beta_slow = c.number_or(prefix + "beta_slow", 0) ? *c.number(prefix + "beta_slow") : 1.0;
+  rope.attention_factor = c.number(prefix + "attention_factor");
+  rope.mscale = c.number(prefix + "mscale");
+  rope.mscale_all_dim = c.number(prefix + "mscale_all_dim");
+  rope.truncate = c.flag_or(prefix + "truncate", true);
+  return rope;
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return bias.defined() ? at::addmm(bias, x, weight.t()) : at::matmul(x, weight.t());
+}
+
+struct Block {
+  at::Tensor input_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
+  at::Tensor post_norm, gate, up, down;
+};
+
+class DenseDecoder final : public CausalLM {
+ public:
+  DenseDecoder(ModelConfig config, NamedTensors params, at::Device device, at::ScalarType dtype)
+      : config_(std::move(config)), params_(std::move(params)), device_(device), dtype_(dtype) {
+    std::map<std::string, at::Tensor> by_name(params_.begin(), params_.end());
+    const auto get = [&](const std::string& name) {
+      const auto it = by_name.find(name);
+      return it == by_name.end() ? at::Tensor() : it->second;
+    };
+    embed_ = get("model.embed_tokens.weight");
+    norm_ = get("model.norm.weight");
+    lm_head_ = config_.tie_word_embeddings ? embed_ : get("lm_head.weight");
+    for (int64_t i = 0; i < config_.num_layers; ++i) {
+      const auto p = "model.layers." + std::to_string(i) + ".";
+      blocks_.push_back(Block{get(p + "input_layernorm.weight"), get(p + "self_attn.q_proj.weight"),
+                              get(p + "self_attn.k_proj.weight"), get(p + "self_attn.v_proj.weight"),
+                              get(p + "self_attn.o_proj.weight"), get(p + "self_attn.q_proj.bias"),
+                              get(p + "self_attn.k_proj.bias"), get(p + "self_attn.v_proj.bias"),
+                              get(p + "self_attn.o_proj.bias"), get(p + "self_attn.q_norm.weight"),
+                              get(p + "self_attn.k_norm.weight"), get(p + "post_attention_layernorm.weight"),
+                              get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight"),
+                              get(p + "mlp.down_proj.weight")});
+    }
+  }
+
+  const NamedTensors& named_parameters() const override { return params_; }
+  const at::Tensor& lm_head() const override { return lm_head_; }
+  KvShape kv_shape() const override { return {config_.num_layers, config_.num_kv_heads, config_.head_dim}; }
+  at::Device device() const override { return device_; }
+  at::ScalarType dtype() const override { return dtype_; }
+
+  at::Tensor forward(const PackedBatch& batch) const override {
+    const auto& c = config_;
+    const auto tokens = batch.tokens.size(0);
+    const auto rope = layers::rope_table(c.rope, batch.positions, batch.cu_seqlens, batch.context_lengths);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+    auto x = at::embedding(embed_, batch.tokens);  // [tokens, hidden]
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+      const auto& b = blocks_[l];
+      const auto h = layers::rms_norm(x, b.input_norm, c.rms_norm_eps);
+      auto q = linear(h, b.q, b.q_bias).view({tokens, c.num_heads, c.head_dim});
+      auto k = linear(h, b.k, b.k_bias).view({tokens, c.num_kv_heads, c.head_dim});
+      const auto v = linear(h, b.v, b.v_bias).view({tokens, c.num_kv_heads, c.head_dim});
+      if (c.qk_norm) {
+        q = layers::rms_norm(q, b.q_norm, c.rms_norm_eps);
+        k = layers::rms_norm(k, b.k_norm, c.rms_norm_eps);
+      }
+      q = layers::apply_rope(q, rope);
+      k = layers::apply_rope(k, rope);
+      const auto attn = batch.cache ? layers::cached_causal_attention(q, k, v, batch.cu_seqlens, (*batch.cache)[l],
+                                                                      batch.spans, scale)
+                                    : layers::causal_varlen_attention(q, k, v, batch.cu_seqlens, scale);
+      x = x + linear(attn.reshape({tokens, c.num_heads * c.head_dim}), b.o, b.o_bias);
+      const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
+      x = x + at::matmul(at::silu(at::matmul(m, b.gate.t())) * at::matmul(m, b.up.t()), b.down.t());
+    }
+    return layers::rms_norm(x, norm_, c.rms_norm_eps);
+  }
+
+ private:
+  ModelConfig config_;
+  NamedTensors params_;
+  at::Device device_;
+  at::ScalarType dtype_;
+  at::Tensor embed_, norm_, lm_head_;
+  std::vector<Block> blocks_;
+};
+
+}  // namespace
+
+ModelConfig read_common_config(const HfConfig& c) {
+  ModelConfig m;
+  m.vocab_size = c.required_int("vocab_size");
+  m.hidden_size = c.required_int("hidden_size");
+  m.intermediate_size = c.required_int("intermediate_size");
+  m.num_layers = c.required_int("num_hidden_layers");
+  m.num_heads = c.required_int("num_attention_heads");
+  m.num_kv_heads = static_cast<int64_t>(c.number_or("num_key_value_heads", static_cast<double>(m.num_heads)));
+  m.head_dim = static_cast<int64_t>(c.number_or("head_dim", static_cast<double>(m.hidden_size / m.num_heads)));
+  if (m.num_kv_heads <= 0 || m.num_heads % m.num_kv_heads != 0) {
+    throw std::invalid_argument("config.json: num_attention_heads (" + std::to_string(m.num_heads) +
+                                ") must be a multiple of num_key_value_heads (" + std::to_string(m.num_kv_heads) + ")");
+  }
+  m.rms_norm_eps = c.number_or("rms_norm_eps", 1e-6);
+  m.tie_word_embeddings = c.flag_or("tie_word_embeddings", false);
+  const auto act = c.string("hidden_act").value_or("silu");
+  if (act != "silu") throw std::invalid_argument("config.json: hidden_act '" + act + "' is not supported (silu only)");
+  if (c.flag_or("mlp_bias", false)) throw std::invalid_argument("config.json: mlp_bias=true is not supported");
+  m.rope = read_rope(c, m.head_dim, static_cast<int64_t>(c.number_or("max_position_embeddings", 2048)));
+  return m;
+}
+
+std::vector<TensorSpec> tensor_table(const ModelConfig& c) {
+  const auto q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
+  std::vector<TensorSpec> table{{"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}}};
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const auto p = "model.layers." + std::to_string(i) + ".";
+    table.push_back({p + "input_layernorm.weight", {c.hidden_size}});
+    table.push_back({p + "self_attn.q_proj.weight", {q_out, c.hidden_size}});
+    table.push_back({p + "self_attn.k_proj.weight", {kv_out, c.hidden_size}});
+    table.push_back({p + "self_attn.v_proj.weight", {kv_out, c.hidden_size}});
+    if (c.qkv_bias) {
+      table.push_back({p + "self_attn.q_proj.bias", {q_out}});
+      table.push_back({p + "self_attn.k_proj.bias", {kv_out}});
+      table.push_back({p + "self_attn.v_proj.bias", {kv_out}});
+    }
+    if (c.qk_norm) {
+      table.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
+      table.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+    }
+    table.push_back({p + "self_attn.o_proj.weight", {c.hidden_size, q_out}});
+    if (c.o_bias) table.push_back({p + "self_attn.o_proj.bias", {c.hidden_size}});
+    table.push_back({p + "post_attention_layernorm.weight", {c.hidden_size}});
+    table.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}});
+    table.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}});
+    table.push_back({p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}});
+  }
+  table.push_back({"model.norm.weight", {c.hidden_size}});
+  if (!c.tie_word_embeddings) table.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
+  return table;
+}
+
+std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, at::Device device,
+                                      at::ScalarType dtype) {
+  const auto table = tensor_table(config);
+  std::set<std::string> expected;
+  NamedTensors params;
+  for (const auto& spec : table) {
+    expected.insert(spec.name);
+    const auto it = weights.find(spec.name);
+    if (it == weights.end()) throw std::invalid_argument("weights: " + spec.name + " is missing");
+    if (it->second.sizes() != at::IntArrayRef(spec.shape)) {
+      throw std::invalid_argument("weights: " + spec.name + " has shape " + shape_text(it->second.sizes()) +
+                                  ", the config implies " + shape_text(spec.shape));
+    }
+    params.emplace_back(spec.name, it->second.to(device, dtype, /*non_blocking=*/false, /*copy=*/true));
+  }
+  for (const auto& [name, _] : weights) {
+    // A tied checkpoint may still carry lm_head.weight (a copy of the embedding): ignored.
+    if (!expected.count(name) && !(config.tie_word_embeddings && name == "lm_head.weight")) {
+      throw std::invalid_argument("weights: " + name + " is not a tensor of this model");
+    }
+  }
+  return std::make_unique<DenseDecoder>(config, std::move(params), device, dtype);
+}
+
+}  // namespace tiller::models

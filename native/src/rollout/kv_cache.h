@@ -1,0 +1,14 @@
+// The KV cache of one generate call: per layer, one preallocated row of positions per sequence.
+#pragma once
+
+#include <vector>
+
+#include "layers/attention.h"
+#include "models/causal_lm.h"
+
+namespace tiller::rollout {
+
+// [slots, max_length, kv_heads, head_dim] keys and values per layer, on the model's device/dtype.
+std::vector<layers::KvView> allocate_kv_cache(const models::CausalLM& model, int64_t slots, int64_t max_length);
+
+}  // namespace tiller::rollout

@@ -1,0 +1,50 @@
+#include "rollout/schedule.h"
+
+#include <algorithm>
+
+namespace tiller::rollout {
+
+Schedule::Schedule(const std::vector<int64_t>& prompt_lengths, StopRules rules) : rules_(std::move(rules)) {
+  for (auto n : prompt_lengths) {
+    SequenceState s;
+    s.prompt_length = n;
+    s.finished = rules_.max_new_tokens == 0;
+    if (s.finished) s.finish_reason = "length";
+    sequences_.push_back(std::move(s));
+  }
+}
+
+std::vector<int64_t> Schedule::running() const {
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < sequences_.size(); ++i) {
+    if (!sequences_[i].finished) out.push_back(static_cast<int64_t>(i));
+  }
+  return out;
+}
+
+int64_t Schedule::next_offset(int64_t i) const {
+  const auto& s = sequences_[i];
+  return s.prompt_length + static_cast<int64_t>(s.tokens.size()) - 1;
+}
+
+void Schedule::append(int64_t i, int64_t token, float logprob) {
+  auto& s = sequences_[i];
+  s.tokens.push_back(token);
+  s.logprobs.push_back(logprob);
+  const auto& stops = rules_.stop_token_ids;
+  if (std::find(stops.begin(), stops.end(), token) != stops.end()) {
+    s.finished = true;
+    s.finish_reason = "stop";
+  } else if (static_cast<int64_t>(s.tokens.size()) >= rules_.max_new_tokens) {
+    s.finished = true;
+    s.finish_reason = "length";
+  }
+}
+
+int64_t Schedule::cache_length() const {
+  int64_t longest = 0;
+  for (const auto& s : sequences_) longest = std::max(longest, s.prompt_length);
+  return longest + rules_.max_new_tokens;
+}
+
+}  // namespace tiller::rollout

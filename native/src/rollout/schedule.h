@@ -1,0 +1,42 @@
+// Generation bookkeeping without tensors: which sequences are still running, where each one's
+// next token goes in the cache, and why each finished.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tiller::rollout {
+
+struct StopRules {
+  int64_t max_new_tokens = 16;
+  std::vector<int64_t> stop_token_ids;
+};
+
+struct SequenceState {
+  int64_t prompt_length = 0;
+  std::vector<int64_t> tokens;  // generated only
+  std::vector<float> logprobs;  // one per generated token
+  bool finished = false;
+  std::string finish_reason;    // "stop" | "length" once finished
+};
+
+class Schedule {
+ public:
+  Schedule(const std::vector<int64_t>& prompt_lengths, StopRules rules);
+  // Indices of sequences still generating, in order.
+  std::vector<int64_t> running() const;
+  // Cache position of sequence i's next input token (its last generated token).
+  int64_t next_offset(int64_t i) const;
+  // Records a sampled token; marks the sequence finished on a stop id or the length limit.
+  void append(int64_t i, int64_t token, float logprob);
+  // Longest prompt plus max_new_tokens: the per-sequence cache length needed.
+  int64_t cache_length() const;
+  const std::vector<SequenceState>& sequences() const { return sequences_; }
+
+ private:
+  StopRules rules_;
+  std::vector<SequenceState> sequences_;
+};
+
+}  // namespace tiller::rollout
