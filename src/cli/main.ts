@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The `tiller` command. Each subcommand is one function; `tiller help` lists them.
 import { engineInfo, matmulProbe } from "../index.js";
+import { generateCommand, logprobsCommand } from "./model-commands.js";
 
 type Command = (args: string[]) => Promise<void>;
 
@@ -36,6 +37,14 @@ async function quickstart(): Promise<void> {
 const commands: Record<string, { run: Command; help: string }> = {
   info: { run: info, help: "show the engine build and the devices it sees" },
   quickstart: { run: quickstart, help: "check the set-up end to end on the embedded default" },
+  logprobs: {
+    run: logprobsCommand,
+    help: "--model DIR --input in.jsonl --output out.jsonl: per-token logprobs and entropy of {tokens}",
+  },
+  generate: {
+    run: generateCommand,
+    help: "--model DIR --input in.jsonl --output out.jsonl --max-new-tokens N [--temperature --top-p --top-k --seed]",
+  },
 };
 
 async function main(argv: string[]): Promise<number> {
