@@ -189,4 +189,22 @@ test("training arguments are checked, naming the field", async () => {
   await assert.rejects(model.trainStep(tokens, cuSeqlens, mask.slice(1), 1), /lossMask/);
   await assert.rejects(model.trainStep(tokens, cuSeqlens, mask, 0), /tokenNormaliser/);
   await assert.rejects(model.optimizerStep(), /initOptimizer/);
+  // lossBackward would drop gradients that trainStep accumulated: refused until the optimizer step.
+  await model.trainStep(tokens, cuSeqlens, mask, 1);
+  await assert.rejects(model.lossBackward(tokens, cuSeqlens, mask), /gradients are pending/);
+  model.initOptimizer({ lr: 1e-3, schedule: { kind: "constant" } });
+  await model.optimizerStep();
+  const { loss } = await model.lossBackward(tokens, cuSeqlens, mask);
+  assert.ok(Number.isFinite(loss));
+});
+
+test("model.save keeps the parameters' dtype in config.json", async () => {
+  const model = await Model.load(join(dir.path, "qwen2_tied"), { dtype: "bfloat16" });
+  loaded.push(model);
+  const saved = join(dir.path, "saved_bf16");
+  await model.save(saved);
+  const config = JSON.parse(readFileSync(join(saved, "config.json"), "utf8")) as Record<string, unknown>;
+  assert.equal(config.dtype, "bfloat16");
+  const reloaded = await load(saved);
+  assert.equal(reloaded.parameters().length, model.parameters().length);
 });
