@@ -157,18 +157,31 @@ class DenseDecoder final : public CausalLM {
 
 ModelConfig read_common_config(const HfConfig& c) {
   ModelConfig m;
-  m.vocab_size = c.required_int("vocab_size");
-  m.hidden_size = c.required_int("hidden_size");
-  m.intermediate_size = c.required_int("intermediate_size");
-  m.num_layers = c.required_int("num_hidden_layers");
-  m.num_heads = c.required_int("num_attention_heads");
-  m.num_kv_heads = static_cast<int64_t>(c.number_or("num_key_value_heads", static_cast<double>(m.num_heads)));
-  m.head_dim = static_cast<int64_t>(c.number_or("head_dim", static_cast<double>(m.hidden_size / m.num_heads)));
+  // Sizes are checked before use: a zero head count would divide by zero below, and a negative
+  // size would only fail later inside libtorch with a message that names no config field.
+  const auto positive = [&](const std::string& key) {
+    const auto v = c.required_int(key);
+    if (v <= 0) throw std::invalid_argument("config.json: " + key + " must be > 0, found " + std::to_string(v));
+    return v;
+  };
+  m.vocab_size = positive("vocab_size");
+  m.hidden_size = positive("hidden_size");
+  m.intermediate_size = positive("intermediate_size");
+  m.num_layers = positive("num_hidden_layers");
+  m.num_heads = positive("num_attention_heads");
+  m.num_kv_heads = c.has("num_key_value_heads") ? c.required_int("num_key_value_heads") : m.num_heads;
+  m.head_dim = c.has("head_dim") ? positive("head_dim") : m.hidden_size / m.num_heads;
+  if (m.head_dim <= 0) {
+    throw std::invalid_argument("config.json: hidden_size (" + std::to_string(m.hidden_size) +
+                                ") is smaller than num_attention_heads (" + std::to_string(m.num_heads) +
+                                "); set head_dim");
+  }
   if (m.num_kv_heads <= 0 || m.num_heads % m.num_kv_heads != 0) {
     throw std::invalid_argument("config.json: num_attention_heads (" + std::to_string(m.num_heads) +
                                 ") must be a multiple of num_key_value_heads (" + std::to_string(m.num_kv_heads) + ")");
   }
   m.rms_norm_eps = c.number_or("rms_norm_eps", 1e-6);
+  if (!(m.rms_norm_eps > 0)) throw std::invalid_argument("config.json: rms_norm_eps must be > 0");
   m.tie_word_embeddings = c.flag_or("tie_word_embeddings", false);
   const auto act = c.string("hidden_act").value_or("silu");
   if (act != "silu") throw std::invalid_argument("config.json: hidden_act '" + act + "' is not supported (silu only)");
