@@ -16,10 +16,14 @@ export interface BenchResult {
 
 /** Runs bench/python/<script> with the set-up Python; returns its last stdout line parsed as JSON. */
 export function pythonBaseline<T>(script: string, args: (string | number)[]): T {
-  const out = execFileSync(readSetupEnv().python, [join(repoRoot, "bench", "python", script), ...args.map(String)], {
-    stdio: ["ignore", "pipe", "inherit"],
-    env: { ...process.env, HF_HUB_OFFLINE: "1", TOKENIZERS_PARALLELISM: "false" },
-  }).toString();
+  const out = execFileSync(
+    readSetupEnv().python,
+    [join(repoRoot, "bench", "python", script), ...args.map(String)],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, HF_HUB_OFFLINE: "1", TOKENIZERS_PARALLELISM: "false" },
+    },
+  ).toString();
   return JSON.parse(out.trim().split("\n").pop() ?? "null") as T;
 }
 

@@ -29,9 +29,16 @@ export async function benchGenerate(): Promise<BenchResult[]> {
       const out = await model.generate(input, { maxNewTokens: newTokens });
       const seconds = (performance.now() - start) / 1000;
       const generated = out.reduce((n, g) => n + g.tokens.length, 0);
-      if (generated !== batch * newTokens) throw new Error(`expected ${batch * newTokens} tokens, got ${generated}`);
+      if (generated !== batch * newTokens)
+        throw new Error(`expected ${batch * newTokens} tokens, got ${generated}`);
       const ours = generated / seconds;
-      const hf = pythonBaseline<{ tokens_per_second: number }>("hf_generate.py", [dir, batch, promptLength, newTokens, "static"]);
+      const hf = pythonBaseline<{ tokens_per_second: number }>("hf_generate.py", [
+        dir,
+        batch,
+        promptLength,
+        newTokens,
+        "static",
+      ]);
       results.push({
         name: `generate qwen3-0.6b bf16 batch ${batch}, ${promptLength}→${newTokens}`,
         value: ours,

@@ -11,7 +11,14 @@ export async function benchMatmul(): Promise<BenchResult> {
   const size = gpu ? 8192 : 1024;
   const iterations = gpu ? 200 : 10;
   const ours = await matmulProbe({ device, dtype, m: size, n: size, k: size, iterations });
-  const baseline = pythonBaseline<{ tflops: number }>("matmul_torch.py", [device, dtype, size, size, size, iterations]);
+  const baseline = pythonBaseline<{ tflops: number }>("matmul_torch.py", [
+    device,
+    dtype,
+    size,
+    size,
+    size,
+    iterations,
+  ]);
   const name = gpu ? (info.devices[1]?.name ?? "cuda") : "cpu";
   return {
     name: `matmul ${dtype} ${size}³ on ${name}`,

@@ -22,7 +22,8 @@ for (const [key, bench] of Object.entries(benches)) {
       console.log(
         `${r.name}: ${r.value.toPrecision(4)} ${r.unit} | baseline ${r.baselineName}: ${r.baseline.toPrecision(4)} ${r.unit} | ratio ${r.ratio.toFixed(2)} | ${r.detail}`,
       );
-      if (process.env.TILLER_BENCH_OUT) appendFileSync(process.env.TILLER_BENCH_OUT, `${JSON.stringify(r)}\n`);
+      if (process.env.TILLER_BENCH_OUT)
+        appendFileSync(process.env.TILLER_BENCH_OUT, `${JSON.stringify(r)}\n`);
     }
   } catch (error) {
     const message = (error as Error).message;

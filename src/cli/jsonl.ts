@@ -13,7 +13,10 @@ export async function readJsonl(path: string): Promise<Line<unknown>[]> {
   if (!existsSync(path)) throw new Error(`--input: ${path} does not exist`);
   const out: Line<unknown>[] = [];
   let line = 0;
-  for await (const text of createInterface({ input: createReadStream(path), crlfDelay: Number.POSITIVE_INFINITY })) {
+  for await (const text of createInterface({
+    input: createReadStream(path),
+    crlfDelay: Number.POSITIVE_INFINITY,
+  })) {
     line++;
     if (text.trim() === "") continue;
     try {
@@ -30,7 +33,9 @@ export function tokenField(record: unknown, where: string, vocabSize: number, mi
   const tokens = (record as { tokens?: unknown } | null)?.tokens;
   if (!Array.isArray(tokens)) throw new Error(`${where}: tokens: expected an array of token ids`);
   if (tokens.length < minLength) {
-    throw new Error(`${where}: tokens: needs at least ${minLength} token${minLength > 1 ? "s" : ""}, found ${tokens.length}`);
+    throw new Error(
+      `${where}: tokens: needs at least ${minLength} token${minLength > 1 ? "s" : ""}, found ${tokens.length}`,
+    );
   }
   tokens.forEach((t, i) => {
     if (!Number.isInteger(t) || t < 0 || t >= vocabSize) {
@@ -47,7 +52,9 @@ export function jsonlWriter(path: string) {
       stream.write(`${JSON.stringify(value)}\n`);
     },
     close(): Promise<void> {
-      return new Promise((resolve, reject) => stream.end((error?: Error | null) => (error ? reject(error) : resolve())));
+      return new Promise((resolve, reject) =>
+        stream.end((error?: Error | null) => (error ? reject(error) : resolve())),
+      );
     },
   };
 }

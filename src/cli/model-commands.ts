@@ -22,9 +22,15 @@ function required(values: Record<string, unknown>, name: string): string {
   return v;
 }
 
-function number(values: Record<string, unknown>, name: string, check: (v: number) => boolean, allowed: string): number {
+function number(
+  values: Record<string, unknown>,
+  name: string,
+  check: (v: number) => boolean,
+  allowed: string,
+): number {
   const v = Number(values[name]);
-  if (!Number.isFinite(v) || !check(v)) throw new Error(`--${name}: ${JSON.stringify(values[name])} must be ${allowed}`);
+  if (!Number.isFinite(v) || !check(v))
+    throw new Error(`--${name}: ${JSON.stringify(values[name])} must be ${allowed}`);
   return v;
 }
 
@@ -54,16 +60,21 @@ function packed(sequences: number[][]) {
 }
 
 export async function logprobsCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { ...common, temperature: { type: "string", default: "1" } } });
+  const { values } = parseArgs({
+    args: argv,
+    options: { ...common, temperature: { type: "string", default: "1" } },
+  });
   const dir = required(values, "model");
   const input = required(values, "input");
   const output = required(values, "output");
   const temperature = number(values, "temperature", (v) => v > 0, "a number > 0");
   const batch = number(values, "batch-size", (v) => Number.isInteger(v) && v > 0, "a positive integer");
+  const device = checkDevice(values.device, "--device");
+  const dtype = modelDtype(values.dtype);
   const vocab = readConfig(dir).vocab_size ?? Number.MAX_SAFE_INTEGER;
   const records = await readJsonl(input);
   const sequences = records.map(({ line, value }) => tokenField(value, `${input}:${line}`, vocab, 2));
-  const model = await Model.load(dir, { device: checkDevice(values.device), dtype: modelDtype(values.dtype) });
+  const model = await Model.load(dir, { device, dtype });
   const out = jsonlWriter(output);
   const report = progress("logprobs", sequences.length);
   try {
@@ -105,12 +116,19 @@ export async function generateCommand(argv: string[]): Promise<void> {
   const dir = required(values, "model");
   const input = required(values, "input");
   const output = required(values, "output");
-  const maxNewTokens = number(values, "max-new-tokens", (v) => Number.isInteger(v) && v > 0, "a positive integer");
+  const maxNewTokens = number(
+    values,
+    "max-new-tokens",
+    (v) => Number.isInteger(v) && v > 0,
+    "a positive integer",
+  );
   const temperature = number(values, "temperature", (v) => v >= 0, "a number ≥ 0 (0 is greedy)");
   const topP = number(values, "top-p", (v) => v > 0 && v <= 1, "in (0, 1]");
   const topK = number(values, "top-k", (v) => Number.isInteger(v) && v >= 0, "an integer ≥ 0 (0 keeps all)");
   const seed = number(values, "seed", (v) => Number.isSafeInteger(v) && v >= 0, "an integer ≥ 0");
   const batch = number(values, "batch-size", (v) => Number.isInteger(v) && v > 0, "a positive integer");
+  const device = checkDevice(values.device, "--device");
+  const dtype = modelDtype(values.dtype);
   const config = readConfig(dir);
   const vocab = config.vocab_size ?? Number.MAX_SAFE_INTEGER;
   const tokenizer = existsSync(join(dir, "tokenizer.json")) ? Tokenizer.fromFolder(dir) : undefined;
@@ -120,16 +138,20 @@ export async function generateCommand(argv: string[]): Promise<void> {
     const prompt = (value as { prompt?: unknown } | null)?.prompt;
     if (prompt === undefined) return tokenField(value, where, vocab, 1);
     if (typeof prompt !== "string") throw new Error(`${where}: prompt: expected a string`);
-    if (!tokenizer) throw new Error(`${where}: prompt: text needs a tokenizer, and ${dir} has no tokenizer.json`);
+    if (!tokenizer)
+      throw new Error(`${where}: prompt: text needs a tokenizer, and ${dir} has no tokenizer.json`);
     return values.chat
       ? tokenizer.encodeChat([{ role: "user", content: prompt }], { addGenerationPrompt: true })
       : tokenizer.encode(prompt);
   });
   const configEos = config.eos_token_id;
   const stopTokenIds = [
-    ...new Set([...(tokenizer?.eosTokenIds ?? []), ...(Array.isArray(configEos) ? configEos : configEos === undefined ? [] : [configEos])]),
+    ...new Set([
+      ...(tokenizer?.eosTokenIds ?? []),
+      ...(Array.isArray(configEos) ? configEos : configEos === undefined ? [] : [configEos]),
+    ]),
   ];
-  const model = await Model.load(dir, { device: checkDevice(values.device), dtype: modelDtype(values.dtype) });
+  const model = await Model.load(dir, { device, dtype });
   const out = jsonlWriter(output);
   const report = progress("generate", prompts.length);
   try {

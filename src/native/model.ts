@@ -49,8 +49,8 @@ export interface OptimizerStepResult {
 }
 
 export interface OptimizerOptions extends AdamWConfig {
-  /** The schedule scales `lr`, the peak rate. */
-  schedule: Omit<LrSchedule, "lr">;
+  /** The schedule scales `lr`, the peak rate; absent: constant. */
+  schedule?: Omit<LrSchedule, "lr">;
   /** Clip the global gradient norm to this; absent: no clipping (the norm is still reported). */
   maxGradNorm?: number;
 }
@@ -317,16 +317,17 @@ export class Model {
       );
     }
     if (options.maxGradNorm !== undefined) positive(options.maxGradNorm, "options.maxGradNorm");
-    if (options.schedule === null || typeof options.schedule !== "object") {
+    const schedule = options.schedule ?? { kind: "constant" };
+    if (schedule === null || typeof schedule !== "object") {
       throw new TypeError("options.schedule: expected {kind, warmupSteps?, totalSteps?, minLrRatio?}");
     }
     // lrAt checks the schedule's fields and names them; the prefix says where they live.
     try {
-      lrAt({ ...options.schedule, lr: options.lr }, 0);
+      lrAt({ ...schedule, lr: options.lr }, 0);
     } catch (error) {
       throw new RangeError(`options.${(error as Error).message}`);
     }
-    native().modelOptimizerInit(this.handle, options);
+    native().modelOptimizerInit(this.handle, { ...options, schedule });
   }
 
   /** Clip, rate from the schedule, AdamW update, drop the gradients. */

@@ -57,7 +57,9 @@ test("CUDA bf16: generation logprobs vs the training forward on the same tokens"
     for (const temperature of [0, 1]) {
       const gens = await model.generate(prompts, { maxNewTokens: 48, temperature, seed: 7 });
       const seqs = gens.map((g, i) => Int32Array.from([...(prompts[i] ?? []), ...g.tokens]));
-      const cu = Int32Array.from([0, ...seqs.map((s) => s.length)].map((_, i, a) => a.slice(0, i + 1).reduce((x, y) => x + y, 0)));
+      const cu = Int32Array.from(
+        [0, ...seqs.map((s) => s.length)].map((_, i, a) => a.slice(0, i + 1).reduce((x, y) => x + y, 0)),
+      );
       const { logprobs } = await model.logprobs(Int32Array.from(seqs.flatMap((s) => [...s])), cu);
       const train: number[] = [];
       const rollout: number[] = [];
@@ -69,7 +71,9 @@ test("CUDA bf16: generation logprobs vs the training forward on the same tokens"
         offset += s.length - 1;
       });
       const d = diffStats(rollout, train);
-      console.log(`rollout vs train logprobs (bf16, temperature ${temperature}): max ${d.max.toExponential(2)}, mean ${d.mean.toExponential(2)}`);
+      console.log(
+        `rollout vs train logprobs (bf16, temperature ${temperature}): max ${d.max.toExponential(2)}, mean ${d.mean.toExponential(2)}`,
+      );
       assert.ok(d.max < 0.5, `max diff ${d.max}`);
     }
   } finally {

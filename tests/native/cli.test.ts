@@ -33,7 +33,9 @@ before(() => {
 after(() => dir.cleanup());
 
 function tiller(...args: string[]) {
-  const r = spawnSync(process.execPath, [join(repoRoot, "dist", "src", "cli", "main.js"), ...args], { encoding: "utf8" });
+  const r = spawnSync(process.execPath, [join(repoRoot, "dist", "src", "cli", "main.js"), ...args], {
+    encoding: "utf8",
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -44,11 +46,17 @@ function writeJsonl(name: string, rows: unknown[]): string {
 }
 
 function readJsonlFile<T>(path: string): T[] {
-  return readFileSync(path, "utf8").trim().split("\n").map((l) => JSON.parse(l) as T);
+  return readFileSync(path, "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as T);
 }
 
 test("tiller logprobs matches HF per token", () => {
-  const input = writeJsonl("lp-in.jsonl", ref.sequences.map((tokens) => ({ tokens })));
+  const input = writeJsonl(
+    "lp-in.jsonl",
+    ref.sequences.map((tokens) => ({ tokens })),
+  );
   const output = join(dir.path, "lp-out.jsonl");
   const r = tiller("logprobs", "--model", model, "--input", input, "--output", output, "--batch-size", "2");
   assert.equal(r.code, 0, r.stderr);
@@ -56,8 +64,12 @@ test("tiller logprobs matches HF per token", () => {
   assert.equal(rows.length, ref.sequences.length);
   rows.forEach((row, i) => {
     assert.equal(row.logprobs.length, (ref.sequences[i]?.length ?? 0) - 1);
-    row.logprobs.forEach((v, j) => assert.ok(Math.abs(v - (ref.logprobs[i]?.[j] ?? 0)) < 1e-4, `logprob ${i},${j}`));
-    row.entropy.forEach((v, j) => assert.ok(Math.abs(v - (ref.entropy[i]?.[j] ?? 0)) < 1e-4, `entropy ${i},${j}`));
+    for (const [j, v] of row.logprobs.entries()) {
+      assert.ok(Math.abs(v - (ref.logprobs[i]?.[j] ?? 0)) < 1e-4, `logprob ${i},${j}`);
+    }
+    for (const [j, v] of row.entropy.entries()) {
+      assert.ok(Math.abs(v - (ref.entropy[i]?.[j] ?? 0)) < 1e-4, `entropy ${i},${j}`);
+    }
   });
   assert.match(r.stderr, /logprobs: 3\/3/);
 });
@@ -65,9 +77,21 @@ test("tiller logprobs matches HF per token", () => {
 test("tiller generate: greedy tokens equal HF's, text prompts go through the tokenizer", () => {
   const input = writeJsonl("gen-in.jsonl", [{ prompt: "Hello world" }, { tokens: ref.prompts[1] }]);
   const output = join(dir.path, "gen-out.jsonl");
-  const r = tiller("generate", "--model", model, "--input", input, "--output", output, "--max-new-tokens", "12");
+  const r = tiller(
+    "generate",
+    "--model",
+    model,
+    "--input",
+    input,
+    "--output",
+    output,
+    "--max-new-tokens",
+    "12",
+  );
   assert.equal(r.code, 0, r.stderr);
-  const rows = readJsonlFile<{ tokens: number[]; logprobs: number[]; text: string; finish_reason: string }>(output);
+  const rows = readJsonlFile<{ tokens: number[]; logprobs: number[]; text: string; finish_reason: string }>(
+    output,
+  );
   assert.deepEqual(rows[0]?.tokens.slice(0, ref.greedy[0]?.length), ref.greedy[0]);
   assert.deepEqual(rows[1]?.tokens.slice(0, ref.greedy[1]?.length), ref.greedy[1]);
   for (const row of rows) {
@@ -82,7 +106,23 @@ test("tiller generate with a seed is reproducible", () => {
   const input = writeJsonl("seed-in.jsonl", [{ tokens: [1, 2, 3] }, { tokens: [4, 5] }]);
   const outs = ["a", "b"].map((n) => {
     const output = join(dir.path, `seed-${n}.jsonl`);
-    const r = tiller("generate", "--model", model, "--input", input, "--output", output, "--max-new-tokens", "8", "--temperature", "1", "--top-p", "0.9", "--seed", "11");
+    const r = tiller(
+      "generate",
+      "--model",
+      model,
+      "--input",
+      input,
+      "--output",
+      output,
+      "--max-new-tokens",
+      "8",
+      "--temperature",
+      "1",
+      "--top-p",
+      "0.9",
+      "--seed",
+      "11",
+    );
     assert.equal(r.code, 0, r.stderr);
     return readFileSync(output, "utf8");
   });
@@ -95,7 +135,15 @@ test("bad input: the error names the file, line and field", () => {
   let r = tiller("logprobs", "--model", model, "--input", bad, "--output", out);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /bad\.jsonl:2: tokens\[1\]: -4 is not a token id in \[0, 151936\)/);
-  r = tiller("logprobs", "--model", model, "--input", writeJsonl("short.jsonl", [{ tokens: [3] }]), "--output", out);
+  r = tiller(
+    "logprobs",
+    "--model",
+    model,
+    "--input",
+    writeJsonl("short.jsonl", [{ tokens: [3] }]),
+    "--output",
+    out,
+  );
   assert.match(r.stderr, /short\.jsonl:1: tokens: needs at least 2 tokens, found 1/);
   r = tiller("generate", "--model", model, "--input", bad, "--output", out);
   assert.match(r.stderr, /--max-new-tokens: undefined must be a positive integer/);

@@ -39,6 +39,8 @@ struct ModelSlot {
   double max_grad_norm = std::numeric_limits<double>::infinity();
   int64_t updates = 0;         // optimizer steps applied (skipped ones excluded): the schedule's step
   bool grads_pending = false;  // trainStep accumulated gradients that no optimizer step consumed yet
+  // Generation state kept between generate calls on CUDA (KV cache + captured graphs).
+  std::unique_ptr<rollout::CudaDecoder> decoder;
 };
 
 // The JS handle owns a shared_ptr to the slot; running async work holds another, so dispose() while a
@@ -247,7 +249,9 @@ class GenerateWork final : public ModelWork {
                rollout::GenerateOptions options)
       : ModelWork(env, "tiller.modelGenerate", std::move(slot)), prompts_(std::move(prompts)), options_(std::move(options)) {}
 
-  void Run(ModelSlot& slot) override { results_ = rollout::generate(*slot.model, prompts_, options_); }
+  void Run(ModelSlot& slot) override {
+    results_ = rollout::generate(*slot.model, prompts_, options_, &slot.decoder);
+  }
 
   void OnOK() override {
     auto env = Env();
