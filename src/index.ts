@@ -1,4 +1,5 @@
 // The package's public surface.
+export * from "./native/dist.js";
 export * from "./native/engine.js";
 export * from "./native/io.js";
 export * from "./native/model.js";

@@ -1,0 +1,337 @@
+// Process-group handles (parallel/process_group.h): create joins the rendezvous, then collectives on
+// host tensors. Every blocking call is async work. c10d matches collectives across ranks by order,
+// so each call takes a ticket on the JS thread and runs only when every earlier call on the same
+// group has ended: the native order is the JS call order even when the thread pool reorders work.
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "addon/common.h"
+#include "addon/registry.h"
+#include "addon/tensor.h"
+#include "parallel/process_group.h"
+
+namespace tiller::addon {
+namespace {
+
+using parallel::ProcessGroup;
+
+// Tags a JS handle as a process group so that any other object passed in is refused.
+constexpr napi_type_tag kProcessGroupTag = {0x4c2e8f1a6d3b5907ULL, 0x9e7a1c4f2b8d6e35ULL};
+
+struct GroupSlot {
+  std::unique_ptr<ProcessGroup> group;
+  std::mutex order_mutex;
+  std::condition_variable turn;
+  uint64_t next_ticket = 0;  // taken on the JS thread, in call order
+  uint64_t serving = 0;      // the ticket whose call may run now
+};
+
+// The JS handle owns a shared_ptr to the slot; running work holds another, so dispose() while a
+// collective runs frees the group only when that collective ends.
+struct Handle {
+  std::shared_ptr<GroupSlot> slot;
+};
+
+std::shared_ptr<GroupSlot> slot_of(const Napi::Value& value) {
+  if (!value.IsExternal() || !value.As<Napi::External<Handle>>().CheckTypeTag(&kProcessGroupTag)) {
+    throw std::invalid_argument("group: not a process-group handle");
+  }
+  auto* handle = value.As<Napi::External<Handle>>().Data();
+  if (!handle->slot) throw std::invalid_argument("group: this process group was disposed");
+  return handle->slot;
+}
+
+// {data, dtype, shape} → a tensor on `device` that owns its memory (the worker thread must not
+// read JS memory, and the JS array may be reused as soon as the call returns).
+at::Tensor tensor_from_js(const Napi::Value& value, const std::string& device_name) {
+  if (!value.IsObject()) throw std::invalid_argument("tensor: expected {data, dtype, shape}");
+  auto object = value.As<Napi::Object>();
+  if (!object.Get("data").IsTypedArray()) throw std::invalid_argument("tensor.data: expected a typed array");
+  if (!object.Get("dtype").IsString()) throw std::invalid_argument("tensor.dtype: expected a dtype name");
+  const auto dtype = dtype_from_name(object.Get("dtype").As<Napi::String>().Utf8Value());
+  const auto shape = shape_from_js(object.Get("shape"), "tensor.shape");
+  const auto view = tensor_from_typed_array(object.Get("data").As<Napi::TypedArray>(), dtype, shape);
+  const auto device = parse_device(device_name);
+  return device.is_cpu() ? view.clone() : view.to(device);
+}
+
+Napi::Object tensor_to_js(Napi::Env env, const at::Tensor& t) {
+  auto out = Napi::Object::New(env);
+  out["dtype"] = dtype_name(t.scalar_type());
+  out["shape"] = shape_to_js(env, t.sizes());
+  out["data"] = typed_array_from_tensor(env, t);
+  return out;
+}
+
+std::string string_arg(const Napi::Value& value, const char* field) {
+  if (!value.IsString()) throw std::invalid_argument(std::string(field) + ": expected a string");
+  return value.As<Napi::String>().Utf8Value();
+}
+
+int int_arg(const Napi::Value& value, const char* field) {
+  if (!value.IsNumber()) throw std::invalid_argument(std::string(field) + ": expected an integer");
+  const double d = value.As<Napi::Number>().DoubleValue();
+  if (!(d >= -2147483648.0 && d <= 2147483647.0) || d != static_cast<double>(static_cast<int>(d))) {
+    throw std::invalid_argument(std::string(field) + ": expected an integer, got " + std::to_string(d));
+  }
+  return static_cast<int>(d);
+}
+
+// Base for a collective: waits for its ticket, runs, hands the turn on, settles the promise.
+class CollectiveWork : public Napi::AsyncWorker {
+ public:
+  CollectiveWork(Napi::Env env, const char* name, std::shared_ptr<GroupSlot> slot)
+      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), slot_(std::move(slot)) {
+    ticket_ = slot_->next_ticket++;  // JS thread: tickets follow call order
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    {
+      std::unique_lock<std::mutex> lock(slot_->order_mutex);
+      slot_->turn.wait(lock, [&] { return slot_->serving == ticket_; });
+    }
+    try {
+      Run(*slot_->group);
+    } catch (const c10::Error& e) {
+      SetError(std::string("libtorch: ") + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+    {
+      std::lock_guard<std::mutex> lock(slot_->order_mutex);
+      ++slot_->serving;
+    }
+    slot_->turn.notify_all();
+  }
+  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+
+ protected:
+  virtual void Run(ProcessGroup& group) = 0;
+  Napi::Promise::Deferred deferred_;
+
+ private:
+  std::shared_ptr<GroupSlot> slot_;
+  uint64_t ticket_ = 0;
+};
+
+// One tensor in, one tensor out (all-reduce, broadcast, all-gather, reduce-scatter).
+class TensorWork final : public CollectiveWork {
+ public:
+  using Fn = std::function<at::Tensor(ProcessGroup&, at::Tensor&)>;
+  TensorWork(Napi::Env env, const char* name, std::shared_ptr<GroupSlot> slot, at::Tensor input, Fn fn)
+      : CollectiveWork(env, name, std::move(slot)), input_(std::move(input)), fn_(std::move(fn)) {}
+
+  void Run(ProcessGroup& group) override {
+    // The host copy is made here, so the JS thread never waits on a device.
+    result_ = fn_(group, input_).to(at::kCPU).contiguous();
+  }
+  void OnOK() override { deferred_.Resolve(tensor_to_js(Env(), result_)); }
+
+ private:
+  at::Tensor input_;
+  Fn fn_;
+  at::Tensor result_;
+};
+
+class BarrierWork final : public CollectiveWork {
+ public:
+  BarrierWork(Napi::Env env, std::shared_ptr<GroupSlot> slot)
+      : CollectiveWork(env, "tiller.processGroupBarrier", std::move(slot)) {}
+  void Run(ProcessGroup& group) override { group.barrier(); }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+};
+
+class CreateWork final : public Napi::AsyncWorker {
+ public:
+  CreateWork(Napi::Env env, parallel::ProcessGroupOptions options)
+      : Napi::AsyncWorker(env, "tiller.processGroupCreate"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        options_(std::move(options)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      group_ = ProcessGroup::create(options_);
+    } catch (const c10::Error& e) {
+      SetError(std::string("libtorch: ") + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    auto env = Env();
+    auto slot = std::make_shared<GroupSlot>();
+    slot->group = std::move(group_);
+    auto handle = Napi::External<Handle>::New(env, new Handle{slot}, [](Napi::Env, Handle* h) { delete h; });
+    handle.TypeTag(&kProcessGroupTag);
+    deferred_.Resolve(handle);
+  }
+  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  parallel::ProcessGroupOptions options_;
+  std::unique_ptr<ProcessGroup> group_;
+};
+
+template <typename Work, typename... Args>
+Napi::Value queue(Napi::Env env, Args&&... args) {
+  auto* work = new Work(env, std::forward<Args>(args)...);
+  auto promise = work->Promise();
+  work->Queue();
+  return promise;
+}
+
+// processGroupCreate({host, port, rank, worldSize, backend, timeoutMs, hostStore?, device?})
+//   -> Promise<handle>; resolves once every rank has joined.
+Napi::Value ProcessGroupCreate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (!info[0].IsObject()) throw std::invalid_argument("options: expected an object");
+    auto o = info[0].As<Napi::Object>();
+    parallel::ProcessGroupOptions options;
+    options.store_host = string_arg(o.Get("host"), "host");
+    options.store_port = int_arg(o.Get("port"), "port");
+    options.rank = int_arg(o.Get("rank"), "rank");
+    options.world_size = int_arg(o.Get("worldSize"), "worldSize");
+    options.backend = string_arg(o.Get("backend"), "backend");
+    options.timeout = std::chrono::milliseconds(int_arg(o.Get("timeoutMs"), "timeoutMs"));
+    const auto host_store = o.Get("hostStore");
+    options.host_store = host_store.IsBoolean() ? host_store.As<Napi::Boolean>().Value() : options.rank == 0;
+    const auto device = o.Get("device");
+    if (device.IsString()) options.device = device.As<Napi::String>().Utf8Value();
+    return queue<CreateWork>(env, std::move(options));
+  });
+}
+
+// processGroupDispose(handle): frees the group once any running collective ends; later calls throw.
+Napi::Value ProcessGroupDispose(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    slot_of(info[0]);
+    info[0].As<Napi::External<Handle>>().Data()->slot.reset();
+    return env.Undefined();
+  });
+}
+
+// processGroupAllReduce(handle, tensor, op: "sum"|"avg"|"max"|"min", device) -> Promise<tensor>
+Napi::Value ProcessGroupAllReduce(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    const auto op = parallel::reduce_op_from_name(string_arg(info[2], "op"));
+    auto input = tensor_from_js(info[1], string_arg(info[3], "device"));
+    return queue<TensorWork>(env, "tiller.processGroupAllReduce", slot, input,
+                             [op](ProcessGroup& g, at::Tensor& t) {
+                               g.all_reduce(t, op);
+                               return t;
+                             });
+  });
+}
+
+// processGroupBroadcast(handle, tensor, root, device) -> Promise<tensor>: root's tensor on every rank.
+Napi::Value ProcessGroupBroadcast(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    const int root = int_arg(info[2], "root");
+    auto input = tensor_from_js(info[1], string_arg(info[3], "device"));
+    return queue<TensorWork>(env, "tiller.processGroupBroadcast", slot, input,
+                             [root](ProcessGroup& g, at::Tensor& t) {
+                               g.broadcast(t, root);
+                               return t;
+                             });
+  });
+}
+
+// processGroupAllGather(handle, tensor [n, ...], device) -> Promise<tensor [worldSize * n, ...]>
+Napi::Value ProcessGroupAllGather(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    auto input = tensor_from_js(info[1], string_arg(info[2], "device"));
+    if (input.dim() == 0) throw std::invalid_argument("tensor.shape: all-gather needs at least one dimension");
+    auto out_shape = input.sizes().vec();
+    out_shape[0] *= slot->group->world_size();
+    auto out = at::empty(out_shape, input.options());
+    return queue<TensorWork>(env, "tiller.processGroupAllGather", slot, input,
+                             [out](ProcessGroup& g, at::Tensor& t) mutable {
+                               g.all_gather_into(out, t);
+                               return out;
+                             });
+  });
+}
+
+// processGroupReduceScatter(handle, tensor [worldSize * n, ...], op, device) -> Promise<tensor [n, ...]>
+Napi::Value ProcessGroupReduceScatter(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    const auto op = parallel::reduce_op_from_name(string_arg(info[2], "op"));
+    auto input = tensor_from_js(info[1], string_arg(info[3], "device"));
+    const int world = slot->group->world_size();
+    if (input.dim() == 0 || input.size(0) % world != 0) {
+      throw std::invalid_argument("tensor.shape: reduce-scatter needs a first dimension divisible by worldSize " +
+                                  std::to_string(world) + ", got " + c10::str(input.sizes()));
+    }
+    auto out_shape = input.sizes().vec();
+    out_shape[0] /= world;
+    auto out = at::empty(out_shape, input.options());
+    return queue<TensorWork>(env, "tiller.processGroupReduceScatter", slot, input,
+                             [out, op](ProcessGroup& g, at::Tensor& t) mutable {
+                               g.reduce_scatter(out, t, op);
+                               return out;
+                             });
+  });
+}
+
+// processGroupBarrier(handle) -> Promise<void>
+Napi::Value ProcessGroupBarrier(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value { return queue<BarrierWork>(env, slot_of(info[0])); });
+}
+
+// processGroupInfo(handle) -> {rank, worldSize, backend, device}
+Napi::Value ProcessGroupInfo(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto& group = *slot_of(info[0])->group;
+    auto out = Napi::Object::New(env);
+    out["rank"] = group.rank();
+    out["worldSize"] = group.world_size();
+    out["backend"] = group.backend();
+    out["device"] = group.device().str();
+    return out;
+  });
+}
+
+// processGroupBackendAvailable(backend) -> boolean: whether this build can create that backend.
+Napi::Value ProcessGroupBackendAvailable(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    return Napi::Boolean::New(env, parallel::backend_available(string_arg(info[0], "backend")));
+  });
+}
+
+void register_dist(Napi::Env env, Napi::Object exports) {
+  exports["processGroupCreate"] = Napi::Function::New(env, ProcessGroupCreate, "processGroupCreate");
+  exports["processGroupDispose"] = Napi::Function::New(env, ProcessGroupDispose, "processGroupDispose");
+  exports["processGroupAllReduce"] = Napi::Function::New(env, ProcessGroupAllReduce, "processGroupAllReduce");
+  exports["processGroupBroadcast"] = Napi::Function::New(env, ProcessGroupBroadcast, "processGroupBroadcast");
+  exports["processGroupAllGather"] = Napi::Function::New(env, ProcessGroupAllGather, "processGroupAllGather");
+  exports["processGroupReduceScatter"] =
+      Napi::Function::New(env, ProcessGroupReduceScatter, "processGroupReduceScatter");
+  exports["processGroupBarrier"] = Napi::Function::New(env, ProcessGroupBarrier, "processGroupBarrier");
+  exports["processGroupInfo"] = Napi::Function::New(env, ProcessGroupInfo, "processGroupInfo");
+  exports["processGroupBackendAvailable"] =
+      Napi::Function::New(env, ProcessGroupBackendAvailable, "processGroupBackendAvailable");
+}
+
+const Registrar registrar(register_dist);
+
+}  // namespace
+}  // namespace tiller::addon

@@ -1,0 +1,92 @@
+// The engine's process group: how ranks exchange tensors among themselves, through c10d (gloo on
+// CPU, NCCL on CUDA), never through the controller. Rendezvous goes through a c10d TCPStore that
+// one rank hosts (rank 0 by default) and every other rank connects to.
+//
+// Collectives must be called in the same order on every rank (c10d matches them by order). Calls
+// from several threads on one group are serialised here, but their order is then the order in
+// which they take the lock; callers that need a fixed order issue calls from one thread (the
+// addon queues them in call order, see addon/dist.cc).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace tiller::parallel {
+
+enum class ReduceOp { kSum, kAvg, kMax, kMin };
+
+// "sum" | "avg" | "max" | "min"; throws naming `op` otherwise.
+ReduceOp reduce_op_from_name(const std::string& name);
+
+struct ProcessGroupOptions {
+  std::string store_host = "127.0.0.1";
+  int store_port = 29500;
+  int rank = 0;
+  int world_size = 1;
+  std::string backend = "gloo";  // "gloo" | "nccl"
+  // Bounds every blocking step: connecting to the store, waiting for the other ranks to join, and
+  // each collective afterwards.
+  std::chrono::milliseconds timeout{30000};
+  // Whether this rank starts the TCPStore server on store_port. Default: rank 0 does. False on
+  // every rank when the controller already runs a store at store_host:store_port.
+  bool host_store = true;
+  // NCCL only: the GPU this rank drives, "cuda:N". Ignored by gloo.
+  std::string device = "cpu";
+};
+
+// Whether this build can create a group with that backend (nccl needs a TILLER_CUDA build).
+bool backend_available(const std::string& backend);
+
+class ProcessGroup {
+ public:
+  // Connects to (or hosts) the store and blocks until all world_size ranks have joined, then builds
+  // the backend's connections. Throws std::invalid_argument for bad options (the message names the
+  // field) and std::runtime_error naming host:port and the missing ranks on a timeout.
+  static std::unique_ptr<ProcessGroup> create(const ProcessGroupOptions& options);
+  ~ProcessGroup();
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+  const std::string& backend() const { return backend_name_; }
+  // Where tensors must live for this backend: cpu for gloo, this rank's GPU for nccl.
+  at::Device device() const { return device_; }
+
+  // In place on every rank. tensor: any shape, contiguous, on device(). avg needs a floating dtype.
+  void all_reduce(at::Tensor& tensor, ReduceOp op);
+  // In place: on return every rank holds root's tensor. tensor: same shape and dtype on all ranks.
+  void broadcast(at::Tensor& tensor, int root);
+  // out: [world_size * n, ...] receives every rank's in: [n, ...], rank r at rows [r*n, (r+1)*n).
+  void all_gather_into(at::Tensor& out, const at::Tensor& in);
+  // in: [world_size * n, ...] on every rank; out: [n, ...] on rank r = op over ranks of in's rows
+  // [r*n, (r+1)*n).
+  void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op);
+  // Returns once every rank has called barrier().
+  void barrier();
+
+ private:
+  struct Connection;  // the c10d store and backend, kept out of this header
+  ProcessGroup() = default;
+  void check_tensor(const at::Tensor& t, const char* field) const;
+  // Waits for work and turns a c10d timeout into an error naming this group and the collective.
+  void run(const char* collective, const std::function<void()>& issue_and_wait);
+  std::string describe(const char* collective) const;  // "allReduce on rank r of n (...) failed: "
+
+  std::mutex mutex_;  // one collective at a time on this group
+  int rank_ = 0;
+  int world_size_ = 1;
+  std::string backend_name_;
+  std::string store_address_;  // "host:port", for error messages
+  at::Device device_{at::kCPU};
+  std::chrono::milliseconds timeout_{30000};
+  std::unique_ptr<Connection> connection_;
+};
+
+}  // namespace tiller::parallel

@@ -1,0 +1,262 @@
+// Process groups on the native engine (addon/dist.cc, parallel/process_group.h): the mechanical
+// declarations, then the idiomatic `ProcessGroup` that checks every argument (errors name the
+// field) and issues collectives in call order, as c10d needs them matched across ranks.
+import { addon, type NativeDtype, type NativeTypedArray } from "./binding.js";
+import { checkDevice, checkTensor, type HostTensor } from "./engine.js";
+
+/** An opaque process-group handle; addon/dist.cc tags it and refuses any other object. */
+export type NativeProcessGroupHandle = { readonly __tillerProcessGroup: unique symbol };
+
+export type Backend = "gloo" | "nccl";
+export type ReduceOp = "sum" | "avg" | "max" | "min";
+
+export const backends: readonly Backend[] = ["gloo", "nccl"];
+export const reduceOps: readonly ReduceOp[] = ["sum", "avg", "max", "min"];
+
+interface NativeTensor {
+  data: NativeTypedArray;
+  dtype: NativeDtype;
+  shape: number[];
+}
+
+export interface NativeProcessGroupOptions {
+  host: string;
+  port: number;
+  rank: number;
+  worldSize: number;
+  backend: Backend;
+  timeoutMs: number;
+  hostStore?: boolean;
+  device?: string;
+}
+
+export interface NativeDistAddon {
+  /** addon/dist.cc CreateWork: async ProcessGroup::create(options); resolves once all ranks joined */
+  processGroupCreate(options: NativeProcessGroupOptions): Promise<NativeProcessGroupHandle>;
+  /** addon/dist.cc ProcessGroupDispose(handle) */
+  processGroupDispose(handle: NativeProcessGroupHandle): void;
+  /** addon/dist.cc TensorWork: async ProcessGroup::all_reduce(tensor, op) on a copy placed on `device` */
+  processGroupAllReduce(
+    handle: NativeProcessGroupHandle,
+    tensor: NativeTensor,
+    op: ReduceOp,
+    device: string,
+  ): Promise<NativeTensor>;
+  /** addon/dist.cc TensorWork: async ProcessGroup::broadcast(tensor, root) */
+  processGroupBroadcast(
+    handle: NativeProcessGroupHandle,
+    tensor: NativeTensor,
+    root: number,
+    device: string,
+  ): Promise<NativeTensor>;
+  /** addon/dist.cc TensorWork: async ProcessGroup::all_gather_into(out, tensor) */
+  processGroupAllGather(
+    handle: NativeProcessGroupHandle,
+    tensor: NativeTensor,
+    device: string,
+  ): Promise<NativeTensor>;
+  /** addon/dist.cc TensorWork: async ProcessGroup::reduce_scatter(out, tensor, op) */
+  processGroupReduceScatter(
+    handle: NativeProcessGroupHandle,
+    tensor: NativeTensor,
+    op: ReduceOp,
+    device: string,
+  ): Promise<NativeTensor>;
+  /** addon/dist.cc BarrierWork: async ProcessGroup::barrier() */
+  processGroupBarrier(handle: NativeProcessGroupHandle): Promise<void>;
+  /** addon/dist.cc ProcessGroupInfo(handle) */
+  processGroupInfo(handle: NativeProcessGroupHandle): {
+    rank: number;
+    worldSize: number;
+    backend: Backend;
+    device: string;
+  };
+  /** addon/dist.cc ProcessGroupBackendAvailable(backend): parallel::backend_available */
+  processGroupBackendAvailable(backend: string): boolean;
+}
+
+function native(): NativeDistAddon {
+  return addon() as unknown as NativeDistAddon;
+}
+
+/** Whether this build of the engine can create a group with `backend` (nccl needs a CUDA build). */
+export function backendAvailable(backend: Backend): boolean {
+  return native().processGroupBackendAvailable(checkBackend(backend));
+}
+
+function checkBackend(value: unknown): Backend {
+  if (typeof value !== "string" || !backends.includes(value as Backend)) {
+    throw new TypeError(
+      `backend: ${JSON.stringify(value)} is not a backend; allowed: ${backends.join(", ")}`,
+    );
+  }
+  return value as Backend;
+}
+
+function checkInt(value: unknown, field: string, min: number, max: number, range: string): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+    throw new RangeError(`${field}: ${JSON.stringify(value)} must be ${range}`);
+  }
+  return value;
+}
+
+function checkOp(value: unknown): ReduceOp {
+  if (typeof value !== "string" || !reduceOps.includes(value as ReduceOp)) {
+    throw new TypeError(`op: ${JSON.stringify(value)} is not a reduce op; allowed: ${reduceOps.join(", ")}`);
+  }
+  return value as ReduceOp;
+}
+
+const floatDtypes: readonly NativeDtype[] = ["float32", "float64", "float16", "bfloat16"];
+
+export interface ProcessGroupOptions {
+  /** Where the rendezvous store listens; default 127.0.0.1 (one machine). */
+  host?: string;
+  port: number;
+  rank: number;
+  worldSize: number;
+  /** Default gloo (CPU tensors); nccl needs a CUDA build and `device`. */
+  backend?: Backend;
+  /** Bounds connecting, waiting for the other ranks, and every collective. Default 30 000. */
+  timeoutMs?: number;
+  /** Whether this rank runs the store. Default: rank 0 does; false everywhere when the controller runs one. */
+  hostStore?: boolean;
+  /** nccl only: this rank's GPU, "cuda:N". gloo groups work on "cpu". */
+  device?: string;
+}
+
+/**
+ * One rank's membership in a group of `worldSize` processes. Every rank must call the same
+ * collectives in the same order; calls on one group run one at a time, in call order, so
+ * `Promise.all([pg.allReduce(a), pg.allReduce(b)])` is safe. Call dispose() when done (also `using`).
+ */
+export class ProcessGroup {
+  #handle: NativeProcessGroupHandle | undefined;
+  readonly rank: number;
+  readonly worldSize: number;
+  readonly backend: Backend;
+  /** Where collectives run: "cpu" for gloo, the rank's GPU for nccl. */
+  readonly device: string;
+
+  private constructor(handle: NativeProcessGroupHandle) {
+    this.#handle = handle;
+    const info = native().processGroupInfo(handle);
+    this.rank = info.rank;
+    this.worldSize = info.worldSize;
+    this.backend = info.backend;
+    this.device = info.device;
+  }
+
+  /** Joins the group: resolves once all ranks have joined, rejects after timeoutMs naming who is missing. */
+  static async create(options: ProcessGroupOptions): Promise<ProcessGroup> {
+    if (options === null || typeof options !== "object") {
+      throw new TypeError("options: expected {port, rank, worldSize, ...}");
+    }
+    const host = options.host ?? "127.0.0.1";
+    if (typeof host !== "string" || host === "")
+      throw new TypeError(`host: ${JSON.stringify(host)} must be a host name`);
+    const port = checkInt(options.port, "port", 1, 65535, "a TCP port (1..65535)");
+    const worldSize = checkInt(options.worldSize, "worldSize", 1, 1 << 20, "a positive integer");
+    const rank = checkInt(
+      options.rank,
+      "rank",
+      0,
+      worldSize - 1,
+      `an integer in 0..${worldSize - 1} (worldSize ${worldSize})`,
+    );
+    const backend = checkBackend(options.backend ?? "gloo");
+    const timeoutMs = checkInt(
+      options.timeoutMs ?? 30_000,
+      "timeoutMs",
+      1,
+      2 ** 31 - 1,
+      "a positive integer",
+    );
+    if (options.hostStore !== undefined && typeof options.hostStore !== "boolean") {
+      throw new TypeError(`hostStore: ${JSON.stringify(options.hostStore)} must be a boolean`);
+    }
+    let device = "cpu";
+    if (backend === "nccl") {
+      device = checkDevice(options.device, "device");
+      if (!/^cuda:\d+$/.test(device))
+        throw new TypeError(`device: nccl needs "cuda:N", got ${JSON.stringify(device)}`);
+    } else if (options.device !== undefined && options.device !== "cpu") {
+      throw new TypeError(`device: gloo groups work on "cpu", got ${JSON.stringify(options.device)}`);
+    }
+    if (!native().processGroupBackendAvailable(backend)) {
+      throw new Error(`backend: ${backend} is not available in this build (built without CUDA); use gloo`);
+    }
+    const handle = await native().processGroupCreate({
+      host,
+      port,
+      rank,
+      worldSize,
+      backend,
+      timeoutMs,
+      hostStore: options.hostStore ?? rank === 0,
+      device,
+    });
+    return new ProcessGroup(handle);
+  }
+
+  #live(): NativeProcessGroupHandle {
+    if (!this.#handle) throw new Error("group: this process group was disposed");
+    return this.#handle;
+  }
+
+  #tensor(tensor: HostTensor, op?: ReduceOp): NativeTensor {
+    const t = checkTensor(tensor, "tensor");
+    if (op === "avg" && !floatDtypes.includes(t.dtype)) {
+      throw new TypeError(`op: avg needs a floating dtype, tensor.dtype is ${t.dtype}`);
+    }
+    return { data: t.data, dtype: t.dtype, shape: t.shape };
+  }
+
+  /** Every rank gets op over all ranks' `tensor` (same shape and dtype everywhere). The input is not changed. */
+  allReduce(tensor: HostTensor, op: ReduceOp = "sum"): Promise<HostTensor> {
+    const o = checkOp(op);
+    return native().processGroupAllReduce(this.#live(), this.#tensor(tensor, o), o, this.device);
+  }
+
+  /** Every rank gets rank `root`'s tensor; the others pass a tensor of the same shape and dtype. */
+  broadcast(tensor: HostTensor, root: number): Promise<HostTensor> {
+    checkInt(root, "root", 0, this.worldSize - 1, `a rank in 0..${this.worldSize - 1}`);
+    return native().processGroupBroadcast(this.#live(), this.#tensor(tensor), root, this.device);
+  }
+
+  /** tensor: [n, ...] on every rank → [worldSize * n, ...], rank r's rows at [r*n, (r+1)*n). */
+  allGather(tensor: HostTensor): Promise<HostTensor> {
+    const t = this.#tensor(tensor);
+    if (t.shape.length === 0) throw new RangeError("tensor.shape: allGather needs at least one dimension");
+    return native().processGroupAllGather(this.#live(), t, this.device);
+  }
+
+  /** tensor: [worldSize * n, ...] on every rank → [n, ...]: rank r gets op over ranks of rows [r*n, (r+1)*n). */
+  reduceScatter(tensor: HostTensor, op: ReduceOp = "sum"): Promise<HostTensor> {
+    const o = checkOp(op);
+    const t = this.#tensor(tensor, o);
+    const rows = t.shape[0];
+    if (rows === undefined || rows % this.worldSize !== 0) {
+      throw new RangeError(
+        `tensor.shape: [${t.shape.join(", ")}] needs a first dimension divisible by worldSize ${this.worldSize}`,
+      );
+    }
+    return native().processGroupReduceScatter(this.#live(), t, o, this.device);
+  }
+
+  /** Resolves once every rank has reached its barrier(). */
+  barrier(): Promise<void> {
+    return native().processGroupBarrier(this.#live());
+  }
+
+  /** Leaves the group (after any running collective). The rank hosting the store should leave last. */
+  dispose(): void {
+    if (!this.#handle) return;
+    native().processGroupDispose(this.#handle);
+    this.#handle = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
