@@ -1,6 +1,9 @@
 // The package's public surface.
+
+export { type CallOptions, Cluster, type ConnectOptions, connect, TillerError } from "./client/client.js";
 export * from "./native/engine.js";
 export * from "./native/io.js";
 export * from "./native/model.js";
 export * from "./native/train.js";
+export type * from "./protocol/messages.js";
 export * from "./tokenizer/index.js";
