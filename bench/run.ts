@@ -1,16 +1,34 @@
-// `npm run bench`: runs each benchmark, prints one line per result with its ratio against the
-// baseline measured in the same run, and writes them as JSON lines to $TILLER_BENCH_OUT if set.
+// `npm run bench [name ...]`: runs each benchmark, prints one line per result with its ratio against
+// the baseline measured in the same run, and appends them as JSON lines to $TILLER_BENCH_OUT if set.
 import { appendFileSync } from "node:fs";
-import { type BenchResult, benchMatmul } from "./matmul.js";
+import type { BenchResult } from "./common.js";
+import { benchGenerate } from "./generate.js";
+import { benchMatmul } from "./matmul.js";
+import { benchTrain } from "./train.js";
 
-const benches: Record<string, () => Promise<BenchResult>> = { matmul: benchMatmul };
+const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
+  matmul: benchMatmul,
+  generate: benchGenerate,
+  train: benchTrain,
+};
 
 const only = process.argv.slice(2);
+let failed = false;
 for (const [key, bench] of Object.entries(benches)) {
   if (only.length > 0 && !only.includes(key)) continue;
-  const r = await bench();
-  console.log(
-    `${r.name}: ${r.value.toPrecision(4)} ${r.unit} | baseline ${r.baselineName}: ${r.baseline.toPrecision(4)} ${r.unit} | ratio ${r.ratio.toFixed(3)} | ${r.detail}`,
-  );
-  if (process.env.TILLER_BENCH_OUT) appendFileSync(process.env.TILLER_BENCH_OUT, `${JSON.stringify(r)}\n`);
+  try {
+    const results = await bench();
+    for (const r of Array.isArray(results) ? results : [results]) {
+      console.log(
+        `${r.name}: ${r.value.toPrecision(4)} ${r.unit} | baseline ${r.baselineName}: ${r.baseline.toPrecision(4)} ${r.unit} | ratio ${r.ratio.toFixed(2)} | ${r.detail}`,
+      );
+      if (process.env.TILLER_BENCH_OUT)
+        appendFileSync(process.env.TILLER_BENCH_OUT, `${JSON.stringify(r)}\n`);
+    }
+  } catch (error) {
+    const message = (error as Error).message;
+    console.log(`${key}: ${message}`);
+    if (!message.startsWith("skipped:")) failed = true;
+  }
 }
+process.exit(failed ? 1 : 0);

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The `tiller` command. Each subcommand is one function; `tiller help` lists them.
 import { engineInfo, matmulProbe } from "../index.js";
+import { generateCommand, logprobsCommand } from "./model-commands.js";
 import { controller, keys, worker } from "./runtime.js";
 
 type Command = (args: string[]) => Promise<void>;
@@ -43,6 +44,14 @@ const commands: Record<string, { run: Command; help: string }> = {
   },
   worker: { run: worker, help: "run a worker: --controller ADDR [--rank N] [--key F --server-key F]" },
   keys: { run: keys, help: "make a CURVE key pair: [--dir DIR] [--name NAME]" },
+  logprobs: {
+    run: logprobsCommand,
+    help: "--model DIR --input in.jsonl --output out.jsonl: per-token logprobs and entropy of {tokens}",
+  },
+  generate: {
+    run: generateCommand,
+    help: "--model DIR --input in.jsonl --output out.jsonl --max-new-tokens N [--temperature --top-p --top-k --seed]",
+  },
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -2,6 +2,7 @@
 // `Model` class that checks every argument (errors name the field) before calling in.
 import { addon, type NativeDtype, type NativeTypedArray } from "./binding.js";
 import { checkDevice, checkDtype, checkTensor, type HostTensor } from "./engine.js";
+import { type AdamWConfig, type LrSchedule, lrAt } from "./train.js";
 
 /** An opaque model handle; addon/model.cc tags it and refuses any other object. */
 export type NativeModelHandle = { readonly __tillerModel: unique symbol };
@@ -29,14 +30,57 @@ export interface Generation {
   finishReason: "stop" | "length";
 }
 
+export interface TrainStepResult {
+  /** This micro-batch's share: sum(mask · −logprob) / tokenNormaliser. Summed over micro-batches: the loss. */
+  loss: number;
+  /** Tokens the mask counted in this micro-batch. */
+  tokens: number;
+}
+
+export interface OptimizerStepResult {
+  /** Global L2 norm of the accumulated gradients before clipping. */
+  gradNorm: number;
+  /** The rate of this step from the schedule. */
+  lr: number;
+  /** Updates applied so far (a skipped step does not count and does not advance the schedule). */
+  step: number;
+  /** True when the norm was not finite: parameters unchanged, gradients dropped. */
+  skipped: boolean;
+}
+
+export interface OptimizerOptions extends AdamWConfig {
+  /** The schedule scales `lr`, the peak rate. */
+  schedule: Omit<LrSchedule, "lr">;
+  /** Clip the global gradient norm to this; absent: no clipping (the norm is still reported). */
+  maxGradNorm?: number;
+}
+
 export interface NativeModelAddon {
-  /** addon/model.cc ModelCreate(object hfConfig, {name,dtype,shape,data}[] tensors, string device, string dtype) */
+  /** addon/model.cc ModelCreate(string configJson, {name,dtype,shape,data}[] tensors, string device, string dtype) */
   modelCreate(
-    config: Record<string, unknown>,
+    configJson: string,
     tensors: { name: string; dtype: NativeDtype; shape: number[]; data: NativeTypedArray }[],
     device: string,
     dtype: NativeDtype,
   ): NativeModelHandle;
+  /** addon/model.cc LoadWork: async, ModelLoad(string dir, string device, string dtype) */
+  modelLoad(dir: string, device: string, dtype: NativeDtype): Promise<NativeModelHandle>;
+  /** addon/model.cc SaveWork: async, ModelSave(handle, string dir, int64 maxShardBytes) */
+  modelSave(handle: NativeModelHandle, dir: string, maxShardBytes: number): Promise<void>;
+  /** addon/model.cc TrainStepWork: async, masked NLL / tokenNormaliser, gradients accumulate */
+  modelTrainStep(
+    handle: NativeModelHandle,
+    tokens: TokenIds,
+    cuSeqlens: TokenIds,
+    lossMask: Float32Array,
+    tokenNormaliser: number,
+    temperature: number,
+    chunkTokens: number,
+  ): Promise<TrainStepResult>;
+  /** addon/model.cc ModelOptimizerInit(handle, options) */
+  modelOptimizerInit(handle: NativeModelHandle, options: OptimizerOptions): void;
+  /** addon/model.cc OptimizerStepWork: async clip, schedule, AdamW, zero grads */
+  modelOptimizerStep(handle: NativeModelHandle): Promise<OptimizerStepResult>;
   /** addon/model.cc ModelDispose(handle) */
   modelDispose(handle: NativeModelHandle): void;
   /** addon/model.cc LogprobsWork: async */
@@ -134,6 +178,15 @@ export interface ModelCreateOptions {
   dtype?: NativeDtype;
 }
 
+function checkPlacement(options: ModelCreateOptions): [string, NativeDtype] {
+  const device = checkDevice(options.device ?? "cpu");
+  const dtype = checkDtype(options.dtype ?? "float32");
+  if (!["float32", "float16", "bfloat16", "float64"].includes(dtype)) {
+    throw new TypeError(`dtype: a model needs a floating dtype, found ${dtype}`);
+  }
+  return [device, dtype];
+}
+
 /** A model on the native engine. Call dispose() when done (also `using`). */
 export class Model {
   #handle: NativeModelHandle | undefined;
@@ -168,12 +221,117 @@ export class Model {
       if (typeof t.name !== "string" || t.name === "")
         throw new TypeError(`tensors[${i}].name: expected a tensor name`);
     });
-    const device = checkDevice(options.device ?? "cpu");
-    const dtype = checkDtype(options.dtype ?? "float32");
-    if (!["float32", "float16", "bfloat16", "float64"].includes(dtype)) {
-      throw new TypeError(`dtype: a model needs a floating dtype, found ${dtype}`);
+    const [device, dtype] = checkPlacement(options);
+    return new Model(native().modelCreate(JSON.stringify(config), tensors, device, dtype));
+  }
+
+  /**
+   * Loads an HF model folder (config.json plus model.safetensors or an index and shards). Stored
+   * bf16/fp16/fp32 tensors are cast to `dtype`. Rejects naming the folder and the problem.
+   */
+  static async load(dir: string, options: ModelCreateOptions = {}): Promise<Model> {
+    if (typeof dir !== "string" || dir === "") throw new TypeError("dir: expected a folder path");
+    const [device, dtype] = checkPlacement(options);
+    return new Model(await native().modelLoad(dir, device, dtype));
+  }
+
+  /**
+   * Writes an HF folder: config.json (as loaded, dtype updated to the parameters') and
+   * safetensors with HF names, sharded above maxShardBytes; tied models omit lm_head.weight.
+   */
+  async save(dir: string, maxShardBytes = 5_000_000_000): Promise<void> {
+    if (typeof dir !== "string" || dir === "") throw new TypeError("dir: expected a folder path");
+    if (!Number.isSafeInteger(maxShardBytes) || maxShardBytes <= 0) {
+      throw new RangeError(`maxShardBytes: ${JSON.stringify(maxShardBytes)} must be a positive integer`);
     }
-    return new Model(native().modelCreate(config, tensors, device, dtype));
+    await native().modelSave(this.handle, dir, maxShardBytes);
+  }
+
+  /**
+   * One micro-batch of masked NLL: forward, loss = sum(lossMask · −logprob) / tokenNormaliser,
+   * backward. Gradients accumulate until optimizerStep(). lossMask has one entry per predicted
+   * token (tokens − sequences, as logprobs()); tokenNormaliser: the tokens counted in the whole
+   * mini-batch (all micro-batches), so that summed gradients are the mini-batch's.
+   */
+  async trainStep(
+    tokens: TokenIds,
+    cuSeqlens: TokenIds,
+    lossMask: Float32Array,
+    tokenNormaliser: number,
+    temperature = 1,
+    chunkTokens = 1024,
+  ): Promise<TrainStepResult> {
+    const [t, cu] = checkPacked(tokens, cuSeqlens);
+    const predicted = t.length - (cu.length - 1);
+    if (!(lossMask instanceof Float32Array) || lossMask.length !== predicted) {
+      throw new RangeError(`lossMask: expected a Float32Array of ${predicted} entries (tokens - sequences)`);
+    }
+    if (typeof tokenNormaliser !== "number" || !Number.isFinite(tokenNormaliser) || tokenNormaliser <= 0) {
+      throw new RangeError(`tokenNormaliser: ${JSON.stringify(tokenNormaliser)} must be a positive number`);
+    }
+    return native().modelTrainStep(
+      this.handle,
+      t,
+      cu,
+      lossMask,
+      tokenNormaliser,
+      checkTemperature(temperature, "temperature", false),
+      checkChunk(chunkTokens),
+    );
+  }
+
+  /** AdamW (fp32 masters) over this model's parameters, starting at step 0; replaces an earlier one. */
+  initOptimizer(options: OptimizerOptions): void {
+    if (options === null || typeof options !== "object")
+      throw new TypeError("options: expected {lr, schedule, ...}");
+    const positive = (v: unknown, field: string) => {
+      if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
+        throw new RangeError(`${field}: ${JSON.stringify(v)} must be a positive number`);
+      }
+    };
+    const unit = (v: unknown, field: string) => {
+      if (v !== undefined && (typeof v !== "number" || !(v >= 0 && v < 1))) {
+        throw new RangeError(`${field}: ${JSON.stringify(v)} must be a number in [0, 1)`);
+      }
+    };
+    positive(options.lr, "options.lr");
+    unit(options.beta1, "options.beta1");
+    unit(options.beta2, "options.beta2");
+    if (options.eps !== undefined) positive(options.eps, "options.eps");
+    if (
+      options.weightDecay !== undefined &&
+      !(typeof options.weightDecay === "number" && options.weightDecay >= 0)
+    ) {
+      throw new RangeError(
+        `options.weightDecay: ${JSON.stringify(options.weightDecay)} must be a number >= 0`,
+      );
+    }
+    const noDecay = options.noDecay;
+    if (
+      noDecay !== undefined &&
+      noDecay !== "biases-and-norms" &&
+      !(Array.isArray(noDecay) && noDecay.every((n) => typeof n === "string"))
+    ) {
+      throw new TypeError(
+        `options.noDecay: ${JSON.stringify(noDecay)}; allowed: "biases-and-norms" or parameter names`,
+      );
+    }
+    if (options.maxGradNorm !== undefined) positive(options.maxGradNorm, "options.maxGradNorm");
+    if (options.schedule === null || typeof options.schedule !== "object") {
+      throw new TypeError("options.schedule: expected {kind, warmupSteps?, totalSteps?, minLrRatio?}");
+    }
+    // lrAt checks the schedule's fields and names them; the prefix says where they live.
+    try {
+      lrAt({ ...options.schedule, lr: options.lr }, 0);
+    } catch (error) {
+      throw new RangeError(`options.${(error as Error).message}`);
+    }
+    native().modelOptimizerInit(this.handle, options);
+  }
+
+  /** Clip, rate from the schedule, AdamW update, drop the gradients. */
+  optimizerStep(): Promise<OptimizerStepResult> {
+    return native().modelOptimizerStep(this.handle);
   }
 
   get handle(): NativeModelHandle {

@@ -96,12 +96,16 @@ export const workerCommandArgs = {
     name: modelName,
     tokens: ids,
     cuSeqlens: ids,
-    /** Per-token loss weights, one per predicted token (tokens - sequences). */
-    weights: typedArray(Float32Array),
+    /** One entry per predicted token (tokens - sequences): which tokens count, and how much. */
+    lossMask: typedArray(Float32Array),
+    /** Tokens counted in the whole mini-batch, so micro-batch gradients sum to the mini-batch's. */
+    tokenNormaliser: number({ min: Number.MIN_VALUE }),
     temperature: optional(number({ min: 0 })),
   }),
-  "model.optimizerStep": object({ name: modelName, lr: optional(number({ min: 0 })) }),
-  "model.save": object({ name: modelName, dir: string() }),
+  /** AdamW over the model's parameters: {lr, schedule, beta1?, beta2?, eps?, weightDecay?, ...}. */
+  "model.initOptimizer": object({ name: modelName, options: record() }),
+  "model.optimizerStep": object({ name: modelName }),
+  "model.save": object({ name: modelName, dir: string(), maxShardBytes: optional(integer({ min: 1 })) }),
   "model.free": object({ name: modelName }),
   "dist.init": object({
     rank: integer({ min: 0 }),
@@ -260,8 +264,9 @@ export interface WorkerCommandResults {
     generations: { tokens: Int32Array; logprobs: Float32Array; finishReason: "stop" | "length" }[];
   };
   "model.logprobs": { logprobs: Float32Array; entropy: Float32Array };
-  "model.trainStep": { loss: number };
-  "model.optimizerStep": { step: number };
+  "model.trainStep": { loss: number; tokens: number };
+  "model.initOptimizer": { name: string };
+  "model.optimizerStep": { gradNorm: number; lr: number; step: number; skipped: boolean };
   "model.save": { dir: string };
   "model.free": { freed: boolean };
   "dist.init": { rank: number; worldSize: number; backend: string };

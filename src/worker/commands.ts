@@ -5,7 +5,7 @@ import { createServer } from "node:net";
 import { freemem, hostname, totalmem } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import { engineInfo } from "../native/engine.js";
-import { Model } from "../native/model.js";
+import { Model, type OptimizerOptions } from "../native/model.js";
 import type {
   WorkerCommand,
   WorkerCommandArgs,
@@ -100,12 +100,12 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
         `args.name: a model "${args.name}" is loaded already; free it first`,
       );
     }
-    if (args.dir !== undefined) notYet("loading a checkpoint folder (Model.load)");
-    if (!args.config || !args.tensors) {
-      throw new CommandError("WORKER_ERROR", "args: give either dir, or config with tensors");
-    }
     const device = args.device ?? state.device;
-    const model = Model.create(args.config, args.tensors, { device, dtype: args.dtype ?? "float32" });
+    const placement = { device, dtype: args.dtype ?? "float32" } as const;
+    let model: Model;
+    if (args.dir !== undefined) model = await Model.load(args.dir, placement);
+    else if (args.config && args.tensors) model = Model.create(args.config, args.tensors, placement);
+    else throw new CommandError("WORKER_ERROR", "args: give either dir, or config with tensors");
     state.models.set(args.name, model);
     const parameters = model.parameters().reduce((n, t) => n + t.data.length, 0);
     return { name: args.name, parameters, device };
@@ -120,19 +120,22 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   "model.logprobs": async (state, args) =>
     state.model(args.name).logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1),
 
-  "model.trainStep": async (state, args) => {
-    state.model(args.name);
-    return notYet("model.trainStep (Model.trainStep)");
+  "model.trainStep": async (state, args) =>
+    state
+      .model(args.name)
+      .trainStep(args.tokens, args.cuSeqlens, args.lossMask, args.tokenNormaliser, args.temperature ?? 1),
+
+  "model.initOptimizer": async (state, args) => {
+    // The engine's checks name each option's field; they run on the worker, behind this schema.
+    state.model(args.name).initOptimizer(args.options as unknown as OptimizerOptions);
+    return { name: args.name };
   },
 
-  "model.optimizerStep": async (state, args) => {
-    state.model(args.name);
-    return notYet("model.optimizerStep (Model.optimizerStep)");
-  },
+  "model.optimizerStep": async (state, args) => state.model(args.name).optimizerStep(),
 
   "model.save": async (state, args) => {
-    state.model(args.name);
-    return notYet("model.save (Model.save)");
+    await state.model(args.name).save(args.dir, args.maxShardBytes);
+    return { dir: args.dir };
   },
 
   "model.free": async (state, args) => {

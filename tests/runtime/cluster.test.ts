@@ -101,6 +101,57 @@ test("worker commands run on the engine: load, logprobs, generate, free", { time
   assert.deepEqual((await cluster.status()).workers[0]?.models, []);
 });
 
+test("worker commands train: train step, optimizer step, save, load the saved folder", {
+  timeout: 90_000,
+}, async () => {
+  const { config, tensors } = tinyLlama(11);
+  await cluster.run("model.load", { name: "actor", config, tensors });
+  await cluster.run("model.initOptimizer", {
+    name: "actor",
+    options: { lr: 1e-2, schedule: { kind: "constant" } },
+  });
+  const tokens = new Int32Array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3]);
+  const cuSeqlens = new Int32Array([0, 6, 10]);
+  const lossMask = new Float32Array(8).fill(1);
+  const before = await cluster.run("model.logprobs", { name: "actor", tokens, cuSeqlens }, { ranks: [0] });
+  const step = await cluster.run("model.trainStep", {
+    name: "actor",
+    tokens,
+    cuSeqlens,
+    lossMask,
+    tokenNormaliser: 8,
+  });
+  assert.ok(step.every((r) => Number.isFinite(r.result.loss) && r.result.tokens === 8));
+  const updated = await cluster.run("model.optimizerStep", { name: "actor" });
+  assert.deepEqual(
+    updated.map((r) => [r.result.step, r.result.skipped]),
+    [
+      [1, false],
+      [1, false],
+    ],
+  );
+  const after0 = await cluster.run("model.logprobs", { name: "actor", tokens, cuSeqlens }, { ranks: [0] });
+  const sum = (a: Float32Array | undefined) => (a ?? new Float32Array()).reduce((x, y) => x + y, 0);
+  assert.ok(
+    sum(after0[0]?.result.logprobs) > sum(before[0]?.result.logprobs),
+    "a step on the NLL raises logprobs",
+  );
+  const folder = `${dir.path}/saved`;
+  await cluster.run("model.save", { name: "actor", dir: folder }, { ranks: [0] });
+  await cluster.run("model.load", { name: "reloaded", dir: folder }, { ranks: [1] });
+  const reloaded = await cluster.run(
+    "model.logprobs",
+    { name: "reloaded", tokens, cuSeqlens },
+    { ranks: [1] },
+  );
+  assert.deepEqual(
+    Array.from(reloaded[0]?.result.logprobs ?? []),
+    Array.from(after0[0]?.result.logprobs ?? []),
+  );
+  await cluster.run("model.free", { name: "actor" });
+  await cluster.run("model.free", { name: "reloaded" }, { ranks: [1] });
+});
+
 test("an all-reduce through the engine's process group sums across ranks", { timeout: 60_000 }, async (t) => {
   try {
     await cluster.initProcessGroup("gloo");

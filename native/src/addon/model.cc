@@ -1,6 +1,8 @@
-// Model handles: create from an HF config object and named host tensors, then logprobs, generation,
-// parameters and a weighted-NLL backward for parity tests. Long calls run as async work; each
-// holds the model's own mutex so that calls on one model never overlap.
+// Model handles: load from an HF folder (or create from a config and host tensors), save, logprobs,
+// generation, parameters, training (micro-batch backward with accumulated gradients, AdamW steps)
+// and a weighted-NLL backward for parity tests. Long calls run as async work; each holds the
+// model's own mutex so that calls on one model never overlap.
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -9,9 +11,15 @@
 #include "addon/common.h"
 #include "addon/registry.h"
 #include "addon/tensor.h"
+#include "addon/train_args.h"
+#include "io/checkpoint.h"
 #include "layers/logprob.h"
 #include "models/registry.h"
 #include "rollout/generate.h"
+#include "train/grad_clip.h"
+#include "train/losses.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
 
 namespace tiller::addon {
 namespace {
@@ -24,6 +32,13 @@ constexpr napi_type_tag kModelTag = {0x7d1f3c2a9b4e4f61ULL, 0xa3c8e5d2b1f09e47UL
 struct ModelSlot {
   std::mutex mutex;  // one call at a time on this model
   std::unique_ptr<CausalLM> model;
+  io::Json config;  // config.json as given; save() writes it back with the dtype updated
+  // Training state, from modelOptimizerInit on. The optimizer references the model's parameters.
+  std::unique_ptr<train::AdamW> optimizer;
+  train::LrSchedule schedule;
+  double max_grad_norm = std::numeric_limits<double>::infinity();
+  int64_t updates = 0;         // optimizer steps applied (skipped ones excluded): the schedule's step
+  bool grads_pending = false;  // trainStep accumulated gradients that no optimizer step consumed yet
 };
 
 // The JS handle owns a shared_ptr to the slot; running async work holds another, so dispose() while a
@@ -39,26 +54,6 @@ std::shared_ptr<ModelSlot> slot_of(const Napi::Value& value) {
   auto* handle = value.As<Napi::External<Handle>>().Data();
   if (!handle->slot) throw std::invalid_argument("model: this model was disposed");
   return handle->slot;
-}
-
-void flatten(const Napi::Value& value, const std::string& key, models::HfConfig& out) {
-  if (value.IsNumber()) {
-    out.numbers[key] = value.As<Napi::Number>().DoubleValue();
-  } else if (value.IsBoolean()) {
-    out.numbers[key] = value.As<Napi::Boolean>().Value() ? 1.0 : 0.0;
-  } else if (value.IsString()) {
-    out.strings[key] = value.As<Napi::String>().Utf8Value();
-  } else if (value.IsArray()) {
-    auto array = value.As<Napi::Array>();
-    for (uint32_t i = 0; i < array.Length(); ++i) flatten(array.Get(i), key + "." + std::to_string(i), out);
-  } else if (value.IsObject()) {
-    auto object = value.As<Napi::Object>();
-    auto names = object.GetPropertyNames();
-    for (uint32_t i = 0; i < names.Length(); ++i) {
-      const auto name = names.Get(i).As<Napi::String>().Utf8Value();
-      flatten(object.Get(name), key.empty() ? name : key + "." + name, out);
-    }
-  }
 }
 
 // An Int32Array or BigInt64Array of ids, copied into an int64 tensor (the worker must not read JS memory).
@@ -102,7 +97,7 @@ class ModelWork : public Napi::AsyncWorker {
   void Execute() override {
     try {
       std::lock_guard<std::mutex> lock(slot_->mutex);
-      Run(*slot_->model);
+      Run(*slot_);
     } catch (const c10::Error& e) {
       SetError(std::string("libtorch: ") + e.what_without_backtrace());
     } catch (const std::exception& e) {
@@ -112,7 +107,7 @@ class ModelWork : public Napi::AsyncWorker {
   void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
 
  protected:
-  virtual void Run(CausalLM& model) = 0;
+  virtual void Run(ModelSlot& slot) = 0;
   Napi::Promise::Deferred deferred_;
 
  private:
@@ -142,6 +137,23 @@ layers::TokenLogprobs forward_logprobs(CausalLM& model, const at::Tensor& tokens
                                    chunk_tokens);
 }
 
+// Parameters require grad only while a backward runs, so that logprobs and generation never build a
+// graph. Gradients stay on the parameters when the scope ends: trainStep accumulates into them.
+class GradScope {
+ public:
+  explicit GradScope(const models::NamedTensors& params) : params_(params) {
+    for (const auto& [_, p] : params_) p.requires_grad_(true);
+  }
+  ~GradScope() {
+    for (const auto& [_, p] : params_) p.requires_grad_(false);
+  }
+  GradScope(const GradScope&) = delete;
+  GradScope& operator=(const GradScope&) = delete;
+
+ private:
+  const models::NamedTensors& params_;
+};
+
 class LogprobsWork final : public ModelWork {
  public:
   LogprobsWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
@@ -149,8 +161,9 @@ class LogprobsWork final : public ModelWork {
       : ModelWork(env, "tiller.modelLogprobs", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
         temperature_(temperature), chunk_(chunk) {}
 
-  void Run(CausalLM& model) override {
+  void Run(ModelSlot& slot) override {
     at::NoGradGuard no_grad;
+    auto& model = *slot.model;
     const auto out = forward_logprobs(model, tokens_, cu_, temperature_, chunk_);
     logprob_ = out.logprob.to(at::kCPU).contiguous();
     entropy_ = out.entropy.to(at::kCPU).contiguous();
@@ -179,11 +192,14 @@ class LossBackwardWork final : public ModelWork {
       : ModelWork(env, "tiller.modelLossBackward", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
         weights_(std::move(weights)), temperature_(temperature), chunk_(chunk) {}
 
-  void Run(CausalLM& model) override {
-    const auto& params = model.named_parameters();
-    for (const auto& [_, p] : params) p.requires_grad_(true);
+  void Run(ModelSlot& slot) override {
+    if (slot.grads_pending) {
+      throw std::invalid_argument("model: trainStep gradients are pending; call optimizerStep before lossBackward");
+    }
+    const auto& params = slot.model->named_parameters();
+    GradScope scope(params);
     try {
-      const auto out = forward_logprobs(model, tokens_, cu_, temperature_, chunk_);
+      const auto out = forward_logprobs(*slot.model, tokens_, cu_, temperature_, chunk_);
       if (out.logprob.size(0) != weights_.size(0)) {
         throw std::invalid_argument("weights: has " + std::to_string(weights_.size(0)) + " entries, expected " +
                                     std::to_string(out.logprob.size(0)) + " (tokens minus sequences)");
@@ -196,10 +212,10 @@ class LossBackwardWork final : public ModelWork {
         grads_.emplace_back(name, g.to(at::kCPU).contiguous().clone());
       }
     } catch (...) {
-      release(params);
+      drop_grads(params);
       throw;
     }
-    release(params);
+    drop_grads(params);
   }
 
   void OnOK() override {
@@ -213,11 +229,8 @@ class LossBackwardWork final : public ModelWork {
   }
 
  private:
-  static void release(const models::NamedTensors& params) {
-    for (const auto& [_, p] : params) {
-      p.mutable_grad() = at::Tensor();
-      p.requires_grad_(false);
-    }
+  static void drop_grads(const models::NamedTensors& params) {
+    for (const auto& [_, p] : params) p.mutable_grad() = at::Tensor();
   }
   at::Tensor tokens_;
   std::vector<int64_t> cu_;
@@ -234,7 +247,7 @@ class GenerateWork final : public ModelWork {
                rollout::GenerateOptions options)
       : ModelWork(env, "tiller.modelGenerate", std::move(slot)), prompts_(std::move(prompts)), options_(std::move(options)) {}
 
-  void Run(CausalLM& model) override { results_ = rollout::generate(model, prompts_, options_); }
+  void Run(ModelSlot& slot) override { results_ = rollout::generate(*slot.model, prompts_, options_); }
 
   void OnOK() override {
     auto env = Env();
@@ -260,12 +273,165 @@ class GenerateWork final : public ModelWork {
   std::vector<rollout::SequenceState> results_;
 };
 
-// modelCreate(config: object, tensors: {name, dtype, shape, data}[], device: string, dtype: string) -> handle
+// One micro-batch: forward, masked NLL over the whole mini-batch's token count, backward. The
+// gradients add to those of earlier micro-batches until modelOptimizerStep consumes them.
+class TrainStepWork final : public ModelWork {
+ public:
+  TrainStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
+                at::Tensor mask, double normaliser, double temperature, int64_t chunk)
+      : ModelWork(env, "tiller.modelTrainStep", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
+        mask_(std::move(mask)), normaliser_(normaliser), temperature_(temperature), chunk_(chunk) {}
+
+  void Run(ModelSlot& slot) override {
+    const auto predicted = tokens_.size(0) - static_cast<int64_t>(cu_.size()) + 1;
+    if (mask_.size(0) != predicted) {
+      throw std::invalid_argument("lossMask: has " + std::to_string(mask_.size(0)) + " entries, expected " +
+                                  std::to_string(predicted) + " (tokens minus sequences)");
+    }
+    GradScope scope(slot.model->named_parameters());
+    const auto out = forward_logprobs(*slot.model, tokens_, cu_, temperature_, chunk_);
+    train::TokenLossInputs in;
+    in.logprobs = out.logprob;                        // [tokens - sequences] fp32
+    in.mask = mask_.to(out.logprob.device());         // [tokens - sequences]
+    in.token_normaliser = normaliser_;
+    const auto loss = train::masked_token_nll(in);
+    // Pending from here on: a backward that fails halfway may have added part of its gradients.
+    slot.grads_pending = true;
+    loss.backward();
+    loss_ = loss.item<double>();
+    tokens_counted_ = mask_.sum().item<double>();
+  }
+
+  void OnOK() override {
+    auto out = Napi::Object::New(Env());
+    out["loss"] = loss_;
+    out["tokens"] = tokens_counted_;
+    deferred_.Resolve(out);
+  }
+
+ private:
+  at::Tensor tokens_;
+  std::vector<int64_t> cu_;
+  at::Tensor mask_;
+  double normaliser_, temperature_;
+  int64_t chunk_;
+  double loss_ = 0, tokens_counted_ = 0;
+};
+
+// Clip, rate from the schedule, AdamW, drop the gradients. A non-finite norm skips the update
+// (and does not advance the schedule), as Megatron does for an overflowed step.
+class OptimizerStepWork final : public ModelWork {
+ public:
+  OptimizerStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot)
+      : ModelWork(env, "tiller.modelOptimizerStep", std::move(slot)) {}
+
+  void Run(ModelSlot& slot) override {
+    if (!slot.optimizer) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+    const auto params = slot.optimizer->params();
+    const auto clip = train::clip_grad_norm(params, slot.max_grad_norm);
+    grad_norm_ = clip.norm;
+    lr_ = train::lr_at(slot.schedule, slot.updates);
+    skipped_ = !clip.finite;
+    if (!skipped_) {
+      slot.optimizer->step(lr_);
+      ++slot.updates;
+    }
+    slot.optimizer->zero_grad();
+    slot.grads_pending = false;
+    step_ = slot.updates;
+  }
+
+  void OnOK() override {
+    auto out = Napi::Object::New(Env());
+    out["gradNorm"] = grad_norm_;
+    out["lr"] = lr_;
+    out["step"] = step_;
+    out["skipped"] = skipped_;
+    deferred_.Resolve(out);
+  }
+
+ private:
+  double grad_norm_ = 0, lr_ = 0;
+  int64_t step_ = 0;
+  bool skipped_ = false;
+};
+
+// config.json (dtype updated) plus safetensors with HF names. Tied models have no lm_head.weight
+// parameter, so it is not written, as HF save_pretrained does.
+class SaveWork final : public ModelWork {
+ public:
+  SaveWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::string dir, int64_t max_shard_bytes)
+      : ModelWork(env, "tiller.modelSave", std::move(slot)), dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes) {}
+
+  void Run(ModelSlot& slot) override {
+    auto config = slot.config;
+    const auto dtype = dtype_name(slot.model->dtype());
+    // transformers 5 reads "dtype", 4 reads "torch_dtype": update whichever the config has.
+    bool written = false;
+    for (const char* key : {"dtype", "torch_dtype"}) {
+      if (config.has(key)) {
+        config.set(key, dtype);
+        written = true;
+      }
+    }
+    if (!written) config.set("dtype", dtype);
+    models::NamedTensors tensors;
+    for (const auto& [name, p] : slot.model->named_parameters()) {
+      tensors.emplace_back(name, p.detach().to(at::kCPU).contiguous());
+    }
+    io::save_checkpoint(dir_, config, tensors, max_shard_bytes_);
+  }
+
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+
+ private:
+  std::string dir_;
+  int64_t max_shard_bytes_;
+};
+
+Napi::Value wrap_slot(Napi::Env env, std::shared_ptr<ModelSlot> slot) {
+  auto handle = Napi::External<Handle>::New(env, new Handle{std::move(slot)}, [](Napi::Env, Handle* h) { delete h; });
+  handle.TypeTag(&kModelTag);
+  return handle;
+}
+
+class LoadWork final : public Napi::AsyncWorker {
+ public:
+  LoadWork(Napi::Env env, std::string dir, at::Device device, at::ScalarType dtype)
+      : Napi::AsyncWorker(env, "tiller.modelLoad"), deferred_(Napi::Promise::Deferred::New(env)), dir_(std::move(dir)),
+        device_(device), dtype_(dtype) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      const auto checkpoint = io::open_checkpoint(dir_);
+      slot_ = std::make_shared<ModelSlot>();
+      slot_->config = checkpoint.config;
+      // The builder casts (and copies) every tensor, so nothing aliases the mapped files after this.
+      slot_->model = models::build_model(models::HfConfig(checkpoint.config), checkpoint.tensors, device_, dtype_);
+    } catch (const c10::Error& e) {
+      SetError("model.load(" + dir_ + "): libtorch: " + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      SetError("model.load(" + dir_ + "): " + e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(wrap_slot(Env(), std::move(slot_))); }
+  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::string dir_;
+  at::Device device_;
+  at::ScalarType dtype_;
+  std::shared_ptr<ModelSlot> slot_;
+};
+
+// modelCreate(configJson: string, tensors: {name, dtype, shape, data}[], device: string, dtype: string) -> handle
 Napi::Value ModelCreate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    models::HfConfig config;
-    flatten(info[0], "", config);
+    auto slot = std::make_shared<ModelSlot>();
+    slot->config = io::Json::parse(info[0].As<Napi::String>().Utf8Value());
     models::WeightMap weights;
     auto list = info[1].As<Napi::Array>();
     for (uint32_t i = 0; i < list.Length(); ++i) {
@@ -278,12 +444,85 @@ Napi::Value ModelCreate(const Napi::CallbackInfo& info) {
     }
     const auto device = parse_device(info[2].As<Napi::String>().Utf8Value());
     const auto dtype = dtype_from_name(info[3].As<Napi::String>().Utf8Value());
-    auto slot = std::make_shared<ModelSlot>();
     // The builder copies every tensor, so nothing aliases JS memory once this returns.
-    slot->model = models::build_model(config, weights, device, dtype);
-    auto handle = Napi::External<Handle>::New(env, new Handle{slot}, [](Napi::Env, Handle* h) { delete h; });
-    handle.TypeTag(&kModelTag);
-    return handle;
+    slot->model = models::build_model(models::HfConfig(slot->config), weights, device, dtype);
+    return wrap_slot(env, std::move(slot));
+  });
+}
+
+// modelLoad(dir: string, device: string, dtype: string) -> Promise<handle>
+Napi::Value ModelLoad(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto* work = new LoadWork(env, info[0].As<Napi::String>().Utf8Value(),
+                              parse_device(info[1].As<Napi::String>().Utf8Value()),
+                              dtype_from_name(info[2].As<Napi::String>().Utf8Value()));
+    auto promise = work->Promise();
+    work->Queue();
+    return promise;
+  });
+}
+
+// modelSave(handle, dir: string, maxShardBytes: number) -> Promise<void>
+Napi::Value ModelSave(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto* work = new SaveWork(env, slot_of(info[0]), info[1].As<Napi::String>().Utf8Value(),
+                              info[2].As<Napi::Number>().Int64Value());
+    auto promise = work->Promise();
+    work->Queue();
+    return promise;
+  });
+}
+
+// modelTrainStep(handle, tokens, cuSeqlens, lossMask: Float32Array [tokens - sequences], tokenNormaliser,
+//                temperature, chunkTokens) -> Promise<{loss, tokens}>
+Napi::Value ModelTrainStep(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    auto tokens = ids_from_js(info[1], "tokens");
+    auto cu = cu_from_js(info[2], tokens.numel());
+    auto m = info[3].As<Napi::TypedArray>();
+    auto mask = tensor_from_typed_array(m, at::kFloat, {static_cast<int64_t>(m.ElementLength())}).clone();
+    auto* work = new TrainStepWork(env, slot, tokens, cu, mask, info[4].As<Napi::Number>().DoubleValue(),
+                                   info[5].As<Napi::Number>().DoubleValue(), info[6].As<Napi::Number>().Int64Value());
+    auto promise = work->Promise();
+    work->Queue();
+    return promise;
+  });
+}
+
+// modelOptimizerInit(handle, {lr, beta1?, beta2?, eps?, weightDecay?, noDecay?, schedule: {kind, warmupSteps?,
+//                    totalSteps?, minLrRatio?}, maxGradNorm?}): AdamW over the model's parameters, from step 0.
+Napi::Value ModelOptimizerInit(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    if (!info[1].IsObject()) throw std::invalid_argument("options: expected an object");
+    auto o = info[1].As<Napi::Object>();
+    auto config = adamw_config_from_js(o, "options");
+    if (!o.Get("schedule").IsObject()) throw std::invalid_argument("options.schedule: expected an object");
+    auto schedule = schedule_from_js(o.Get("schedule").As<Napi::Object>(), "options.schedule", config.lr);
+    const auto max_norm = number_field(o, "maxGradNorm", "options", std::numeric_limits<double>::infinity());
+    if (!(max_norm > 0)) throw std::invalid_argument("options.maxGradNorm: must be > 0");
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    slot->optimizer = std::make_unique<train::AdamW>(slot->model->named_parameters(), std::move(config));
+    slot->schedule = schedule;
+    slot->max_grad_norm = max_norm;
+    slot->updates = 0;
+    return env.Undefined();
+  });
+}
+
+// modelOptimizerStep(handle) -> Promise<{gradNorm, lr, step, skipped}>
+Napi::Value ModelOptimizerStep(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto* work = new OptimizerStepWork(env, slot_of(info[0]));
+    auto promise = work->Promise();
+    work->Queue();
+    return promise;
   });
 }
 
@@ -384,6 +623,11 @@ Napi::Value SupportedArchitectures(const Napi::CallbackInfo& info) {
 
 void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelCreate"] = Napi::Function::New(env, ModelCreate, "modelCreate");
+  exports["modelLoad"] = Napi::Function::New(env, ModelLoad, "modelLoad");
+  exports["modelSave"] = Napi::Function::New(env, ModelSave, "modelSave");
+  exports["modelTrainStep"] = Napi::Function::New(env, ModelTrainStep, "modelTrainStep");
+  exports["modelOptimizerInit"] = Napi::Function::New(env, ModelOptimizerInit, "modelOptimizerInit");
+  exports["modelOptimizerStep"] = Napi::Function::New(env, ModelOptimizerStep, "modelOptimizerStep");
   exports["modelDispose"] = Napi::Function::New(env, ModelDispose, "modelDispose");
   exports["modelLogprobs"] = Napi::Function::New(env, ModelLogprobs, "modelLogprobs");
   exports["modelLossBackward"] = Napi::Function::New(env, ModelLossBackward, "modelLossBackward");

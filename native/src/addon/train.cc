@@ -10,6 +10,7 @@
 #include "addon/common.h"
 #include "addon/registry.h"
 #include "addon/tensor.h"
+#include "addon/train_args.h"
 #include "train/grad_clip.h"
 #include "train/losses.h"
 #include "train/optimizer.h"
@@ -53,19 +54,6 @@ train::AdamW& unwrap(const Napi::Value& value) {
   if (!box.optimizer) throw std::invalid_argument("handle: the optimizer was disposed");
   if (box.busy) throw std::invalid_argument("handle: the optimizer is busy with an async call; await it first");
   return *box.optimizer;
-}
-
-std::string string_field(const Napi::Object& o, const char* key, const std::string& field) {
-  auto v = o.Get(key);
-  if (!v.IsString()) throw std::invalid_argument(field + "." + key + ": expected a string");
-  return v.As<Napi::String>().Utf8Value();
-}
-
-double number_field(const Napi::Object& o, const char* key, const std::string& field, double fallback) {
-  auto v = o.Get(key);
-  if (v.IsUndefined()) return fallback;
-  if (!v.IsNumber()) throw std::invalid_argument(field + "." + key + ": expected a number");
-  return v.As<Napi::Number>().DoubleValue();
 }
 
 // {dtype, shape, data} -> a CPU tensor with its own storage (the typed array may be reused by JS).
@@ -118,27 +106,7 @@ Napi::Value OptimizerCreate(const Napi::CallbackInfo& info) {
     for (auto& [name, t] : params) t.requires_grad_(true);
     if (!info[1].IsObject()) throw std::invalid_argument("config: expected an object");
     auto c = info[1].As<Napi::Object>();
-    train::AdamWConfig config{};
-    config.lr = number_field(c, "lr", "config", -1);
-    config.beta1 = number_field(c, "beta1", "config", config.beta1);
-    config.beta2 = number_field(c, "beta2", "config", config.beta2);
-    config.eps = number_field(c, "eps", "config", config.eps);
-    config.weight_decay = number_field(c, "weightDecay", "config", config.weight_decay);
-    auto no_decay = c.Get("noDecay");
-    if (no_decay.IsString() && no_decay.As<Napi::String>().Utf8Value() == "biases-and-norms") {
-      config.decays = train::decays_unless_bias_or_norm;
-    } else if (no_decay.IsArray()) {
-      auto names = std::make_shared<std::unordered_map<std::string, bool>>();
-      auto array = no_decay.As<Napi::Array>();
-      for (uint32_t i = 0; i < array.Length(); ++i) {
-        Napi::Value n = array[i];
-        if (!n.IsString()) throw std::invalid_argument("config.noDecay[" + std::to_string(i) + "]: expected a name");
-        (*names)[n.As<Napi::String>().Utf8Value()] = true;
-      }
-      config.decays = [names](const std::string& name, const at::Tensor&) { return names->count(name) == 0; };
-    } else if (!no_decay.IsUndefined()) {
-      throw std::invalid_argument("config.noDecay: expected \"biases-and-norms\" or an array of parameter names");
-    }
+    auto config = adamw_config_from_js(c, "config");
     return wrap_optimizer(env, std::make_unique<train::AdamW>(std::move(params), std::move(config)), device);
   });
 }
@@ -310,18 +278,7 @@ Napi::Value LrAt(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     if (!info[0].IsObject()) throw std::invalid_argument("schedule: expected an object");
     auto o = info[0].As<Napi::Object>();
-    train::LrSchedule s;
-    const auto kind = string_field(o, "kind", "schedule");
-    if (kind == "constant") s.kind = train::ScheduleKind::kConstant;
-    else if (kind == "constant-with-warmup") s.kind = train::ScheduleKind::kConstantWithWarmup;
-    else if (kind == "warmup-cosine") s.kind = train::ScheduleKind::kWarmupCosine;
-    else throw std::invalid_argument("schedule.kind: '" + kind + "'; allowed: constant, constant-with-warmup, warmup-cosine");
-    s.lr = number_field(o, "lr", "schedule", -1);
-    s.warmup_steps = static_cast<int64_t>(number_field(o, "warmupSteps", "schedule", 0));
-    s.total_steps = static_cast<int64_t>(number_field(o, "totalSteps", "schedule", 0));
-    s.min_lr_ratio = number_field(o, "minLrRatio", "schedule", 0);
-    s.num_cycles = number_field(o, "numCycles", "schedule", 0.5);
-    train::validate(s);
+    const auto s = schedule_from_js(o, "schedule", number_field(o, "lr", "schedule", -1));
     return Napi::Number::New(info.Env(), train::lr_at(s, static_cast<int64_t>(info[1].As<Napi::Number>().Int64Value())));
   });
 }

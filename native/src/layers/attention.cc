@@ -65,4 +65,21 @@ at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, con
   return at::cat(outs);
 }
 
+void write_slot_cache(const at::Tensor& k, const at::Tensor& v, const KvView& cache, const at::Tensor& rows) {
+  const auto kv_heads = cache.k.size(2), head_dim = cache.k.size(3);
+  cache.k.view({-1, kv_heads, head_dim}).index_copy_(0, rows, k);
+  cache.v.view({-1, kv_heads, head_dim}).index_copy_(0, rows, v);
+}
+
+at::Tensor slot_decode_attention(const at::Tensor& q, const KvView& cache, const SlotCacheIndex& index, double scale) {
+  TORCH_CHECK(use_flash(q), "slot_decode_attention: needs bf16/fp16 on CUDA");
+  const auto kv_heads = cache.k.size(2), head_dim = cache.k.size(3);
+  const auto k = cache.k.view({-1, kv_heads, head_dim});
+  const auto v = cache.v.view({-1, kv_heads, head_dim});
+  // One query per row sees every used key of its slot, so no causal mask is needed.
+  return std::get<0>(at::_flash_attention_forward(q, k, v, index.cu_q, index.key_starts, /*max_q=*/1, index.max_len,
+                                                  0.0, /*is_causal=*/false, /*return_debug_mask=*/false, scale,
+                                                  std::nullopt, std::nullopt, index.keys_used));
+}
+
 }  // namespace tiller::layers

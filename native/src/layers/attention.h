@@ -33,4 +33,24 @@ at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, con
                                    const std::vector<int64_t>& cu_seqlens, const KvView& cache,
                                    const CacheSpans& spans, double scale);
 
+// Generation on CUDA with a slot cache: every layer's cache is [slots, max_len, kv_heads, head_dim]
+// seen as rows [slots * max_len, kv_heads, head_dim]. Only device tensors, so a decode step can be
+// captured in a CUDA graph.
+struct SlotCacheIndex {
+  at::Tensor write_rows;  // [tokens] int64: the cache row of each new token (slot * max_len + position)
+  bool decode = false;    // false: prefill (attend within the packed new tokens); true: one token per row
+  // decode only: row b attends to cache rows key_starts[b] .. key_starts[b] + keys_used[b] - 1
+  at::Tensor cu_q;        // [rows + 1] int32: 0, 1, ..., rows
+  at::Tensor key_starts;  // [rows + 1] int32: slot * max_len (the last entry is not read)
+  at::Tensor keys_used;   // [rows] int32: position + 1
+  int64_t max_len = 0;
+};
+
+// k, v: [tokens, kv_heads, head_dim] written to cache rows `rows` ([tokens] int64).
+void write_slot_cache(const at::Tensor& k, const at::Tensor& v, const KvView& cache, const at::Tensor& rows);
+
+// q: [rows, heads, head_dim] (one new token per row) -> [rows, heads, head_dim], reading only the
+// used part of each row's slot (flash attention varlen with seqused_k). CUDA, bf16/fp16 only.
+at::Tensor slot_decode_attention(const at::Tensor& q, const KvView& cache, const SlotCacheIndex& index, double scale);
+
 }  // namespace tiller::layers

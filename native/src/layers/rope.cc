@@ -90,22 +90,20 @@ RopeFrequencies rope_frequencies(const RopeConfig& c, int64_t context_length) {
   throw std::logic_error("rope: unhandled type");
 }
 
+RopeTable rope_table_from(const RopeFrequencies& freqs, const at::Tensor& positions) {
+  // positions: [n] -> angles [n, rotary_dim], the half-table repeated as HF's cat(freqs, freqs)
+  const auto half = positions.to(at::kFloat).unsqueeze(1) * freqs.inv_freq.to(positions.device()).unsqueeze(0);
+  const auto angles = at::cat({half, half}, -1);
+  return {angles.cos() * freqs.attention_scaling, angles.sin() * freqs.attention_scaling};
+}
+
 RopeTable rope_table(const RopeConfig& config, const at::Tensor& positions, const std::vector<int64_t>& cu_seqlens,
                      const std::vector<int64_t>& context_lengths) {
-  const auto angles_for = [&](const RopeFrequencies& f, const at::Tensor& pos) {
-    // pos: [n] -> angles [n, rotary_dim], the half-table repeated as HF's cat(freqs, freqs)
-    const auto freqs = pos.to(at::kFloat).unsqueeze(1) * f.inv_freq.to(pos.device()).unsqueeze(0);
-    return at::cat({freqs, freqs}, -1);
-  };
-  const auto table_for = [&](const RopeFrequencies& f, const at::Tensor& pos) {
-    const auto angles = angles_for(f, pos);
-    return RopeTable{angles.cos() * f.attention_scaling, angles.sin() * f.attention_scaling};
-  };
-  if (config.type != RopeType::Dynamic) return table_for(rope_frequencies(config, 0), positions);
+  if (config.type != RopeType::Dynamic) return rope_table_from(rope_frequencies(config, 0), positions);
   std::vector<at::Tensor> cos, sin;
   for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
-    const auto part = table_for(rope_frequencies(config, context_lengths.at(i)),
-                                positions.slice(0, cu_seqlens[i], cu_seqlens[i + 1]));
+    const auto part = rope_table_from(rope_frequencies(config, context_lengths.at(i)),
+                                      positions.slice(0, cu_seqlens[i], cu_seqlens[i + 1]));
     cos.push_back(part.cos);
     sin.push_back(part.sin);
   }

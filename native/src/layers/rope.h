@@ -49,6 +49,10 @@ struct RopeTable {
 RopeTable rope_table(const RopeConfig& config, const at::Tensor& positions,
                      const std::vector<int64_t>& cu_seqlens, const std::vector<int64_t>& context_lengths);
 
+// The table of one set of frequencies: no host work when freqs.inv_freq already sits on the
+// positions' device, so it can run inside a CUDA graph.
+RopeTable rope_table_from(const RopeFrequencies& freqs, const at::Tensor& positions);
+
 // x: [tokens, heads, head_dim], table rows per token -> same shape and dtype as x
 at::Tensor apply_rope(const at::Tensor& x, const RopeTable& table);
 

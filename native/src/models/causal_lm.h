@@ -23,6 +23,9 @@ struct PackedBatch {
   // Generation only: one cache view per layer and where each sequence writes into it.
   const std::vector<layers::KvView>* cache = nullptr;
   layers::CacheSpans spans;
+  // CUDA generation (rollout/cuda_decoder): when set, `cache` is a slot cache addressed by device
+  // tensors only, and cu_seqlens/context_lengths are not read on the decode path.
+  const layers::SlotCacheIndex* slot_cache = nullptr;
 };
 
 // Builds positions 0..n-1 per sequence (shifted by offsets when given) and the context lengths.
@@ -43,6 +46,9 @@ class CausalLM {
   // [vocab, hidden]: the output projection (the embedding when tied).
   virtual const at::Tensor& lm_head() const = 0;
   virtual KvShape kv_shape() const = 0;
+  // True when rope frequencies do not depend on the context length (not dynamic NTK): the
+  // forward then does no host work, which CUDA graph capture requires.
+  virtual bool fixed_rope() const = 0;
   virtual at::Device device() const = 0;
   virtual at::ScalarType dtype() const = 0;
 };

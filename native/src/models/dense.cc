@@ -1,6 +1,7 @@
 #include "models/dense.h"
 
 #include <cmath>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -77,6 +78,11 @@ class DenseDecoder final : public CausalLM {
     embed_ = get("model.embed_tokens.weight");
     norm_ = get("model.norm.weight");
     lm_head_ = config_.tie_word_embeddings ? embed_ : get("lm_head.weight");
+    if (config_.rope.type != layers::RopeType::Dynamic) {
+      // Fixed frequencies live on the device once, so the forward does no host work for rope.
+      static_rope_ = layers::rope_frequencies(config_.rope, 0);
+      static_rope_->inv_freq = static_rope_->inv_freq.to(device_);
+    }
     for (int64_t i = 0; i < config_.num_layers; ++i) {
       const auto p = "model.layers." + std::to_string(i) + ".";
       blocks_.push_back(Block{get(p + "input_layernorm.weight"), get(p + "self_attn.q_proj.weight"),
@@ -93,13 +99,15 @@ class DenseDecoder final : public CausalLM {
   const NamedTensors& named_parameters() const override { return params_; }
   const at::Tensor& lm_head() const override { return lm_head_; }
   KvShape kv_shape() const override { return {config_.num_layers, config_.num_kv_heads, config_.head_dim}; }
+  bool fixed_rope() const override { return static_rope_.has_value(); }
   at::Device device() const override { return device_; }
   at::ScalarType dtype() const override { return dtype_; }
 
   at::Tensor forward(const PackedBatch& batch) const override {
     const auto& c = config_;
     const auto tokens = batch.tokens.size(0);
-    const auto rope = layers::rope_table(c.rope, batch.positions, batch.cu_seqlens, batch.context_lengths);
+    const auto rope = static_rope_ ? layers::rope_table_from(*static_rope_, batch.positions)
+                                   : layers::rope_table(c.rope, batch.positions, batch.cu_seqlens, batch.context_lengths);
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     auto x = at::embedding(embed_, batch.tokens);  // [tokens, hidden]
     for (size_t l = 0; l < blocks_.size(); ++l) {
@@ -114,9 +122,7 @@ class DenseDecoder final : public CausalLM {
       }
       q = layers::apply_rope(q, rope);
       k = layers::apply_rope(k, rope);
-      const auto attn = batch.cache ? layers::cached_causal_attention(q, k, v, batch.cu_seqlens, (*batch.cache)[l],
-                                                                      batch.spans, scale)
-                                    : layers::causal_varlen_attention(q, k, v, batch.cu_seqlens, scale);
+      const auto attn = attention(batch, l, q, k, v, scale);
       x = x + linear(attn.reshape({tokens, c.num_heads * c.head_dim}), b.o, b.o_bias);
       const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
       x = x + at::matmul(at::silu(at::matmul(m, b.gate.t())) * at::matmul(m, b.up.t()), b.down.t());
@@ -125,7 +131,21 @@ class DenseDecoder final : public CausalLM {
   }
 
  private:
+  // q: [tokens, heads, D], k, v: [tokens, kv_heads, D] -> [tokens, heads, D]
+  static at::Tensor attention(const PackedBatch& batch, size_t layer, const at::Tensor& q, const at::Tensor& k,
+                              const at::Tensor& v, double scale) {
+    if (batch.slot_cache) {
+      const auto& cache = (*batch.cache)[layer];
+      layers::write_slot_cache(k, v, cache, batch.slot_cache->write_rows);
+      return batch.slot_cache->decode ? layers::slot_decode_attention(q, cache, *batch.slot_cache, scale)
+                                      : layers::causal_varlen_attention(q, k, v, batch.cu_seqlens, scale);
+    }
+    if (batch.cache) return layers::cached_causal_attention(q, k, v, batch.cu_seqlens, (*batch.cache)[layer], batch.spans, scale);
+    return layers::causal_varlen_attention(q, k, v, batch.cu_seqlens, scale);
+  }
+
   ModelConfig config_;
+  std::optional<layers::RopeFrequencies> static_rope_;
   NamedTensors params_;
   at::Device device_;
   at::ScalarType dtype_;
@@ -137,18 +157,31 @@ class DenseDecoder final : public CausalLM {
 
 ModelConfig read_common_config(const HfConfig& c) {
   ModelConfig m;
-  m.vocab_size = c.required_int("vocab_size");
-  m.hidden_size = c.required_int("hidden_size");
-  m.intermediate_size = c.required_int("intermediate_size");
-  m.num_layers = c.required_int("num_hidden_layers");
-  m.num_heads = c.required_int("num_attention_heads");
-  m.num_kv_heads = static_cast<int64_t>(c.number_or("num_key_value_heads", static_cast<double>(m.num_heads)));
-  m.head_dim = static_cast<int64_t>(c.number_or("head_dim", static_cast<double>(m.hidden_size / m.num_heads)));
+  // Sizes are checked before use: a zero head count would divide by zero below, and a negative
+  // size would only fail later inside libtorch with a message that names no config field.
+  const auto positive = [&](const std::string& key) {
+    const auto v = c.required_int(key);
+    if (v <= 0) throw std::invalid_argument("config.json: " + key + " must be > 0, found " + std::to_string(v));
+    return v;
+  };
+  m.vocab_size = positive("vocab_size");
+  m.hidden_size = positive("hidden_size");
+  m.intermediate_size = positive("intermediate_size");
+  m.num_layers = positive("num_hidden_layers");
+  m.num_heads = positive("num_attention_heads");
+  m.num_kv_heads = c.has("num_key_value_heads") ? c.required_int("num_key_value_heads") : m.num_heads;
+  m.head_dim = c.has("head_dim") ? positive("head_dim") : m.hidden_size / m.num_heads;
+  if (m.head_dim <= 0) {
+    throw std::invalid_argument("config.json: hidden_size (" + std::to_string(m.hidden_size) +
+                                ") is smaller than num_attention_heads (" + std::to_string(m.num_heads) +
+                                "); set head_dim");
+  }
   if (m.num_kv_heads <= 0 || m.num_heads % m.num_kv_heads != 0) {
     throw std::invalid_argument("config.json: num_attention_heads (" + std::to_string(m.num_heads) +
                                 ") must be a multiple of num_key_value_heads (" + std::to_string(m.num_kv_heads) + ")");
   }
   m.rms_norm_eps = c.number_or("rms_norm_eps", 1e-6);
+  if (!(m.rms_norm_eps > 0)) throw std::invalid_argument("config.json: rms_norm_eps must be > 0");
   m.tie_word_embeddings = c.flag_or("tie_word_embeddings", false);
   const auto act = c.string("hidden_act").value_or("silu");
   if (act != "silu") throw std::invalid_argument("config.json: hidden_act '" + act + "' is not supported (silu only)");

@@ -1,6 +1,9 @@
 #include "rollout/generate.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#ifdef TILLER_CUDA
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#endif
 
 #include <stdexcept>
 
@@ -8,6 +11,17 @@
 
 namespace tiller::rollout {
 namespace {
+
+// Samples a row per running sequence from logits [rows, vocab] on the device and records it.
+void record(const at::Tensor& logits, const std::vector<int64_t>& sequences, const SamplingParams& sampling,
+            at::Generator& generator, Schedule& schedule) {
+  const auto picked = sample(logits, sampling, generator);
+  const auto tokens = picked.tokens.to(at::kCPU);
+  const auto logprobs = picked.logprobs.to(at::kCPU, at::kFloat);
+  const auto t = tokens.accessor<int64_t, 1>();
+  const auto lp = logprobs.accessor<float, 1>();
+  for (size_t j = 0; j < sequences.size(); ++j) schedule.append(sequences[j], t[j], lp[j]);
+}
 
 // Runs the model on `batch` and samples one token from the last position of each sequence.
 void step(const models::CausalLM& model, const models::PackedBatch& batch, const std::vector<int64_t>& sequences,
@@ -18,16 +32,41 @@ void step(const models::CausalLM& model, const models::PackedBatch& batch, const
   const auto rows = hidden.index_select(0, at::tensor(last, at::kLong).to(hidden.device()));
   // Sampling runs on the CPU in float32, so a seed gives the same tokens on any device.
   const auto logits = at::matmul(rows, model.lm_head().t()).to(at::kCPU, at::kFloat);  // [sequences, vocab]
-  const auto picked = sample(logits, sampling, generator);
-  const auto tokens = picked.tokens.accessor<int64_t, 1>();
-  const auto logprobs = picked.logprobs.accessor<float, 1>();
-  for (size_t j = 0; j < sequences.size(); ++j) schedule.append(sequences[j], tokens[j], logprobs[j]);
+  record(logits, sequences, sampling, generator, schedule);
 }
+
+#ifdef TILLER_CUDA
+std::vector<SequenceState> generate_cuda(const models::CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
+                                         const GenerateOptions& options, std::unique_ptr<CudaDecoder>& decoder,
+                                         Schedule& schedule) {
+  const auto n = static_cast<int64_t>(prompts.size());
+  if (!decoder || !decoder->fits(n, schedule.cache_length())) {
+    const auto slots = std::max(n, decoder ? decoder->slots() : 0);
+    const auto max_len = std::max(schedule.cache_length(), decoder ? decoder->max_len() : 0);
+    decoder.reset();  // free the old cache and graphs before allocating the new ones
+    decoder = std::make_unique<CudaDecoder>(model, slots, max_len);
+  }
+  auto generator = at::cuda::detail::createCUDAGenerator(model.device().index());
+  generator.set_current_seed(options.seed);
+  std::vector<int64_t> all(prompts.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+  record(decoder->prefill(prompts), all, options.sampling, generator, schedule);
+  for (auto running = schedule.running(); !running.empty(); running = schedule.running()) {
+    std::vector<int64_t> tokens, positions;
+    for (auto i : running) {
+      tokens.push_back(schedule.sequences()[i].tokens.back());
+      positions.push_back(schedule.next_offset(i));
+    }
+    record(decoder->decode(running, tokens, positions), running, options.sampling, generator, schedule);
+  }
+  return schedule.sequences();
+}
+#endif
 
 }  // namespace
 
 std::vector<SequenceState> generate(const models::CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
-                                    const GenerateOptions& options) {
+                                    const GenerateOptions& options, std::unique_ptr<CudaDecoder>* decoder) {
   at::NoGradGuard no_grad;
   std::vector<int64_t> lengths, all_sequences, flat, cu{0};
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -39,6 +78,11 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
   }
   Schedule schedule(lengths, options.stop);
   if (prompts.empty() || schedule.running().empty()) return schedule.sequences();
+#ifdef TILLER_CUDA
+  if (decoder && cuda_decoder_supported(model)) return generate_cuda(model, prompts, options, *decoder, schedule);
+#else
+  (void)decoder;
+#endif
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   const auto cache = allocate_kv_cache(model, static_cast<int64_t>(prompts.size()), schedule.cache_length());
 

@@ -5,7 +5,10 @@
 #include <cstdint>
 #include <vector>
 
+#include <memory>
+
 #include "models/causal_lm.h"
+#include "rollout/cuda_decoder.h"
 #include "rollout/sampler.h"
 #include "rollout/schedule.h"
 
@@ -18,7 +21,11 @@ struct GenerateOptions {
 };
 
 // prompts: token ids, each non-empty. Returns one state per prompt (tokens, logprobs, finish reason).
+// `decoder`, when given and the model supports it (cuda_decoder_supported), holds the CUDA decoder
+// kept between calls: reused when it fits, rebuilt larger when not. Sampling then runs on the GPU
+// with a CUDA generator seeded from options.seed (reproducible on that device).
 std::vector<SequenceState> generate(const models::CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
-                                    const GenerateOptions& options);
+                                    const GenerateOptions& options,
+                                    std::unique_ptr<CudaDecoder>* decoder = nullptr);
 
 }  // namespace tiller::rollout

@@ -1,0 +1,56 @@
+// Rollout throughput: a Qwen3-0.6B-shaped model (random weights, bf16) generating 256 new tokens
+// after 128-token prompts, at batch 64 and 256, against HF transformers with its static cache on
+// the same GPU in the same run. Needs CUDA.
+import { engineInfo, Model } from "../src/index.js";
+import { type BenchResult, benchModel, pythonBaseline } from "./common.js";
+
+const promptLength = 128;
+const newTokens = 256;
+
+function prompts(count: number, vocab: number): Int32Array[] {
+  let seed = 12345;
+  const next = () => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % vocab;
+  };
+  return Array.from({ length: count }, () => Int32Array.from({ length: promptLength }, next));
+}
+
+export async function benchGenerate(): Promise<BenchResult[]> {
+  if (!engineInfo().cudaAvailable) throw new Error("skipped: needs a CUDA device");
+  const dir = benchModel("qwen3-0.6b");
+  const model = await Model.load(dir, { device: "cuda:0", dtype: "bfloat16" });
+  const results: BenchResult[] = [];
+  try {
+    for (const batch of [64, 256]) {
+      const input = prompts(batch, 151936);
+      await model.generate(input, { maxNewTokens: newTokens }); // warm-up: cache and CUDA graphs
+      const start = performance.now();
+      const out = await model.generate(input, { maxNewTokens: newTokens });
+      const seconds = (performance.now() - start) / 1000;
+      const generated = out.reduce((n, g) => n + g.tokens.length, 0);
+      if (generated !== batch * newTokens)
+        throw new Error(`expected ${batch * newTokens} tokens, got ${generated}`);
+      const ours = generated / seconds;
+      const hf = pythonBaseline<{ tokens_per_second: number }>("hf_generate.py", [
+        dir,
+        batch,
+        promptLength,
+        newTokens,
+        "static",
+      ]);
+      results.push({
+        name: `generate qwen3-0.6b bf16 batch ${batch}, ${promptLength}→${newTokens}`,
+        value: ours,
+        unit: "tok/s",
+        baseline: hf.tokens_per_second,
+        baselineName: "HF transformers static cache",
+        ratio: ours / hf.tokens_per_second,
+        detail: `${generated} tokens in ${seconds.toFixed(2)} s`,
+      });
+    }
+  } finally {
+    model.dispose();
+  }
+  return results;
+}

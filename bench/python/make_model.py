@@ -1,0 +1,21 @@
+# Writes a randomly initialised HF model folder (bf16 safetensors) of a named shape for benchmarks.
+# usage: make_model.py SHAPE DIR      SHAPE: qwen3-0.6b
+import sys
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+SHAPES = {
+    # Qwen3-0.6B's published config, random weights.
+    "qwen3-0.6b": lambda: Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+        rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True)),
+}
+
+shape, out = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+    model = SHAPES[shape]().to(torch.bfloat16)
+model.save_pretrained(out)
+print(sum(p.numel() for p in model.parameters()))

@@ -1,0 +1,63 @@
+#include "addon/train_args.h"
+
+#include <memory>
+#include <stdexcept>
+#include <unordered_set>
+
+namespace tiller::addon {
+
+std::string string_field(const Napi::Object& o, const char* key, const std::string& field) {
+  auto v = o.Get(key);
+  if (!v.IsString()) throw std::invalid_argument(field + "." + key + ": expected a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+double number_field(const Napi::Object& o, const char* key, const std::string& field, double fallback) {
+  auto v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsNumber()) throw std::invalid_argument(field + "." + key + ": expected a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+train::AdamWConfig adamw_config_from_js(const Napi::Object& c, const std::string& field) {
+  train::AdamWConfig config{};
+  config.lr = number_field(c, "lr", field, -1);
+  config.beta1 = number_field(c, "beta1", field, config.beta1);
+  config.beta2 = number_field(c, "beta2", field, config.beta2);
+  config.eps = number_field(c, "eps", field, config.eps);
+  config.weight_decay = number_field(c, "weightDecay", field, config.weight_decay);
+  auto no_decay = c.Get("noDecay");
+  if (no_decay.IsString() && no_decay.As<Napi::String>().Utf8Value() == "biases-and-norms") {
+    config.decays = train::decays_unless_bias_or_norm;
+  } else if (no_decay.IsArray()) {
+    auto names = std::make_shared<std::unordered_set<std::string>>();
+    auto array = no_decay.As<Napi::Array>();
+    for (uint32_t i = 0; i < array.Length(); ++i) {
+      Napi::Value n = array[i];
+      if (!n.IsString()) throw std::invalid_argument(field + ".noDecay[" + std::to_string(i) + "]: expected a name");
+      names->insert(n.As<Napi::String>().Utf8Value());
+    }
+    config.decays = [names](const std::string& name, const at::Tensor&) { return names->count(name) == 0; };
+  } else if (!no_decay.IsUndefined()) {
+    throw std::invalid_argument(field + ".noDecay: expected \"biases-and-norms\" or an array of parameter names");
+  }
+  return config;
+}
+
+train::LrSchedule schedule_from_js(const Napi::Object& o, const std::string& field, double lr) {
+  train::LrSchedule s;
+  const auto kind = string_field(o, "kind", field);
+  if (kind == "constant") s.kind = train::ScheduleKind::kConstant;
+  else if (kind == "constant-with-warmup") s.kind = train::ScheduleKind::kConstantWithWarmup;
+  else if (kind == "warmup-cosine") s.kind = train::ScheduleKind::kWarmupCosine;
+  else throw std::invalid_argument(field + ".kind: '" + kind + "'; allowed: constant, constant-with-warmup, warmup-cosine");
+  s.lr = lr;
+  s.warmup_steps = static_cast<int64_t>(number_field(o, "warmupSteps", field, 0));
+  s.total_steps = static_cast<int64_t>(number_field(o, "totalSteps", field, 0));
+  s.min_lr_ratio = number_field(o, "minLrRatio", field, 0);
+  s.num_cycles = number_field(o, "numCycles", field, 0.5);
+  train::validate(s);
+  return s;
+}
+
+}  // namespace tiller::addon
