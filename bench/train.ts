@@ -18,7 +18,7 @@ export async function benchTrain(): Promise<BenchResult[]> {
     const cu = Int32Array.from({ length: sequences + 1 }, (_, i) => i * sequenceLength);
     const targets = total - sequences;
     const mask = new Float32Array(targets).fill(1);
-    model.initOptimizer({ lr: 1e-5 });
+    model.initOptimizer({ lr: 1e-5, schedule: { kind: "constant" } });
     const step = async () => {
       await model.trainStep(tokens, cu, mask, targets);
       await model.optimizerStep();

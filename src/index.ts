@@ -1,4 +1,5 @@
 // The package's public surface.
+export { type CallOptions, Cluster, type ConnectOptions, connect, TillerError } from "./client/client.js";
 export * from "./native/dist.js";
 export * from "./native/engine.js";
 export * from "./native/io.js";

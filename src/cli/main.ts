@@ -2,6 +2,7 @@
 // The `tiller` command. Each subcommand is one function; `tiller help` lists them.
 import { engineInfo, matmulProbe } from "../index.js";
 import { generateCommand, logprobsCommand } from "./model-commands.js";
+import { controller, keys, worker } from "./runtime.js";
 
 type Command = (args: string[]) => Promise<void>;
 
@@ -37,6 +38,12 @@ async function quickstart(): Promise<void> {
 const commands: Record<string, { run: Command; help: string }> = {
   info: { run: info, help: "show the engine build and the devices it sees" },
   quickstart: { run: quickstart, help: "check the set-up end to end on the embedded default" },
+  controller: {
+    run: controller,
+    help: "run the controller: [--bind ADDR] [--workers N | --gpus LIST | --cpu [N]] [--key F --allow F]",
+  },
+  worker: { run: worker, help: "run a worker: --controller ADDR [--rank N] [--key F --server-key F]" },
+  keys: { run: keys, help: "make a CURVE key pair: [--dir DIR] [--name NAME]" },
   logprobs: {
     run: logprobsCommand,
     help: "--model DIR --input in.jsonl --output out.jsonl: per-token logprobs and entropy of {tokens}",

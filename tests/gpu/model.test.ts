@@ -88,7 +88,7 @@ test("CUDA bf16 fine-tune lowers the loss", async () => {
     const cu = Int32Array.from(ref.cuSeqlens);
     const targets = tokens.length - (cu.length - 1);
     const mask = new Float32Array(targets).fill(1);
-    model.initOptimizer({ lr: 2e-3, weightDecay: 0, maxGradNorm: 1 });
+    model.initOptimizer({ lr: 2e-3, weightDecay: 0, maxGradNorm: 1, schedule: { kind: "constant" } });
     const losses: number[] = [];
     for (let step = 0; step < 10; step++) {
       const { loss } = await model.trainStep(tokens, cu, mask, targets);

@@ -1,0 +1,254 @@
+// The controller process: a ROUTER for clients (many requests in flight, each answered exactly
+// once, malformed ones included), the worker pool's ROUTER, and a PUB for events. Binding beyond
+// loopback requires CURVE keys and an allow-list (enforced by the ZAP handler).
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
+import * as zmq from "zeromq";
+import { endpointsOf, isLocalOnly } from "../protocol/endpoints.js";
+import { encode, FrameError, parseHeader, placeBodies, totalBytes } from "../protocol/frames.js";
+import { applyServerKeys, type CurveServerKeys, makeKeyPair, ZapHandler } from "../protocol/keys.js";
+import {
+  type ClientMethod,
+  type ControllerState,
+  clientMethodArgs,
+  type ErrorBody,
+  type EventMap,
+  type EventTopic,
+  type ReplyHeader,
+  requestHeader,
+} from "../protocol/messages.js";
+import { ValidationError } from "../protocol/schema.js";
+import { SendQueue } from "../protocol/socket.js";
+import { type ControllerContext, handlers } from "./handlers.js";
+import { type LocalWorkers, WorkerCallError, WorkerPool } from "./pool.js";
+
+export interface ControllerOptions {
+  /** The client address: tcp://HOST:PORT or ipc:///PATH; workers and events sit beside it. */
+  bind: string;
+  local: LocalWorkers;
+  /** Ranks in the job (default: the local workers, else 1). */
+  worldSize?: number;
+  curve?: CurveServerKeys;
+  heartbeatMs?: number;
+  heartbeatTimeoutMs?: number;
+  controllerTimeoutMs?: number;
+  /** Requests larger than this get TOO_LARGE; ZeroMQ drops peers sending 4× more in one frame. */
+  maxMessageBytes?: number;
+  /** Where to record {address, pid} for `connect()` to find this controller. */
+  stateFile?: string;
+}
+
+export interface ControllerRecord {
+  address: string;
+  pid: number;
+  startedAt: string;
+}
+
+export function readControllerRecord(file: string): ControllerRecord | undefined {
+  try {
+    const r = JSON.parse(readFileSync(file, "utf8")) as ControllerRecord;
+    return typeof r.address === "string" && Number.isInteger(r.pid) ? r : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+function errorBody(error: unknown): ErrorBody {
+  if (error instanceof WorkerCallError) return error.body;
+  if (error instanceof ValidationError)
+    return { code: "BAD_ARGS", message: error.message, field: error.field };
+  if (error instanceof FrameError) return { code: "BAD_FRAME", message: error.message };
+  const e = error as Error;
+  return { code: "INTERNAL", message: e?.message ?? String(error), ...(e?.stack ? { stack: e.stack } : {}) };
+}
+
+export class Controller implements ControllerContext {
+  readonly pool: WorkerPool;
+  readonly startedAt = new Date().toISOString();
+  processGroup: ControllerState["processGroup"] = null;
+  readonly #clients = new zmq.Router({ linger: 0 });
+  readonly #events = new zmq.Publisher({ linger: 0 });
+  readonly #clientOut = new SendQueue(this.#clients);
+  readonly #eventOut = new SendQueue(this.#events);
+  readonly #maxMessageBytes: number;
+  #zap: ZapHandler | undefined;
+  #stopping: Promise<void> | undefined;
+  #resolveStopped!: () => void;
+  /** Resolves once the controller has shut down. */
+  readonly stopped = new Promise<void>((resolve) => {
+    this.#resolveStopped = resolve;
+  });
+
+  private constructor(readonly options: ControllerOptions) {
+    const { local } = options;
+    const localCount = local.kind === "cpu" ? local.count : local.kind === "gpu" ? local.gpus.length : 0;
+    this.#maxMessageBytes = options.maxMessageBytes ?? 512 * 2 ** 20;
+    const zmqLimit = Math.min(this.#maxMessageBytes * 4 + 2 ** 20, Number.MAX_SAFE_INTEGER);
+    this.#clients.maxMessageSize = zmqLimit;
+    this.pool = new WorkerPool({
+      worldSize: options.worldSize ?? Math.max(localCount, 1),
+      local,
+      controllerAddress: options.bind,
+      heartbeatMs: options.heartbeatMs ?? 500,
+      heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? 5000,
+      controllerTimeoutMs: options.controllerTimeoutMs ?? 5000,
+      ...(options.curve ? { serverKeys: options.curve, localWorkerKeys: makeKeyPair() } : {}),
+      publish: (topic, data) => this.publish(topic, data),
+    });
+    this.pool.onLost = () => {
+      // A process group with a missing rank is broken; the client re-initialises after respawn.
+      this.processGroup = null;
+    };
+  }
+
+  static async start(options: ControllerOptions): Promise<Controller> {
+    if (!isLocalOnly(options.bind) && !options.curve) {
+      throw new Error(
+        `binding ${options.bind} exposes the controller beyond this machine; give it CURVE keys ` +
+          "(--key SERVER.key --allow CLIENTS) made with `tiller keys`, or bind a loopback or ipc:// address",
+      );
+    }
+    const controller = new Controller(options);
+    await controller.#start();
+    return controller;
+  }
+
+  async #start(): Promise<void> {
+    const endpoints = endpointsOf(this.options.bind);
+    for (const path of Object.values(endpoints)) {
+      if (path.startsWith("ipc://")) mkdirSync(dirname(path.slice("ipc://".length)), { recursive: true });
+    }
+    const curve = this.options.curve;
+    if (curve) {
+      const allowed = [...curve.allowedPublicKeys];
+      this.#zap = await ZapHandler.start(allowed);
+      applyServerKeys(this.#clients, curve);
+      applyServerKeys(this.#events, curve);
+    }
+    await this.#clients.bind(endpoints.clients);
+    await this.#events.bind(endpoints.events);
+    if (curve && this.pool.options.localWorkerKeys) {
+      this.#zap?.allow(this.pool.options.localWorkerKeys.publicKey);
+    }
+    await this.pool.start(endpoints.workers);
+    void this.#serve();
+    if (this.options.stateFile) this.#writeRecord(this.options.stateFile);
+  }
+
+  #writeRecord(file: string): void {
+    mkdirSync(dirname(file), { recursive: true });
+    const record: ControllerRecord = {
+      address: this.options.bind,
+      pid: process.pid,
+      startedAt: this.startedAt,
+    };
+    writeFileSync(`${file}.tmp`, JSON.stringify(record));
+    renameSync(`${file}.tmp`, file);
+  }
+
+  get address(): string {
+    return this.options.bind;
+  }
+
+  /** CURVE handshakes refused so far (0 without CURVE). */
+  get refusedHandshakes(): number {
+    return this.#zap?.refused ?? 0;
+  }
+
+  state(): ControllerState {
+    return {
+      pid: process.pid,
+      address: this.options.bind,
+      startedAt: this.startedAt,
+      worldSize: this.pool.options.worldSize,
+      workers: this.pool.summaries(),
+      failures: [...this.pool.failures],
+      processGroup: this.processGroup,
+    };
+  }
+
+  publish<T extends EventTopic>(topic: T, data: EventMap[T]): void {
+    void this.#eventOut.send([topic, ...encode({ topic }, "data", data)]);
+  }
+
+  async #serve(): Promise<void> {
+    try {
+      for await (const [routingId, ...frames] of this.#clients) {
+        if (routingId) void this.#handle(routingId, frames);
+      }
+    } catch (error) {
+      if (!this.#stopping)
+        process.stderr.write(`tiller controller: client socket failed: ${(error as Error).message}\n`);
+    }
+  }
+
+  /** Answers one client message, exactly once, whatever it holds. */
+  async #handle(routingId: Buffer, frames: Buffer[]): Promise<void> {
+    let id: number | null = null;
+    let reply: ReplyHeader;
+    let result: unknown;
+    try {
+      const header = parseHeader(frames[0]);
+      if (typeof header.id === "number" && Number.isSafeInteger(header.id) && header.id >= 0) id = header.id;
+      const size = totalBytes(frames);
+      if (size > this.#maxMessageBytes) {
+        throw new WorkerCallError({
+          code: "TOO_LARGE",
+          message: `the request holds ${size} bytes; this controller takes at most ${this.#maxMessageBytes}`,
+        });
+      }
+      const request = requestHeader(header, "header");
+      if (this.#stopping)
+        throw new WorkerCallError({ code: "SHUTTING_DOWN", message: "the controller is shutting down" });
+      if (!Object.hasOwn(handlers, request.method)) {
+        throw new WorkerCallError({
+          code: "UNKNOWN_METHOD",
+          message: `unknown method ${JSON.stringify(request.method)}; methods: ${Object.keys(handlers).join(", ")}`,
+        });
+      }
+      const method = request.method as ClientMethod;
+      const args = clientMethodArgs[method](
+        placeBodies(request.args, request.bodies, frames.slice(1)),
+        "args",
+      );
+      const handler = handlers[method] as (ctx: ControllerContext, a: unknown) => Promise<unknown>;
+      result = await handler(this, args);
+      reply = { id, ok: true, result: undefined };
+    } catch (error) {
+      reply = { id, ok: false, error: errorBody(error) };
+    }
+    try {
+      await this.#clientOut.send([routingId, ...encode({ ...reply }, "result", result)]);
+    } catch (error) {
+      // A result that cannot be framed (e.g. a circular object) still gets an answer.
+      const body: ErrorBody = {
+        code: "INTERNAL",
+        message: `cannot send the result: ${(error as Error).message}`,
+      };
+      await this.#clientOut.send([routingId, JSON.stringify({ id, ok: false, error: body })]);
+    }
+  }
+
+  shutdown(): Promise<void> {
+    this.#stopping ??= (async () => {
+      await this.pool.shutdown();
+      await Promise.race([this.#clientOut.drain(), new Promise((r) => setTimeout(r, 200))]);
+      this.#clients.close();
+      this.#events.close();
+      this.#zap?.close();
+      const file = this.options.stateFile;
+      if (file && readControllerRecord(file)?.pid === process.pid) rmSync(file, { force: true });
+      this.#resolveStopped();
+    })();
+    return this.#stopping;
+  }
+}

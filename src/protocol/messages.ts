@@ -1,0 +1,275 @@
+// Every message that crosses a socket, as a TypeScript type and the check that enforces it.
+// Client ⇄ controller: {id, method, args} / {id, ok, result} / {id, ok: false, error}.
+// Controller ⇄ worker: {type: "join" | "welcome" | "heartbeat" | "command" | "reply" | ...}.
+// Worker commands (what a rank can be told to do) are declared here once; the controller forwards
+// them and the worker's command table implements them.
+import {
+  anything,
+  array,
+  boolean,
+  type Check,
+  type Infer,
+  integer,
+  literal,
+  number,
+  object,
+  optional,
+  record,
+  string,
+  typedArray,
+} from "./schema.js";
+
+/** The error half of a reply. `field` names the bad argument; worker failures carry the rest. */
+export interface ErrorBody {
+  code:
+    | "BAD_FRAME"
+    | "BAD_ARGS"
+    | "UNKNOWN_METHOD"
+    | "TOO_LARGE"
+    | "NO_WORKERS"
+    | "WORKER_LOST"
+    | "WORKER_ERROR"
+    | "NOT_AVAILABLE"
+    | "SHUTTING_DOWN"
+    | "INTERNAL";
+  message: string;
+  field?: string;
+  rank?: number;
+  command?: string;
+  stderrTail?: string;
+  stack?: string;
+}
+
+export type ReplyHeader =
+  | { id: number | null; ok: true; result: unknown }
+  | { id: number | null; ok: false; error: ErrorBody };
+
+export const requestHeader = object({
+  id: integer({ min: 0 }),
+  method: string({ maxLength: 100 }),
+  args: anything(),
+  bodies: optional(anything()),
+});
+
+// ---- worker commands -------------------------------------------------------------------------
+
+const ids = typedArray(Int32Array, BigInt64Array);
+const modelName = string({ maxLength: 200 });
+const hostTensor = object({
+  name: string({ maxLength: 500 }),
+  dtype: literal("float32", "float64", "float16", "bfloat16"),
+  shape: array(integer({ min: 0 }), { maxLength: 8 }),
+  data: typedArray(Float32Array, Float64Array, Uint16Array),
+});
+
+/** name → argument check. The worker's command table has exactly these keys (checked by tsc). */
+export const workerCommandArgs = {
+  "worker.info": object({}),
+  "worker.freePort": object({}),
+  "model.load": object({
+    name: modelName,
+    /** An HF checkpoint folder on the worker's file system ... */
+    dir: optional(string()),
+    /** ... or a parsed config.json with every tensor sent along. */
+    config: optional(record()),
+    tensors: optional(array(hostTensor, { maxLength: 100_000 })),
+    device: optional(string({ pattern: /^(cpu|cuda(:\d+)?)$/ })),
+    dtype: optional(literal("float32", "float16", "bfloat16")),
+  }),
+  "model.generate": object({
+    name: modelName,
+    prompts: array(ids, { minLength: 1, maxLength: 100_000 }),
+    maxNewTokens: optional(integer({ min: 0 })),
+    temperature: optional(number({ min: 0 })),
+    topK: optional(integer({ min: 0 })),
+    topP: optional(number({ min: 0, max: 1 })),
+    stopTokenIds: optional(array(integer({ min: 0 }))),
+    seed: optional(integer({ min: 0 })),
+  }),
+  "model.logprobs": object({
+    name: modelName,
+    tokens: ids,
+    cuSeqlens: ids,
+    temperature: optional(number({ min: 0 })),
+  }),
+  "model.trainStep": object({
+    name: modelName,
+    tokens: ids,
+    cuSeqlens: ids,
+    /** One entry per predicted token (tokens - sequences): which tokens count, and how much. */
+    lossMask: typedArray(Float32Array),
+    /** Tokens counted in the whole mini-batch, so micro-batch gradients sum to the mini-batch's. */
+    tokenNormaliser: number({ min: Number.MIN_VALUE }),
+    temperature: optional(number({ min: 0 })),
+  }),
+  /** AdamW over the model's parameters: {lr, schedule, beta1?, beta2?, eps?, weightDecay?, ...}. */
+  "model.initOptimizer": object({ name: modelName, options: record() }),
+  "model.optimizerStep": object({ name: modelName }),
+  "model.save": object({ name: modelName, dir: string(), maxShardBytes: optional(integer({ min: 1 })) }),
+  "model.free": object({ name: modelName }),
+  "dist.init": object({
+    rank: integer({ min: 0 }),
+    worldSize: integer({ min: 1 }),
+    storeHost: string(),
+    storePort: integer({ min: 1, max: 65535 }),
+    backend: literal("gloo", "nccl"),
+  }),
+  "dist.allReduce": object({ values: typedArray(Float32Array, Float64Array) }),
+  /** Waits; the test of a worker lost mid-command uses it. */
+  "debug.sleep": object({ ms: integer({ min: 0, max: 3_600_000 }) }),
+} satisfies Record<string, Check<unknown>>;
+
+export type WorkerCommand = keyof typeof workerCommandArgs;
+export type WorkerCommandArgs<C extends WorkerCommand> = Infer<(typeof workerCommandArgs)[C]>;
+export const workerCommands = Object.keys(workerCommandArgs) as WorkerCommand[];
+
+export interface WorkerMemory {
+  hostTotalBytes: number;
+  hostFreeBytes: number;
+  rssBytes: number;
+  deviceTotalBytes?: number;
+}
+
+export interface WorkerInfo {
+  pid: number;
+  hostname: string;
+  device: string;
+  memory: WorkerMemory;
+  models: string[];
+}
+
+// ---- controller ⇄ worker ---------------------------------------------------------------------
+
+export const workerToController = {
+  join: object({
+    type: literal("join"),
+    pid: integer({ min: 1 }),
+    hostname: string(),
+    /** The address other ranks reach this worker's host at (the process-group store lives on rank 0). */
+    host: string(),
+    device: string(),
+    memory: record(),
+    /** From the launcher (RANK, SLURM_PROCID) or the controller that spawned it. */
+    rank: optional(integer({ min: 0 })),
+  }),
+  heartbeat: object({ type: literal("heartbeat"), stderrTail: optional(string({ maxLength: 1 << 16 })) }),
+  reply: object({
+    type: literal("reply"),
+    id: integer({ min: 0 }),
+    ok: boolean(),
+    result: optional(anything()),
+    error: optional(anything()),
+    bodies: optional(anything()),
+  }),
+  event: object({ type: literal("event"), topic: string(), data: anything(), bodies: optional(anything()) }),
+};
+
+export type WorkerJoin = Infer<typeof workerToController.join>;
+
+export type ControllerToWorker =
+  | { type: "welcome"; rank: number; worldSize: number; heartbeatMs: number; controllerTimeoutMs: number }
+  | { type: "refuse"; reason: string }
+  | { type: "heartbeat" }
+  | { type: "command"; id: number; command: WorkerCommand; args: unknown }
+  | { type: "exit" };
+
+// ---- events (PUB) ----------------------------------------------------------------------------
+
+export interface WorkerSummary {
+  rank: number;
+  pid: number;
+  hostname: string;
+  device: string;
+  memory: Record<string, unknown>;
+  local: boolean;
+  state: "ready" | "busy";
+  running: string[];
+  models: string[];
+  joinedAt: string;
+}
+
+export interface WorkerFailure {
+  rank: number;
+  pid: number;
+  reason: string;
+  /** The commands it was running when lost (empty when idle). */
+  commands: string[];
+  stderrTail: string;
+  at: string;
+}
+
+export interface EventMap {
+  "worker.joined": WorkerSummary;
+  "worker.lost": WorkerFailure;
+  log: { rank: number; stream: "stdout" | "stderr"; text: string };
+  progress: { rank?: number; task: string; done: number; total: number };
+  metrics: { rank?: number; row: Record<string, number> };
+}
+export type EventTopic = keyof EventMap;
+
+// ---- client methods --------------------------------------------------------------------------
+
+export interface ControllerState {
+  pid: number;
+  address: string;
+  startedAt: string;
+  worldSize: number;
+  workers: WorkerSummary[];
+  failures: WorkerFailure[];
+  processGroup: { backend: string; storeHost: string; storePort: number } | null;
+}
+
+export interface RankResult<T = unknown> {
+  rank: number;
+  result: T;
+}
+
+/** name → [argument check, result type]; the controller's handler table has exactly these keys. */
+export const clientMethodArgs = {
+  /** Who is there: the controller's state. */
+  status: object({}),
+  /** Answers its arguments back, bodies included (protocol tests, latency probes). */
+  echo: anything(),
+  /** Runs one worker command on some ranks (all when `ranks` is left out). */
+  run: object({
+    command: literal(...(workerCommands as [WorkerCommand, ...WorkerCommand[]])),
+    args: anything(),
+    ranks: optional(array(integer({ min: 0 }), { minLength: 1 })),
+    timeoutMs: optional(integer({ min: 1 })),
+  }),
+  /** Sets up the engine's process group across all ranks (rank 0 hosts the c10d store). */
+  initProcessGroup: object({ backend: optional(literal("gloo", "nccl")) }),
+  /** Starts again the local workers that were lost, on their old ranks. */
+  respawn: object({}),
+  shutdown: object({}),
+};
+
+export type ClientMethod = keyof typeof clientMethodArgs;
+
+export interface ClientMethodResults {
+  status: ControllerState;
+  echo: unknown;
+  run: RankResult[];
+  initProcessGroup: ControllerState["processGroup"];
+  respawn: { ranks: number[] };
+  shutdown: { stopping: true };
+}
+
+/** What each worker command answers (per rank). */
+export interface WorkerCommandResults {
+  "worker.info": WorkerInfo;
+  "worker.freePort": { port: number };
+  "model.load": { name: string; parameters: number; device: string };
+  "model.generate": {
+    generations: { tokens: Int32Array; logprobs: Float32Array; finishReason: "stop" | "length" }[];
+  };
+  "model.logprobs": { logprobs: Float32Array; entropy: Float32Array };
+  "model.trainStep": { loss: number; tokens: number };
+  "model.initOptimizer": { name: string };
+  "model.optimizerStep": { gradNorm: number; lr: number; step: number; skipped: boolean };
+  "model.save": { dir: string };
+  "model.free": { freed: boolean };
+  "dist.init": { rank: number; worldSize: number; backend: string };
+  "dist.allReduce": { values: Float32Array | Float64Array };
+  "debug.sleep": { sleptMs: number };
+}

@@ -1,0 +1,157 @@
+// The worker's command table: one entry per worker command (the names in protocol/messages.ts),
+// each a plain async function over the engine. Arguments arrive already checked against the
+// command's schema; the engine's own checks still run behind these.
+import { createServer } from "node:net";
+import { freemem, hostname, totalmem } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
+import { engineInfo } from "../native/engine.js";
+import { Model, type OptimizerOptions } from "../native/model.js";
+import type {
+  WorkerCommand,
+  WorkerCommandArgs,
+  WorkerCommandResults,
+  WorkerInfo,
+} from "../protocol/messages.js";
+
+/** An error whose code travels to the client as is. */
+export class CommandError extends Error {
+  constructor(
+    readonly code: "NOT_AVAILABLE" | "WORKER_ERROR",
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** What lives in one worker between commands. */
+export class WorkerState {
+  readonly models = new Map<string, Model>();
+  readonly device: string;
+
+  constructor(readonly host: string) {
+    // One visible GPU per worker (the controller sets CUDA_VISIBLE_DEVICES), so it is always cuda:0.
+    this.device = engineInfo().cudaAvailable ? "cuda:0" : "cpu";
+  }
+
+  model(name: string): Model {
+    const model = this.models.get(name);
+    if (!model) {
+      const loaded = [...this.models.keys()];
+      throw new CommandError(
+        "WORKER_ERROR",
+        `args.name: no model "${name}" on this worker; loaded: ${loaded.length ? loaded.join(", ") : "none"} (use model.load)`,
+      );
+    }
+    return model;
+  }
+
+  info(): WorkerInfo {
+    const device = engineInfo().devices.find((d) => d.device === this.device);
+    return {
+      pid: process.pid,
+      hostname: hostname(),
+      device: this.device,
+      memory: {
+        hostTotalBytes: totalmem(),
+        hostFreeBytes: freemem(),
+        rssBytes: process.memoryUsage().rss,
+        ...(device?.totalMemoryBytes ? { deviceTotalBytes: device.totalMemoryBytes } : {}),
+      },
+      models: [...this.models.keys()],
+    };
+  }
+
+  dispose(): void {
+    for (const model of this.models.values()) model.dispose();
+    this.models.clear();
+  }
+}
+
+type Handler<C extends WorkerCommand> = (
+  state: WorkerState,
+  args: WorkerCommandArgs<C>,
+) => Promise<WorkerCommandResults[C]>;
+
+function notYet(what: string): never {
+  throw new CommandError(
+    "NOT_AVAILABLE",
+    `${what} is not in this build's engine binding yet; update to a build that has it`,
+  );
+}
+
+export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
+  "worker.info": async (state) => state.info(),
+
+  "worker.freePort": async (state) =>
+    new Promise((resolve, reject) => {
+      // The OS picks a free port; it is released at once for the c10d store to bind on rank 0.
+      const server = createServer();
+      server.once("error", reject);
+      server.listen(0, state.host, () => {
+        const address = server.address();
+        server.close(() => resolve({ port: typeof address === "object" && address ? address.port : 0 }));
+      });
+    }),
+
+  "model.load": async (state, args) => {
+    if (state.models.has(args.name)) {
+      throw new CommandError(
+        "WORKER_ERROR",
+        `args.name: a model "${args.name}" is loaded already; free it first`,
+      );
+    }
+    const device = args.device ?? state.device;
+    const placement = { device, dtype: args.dtype ?? "float32" } as const;
+    let model: Model;
+    if (args.dir !== undefined) model = await Model.load(args.dir, placement);
+    else if (args.config && args.tensors) model = Model.create(args.config, args.tensors, placement);
+    else throw new CommandError("WORKER_ERROR", "args: give either dir, or config with tensors");
+    state.models.set(args.name, model);
+    const parameters = model.parameters().reduce((n, t) => n + t.data.length, 0);
+    return { name: args.name, parameters, device };
+  },
+
+  "model.generate": async (state, args) => {
+    const { name, prompts, ...options } = args;
+    const generations = await state.model(name).generate(prompts, options);
+    return { generations };
+  },
+
+  "model.logprobs": async (state, args) =>
+    state.model(args.name).logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1),
+
+  "model.trainStep": async (state, args) =>
+    state
+      .model(args.name)
+      .trainStep(args.tokens, args.cuSeqlens, args.lossMask, args.tokenNormaliser, args.temperature ?? 1),
+
+  "model.initOptimizer": async (state, args) => {
+    // The engine's checks name each option's field; they run on the worker, behind this schema.
+    state.model(args.name).initOptimizer(args.options as unknown as OptimizerOptions);
+    return { name: args.name };
+  },
+
+  "model.optimizerStep": async (state, args) => state.model(args.name).optimizerStep(),
+
+  "model.save": async (state, args) => {
+    await state.model(args.name).save(args.dir, args.maxShardBytes);
+    return { dir: args.dir };
+  },
+
+  "model.free": async (state, args) => {
+    const model = state.models.get(args.name);
+    model?.dispose();
+    return { freed: state.models.delete(args.name) };
+  },
+
+  "dist.init": async () => notYet("the process group (src/native/dist.ts)"),
+
+  "dist.allReduce": async () => notYet("the process group (src/native/dist.ts)"),
+
+  "debug.sleep": async (_state, args) => {
+    // Written to stderr so a failure report has a known last line to show.
+    process.stderr.write(`debug.sleep: sleeping ${args.ms} ms\n`);
+    await sleep(args.ms);
+    return { sleptMs: args.ms };
+  },
+};
