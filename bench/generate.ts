@@ -29,6 +29,11 @@ export async function benchGenerate(): Promise<BenchResult[]> {
       const out = await model.generate(input, { maxNewTokens: newTokens });
       const seconds = (performance.now() - start) / 1000;
       const generated = out.reduce((n, g) => n + g.tokens.length, 0);
+      // Prefill plus one sampled token alone, so the decode cost per step can be told apart.
+      const prefillStart = performance.now();
+      await model.generate(input, { maxNewTokens: 1 });
+      const prefillSeconds = (performance.now() - prefillStart) / 1000;
+      const decodeMs = ((seconds - prefillSeconds) * 1000) / (newTokens - 1);
       if (generated !== batch * newTokens)
         throw new Error(`expected ${batch * newTokens} tokens, got ${generated}`);
       const ours = generated / seconds;
@@ -46,7 +51,7 @@ export async function benchGenerate(): Promise<BenchResult[]> {
         baseline: hf.tokens_per_second,
         baselineName: "HF transformers static cache",
         ratio: ours / hf.tokens_per_second,
-        detail: `${generated} tokens in ${seconds.toFixed(2)} s`,
+        detail: `${generated} tokens in ${seconds.toFixed(2)} s; prefill ${(prefillSeconds * 1000).toFixed(0)} ms, decode ${decodeMs.toFixed(2)} ms/step`,
       });
     }
   } finally {

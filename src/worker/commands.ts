@@ -4,6 +4,7 @@
 import { createServer } from "node:net";
 import { freemem, hostname, totalmem } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
+import { ProcessGroup } from "../native/dist.js";
 import { engineInfo } from "../native/engine.js";
 import { Model, type OptimizerOptions } from "../native/model.js";
 import type {
@@ -27,6 +28,8 @@ export class CommandError extends Error {
 export class WorkerState {
   readonly models = new Map<string, Model>();
   readonly device: string;
+  /** The engine's process group among all workers, from dist.init on. */
+  processGroup: ProcessGroup | undefined;
 
   constructor(readonly host: string) {
     // One visible GPU per worker (the controller sets CUDA_VISIBLE_DEVICES), so it is always cuda:0.
@@ -64,6 +67,8 @@ export class WorkerState {
   dispose(): void {
     for (const model of this.models.values()) model.dispose();
     this.models.clear();
+    this.processGroup?.dispose();
+    this.processGroup = undefined;
   }
 }
 
@@ -71,13 +76,6 @@ type Handler<C extends WorkerCommand> = (
   state: WorkerState,
   args: WorkerCommandArgs<C>,
 ) => Promise<WorkerCommandResults[C]>;
-
-function notYet(what: string): never {
-  throw new CommandError(
-    "NOT_AVAILABLE",
-    `${what} is not in this build's engine binding yet; update to a build that has it`,
-  );
-}
 
 export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   "worker.info": async (state) => state.info(),
@@ -144,9 +142,31 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     return { freed: state.models.delete(args.name) };
   },
 
-  "dist.init": async () => notYet("the process group (src/native/dist.ts)"),
+  "dist.init": async (state, args) => {
+    state.processGroup?.dispose();
+    state.processGroup = undefined;
+    // Rank 0 hosts the c10d store on the port the controller had it pick; the others connect to it.
+    state.processGroup = await ProcessGroup.create({
+      host: args.storeHost,
+      port: args.storePort,
+      rank: args.rank,
+      worldSize: args.worldSize,
+      backend: args.backend,
+      ...(args.backend === "nccl" ? { device: state.device } : {}),
+    });
+    return { rank: args.rank, worldSize: args.worldSize, backend: args.backend };
+  },
 
-  "dist.allReduce": async () => notYet("the process group (src/native/dist.ts)"),
+  "dist.allReduce": async (state, args) => {
+    if (!state.processGroup)
+      throw new CommandError("WORKER_ERROR", "dist.allReduce: no process group; call dist.init first");
+    const dtype = args.values instanceof Float64Array ? "float64" : "float32";
+    const reduced = await state.processGroup.allReduce(
+      { data: args.values, dtype, shape: [args.values.length] },
+      "sum",
+    );
+    return { values: reduced.data as Float32Array | Float64Array };
+  },
 
   "debug.sleep": async (_state, args) => {
     // Written to stderr so a failure report has a known last line to show.

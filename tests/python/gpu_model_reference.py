@@ -1,6 +1,6 @@
 # GPU reference for tests/gpu/model.test.ts: makes a small random Qwen3 with HF, saves it (bf16) to
 # DIR/model, and writes DIR/reference.json with HF's per-token logprobs of a packed batch computed
-# on CUDA in bf16 and in fp32.
+# on CUDA in bf16 and in fp32, and on the CPU in fp32.
 # usage: gpu_model_reference.py DIR
 import json
 import os
@@ -23,13 +23,13 @@ gen = torch.Generator().manual_seed(1)
 sequences = [torch.randint(0, config.vocab_size, (n,), generator=gen) for n in lengths]
 
 
-def logprobs(m, dtype):
-    m = m.to("cuda", dtype).eval()
+def logprobs(m, dtype, device="cuda"):
+    m = m.to(device, dtype).eval()
     result = []
     with torch.no_grad():
         for s in sequences:
-            logits = m(s[None].cuda()).logits[0].float()
-            lp = torch.log_softmax(logits[:-1], -1).gather(-1, s[1:].cuda()[:, None])[:, 0]
+            logits = m(s[None].to(device)).logits[0].float()
+            lp = torch.log_softmax(logits[:-1], -1).gather(-1, s[1:].to(device)[:, None])[:, 0]
             result += lp.cpu().tolist()
     return result
 
@@ -39,6 +39,9 @@ ref = {
     "cuSeqlens": [0] + torch.tensor(lengths).cumsum(0).tolist(),
     "bf16": logprobs(model, torch.bfloat16),
     "fp32": logprobs(model, torch.float32),
+    "cpuFp32": logprobs(model, torch.float32, "cpu"),
+    "tf32": {"cublas": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32,
+             "precision": torch.get_float32_matmul_precision()},
 }
 with open(os.path.join(out, "reference.json"), "w") as f:
     json.dump(ref, f)

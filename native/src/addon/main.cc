@@ -1,4 +1,6 @@
 // The addon's entry point: runs every binding file's registration (see registry.h).
+#include <ATen/Context.h>
+
 #include "addon/registry.h"
 
 namespace tiller::addon {
@@ -11,6 +13,8 @@ std::vector<RegisterFn>& registered_bindings() {
 }  // namespace tiller::addon
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // float32 means IEEE float32: libtorch lets cuDNN use TF32 by default.
+  at::globalContext().setAllowTF32CuDNN(false);
   for (auto fn : tiller::addon::registered_bindings()) fn(env, exports);
   return exports;
 }
