@@ -3,9 +3,9 @@
 namespace tiller::layers {
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  const auto x32 = x.to(at::kFloat);
-  const auto inv_rms = at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return weight * (x32 * inv_rms).to(x.scalar_type());
+  // ATen's rms_norm: one fused kernel forward and backward on CUDA (float32 statistics), where the
+  // composite HF formula takes eight; the weight is applied before the single rounding to x's dtype.
+  return at::rms_norm(x, {x.size(-1)}, weight, eps);
 }
 
 }  // namespace tiller::layers

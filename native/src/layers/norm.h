@@ -1,4 +1,5 @@
-// RMSNorm as HF computes it: statistics in float32, the weight applied in the input dtype.
+// RMSNorm: statistics in float32, output in the input dtype (bf16 results can differ from HF's
+// two-rounding formula by one unit in the last place).
 #pragma once
 
 #include <torch/torch.h>

@@ -106,8 +106,11 @@ class DenseDecoder final : public CausalLM {
   at::Tensor forward(const PackedBatch& batch) const override {
     const auto& c = config_;
     const auto tokens = batch.tokens.size(0);
-    const auto rope = static_rope_ ? layers::rope_table_from(*static_rope_, batch.positions)
-                                   : layers::rope_table(c.rope, batch.positions, batch.cu_seqlens, batch.context_lengths);
+    auto rope = static_rope_ ? layers::rope_table_from(*static_rope_, batch.positions)
+                             : layers::rope_table(c.rope, batch.positions, batch.cu_seqlens, batch.context_lengths);
+    // Once per forward rather than in every layer's apply_rope.
+    rope.cos = rope.cos.to(dtype_);
+    rope.sin = rope.sin.to(dtype_);
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     auto x = at::embedding(embed_, batch.tokens);  // [tokens, hidden]
     for (size_t l = 0; l < blocks_.size(); ++l) {
