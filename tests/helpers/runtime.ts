@@ -17,25 +17,7 @@ export interface Spawned {
 
 /** Runs `tiller <args>`; its output is kept for failure messages. */
 export function tiller(args: string[], env: NodeJS.ProcessEnv = {}): Spawned {
-  const child = spawn(process.execPath, [cli, ...args], {
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  started.add(child);
-  let text = "";
-  child.stdout?.on("data", (d: Buffer) => {
-    text += d.toString();
-  });
-  child.stderr?.on("data", (d: Buffer) => {
-    text += d.toString();
-  });
-  const exited = new Promise<number | null>((resolve) => {
-    child.once("exit", (code) => {
-      started.delete(child);
-      resolve(code);
-    });
-  });
-  return { child, pid: child.pid ?? 0, output: () => text, exited };
+  return node(cli, args, env);
 }
 
 /** A node script run with this process's environment (a second client, say). */

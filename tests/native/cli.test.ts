@@ -39,6 +39,11 @@ function tiller(...args: string[]) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** `tiller generate` on this test's model, reading `input` and writing `output`. */
+function generate(input: string, output: string, ...options: string[]) {
+  return tiller("generate", "--model", model, "--input", input, "--output", output, ...options);
+}
+
 function writeJsonl(name: string, rows: unknown[]): string {
   const path = join(dir.path, name);
   writeFileSync(path, rows.map((r) => JSON.stringify(r)).join("\n"));
@@ -77,17 +82,7 @@ test("tiller logprobs matches HF per token", () => {
 test("tiller generate: greedy tokens equal HF's, text prompts go through the tokenizer", () => {
   const input = writeJsonl("gen-in.jsonl", [{ prompt: "Hello world" }, { tokens: ref.prompts[1] }]);
   const output = join(dir.path, "gen-out.jsonl");
-  const r = tiller(
-    "generate",
-    "--model",
-    model,
-    "--input",
-    input,
-    "--output",
-    output,
-    "--max-new-tokens",
-    "12",
-  );
+  const r = generate(input, output, "--max-new-tokens", "12");
   assert.equal(r.code, 0, r.stderr);
   const rows = readJsonlFile<{ tokens: number[]; logprobs: number[]; text: string; finish_reason: string }>(
     output,
@@ -106,13 +101,8 @@ test("tiller generate with a seed is reproducible", () => {
   const input = writeJsonl("seed-in.jsonl", [{ tokens: [1, 2, 3] }, { tokens: [4, 5] }]);
   const outs = ["a", "b"].map((n) => {
     const output = join(dir.path, `seed-${n}.jsonl`);
-    const r = tiller(
-      "generate",
-      "--model",
-      model,
-      "--input",
+    const r = generate(
       input,
-      "--output",
       output,
       "--max-new-tokens",
       "8",
@@ -145,7 +135,7 @@ test("bad input: the error names the file, line and field", () => {
     out,
   );
   assert.match(r.stderr, /short\.jsonl:1: tokens: needs at least 2 tokens, found 1/);
-  r = tiller("generate", "--model", model, "--input", bad, "--output", out);
+  r = generate(bad, out);
   assert.match(r.stderr, /--max-new-tokens: undefined must be a positive integer/);
   r = tiller("logprobs", "--model", model, "--input", bad, "--output", out, "--dtype", "float8");
   assert.match(r.stderr, /--dtype: "float8" is not allowed; use float32 or bfloat16/);
@@ -155,6 +145,6 @@ test("bad input: the error names the file, line and field", () => {
   assert.match(r.stderr, /--model is required/);
   const broken = join(dir.path, "broken.jsonl");
   writeFileSync(broken, '{"tokens":[1,2]}\n{oops\n');
-  r = tiller("generate", "--model", model, "--input", broken, "--output", out, "--max-new-tokens", "2");
+  r = generate(broken, out, "--max-new-tokens", "2");
   assert.match(r.stderr, /broken\.jsonl:2: not JSON/);
 });
