@@ -8,6 +8,42 @@
 
 namespace tiller::addon {
 
+PromiseWork::PromiseWork(Napi::Env env, const char* name)
+    : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)) {}
+
+Napi::Promise PromiseWork::Start() {
+  auto promise = deferred_.Promise();
+  Queue();
+  return promise;
+}
+
+void PromiseWork::Execute() {
+  try {
+    Run();
+  } catch (const c10::Error& e) {
+    SetError(ErrorPrefix() + "libtorch: " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    SetError(ErrorPrefix() + e.what());
+  }
+}
+
+void PromiseWork::OnOK() {
+  auto env = Env();
+  try {
+    deferred_.Resolve(Result(env));
+  } catch (const Napi::Error& e) {
+    deferred_.Reject(e.Value());
+  } catch (const std::exception& e) {
+    deferred_.Reject(Napi::Error::New(env, e.what()).Value());
+  }
+}
+
+void PromiseWork::OnError(const Napi::Error& error) { deferred_.Reject(error.Value()); }
+
+Napi::Value PromiseWork::Result(Napi::Env env) { return env.Undefined(); }
+
+std::string PromiseWork::ErrorPrefix() const { return {}; }
+
 at::ScalarType dtype_from_name(const std::string& name) {
   if (name == "float32") return at::kFloat;
   if (name == "float64") return at::kDouble;

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <utility>
 
 namespace tiller::addon {
 
@@ -21,6 +22,39 @@ auto guarded(const Napi::Env& env, Fn&& fn) -> decltype(fn()) {
   } catch (const std::exception& e) {
     throw Napi::Error::New(env, e.what());
   }
+}
+
+// Base for every blocking call: Execute runs Run() on a libuv worker thread and turns a C++ / libtorch
+// exception into the rejection message (as guarded() does, after ErrorPrefix()); OnOK resolves with
+// Result(), on the JS thread, where a thrown error rejects instead. The worker deletes itself once
+// the promise settles, so members (handles, shared_ptrs) live exactly until then.
+class PromiseWork : public Napi::AsyncWorker {
+ public:
+  PromiseWork(Napi::Env env, const char* name);
+
+  // Queues the work and returns its Promise.
+  Napi::Promise Start();
+
+  void Execute() final;
+  void OnOK() override;
+  void OnError(const Napi::Error& error) override;
+
+ protected:
+  // Worker thread: no JS values.
+  virtual void Run() = 0;
+  // JS thread: the resolved value (undefined unless overridden).
+  virtual Napi::Value Result(Napi::Env env);
+  // Worker thread: put before every error message Run throws.
+  virtual std::string ErrorPrefix() const;
+
+ private:
+  Napi::Promise::Deferred deferred_;
+};
+
+// new Work(env, args...)->Start(): the usual way to make a call's Promise.
+template <typename Work, typename... Args>
+Napi::Promise queue_work(Napi::Env env, Args&&... args) {
+  return (new Work(env, std::forward<Args>(args)...))->Start();
 }
 
 // dtype names as the TS binding spells them ("float32", "bfloat16", ...).

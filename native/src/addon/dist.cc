@@ -80,40 +80,39 @@ int int_arg(const Napi::Value& value, const char* field) {
   return static_cast<int>(d);
 }
 
-// Base for a collective: waits for its ticket, runs, hands the turn on, settles the promise.
-class CollectiveWork : public Napi::AsyncWorker {
+// Base for a collective: waits for its ticket, runs, hands the turn on (even when it throws).
+class CollectiveWork : public PromiseWork {
  public:
   CollectiveWork(Napi::Env env, const char* name, std::shared_ptr<GroupSlot> slot)
-      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), slot_(std::move(slot)) {
+      : PromiseWork(env, name), slot_(std::move(slot)) {
     ticket_ = slot_->next_ticket++;  // JS thread: tickets follow call order
   }
-  Napi::Promise Promise() { return deferred_.Promise(); }
 
-  void Execute() override {
+ protected:
+  virtual void RunInTurn(ProcessGroup& group) = 0;
+
+ private:
+  // Ends this call's turn when it leaves scope, by return or by exception.
+  struct TurnPass {
+    GroupSlot& slot;
+    ~TurnPass() {
+      {
+        std::lock_guard<std::mutex> lock(slot.order_mutex);
+        ++slot.serving;
+      }
+      slot.turn.notify_all();
+    }
+  };
+
+  void Run() final {
     {
       std::unique_lock<std::mutex> lock(slot_->order_mutex);
       slot_->turn.wait(lock, [&] { return slot_->serving == ticket_; });
     }
-    try {
-      Run(*slot_->group);
-    } catch (const c10::Error& e) {
-      SetError(std::string("libtorch: ") + e.what_without_backtrace());
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-    {
-      std::lock_guard<std::mutex> lock(slot_->order_mutex);
-      ++slot_->serving;
-    }
-    slot_->turn.notify_all();
+    TurnPass pass{*slot_};
+    RunInTurn(*slot_->group);
   }
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
 
- protected:
-  virtual void Run(ProcessGroup& group) = 0;
-  Napi::Promise::Deferred deferred_;
-
- private:
   std::shared_ptr<GroupSlot> slot_;
   uint64_t ticket_ = 0;
 };
@@ -125,11 +124,12 @@ class TensorWork final : public CollectiveWork {
   TensorWork(Napi::Env env, const char* name, std::shared_ptr<GroupSlot> slot, at::Tensor input, Fn fn)
       : CollectiveWork(env, name, std::move(slot)), input_(std::move(input)), fn_(std::move(fn)) {}
 
-  void Run(ProcessGroup& group) override {
+ protected:
+  void RunInTurn(ProcessGroup& group) override {
     // The host copy is made here, so the JS thread never waits on a device.
     result_ = fn_(group, input_).to(at::kCPU).contiguous();
   }
-  void OnOK() override { deferred_.Resolve(tensor_to_js(Env(), result_)); }
+  Napi::Value Result(Napi::Env env) override { return tensor_to_js(env, result_); }
 
  private:
   at::Tensor input_;
@@ -141,50 +141,30 @@ class BarrierWork final : public CollectiveWork {
  public:
   BarrierWork(Napi::Env env, std::shared_ptr<GroupSlot> slot)
       : CollectiveWork(env, "tiller.processGroupBarrier", std::move(slot)) {}
-  void Run(ProcessGroup& group) override { group.barrier(); }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+
+ protected:
+  void RunInTurn(ProcessGroup& group) override { group.barrier(); }
 };
 
-class CreateWork final : public Napi::AsyncWorker {
+class CreateWork final : public PromiseWork {
  public:
   CreateWork(Napi::Env env, parallel::ProcessGroupOptions options)
-      : Napi::AsyncWorker(env, "tiller.processGroupCreate"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        options_(std::move(options)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
+      : PromiseWork(env, "tiller.processGroupCreate"), options_(std::move(options)) {}
 
-  void Execute() override {
-    try {
-      group_ = ProcessGroup::create(options_);
-    } catch (const c10::Error& e) {
-      SetError(std::string("libtorch: ") + e.what_without_backtrace());
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-  }
-  void OnOK() override {
-    auto env = Env();
+ protected:
+  void Run() override { group_ = ProcessGroup::create(options_); }
+  Napi::Value Result(Napi::Env env) override {
     auto slot = std::make_shared<GroupSlot>();
     slot->group = std::move(group_);
     auto handle = Napi::External<Handle>::New(env, new Handle{slot}, [](Napi::Env, Handle* h) { delete h; });
     handle.TypeTag(&kProcessGroupTag);
-    deferred_.Resolve(handle);
+    return handle;
   }
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
 
  private:
-  Napi::Promise::Deferred deferred_;
   parallel::ProcessGroupOptions options_;
   std::unique_ptr<ProcessGroup> group_;
 };
-
-template <typename Work, typename... Args>
-Napi::Value queue(Napi::Env env, Args&&... args) {
-  auto* work = new Work(env, std::forward<Args>(args)...);
-  auto promise = work->Promise();
-  work->Queue();
-  return promise;
-}
 
 // processGroupCreate({host, port, rank, worldSize, backend, timeoutMs, hostStore?, device?})
 //   -> Promise<handle>; resolves once every rank has joined.
@@ -204,7 +184,7 @@ Napi::Value ProcessGroupCreate(const Napi::CallbackInfo& info) {
     options.host_store = host_store.IsBoolean() ? host_store.As<Napi::Boolean>().Value() : options.rank == 0;
     const auto device = o.Get("device");
     if (device.IsString()) options.device = device.As<Napi::String>().Utf8Value();
-    return queue<CreateWork>(env, std::move(options));
+    return queue_work<CreateWork>(env, std::move(options));
   });
 }
 
@@ -225,11 +205,11 @@ Napi::Value ProcessGroupAllReduce(const Napi::CallbackInfo& info) {
     auto slot = slot_of(info[0]);
     const auto op = parallel::reduce_op_from_name(string_arg(info[2], "op"));
     auto input = tensor_from_js(info[1], string_arg(info[3], "device"));
-    return queue<TensorWork>(env, "tiller.processGroupAllReduce", slot, input,
-                             [op](ProcessGroup& g, at::Tensor& t) {
-                               g.all_reduce(t, op);
-                               return t;
-                             });
+    return queue_work<TensorWork>(env, "tiller.processGroupAllReduce", slot, input,
+                                  [op](ProcessGroup& g, at::Tensor& t) {
+                                    g.all_reduce(t, op);
+                                    return t;
+                                  });
   });
 }
 
@@ -240,11 +220,11 @@ Napi::Value ProcessGroupBroadcast(const Napi::CallbackInfo& info) {
     auto slot = slot_of(info[0]);
     const int root = int_arg(info[2], "root");
     auto input = tensor_from_js(info[1], string_arg(info[3], "device"));
-    return queue<TensorWork>(env, "tiller.processGroupBroadcast", slot, input,
-                             [root](ProcessGroup& g, at::Tensor& t) {
-                               g.broadcast(t, root);
-                               return t;
-                             });
+    return queue_work<TensorWork>(env, "tiller.processGroupBroadcast", slot, input,
+                                  [root](ProcessGroup& g, at::Tensor& t) {
+                                    g.broadcast(t, root);
+                                    return t;
+                                  });
   });
 }
 
@@ -258,11 +238,11 @@ Napi::Value ProcessGroupAllGather(const Napi::CallbackInfo& info) {
     auto out_shape = input.sizes().vec();
     out_shape[0] *= slot->group->world_size();
     auto out = at::empty(out_shape, input.options());
-    return queue<TensorWork>(env, "tiller.processGroupAllGather", slot, input,
-                             [out](ProcessGroup& g, at::Tensor& t) mutable {
-                               g.all_gather_into(out, t);
-                               return out;
-                             });
+    return queue_work<TensorWork>(env, "tiller.processGroupAllGather", slot, input,
+                                  [out](ProcessGroup& g, at::Tensor& t) mutable {
+                                    g.all_gather_into(out, t);
+                                    return out;
+                                  });
   });
 }
 
@@ -281,18 +261,18 @@ Napi::Value ProcessGroupReduceScatter(const Napi::CallbackInfo& info) {
     auto out_shape = input.sizes().vec();
     out_shape[0] /= world;
     auto out = at::empty(out_shape, input.options());
-    return queue<TensorWork>(env, "tiller.processGroupReduceScatter", slot, input,
-                             [out, op](ProcessGroup& g, at::Tensor& t) mutable {
-                               g.reduce_scatter(out, t, op);
-                               return out;
-                             });
+    return queue_work<TensorWork>(env, "tiller.processGroupReduceScatter", slot, input,
+                                  [out, op](ProcessGroup& g, at::Tensor& t) mutable {
+                                    g.reduce_scatter(out, t, op);
+                                    return out;
+                                  });
   });
 }
 
 // processGroupBarrier(handle) -> Promise<void>
 Napi::Value ProcessGroupBarrier(const Napi::CallbackInfo& info) {
   auto env = info.Env();
-  return guarded(env, [&]() -> Napi::Value { return queue<BarrierWork>(env, slot_of(info[0])); });
+  return guarded(env, [&]() -> Napi::Value { return queue_work<BarrierWork>(env, slot_of(info[0])); });
 }
 
 // processGroupInfo(handle) -> {rank, worldSize, backend, device}

@@ -87,53 +87,41 @@ Napi::Value TensorRoundTrip(const Napi::CallbackInfo& info) {
 }
 
 // Times `iterations` matmuls [m,k] x [k,n] on a worker thread. 2*m*n*k FLOP each.
-class MatmulProbe : public Napi::AsyncWorker {
+class MatmulProbe final : public PromiseWork {
  public:
   MatmulProbe(Napi::Env env, at::Device device, at::ScalarType dtype, int64_t m, int64_t n, int64_t k,
               int64_t iterations)
-      : Napi::AsyncWorker(env, "tiller.matmulProbe"),
-        deferred_(Napi::Promise::Deferred::New(env)),
+      : PromiseWork(env, "tiller.matmulProbe"),
         device_(device),
         dtype_(dtype),
         m_(m), n_(n), k_(k),
         iterations_(iterations) {}
 
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    try {
-      at::NoGradGuard no_grad;
-      const auto options = at::TensorOptions().dtype(dtype_).device(device_);
-      const auto a = at::randn({m_, k_}, options);
-      const auto b = at::randn({k_, n_}, options);
-      auto c = at::empty({m_, n_}, options);
-      for (int i = 0; i < 3; ++i) at::matmul_out(c, a, b);  // warm-up: cuBLAS heuristics, clocks
-      synchronize(device_);
-      const auto start = std::chrono::steady_clock::now();
-      for (int64_t i = 0; i < iterations_; ++i) at::matmul_out(c, a, b);
-      synchronize(device_);
-      seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    } catch (const c10::Error& e) {
-      SetError(std::string("libtorch: ") + e.what_without_backtrace());
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
+ protected:
+  void Run() override {
+    at::NoGradGuard no_grad;
+    const auto options = at::TensorOptions().dtype(dtype_).device(device_);
+    const auto a = at::randn({m_, k_}, options);
+    const auto b = at::randn({k_, n_}, options);
+    auto c = at::empty({m_, n_}, options);
+    for (int i = 0; i < 3; ++i) at::matmul_out(c, a, b);  // warm-up: cuBLAS heuristics, clocks
+    synchronize(device_);
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < iterations_; ++i) at::matmul_out(c, a, b);
+    synchronize(device_);
+    seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
 
-  void OnOK() override {
-    auto env = Env();
+  Napi::Value Result(Napi::Env env) override {
     const double flop = 2.0 * m_ * n_ * k_ * iterations_;
     auto out = Napi::Object::New(env);
     out["seconds"] = seconds_;
     out["flop"] = flop;
     out["tflops"] = flop / seconds_ / 1e12;
-    deferred_.Resolve(out);
+    return out;
   }
 
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
-
  private:
-  Napi::Promise::Deferred deferred_;
   at::Device device_;
   at::ScalarType dtype_;
   int64_t m_, n_, k_, iterations_;
@@ -147,10 +135,7 @@ Napi::Value MatmulProbeCall(const Napi::CallbackInfo& info) {
     const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
     const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
     auto dim = [&](int i) { return static_cast<int64_t>(info[i].As<Napi::Number>().Int64Value()); };
-    auto* worker = new MatmulProbe(env, device, dtype, dim(2), dim(3), dim(4), dim(5));
-    auto promise = worker->Promise();
-    worker->Queue();
-    return promise;
+    return queue_work<MatmulProbe>(env, device, dtype, dim(2), dim(3), dim(4), dim(5));
   });
 }
 

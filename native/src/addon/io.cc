@@ -21,61 +21,26 @@ namespace {
 // Runs `work` on a libuv worker thread, then `finish` on the JS thread to turn its result into
 // a JS value; the Promise rejects with the C++ error message. One template serves every I/O call:
 // they differ only in those two functions.
-template <typename Result>
-class IoWork : public Napi::AsyncWorker {
+template <typename Value>
+class IoWork final : public PromiseWork {
  public:
-  using Work = std::function<Result()>;
-  using Finish = std::function<Napi::Value(Napi::Env, Result&)>;
+  using Work = std::function<Value()>;
+  using Finish = std::function<Napi::Value(Napi::Env, Value&)>;
 
   IoWork(Napi::Env env, const char* name, Work work, Finish finish)
-      : Napi::AsyncWorker(env, name),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        work_(std::move(work)),
-        finish_(std::move(finish)) {}
-
-  // Queues the work and returns its Promise; the worker deletes itself after OnOK / OnError.
-  static Napi::Promise Run(Napi::Env env, const char* name, Work work, Finish finish) {
-    auto* self = new IoWork(env, name, std::move(work), std::move(finish));
-    return self->Start();
-  }
-
-  Napi::Promise Start() {
-    auto promise = deferred_.Promise();
-    Queue();
-    return promise;
-  }
+      : PromiseWork(env, name), work_(std::move(work)), finish_(std::move(finish)) {}
 
   // Keeps a JS value (e.g. a typed array whose memory the work reads) alive until the work ends.
   void Keep(const Napi::Value& value) { kept_.push_back(Napi::Persistent(value)); }
 
-  void Execute() override {
-    try {
-      result_ = work_();
-    } catch (const c10::Error& e) {
-      SetError(std::string("libtorch: ") + e.what_without_backtrace());
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-  }
-
-  void OnOK() override {
-    auto env = Env();
-    try {
-      deferred_.Resolve(finish_(env, result_));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    } catch (const std::exception& e) {
-      deferred_.Reject(Napi::Error::New(env, e.what()).Value());
-    }
-  }
-
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+ protected:
+  void Run() override { value_ = work_(); }
+  Napi::Value Result(Napi::Env env) override { return finish_(env, value_); }
 
  private:
-  Napi::Promise::Deferred deferred_;
   Work work_;
   Finish finish_;
-  Result result_{};
+  Value value_{};
   std::vector<Napi::Reference<Napi::Value>> kept_;
 };
 
@@ -120,7 +85,7 @@ Napi::Value CheckpointInspect(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     const auto dir = string_arg(info, 0, "dir");
-    return IoWork<std::shared_ptr<io::Checkpoint>>::Run(
+    return queue_work<IoWork<std::shared_ptr<io::Checkpoint>>>(
         env, "tiller.checkpointInspect",
         [dir] { return std::make_shared<io::Checkpoint>(io::open_checkpoint(dir)); },
         [](Napi::Env env, std::shared_ptr<io::Checkpoint>& checkpoint) -> Napi::Value {
@@ -148,7 +113,7 @@ Napi::Value SafetensorsRead(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     const auto path = string_arg(info, 0, "path");
-    return IoWork<std::shared_ptr<io::SafetensorsFile>>::Run(
+    return queue_work<IoWork<std::shared_ptr<io::SafetensorsFile>>>(
         env, "tiller.safetensorsRead",
         [path] { return std::make_shared<io::SafetensorsFile>(io::read_safetensors(path)); },
         [](Napi::Env env, std::shared_ptr<io::SafetensorsFile>& file) -> Napi::Value {
@@ -234,7 +199,7 @@ Napi::Value CheckpointResave(const Napi::CallbackInfo& info) {
     const auto dst = string_arg(info, 1, "dstDir");
     if (!info[2].IsNumber()) throw std::invalid_argument("maxShardBytes: expected a number");
     const auto max_shard_bytes = info[2].As<Napi::Number>().Int64Value();
-    return IoWork<std::vector<std::string>>::Run(
+    return queue_work<IoWork<std::vector<std::string>>>(
         env, "tiller.checkpointResave",
         [src, dst, max_shard_bytes] {
           std::vector<std::pair<std::string, at::Tensor>> tensors;

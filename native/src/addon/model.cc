@@ -89,30 +89,21 @@ Napi::Object host_tensor(Napi::Env env, const std::string& name, const at::Tenso
   return out;
 }
 
-// Base for the model's async calls: promise plumbing and libtorch error conversion.
-class ModelWork : public Napi::AsyncWorker {
+// Base for the model's async calls: holds the slot (so dispose() cannot free it mid-call) and its
+// mutex while the call runs.
+class ModelWork : public PromiseWork {
  public:
   ModelWork(Napi::Env env, const char* name, std::shared_ptr<ModelSlot> slot)
-      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), slot_(std::move(slot)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    try {
-      std::lock_guard<std::mutex> lock(slot_->mutex);
-      Run(*slot_);
-    } catch (const c10::Error& e) {
-      SetError(std::string("libtorch: ") + e.what_without_backtrace());
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-  }
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+      : PromiseWork(env, name), slot_(std::move(slot)) {}
 
  protected:
-  virtual void Run(ModelSlot& slot) = 0;
-  Napi::Promise::Deferred deferred_;
+  virtual void RunLocked(ModelSlot& slot) = 0;
 
  private:
+  void Run() final {
+    std::lock_guard<std::mutex> lock(slot_->mutex);
+    RunLocked(*slot_);
+  }
   std::shared_ptr<ModelSlot> slot_;
 };
 
@@ -163,7 +154,7 @@ class LogprobsWork final : public ModelWork {
       : ModelWork(env, "tiller.modelLogprobs", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
         temperature_(temperature), chunk_(chunk) {}
 
-  void Run(ModelSlot& slot) override {
+  void RunLocked(ModelSlot& slot) override {
     at::NoGradGuard no_grad;
     auto& model = *slot.model;
     const auto out = forward_logprobs(model, tokens_, cu_, temperature_, chunk_);
@@ -171,12 +162,11 @@ class LogprobsWork final : public ModelWork {
     entropy_ = out.entropy.to(at::kCPU).contiguous();
   }
 
-  void OnOK() override {
-    auto env = Env();
+  Napi::Value Result(Napi::Env env) override {
     auto out = Napi::Object::New(env);
     out["logprobs"] = typed_array_from_tensor(env, logprob_);
     out["entropy"] = typed_array_from_tensor(env, entropy_);
-    deferred_.Resolve(out);
+    return out;
   }
 
  private:
@@ -194,7 +184,7 @@ class LossBackwardWork final : public ModelWork {
       : ModelWork(env, "tiller.modelLossBackward", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
         weights_(std::move(weights)), temperature_(temperature), chunk_(chunk) {}
 
-  void Run(ModelSlot& slot) override {
+  void RunLocked(ModelSlot& slot) override {
     if (slot.grads_pending) {
       throw std::invalid_argument("model: trainStep gradients are pending; call optimizerStep before lossBackward");
     }
@@ -220,14 +210,13 @@ class LossBackwardWork final : public ModelWork {
     drop_grads(params);
   }
 
-  void OnOK() override {
-    auto env = Env();
+  Napi::Value Result(Napi::Env env) override {
     auto out = Napi::Object::New(env);
     out["loss"] = loss_;
     auto list = Napi::Array::New(env, grads_.size());
     for (size_t i = 0; i < grads_.size(); ++i) list[i] = host_tensor(env, grads_[i].first, grads_[i].second);
     out["gradients"] = list;
-    deferred_.Resolve(out);
+    return out;
   }
 
  private:
@@ -249,12 +238,11 @@ class GenerateWork final : public ModelWork {
                rollout::GenerateOptions options)
       : ModelWork(env, "tiller.modelGenerate", std::move(slot)), prompts_(std::move(prompts)), options_(std::move(options)) {}
 
-  void Run(ModelSlot& slot) override {
+  void RunLocked(ModelSlot& slot) override {
     results_ = rollout::generate(*slot.model, prompts_, options_, &slot.decoder);
   }
 
-  void OnOK() override {
-    auto env = Env();
+  Napi::Value Result(Napi::Env env) override {
     auto list = Napi::Array::New(env, results_.size());
     for (size_t i = 0; i < results_.size(); ++i) {
       const auto& r = results_[i];
@@ -268,7 +256,7 @@ class GenerateWork final : public ModelWork {
       item["finishReason"] = r.finish_reason;
       list[i] = item;
     }
-    deferred_.Resolve(list);
+    return list;
   }
 
  private:
@@ -286,7 +274,7 @@ class TrainStepWork final : public ModelWork {
       : ModelWork(env, "tiller.modelTrainStep", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
         mask_(std::move(mask)), normaliser_(normaliser), temperature_(temperature), chunk_(chunk) {}
 
-  void Run(ModelSlot& slot) override {
+  void RunLocked(ModelSlot& slot) override {
     const auto predicted = tokens_.size(0) - static_cast<int64_t>(cu_.size()) + 1;
     if (mask_.size(0) != predicted) {
       throw std::invalid_argument("lossMask: has " + std::to_string(mask_.size(0)) + " entries, expected " +
@@ -306,11 +294,11 @@ class TrainStepWork final : public ModelWork {
     tokens_counted_ = mask_.sum().item<double>();
   }
 
-  void OnOK() override {
-    auto out = Napi::Object::New(Env());
+  Napi::Value Result(Napi::Env env) override {
+    auto out = Napi::Object::New(env);
     out["loss"] = loss_;
     out["tokens"] = tokens_counted_;
-    deferred_.Resolve(out);
+    return out;
   }
 
  private:
@@ -329,7 +317,7 @@ class OptimizerStepWork final : public ModelWork {
   OptimizerStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot)
       : ModelWork(env, "tiller.modelOptimizerStep", std::move(slot)) {}
 
-  void Run(ModelSlot& slot) override {
+  void RunLocked(ModelSlot& slot) override {
     if (!slot.optimizer) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
     const auto params = slot.optimizer->params();
     const auto clip = train::clip_grad_norm(params, slot.max_grad_norm);
@@ -345,13 +333,13 @@ class OptimizerStepWork final : public ModelWork {
     step_ = slot.updates;
   }
 
-  void OnOK() override {
-    auto out = Napi::Object::New(Env());
+  Napi::Value Result(Napi::Env env) override {
+    auto out = Napi::Object::New(env);
     out["gradNorm"] = grad_norm_;
     out["lr"] = lr_;
     out["step"] = step_;
     out["skipped"] = skipped_;
-    deferred_.Resolve(out);
+    return out;
   }
 
  private:
@@ -367,7 +355,7 @@ class SaveWork final : public ModelWork {
   SaveWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::string dir, int64_t max_shard_bytes)
       : ModelWork(env, "tiller.modelSave", std::move(slot)), dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes) {}
 
-  void Run(ModelSlot& slot) override {
+  void RunLocked(ModelSlot& slot) override {
     auto config = slot.config;
     const auto dtype = dtype_name(slot.model->dtype());
     // transformers 5 reads "dtype", 4 reads "torch_dtype": update whichever the config has.
@@ -386,8 +374,6 @@ class SaveWork final : public ModelWork {
     io::save_checkpoint(dir_, config, tensors, max_shard_bytes_);
   }
 
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
-
  private:
   std::string dir_;
   int64_t max_shard_bytes_;
@@ -399,31 +385,23 @@ Napi::Value wrap_slot(Napi::Env env, std::shared_ptr<ModelSlot> slot) {
   return handle;
 }
 
-class LoadWork final : public Napi::AsyncWorker {
+class LoadWork final : public PromiseWork {
  public:
   LoadWork(Napi::Env env, std::string dir, at::Device device, at::ScalarType dtype)
-      : Napi::AsyncWorker(env, "tiller.modelLoad"), deferred_(Napi::Promise::Deferred::New(env)), dir_(std::move(dir)),
-        device_(device), dtype_(dtype) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
+      : PromiseWork(env, "tiller.modelLoad"), dir_(std::move(dir)), device_(device), dtype_(dtype) {}
 
-  void Execute() override {
-    try {
-      const auto checkpoint = io::open_checkpoint(dir_);
-      slot_ = std::make_shared<ModelSlot>();
-      slot_->config = checkpoint.config;
-      // The builder casts (and copies) every tensor, so nothing aliases the mapped files after this.
-      slot_->model = models::build_model(models::HfConfig(checkpoint.config), checkpoint.tensors, device_, dtype_);
-    } catch (const c10::Error& e) {
-      SetError("model.load(" + dir_ + "): libtorch: " + e.what_without_backtrace());
-    } catch (const std::exception& e) {
-      SetError("model.load(" + dir_ + "): " + e.what());
-    }
+ protected:
+  void Run() override {
+    const auto checkpoint = io::open_checkpoint(dir_);
+    slot_ = std::make_shared<ModelSlot>();
+    slot_->config = checkpoint.config;
+    // The builder casts (and copies) every tensor, so nothing aliases the mapped files after this.
+    slot_->model = models::build_model(models::HfConfig(checkpoint.config), checkpoint.tensors, device_, dtype_);
   }
-  void OnOK() override { deferred_.Resolve(wrap_slot(Env(), std::move(slot_))); }
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+  Napi::Value Result(Napi::Env env) override { return wrap_slot(env, std::move(slot_)); }
+  std::string ErrorPrefix() const override { return "model.load(" + dir_ + "): "; }
 
  private:
-  Napi::Promise::Deferred deferred_;
   std::string dir_;
   at::Device device_;
   at::ScalarType dtype_;
@@ -458,12 +436,9 @@ Napi::Value ModelCreate(const Napi::CallbackInfo& info) {
 Napi::Value ModelLoad(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    auto* work = new LoadWork(env, info[0].As<Napi::String>().Utf8Value(),
-                              parse_device(info[1].As<Napi::String>().Utf8Value()),
-                              dtype_from_name(info[2].As<Napi::String>().Utf8Value()));
-    auto promise = work->Promise();
-    work->Queue();
-    return promise;
+    return queue_work<LoadWork>(env, info[0].As<Napi::String>().Utf8Value(),
+                                parse_device(info[1].As<Napi::String>().Utf8Value()),
+                                dtype_from_name(info[2].As<Napi::String>().Utf8Value()));
   });
 }
 
@@ -471,11 +446,8 @@ Napi::Value ModelLoad(const Napi::CallbackInfo& info) {
 Napi::Value ModelSave(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    auto* work = new SaveWork(env, slot_of(info[0]), info[1].As<Napi::String>().Utf8Value(),
-                              info[2].As<Napi::Number>().Int64Value());
-    auto promise = work->Promise();
-    work->Queue();
-    return promise;
+    return queue_work<SaveWork>(env, slot_of(info[0]), info[1].As<Napi::String>().Utf8Value(),
+                                info[2].As<Napi::Number>().Int64Value());
   });
 }
 
@@ -489,11 +461,8 @@ Napi::Value ModelTrainStep(const Napi::CallbackInfo& info) {
     auto cu = cu_from_js(info[2], tokens.numel());
     auto m = info[3].As<Napi::TypedArray>();
     auto mask = tensor_from_typed_array(m, at::kFloat, {static_cast<int64_t>(m.ElementLength())}).clone();
-    auto* work = new TrainStepWork(env, slot, tokens, cu, mask, info[4].As<Napi::Number>().DoubleValue(),
-                                   info[5].As<Napi::Number>().DoubleValue(), info[6].As<Napi::Number>().Int64Value());
-    auto promise = work->Promise();
-    work->Queue();
-    return promise;
+    return queue_work<TrainStepWork>(env, slot, tokens, cu, mask, info[4].As<Napi::Number>().DoubleValue(),
+                                     info[5].As<Napi::Number>().DoubleValue(), info[6].As<Napi::Number>().Int64Value());
   });
 }
 
@@ -523,10 +492,7 @@ Napi::Value ModelOptimizerInit(const Napi::CallbackInfo& info) {
 Napi::Value ModelOptimizerStep(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    auto* work = new OptimizerStepWork(env, slot_of(info[0]));
-    auto promise = work->Promise();
-    work->Queue();
-    return promise;
+    return queue_work<OptimizerStepWork>(env, slot_of(info[0]));
   });
 }
 
@@ -547,11 +513,8 @@ Napi::Value ModelLogprobs(const Napi::CallbackInfo& info) {
     auto slot = slot_of(info[0]);
     auto tokens = ids_from_js(info[1], "tokens");
     auto cu = cu_from_js(info[2], tokens.numel());
-    auto* work = new LogprobsWork(env, slot, tokens, cu, info[3].As<Napi::Number>().DoubleValue(),
-                                  info[4].As<Napi::Number>().Int64Value());
-    auto promise = work->Promise();
-    work->Queue();
-    return promise;
+    return queue_work<LogprobsWork>(env, slot, tokens, cu, info[3].As<Napi::Number>().DoubleValue(),
+                                    info[4].As<Napi::Number>().Int64Value());
   });
 }
 
@@ -564,11 +527,8 @@ Napi::Value ModelLossBackward(const Napi::CallbackInfo& info) {
     auto cu = cu_from_js(info[2], tokens.numel());
     auto w = info[3].As<Napi::TypedArray>();
     auto weights = tensor_from_typed_array(w, at::kFloat, {static_cast<int64_t>(w.ElementLength())}).clone();
-    auto* work = new LossBackwardWork(env, slot, tokens, cu, weights, info[4].As<Napi::Number>().DoubleValue(),
-                                      info[5].As<Napi::Number>().Int64Value());
-    auto promise = work->Promise();
-    work->Queue();
-    return promise;
+    return queue_work<LossBackwardWork>(env, slot, tokens, cu, weights, info[4].As<Napi::Number>().DoubleValue(),
+                                        info[5].As<Napi::Number>().Int64Value());
   });
 }
 
@@ -594,10 +554,7 @@ Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < stops.Length(); ++i) {
       options.stop.stop_token_ids.push_back(stops.Get(i).As<Napi::Number>().Int64Value());
     }
-    auto* work = new GenerateWork(env, slot, std::move(prompts), std::move(options));
-    auto promise = work->Promise();
-    work->Queue();
-    return promise;
+    return queue_work<GenerateWork>(env, slot, std::move(prompts), std::move(options));
   });
 }
 

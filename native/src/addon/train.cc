@@ -137,43 +137,31 @@ Napi::Value OptimizerSetGrads(const Napi::CallbackInfo& info) {
 
 // Runs one optimizer operation on a worker thread; the handle stays referenced (so not
 // collected) and marked busy until the promise settles.
-class OptimizerWork : public Napi::AsyncWorker {
+class OptimizerWork final : public PromiseWork {
  public:
   using Fn = std::function<void(train::AdamW&)>;
   OptimizerWork(Napi::Env env, const Napi::Value& handle, const char* name, Fn fn)
-      : Napi::AsyncWorker(env, name),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        handle_(Napi::Persistent(handle)),
-        box_(unwrap_box(handle)),
-        fn_(std::move(fn)) {
+      : PromiseWork(env, name), handle_(Napi::Persistent(handle)), box_(unwrap_box(handle)), fn_(std::move(fn)) {
     box_.busy = true;
-  }
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    try {
-      fn_(*box_.optimizer);
-      synchronize(box_.device);
-    } catch (const c10::Error& e) {
-      SetError(std::string("libtorch: ") + e.what_without_backtrace());
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
   }
 
   void OnOK() override {
     box_.busy = false;
-    deferred_.Resolve(Env().Undefined());
+    PromiseWork::OnOK();
   }
 
   void OnError(const Napi::Error& error) override {
     box_.busy = false;
-    deferred_.Reject(error.Value());
+    PromiseWork::OnError(error);
+  }
+
+ protected:
+  void Run() override {
+    fn_(*box_.optimizer);
+    synchronize(box_.device);
   }
 
  private:
-  Napi::Promise::Deferred deferred_;
   Napi::Reference<Napi::Value> handle_;
   OptimizerBox& box_;
   Fn fn_;
@@ -181,10 +169,7 @@ class OptimizerWork : public Napi::AsyncWorker {
 
 Napi::Value queue(const Napi::CallbackInfo& info, const char* name, OptimizerWork::Fn fn) {
   unwrap(info[0]);  // refuses a disposed or busy handle before any work is made
-  auto* work = new OptimizerWork(info.Env(), info[0], name, std::move(fn));
-  auto promise = work->Promise();
-  work->Queue();
-  return promise;
+  return queue_work<OptimizerWork>(info.Env(), info[0], name, std::move(fn));
 }
 
 // optimizerStep(handle, lr) -> Promise<void>
