@@ -20,7 +20,7 @@ const filters = args.filter((a) => !a.startsWith("--"));
 const root = join(repoRoot, "dist", "tests");
 const files = testFiles(root)
   .filter((f) => relative(root, f).startsWith("gpu/") === gpu)
-  .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)))
+  .filter((f) => filters.length === 0 || filters.some((s) => relative(root, f).includes(s)))
   .sort();
 if (files.length === 0) {
   process.stderr.write(`no test files matched under ${root}\n`);

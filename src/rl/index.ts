@@ -1,0 +1,7 @@
+// RL algorithms as pure functions over per-response scalars and lengths (no tensors): advantage
+// estimators, DAPO filtering and shaping, KL penalties, and the micro-batch plan.
+export * from "./advantages.js";
+export * from "./balance.js";
+export * from "./filter.js";
+export * from "./groups.js";
+export * from "./kl.js";
