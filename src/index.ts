@@ -4,5 +4,6 @@ export * from "./native/dist.js";
 export * from "./native/engine.js";
 export * from "./native/io.js";
 export * from "./native/model.js";
+export * from "./native/policy-loss.js";
 export * from "./native/train.js";
 export * from "./tokenizer/index.js";
