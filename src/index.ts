@@ -4,6 +4,7 @@ export * from "./native/dist.js";
 export * from "./native/engine.js";
 export * from "./native/io.js";
 export * from "./native/model.js";
+export * from "./native/policy-loss.js";
 export * from "./native/train.js";
 export * as rl from "./rl/index.js";
 export * from "./tokenizer/index.js";

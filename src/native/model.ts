@@ -2,6 +2,15 @@
 // `Model` class that checks every argument (errors name the field) before calling in.
 import { addon, type NativeDtype, type NativeTypedArray } from "./binding.js";
 import { checkDevice, checkDtype, checkTensor, type HostTensor } from "./engine.js";
+import {
+  checkCounts,
+  checkOptionalInputs,
+  checkPolicyLossConfig,
+  checkTokenArray,
+  type GlobalCounts,
+  type PolicyLossConfig,
+  type PolicyLossMetrics,
+} from "./policy-loss.js";
 import { type AdamWConfig, type LrSchedule, lrAt } from "./train.js";
 
 /** An opaque model handle; addon/model.cc tags it and refuses any other object. */
@@ -35,6 +44,23 @@ export interface TrainStepResult {
   loss: number;
   /** Tokens the mask counted in this micro-batch. */
   tokens: number;
+}
+
+/** Per predicted token (tokens − sequences entries each), as logprobs() returns them. */
+export interface PolicyStepInputs {
+  /** Logprobs under the policy that sampled (or the actor before this mini-batch's updates). */
+  oldLogprobs: Float32Array;
+  advantages: Float32Array;
+  /** 1 for response tokens that count, 0 for prompt tokens and padding. */
+  mask: Float32Array;
+  /** Under the reference policy; required when config.kl.type is not none. */
+  refLogprobs?: Float32Array;
+}
+
+export interface PolicyStepResult extends TrainStepResult {
+  /** This micro-batch's share: pgLoss − entropyCoeff · entropy + kl.coeff · klLoss. */
+  loss: number;
+  metrics: PolicyLossMetrics;
 }
 
 export interface OptimizerStepResult {
@@ -77,6 +103,17 @@ export interface NativeModelAddon {
     temperature: number,
     chunkTokens: number,
   ): Promise<TrainStepResult>;
+  /** addon/model.cc PolicyStepWork: async, RL policy loss over the mini-batch's counts, gradients accumulate */
+  modelPolicyStep(
+    handle: NativeModelHandle,
+    tokens: TokenIds,
+    cuSeqlens: TokenIds,
+    perToken: PolicyStepInputs,
+    counts: GlobalCounts,
+    config: PolicyLossConfig,
+    temperature: number,
+    chunkTokens: number,
+  ): Promise<PolicyStepResult>;
   /** addon/model.cc ModelOptimizerInit(handle, options) */
   modelOptimizerInit(handle: NativeModelHandle, options: OptimizerOptions): void;
   /** addon/model.cc OptimizerStepWork: async clip, schedule, AdamW, zero grads */
@@ -108,6 +145,8 @@ export interface NativeModelAddon {
   ): Promise<Generation[]>;
   /** addon/model.cc ModelParameters(handle): host copies */
   modelParameters(handle: NativeModelHandle): NamedHostTensor[];
+  /** addon/model.cc ModelGradients(handle): host copies */
+  modelGradients(handle: NativeModelHandle): NamedHostTensor[];
   /** addon/model.cc SupportedArchitectures() */
   supportedArchitectures(): string[];
 }
@@ -280,6 +319,43 @@ export class Model {
     );
   }
 
+  /**
+   * One micro-batch of the RL policy loss (verl's PPO/GRPO/DAPO clipped surrogate, entropy bonus,
+   * KL penalty; see PolicyLossConfig): forward, loss, backward. Gradients accumulate until
+   * optimizerStep(). counts are those of the whole mini-batch (all micro-batches, all ranks), so
+   * that the summed gradients of the micro-batches are the mini-batch's whatever the split.
+   */
+  async policyStep(
+    tokens: TokenIds,
+    cuSeqlens: TokenIds,
+    perToken: PolicyStepInputs,
+    counts: GlobalCounts,
+    config: PolicyLossConfig = {},
+    temperature = 1,
+    chunkTokens = 1024,
+  ): Promise<PolicyStepResult> {
+    const [t, cu] = checkPacked(tokens, cuSeqlens);
+    const predicted = t.length - (cu.length - 1);
+    if (perToken === null || typeof perToken !== "object") {
+      throw new TypeError("perToken: expected {oldLogprobs, advantages, mask, refLogprobs?}");
+    }
+    for (const key of ["oldLogprobs", "advantages", "mask"] as const) {
+      checkTokenArray(perToken[key], `perToken.${key}`, predicted, "tokens - sequences");
+    }
+    checkPolicyLossConfig(config);
+    checkOptionalInputs(config, perToken.refLogprobs, "perToken", predicted, "tokens - sequences");
+    return native().modelPolicyStep(
+      this.handle,
+      t,
+      cu,
+      perToken,
+      checkCounts(counts),
+      config,
+      checkTemperature(temperature, "temperature", false),
+      checkChunk(chunkTokens),
+    );
+  }
+
   /** AdamW (fp32 masters) over this model's parameters, starting at step 0; replaces an earlier one. */
   initOptimizer(options: OptimizerOptions): void {
     if (options === null || typeof options !== "object")
@@ -414,6 +490,11 @@ export class Model {
   /** Host copies of every parameter, by HF name. */
   parameters(): NamedHostTensor[] {
     return native().modelParameters(this.handle);
+  }
+
+  /** Host copies of the gradients accumulated since the last optimizerStep(), by HF name (zeros where none). */
+  gradients(): NamedHostTensor[] {
+    return native().modelGradients(this.handle);
   }
 
   dispose(): void {

@@ -1,5 +1,6 @@
 // Model handles: load from an HF folder (or create from a config and host tensors), save, logprobs,
-// generation, parameters, training (micro-batch backward with accumulated gradients, AdamW steps)
+// generation, parameters, training (micro-batch backward of masked NLL or the RL policy loss with
+// accumulated gradients, AdamW steps)
 // and a weighted-NLL backward for parity tests. Long calls run as async work; each holds the
 // model's own mutex so that calls on one model never overlap.
 #include <limits>
@@ -19,6 +20,7 @@
 #include "train/grad_clip.h"
 #include "train/losses.h"
 #include "train/optimizer.h"
+#include "train/policy_loss.h"
 #include "train/schedule.h"
 
 namespace tiller::addon {
@@ -310,6 +312,57 @@ class TrainStepWork final : public ModelWork {
   double loss_ = 0, tokens_counted_ = 0;
 };
 
+// One micro-batch of the RL policy loss (train/policy_loss.h): forward, loss over the whole
+// mini-batch's counts, backward; gradients accumulate as for TrainStepWork.
+class PolicyStepWork final : public ModelWork {
+ public:
+  PolicyStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
+                 train::PolicyLossInputs inputs, train::PolicyLossConfig config, double temperature, int64_t chunk)
+      : ModelWork(env, "tiller.modelPolicyStep", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
+        inputs_(std::move(inputs)), config_(config), temperature_(temperature), chunk_(chunk) {}
+
+  void Run(ModelSlot& slot) override {
+    GradScope scope(slot.model->named_parameters());
+    const auto out = forward_logprobs(*slot.model, tokens_, cu_, temperature_, chunk_);
+    auto in = inputs_;
+    const auto device = out.logprob.device();
+    in.logprobs = out.logprob;  // [tokens - sequences] fp32
+    in.entropy = out.entropy;
+    for (auto* t : {&in.old_logprobs, &in.advantages, &in.mask, &in.ref_logprobs}) {
+      if (t->defined()) *t = t->to(device);
+    }
+    // Sequence s predicts tokens cu[s] + 1 .. cu[s + 1] - 1, which sit at cu[s] - s .. cu[s + 1] - s - 1.
+    std::vector<int64_t> predicted(cu_.size());
+    for (size_t s = 0; s < cu_.size(); ++s) predicted[s] = cu_[s] - static_cast<int64_t>(s);
+    in.cu_seqlens = at::tensor(predicted, at::kLong);
+    const auto result = train::policy_loss(config_, in);
+    // Pending from here on: a backward that fails halfway may have added part of its gradients.
+    slot.grads_pending = true;
+    result.loss.backward();
+    loss_ = result.loss.item<double>();
+    metrics_ = result.metrics;
+    tokens_counted_ = inputs_.mask.sum().item<double>();
+  }
+
+  void OnOK() override {
+    auto out = Napi::Object::New(Env());
+    out["loss"] = loss_;
+    out["tokens"] = tokens_counted_;
+    out["metrics"] = policy_metrics_to_js(Env(), metrics_);
+    deferred_.Resolve(out);
+  }
+
+ private:
+  at::Tensor tokens_;
+  std::vector<int64_t> cu_;
+  train::PolicyLossInputs inputs_;
+  train::PolicyLossConfig config_;
+  double temperature_;
+  int64_t chunk_;
+  double loss_ = 0, tokens_counted_ = 0;
+  train::PolicyLossMetrics metrics_;
+};
+
 // Clip, rate from the schedule, AdamW, drop the gradients. A non-finite norm skips the update
 // (and does not advance the schedule), as Megatron does for an overflowed step.
 class OptimizerStepWork final : public ModelWork {
@@ -466,6 +519,40 @@ Napi::Value ModelTrainStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// modelPolicyStep(handle, tokens, cuSeqlens, perToken: {oldLogprobs, advantages, mask, refLogprobs?: Float32Array
+//                 [tokens - sequences]}, counts: {tokens, sequences}, config, temperature, chunkTokens)
+//   -> Promise<{loss, tokens, metrics}>
+Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    auto tokens = ids_from_js(info[1], "tokens");
+    auto cu = cu_from_js(info[2], tokens.numel());
+    if (!info[3].IsObject()) throw std::invalid_argument("perToken: expected {oldLogprobs, advantages, mask, refLogprobs?}");
+    if (!info[4].IsObject()) throw std::invalid_argument("counts: expected {tokens, sequences}");
+    if (!info[5].IsObject()) throw std::invalid_argument("config: expected an object");
+    const auto per_token = info[3].As<Napi::Object>();
+    const auto predicted = tokens.numel() - static_cast<int64_t>(cu.size()) + 1;
+    train::PolicyLossInputs in;
+    in.old_logprobs = float_tokens_field(per_token, "oldLogprobs", "perToken", predicted, true);
+    in.advantages = float_tokens_field(per_token, "advantages", "perToken", predicted, true);
+    in.mask = float_tokens_field(per_token, "mask", "perToken", predicted, true);
+    in.ref_logprobs = float_tokens_field(per_token, "refLogprobs", "perToken", predicted, false);
+    const auto counts = info[4].As<Napi::Object>();
+    in.global_tokens = number_field(counts, "tokens", "counts", 1);
+    in.global_sequences = number_field(counts, "sequences", "counts", 1);
+    auto config = policy_loss_config_from_js(info[5].As<Napi::Object>(), "config");
+    if (config.kl != train::KlPenalty::kNone && !in.ref_logprobs.defined()) {
+      throw std::invalid_argument("perToken.refLogprobs: required when config.kl.type is not none");
+    }
+    auto* work = new PolicyStepWork(env, slot, tokens, cu, std::move(in), config, info[6].As<Napi::Number>().DoubleValue(),
+                                    info[7].As<Napi::Number>().Int64Value());
+    auto promise = work->Promise();
+    work->Queue();
+    return promise;
+  });
+}
+
 // modelOptimizerInit(handle, {lr, beta1?, beta2?, eps?, weightDecay?, noDecay?, schedule: {kind, warmupSteps?,
 //                    totalSteps?, minLrRatio?}, maxGradNorm?}): AdamW over the model's parameters, from step 0.
 Napi::Value ModelOptimizerInit(const Napi::CallbackInfo& info) {
@@ -573,6 +660,24 @@ Napi::Value ModelParameters(const Napi::CallbackInfo& info) {
   });
 }
 
+// modelGradients(handle) -> {name, dtype, shape, data}[]: host copies of the gradients trainStep and
+// policyStep accumulated since the last optimizer step (zeros where none).
+Napi::Value ModelGradients(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    const auto& params = slot->model->named_parameters();
+    auto list = Napi::Array::New(env, params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& p = params[i].second;
+      const auto g = p.grad().defined() ? p.grad().detach() : at::zeros_like(p);
+      list[i] = host_tensor(env, params[i].first, g.to(at::kCPU).contiguous().clone());
+    }
+    return list;
+  });
+}
+
 // supportedArchitectures() -> string[]
 Napi::Value SupportedArchitectures(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -587,6 +692,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelLoad"] = Napi::Function::New(env, ModelLoad, "modelLoad");
   exports["modelSave"] = Napi::Function::New(env, ModelSave, "modelSave");
   exports["modelTrainStep"] = Napi::Function::New(env, ModelTrainStep, "modelTrainStep");
+  exports["modelPolicyStep"] = Napi::Function::New(env, ModelPolicyStep, "modelPolicyStep");
   exports["modelOptimizerInit"] = Napi::Function::New(env, ModelOptimizerInit, "modelOptimizerInit");
   exports["modelOptimizerStep"] = Napi::Function::New(env, ModelOptimizerStep, "modelOptimizerStep");
   exports["modelDispose"] = Napi::Function::New(env, ModelDispose, "modelDispose");
@@ -594,6 +700,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelLossBackward"] = Napi::Function::New(env, ModelLossBackward, "modelLossBackward");
   exports["modelGenerate"] = Napi::Function::New(env, ModelGenerate, "modelGenerate");
   exports["modelParameters"] = Napi::Function::New(env, ModelParameters, "modelParameters");
+  exports["modelGradients"] = Napi::Function::New(env, ModelGradients, "modelGradients");
   exports["supportedArchitectures"] = Napi::Function::New(env, SupportedArchitectures, "supportedArchitectures");
 }
 

@@ -1,5 +1,7 @@
 #include "addon/train_args.h"
 
+#include "addon/tensor.h"
+
 #include <memory>
 #include <stdexcept>
 #include <unordered_set>
@@ -58,6 +60,51 @@ train::LrSchedule schedule_from_js(const Napi::Object& o, const std::string& fie
   s.num_cycles = number_field(o, "numCycles", field, 0.5);
   train::validate(s);
   return s;
+}
+
+train::PolicyLossConfig policy_loss_config_from_js(const Napi::Object& o, const std::string& field) {
+  train::PolicyLossConfig config;
+  config.clip_ratio_low = number_field(o, "clipRatioLow", field, config.clip_ratio_low);
+  config.clip_ratio_high = number_field(o, "clipRatioHigh", field, config.clip_ratio_high);
+  config.clip_ratio_c = number_field(o, "clipRatioC", field, config.clip_ratio_c);
+  if (!o.Get("aggMode").IsUndefined()) config.agg_mode = train::loss_agg_mode_from_name(string_field(o, "aggMode", field));
+  config.loss_scale_factor = number_field(o, "lossScaleFactor", field, config.loss_scale_factor);
+  config.entropy_coeff = number_field(o, "entropyCoeff", field, config.entropy_coeff);
+  const auto kl = o.Get("kl");
+  if (!kl.IsUndefined()) {
+    if (!kl.IsObject()) throw std::invalid_argument(field + ".kl: expected {type, coeff}");
+    const auto k = kl.As<Napi::Object>();
+    config.kl = train::kl_penalty_from_name(string_field(k, "type", field + ".kl"));
+    config.kl_coeff = number_field(k, "coeff", field + ".kl", config.kl_coeff);
+  }
+  return config;
+}
+
+Napi::Object policy_metrics_to_js(Napi::Env env, const train::PolicyLossMetrics& m) {
+  auto out = Napi::Object::New(env);
+  out["pgLoss"] = m.pg_loss;
+  out["pgClipfrac"] = m.pg_clipfrac;
+  out["pgClipfracLower"] = m.pg_clipfrac_lower;
+  out["ppoKl"] = m.ppo_kl;
+  out["entropy"] = m.entropy;
+  out["klLoss"] = m.kl_loss;
+  return out;
+}
+
+at::Tensor float_tokens_field(const Napi::Object& o, const char* key, const std::string& field, int64_t tokens,
+                              bool required) {
+  const auto v = o.Get(key);
+  if (v.IsUndefined() && !required) return {};
+  const auto name = field + "." + key;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    throw std::invalid_argument(name + ": expected a Float32Array");
+  }
+  const auto array = v.As<Napi::TypedArray>();
+  if (static_cast<int64_t>(array.ElementLength()) != tokens) {
+    throw std::invalid_argument(name + ": has " + std::to_string(array.ElementLength()) + " entries, expected " +
+                                std::to_string(tokens));
+  }
+  return tensor_from_typed_array(array, at::kFloat, {tokens}).clone();
 }
 
 }  // namespace tiller::addon

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "train/optimizer.h"
+#include "train/policy_loss.h"
 #include "train/schedule.h"
 
 namespace tiller::addon {
@@ -20,5 +21,17 @@ train::AdamWConfig adamw_config_from_js(const Napi::Object& o, const std::string
 
 // {kind, warmupSteps?, totalSteps?, minLrRatio?, numCycles?} with the peak rate `lr` (validated).
 train::LrSchedule schedule_from_js(const Napi::Object& o, const std::string& field, double lr);
+
+// {clipRatioLow?, clipRatioHigh?, clipRatioC?, aggMode?, lossScaleFactor?, entropyCoeff?,
+//  kl?: {type: "none" | "k1" | "k2" | "k3" | "low_var_kl" | "abs", coeff?}}; absent keys keep the defaults.
+train::PolicyLossConfig policy_loss_config_from_js(const Napi::Object& o, const std::string& field);
+
+// {pgLoss, pgClipfrac, pgClipfracLower, ppoKl, entropy, klLoss}
+Napi::Object policy_metrics_to_js(Napi::Env env, const train::PolicyLossMetrics& m);
+
+// o[key] as a [tokens] fp32 tensor owning its memory; an undefined key gives an undefined tensor
+// unless `required`.
+at::Tensor float_tokens_field(const Napi::Object& o, const char* key, const std::string& field, int64_t tokens,
+                              bool required);
 
 }  // namespace tiller::addon
