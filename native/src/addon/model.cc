@@ -321,7 +321,7 @@ class PolicyStepWork final : public ModelWork {
       : ModelWork(env, "tiller.modelPolicyStep", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
         inputs_(std::move(inputs)), config_(config), temperature_(temperature), chunk_(chunk) {}
 
-  void Run(ModelSlot& slot) override {
+  void RunLocked(ModelSlot& slot) override {
     GradScope scope(slot.model->named_parameters());
     const auto out = forward_logprobs(*slot.model, tokens_, cu_, temperature_, chunk_);
     auto in = inputs_;
@@ -344,12 +344,12 @@ class PolicyStepWork final : public ModelWork {
     tokens_counted_ = inputs_.mask.sum().item<double>();
   }
 
-  void OnOK() override {
-    auto out = Napi::Object::New(Env());
+  Napi::Value Result(Napi::Env env) override {
+    auto out = Napi::Object::New(env);
     out["loss"] = loss_;
     out["tokens"] = tokens_counted_;
-    out["metrics"] = policy_metrics_to_js(Env(), metrics_);
-    deferred_.Resolve(out);
+    out["metrics"] = policy_metrics_to_js(env, metrics_);
+    return out;
   }
 
  private:
@@ -545,11 +545,8 @@ Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
     if (config.kl != train::KlPenalty::kNone && !in.ref_logprobs.defined()) {
       throw std::invalid_argument("perToken.refLogprobs: required when config.kl.type is not none");
     }
-    auto* work = new PolicyStepWork(env, slot, tokens, cu, std::move(in), config, info[6].As<Napi::Number>().DoubleValue(),
-                                    info[7].As<Napi::Number>().Int64Value());
-    auto promise = work->Promise();
-    work->Queue();
-    return promise;
+    return queue_work<PolicyStepWork>(env, slot, tokens, cu, std::move(in), config,
+                                      info[6].As<Napi::Number>().DoubleValue(), info[7].As<Napi::Number>().Int64Value());
   });
 }
 
