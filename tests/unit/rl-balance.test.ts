@@ -1,24 +1,13 @@
 // Karmarkar–Karp balancing across ranks and token-budget micro-batch packing.
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { mulberry32 } from "../../src/rl/data.js";
 import {
   greedyPartition,
   karmarkarKarpPartition,
   partitionSpreadTokens,
   planMicroBatches,
 } from "../../src/rl/index.js";
-
-/** mulberry32: a small seeded generator so the random cases are reproducible. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function assertExactlyOnce(partitions: number[][], count: number): void {
   const seen = partitions.flat().sort((a, b) => a - b);
@@ -49,7 +38,7 @@ test("equalSize gives every part the same number of items", () => {
 
 test("KK spread ≤ verl's greedy spread on seeded random inputs", () => {
   for (let seed = 1; seed <= 200; seed++) {
-    const next = random(seed);
+    const next = mulberry32(seed);
     const count = 8 + Math.floor(next() * 120);
     const ranks = [2, 4, 8][seed % 3];
     const lengths = Array.from({ length: count }, () => 1 + Math.floor(next() * 8192));
@@ -63,7 +52,7 @@ test("KK spread ≤ verl's greedy spread on seeded random inputs", () => {
 
 test("plan: every sequence once, budgets respected, equal micro-batch counts", () => {
   for (let seed = 1; seed <= 100; seed++) {
-    const next = random(seed);
+    const next = mulberry32(seed);
     const tokensPerMicroBatch = 4096 + Math.floor(next() * 8192);
     const dataParallelRanks = 1 + (seed % 8);
     const count = Math.floor(next() * 200);
