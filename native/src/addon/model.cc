@@ -82,6 +82,26 @@ std::vector<int64_t> cu_from_js(const Napi::Value& value, int64_t tokens) {
   return cu;
 }
 
+// What every packed-batch call starts with: (handle, tokens, cuSeqlens) as info[0..2].
+struct PackedArgs {
+  std::shared_ptr<ModelSlot> slot;
+  at::Tensor tokens;        // [tokens] int64, host copy
+  std::vector<int64_t> cu;  // [sequences + 1]
+};
+
+PackedArgs packed_args(const Napi::CallbackInfo& info) {
+  auto slot = slot_of(info[0]);
+  auto tokens = ids_from_js(info[1], "tokens");
+  auto cu = cu_from_js(info[2], tokens.numel());
+  return {std::move(slot), std::move(tokens), std::move(cu)};
+}
+
+// A Float32Array copied into a [n] float tensor (the worker must not read JS memory).
+at::Tensor floats_from_js(const Napi::Value& value) {
+  auto array = value.As<Napi::TypedArray>();
+  return tensor_from_typed_array(array, at::kFloat, {static_cast<int64_t>(array.ElementLength())}).clone();
+}
+
 Napi::Object host_tensor(Napi::Env env, const std::string& name, const at::Tensor& t) {
   auto out = Napi::Object::New(env);
   out["name"] = name;
@@ -509,12 +529,8 @@ Napi::Value ModelSave(const Napi::CallbackInfo& info) {
 Napi::Value ModelTrainStep(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    auto slot = slot_of(info[0]);
-    auto tokens = ids_from_js(info[1], "tokens");
-    auto cu = cu_from_js(info[2], tokens.numel());
-    auto m = info[3].As<Napi::TypedArray>();
-    auto mask = tensor_from_typed_array(m, at::kFloat, {static_cast<int64_t>(m.ElementLength())}).clone();
-    return queue_work<TrainStepWork>(env, slot, tokens, cu, mask, info[4].As<Napi::Number>().DoubleValue(),
+    auto [slot, tokens, cu] = packed_args(info);
+    return queue_work<TrainStepWork>(env, slot, tokens, cu, floats_from_js(info[3]), info[4].As<Napi::Number>().DoubleValue(),
                                      info[5].As<Napi::Number>().DoubleValue(), info[6].As<Napi::Number>().Int64Value());
   });
 }
@@ -525,9 +541,7 @@ Napi::Value ModelTrainStep(const Napi::CallbackInfo& info) {
 Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    auto slot = slot_of(info[0]);
-    auto tokens = ids_from_js(info[1], "tokens");
-    auto cu = cu_from_js(info[2], tokens.numel());
+    auto [slot, tokens, cu] = packed_args(info);
     if (!info[3].IsObject()) throw std::invalid_argument("perToken: expected {oldLogprobs, advantages, mask, refLogprobs?}");
     if (!info[4].IsObject()) throw std::invalid_argument("counts: expected {tokens, sequences}");
     if (!info[5].IsObject()) throw std::invalid_argument("config: expected an object");
@@ -594,9 +608,7 @@ Napi::Value ModelDispose(const Napi::CallbackInfo& info) {
 Napi::Value ModelLogprobs(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    auto slot = slot_of(info[0]);
-    auto tokens = ids_from_js(info[1], "tokens");
-    auto cu = cu_from_js(info[2], tokens.numel());
+    auto [slot, tokens, cu] = packed_args(info);
     return queue_work<LogprobsWork>(env, slot, tokens, cu, info[3].As<Napi::Number>().DoubleValue(),
                                     info[4].As<Napi::Number>().Int64Value());
   });
@@ -606,12 +618,8 @@ Napi::Value ModelLogprobs(const Napi::CallbackInfo& info) {
 Napi::Value ModelLossBackward(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    auto slot = slot_of(info[0]);
-    auto tokens = ids_from_js(info[1], "tokens");
-    auto cu = cu_from_js(info[2], tokens.numel());
-    auto w = info[3].As<Napi::TypedArray>();
-    auto weights = tensor_from_typed_array(w, at::kFloat, {static_cast<int64_t>(w.ElementLength())}).clone();
-    return queue_work<LossBackwardWork>(env, slot, tokens, cu, weights, info[4].As<Napi::Number>().DoubleValue(),
+    auto [slot, tokens, cu] = packed_args(info);
+    return queue_work<LossBackwardWork>(env, slot, tokens, cu, floats_from_js(info[3]), info[4].As<Napi::Number>().DoubleValue(),
                                         info[5].As<Napi::Number>().Int64Value());
   });
 }
@@ -642,8 +650,9 @@ Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
   });
 }
 
-// modelParameters(handle) -> {name, dtype, shape, data}[] (host copies)
-Napi::Value ModelParameters(const Napi::CallbackInfo& info) {
+// Host copies of one tensor per parameter, chosen by `pick`, as {name, dtype, shape, data}[].
+template <typename Pick>
+Napi::Value named_host_copies(const Napi::CallbackInfo& info, Pick pick) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto slot = slot_of(info[0]);
@@ -651,28 +660,21 @@ Napi::Value ModelParameters(const Napi::CallbackInfo& info) {
     const auto& params = slot->model->named_parameters();
     auto list = Napi::Array::New(env, params.size());
     for (size_t i = 0; i < params.size(); ++i) {
-      list[i] = host_tensor(env, params[i].first, params[i].second.detach().to(at::kCPU).contiguous().clone());
+      list[i] = host_tensor(env, params[i].first, pick(params[i].second).to(at::kCPU).contiguous().clone());
     }
     return list;
   });
 }
 
+// modelParameters(handle) -> {name, dtype, shape, data}[] (host copies)
+Napi::Value ModelParameters(const Napi::CallbackInfo& info) {
+  return named_host_copies(info, [](const at::Tensor& p) { return p.detach(); });
+}
+
 // modelGradients(handle) -> {name, dtype, shape, data}[]: host copies of the gradients trainStep and
 // policyStep accumulated since the last optimizer step (zeros where none).
 Napi::Value ModelGradients(const Napi::CallbackInfo& info) {
-  auto env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    auto slot = slot_of(info[0]);
-    std::lock_guard<std::mutex> lock(slot->mutex);
-    const auto& params = slot->model->named_parameters();
-    auto list = Napi::Array::New(env, params.size());
-    for (size_t i = 0; i < params.size(); ++i) {
-      const auto& p = params[i].second;
-      const auto g = p.grad().defined() ? p.grad().detach() : at::zeros_like(p);
-      list[i] = host_tensor(env, params[i].first, g.to(at::kCPU).contiguous().clone());
-    }
-    return list;
-  });
+  return named_host_copies(info, [](const at::Tensor& p) { return p.grad().defined() ? p.grad().detach() : at::zeros_like(p); });
 }
 
 // supportedArchitectures() -> string[]
