@@ -1,7 +1,8 @@
 // RL algorithms as pure functions over per-response scalars and lengths (no tensors): advantage
-// estimators, DAPO filtering and shaping, KL penalties, and the micro-batch plan.
+// estimators, DAPO filtering and shaping, KL penalties, the micro-batch plan, and the metrics log.
 export * from "./advantages.js";
 export * from "./balance.js";
 export * from "./filter.js";
 export * from "./groups.js";
 export * from "./kl.js";
+export * from "./metrics.js";
