@@ -6,5 +6,6 @@ export * from "./native/io.js";
 export * from "./native/model.js";
 export * from "./native/policy-loss.js";
 export * from "./native/train.js";
+export * as notebook from "./notebook/index.js";
 export * as rl from "./rl/index.js";
 export * from "./tokenizer/index.js";

@@ -1,0 +1,305 @@
+// Plotly charts of the metrics log: the spec from a known table, the HTML (offline, bundle once,
+// scripts that survive odd metric names), the report page, and `plot` in and out of a notebook.
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import vm from "node:vm";
+import { Float64, Int32, Table, vectorFromArray } from "apache-arrow";
+import {
+  Chart,
+  chartHtml,
+  chartSpec,
+  type PlotlySpec,
+  plot,
+  plotlyBundle,
+  plotlyScript,
+  reportHtml,
+  writeReport,
+} from "../../src/notebook/index.js";
+import { MetricsLog } from "../../src/rl/index.js";
+import { installFakeTslab } from "../helpers/fake-tslab.js";
+import { runPython, tempDir } from "../helpers/python.js";
+
+const bundleBanner = "plotly.js (basic - minified) v4.1.1";
+
+function knownTable(): Table {
+  return new Table({
+    step: vectorFromArray([1, 2, 3, 4, 5], new Int32()),
+    "critic/score/mean": vectorFromArray([0.1, null, 0.3, Number.NaN, 0.5], new Float64()),
+    "actor/pg_loss": vectorFromArray([1, 2, 3, 4, Number.POSITIVE_INFINITY], new Float64()),
+    "actor/entropy": vectorFromArray([null, null, 2.5, null, null], new Float64()),
+  });
+}
+
+interface AxisLayout {
+  title?: { text: string };
+}
+
+/** The parts of a chart's layout the tests look at. */
+interface TestLayout {
+  title: { text: string };
+  xaxis: AxisLayout;
+  yaxis: AxisLayout;
+  yaxis2: AxisLayout;
+  yaxis3?: AxisLayout;
+  annotations: { text: string; yref: string }[];
+  grid: { rows: number };
+  showlegend: boolean;
+  height: number;
+}
+
+function layoutOf(spec: PlotlySpec): TestLayout {
+  return spec.layout as unknown as TestLayout;
+}
+
+/** Script bodies as an HTML tokenizer splits them: each ends at the first `</script`. */
+function scriptsOf(html: string): string[] {
+  return [...html.matchAll(/<script>([\s\S]*?)<\/script/gi)].map((m) => m[1] as string);
+}
+
+function occurrences(text: string, part: string): number {
+  return text.split(part).length - 1;
+}
+
+/** Runs a chart's drawing script against a stub page; returns what reached Plotly.newPlot. */
+function drawWithStub(script: string, divId: string, withPlotly = true) {
+  const div = { id: divId, textContent: "" };
+  const calls: unknown[][] = [];
+  const window = withPlotly ? { Plotly: { newPlot: (...args: unknown[]) => calls.push(args) } } : {};
+  vm.runInNewContext(script, {
+    window,
+    document: { getElementById: (id: string) => (id === divId ? div : null) },
+  });
+  return { div, calls: JSON.parse(JSON.stringify(calls)) as unknown[][] };
+}
+
+test("chartSpec: one panel per group, points with null/NaN/inf left out, titles and axis labels", () => {
+  const spec = chartSpec(knownTable(), ["critic/score/mean", ["actor/pg_loss", "actor/entropy"]]);
+  assert.deepEqual(
+    spec.data.map((t) => ({
+      name: t.name,
+      x: t.x,
+      y: t.y,
+      yaxis: t.yaxis,
+      mode: t.mode,
+      legend: t.showlegend,
+    })),
+    [
+      {
+        name: "critic/score/mean",
+        x: [1, 3, 5],
+        y: [0.1, 0.3, 0.5],
+        yaxis: "y",
+        mode: "lines",
+        legend: false,
+      },
+      { name: "actor/pg_loss", x: [1, 2, 3, 4], y: [1, 2, 3, 4], yaxis: "y2", mode: "lines", legend: true },
+      { name: "actor/entropy", x: [3], y: [2.5], yaxis: "y2", mode: "markers", legend: true },
+    ],
+  );
+  assert.ok(spec.data.every((t) => t.type === "scatter" && t.xaxis === "x"));
+  const layout = layoutOf(spec);
+  assert.equal(layout.title.text, "critic/score/mean | actor/pg_loss, actor/entropy");
+  assert.equal(layout.xaxis.title?.text, "step");
+  assert.equal(layout.yaxis.title?.text, "critic/score/mean");
+  assert.equal(layout.yaxis2.title?.text, "actor");
+  assert.equal(layout.yaxis3, undefined);
+  assert.deepEqual(
+    layout.annotations.map((a) => [a.text, a.yref]),
+    [
+      ["critic/score/mean", "y domain"],
+      ["actor/pg_loss, actor/entropy", "y2 domain"],
+    ],
+  );
+  assert.equal(layout.grid.rows, 2);
+  assert.equal(layout.showlegend, true);
+  assert.equal(layout.height, 60 + 50 + 2 * 260);
+  assert.equal(chartSpec(knownTable(), "actor/pg_loss", { panelHeightPx: 100 }).layout.height, 210);
+  const single = layoutOf(chartSpec(knownTable(), [["critic/score/mean", "actor/pg_loss"]]));
+  assert.deepEqual(single.annotations, [], "one panel: the figure title names it");
+  assert.equal(
+    single.yaxis.title,
+    undefined,
+    "nothing shared to name the axis by; the legend names the lines",
+  );
+  assert.equal(single.title.text, "critic/score/mean, actor/pg_loss");
+  assert.equal(spec.config.displaylogo, false);
+  assert.equal(spec.config.showSendToCloud, false);
+  assert.equal(chartSpec(knownTable(), "actor/pg_loss", { title: "loss" }).layout.showlegend, false);
+  assert.equal(layoutOf(chartSpec(knownTable(), "actor/pg_loss", { title: "loss" })).title.text, "loss");
+});
+
+test("chartSpec reads a MetricsLog the same as its table", () => {
+  const log = MetricsLog.fromTable(knownTable());
+  const keys = [["critic/score/mean", "actor/entropy"], "actor/pg_loss"];
+  assert.deepEqual(chartSpec(log, keys), chartSpec(log.table(), keys));
+  assert.deepEqual(chartSpec(log, keys), chartSpec(knownTable(), keys));
+});
+
+test("chartSpec names an unknown metric and the columns there are, unless told to draw it empty", () => {
+  assert.throws(
+    () => chartSpec(knownTable(), ["critic/score/mean", "actor/pg_los"]),
+    /no metric "actor\/pg_los"; the columns are: critic\/score\/mean, actor\/pg_loss, actor\/entropy/,
+  );
+  const spec = chartSpec(knownTable(), ["val/score"], { missing: "empty" });
+  assert.deepEqual([spec.data[0]?.x, spec.data[0]?.y], [[], []]);
+  assert.throws(() => chartSpec(knownTable(), []), /keys: expected/);
+  assert.throws(() => chartSpec(knownTable(), [[]]), /keys\[0\]/);
+  const noStep = new Table({ loss: vectorFromArray([1], new Float64()) });
+  assert.throws(() => chartSpec(noStep, "loss"), /no `step` column/);
+});
+
+test("chartHtml inlines the bundle once, fetches nothing, and its script draws the spec", () => {
+  const spec = chartSpec(knownTable(), ["critic/score/mean"]);
+  const html = chartHtml(spec, { divId: "score-chart" });
+  assert.equal(occurrences(html, bundleBanner), 1);
+  assert.ok(html.includes(plotlyBundle().slice(-200)), "the whole bundle is there, to its last bytes");
+  assert.doesNotMatch(html, /<script[^>]*\ssrc\s*=/i);
+  assert.doesNotMatch(html, /<(link|img|iframe)[^>]*(href|src)\s*=\s*["']?https?:/i);
+  assert.match(html, /<div id="score-chart" class="tiller-chart" style="[^"]*height: 370px"/);
+  const scripts = scriptsOf(html);
+  assert.equal(scripts.length, 2);
+  const { calls } = drawWithStub(scripts[1] as string, "score-chart");
+  assert.equal(calls.length, 1);
+  assert.deepEqual(calls[0]?.[0], { id: "score-chart", textContent: "" });
+  assert.deepEqual(calls[0]?.slice(1), [spec.data, spec.layout, spec.config]);
+});
+
+test("chartHtml without inline has no bundle and says so on a page without plotly", () => {
+  const spec = chartSpec(knownTable(), "actor/pg_loss");
+  const html = chartHtml(spec, { inline: false, divId: "c1" });
+  assert.equal(occurrences(html, bundleBanner), 0);
+  const { div, calls } = drawWithStub(scriptsOf(html)[0] as string, "c1", false);
+  assert.equal(calls.length, 0);
+  assert.match(div.textContent, /plotly\.js is not loaded/);
+  assert.throws(() => chartHtml(spec, { divId: 'x" onload="alert(1)' }), /options\.divId/);
+  const a = chartHtml(spec, { inline: false });
+  const b = chartHtml(spec, { inline: false });
+  assert.notEqual(a.match(/id="([^"]+)"/)?.[1], b.match(/id="([^"]+)"/)?.[1], "fresh ids by default");
+});
+
+test("a metric name with </script> in it cannot break out of the script", () => {
+  const name = "x</script><script>window.pwned = 1</script><!--";
+  const table = new Table({
+    step: vectorFromArray([1, 2], new Int32()),
+    [name]: vectorFromArray([1, 2], new Float64()),
+  });
+  const spec: PlotlySpec = chartSpec(table, name);
+  const html = chartHtml(spec, { inline: false, divId: "odd" });
+  const scripts = scriptsOf(html);
+  assert.equal(scripts.length, 1);
+  const { calls } = drawWithStub(scripts[0] as string, "odd");
+  const traces = calls[0]?.[1] as { name: string }[] | undefined;
+  assert.equal(traces?.[0]?.name, name);
+});
+
+test("the bundle script is valid JS and leaves a page's existing Plotly alone", () => {
+  const body = scriptsOf(plotlyScript())[0] as string;
+  assert.equal(scriptsOf(plotlyScript()).length, 1);
+  new vm.Script(body); // parses
+  const existing = { newPlot: () => undefined };
+  const window = { Plotly: existing };
+  // With Plotly present the bundle is skipped entirely: no DOM is touched (there is none here).
+  vm.runInNewContext(body, { window });
+  assert.equal(window.Plotly, existing);
+});
+
+test("writeReport writes one self-contained page: summary table, one chart per group, bundle once", async () => {
+  const dir = tempDir("report");
+  try {
+    const file = join(dir.path, "report.html");
+    const log = MetricsLog.fromTable(knownTable());
+    const charts = [["critic/score/mean"], ["actor/pg_loss", "actor/entropy"]];
+    await writeReport(file, log, {
+      title: "GRPO <demo>",
+      charts,
+      summary: { model: "Qwen3-0.6B", "final score": 0.123456789, steps: 5 },
+    });
+    assert.deepEqual(readdirSync(dir.path), ["report.html"]);
+    const html = readFileSync(file, "utf8");
+    assert.equal(
+      html,
+      reportHtml(log, {
+        title: "GRPO <demo>",
+        charts,
+        summary: { model: "Qwen3-0.6B", "final score": 0.123456789, steps: 5 },
+      }),
+    );
+    assert.equal(occurrences(html, bundleBanner), 1);
+    const page = JSON.parse(runPython("html_check.py", [file]));
+    assert.equal(page.doctype, "doctype html");
+    assert.equal(page.title, "GRPO <demo>");
+    assert.deepEqual(page.unclosed, []);
+    assert.deepEqual(page.stray_end_tags, []);
+    assert.deepEqual(page.div_ids, ["chart-1", "chart-2"]);
+    assert.deepEqual(page.script_srcs, []);
+    assert.equal(page.scripts, 3);
+    assert.deepEqual(page.table_rows, [
+      ["model", "Qwen3-0.6B"],
+      ["final score", "0.123457"],
+      ["steps", "5"],
+    ]);
+    assert.match(html, /steps 1–5, 5 rows/);
+    // each chart's script draws its own group into its own div
+    const scripts = scriptsOf(html);
+    const first = drawWithStub(scripts[1] as string, "chart-1").calls[0] as { name: string }[][];
+    const second = drawWithStub(scripts[2] as string, "chart-2").calls[0] as { name: string }[][];
+    assert.deepEqual(
+      first[1]?.map((t) => t.name),
+      ["critic/score/mean"],
+    );
+    assert.deepEqual(
+      second[1]?.map((t) => t.name),
+      ["actor/pg_loss", "actor/entropy"],
+    );
+    await assert.rejects(writeReport(file, log, { title: "t", charts: [] }), /options\.charts/);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test("plot outside a notebook returns the chart without displaying it", () => {
+  const chart = plot(knownTable(), ["critic/score/mean", "actor/pg_loss"]);
+  assert.ok(chart instanceof Chart);
+  assert.equal(chart.displayed, false);
+  assert.deepEqual(chart.spec, chartSpec(knownTable(), ["critic/score/mean", "actor/pg_loss"]));
+  assert.equal(occurrences(chart.html, bundleBanner), 1);
+  assert.equal(
+    String(chart),
+    "Chart(critic/score/mean, actor/pg_loss; 7 points; not displayed: no notebook)",
+  );
+});
+
+test("plot in a notebook sends one output with the plotly MIME type, HTML and text", () => {
+  const kernel = installFakeTslab({ withWriter: true });
+  try {
+    const chart = plot(knownTable(), "actor/entropy");
+    assert.equal(chart.displayed, true);
+    assert.equal(kernel.sent.length, 1);
+    const [output] = kernel.sent;
+    assert.equal(output?.msgType, "display_data");
+    assert.deepEqual(Object.keys(output?.data ?? {}).sort(), [
+      "application/vnd.plotly.v1+json",
+      "text/html",
+      "text/plain",
+    ]);
+    assert.deepEqual(output?.data["application/vnd.plotly.v1+json"], chart.spec);
+    assert.equal(output?.data["text/html"], chart.html);
+    assert.equal(output?.data["text/plain"], "Chart(actor/entropy; 1 points)");
+    assert.deepEqual(kernel.publicCalls, []);
+  } finally {
+    kernel.uninstall();
+  }
+});
+
+test("plot falls back to tslab's public display.html when the bundle writer is not there", () => {
+  const kernel = installFakeTslab({ withWriter: false });
+  try {
+    const chart = plot(knownTable(), "actor/entropy");
+    assert.equal(chart.displayed, true);
+    assert.deepEqual(kernel.publicCalls, [[null, "text/html", chart.html]]);
+  } finally {
+    kernel.uninstall();
+  }
+});
