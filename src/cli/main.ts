@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The `tiller` command. Each subcommand is one function; `tiller help` lists them.
-import { engineInfo, matmulProbe } from "../index.js";
+import { engineInfo } from "../index.js";
 import { generateCommand, logprobsCommand } from "./model-commands.js";
+import { quickstart } from "./quickstart.js";
 import { controller, keys, worker } from "./runtime.js";
 
 type Command = (args: string[]) => Promise<void>;
@@ -19,25 +20,12 @@ async function info(): Promise<void> {
   }
 }
 
-async function quickstart(): Promise<void> {
-  await info();
-  const gpu = engineInfo().cudaAvailable;
-  const shape = gpu ? 8192 : 1024;
-  const r = await matmulProbe({
-    device: gpu ? "cuda:0" : "cpu",
-    dtype: gpu ? "bfloat16" : "float32",
-    m: shape,
-    n: shape,
-    k: shape,
-    iterations: gpu ? 50 : 5,
-  });
-  console.log(`dense rate: ${(r.tflops * 1000).toFixed(1)} GFLOP/s (${gpu ? "bf16" : "fp32"} ${shape}³)`);
-  console.log("the engine is ready; the GRPO quickstart arrives with the RL loop (issue 5)");
-}
-
 const commands: Record<string, { run: Command; help: string }> = {
   info: { run: info, help: "show the engine build and the devices it sees" },
-  quickstart: { run: quickstart, help: "check the set-up end to end on the embedded default" },
+  quickstart: {
+    run: quickstart,
+    help: "train a tiny model with GRPO on the built-in task, on the embedded default: [--steps N] [--run-dir DIR]",
+  },
   controller: {
     run: controller,
     help: "run the controller: [--bind ADDR] [--workers N | --gpus LIST | --cpu [N]] [--key F --allow F]",

@@ -21,6 +21,8 @@ import type {
   WorkerCommandResults,
 } from "../protocol/messages.js";
 import { SendQueue } from "../protocol/socket.js";
+import type { ExperimentConfig } from "../rl/config.js";
+import { createExperiment, Experiment, resumeExperiment } from "./experiment.js";
 import { controllerLogFile, controllerRecordFile, defaultAddress, tillerHome } from "./home.js";
 
 /** A failed call: the controller's error body (code, field, rank, command, stderr tail) on it. */
@@ -224,6 +226,22 @@ export class Cluster {
     this.#listeners.set(topic, set);
     set.add(listener as (data: never) => void);
     return () => set.delete(listener as (data: never) => void);
+  }
+
+  /** Builds an experiment (see ExperimentConfig); the config is checked here first, naming the field. */
+  experiment(config: ExperimentConfig): Promise<Experiment> {
+    return createExperiment(this, config);
+  }
+
+  /** Continues an experiment from a checkpoint folder, or a run folder's newest checkpoint. */
+  resume(path: string, options: { totalSteps?: number } = {}): Promise<Experiment> {
+    return resumeExperiment(this, path, options);
+  }
+
+  /** The experiments the controller holds (e.g. to reattach after a kernel restart). */
+  async experiments(): Promise<Experiment[]> {
+    const list = await this.call("experiment.list", {});
+    return list.map((status) => new Experiment(this, status));
   }
 
   /** Stops the controller and its workers. */

@@ -1,8 +1,19 @@
 // What the controller answers: one handler per client method, keyed by the method's name (search
 // for "initProcessGroup:" to find it). Arguments arrive checked against protocol/messages.ts.
-import type { ClientMethod, ClientMethodResults, ControllerState, RankResult } from "../protocol/messages.js";
+import type {
+  ClientMethod,
+  ClientMethodResults,
+  ControllerState,
+  EventMap,
+  EventTopic,
+  ExperimentStatus,
+  RankResult,
+  WorkerInfo,
+} from "../protocol/messages.js";
 import { type clientMethodArgs, workerCommandArgs } from "../protocol/messages.js";
-import type { Infer } from "../protocol/schema.js";
+import { type Infer, ValidationError } from "../protocol/schema.js";
+import { resolveConfig } from "../rl/config.js";
+import { ExperimentRun, type RankCall, type StepBatch } from "./experiment.js";
 import type { WorkerPool } from "./pool.js";
 import { WorkerCallError } from "./pool.js";
 
@@ -11,7 +22,54 @@ export interface ControllerContext {
   pool: WorkerPool;
   state(): ControllerState;
   processGroup: ControllerState["processGroup"];
+  /** Experiments by id. */
+  experiments: Map<string, ExperimentRun>;
+  publish<T extends EventTopic>(topic: T, data: EventMap[T]): void;
   shutdown(): void;
+}
+
+let experimentCounter = 0;
+
+function experimentStatus(id: string, run: ExperimentRun): ExperimentStatus {
+  const b = run.batch;
+  const inProgress = b && b.step === run.step + 1 && !b.stagesDone.includes("sync") ? b : undefined;
+  return {
+    id,
+    name: run.config.name,
+    runDir: run.runDir,
+    step: run.step,
+    totalSteps: run.config.totalSteps,
+    busy: run.busy ?? null,
+    inProgress: inProgress
+      ? { step: inProgress.step, stagesDone: [...inProgress.stagesDone], samples: inProgress.samples.length }
+      : null,
+    datasetSize: run.datasetSize,
+    promptsFilteredOut: run.promptsFilteredOut,
+    device: run.device,
+  };
+}
+
+/** What a stage answers: where the step stands, without the per-token arrays (rollouts() has them). */
+function batchSummary(batch: StepBatch) {
+  return {
+    step: batch.step,
+    stagesDone: [...batch.stagesDone],
+    samples: batch.samples.length,
+    rounds: batch.rounds,
+    timings: batch.timings,
+    metrics: batch.metrics,
+  };
+}
+
+function experimentOf(ctx: ControllerContext, id: string): ExperimentRun {
+  const run = ctx.experiments.get(id);
+  if (!run) {
+    throw new ValidationError(
+      "args.id",
+      `no experiment ${JSON.stringify(id)}; this controller holds: ${[...ctx.experiments.keys()].join(", ") || "none"}`,
+    );
+  }
+  return run;
 }
 
 type Handler<M extends ClientMethod> = (
@@ -69,6 +127,102 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
     await onRanks(ctx, ranks, "dist.init", (rank) => ({ rank, worldSize, storeHost, storePort, backend }));
     ctx.processGroup = { backend, storeHost, storePort };
     return ctx.processGroup;
+  },
+
+  "experiment.create": async (ctx, args) => {
+    if ((args.config === undefined) === (args.resume === undefined)) {
+      throw new ValidationError(
+        "args",
+        "give either config (a new experiment) or resume (a checkpoint or run folder)",
+      );
+    }
+    if (!ctx.pool.ranks().includes(0)) {
+      throw new WorkerCallError({
+        code: "NO_WORKERS",
+        message: "rank 0 has not joined; wait for the workers (status)",
+        command: "experiment.create",
+      });
+    }
+    const info = (await ctx.pool.call(0, "worker.info", {})) as WorkerInfo;
+    const call: RankCall = (rank, command, a) => ctx.pool.call(rank, command, a) as never;
+    const id = `${(args.config?.name as string | undefined) ?? "run"}-${++experimentCounter}`;
+    const hooks = {
+      progress: (e: Parameters<NonNullable<import("./experiment.js").ExperimentHooks["progress"]>>[0]) =>
+        ctx.publish("experiment.progress", { id, ...e }),
+      metrics: (row: Record<string, number>) => ctx.publish("experiment.metrics", { id, row }),
+    };
+    const options = {
+      hooks,
+      device: info.device,
+      ...(info.deviceName ? { deviceName: info.deviceName } : {}),
+    };
+    const run = args.resume
+      ? await ExperimentRun.resume(args.resume, call, {
+          ...options,
+          ...(args.totalSteps ? { totalSteps: args.totalSteps } : {}),
+        })
+      : await ExperimentRun.create(resolveConfig(args.config as never), call, options);
+    ctx.experiments.set(id, run);
+    return experimentStatus(id, run);
+  },
+
+  "experiment.list": async (ctx) => [...ctx.experiments].map(([id, run]) => experimentStatus(id, run)),
+
+  "experiment.call": async (ctx, args) => {
+    const run = experimentOf(ctx, args.id);
+    const op = args.op;
+    // Reads and stop() answer while a long operation runs; everything else takes its turn.
+    switch (op) {
+      case "state":
+        return experimentStatus(args.id, run);
+      case "stop":
+        run.requestStop();
+        return experimentStatus(args.id, run);
+      case "metrics":
+        return run.metrics.table();
+      case "rollouts":
+        return run.rollouts(args.step);
+      default:
+        break;
+    }
+    return run.exclusive(op, async () => {
+      switch (op) {
+        case "rollout":
+          return batchSummary(await run.rollout());
+        case "score":
+          return batchSummary(await run.score());
+        case "filter":
+          return batchSummary(await run.filter());
+        case "old_logprobs":
+          return batchSummary(await run.oldLogprobs());
+        case "ref":
+          return batchSummary(await run.ref());
+        case "advantages":
+          return batchSummary(await run.advantages());
+        case "update":
+          return batchSummary(await run.update());
+        case "sync":
+          return batchSummary(await run.sync());
+        case "step":
+          return run.runStep();
+        case "run":
+          return run.run(args.steps);
+        case "discard":
+          run.discard();
+          return experimentStatus(args.id, run);
+        case "save":
+          return { dir: await run.save() };
+        case "export":
+          if (!args.dir) throw new ValidationError("args.dir", "export needs the folder to write");
+          return { dir: await run.export(args.dir) };
+        case "close":
+          ctx.experiments.delete(args.id);
+          await run.close();
+          return { closed: true };
+        default:
+          throw new ValidationError("args.op", `unknown op ${JSON.stringify(op)}`);
+      }
+    });
   },
 
   respawn: async (ctx) => {

@@ -19,6 +19,8 @@ import {
 } from "../protocol/messages.js";
 import { ValidationError } from "../protocol/schema.js";
 import { SendQueue } from "../protocol/socket.js";
+import { ConfigError } from "../rl/config.js";
+import type { ExperimentRun } from "./experiment.js";
 import { type ControllerContext, handlers } from "./handlers.js";
 import { type LocalWorkers, WorkerCallError, WorkerPool } from "./pool.js";
 
@@ -67,6 +69,8 @@ function errorBody(error: unknown): ErrorBody {
   if (error instanceof ValidationError)
     return { code: "BAD_ARGS", message: error.message, field: error.field };
   if (error instanceof FrameError) return { code: "BAD_FRAME", message: error.message };
+  if (error instanceof ConfigError)
+    return { code: "BAD_ARGS", message: error.message, field: `config.${error.field}` };
   const e = error as Error;
   return { code: "INTERNAL", message: e?.message ?? String(error), ...(e?.stack ? { stack: e.stack } : {}) };
 }
@@ -75,6 +79,7 @@ export class Controller implements ControllerContext {
   readonly pool: WorkerPool;
   readonly startedAt = new Date().toISOString();
   processGroup: ControllerState["processGroup"] = null;
+  readonly experiments = new Map<string, ExperimentRun>();
   readonly #clients = new zmq.Router({ linger: 0 });
   readonly #events = new zmq.Publisher({ linger: 0 });
   readonly #clientOut = new SendQueue(this.#clients);
@@ -240,6 +245,11 @@ export class Controller implements ControllerContext {
 
   shutdown(): Promise<void> {
     this.#stopping ??= (async () => {
+      for (const run of this.experiments.values()) {
+        run.requestStop();
+        await run.close().catch(() => undefined);
+      }
+      this.experiments.clear();
       await this.pool.shutdown();
       await Promise.race([this.#clientOut.drain(), new Promise((r) => setTimeout(r, 200))]);
       this.#clients.close();

@@ -118,6 +118,10 @@ export interface NativeModelAddon {
   modelOptimizerInit(handle: NativeModelHandle, options: OptimizerOptions): void;
   /** addon/model.cc OptimizerStepWork: async clip, schedule, AdamW, zero grads */
   modelOptimizerStep(handle: NativeModelHandle): Promise<OptimizerStepResult>;
+  /** addon/model.cc SaveOptimizerWork: async, the optimizer state to one safetensors file (atomic) */
+  modelSaveOptimizer(handle: NativeModelHandle, file: string): Promise<void>;
+  /** addon/model.cc LoadOptimizerWork: async, a file modelSaveOptimizer wrote, into the optimizer */
+  modelLoadOptimizer(handle: NativeModelHandle, file: string): Promise<void>;
   /** addon/model.cc ModelDispose(handle) */
   modelDispose(handle: NativeModelHandle): void;
   /** addon/model.cc LogprobsWork: async */
@@ -409,6 +413,21 @@ export class Model {
   /** Clip, rate from the schedule, AdamW update, drop the gradients. */
   optimizerStep(): Promise<OptimizerStepResult> {
     return native().modelOptimizerStep(this.handle);
+  }
+
+  /**
+   * Writes the optimizer state (fp32 moments, step counters, fp32 masters of non-fp32 parameters,
+   * the update count) to one safetensors file, atomically. With save() it is all a resume needs.
+   */
+  saveOptimizer(file: string): Promise<void> {
+    if (typeof file !== "string" || file === "") throw new TypeError("file: expected a file path");
+    return native().modelSaveOptimizer(this.handle, file);
+  }
+
+  /** Restores a saveOptimizer() file into the optimizer initOptimizer() made (same options). */
+  loadOptimizer(file: string): Promise<void> {
+    if (typeof file !== "string" || file === "") throw new TypeError("file: expected a file path");
+    return native().modelLoadOptimizer(this.handle, file);
   }
 
   get handle(): NativeModelHandle {

@@ -3,6 +3,7 @@
 // Controller ⇄ worker: {type: "join" | "welcome" | "heartbeat" | "command" | "reply" | ...}.
 // Worker commands (what a rank can be told to do) are declared here once; the controller forwards
 // them and the worker's command table implements them.
+import type { PolicyLossMetrics } from "../native/policy-loss.js";
 import {
   anything,
   array,
@@ -105,7 +106,34 @@ export const workerCommandArgs = {
   /** AdamW over the model's parameters: {lr, schedule, beta1?, beta2?, eps?, weightDecay?, ...}. */
   "model.initOptimizer": object({ name: modelName, options: record() }),
   "model.optimizerStep": object({ name: modelName }),
+  /**
+   * One optimizer update of the RL policy loss: every micro-batch's forward/backward (gradients
+   * accumulate), then the optimizer step. counts are those of the whole mini-batch.
+   */
+  "model.policyUpdate": object({
+    name: modelName,
+    microBatches: array(
+      object({
+        tokens: ids,
+        cuSeqlens: ids,
+        oldLogprobs: typedArray(Float32Array),
+        advantages: typedArray(Float32Array),
+        mask: typedArray(Float32Array),
+        refLogprobs: optional(typedArray(Float32Array)),
+      }),
+      { minLength: 1, maxLength: 100_000 },
+    ),
+    counts: object({
+      tokens: number({ min: Number.MIN_VALUE }),
+      sequences: number({ min: Number.MIN_VALUE }),
+    }),
+    config: record(),
+    temperature: optional(number({ min: 0 })),
+  }),
   "model.save": object({ name: modelName, dir: string(), maxShardBytes: optional(integer({ min: 1 })) }),
+  /** The optimizer's state to one safetensors file / back (checkpoints). */
+  "model.saveOptimizer": object({ name: modelName, file: string() }),
+  "model.loadOptimizer": object({ name: modelName, file: string() }),
   "model.free": object({ name: modelName }),
   "dist.init": object({
     rank: integer({ min: 0 }),
@@ -134,6 +162,8 @@ export interface WorkerInfo {
   pid: number;
   hostname: string;
   device: string;
+  /** The accelerator's name (e.g. "NVIDIA H200"), when there is one. */
+  deviceName?: string;
   memory: WorkerMemory;
   models: string[];
 }
@@ -204,6 +234,58 @@ export interface EventMap {
   log: { rank: number; stream: "stdout" | "stderr"; text: string };
   progress: { rank?: number; task: string; done: number; total: number };
   metrics: { rank?: number; row: Record<string, number> };
+  /** An experiment's stage started (or a step ended: stage "done"). */
+  "experiment.progress": ExperimentProgress;
+  /** An experiment finished a step: its metrics row. */
+  "experiment.metrics": { id: string; row: Record<string, number> };
+}
+
+export interface ExperimentProgress {
+  id: string;
+  step: number;
+  totalSteps: number;
+  stage: string;
+  elapsedS: number;
+  reward?: number;
+  tokens?: number;
+}
+
+/** What an experiment op may be: a stage, or one of the operations around them. */
+export const experimentOps = [
+  "rollout",
+  "score",
+  "filter",
+  "old_logprobs",
+  "ref",
+  "advantages",
+  "update",
+  "sync",
+  "step",
+  "run",
+  "stop",
+  "discard",
+  "state",
+  "metrics",
+  "rollouts",
+  "save",
+  "export",
+  "close",
+] as const;
+export type ExperimentOp = (typeof experimentOps)[number];
+
+/** Where an experiment stands. */
+export interface ExperimentStatus {
+  id: string;
+  name: string;
+  runDir: string;
+  step: number;
+  totalSteps: number;
+  busy: string | null;
+  /** The step in progress: its number and the stages done so far. */
+  inProgress: { step: number; stagesDone: string[]; samples: number } | null;
+  datasetSize: number;
+  promptsFilteredOut: number;
+  device: string;
 }
 export type EventTopic = keyof EventMap;
 
@@ -239,6 +321,22 @@ export const clientMethodArgs = {
   }),
   /** Sets up the engine's process group across all ranks (rank 0 hosts the c10d store). */
   initProcessGroup: object({ backend: optional(literal("gloo", "nccl")) }),
+  /** Builds an experiment (config as resolveConfig takes it), or resumes one from a checkpoint or run folder. */
+  "experiment.create": object({
+    config: optional(record()),
+    resume: optional(string()),
+    totalSteps: optional(integer({ min: 1 })),
+  }),
+  /** One operation on an experiment: a stage, step, run(n), metrics, rollouts, save … */
+  "experiment.call": object({
+    id: string({ maxLength: 200 }),
+    op: literal(...experimentOps),
+    steps: optional(integer({ min: 0 })),
+    step: optional(integer({ min: 1 })),
+    dir: optional(string()),
+  }),
+  /** The experiments this controller holds. */
+  "experiment.list": object({}),
   /** Starts again the local workers that were lost, on their old ranks. */
   respawn: object({}),
   shutdown: object({}),
@@ -253,6 +351,9 @@ export interface ClientMethodResults {
   initProcessGroup: ControllerState["processGroup"];
   respawn: { ranks: number[] };
   shutdown: { stopping: true };
+  "experiment.create": ExperimentStatus;
+  "experiment.call": unknown;
+  "experiment.list": ExperimentStatus[];
 }
 
 /** What each worker command answers (per rank). */
@@ -267,7 +368,23 @@ export interface WorkerCommandResults {
   "model.trainStep": { loss: number; tokens: number };
   "model.initOptimizer": { name: string };
   "model.optimizerStep": { gradNorm: number; lr: number; step: number; skipped: boolean };
+  "model.policyUpdate": {
+    /** Summed over the micro-batches: the mini-batch's loss and verl's actor metrics. */
+    loss: number;
+    metrics: PolicyLossMetrics;
+    tokens: number;
+    microBatches: number;
+    gradNorm: number;
+    lr: number;
+    step: number;
+    skipped: boolean;
+    /** Seconds in forward/backward and in the optimizer step. */
+    backwardS: number;
+    optimizerS: number;
+  };
   "model.save": { dir: string };
+  "model.saveOptimizer": { file: string };
+  "model.loadOptimizer": { file: string };
   "model.free": { freed: boolean };
   "dist.init": { rank: number; worldSize: number; backend: string };
   "dist.allReduce": { values: Float32Array | Float64Array };

@@ -289,7 +289,7 @@ export function mulberry32(seed: number): () => number {
 }
 
 /** One 32-bit seed per (seed, epoch): the murmur3 finaliser over seed ⊕ epoch·golden-ratio. */
-function mixSeed(seed: number, epoch: number): number {
+export function mixSeed(seed: number, epoch: number): number {
   let h = (seed ^ Math.imul(epoch + 1, 0x9e3779b9)) >>> 0;
   h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
   h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);

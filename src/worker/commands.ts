@@ -7,6 +7,11 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { ProcessGroup } from "../native/dist.js";
 import { engineInfo } from "../native/engine.js";
 import { Model, type OptimizerOptions } from "../native/model.js";
+import {
+  checkPolicyLossConfig,
+  type PolicyLossConfig,
+  type PolicyLossMetrics,
+} from "../native/policy-loss.js";
 import type {
   WorkerCommand,
   WorkerCommandArgs,
@@ -54,6 +59,7 @@ export class WorkerState {
       pid: process.pid,
       hostname: hostname(),
       device: this.device,
+      ...(device?.name ? { deviceName: device.name } : {}),
       memory: {
         hostTotalBytes: totalmem(),
         hostFreeBytes: freemem(),
@@ -130,6 +136,48 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   },
 
   "model.optimizerStep": async (state, args) => state.model(args.name).optimizerStep(),
+
+  "model.policyUpdate": async (state, args) => {
+    const model = state.model(args.name);
+    const config = checkPolicyLossConfig(args.config as PolicyLossConfig);
+    const total = { loss: 0, tokens: 0, metrics: {} as Record<string, number> };
+    const started = performance.now();
+    for (const mb of args.microBatches) {
+      const { tokens, cuSeqlens, ...perToken } = mb;
+      const r = await model.policyStep(
+        tokens,
+        cuSeqlens,
+        perToken,
+        args.counts,
+        config,
+        args.temperature ?? 1,
+      );
+      total.loss += r.loss;
+      total.tokens += r.tokens;
+      for (const [k, v] of Object.entries(r.metrics)) total.metrics[k] = (total.metrics[k] ?? 0) + v;
+    }
+    const backwardDone = performance.now();
+    const step = await model.optimizerStep();
+    return {
+      ...step,
+      loss: total.loss,
+      tokens: total.tokens,
+      metrics: total.metrics as unknown as PolicyLossMetrics,
+      microBatches: args.microBatches.length,
+      backwardS: (backwardDone - started) / 1000,
+      optimizerS: (performance.now() - backwardDone) / 1000,
+    };
+  },
+
+  "model.saveOptimizer": async (state, args) => {
+    await state.model(args.name).saveOptimizer(args.file);
+    return { file: args.file };
+  },
+
+  "model.loadOptimizer": async (state, args) => {
+    await state.model(args.name).loadOptimizer(args.file);
+    return { file: args.file };
+  },
 
   "model.save": async (state, args) => {
     await state.model(args.name).save(args.dir, args.maxShardBytes);

@@ -18,7 +18,6 @@ import {
   writeReport,
 } from "../../src/notebook/index.js";
 import { MetricsLog } from "../../src/rl/index.js";
-import { installFakeTslab } from "../helpers/fake-tslab.js";
 import { runPython, tempDir } from "../helpers/python.js";
 
 const bundleBanner = "plotly.js (basic - minified) v4.1.1";
@@ -269,37 +268,4 @@ test("plot outside a notebook returns the chart without displaying it", () => {
     String(chart),
     "Chart(critic/score/mean, actor/pg_loss; 7 points; not displayed: no notebook)",
   );
-});
-
-test("plot in a notebook sends one output with the plotly MIME type, HTML and text", () => {
-  const kernel = installFakeTslab({ withWriter: true });
-  try {
-    const chart = plot(knownTable(), "actor/entropy");
-    assert.equal(chart.displayed, true);
-    assert.equal(kernel.sent.length, 1);
-    const [output] = kernel.sent;
-    assert.equal(output?.msgType, "display_data");
-    assert.deepEqual(Object.keys(output?.data ?? {}).sort(), [
-      "application/vnd.plotly.v1+json",
-      "text/html",
-      "text/plain",
-    ]);
-    assert.deepEqual(output?.data["application/vnd.plotly.v1+json"], chart.spec);
-    assert.equal(output?.data["text/html"], chart.html);
-    assert.equal(output?.data["text/plain"], "Chart(actor/entropy; 1 points)");
-    assert.deepEqual(kernel.publicCalls, []);
-  } finally {
-    kernel.uninstall();
-  }
-});
-
-test("plot falls back to tslab's public display.html when the bundle writer is not there", () => {
-  const kernel = installFakeTslab({ withWriter: false });
-  try {
-    const chart = plot(knownTable(), "actor/entropy");
-    assert.equal(chart.displayed, true);
-    assert.deepEqual(kernel.publicCalls, [[null, "text/html", chart.html]]);
-  } finally {
-    kernel.uninstall();
-  }
 });

@@ -12,7 +12,6 @@ import {
   renderProgressHtml,
   renderProgressLine,
 } from "../../src/notebook/index.js";
-import { installFakeTslab } from "../helpers/fake-tslab.js";
 
 const running: ProgressState = {
   stage: "gen",
@@ -103,13 +102,13 @@ test("the HTML block has the bar at the right width and escapes the stage", () =
   assert.doesNotMatch(html, /<gen/);
 });
 
-function fakeStream(isTTY: boolean, columns?: number): ProgressStream & { written: string[] } {
+function captureStream(isTTY: boolean, columns?: number): ProgressStream & { written: string[] } {
   const written: string[] = [];
   return { isTTY, columns, written, write: (text: string) => written.push(text) };
 }
 
 test("on a terminal the line is rewritten in place, sized to the terminal, and ended by done()", () => {
-  const stream = fakeStream(true, 61);
+  const stream = captureStream(true, 61);
   const progress = new Progress({ stream });
   assert.equal(progress.mode, "tty");
   progress.update({ ...running, step: 1 });
@@ -126,7 +125,7 @@ test("on a terminal the line is rewritten in place, sized to the terminal, and e
 });
 
 test("off a terminal each update is a plain line of the given width", () => {
-  const stream = fakeStream(false);
+  const stream = captureStream(false);
   const progress = new Progress({ stream, width: 70 });
   assert.equal(progress.mode, "lines");
   progress.update(running);
@@ -138,55 +137,8 @@ test("off a terminal each update is a plain line of the given width", () => {
   ]);
 });
 
-test("in a notebook one HTML output is shown, then updated in place", () => {
-  const kernel = installFakeTslab({ withWriter: true });
-  try {
-    const stream = fakeStream(true, 80);
-    const progress = new Progress({ stream });
-    assert.equal(progress.mode, "notebook");
-    progress.update({ ...running, step: 1 });
-    progress.update({ ...running, step: 2 });
-    progress.update({ ...running, step: 3 });
-    progress.done();
-    assert.deepEqual(stream.written, []);
-    assert.deepEqual(
-      kernel.sent.map((s) => s.msgType),
-      ["display_data", "update_display_data", "update_display_data"],
-    );
-    const ids = new Set(kernel.sent.map((s) => s.displayId));
-    assert.equal(ids.size, 1);
-    assert.ok([...ids][0]);
-    assert.equal(kernel.sent[2]?.data["text/html"], renderProgressHtml({ ...running, step: 3 }));
-    assert.equal(kernel.sent[2]?.data["text/plain"], renderProgressLine({ ...running, step: 3 }, 100));
-    // a second Progress is a second output
-    new Progress().update(running);
-    assert.equal(new Set(kernel.sent.map((s) => s.displayId)).size, 2);
-  } finally {
-    kernel.uninstall();
-  }
-});
-
-test("notebook mode through tslab's public API uses one newDisplay() for every update", () => {
-  const kernel = installFakeTslab({ withWriter: false });
-  try {
-    const progress = new Progress({ mode: "notebook" });
-    progress.update({ ...running, step: 1 });
-    progress.update({ ...running, step: 2 });
-    assert.equal(kernel.publicCalls.length, 2);
-    assert.deepEqual(
-      kernel.publicCalls.map(([id, mime]) => [id, mime]),
-      [
-        ["public-0", "text/html"],
-        ["public-0", "text/html"],
-      ],
-    );
-  } finally {
-    kernel.uninstall();
-  }
-});
-
 test("notebook mode outside a notebook writes text lines instead", () => {
-  const stream = fakeStream(false);
+  const stream = captureStream(false);
   const progress = new Progress({ mode: "notebook", stream, width: 80 });
   progress.update(running);
   assert.deepEqual(stream.written, [`${renderProgressLine(running, 80)}\n`]);

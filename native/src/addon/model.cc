@@ -14,6 +14,7 @@
 #include "addon/tensor.h"
 #include "addon/train_args.h"
 #include "io/checkpoint.h"
+#include "io/safetensors.h"
 #include "layers/logprob.h"
 #include "models/registry.h"
 #include "rollout/generate.h"
@@ -452,6 +453,50 @@ class SaveWork final : public ModelWork {
   int64_t max_shard_bytes_;
 };
 
+// Writes the optimizer's state (fp32 moments, step counters, masters of non-fp32 parameters) to one
+// safetensors file, atomically, with the update count in its metadata: with the model's own folder
+// (save) it is everything needed to continue training exactly.
+class SaveOptimizerWork final : public ModelWork {
+ public:
+  SaveOptimizerWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::string file)
+      : ModelWork(env, "tiller.modelSaveOptimizer", std::move(slot)), file_(std::move(file)) {}
+
+  void RunLocked(ModelSlot& slot) override {
+    if (!slot.optimizer) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+    if (slot.grads_pending) {
+      throw std::invalid_argument("model: gradients are pending; call optimizerStep before saving the optimizer");
+    }
+    io::write_safetensors(file_, slot.optimizer->state(), {{"updates", std::to_string(slot.updates)}});
+  }
+  std::string ErrorPrefix() const override { return "model.saveOptimizer(" + file_ + "): "; }
+
+ private:
+  std::string file_;
+};
+
+// Reads a file SaveOptimizerWork wrote into the model's optimizer (made by initOptimizer with the
+// same options): moments, counters, masters (written back into the parameters) and the update count.
+class LoadOptimizerWork final : public ModelWork {
+ public:
+  LoadOptimizerWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::string file)
+      : ModelWork(env, "tiller.modelLoadOptimizer", std::move(slot)), file_(std::move(file)) {}
+
+  void RunLocked(ModelSlot& slot) override {
+    if (!slot.optimizer) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+    auto file = io::read_safetensors(file_);
+    const auto updates = file.metadata.find("updates");
+    if (updates == file.metadata.end()) throw std::runtime_error("no \"updates\" in the metadata: not an optimizer state");
+    slot.optimizer->load_state(file.tensors);
+    slot.updates = std::stoll(updates->second);
+    slot.optimizer->zero_grad();
+    slot.grads_pending = false;
+  }
+  std::string ErrorPrefix() const override { return "model.loadOptimizer(" + file_ + "): "; }
+
+ private:
+  std::string file_;
+};
+
 Napi::Value wrap_slot(Napi::Env env, std::shared_ptr<ModelSlot> slot) {
   auto handle = Napi::External<Handle>::New(env, new Handle{std::move(slot)}, [](Napi::Env, Handle* h) { delete h; });
   handle.TypeTag(&kModelTag);
@@ -594,6 +639,21 @@ Napi::Value ModelOptimizerStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// modelSaveOptimizer(handle, file) -> Promise<void>; modelLoadOptimizer(handle, file) -> Promise<void>
+Napi::Value ModelSaveOptimizer(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    return queue_work<SaveOptimizerWork>(env, slot_of(info[0]), info[1].As<Napi::String>().Utf8Value());
+  });
+}
+
+Napi::Value ModelLoadOptimizer(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    return queue_work<LoadOptimizerWork>(env, slot_of(info[0]), info[1].As<Napi::String>().Utf8Value());
+  });
+}
+
 // modelDispose(handle): frees the model (after any running call); later calls throw.
 Napi::Value ModelDispose(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -694,6 +754,8 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelPolicyStep"] = Napi::Function::New(env, ModelPolicyStep, "modelPolicyStep");
   exports["modelOptimizerInit"] = Napi::Function::New(env, ModelOptimizerInit, "modelOptimizerInit");
   exports["modelOptimizerStep"] = Napi::Function::New(env, ModelOptimizerStep, "modelOptimizerStep");
+  exports["modelSaveOptimizer"] = Napi::Function::New(env, ModelSaveOptimizer, "modelSaveOptimizer");
+  exports["modelLoadOptimizer"] = Napi::Function::New(env, ModelLoadOptimizer, "modelLoadOptimizer");
   exports["modelDispose"] = Napi::Function::New(env, ModelDispose, "modelDispose");
   exports["modelLogprobs"] = Napi::Function::New(env, ModelLogprobs, "modelLogprobs");
   exports["modelLossBackward"] = Napi::Function::New(env, ModelLossBackward, "modelLossBackward");

@@ -1,5 +1,7 @@
 // data_source → verifier, as verl's default_compute_score (verl/utils/reward_score/__init__.py).
+
 import { boxedMathScore, dapoMathScore, gsm8kScore } from "./math.js";
+import { NEXT_DIGIT_SOURCE, nextDigitScore } from "./next-digit.js";
 import type { RewardFnRef, RewardResult, RewardSample } from "./types.js";
 
 type Verifier = (sample: RewardSample) => RewardResult;
@@ -21,6 +23,8 @@ export const verifiers: Readonly<Record<string, Verifier>> = {
   "DigitalLearningGmbH/MATH-lighteval": boxed,
   "HuggingFaceH4/MATH-500": boxed,
   math_dapo: dapo,
+  /** The quickstart's built-in task (not in verl). */
+  [NEXT_DIGIT_SOURCE]: nextDigitScore,
 };
 
 /** The verifier for a data_source, or undefined. Like verl, any source starting with "aime" is DAPO math. */

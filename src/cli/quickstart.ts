@@ -1,0 +1,137 @@
+// `tiller quickstart` (npm run quickstart): the whole path on the embedded default. Writes a tiny
+// random Qwen3-shaped model and the built-in next-digit task, connects to (or starts) the local
+// controller and its worker, trains with GRPO while a progress bar shows the reward, then writes
+// metrics.arrow and an HTML report with plotly charts into the run folder.
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { connect } from "../client/client.js";
+import type { MetricsRow } from "../client/experiment.js";
+import { engineInfo } from "../native/engine.js";
+import { writeReport } from "../notebook/plot.js";
+import { Progress } from "../notebook/progress.js";
+import type { ExperimentConfig } from "../rl/config.js";
+import { writeNextDigitData, writeTinyModel } from "../rl/tasks/next-digit.js";
+
+export interface QuickstartOptions {
+  steps: number;
+  runDir?: string;
+  /** Where the tiny model and the prompts are written (kept between runs). */
+  assetsDir: string;
+  seed: number;
+}
+
+/** The quickstart's GRPO config: 16 prompts × 8 responses per step, one token answers. */
+export function quickstartConfig(
+  modelPath: string,
+  dataFile: string,
+  options: QuickstartOptions,
+): ExperimentConfig {
+  return {
+    name: "quickstart",
+    ...(options.runDir ? { runDir: options.runDir } : {}),
+    seed: options.seed,
+    model: { path: modelPath, dtype: "float32" },
+    data: { train: dataFile, maxPromptTokens: 8 },
+    promptsPerStep: 16,
+    rollout: { samplesPerPrompt: 8, maxResponseTokens: 1, temperature: 1 },
+    tokensPerMicroBatch: 2048,
+    algorithm: { advantage: "grpo", loss: { aggMode: "token-mean", clipRatioLow: 0.2, clipRatioHigh: 0.28 } },
+    optimizer: { lr: 3e-3, weightDecay: 0 },
+    totalSteps: options.steps,
+  };
+}
+
+function parse(args: string[]): QuickstartOptions {
+  const options: QuickstartOptions = { steps: 80, assetsDir: resolve(".tiller", "quickstart"), seed: 1 };
+  for (let i = 0; i < args.length; i++) {
+    const flag = args[i];
+    const value = args[i + 1];
+    const need = () => {
+      if (value === undefined) throw new Error(`${flag}: needs a value`);
+      i++;
+      return value;
+    };
+    if (flag === "--steps") {
+      options.steps = Number(need());
+      if (!Number.isInteger(options.steps) || options.steps < 1)
+        throw new Error(`--steps: ${value} must be an integer ≥ 1`);
+    } else if (flag === "--run-dir") options.runDir = resolve(need());
+    else if (flag === "--assets") options.assetsDir = resolve(need());
+    else if (flag === "--seed") options.seed = Number(need());
+    else throw new Error(`unknown option ${flag}; options: --steps N, --run-dir DIR, --assets DIR, --seed N`);
+  }
+  return options;
+}
+
+const mean = (rows: MetricsRow[], key: string) =>
+  rows.reduce((s, r) => s + (r[key] ?? 0), 0) / Math.max(rows.length, 1);
+
+export async function quickstart(args: string[]): Promise<void> {
+  const options = parse(args);
+  const started = performance.now() / 1000;
+  const info = engineInfo();
+  console.log(
+    `tiller quickstart · torch ${info.torchVersion} · ${info.cudaAvailable ? "CUDA" : "CPU"} engine`,
+  );
+  const modelPath = join(options.assetsDir, "model");
+  if (!existsSync(join(modelPath, "config.json"))) await writeTinyModel(modelPath, { seed: options.seed });
+  const dataFile = writeNextDigitData(join(options.assetsDir, "data"));
+  console.log(`task: "472=" → "3" (the digit after the last one); a tiny random Qwen3 learns it with GRPO`);
+
+  const cluster = await connect();
+  try {
+    await cluster.waitForWorkers(1);
+    const exp = await cluster.experiment(quickstartConfig(modelPath, dataFile, options));
+    console.log(`run folder: ${exp.runDir}`);
+    const progress = new Progress();
+    let reward: number | undefined;
+    let tokens = 0;
+    const rows = await exp.run(options.steps, {
+      onProgress: (e) => {
+        if (e.stage === "done") {
+          reward = e.reward;
+          tokens += e.tokens ?? 0;
+        } else if (progress.mode === "lines") {
+          return; // a log file gets one line per step, not one per stage
+        }
+        progress.update({
+          stage: e.stage,
+          step: e.stage === "done" ? e.step : Math.max(e.step, 0),
+          totalSteps: options.steps,
+          elapsedS: performance.now() / 1000 - started,
+          tokens,
+          ...(reward !== undefined ? { reward } : {}),
+        });
+      },
+    });
+    progress.done();
+    const k = Math.min(10, Math.floor(rows.length / 2));
+    const first = mean(rows.slice(0, k), "critic/score/mean");
+    const last = mean(rows.slice(-k), "critic/score/mean");
+    const report = join(exp.runDir, "report.html");
+    await writeReport(report, await exp.metrics(), {
+      title: "tiller quickstart: GRPO on next-digit",
+      charts: [
+        ["critic/score/mean"],
+        ["actor/pg_loss"],
+        ["actor/entropy"],
+        ["actor/grad_norm"],
+        ["timing_s/step"],
+      ],
+      summary: {
+        steps: rows.length,
+        [`mean reward, first ${k} steps`]: first.toFixed(3),
+        [`mean reward, last ${k} steps`]: last.toFixed(3),
+        "run folder": exp.runDir,
+      },
+    });
+    await exp.close();
+    console.log(`mean reward: first ${k} steps ${first.toFixed(3)} → last ${k} steps ${last.toFixed(3)}`);
+    console.log(`metrics: ${join(exp.runDir, "metrics.arrow")}`);
+    console.log(`report:  ${report}`);
+  } finally {
+    // A controller this command started is stopped again; one that was running keeps running.
+    if (cluster.started) await cluster.shutdown().catch(() => undefined);
+    cluster.close();
+  }
+}

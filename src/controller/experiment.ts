@@ -1,0 +1,1184 @@
+// One RL experiment, driven by the controller: verl's dataflow (DESIGN.md §3) as named stages
+//   rollout → score → filter → old_logprobs → ref → advantages → update → sync
+// each callable alone and timed (timing_s/<stage>), step() running them in order, run(n) running
+// steps. The controller holds only small things (token ids, per-token floats, scalars); weights,
+// gradients and optimizer state stay on the workers. Reference and old logprobs come before the
+// advantages (verl's order) because a KL penalty in the reward needs both.
+
+import { createHash } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Table } from "apache-arrow";
+import type { PolicyLossMetrics } from "../native/policy-loss.js";
+import type { WorkerCommand, WorkerCommandArgs, WorkerCommandResults } from "../protocol/messages.js";
+import {
+  grpoAdvantages,
+  reinforcePlusPlusBaselineAdvantages,
+  remaxAdvantages,
+  rlooAdvantages,
+} from "../rl/advantages.js";
+import { planMicroBatches } from "../rl/balance.js";
+import { needsReference, type ResolvedConfig } from "../rl/config.js";
+import { mixSeed, PromptDataset, type PromptDatasetState, type PromptItem } from "../rl/data.js";
+import { DynamicSamplingBatch, overlongPenalty } from "../rl/filter.js";
+import { AdaptiveKlController, FixedKlController, type KlController, klPerToken } from "../rl/kl.js";
+import { MetricsLog } from "../rl/metrics.js";
+import { RewardRunner } from "../rl/rewards/runner.js";
+import { rolloutsTable } from "../rl/rollouts.js";
+import { Tokenizer } from "../tokenizer/tokenizer.js";
+
+/** Calls one worker command on one rank (the controller's pool, or the command table in-process). */
+export type RankCall = <C extends WorkerCommand>(
+  rank: number,
+  command: C,
+  args: WorkerCommandArgs<C>,
+) => Promise<WorkerCommandResults[C]>;
+
+export const stageNames = [
+  "rollout",
+  "score",
+  "filter",
+  "old_logprobs",
+  "ref",
+  "advantages",
+  "update",
+  "sync",
+] as const;
+export type StageName = (typeof stageNames)[number];
+
+/** verl's timing_s/<name> for each stage. */
+const timingKey: Record<StageName, string> = {
+  rollout: "timing_s/gen",
+  score: "timing_s/reward",
+  filter: "timing_s/filter",
+  old_logprobs: "timing_s/old_log_prob",
+  ref: "timing_s/ref",
+  advantages: "timing_s/adv",
+  update: "timing_s/update_actor",
+  sync: "timing_s/update_weights",
+};
+
+/** One response with everything the stages learn about it. */
+export interface Sample {
+  /** Group id: responses to one prompt of one generation round share it. */
+  uid: string;
+  round: number;
+  prompt: Int32Array;
+  response: Int32Array;
+  rolloutLogprobs: Float32Array;
+  finishReason: "stop" | "length";
+  dataSource: string;
+  groundTruth: string;
+  extra: Record<string, unknown>;
+  promptText?: string;
+  responseText?: string;
+  /** The verifier's score, then the score after overlong shaping (what advantages use). */
+  score?: number;
+  shapedScore?: number;
+  acc?: number;
+  pred?: string;
+  rewardStatus?: "ok" | "timeout" | "error";
+  rewardReason?: string;
+  /** ReMax: the greedy response's score for the same prompt. */
+  baselineScore?: number;
+  oldLogprobs?: Float32Array;
+  entropy?: Float32Array;
+  refLogprobs?: Float32Array;
+  /** Per response token: the reward after the KL penalty (when KL is in the reward). */
+  tokenRewards?: Float64Array;
+  advantages?: Float32Array;
+}
+
+/** The batch of the step in progress, as the stages fill it. */
+export interface StepBatch {
+  step: number;
+  samples: Sample[];
+  /** Generation rounds so far (dynamic sampling may add some). */
+  rounds: number;
+  stagesDone: StageName[];
+  timings: Record<string, number>;
+  metrics: Record<string, number>;
+}
+
+/** What the controller keeps between steps and writes into a checkpoint. */
+interface ExperimentState {
+  version: 1;
+  /** Steps completed. */
+  step: number;
+  dataset: PromptDatasetState;
+  klCoefficient: number | null;
+  config: ResolvedConfig;
+}
+
+export interface ProgressEvent {
+  step: number;
+  totalSteps: number;
+  stage: StageName | "checkpoint" | "done";
+  elapsedS: number;
+  reward?: number;
+  tokens?: number;
+}
+
+export interface ExperimentHooks {
+  progress?(event: ProgressEvent): void;
+  metrics?(row: Record<string, number>): void;
+}
+
+const ACTOR = "actor";
+const REF = "ref";
+
+/** Peak dense bf16 FLOP/s by device name, for perf/mfu/actor when the config gives none. */
+function defaultPeakFlops(deviceName: string | undefined): number | undefined {
+  if (!deviceName) return undefined;
+  if (/H100|H200|H800|H20\b|GH200/.test(deviceName)) return 989e12;
+  if (/A100|A800/.test(deviceName)) return 312e12;
+  if (/B200|GB200/.test(deviceName)) return 2250e12;
+  return undefined;
+}
+
+function stats(values: ArrayLike<number>): { mean: number; max: number; min: number } {
+  if (values.length === 0) return { mean: Number.NaN, max: Number.NaN, min: Number.NaN };
+  let sum = 0;
+  let max = -Infinity;
+  let min = Infinity;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i] as number;
+    sum += v;
+    if (v > max) max = v;
+    if (v < min) min = v;
+  }
+  return { mean: sum / values.length, max, min };
+}
+
+function putStats(into: Record<string, number>, prefix: string, values: ArrayLike<number>): void {
+  const s = stats(values);
+  into[`${prefix}/mean`] = s.mean;
+  into[`${prefix}/max`] = s.max;
+  into[`${prefix}/min`] = s.min;
+}
+
+function concat(
+  parts: ArrayLike<number>[],
+  Type: Float32ArrayConstructor | Int32ArrayConstructor,
+): Float32Array | Int32Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Type(n);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Per predicted token of a packed (prompt + response) sequence: zeros over the prompt, `values` over the response. */
+function responseAligned(sample: Sample, values: ArrayLike<number> | undefined): Float32Array {
+  const out = new Float32Array(sample.prompt.length + sample.response.length - 1);
+  if (values) out.set(values, sample.prompt.length - 1);
+  return out;
+}
+
+/** Model shape numbers from config.json, for the FLOP estimate of perf/mfu/actor. */
+interface FlopShape {
+  layers: number;
+  heads: number;
+  headDim: number;
+}
+
+function readFlopShape(modelPath: string): FlopShape | undefined {
+  try {
+    const c = JSON.parse(readFileSync(join(modelPath, "config.json"), "utf8")) as Record<string, number>;
+    const heads = c.num_attention_heads as number;
+    return {
+      layers: c.num_hidden_layers as number,
+      heads,
+      headDim: (c.head_dim as number | undefined) ?? (c.hidden_size as number) / heads,
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+export class ExperimentRun {
+  readonly config: ResolvedConfig;
+  readonly runDir: string;
+  readonly metrics = new MetricsLog();
+  /** Steps completed. */
+  step = 0;
+  /** The step in progress (stages called so far), or the last completed one. */
+  batch: StepBatch | undefined;
+  /** Kept rollout tables of earlier steps (the last `keepRollouts`). */
+  readonly rolloutHistory = new Map<number, Table>();
+  keepRollouts = 4;
+  #stopRequested = false;
+  #busy: string | undefined;
+  #parameters = 0;
+  #device = "cpu";
+  #deviceName: string | undefined;
+  #flopShape: FlopShape | undefined;
+
+  private constructor(
+    config: ResolvedConfig,
+    private readonly call: RankCall,
+    private readonly tokenizer: Tokenizer,
+    private readonly dataset: PromptDataset,
+    private readonly rewards: RewardRunner,
+    private readonly kl: KlController | undefined,
+    readonly hooks: ExperimentHooks,
+  ) {
+    this.config = config;
+    this.runDir = resolve(config.runDir);
+    this.#flopShape = readFlopShape(config.model.path);
+  }
+
+  /**
+   * Builds the experiment: tokenizer and prompts on the controller, the actor (and the reference,
+   * when KL is used) on rank 0, the optimizer. The config must be resolved (resolveConfig).
+   */
+  static async create(
+    config: ResolvedConfig,
+    call: RankCall,
+    options: { hooks?: ExperimentHooks; device?: string; deviceName?: string; actorDir?: string } = {},
+  ): Promise<ExperimentRun> {
+    if (config.parallel.gpus > 1) {
+      throw new Error(
+        `parallel.gpus: ${config.parallel.gpus}: this engine trains on one rank today; the layout validates, ` +
+          "multi-rank training comes with the parallelism transforms",
+      );
+    }
+    const tokenizer = Tokenizer.fromFolder(config.model.path);
+    if (config.data.chatTemplate && !tokenizer.hasChatTemplate) {
+      throw new Error(
+        `data.chatTemplate: the tokenizer in ${config.model.path} has no chat template; set data.chatTemplate: false`,
+      );
+    }
+    const dataset = await PromptDataset.fromFiles(config.data.train, {
+      applyChatTemplate: (messages) =>
+        config.data.chatTemplate
+          ? tokenizer.encodeChat(messages as Parameters<Tokenizer["encodeChat"]>[0], {
+              addGenerationPrompt: true,
+            })
+          : tokenizer.encode(messages.map((m) => m.content).join("\n"), { addSpecialTokens: false }),
+      maxPromptTokens: config.data.maxPromptTokens,
+      seed: config.seed,
+      shuffle: config.data.shuffle,
+    });
+    if (dataset.size < config.promptsPerStep) {
+      throw new Error(
+        `promptsPerStep: ${config.promptsPerStep} is more than the ${dataset.size} prompts kept ` +
+          `(${dataset.filteredOut} dropped as longer than data.maxPromptTokens = ${config.data.maxPromptTokens})`,
+      );
+    }
+    const klReward = config.algorithm.klReward;
+    const kl = klReward
+      ? klReward.adaptive
+        ? new AdaptiveKlController({ initialCoefficient: klReward.coefficient, ...klReward.adaptive })
+        : new FixedKlController(klReward.coefficient)
+      : undefined;
+    const rewards = new RewardRunner({
+      ...(config.reward.fn ? { fn: config.reward.fn } : {}),
+      workers: config.reward.workers,
+      timeoutMs: config.reward.timeoutMs,
+    });
+    const run = new ExperimentRun(config, call, tokenizer, dataset, rewards, kl, options.hooks ?? {});
+    run.#device = options.device ?? "cpu";
+    run.#deviceName = options.deviceName;
+    try {
+      await run.#loadActor(options.actorDir ?? config.model.path);
+      if (needsReference(config)) {
+        await run.#call("model.load", { name: REF, dir: config.model.path, dtype: run.#dtype });
+      }
+    } catch (error) {
+      await run.close();
+      throw error;
+    }
+    mkdirSync(run.runDir, { recursive: true });
+    writeFileSync(join(run.runDir, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
+    return run;
+  }
+
+  /**
+   * Continues from a checkpoint folder (or a run folder: its newest complete checkpoint) as if the
+   * run had never stopped: weights, optimizer, data position, KL coefficient, step and metrics.
+   * `overrides` may change totalSteps and checkpoint settings only.
+   */
+  static async resume(
+    checkpoint: string,
+    call: RankCall,
+    options: { hooks?: ExperimentHooks; device?: string; deviceName?: string; totalSteps?: number } = {},
+  ): Promise<ExperimentRun> {
+    const dir = findCheckpoint(checkpoint);
+    verifyCheckpoint(dir);
+    const state = JSON.parse(readFileSync(join(dir, "state.json"), "utf8")) as ExperimentState;
+    const config = { ...state.config, ...(options.totalSteps ? { totalSteps: options.totalSteps } : {}) };
+    // The actor comes from the checkpoint; the tokenizer, prompts and reference from the original folder.
+    const run = await ExperimentRun.create(config, call, { ...options, actorDir: join(dir, "model") });
+    try {
+      await run.#call("model.loadOptimizer", { name: ACTOR, file: join(dir, "optimizer.safetensors") });
+      run.dataset.restore(state.dataset);
+      if (run.kl instanceof AdaptiveKlController && state.klCoefficient !== null) {
+        // The adaptive controller's only state is its coefficient.
+        const restored = new AdaptiveKlController({
+          initialCoefficient: state.klCoefficient,
+          targetKl: run.kl.targetKl,
+          horizonResponses: run.kl.horizonResponses,
+        });
+        (run as unknown as { kl: KlController }).kl = restored;
+      }
+      run.step = state.step;
+      const saved = await MetricsLog.readFile(join(dir, "metrics.arrow"));
+      for (const row of saved.rows) run.metrics.append(row);
+      run.metrics.truncate(state.step);
+      await run.metrics.writeFile(join(run.runDir, "metrics.arrow"));
+    } catch (error) {
+      await run.close();
+      throw error;
+    }
+    return run;
+  }
+
+  async #call<C extends WorkerCommand>(
+    command: C,
+    args: WorkerCommandArgs<C>,
+  ): Promise<WorkerCommandResults[C]> {
+    return this.call(0, command, args);
+  }
+
+  get #dtype(): "float32" | "bfloat16" | "float16" {
+    const d = this.config.model.dtype;
+    return d === "auto" ? (this.#device.startsWith("cuda") ? "bfloat16" : "float32") : d;
+  }
+
+  async #loadActor(dir: string): Promise<void> {
+    const loaded = await this.#call("model.load", { name: ACTOR, dir, dtype: this.#dtype });
+    this.#parameters = loaded.parameters;
+    this.#device = loaded.device;
+    const { lr, beta1, beta2, eps, weightDecay, schedule, maxGradNorm } = this.config.optimizer;
+    await this.#call("model.initOptimizer", {
+      name: ACTOR,
+      options: {
+        lr,
+        weightDecay,
+        maxGradNorm,
+        noDecay: "biases-and-norms",
+        ...(beta1 !== undefined ? { beta1 } : {}),
+        ...(beta2 !== undefined ? { beta2 } : {}),
+        ...(eps !== undefined ? { eps } : {}),
+        ...(schedule ? { schedule } : {}),
+      },
+    });
+  }
+
+  /** Frees the models on the workers and stops the reward threads. */
+  async close(): Promise<void> {
+    await this.rewards.close();
+    for (const name of [ACTOR, REF]) {
+      try {
+        await this.#call("model.free", { name });
+      } catch {
+        // the worker may be gone; nothing else holds the model
+      }
+    }
+  }
+
+  get datasetSize(): number {
+    return this.dataset.size;
+  }
+
+  get promptsFilteredOut(): number {
+    return this.dataset.filteredOut;
+  }
+
+  get device(): string {
+    return this.#device;
+  }
+
+  get busy(): string | undefined {
+    return this.#busy;
+  }
+
+  /** Asks run() to stop after the step in progress. */
+  requestStop(): void {
+    this.#stopRequested = true;
+  }
+
+  /** Runs `fn` as the only operation in progress; a second one is refused, naming the first. */
+  async exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    if (this.#busy) throw new Error(`experiment is busy with ${this.#busy}; wait for it (or stop())`);
+    this.#busy = what;
+    try {
+      return await fn();
+    } finally {
+      this.#busy = undefined;
+    }
+  }
+
+  #progress(stage: ProgressEvent["stage"], started: number, extra: Partial<ProgressEvent> = {}): void {
+    this.hooks.progress?.({
+      step: this.step,
+      totalSteps: this.config.totalSteps,
+      stage,
+      elapsedS: (performance.now() - started) / 1000,
+      ...extra,
+    });
+  }
+
+  #current(stage: StageName): StepBatch {
+    const b = this.batch;
+    if (!b || b.step !== this.step + 1 || b.stagesDone.includes("sync")) {
+      throw new Error(`${stage}: no step in progress; call rollout() first`);
+    }
+    const order = stageNames.indexOf(stage);
+    const missing = stageNames.slice(0, order).filter((s) => !b.stagesDone.includes(s) && s !== "filter");
+    if (missing.length > 0) throw new Error(`${stage}: run ${missing.join(", ")} first`);
+    if (b.stagesDone.includes(stage)) throw new Error(`${stage}: already done for step ${b.step}`);
+    return b;
+  }
+
+  async #timed<T>(batch: StepBatch, stage: StageName, fn: () => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    const result = await fn();
+    batch.timings[timingKey[stage]] =
+      (batch.timings[timingKey[stage]] ?? 0) + (performance.now() - t0) / 1000;
+    batch.stagesDone.push(stage);
+    return result;
+  }
+
+  /** Samples `samplesPerPrompt` responses for each prompt; greedy ones too for ReMax. */
+  async #generate(prompts: PromptItem[], step: number, round: number): Promise<Sample[]> {
+    const { samplesPerPrompt, maxResponseTokens, temperature, topP, topK } = this.config.rollout;
+    const ids = prompts.map((p) => Int32Array.from(p.promptTokenIds));
+    const repeated = ids.flatMap((p) => Array.from({ length: samplesPerPrompt }, () => p));
+    const seed = mixSeed(mixSeed(this.config.seed, step), round);
+    const { generations } = await this.#call("model.generate", {
+      name: ACTOR,
+      prompts: repeated,
+      maxNewTokens: maxResponseTokens,
+      temperature,
+      topP,
+      topK,
+      stopTokenIds: this.tokenizer.eosTokenIds,
+      seed,
+    });
+    const samples = generations.map((g, i): Sample => {
+      const item = prompts[Math.floor(i / samplesPerPrompt)] as PromptItem;
+      return {
+        uid: `${step}.${round}.${Math.floor(i / samplesPerPrompt)}`,
+        round,
+        prompt: repeated[i] as Int32Array,
+        response: g.tokens,
+        rolloutLogprobs: g.logprobs,
+        finishReason: g.finishReason,
+        dataSource: item.row.dataSource,
+        groundTruth: item.row.rewardModel.groundTruth,
+        extra: item.row.extraInfo,
+      };
+    });
+    if (this.config.algorithm.advantage === "remax") {
+      const greedy = await this.#call("model.generate", {
+        name: ACTOR,
+        prompts: ids,
+        maxNewTokens: maxResponseTokens,
+        temperature: 0,
+        stopTokenIds: this.tokenizer.eosTokenIds,
+      });
+      const baselines = await this.#scoreTexts(
+        greedy.generations.map((g, p) => ({
+          prompt: ids[p] as Int32Array,
+          response: g.tokens,
+          item: prompts[p] as PromptItem,
+        })),
+      );
+      samples.forEach((s, i) => {
+        s.baselineScore = baselines[Math.floor(i / samplesPerPrompt)]?.score ?? 0;
+      });
+    }
+    return samples;
+  }
+
+  async #scoreTexts(items: { prompt: Int32Array; response: Int32Array; item: PromptItem }[]) {
+    return this.rewards.score(
+      items.map(({ prompt, response, item }) => ({
+        prompt: this.tokenizer.decode(Array.from(prompt)),
+        response: this.tokenizer.decode(Array.from(response), { skipSpecialTokens: true }),
+        groundTruth: item.row.rewardModel.groundTruth,
+        dataSource: item.row.dataSource,
+        extra: item.row.extraInfo,
+      })),
+    );
+  }
+
+  // ---- the stages ------------------------------------------------------------------------------
+
+  /** Starts a step: the next prompts from the dataset, `samplesPerPrompt` responses each. */
+  async rollout(): Promise<StepBatch> {
+    if (this.batch && this.batch.step === this.step + 1 && !this.batch.stagesDone.includes("sync")) {
+      throw new Error(
+        `rollout: step ${this.batch.step} is in progress (done: ${this.batch.stagesDone.join(", ")}); finish it with step(), or discard()`,
+      );
+    }
+    const batch: StepBatch = {
+      step: this.step + 1,
+      samples: [],
+      rounds: 0,
+      stagesDone: [],
+      timings: {},
+      metrics: {},
+    };
+    this.batch = batch;
+    await this.#timed(batch, "rollout", async () => {
+      batch.samples = await this.#generate(this.dataset.nextBatch(this.config.promptsPerStep), batch.step, 0);
+      batch.rounds = 1;
+    });
+    return batch;
+  }
+
+  /** Drops the step in progress (its prompts stay consumed, as a crash would leave them). */
+  discard(): void {
+    if (this.batch && !this.batch.stagesDone.includes("sync")) this.batch = undefined;
+  }
+
+  async #scoreSamples(samples: Sample[]): Promise<void> {
+    const pending = samples.filter((s) => s.score === undefined);
+    const outcomes = await this.rewards.score(
+      pending.map((s) => {
+        s.promptText = this.tokenizer.decode(Array.from(s.prompt));
+        s.responseText = this.tokenizer.decode(Array.from(s.response), { skipSpecialTokens: true });
+        return {
+          prompt: s.promptText,
+          response: s.responseText,
+          groundTruth: s.groundTruth,
+          dataSource: s.dataSource,
+          extra: s.extra,
+        };
+      }),
+    );
+    const overlong = this.config.algorithm.overlong;
+    pending.forEach((s, i) => {
+      const o = outcomes[i] as (typeof outcomes)[number];
+      s.score = o.score;
+      s.rewardStatus = o.status;
+      if (o.reason !== undefined) s.rewardReason = o.reason;
+      if (typeof o.metrics.acc === "number" || typeof o.metrics.acc === "boolean")
+        s.acc = Number(o.metrics.acc);
+      if (o.metrics.pred !== undefined) s.pred = String(o.metrics.pred);
+      s.shapedScore = overlong
+        ? o.score +
+          overlongPenalty(s.response.length, {
+            maxResponseTokens: this.config.rollout.maxResponseTokens,
+            ...overlong,
+          })
+        : o.score;
+    });
+  }
+
+  /** Scores every response with the reward function (off the main thread), then overlong shaping. */
+  async score(): Promise<StepBatch> {
+    const batch = this.#current("score");
+    await this.#timed(batch, "score", () => this.#scoreSamples(batch.samples));
+    return batch;
+  }
+
+  /**
+   * DAPO dynamic sampling: keeps groups whose metric has a spread, generating (and scoring) more
+   * rounds until the step has promptsPerStep groups, at most maxGenerationRounds rounds.
+   * Without dynamic sampling the batch passes as it is.
+   */
+  async filter(): Promise<StepBatch> {
+    const batch = this.#current("filter");
+    const ds = this.config.algorithm.dynamicSampling;
+    await this.#timed(batch, "filter", async () => {
+      if (!ds) return;
+      const acc = new DynamicSamplingBatch({
+        promptsPerStep: this.config.promptsPerStep,
+        maxGenerationRounds: ds.maxGenerationRounds,
+      });
+      const metricOf = (s: Sample) =>
+        ds.metric === "acc" ? (s.acc ?? s.shapedScore ?? 0) : (s.shapedScore ?? 0);
+      let round = batch.samples;
+      const all = [...round];
+      let dropped = 0;
+      for (;;) {
+        const result = acc.addRound(
+          Float64Array.from(round, metricOf),
+          round.map((s) => s.uid),
+        );
+        dropped += result.droppedGroupCount;
+        if (acc.isComplete) break;
+        // Another round: fresh prompts, generated and scored (timed under gen/reward too).
+        const t0 = performance.now();
+        round = await this.#generate(
+          this.dataset.nextBatch(this.config.promptsPerStep),
+          batch.step,
+          batch.rounds,
+        );
+        batch.rounds++;
+        const t1 = performance.now();
+        await this.#scoreSamples(round);
+        batch.timings["timing_s/gen"] = (batch.timings["timing_s/gen"] ?? 0) + (t1 - t0) / 1000;
+        batch.timings["timing_s/reward"] =
+          (batch.timings["timing_s/reward"] ?? 0) + (performance.now() - t1) / 1000;
+        all.push(...round);
+      }
+      const keep = new Set(acc.groups().map((g) => g.groupId));
+      batch.samples = all.filter((s) => keep.has(s.uid));
+      batch.metrics["train/dropped_groups"] = dropped;
+    });
+    batch.metrics["train/num_gen_batches"] = batch.rounds;
+    return batch;
+  }
+
+  #packed(samples: Sample[]): { tokens: Int32Array; cuSeqlens: Int32Array } {
+    const cu = new Int32Array(samples.length + 1);
+    samples.forEach((s, i) => {
+      cu[i + 1] = (cu[i] as number) + s.prompt.length + s.response.length;
+    });
+    const tokens = concat(
+      samples.flatMap((s) => [s.prompt, s.response]),
+      Int32Array,
+    ) as Int32Array;
+    return { tokens, cuSeqlens: cu };
+  }
+
+  /** Logprobs (and entropy) of each response under a model, in micro-batches of the token budget. */
+  async #responseLogprobs(
+    name: string,
+    samples: Sample[],
+  ): Promise<{ logprobs: Float32Array[]; entropy: Float32Array[] }> {
+    const plan = planMicroBatches(
+      samples.map((s) => s.prompt.length + s.response.length),
+      { tokensPerMicroBatch: this.config.tokensPerMicroBatch, dataParallelRanks: 1 },
+    );
+    const logprobs: Float32Array[] = new Array(samples.length);
+    const entropy: Float32Array[] = new Array(samples.length);
+    for (const micro of (plan.ranks[0] as (typeof plan.ranks)[number]).microBatches) {
+      if (micro.length === 0) continue;
+      const chosen = micro.map((i) => samples[i] as Sample);
+      const { tokens, cuSeqlens } = this.#packed(chosen);
+      const out = await this.#call("model.logprobs", {
+        name,
+        tokens,
+        cuSeqlens,
+        temperature: this.config.rollout.temperature,
+      });
+      let at = 0;
+      chosen.forEach((s, k) => {
+        const from = at + s.prompt.length - 1;
+        const i = micro[k] as number;
+        logprobs[i] = out.logprobs.slice(from, from + s.response.length);
+        entropy[i] = out.entropy.slice(from, from + s.response.length);
+        at += s.prompt.length + s.response.length - 1;
+      });
+    }
+    return { logprobs, entropy };
+  }
+
+  /** Whether old logprobs are recomputed (verl always does; exact rollout logprobs make it unneeded). */
+  get recomputesOldLogprobs(): boolean {
+    const r = this.config.algorithm.recomputeOldLogprobs;
+    return r === "auto" ? !this.#device.startsWith("cuda") : r;
+  }
+
+  /**
+   * Old logprobs: the actor's, before this step's updates. The rollout's own logprobs when they
+   * are exact (CUDA bf16: bit-identical to the training forward), else a training forward;
+   * training/rollout_probs_diff_* compares the two whenever both exist.
+   */
+  async oldLogprobs(): Promise<StepBatch> {
+    const batch = this.#current("old_logprobs");
+    await this.#timed(batch, "old_logprobs", async () => {
+      if (!this.recomputesOldLogprobs) {
+        for (const s of batch.samples) s.oldLogprobs = s.rolloutLogprobs;
+        return;
+      }
+      const { logprobs, entropy } = await this.#responseLogprobs(ACTOR, batch.samples);
+      let max = 0;
+      let sum = 0;
+      let n = 0;
+      batch.samples.forEach((s, i) => {
+        s.oldLogprobs = logprobs[i];
+        s.entropy = entropy[i];
+        const lp = logprobs[i] as Float32Array;
+        for (let t = 0; t < lp.length; t++) {
+          const d = Math.abs(Math.exp(lp[t] as number) - Math.exp(s.rolloutLogprobs[t] as number));
+          if (d > max) max = d;
+          sum += d;
+          n++;
+        }
+      });
+      batch.metrics["training/rollout_probs_diff_max"] = max;
+      batch.metrics["training/rollout_probs_diff_mean"] = n ? sum / n : 0;
+    });
+    return batch;
+  }
+
+  /** Reference logprobs, when KL (in the reward or as a loss) is used; otherwise nothing to do. */
+  async ref(): Promise<StepBatch> {
+    const batch = this.#current("ref");
+    await this.#timed(batch, "ref", async () => {
+      if (!needsReference(this.config)) return;
+      const { logprobs } = await this.#responseLogprobs(REF, batch.samples);
+      batch.samples.forEach((s, i) => {
+        s.refLogprobs = logprobs[i];
+      });
+    });
+    return batch;
+  }
+
+  /** The KL penalty in the reward (if any), then the advantage estimator, per response token. */
+  async advantages(): Promise<StepBatch> {
+    const batch = this.#current("advantages");
+    await this.#timed(batch, "advantages", async () => {
+      const samples = batch.samples;
+      const klReward = this.config.algorithm.klReward;
+      let scores = Float64Array.from(samples, (s) => s.shapedScore ?? 0);
+      if (klReward && this.kl) {
+        const beta = this.kl.coefficient;
+        let klSum = 0;
+        for (const s of samples) {
+          const kl = klPerToken(
+            s.oldLogprobs as Float32Array,
+            s.refLogprobs as Float32Array,
+            klReward.estimator,
+          );
+          const rewards = new Float64Array(s.response.length);
+          for (let t = 0; t < rewards.length; t++) rewards[t] = -beta * (kl[t] as number);
+          if (rewards.length > 0) rewards[rewards.length - 1] += s.shapedScore ?? 0;
+          s.tokenRewards = rewards;
+          let k = 0;
+          for (const v of kl) k += v;
+          klSum += kl.length ? k / kl.length : 0;
+        }
+        const meanKl = samples.length ? klSum / samples.length : 0;
+        this.kl.update(meanKl, samples.length);
+        batch.metrics["actor/reward_kl_penalty"] = meanKl;
+        batch.metrics["actor/reward_kl_penalty_coeff"] = beta;
+        scores = Float64Array.from(samples, (s) =>
+          (s.tokenRewards as Float64Array).reduce((a, b) => a + b, 0),
+        );
+      }
+      const lengths = Int32Array.from(samples, (s) => s.response.length);
+      const uids = samples.map((s) => s.uid);
+      const perToken = (values: Float64Array) =>
+        samples.map((s, i) => new Float32Array(s.response.length).fill(values[i] as number));
+      let advantages: Float32Array[];
+      switch (this.config.algorithm.advantage) {
+        case "grpo":
+          advantages = perToken(grpoAdvantages(scores, uids));
+          break;
+        case "dr-grpo":
+          advantages = perToken(grpoAdvantages(scores, uids, { normByStd: false }));
+          break;
+        case "rloo":
+          advantages = perToken(rlooAdvantages(scores, uids));
+          break;
+        case "remax":
+          advantages = perToken(
+            remaxAdvantages(
+              scores,
+              Float64Array.from(samples, (s) => s.baselineScore ?? 0),
+            ),
+          );
+          break;
+        case "reinforce++-baseline":
+          advantages = perToken(reinforcePlusPlusBaselineAdvantages(scores, uids, lengths));
+          break;
+        case "reinforce++":
+          advantages = reinforcePlusPlusTokenAdvantages(samples);
+          break;
+      }
+      samples.forEach((s, i) => {
+        s.advantages = advantages[i];
+      });
+    });
+    return batch;
+  }
+
+  /**
+   * The actor update: the batch cut in order into miniBatchesPerStep mini-batches, each planned
+   * into micro-batches of at most tokensPerMicroBatch tokens and sent as one optimizer update
+   * (normalised by the mini-batch's token and sequence counts), epochsPerStep passes.
+   */
+  async update(): Promise<StepBatch> {
+    const batch = this.#current("update");
+    await this.#timed(batch, "update", async () => {
+      const { miniBatchesPerStep, epochsPerStep, tokensPerMicroBatch } = this.config;
+      const size = batch.samples.length / miniBatchesPerStep;
+      if (!Number.isInteger(size) || size < 1) {
+        throw new Error(
+          `update: ${batch.samples.length} responses do not split into miniBatchesPerStep = ${miniBatchesPerStep} equal mini-batches`,
+        );
+      }
+      const sums: Record<string, number> = {};
+      const add = (k: string, v: number) => {
+        sums[k] = (sums[k] ?? 0) + v;
+      };
+      let updates = 0;
+      let microBatchCount = 0;
+      let backwardS = 0;
+      for (let epoch = 0; epoch < epochsPerStep; epoch++) {
+        for (let m = 0; m < miniBatchesPerStep; m++) {
+          const mini = batch.samples.slice(m * size, (m + 1) * size);
+          const tokens = mini.reduce((n, s) => n + s.response.length, 0);
+          const sequences = mini.filter((s) => s.response.length > 0).length;
+          if (tokens === 0) continue;
+          const plan = planMicroBatches(
+            mini.map((s) => s.prompt.length + s.response.length),
+            { tokensPerMicroBatch, dataParallelRanks: 1 },
+          );
+          const microBatches = (plan.ranks[0] as (typeof plan.ranks)[number]).microBatches
+            .filter((mb) => mb.length > 0)
+            .map((mb) => {
+              const chosen = mb.map((i) => mini[i] as Sample);
+              const { tokens: ids, cuSeqlens } = this.#packed(chosen);
+              const aligned = (pick: (s: Sample) => ArrayLike<number> | undefined) =>
+                concat(
+                  chosen.map((s) => responseAligned(s, pick(s))),
+                  Float32Array,
+                ) as Float32Array;
+              return {
+                tokens: ids,
+                cuSeqlens,
+                oldLogprobs: aligned((s) => s.oldLogprobs),
+                advantages: aligned((s) => s.advantages),
+                mask: aligned((s) => new Float32Array(s.response.length).fill(1)),
+                ...(this.config.algorithm.loss.kl ? { refLogprobs: aligned((s) => s.refLogprobs) } : {}),
+              };
+            });
+          const r = await this.#call("model.policyUpdate", {
+            name: ACTOR,
+            microBatches,
+            counts: { tokens, sequences },
+            config: this.config.algorithm.loss as Record<string, unknown>,
+            temperature: this.config.rollout.temperature,
+          });
+          updates++;
+          microBatchCount += r.microBatches;
+          backwardS += r.backwardS + r.optimizerS;
+          const m2: PolicyLossMetrics = r.metrics;
+          add("actor/pg_loss", m2.pgLoss);
+          add("actor/pg_clipfrac", m2.pgClipfrac);
+          add("actor/pg_clipfrac_lower", m2.pgClipfracLower);
+          add("actor/ppo_kl", m2.ppoKl);
+          add("actor/entropy", m2.entropy);
+          if (this.config.algorithm.loss.kl) add("actor/kl_loss", m2.klLoss);
+          add("actor/grad_norm", r.gradNorm);
+          add("actor/skipped_updates", r.skipped ? 1 : 0);
+          batch.metrics["actor/lr"] = r.lr;
+        }
+      }
+      for (const [k, v] of Object.entries(sums)) {
+        batch.metrics[k] = k === "actor/skipped_updates" ? v : updates ? v / updates : Number.NaN;
+      }
+      batch.metrics["actor/updates"] = updates;
+      batch.metrics["actor/micro_batches"] = microBatchCount;
+      batch.metrics["timing_s/update_actor_engine"] = backwardS;
+    });
+    return batch;
+  }
+
+  /**
+   * Makes the rollout engine use the updated weights. Colocated on one rank with one layout, the
+   * rollout reads the trainer's parameters in place: nothing moves (perf/sync_bytes = 0).
+   */
+  async sync(): Promise<StepBatch> {
+    const batch = this.#current("sync");
+    await this.#timed(batch, "sync", async () => {
+      batch.metrics["perf/sync_bytes"] = 0;
+    });
+    await this.#finishStep(batch);
+    return batch;
+  }
+
+  async #finishStep(batch: StepBatch): Promise<void> {
+    const m: { step: number } & Record<string, number> = { step: batch.step };
+    const samples = batch.samples;
+    putStats(
+      m,
+      "critic/score",
+      samples.map((s) => s.score ?? 0),
+    );
+    putStats(
+      m,
+      "critic/rewards",
+      samples.map((s) => (s.tokenRewards ? s.tokenRewards.reduce((a, b) => a + b, 0) : (s.shapedScore ?? 0))),
+    );
+    if (samples.some((s) => s.acc !== undefined))
+      m["critic/acc/mean"] = stats(samples.map((s) => s.acc ?? 0)).mean;
+    const advantageTokens = concat(
+      samples.map((s) => s.advantages ?? new Float32Array()),
+      Float32Array,
+    );
+    putStats(m, "critic/advantages", advantageTokens);
+    const responseLengths = samples.map((s) => s.response.length);
+    const promptLengths = samples.map((s) => s.prompt.length);
+    putStats(m, "response_length", responseLengths);
+    m["response_length/clip_ratio"] =
+      samples.filter((s) => s.finishReason === "length").length / samples.length;
+    putStats(m, "prompt_length", promptLengths);
+    m["prompt_length/clip_ratio"] =
+      samples.filter((s) => s.prompt.length >= this.config.data.maxPromptTokens).length / samples.length;
+    m["reward/errors"] = samples.filter((s) => s.rewardStatus !== "ok").length;
+    Object.assign(m, batch.metrics, batch.timings);
+    const stepTime = Object.values(batch.timings).reduce((a, b) => a + b, 0);
+    m["timing_s/step"] = stepTime;
+    const totalTokens = responseLengths.reduce((a, b) => a + b, 0) + promptLengths.reduce((a, b) => a + b, 0);
+    m["perf/total_num_tokens"] = totalTokens;
+    m["perf/time_per_step"] = stepTime;
+    m["perf/throughput"] = totalTokens / stepTime / this.config.parallel.gpus;
+    const responseTokens = responseLengths.reduce((a, b) => a + b, 0);
+    m["timing_per_token_ms/gen"] = responseTokens
+      ? ((batch.timings["timing_s/gen"] ?? 0) * 1000) / responseTokens
+      : 0;
+    const peak = this.config.peakFlopsPerDevice ?? defaultPeakFlops(this.#deviceName);
+    const updateS = batch.timings["timing_s/update_actor"];
+    if (peak && updateS && this.#parameters) {
+      const shape = this.#flopShape;
+      const squares = samples.reduce((n, s) => n + (s.prompt.length + s.response.length) ** 2, 0);
+      const attention = shape ? 12 * squares * shape.headDim * shape.heads * shape.layers : 0;
+      const flops = this.config.epochsPerStep * (6 * this.#parameters * totalTokens + attention);
+      m["perf/mfu/actor"] = flops / (updateS * peak * this.config.parallel.gpus);
+    }
+    this.step = batch.step;
+    this.metrics.append(m);
+    await this.metrics.writeFile(join(this.runDir, "metrics.arrow"));
+    this.rolloutHistory.set(batch.step, rolloutsTable(batch));
+    for (const k of [...this.rolloutHistory.keys()]) {
+      if (k <= batch.step - this.keepRollouts) this.rolloutHistory.delete(k);
+    }
+    this.hooks.metrics?.(m);
+  }
+
+  /** One whole step: every stage in order. Returns its metrics row. */
+  async runStep(): Promise<Record<string, number>> {
+    const started = performance.now();
+    const stages: [StageName, () => Promise<StepBatch>][] = [
+      ["rollout", () => this.rollout()],
+      ["score", () => this.score()],
+      ["filter", () => this.filter()],
+      ["old_logprobs", () => this.oldLogprobs()],
+      ["ref", () => this.ref()],
+      ["advantages", () => this.advantages()],
+      ["update", () => this.update()],
+      ["sync", () => this.sync()],
+    ];
+    for (const [name, fn] of stages) {
+      this.#progress(name, started);
+      await fn();
+    }
+    const row = this.metrics.last() as Record<string, number>;
+    this.#progress("done", started, {
+      reward: row["critic/score/mean"] as number,
+      tokens: row["perf/total_num_tokens"] as number,
+    });
+    if (this.config.checkpoint.everySteps > 0 && this.step % this.config.checkpoint.everySteps === 0) {
+      this.#progress("checkpoint", started);
+      await this.save();
+    }
+    return row;
+  }
+
+  /** `steps` steps (default: up to totalSteps), stopping early when stop() is asked. */
+  async run(steps?: number): Promise<Record<string, number>[]> {
+    const n = steps ?? Math.max(this.config.totalSteps - this.step, 0);
+    if (!Number.isInteger(n) || n < 0) throw new RangeError(`steps: ${n} must be a non-negative integer`);
+    this.#stopRequested = false;
+    const rows: Record<string, number>[] = [];
+    for (let i = 0; i < n && !this.#stopRequested; i++) rows.push(await this.runStep());
+    return rows;
+  }
+
+  /** The rollouts of a completed step (default the last) as an Arrow table, if still kept. */
+  rollouts(step?: number): Table {
+    const s = step ?? this.step;
+    const table =
+      this.rolloutHistory.get(s) ?? (this.batch?.step === s ? rolloutsTable(this.batch) : undefined);
+    if (!table) {
+      throw new Error(
+        `rollouts: step ${s} is not kept; kept: ${[...this.rolloutHistory.keys()].join(", ") || "none"}`,
+      );
+    }
+    return table;
+  }
+
+  /**
+   * A checkpoint of the whole state after the last completed step, written atomically: into a
+   * hidden folder, a manifest last, then renamed into place; older ones beyond `keep` removed.
+   */
+  async save(): Promise<string> {
+    if (this.batch && this.batch.step === this.step + 1 && !this.batch.stagesDone.includes("sync")) {
+      throw new Error(
+        `save: step ${this.batch.step} is half done (${this.batch.stagesDone.join(", ")}); finish or discard() it first`,
+      );
+    }
+    const root = join(this.runDir, "checkpoints");
+    mkdirSync(root, { recursive: true });
+    const name = `step-${String(this.step).padStart(6, "0")}`;
+    const final = join(root, name);
+    const partial = join(root, `.${name}.partial-${process.pid}`);
+    rmSync(partial, { recursive: true, force: true });
+    mkdirSync(partial, { recursive: true });
+    try {
+      await this.#call("model.save", { name: ACTOR, dir: join(partial, "model") });
+      await this.#call("model.saveOptimizer", { name: ACTOR, file: join(partial, "optimizer.safetensors") });
+      const state: ExperimentState = {
+        version: 1,
+        step: this.step,
+        dataset: this.dataset.state(),
+        klCoefficient: this.kl ? this.kl.coefficient : null,
+        config: this.config,
+      };
+      writeFileSync(join(partial, "state.json"), `${JSON.stringify(state, null, 2)}\n`);
+      await this.metrics.writeFile(join(partial, "metrics.arrow"));
+      writeManifest(partial);
+      rmSync(final, { recursive: true, force: true });
+      renameSync(partial, final);
+    } catch (error) {
+      rmSync(partial, { recursive: true, force: true });
+      throw error;
+    }
+    const kept = listCheckpoints(root);
+    for (const old of kept.slice(0, Math.max(kept.length - this.config.checkpoint.keep, 0))) {
+      rmSync(join(root, old), { recursive: true, force: true });
+    }
+    return final;
+  }
+
+  /** Writes the actor as an HF folder (config.json, safetensors, tokenizer files copied). */
+  async export(dir: string): Promise<string> {
+    const target = resolve(dir);
+    await this.#call("model.save", { name: ACTOR, dir: target });
+    for (const f of [
+      "tokenizer.json",
+      "tokenizer_config.json",
+      "chat_template.jinja",
+      "generation_config.json",
+      "special_tokens_map.json",
+      "vocab.json",
+      "merges.txt",
+    ]) {
+      try {
+        writeFileSync(join(target, f), readFileSync(join(this.config.model.path, f)));
+      } catch {
+        // optional tokenizer file absent
+      }
+    }
+    return target;
+  }
+}
+
+/**
+ * REINFORCE++ with per-token rewards: returns are reverse cumulative sums of the token rewards
+ * (γ = 1; the score sits on the last token), whitened over every response token of the batch.
+ */
+function reinforcePlusPlusTokenAdvantages(samples: Sample[]): Float32Array[] {
+  const returns = samples.map((s) => {
+    const r =
+      s.tokenRewards ??
+      Float64Array.from({ length: s.response.length }, (_, t) =>
+        t === s.response.length - 1 ? (s.shapedScore ?? 0) : 0,
+      );
+    const out = new Float64Array(r.length);
+    let acc = 0;
+    for (let t = r.length - 1; t >= 0; t--) {
+      acc += r[t] as number;
+      out[t] = acc;
+    }
+    return out;
+  });
+  let n = 0;
+  let sum = 0;
+  for (const r of returns)
+    for (const v of r) {
+      sum += v;
+      n++;
+    }
+  if (n < 2)
+    throw new RangeError(`reinforce++ whitening needs at least 2 response tokens in the batch, got ${n}`);
+  const mean = sum / n;
+  let squares = 0;
+  for (const r of returns) for (const v of r) squares += (v - mean) ** 2;
+  const scale = 1 / Math.sqrt(squares / (n - 1) + 1e-8);
+  return returns.map((r) => Float32Array.from(r, (v) => (v - mean) * scale));
+}
+
+// ---- checkpoint files ----------------------------------------------------------------------------
+
+const MANIFEST = "manifest.json";
+
+function filesUnder(dir: string, prefix = ""): string[] {
+  return readdirSync(join(dir, prefix), { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? filesUnder(dir, join(prefix, e.name)) : [join(prefix, e.name)],
+  );
+}
+
+/** Lists every file with its size, and the sha256 of the small ones; written last. */
+function writeManifest(dir: string): void {
+  const files = filesUnder(dir).map((f) => {
+    const size = statSync(join(dir, f)).size;
+    const entry: { file: string; size: number; sha256?: string } = { file: f, size };
+    if (size <= 16 << 20)
+      entry.sha256 = createHash("sha256")
+        .update(readFileSync(join(dir, f)))
+        .digest("hex");
+    return entry;
+  });
+  writeFileSync(join(dir, MANIFEST), `${JSON.stringify({ complete: true, files }, null, 2)}\n`);
+}
+
+/** Throws naming the first missing, resized or altered file of a checkpoint. */
+export function verifyCheckpoint(dir: string): void {
+  let manifest: { complete: boolean; files: { file: string; size: number; sha256?: string }[] };
+  try {
+    manifest = JSON.parse(readFileSync(join(dir, MANIFEST), "utf8"));
+  } catch {
+    throw new Error(`${dir}: not a complete checkpoint (no readable ${MANIFEST}: the save did not finish)`);
+  }
+  for (const f of manifest.files) {
+    const path = join(dir, f.file);
+    let size: number;
+    try {
+      size = statSync(path).size;
+    } catch {
+      throw new Error(`${dir}: checkpoint file ${f.file} is missing`);
+    }
+    if (size !== f.size)
+      throw new Error(`${dir}: checkpoint file ${f.file} has ${size} bytes, the manifest says ${f.size}`);
+    if (f.sha256 && createHash("sha256").update(readFileSync(path)).digest("hex") !== f.sha256) {
+      throw new Error(`${dir}: checkpoint file ${f.file} does not match its checksum (corrupt)`);
+    }
+  }
+}
+
+function listCheckpoints(root: string): string[] {
+  try {
+    return readdirSync(root)
+      .filter((n) => /^step-\d+$/.test(n))
+      .sort();
+  } catch {
+    return [];
+  }
+}
+
+/** A checkpoint folder itself, or a run folder's newest complete checkpoint. */
+export function findCheckpoint(path: string): string {
+  const dir = resolve(path);
+  try {
+    statSync(join(dir, MANIFEST));
+    return dir;
+  } catch {
+    // a run folder?
+  }
+  const root = join(dir, "checkpoints");
+  const all = listCheckpoints(root).reverse();
+  for (const name of all) {
+    try {
+      verifyCheckpoint(join(root, name));
+      return join(root, name);
+    } catch {
+      // incomplete or damaged: try an older one
+    }
+  }
+  throw new Error(`${dir}: no complete checkpoint here or in ${root}`);
+}

@@ -1,0 +1,687 @@
+// An experiment's configuration as typed code: every count has an explicit name, defaults are
+// written here once, and resolveConfig() refuses a bad value before any GPU work, naming the
+// field, the value and what is allowed. Names follow verl's where one exists (see each field).
+import type { KlPenaltyType, LossAggMode, PolicyLossConfig } from "../native/policy-loss.js";
+import type { LrSchedule } from "../native/train.js";
+import type { KlEstimator } from "./kl.js";
+import type { RewardFnRef } from "./rewards/types.js";
+
+export type AdvantageEstimator =
+  | "grpo"
+  | "dr-grpo"
+  | "rloo"
+  | "reinforce++"
+  | "reinforce++-baseline"
+  | "remax";
+export const advantageEstimators: AdvantageEstimator[] = [
+  "grpo",
+  "dr-grpo",
+  "rloo",
+  "reinforce++",
+  "reinforce++-baseline",
+  "remax",
+];
+
+/**
+ * How a model is split over GPUs (Megatron's names in verl's scripts): tensor × pipeline × context
+ * × data = GPUs; experts are split over `expert` ranks taken from data × context (and tensor, when
+ * `expertTensor` is 1), as Megatron's expert-model-parallel groups are.
+ */
+export interface ParallelLayout {
+  tensor?: number;
+  pipeline?: number;
+  context?: number;
+  expert?: number;
+  /** Tensor parallelism inside each expert (Megatron's expert_tensor_parallel_size). Default 1. */
+  expertTensor?: number;
+  /** Data-parallel replicas; default: GPUs / (tensor · pipeline · context). */
+  data?: number;
+  /** Pipeline stages per rank (virtual pipeline); default 1. */
+  virtualPipeline?: number;
+}
+
+/** The shape numbers of a model that a parallel layout must divide (from its HF config.json). */
+export interface ModelShape {
+  layers: number;
+  attentionHeads: number;
+  kvHeads: number;
+  hiddenSize: number;
+  vocabSize: number;
+  experts?: number;
+}
+
+export interface ExperimentConfig {
+  /** A short name; the run folder is `<runDir>` or `runs/<name>-<time>`. */
+  name?: string;
+  /** Where metrics.arrow, checkpoints and the report go (absolute, or relative to the client's cwd). */
+  runDir?: string;
+  /** Seeds data order and sampling; a resumed run continues the same streams. Default 0. */
+  seed?: number;
+  model: {
+    /** An HF folder: config.json, safetensors, tokenizer files. */
+    path: string;
+    /** Parameter dtype. Default bfloat16 on CUDA, float32 on CPU. */
+    dtype?: "float32" | "bfloat16" | "float16";
+    /** The model's shape, for validating `parallel` without reading the folder (recipes). */
+    shape?: ModelShape;
+  };
+  data: {
+    /** Prompt files in verl's layout (JSONL or Parquet). */
+    train: string | string[];
+    /** verl's data.max_prompt_length: longer prompts are dropped (the count is shown). */
+    maxPromptTokens: number;
+    /** Default true. */
+    shuffle?: boolean;
+    /** Render prompts with the tokenizer's chat template (default true). */
+    chatTemplate?: boolean;
+  };
+  /** Prompts per step (verl's data.train_batch_size). */
+  promptsPerStep: number;
+  rollout: {
+    /** Responses per prompt (verl's rollout.n). */
+    samplesPerPrompt: number;
+    /** verl's data.max_response_length. */
+    maxResponseTokens: number;
+    /** Default 1. */
+    temperature?: number;
+    /** Default 1. */
+    topP?: number;
+    /** Default 0 (off). */
+    topK?: number;
+  };
+  /** Optimizer updates per step: the step's responses are cut into this many mini-batches. Default 1. */
+  miniBatchesPerStep?: number;
+  /** Passes over each mini-batch (verl's ppo_epochs). Default 1. */
+  epochsPerStep?: number;
+  /** Token budget of one micro-batch (verl's ppo_max_token_len_per_gpu, use_dynamic_bsz). */
+  tokensPerMicroBatch: number;
+  algorithm?: {
+    /** Default grpo. */
+    advantage?: AdvantageEstimator;
+    /** The policy loss (clip ratios, aggregation, entropy bonus, KL loss), as the engine takes it. */
+    loss?: PolicyLossConfig;
+    /** KL to the reference model subtracted from the reward (verl's use_kl_in_reward). */
+    klReward?: {
+      estimator: KlEstimator;
+      coefficient: number;
+      /** Adaptive controller (verl's kl_ctrl.type = adaptive). */
+      adaptive?: { targetKl: number; horizonResponses: number };
+    };
+    /** DAPO dynamic sampling: drop groups with zero spread of `metric`, generate until full. */
+    dynamicSampling?: { metric?: "score" | "acc"; maxGenerationRounds: number };
+    /** DAPO overlong reward shaping. */
+    overlong?: { bufferTokens: number; penaltyFactor: number };
+    /**
+     * Recompute old logprobs with a training forward (verl always does). Default "auto": only
+     * when rollout logprobs are not known to be exact (bf16 CUDA is exact; others recompute).
+     */
+    recomputeOldLogprobs?: "auto" | boolean;
+  };
+  optimizer: {
+    lr: number;
+    beta1?: number;
+    beta2?: number;
+    eps?: number;
+    /** Default 0.01 (verl's actor optim weight_decay). */
+    weightDecay?: number;
+    schedule?: Omit<LrSchedule, "lr">;
+    /** Default 1.0 (verl's grad_clip). */
+    maxGradNorm?: number;
+  };
+  reward?: {
+    /** Default: verl's default_compute_score by data_source. */
+    fn?: RewardFnRef;
+    /** Reward worker threads. Default 4. */
+    workers?: number;
+    /** Per-sample limit. Default 30 s. */
+    timeoutMs?: number;
+  };
+  /** Steps run() makes when not told (and the schedule's length). Default 100. */
+  totalSteps?: number;
+  checkpoint?: {
+    /** Save every this many steps (0: only when asked). Default 0. */
+    everySteps?: number;
+    /** Checkpoints kept; older ones are deleted. Default 2. */
+    keep?: number;
+  };
+  /** GPUs and layout; today's engine trains on one rank: larger layouts validate only. */
+  parallel?: ParallelLayout & { gpus?: number };
+  /** Peak FLOP/s of one device for perf/mfu/actor; default from the device (H100/H200 bf16: 989e12). */
+  peakFlopsPerDevice?: number;
+}
+
+/** Every default filled in. */
+export interface ResolvedConfig {
+  name: string;
+  runDir: string;
+  seed: number;
+  model: { path: string; dtype: "float32" | "bfloat16" | "float16" | "auto"; shape?: ModelShape };
+  data: { train: string[]; maxPromptTokens: number; shuffle: boolean; chatTemplate: boolean };
+  promptsPerStep: number;
+  rollout: {
+    samplesPerPrompt: number;
+    maxResponseTokens: number;
+    temperature: number;
+    topP: number;
+    topK: number;
+  };
+  miniBatchesPerStep: number;
+  epochsPerStep: number;
+  tokensPerMicroBatch: number;
+  algorithm: {
+    advantage: AdvantageEstimator;
+    loss: PolicyLossConfig;
+    klReward?: {
+      estimator: KlEstimator;
+      coefficient: number;
+      adaptive?: { targetKl: number; horizonResponses: number };
+    };
+    dynamicSampling?: { metric: "score" | "acc"; maxGenerationRounds: number };
+    overlong?: { bufferTokens: number; penaltyFactor: number };
+    recomputeOldLogprobs: "auto" | boolean;
+  };
+  optimizer: ExperimentConfig["optimizer"] & { weightDecay: number; maxGradNorm: number };
+  reward: { fn?: RewardFnRef; workers: number; timeoutMs: number };
+  totalSteps: number;
+  checkpoint: { everySteps: number; keep: number };
+  parallel: Required<Omit<ParallelLayout, "data">> & { data: number; gpus: number };
+  peakFlopsPerDevice?: number;
+}
+
+/** A refused config: `field` is the dotted path of the bad value. */
+export class ConfigError extends Error {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(`${field}: ${message}`);
+    this.name = "ConfigError";
+  }
+}
+
+const show = (v: unknown) => (typeof v === "string" ? JSON.stringify(v) : String(v));
+
+function int(value: unknown, field: string, min: number, fallback?: number): number {
+  if (value === undefined && fallback !== undefined) return fallback;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < min) {
+    throw new ConfigError(field, `${show(value)} must be an integer ≥ ${min}`);
+  }
+  return value;
+}
+
+function num(
+  value: unknown,
+  field: string,
+  ok: (v: number) => boolean,
+  allowed: string,
+  fallback?: number,
+): number {
+  if (value === undefined && fallback !== undefined) return fallback;
+  if (typeof value !== "number" || !Number.isFinite(value) || !ok(value)) {
+    throw new ConfigError(field, `${show(value)} must be ${allowed}`);
+  }
+  return value;
+}
+
+function oneOf<T extends string>(value: unknown, field: string, allowed: readonly T[], fallback?: T): T {
+  if (value === undefined && fallback !== undefined) return fallback;
+  if (!allowed.includes(value as T)) {
+    throw new ConfigError(
+      field,
+      `${show(value)}; allowed: ${allowed.map((a) => JSON.stringify(a)).join(", ")}`,
+    );
+  }
+  return value as T;
+}
+
+function obj(value: unknown, field: string): Record<string, unknown> {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new ConfigError(
+      field,
+      `expected an object, found ${Array.isArray(value) ? "an array" : show(value)}`,
+    );
+  }
+  return value as Record<string, unknown>;
+}
+
+/** Refuses keys a section does not know (a typo would otherwise be silently ignored). */
+function known(section: Record<string, unknown>, field: string, keys: readonly string[]): void {
+  for (const key of Object.keys(section)) {
+    if (!keys.includes(key)) {
+      throw new ConfigError(
+        `${field}${field ? "." : ""}${key}`,
+        `unknown setting; known here: ${keys.join(", ")}`,
+      );
+    }
+  }
+}
+
+const AGG_MODES: LossAggMode[] = [
+  "token-mean",
+  "seq-mean-token-sum",
+  "seq-mean-token-mean",
+  "seq-mean-token-sum-norm",
+];
+const KL_LOSS_TYPES: KlPenaltyType[] = ["none", "k1", "k2", "k3", "low_var_kl", "abs"];
+const KL_ESTIMATORS: KlEstimator[] = ["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl"];
+
+function resolveLoss(value: unknown, field: string, maxResponseTokens: number): PolicyLossConfig {
+  if (value === undefined) return { aggMode: "token-mean" };
+  const loss = obj(value, field);
+  known(loss, field, [
+    "clipRatioLow",
+    "clipRatioHigh",
+    "clipRatioC",
+    "aggMode",
+    "lossScaleFactor",
+    "entropyCoeff",
+    "kl",
+  ]);
+  const out: PolicyLossConfig = {
+    clipRatioLow: num(loss.clipRatioLow, `${field}.clipRatioLow`, (v) => v >= 0 && v < 1, "in [0, 1)", 0.2),
+    clipRatioHigh: num(loss.clipRatioHigh, `${field}.clipRatioHigh`, (v) => v >= 0, "≥ 0", 0.2),
+    clipRatioC: num(loss.clipRatioC, `${field}.clipRatioC`, (v) => v > 1, "> 1", 3),
+    aggMode: oneOf(loss.aggMode, `${field}.aggMode`, AGG_MODES, "token-mean"),
+    entropyCoeff: num(loss.entropyCoeff, `${field}.entropyCoeff`, () => true, "a finite number", 0),
+  };
+  // Dr. GRPO's constant: the longest response allowed, unless given.
+  out.lossScaleFactor = num(
+    loss.lossScaleFactor,
+    `${field}.lossScaleFactor`,
+    (v) => v > 0,
+    "> 0",
+    maxResponseTokens,
+  );
+  if (loss.kl !== undefined) {
+    const kl = obj(loss.kl, `${field}.kl`);
+    known(kl, `${field}.kl`, ["type", "coeff"]);
+    const type = oneOf(kl.type, `${field}.kl.type`, KL_LOSS_TYPES);
+    if (type !== "none") {
+      out.kl = { type, coeff: num(kl.coeff, `${field}.kl.coeff`, (v) => v >= 0, "≥ 0", 0.001) };
+    }
+  }
+  return out;
+}
+
+function resolveParallel(value: unknown, shape: ModelShape | undefined): ResolvedConfig["parallel"] {
+  const field = "parallel";
+  const p = value === undefined ? {} : obj(value, field);
+  known(p, field, [
+    "tensor",
+    "pipeline",
+    "context",
+    "expert",
+    "expertTensor",
+    "data",
+    "virtualPipeline",
+    "gpus",
+  ]);
+  const tensor = int(p.tensor, `${field}.tensor`, 1, 1);
+  const pipeline = int(p.pipeline, `${field}.pipeline`, 1, 1);
+  const context = int(p.context, `${field}.context`, 1, 1);
+  const expert = int(p.expert, `${field}.expert`, 1, 1);
+  const expertTensor = int(p.expertTensor, `${field}.expertTensor`, 1, 1);
+  const virtualPipeline = int(p.virtualPipeline, `${field}.virtualPipeline`, 1, 1);
+  const modelRanks = tensor * pipeline * context;
+  const gpus = int(
+    p.gpus,
+    `${field}.gpus`,
+    1,
+    modelRanks * (p.data === undefined ? 1 : int(p.data, `${field}.data`, 1)),
+  );
+  if (gpus % modelRanks !== 0) {
+    throw new ConfigError(
+      `${field}.gpus`,
+      `${gpus} GPUs are not a multiple of tensor × pipeline × context = ${tensor} × ${pipeline} × ${context} = ${modelRanks}`,
+    );
+  }
+  const data = int(p.data, `${field}.data`, 1, gpus / modelRanks);
+  if (data * modelRanks !== gpus) {
+    throw new ConfigError(
+      `${field}.data`,
+      `${data} × ${modelRanks} (tensor × pipeline × context) ≠ ${gpus} GPUs`,
+    );
+  }
+  // Expert ranks come out of the non-tensor part of each pipeline stage (Megatron's EP groups).
+  const expertPool = (gpus / pipeline / expertTensor) | 0;
+  if ((tensor * context * data) % (expert * expertTensor) !== 0 || expertPool % expert !== 0) {
+    throw new ConfigError(
+      `${field}.expert`,
+      `expert × expertTensor = ${expert} × ${expertTensor} must divide tensor × context × data = ${tensor * context * data}`,
+    );
+  }
+  if (shape) {
+    const s = "model.shape";
+    if (shape.attentionHeads % tensor !== 0) {
+      throw new ConfigError(
+        `${field}.tensor`,
+        `${tensor} does not divide the ${shape.attentionHeads} attention heads (${s}.attentionHeads)`,
+      );
+    }
+    if (shape.kvHeads % tensor !== 0 && tensor % shape.kvHeads !== 0) {
+      throw new ConfigError(
+        `${field}.tensor`,
+        `${tensor} and the ${shape.kvHeads} KV heads (${s}.kvHeads) must divide one another`,
+      );
+    }
+    const stages = pipeline * virtualPipeline;
+    if (stages > shape.layers) {
+      throw new ConfigError(
+        `${field}.pipeline`,
+        `${pipeline} × ${virtualPipeline} virtual stages exceed the ${shape.layers} layers (${s}.layers)`,
+      );
+    }
+    if (expert > 1 && shape.experts === undefined) {
+      throw new ConfigError(
+        `${field}.expert`,
+        `${expert} expert ranks for a dense model (${s}.experts is not set)`,
+      );
+    }
+    if (shape.experts !== undefined && shape.experts % expert !== 0) {
+      throw new ConfigError(
+        `${field}.expert`,
+        `${expert} does not divide the ${shape.experts} experts (${s}.experts)`,
+      );
+    }
+  }
+  return { tensor, pipeline, context, expert, expertTensor, virtualPipeline, data, gpus };
+}
+
+function defaultRunDir(name: string): string {
+  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+  return `runs/${name}-${stamp}`;
+}
+
+/**
+ * Fills the defaults in and checks every value; throws ConfigError naming the first bad field.
+ * Checks what can be known without the model (shapes only when `model.shape` is given).
+ */
+export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
+  const c = obj(input, "config") as unknown as ExperimentConfig & Record<string, unknown>;
+  known(c, "", [
+    "name",
+    "runDir",
+    "seed",
+    "model",
+    "data",
+    "promptsPerStep",
+    "rollout",
+    "miniBatchesPerStep",
+    "epochsPerStep",
+    "tokensPerMicroBatch",
+    "algorithm",
+    "optimizer",
+    "reward",
+    "totalSteps",
+    "checkpoint",
+    "parallel",
+    "peakFlopsPerDevice",
+  ]);
+  const name = c.name ?? "run";
+  if (typeof name !== "string" || !/^[A-Za-z0-9._-]{1,80}$/.test(name)) {
+    throw new ConfigError("name", `${show(name)} must be 1-80 letters, digits, '.', '_' or '-'`);
+  }
+  if (c.runDir !== undefined && (typeof c.runDir !== "string" || c.runDir === "")) {
+    throw new ConfigError("runDir", `${show(c.runDir)} must be a folder path`);
+  }
+  const model = obj(c.model, "model");
+  known(model, "model", ["path", "dtype", "shape"]);
+  if (typeof model.path !== "string" || model.path === "") {
+    throw new ConfigError("model.path", `${show(model.path)} must be the path of an HF model folder`);
+  }
+  const dtype = oneOf(
+    model.dtype,
+    "model.dtype",
+    ["float32", "bfloat16", "float16", "auto"] as const,
+    "auto",
+  );
+  let shape: ModelShape | undefined;
+  if (model.shape !== undefined) {
+    const s = obj(model.shape, "model.shape");
+    known(s, "model.shape", ["layers", "attentionHeads", "kvHeads", "hiddenSize", "vocabSize", "experts"]);
+    shape = {
+      layers: int(s.layers, "model.shape.layers", 1),
+      attentionHeads: int(s.attentionHeads, "model.shape.attentionHeads", 1),
+      kvHeads: int(s.kvHeads, "model.shape.kvHeads", 1),
+      hiddenSize: int(s.hiddenSize, "model.shape.hiddenSize", 1),
+      vocabSize: int(s.vocabSize, "model.shape.vocabSize", 1),
+      ...(s.experts === undefined ? {} : { experts: int(s.experts, "model.shape.experts", 1) }),
+    };
+  }
+
+  const data = obj(c.data, "data");
+  known(data, "data", ["train", "maxPromptTokens", "shuffle", "chatTemplate"]);
+  const train = typeof data.train === "string" ? [data.train] : data.train;
+  if (!Array.isArray(train) || train.length === 0 || !train.every((f) => typeof f === "string" && f !== "")) {
+    throw new ConfigError(
+      "data.train",
+      `${show(data.train)} must be a file path or a non-empty list of them`,
+    );
+  }
+  const bool = (v: unknown, field: string, fallback: boolean) => {
+    if (v === undefined) return fallback;
+    if (typeof v !== "boolean") throw new ConfigError(field, `${show(v)} must be true or false`);
+    return v;
+  };
+
+  const promptsPerStep = int(c.promptsPerStep, "promptsPerStep", 1);
+  const rollout = obj(c.rollout, "rollout");
+  known(rollout, "rollout", ["samplesPerPrompt", "maxResponseTokens", "temperature", "topP", "topK"]);
+  const samplesPerPrompt = int(rollout.samplesPerPrompt, "rollout.samplesPerPrompt", 1);
+  const maxResponseTokens = int(rollout.maxResponseTokens, "rollout.maxResponseTokens", 1);
+  const maxPromptTokens = int(data.maxPromptTokens, "data.maxPromptTokens", 1);
+  const responses = promptsPerStep * samplesPerPrompt;
+  const miniBatchesPerStep = int(c.miniBatchesPerStep, "miniBatchesPerStep", 1, 1);
+  if (responses % miniBatchesPerStep !== 0 || miniBatchesPerStep > responses) {
+    throw new ConfigError(
+      "miniBatchesPerStep",
+      `${miniBatchesPerStep} must divide the step's promptsPerStep × samplesPerPrompt = ${responses} responses`,
+    );
+  }
+  const tokensPerMicroBatch = int(c.tokensPerMicroBatch, "tokensPerMicroBatch", 2);
+  if (tokensPerMicroBatch < maxPromptTokens + maxResponseTokens) {
+    throw new ConfigError(
+      "tokensPerMicroBatch",
+      `${tokensPerMicroBatch} is less than one sequence can hold (data.maxPromptTokens + rollout.maxResponseTokens = ${maxPromptTokens + maxResponseTokens})`,
+    );
+  }
+
+  const algorithm = c.algorithm === undefined ? {} : obj(c.algorithm, "algorithm");
+  known(algorithm, "algorithm", [
+    "advantage",
+    "loss",
+    "klReward",
+    "dynamicSampling",
+    "overlong",
+    "recomputeOldLogprobs",
+  ]);
+  const advantage = oneOf(algorithm.advantage, "algorithm.advantage", advantageEstimators, "grpo");
+  if ((advantage === "grpo" || advantage === "dr-grpo" || advantage === "rloo") && samplesPerPrompt < 2) {
+    throw new ConfigError(
+      "rollout.samplesPerPrompt",
+      `${advantage} compares responses within a group: needs ≥ 2, found ${samplesPerPrompt}`,
+    );
+  }
+  const resolvedAlgorithm: ResolvedConfig["algorithm"] = {
+    advantage,
+    loss: resolveLoss(algorithm.loss, "algorithm.loss", maxResponseTokens),
+    recomputeOldLogprobs:
+      algorithm.recomputeOldLogprobs === undefined || algorithm.recomputeOldLogprobs === "auto"
+        ? "auto"
+        : bool(algorithm.recomputeOldLogprobs, "algorithm.recomputeOldLogprobs", true),
+  };
+  if (algorithm.klReward !== undefined) {
+    const k = obj(algorithm.klReward, "algorithm.klReward");
+    known(k, "algorithm.klReward", ["estimator", "coefficient", "adaptive"]);
+    const out: NonNullable<ResolvedConfig["algorithm"]["klReward"]> = {
+      estimator: oneOf(k.estimator, "algorithm.klReward.estimator", KL_ESTIMATORS),
+      coefficient: num(k.coefficient, "algorithm.klReward.coefficient", (v) => v >= 0, "≥ 0"),
+    };
+    if (k.adaptive !== undefined) {
+      const a = obj(k.adaptive, "algorithm.klReward.adaptive");
+      known(a, "algorithm.klReward.adaptive", ["targetKl", "horizonResponses"]);
+      out.adaptive = {
+        targetKl: num(a.targetKl, "algorithm.klReward.adaptive.targetKl", (v) => v > 0, "> 0"),
+        horizonResponses: num(
+          a.horizonResponses,
+          "algorithm.klReward.adaptive.horizonResponses",
+          (v) => v > 0,
+          "> 0",
+        ),
+      };
+    }
+    resolvedAlgorithm.klReward = out;
+  }
+  if (algorithm.dynamicSampling !== undefined) {
+    const d = obj(algorithm.dynamicSampling, "algorithm.dynamicSampling");
+    known(d, "algorithm.dynamicSampling", ["metric", "maxGenerationRounds"]);
+    const rounds = d.maxGenerationRounds;
+    if (!(rounds === Number.POSITIVE_INFINITY || (Number.isSafeInteger(rounds) && (rounds as number) >= 1))) {
+      throw new ConfigError(
+        "algorithm.dynamicSampling.maxGenerationRounds",
+        `${show(rounds)} must be an integer ≥ 1 or Infinity`,
+      );
+    }
+    if (samplesPerPrompt < 2) {
+      throw new ConfigError(
+        "rollout.samplesPerPrompt",
+        "dynamic sampling filters groups by spread: needs ≥ 2 samples per prompt",
+      );
+    }
+    resolvedAlgorithm.dynamicSampling = {
+      metric: oneOf(d.metric, "algorithm.dynamicSampling.metric", ["score", "acc"] as const, "score"),
+      maxGenerationRounds: rounds as number,
+    };
+  }
+  if (algorithm.overlong !== undefined) {
+    const o = obj(algorithm.overlong, "algorithm.overlong");
+    known(o, "algorithm.overlong", ["bufferTokens", "penaltyFactor"]);
+    resolvedAlgorithm.overlong = {
+      bufferTokens: num(
+        o.bufferTokens,
+        "algorithm.overlong.bufferTokens",
+        (v) => Number.isInteger(v) && v > 0 && v <= maxResponseTokens,
+        `an integer in 1..rollout.maxResponseTokens (${maxResponseTokens})`,
+      ),
+      penaltyFactor: num(o.penaltyFactor, "algorithm.overlong.penaltyFactor", (v) => v >= 0, "≥ 0"),
+    };
+  }
+
+  const optimizer = obj(c.optimizer, "optimizer");
+  known(optimizer, "optimizer", ["lr", "beta1", "beta2", "eps", "weightDecay", "schedule", "maxGradNorm"]);
+  const unit = (v: number) => v >= 0 && v < 1;
+  const resolvedOptimizer: ResolvedConfig["optimizer"] = {
+    lr: num(optimizer.lr, "optimizer.lr", (v) => v > 0, "> 0"),
+    weightDecay: num(optimizer.weightDecay, "optimizer.weightDecay", (v) => v >= 0, "≥ 0", 0.01),
+    maxGradNorm: num(optimizer.maxGradNorm, "optimizer.maxGradNorm", (v) => v > 0, "> 0", 1),
+  };
+  if (optimizer.beta1 !== undefined)
+    resolvedOptimizer.beta1 = num(optimizer.beta1, "optimizer.beta1", unit, "in [0, 1)");
+  if (optimizer.beta2 !== undefined)
+    resolvedOptimizer.beta2 = num(optimizer.beta2, "optimizer.beta2", unit, "in [0, 1)");
+  if (optimizer.eps !== undefined)
+    resolvedOptimizer.eps = num(optimizer.eps, "optimizer.eps", (v) => v > 0, "> 0");
+  const totalSteps = int(c.totalSteps, "totalSteps", 1, 100);
+  if (optimizer.schedule !== undefined) {
+    const s = obj(optimizer.schedule, "optimizer.schedule");
+    known(s, "optimizer.schedule", ["kind", "warmupSteps", "totalSteps", "minLrRatio", "numCycles"]);
+    const kind = oneOf(s.kind, "optimizer.schedule.kind", [
+      "constant",
+      "constant-with-warmup",
+      "warmup-cosine",
+    ] as const);
+    const schedule: Omit<LrSchedule, "lr"> = { kind } as Omit<LrSchedule, "lr">;
+    const sched = schedule as unknown as Record<string, number | string>;
+    if (s.warmupSteps !== undefined)
+      sched.warmupSteps = int(s.warmupSteps, "optimizer.schedule.warmupSteps", 0);
+    sched.totalSteps = int(
+      s.totalSteps,
+      "optimizer.schedule.totalSteps",
+      1,
+      totalSteps * miniBatchesPerStep * int(c.epochsPerStep, "epochsPerStep", 1, 1),
+    );
+    if (s.numCycles !== undefined)
+      sched.numCycles = num(s.numCycles, "optimizer.schedule.numCycles", (v) => v > 0, "> 0");
+    if (s.minLrRatio !== undefined)
+      sched.minLrRatio = num(
+        s.minLrRatio,
+        "optimizer.schedule.minLrRatio",
+        (v) => v >= 0 && v <= 1,
+        "in [0, 1]",
+      );
+    resolvedOptimizer.schedule = schedule;
+  }
+
+  const reward = c.reward === undefined ? {} : obj(c.reward, "reward");
+  known(reward, "reward", ["fn", "workers", "timeoutMs"]);
+  let fn: RewardFnRef | undefined;
+  if (reward.fn !== undefined) {
+    const f = obj(reward.fn, "reward.fn");
+    if (typeof f.module !== "string" || f.module === "")
+      throw new ConfigError("reward.fn.module", `${show(f.module)} must be a module path or URL`);
+    if (typeof f.exportName !== "string" || f.exportName === "")
+      throw new ConfigError("reward.fn.exportName", `${show(f.exportName)} must name an export`);
+    fn = { module: f.module, exportName: f.exportName };
+  }
+  const checkpoint = c.checkpoint === undefined ? {} : obj(c.checkpoint, "checkpoint");
+  known(checkpoint, "checkpoint", ["everySteps", "keep"]);
+
+  const resolved: ResolvedConfig = {
+    name,
+    runDir: c.runDir ?? defaultRunDir(name),
+    seed: int(c.seed, "seed", 0, 0),
+    model: { path: model.path, dtype, ...(shape ? { shape } : {}) },
+    data: {
+      train: train as string[],
+      maxPromptTokens,
+      shuffle: bool(data.shuffle, "data.shuffle", true),
+      chatTemplate: bool(data.chatTemplate, "data.chatTemplate", true),
+    },
+    promptsPerStep,
+    rollout: {
+      samplesPerPrompt,
+      maxResponseTokens,
+      temperature: num(
+        rollout.temperature,
+        "rollout.temperature",
+        (v) => v > 0,
+        "> 0 (RL samples; greedy rollouts give no spread)",
+        1,
+      ),
+      topP: num(rollout.topP, "rollout.topP", (v) => v > 0 && v <= 1, "in (0, 1]", 1),
+      topK: int(rollout.topK, "rollout.topK", 0, 0),
+    },
+    miniBatchesPerStep,
+    epochsPerStep: int(c.epochsPerStep, "epochsPerStep", 1, 1),
+    tokensPerMicroBatch,
+    algorithm: resolvedAlgorithm,
+    optimizer: resolvedOptimizer,
+    reward: {
+      ...(fn ? { fn } : {}),
+      workers: int(reward.workers, "reward.workers", 1, 4),
+      timeoutMs: int(reward.timeoutMs, "reward.timeoutMs", 1, 30_000),
+    },
+    totalSteps,
+    checkpoint: {
+      everySteps: int(checkpoint.everySteps, "checkpoint.everySteps", 0, 0),
+      keep: int(checkpoint.keep, "checkpoint.keep", 1, 2),
+    },
+    parallel: resolveParallel(c.parallel, shape),
+  };
+  if (c.peakFlopsPerDevice !== undefined) {
+    resolved.peakFlopsPerDevice = num(c.peakFlopsPerDevice, "peakFlopsPerDevice", (v) => v > 0, "> 0");
+  }
+  const needsRef = resolved.algorithm.klReward !== undefined || resolved.algorithm.loss.kl !== undefined;
+  if (needsRef && resolved.algorithm.klReward && resolved.algorithm.loss.kl) {
+    throw new ConfigError(
+      "algorithm.klReward",
+      "KL in the reward and as a loss at once; verl uses one or the other",
+    );
+  }
+  return resolved;
+}
+
+/** True when the run needs a frozen reference model (KL in the reward or as a loss). */
+export function needsReference(config: ResolvedConfig): boolean {
+  return config.algorithm.klReward !== undefined || config.algorithm.loss.kl !== undefined;
+}

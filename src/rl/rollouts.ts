@@ -1,0 +1,102 @@
+// A step's rollouts as an Arrow table, one row per response: texts, token ids and per-token
+// floats as list columns, scalars beside them. The notebook's inspector and exports read this.
+import { Field, Float32, Float64, Int32, List, Table, Utf8, vectorFromArray } from "apache-arrow";
+
+/** What rolloutsTable reads of each response (the controller's Sample has these fields). */
+export interface RolloutRecord {
+  uid: string;
+  round: number;
+  prompt: Int32Array;
+  response: Int32Array;
+  rolloutLogprobs: Float32Array;
+  finishReason: "stop" | "length";
+  dataSource: string;
+  groundTruth: string;
+  promptText?: string;
+  responseText?: string;
+  score?: number;
+  shapedScore?: number;
+  acc?: number;
+  pred?: string;
+  rewardStatus?: string;
+  oldLogprobs?: Float32Array;
+  entropy?: Float32Array;
+  refLogprobs?: Float32Array;
+  advantages?: Float32Array;
+}
+
+const listOf = (type: Int32 | Float32) => new List(new Field("item", type, true));
+
+/**
+ * Columns: step, uid (group), round, prompt, response, prompt_tokens, response_tokens,
+ * rollout_logprobs, old_logprobs, logprob_diff (rollout − old, per token), entropy, ref_logprobs,
+ * advantages (per token), advantage (the response's, first token), score, reward (after shaping),
+ * acc, pred, prompt_length, response_length, finish_reason, data_source, ground_truth, reward_status.
+ * Values a stage has not computed yet are null.
+ */
+export function rolloutsTable(batch: { step: number; samples: readonly RolloutRecord[] }): Table {
+  const s = batch.samples;
+  const f64 = (pick: (r: RolloutRecord) => number | undefined) =>
+    vectorFromArray(
+      s.map((r) => pick(r) ?? null),
+      new Float64(),
+    );
+  const str = (pick: (r: RolloutRecord) => string | undefined) =>
+    vectorFromArray(
+      s.map((r) => pick(r) ?? null),
+      new Utf8(),
+    );
+  const floats = (pick: (r: RolloutRecord) => Float32Array | undefined) =>
+    vectorFromArray(
+      s.map((r) => pick(r) ?? null),
+      listOf(new Float32()),
+    );
+  return new Table({
+    step: vectorFromArray(
+      s.map(() => batch.step),
+      new Int32(),
+    ),
+    uid: str((r) => r.uid),
+    round: vectorFromArray(
+      s.map((r) => r.round),
+      new Int32(),
+    ),
+    prompt: str((r) => r.promptText),
+    response: str((r) => r.responseText),
+    prompt_tokens: vectorFromArray(
+      s.map((r) => r.prompt),
+      listOf(new Int32()),
+    ),
+    response_tokens: vectorFromArray(
+      s.map((r) => r.response),
+      listOf(new Int32()),
+    ),
+    rollout_logprobs: floats((r) => r.rolloutLogprobs),
+    old_logprobs: floats((r) => r.oldLogprobs),
+    logprob_diff: floats((r) =>
+      r.oldLogprobs
+        ? r.rolloutLogprobs.map((v, t) => v - ((r.oldLogprobs as Float32Array)[t] as number))
+        : undefined,
+    ),
+    entropy: floats((r) => r.entropy),
+    ref_logprobs: floats((r) => r.refLogprobs),
+    advantages: floats((r) => r.advantages),
+    advantage: f64((r) => (r.advantages && r.advantages.length > 0 ? r.advantages[0] : undefined)),
+    score: f64((r) => r.score),
+    reward: f64((r) => r.shapedScore),
+    acc: f64((r) => r.acc),
+    pred: str((r) => r.pred),
+    prompt_length: vectorFromArray(
+      s.map((r) => r.prompt.length),
+      new Int32(),
+    ),
+    response_length: vectorFromArray(
+      s.map((r) => r.response.length),
+      new Int32(),
+    ),
+    finish_reason: str((r) => r.finishReason),
+    data_source: str((r) => r.dataSource),
+    ground_truth: str((r) => r.groundTruth),
+    reward_status: str((r) => r.rewardStatus),
+  });
+}
