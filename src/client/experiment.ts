@@ -20,6 +20,72 @@ export interface StageResult {
 
 export type MetricsRow = { step: number } & Record<string, number>;
 
+/** The stages in order, with the names hooks use (`before:update`, `after:rollout` …). */
+export const stages = [
+  "rollout",
+  "score",
+  "filter",
+  "old_logprobs",
+  "ref",
+  "advantages",
+  "update",
+  "sync",
+] as const;
+export type Stage = (typeof stages)[number];
+export type HookPoint = `before:${Stage}` | `after:${Stage}`;
+
+/** What a hook gets: the step in progress, to look at or change. */
+export interface HookContext {
+  point: HookPoint;
+  step: number;
+  experiment: Experiment;
+  /** The step's responses so far, as a rollouts table (prompt, response, tokens, scores …). */
+  rollouts(): Promise<Table>;
+  /** Replaces every response's score (before advantages). */
+  setScores(scores: ArrayLike<number>): Promise<void>;
+  /** Keeps only these rows of rollouts() (before old logprobs). */
+  keep(rows: ArrayLike<number>): Promise<void>;
+}
+
+export type Hook = (context: HookContext) => unknown;
+
+/** A step stopped at a pause point; continueStep() goes on from there. */
+export interface Paused {
+  pausedAt: HookPoint;
+  step: number;
+}
+
+export interface ReplayResult {
+  step: number;
+  original: Record<string, number>;
+  replayed: Record<string, number>;
+  responses: number;
+  identicalResponses: number;
+  rollouts: Table;
+}
+
+/** A hook threw: the step stopped there; the step in progress is kept (continueStep() or discard()). */
+export class HookError extends Error {
+  constructor(
+    readonly point: HookPoint,
+    readonly cause: unknown,
+  ) {
+    super(`hook ${point} failed: ${(cause as Error)?.message ?? String(cause)}`);
+    this.name = "HookError";
+  }
+}
+
+const stageMethod: Record<Stage, ExperimentOp> = {
+  rollout: "rollout",
+  score: "score",
+  filter: "filter",
+  old_logprobs: "old_logprobs",
+  ref: "ref",
+  advantages: "advantages",
+  update: "update",
+  sync: "sync",
+};
+
 export interface RunOptions {
   /** Called for every stage started and every step ended. */
   onProgress?: (event: ExperimentProgress) => void;
@@ -53,6 +119,10 @@ export function prepareConfig(config: ExperimentConfig): ExperimentConfig {
 
 export class Experiment {
   #status: ExperimentStatus;
+  readonly #hooks = new Map<HookPoint, Set<Hook>>();
+  readonly #pauses = new Set<HookPoint>();
+  /** Where the last step paused; continueStep() starts past it. */
+  #pausedAt: HookPoint | undefined;
 
   constructor(
     readonly cluster: Cluster,
@@ -120,16 +190,167 @@ export class Experiment {
     this.#status = await this.#op<ExperimentStatus>("discard");
   }
 
-  /** One whole step; its metrics row. */
-  async step(options: RunOptions = {}): Promise<MetricsRow> {
-    return this.#listening(options, async () => this.#op<MetricsRow>("step"));
+  /**
+   * Runs `fn` at a stage boundary of every later step, e.g. `on("after:rollout", ctx => ...)`; it may
+   * look at or change the batch. Returns the function that removes it.
+   */
+  on(point: HookPoint, hook: Hook): () => void {
+    checkPoint(point);
+    const set = this.#hooks.get(point) ?? new Set();
+    this.#hooks.set(point, set);
+    set.add(hook);
+    return () => set.delete(hook);
   }
 
-  /** `steps` steps (default: up to totalSteps); stop() ends it after the step in progress. */
+  /** Makes step() stop at this point (it resolves with {pausedAt}); continueStep() goes on. */
+  pauseAt(point: HookPoint): void {
+    checkPoint(point);
+    this.#pauses.add(point);
+  }
+
+  /** Removes one pause point, or all. */
+  clearPauses(point?: HookPoint): void {
+    if (point) this.#pauses.delete(point);
+    else this.#pauses.clear();
+  }
+
+  /**
+   * One whole step; its metrics row. With hooks or pause points set, the notebook drives the
+   * stages one by one (calling hooks between them); otherwise the controller runs the step alone.
+   */
+  async step(options: RunOptions = {}): Promise<MetricsRow | Paused> {
+    if (this.#hooks.size === 0 && this.#pauses.size === 0) {
+      return this.#listening(options, async () => this.#op<MetricsRow>("step"));
+    }
+    return this.#drive(0, undefined, options);
+  }
+
+  /** Goes on with a step that paused (or whose hook threw), from where it stopped. */
+  async continueStep(options: RunOptions = {}): Promise<MetricsRow | Paused> {
+    const status = await this.refresh();
+    if (!status.inProgress) throw new Error("continueStep: no step in progress; call step()");
+    const done = status.inProgress.stagesDone;
+    const next = stages.findIndex((s) => !done.includes(s));
+    return this.#drive(next, this.#pausedAt, options);
+  }
+
+  async #drive(
+    from: number,
+    skipPause: HookPoint | undefined,
+    options: RunOptions,
+  ): Promise<MetricsRow | Paused> {
+    this.#pausedAt = undefined;
+    const started = performance.now();
+    for (let i = from; i < stages.length; i++) {
+      const stage = stages[i] as Stage;
+      for (const point of [`before:${stage}`, `after:${stage}`] as const) {
+        if (point.startsWith("after:")) {
+          options.onProgress?.({
+            id: this.id,
+            step: this.stepsDone,
+            totalSteps: this.#status.totalSteps,
+            stage,
+            elapsedS: (performance.now() - started) / 1000,
+          });
+          await this.#op(stageMethod[stage]);
+        }
+        if (this.#pauses.has(point) && point !== skipPause) {
+          this.#pausedAt = point;
+          await this.refresh();
+          return { pausedAt: point, step: this.stepsDone + 1 };
+        }
+        await this.#runHooks(point);
+      }
+    }
+    await this.refresh();
+    const table = await this.metrics();
+    const last = table.numRows - 1;
+    const row: Record<string, number> = {};
+    for (const f of table.schema.fields) {
+      const v = table.getChild(f.name)?.get(last);
+      if (v !== null && v !== undefined) row[f.name] = Number(v);
+    }
+    options.onMetrics?.(row as MetricsRow);
+    options.onProgress?.({
+      id: this.id,
+      step: this.stepsDone,
+      totalSteps: this.#status.totalSteps,
+      stage: "done",
+      elapsedS: (performance.now() - started) / 1000,
+      ...(row["critic/score/mean"] !== undefined ? { reward: row["critic/score/mean"] } : {}),
+    });
+    return row as MetricsRow;
+  }
+
+  async #runHooks(point: HookPoint): Promise<void> {
+    const hooks = this.#hooks.get(point);
+    if (!hooks || hooks.size === 0) return;
+    const context: HookContext = {
+      point,
+      step: this.stepsDone + 1,
+      experiment: this,
+      rollouts: () => this.#op<Table>("batch"),
+      setScores: async (scores) => {
+        await this.#op("patch", { scores: Float64Array.from(scores) });
+      },
+      keep: async (rows) => {
+        await this.#op("patch", { keep: Int32Array.from(rows) });
+      },
+    };
+    for (const hook of hooks) {
+      try {
+        await hook(context);
+      } catch (error) {
+        await this.refresh().catch(() => undefined);
+        throw new HookError(point, error);
+      }
+    }
+  }
+
+  /**
+   * `steps` steps (default: up to totalSteps); stop() ends it after the step in progress. With
+   * hooks or pause points, steps are driven from here (a pause ends the run early).
+   */
   async run(steps?: number, options: RunOptions = {}): Promise<MetricsRow[]> {
-    return this.#listening(options, () =>
-      this.#op<MetricsRow[]>("run", steps === undefined ? {} : { steps }),
-    );
+    if (this.#hooks.size === 0 && this.#pauses.size === 0) {
+      return this.#listening(options, () =>
+        this.#op<MetricsRow[]>("run", steps === undefined ? {} : { steps }),
+      );
+    }
+    const n = steps ?? Math.max(this.#status.totalSteps - this.stepsDone, 0);
+    const rows: MetricsRow[] = [];
+    for (let i = 0; i < n; i++) {
+      const r = await this.step(options);
+      if ("pausedAt" in r) break;
+      rows.push(r);
+    }
+    return rows;
+  }
+
+  /**
+   * Changes settings between steps (validated as a whole config; errors name the field), e.g.
+   * `set({ lr: 5e-7 })`, `set({ rollout: { temperature: 0.8 } })`. Returns the settings in force.
+   */
+  async set(patch: Record<string, unknown>): Promise<Record<string, unknown>> {
+    return this.#op("set", { patch });
+  }
+
+  /** Saves the whole state after the last completed step; restore(id) rewinds to it. */
+  async snapshot(): Promise<{ id: string; step: number }> {
+    return this.#op("snapshot");
+  }
+
+  /** Rewinds to a snapshot (or a checkpoint folder): weights, optimizer, data position, metrics. */
+  async restore(snapshot: string | { id: string }): Promise<{ step: number }> {
+    const id = typeof snapshot === "string" ? snapshot : snapshot.id;
+    const r = await this.#op<{ step: number }>("restore", { snapshot: id });
+    await this.refresh();
+    return r;
+  }
+
+  /** Runs a completed step again from the state saved before it (same seeds); both metrics rows back. */
+  async replay(step: number): Promise<ReplayResult> {
+    return this.#op("replay", { step });
   }
 
   async #listening<T>(options: RunOptions, fn: () => Promise<T>): Promise<T> {
@@ -178,6 +399,15 @@ export class Experiment {
   /** Frees the experiment's models on the workers; the run folder stays. */
   async close(): Promise<void> {
     await this.#op("close");
+  }
+}
+
+function checkPoint(point: string): void {
+  const [when, stage] = point.split(":");
+  if ((when !== "before" && when !== "after") || !stages.includes(stage as Stage)) {
+    throw new RangeError(
+      `point: ${JSON.stringify(point)}; allowed: before:<stage> or after:<stage> with stage one of ${stages.join(", ")}`,
+    );
   }
 }
 

@@ -18,7 +18,7 @@ import {
   rlooAdvantages,
 } from "../rl/advantages.js";
 import { planMicroBatches } from "../rl/balance.js";
-import { needsReference, type ResolvedConfig } from "../rl/config.js";
+import { ConfigError, needsReference, type ResolvedConfig, resolveConfig } from "../rl/config.js";
 import { mixSeed, PromptDataset, type PromptDatasetState, type PromptItem } from "../rl/data.js";
 import { DynamicSamplingBatch, overlongPenalty } from "../rl/filter.js";
 import { AdaptiveKlController, FixedKlController, type KlController, klPerToken } from "../rl/kl.js";
@@ -124,8 +124,7 @@ export interface ExperimentHooks {
   metrics?(row: Record<string, number>): void;
 }
 
-const ACTOR = "actor";
-const REF = "ref";
+let runCounter = 0;
 
 /** Peak dense bf16 FLOP/s by device name, for perf/mfu/actor when the config gives none. */
 function defaultPeakFlops(deviceName: string | undefined): number | undefined {
@@ -201,7 +200,8 @@ function readFlopShape(modelPath: string): FlopShape | undefined {
 }
 
 export class ExperimentRun {
-  readonly config: ResolvedConfig;
+  #config: ResolvedConfig;
+  #kl: KlController | undefined;
   readonly runDir: string;
   readonly metrics = new MetricsLog();
   /** Steps completed. */
@@ -211,7 +211,12 @@ export class ExperimentRun {
   /** Kept rollout tables of earlier steps (the last `keepRollouts`). */
   readonly rolloutHistory = new Map<number, Table>();
   keepRollouts = 4;
+  /** The models' names on the workers, unique to this run so that runs can share workers. */
+  readonly #actor: string;
+  readonly #ref: string;
   #stopRequested = false;
+  #snapshots = 0;
+  #replaying = false;
   #busy: string | undefined;
   #parameters = 0;
   #device = "cpu";
@@ -224,10 +229,14 @@ export class ExperimentRun {
     private readonly tokenizer: Tokenizer,
     private readonly dataset: PromptDataset,
     private readonly rewards: RewardRunner,
-    private readonly kl: KlController | undefined,
+    kl: KlController | undefined,
     readonly hooks: ExperimentHooks,
   ) {
-    this.config = config;
+    this.#config = config;
+    this.#kl = kl;
+    const tag = `${config.name}.${process.pid}.${++runCounter}`;
+    this.#actor = `actor.${tag}`;
+    this.#ref = `ref.${tag}`;
     this.runDir = resolve(config.runDir);
     this.#flopShape = readFlopShape(config.model.path);
   }
@@ -287,7 +296,7 @@ export class ExperimentRun {
     try {
       await run.#loadActor(options.actorDir ?? config.model.path);
       if (needsReference(config)) {
-        await run.#call("model.load", { name: REF, dir: config.model.path, dtype: run.#dtype });
+        await run.#call("model.load", { name: run.#ref, dir: config.model.path, dtype: run.#dtype });
       }
     } catch (error) {
       await run.close();
@@ -315,27 +324,42 @@ export class ExperimentRun {
     // The actor comes from the checkpoint; the tokenizer, prompts and reference from the original folder.
     const run = await ExperimentRun.create(config, call, { ...options, actorDir: join(dir, "model") });
     try {
-      await run.#call("model.loadOptimizer", { name: ACTOR, file: join(dir, "optimizer.safetensors") });
-      run.dataset.restore(state.dataset);
-      if (run.kl instanceof AdaptiveKlController && state.klCoefficient !== null) {
-        // The adaptive controller's only state is its coefficient.
-        const restored = new AdaptiveKlController({
-          initialCoefficient: state.klCoefficient,
-          targetKl: run.kl.targetKl,
-          horizonResponses: run.kl.horizonResponses,
-        });
-        (run as unknown as { kl: KlController }).kl = restored;
-      }
-      run.step = state.step;
-      const saved = await MetricsLog.readFile(join(dir, "metrics.arrow"));
-      for (const row of saved.rows) run.metrics.append(row);
-      run.metrics.truncate(state.step);
-      await run.metrics.writeFile(join(run.runDir, "metrics.arrow"));
+      await run.#restoreState(dir, state, { reloadActor: false });
     } catch (error) {
       await run.close();
       throw error;
     }
     return run;
+  }
+
+  /**
+   * Brings the run back to a saved state (a checkpoint or a snapshot folder): weights, optimizer,
+   * data position, KL coefficient, step, metrics (truncated there), settings.
+   */
+  async #restoreState(dir: string, state: ExperimentState, options: { reloadActor: boolean }): Promise<void> {
+    if (options.reloadActor) {
+      this.#config = { ...state.config, runDir: this.#config.runDir };
+      await this.#call("model.free", { name: this.#actor });
+      await this.#loadActor(join(dir, "model"));
+    }
+    await this.#call("model.loadOptimizer", { name: this.#actor, file: join(dir, "optimizer.safetensors") });
+    this.dataset.restore(state.dataset);
+    if (this.#kl instanceof AdaptiveKlController && state.klCoefficient !== null) {
+      // The adaptive controller's only state is its coefficient.
+      this.#kl = new AdaptiveKlController({
+        initialCoefficient: state.klCoefficient,
+        targetKl: this.#kl.targetKl,
+        horizonResponses: this.#kl.horizonResponses,
+      });
+    }
+    this.step = state.step;
+    this.batch = undefined;
+    const saved = await MetricsLog.readFile(join(dir, "metrics.arrow"));
+    this.metrics.truncate(-1);
+    for (const row of saved.rows) this.metrics.append(row);
+    this.metrics.truncate(state.step);
+    for (const k of [...this.rolloutHistory.keys()]) if (k > state.step) this.rolloutHistory.delete(k);
+    await this.metrics.writeFile(join(this.runDir, "metrics.arrow"));
   }
 
   async #call<C extends WorkerCommand>(
@@ -346,17 +370,17 @@ export class ExperimentRun {
   }
 
   get #dtype(): "float32" | "bfloat16" | "float16" {
-    const d = this.config.model.dtype;
+    const d = this.#config.model.dtype;
     return d === "auto" ? (this.#device.startsWith("cuda") ? "bfloat16" : "float32") : d;
   }
 
   async #loadActor(dir: string): Promise<void> {
-    const loaded = await this.#call("model.load", { name: ACTOR, dir, dtype: this.#dtype });
+    const loaded = await this.#call("model.load", { name: this.#actor, dir, dtype: this.#dtype });
     this.#parameters = loaded.parameters;
     this.#device = loaded.device;
-    const { lr, beta1, beta2, eps, weightDecay, schedule, maxGradNorm } = this.config.optimizer;
+    const { lr, beta1, beta2, eps, weightDecay, schedule, maxGradNorm } = this.#config.optimizer;
     await this.#call("model.initOptimizer", {
-      name: ACTOR,
+      name: this.#actor,
       options: {
         lr,
         weightDecay,
@@ -373,13 +397,18 @@ export class ExperimentRun {
   /** Frees the models on the workers and stops the reward threads. */
   async close(): Promise<void> {
     await this.rewards.close();
-    for (const name of [ACTOR, REF]) {
+    for (const name of [this.#actor, this.#ref]) {
       try {
         await this.#call("model.free", { name });
       } catch {
         // the worker may be gone; nothing else holds the model
       }
     }
+  }
+
+  /** The settings in force (set() changes some between steps). */
+  get config(): ResolvedConfig {
+    return this.#config;
   }
 
   get datasetSize(): number {
@@ -417,7 +446,7 @@ export class ExperimentRun {
   #progress(stage: ProgressEvent["stage"], started: number, extra: Partial<ProgressEvent> = {}): void {
     this.hooks.progress?.({
       step: this.step,
-      totalSteps: this.config.totalSteps,
+      totalSteps: this.#config.totalSteps,
       stage,
       elapsedS: (performance.now() - started) / 1000,
       ...extra,
@@ -447,12 +476,12 @@ export class ExperimentRun {
 
   /** Samples `samplesPerPrompt` responses for each prompt; greedy ones too for ReMax. */
   async #generate(prompts: PromptItem[], step: number, round: number): Promise<Sample[]> {
-    const { samplesPerPrompt, maxResponseTokens, temperature, topP, topK } = this.config.rollout;
+    const { samplesPerPrompt, maxResponseTokens, temperature, topP, topK } = this.#config.rollout;
     const ids = prompts.map((p) => Int32Array.from(p.promptTokenIds));
     const repeated = ids.flatMap((p) => Array.from({ length: samplesPerPrompt }, () => p));
-    const seed = mixSeed(mixSeed(this.config.seed, step), round);
+    const seed = mixSeed(mixSeed(this.#config.seed, step), round);
     const { generations } = await this.#call("model.generate", {
-      name: ACTOR,
+      name: this.#actor,
       prompts: repeated,
       maxNewTokens: maxResponseTokens,
       temperature,
@@ -475,9 +504,9 @@ export class ExperimentRun {
         extra: item.row.extraInfo,
       };
     });
-    if (this.config.algorithm.advantage === "remax") {
+    if (this.#config.algorithm.advantage === "remax") {
       const greedy = await this.#call("model.generate", {
-        name: ACTOR,
+        name: this.#actor,
         prompts: ids,
         maxNewTokens: maxResponseTokens,
         temperature: 0,
@@ -528,7 +557,11 @@ export class ExperimentRun {
     };
     this.batch = batch;
     await this.#timed(batch, "rollout", async () => {
-      batch.samples = await this.#generate(this.dataset.nextBatch(this.config.promptsPerStep), batch.step, 0);
+      batch.samples = await this.#generate(
+        this.dataset.nextBatch(this.#config.promptsPerStep),
+        batch.step,
+        0,
+      );
       batch.rounds = 1;
     });
     return batch;
@@ -554,7 +587,7 @@ export class ExperimentRun {
         };
       }),
     );
-    const overlong = this.config.algorithm.overlong;
+    const overlong = this.#config.algorithm.overlong;
     pending.forEach((s, i) => {
       const o = outcomes[i] as (typeof outcomes)[number];
       s.score = o.score;
@@ -566,7 +599,7 @@ export class ExperimentRun {
       s.shapedScore = overlong
         ? o.score +
           overlongPenalty(s.response.length, {
-            maxResponseTokens: this.config.rollout.maxResponseTokens,
+            maxResponseTokens: this.#config.rollout.maxResponseTokens,
             ...overlong,
           })
         : o.score;
@@ -587,11 +620,11 @@ export class ExperimentRun {
    */
   async filter(): Promise<StepBatch> {
     const batch = this.#current("filter");
-    const ds = this.config.algorithm.dynamicSampling;
+    const ds = this.#config.algorithm.dynamicSampling;
     await this.#timed(batch, "filter", async () => {
       if (!ds) return;
       const acc = new DynamicSamplingBatch({
-        promptsPerStep: this.config.promptsPerStep,
+        promptsPerStep: this.#config.promptsPerStep,
         maxGenerationRounds: ds.maxGenerationRounds,
       });
       const metricOf = (s: Sample) =>
@@ -609,7 +642,7 @@ export class ExperimentRun {
         // Another round: fresh prompts, generated and scored (timed under gen/reward too).
         const t0 = performance.now();
         round = await this.#generate(
-          this.dataset.nextBatch(this.config.promptsPerStep),
+          this.dataset.nextBatch(this.#config.promptsPerStep),
           batch.step,
           batch.rounds,
         );
@@ -648,7 +681,7 @@ export class ExperimentRun {
   ): Promise<{ logprobs: Float32Array[]; entropy: Float32Array[] }> {
     const plan = planMicroBatches(
       samples.map((s) => s.prompt.length + s.response.length),
-      { tokensPerMicroBatch: this.config.tokensPerMicroBatch, dataParallelRanks: 1 },
+      { tokensPerMicroBatch: this.#config.tokensPerMicroBatch, dataParallelRanks: 1 },
     );
     const logprobs: Float32Array[] = new Array(samples.length);
     const entropy: Float32Array[] = new Array(samples.length);
@@ -660,7 +693,7 @@ export class ExperimentRun {
         name,
         tokens,
         cuSeqlens,
-        temperature: this.config.rollout.temperature,
+        temperature: this.#config.rollout.temperature,
       });
       let at = 0;
       chosen.forEach((s, k) => {
@@ -676,7 +709,7 @@ export class ExperimentRun {
 
   /** Whether old logprobs are recomputed (verl always does; exact rollout logprobs make it unneeded). */
   get recomputesOldLogprobs(): boolean {
-    const r = this.config.algorithm.recomputeOldLogprobs;
+    const r = this.#config.algorithm.recomputeOldLogprobs;
     return r === "auto" ? !this.#device.startsWith("cuda") : r;
   }
 
@@ -692,7 +725,7 @@ export class ExperimentRun {
         for (const s of batch.samples) s.oldLogprobs = s.rolloutLogprobs;
         return;
       }
-      const { logprobs, entropy } = await this.#responseLogprobs(ACTOR, batch.samples);
+      const { logprobs, entropy } = await this.#responseLogprobs(this.#actor, batch.samples);
       let max = 0;
       let sum = 0;
       let n = 0;
@@ -717,8 +750,8 @@ export class ExperimentRun {
   async ref(): Promise<StepBatch> {
     const batch = this.#current("ref");
     await this.#timed(batch, "ref", async () => {
-      if (!needsReference(this.config)) return;
-      const { logprobs } = await this.#responseLogprobs(REF, batch.samples);
+      if (!needsReference(this.#config)) return;
+      const { logprobs } = await this.#responseLogprobs(this.#ref, batch.samples);
       batch.samples.forEach((s, i) => {
         s.refLogprobs = logprobs[i];
       });
@@ -731,10 +764,10 @@ export class ExperimentRun {
     const batch = this.#current("advantages");
     await this.#timed(batch, "advantages", async () => {
       const samples = batch.samples;
-      const klReward = this.config.algorithm.klReward;
+      const klReward = this.#config.algorithm.klReward;
       let scores = Float64Array.from(samples, (s) => s.shapedScore ?? 0);
-      if (klReward && this.kl) {
-        const beta = this.kl.coefficient;
+      if (klReward && this.#kl) {
+        const beta = this.#kl.coefficient;
         let klSum = 0;
         for (const s of samples) {
           const kl = klPerToken(
@@ -751,7 +784,7 @@ export class ExperimentRun {
           klSum += kl.length ? k / kl.length : 0;
         }
         const meanKl = samples.length ? klSum / samples.length : 0;
-        this.kl.update(meanKl, samples.length);
+        this.#kl.update(meanKl, samples.length);
         batch.metrics["actor/reward_kl_penalty"] = meanKl;
         batch.metrics["actor/reward_kl_penalty_coeff"] = beta;
         scores = Float64Array.from(samples, (s) =>
@@ -763,7 +796,7 @@ export class ExperimentRun {
       const perToken = (values: Float64Array) =>
         samples.map((s, i) => new Float32Array(s.response.length).fill(values[i] as number));
       let advantages: Float32Array[];
-      switch (this.config.algorithm.advantage) {
+      switch (this.#config.algorithm.advantage) {
         case "grpo":
           advantages = perToken(grpoAdvantages(scores, uids));
           break;
@@ -803,7 +836,7 @@ export class ExperimentRun {
   async update(): Promise<StepBatch> {
     const batch = this.#current("update");
     await this.#timed(batch, "update", async () => {
-      const { miniBatchesPerStep, epochsPerStep, tokensPerMicroBatch } = this.config;
+      const { miniBatchesPerStep, epochsPerStep, tokensPerMicroBatch } = this.#config;
       const size = batch.samples.length / miniBatchesPerStep;
       if (!Number.isInteger(size) || size < 1) {
         throw new Error(
@@ -843,15 +876,15 @@ export class ExperimentRun {
                 oldLogprobs: aligned((s) => s.oldLogprobs),
                 advantages: aligned((s) => s.advantages),
                 mask: aligned((s) => new Float32Array(s.response.length).fill(1)),
-                ...(this.config.algorithm.loss.kl ? { refLogprobs: aligned((s) => s.refLogprobs) } : {}),
+                ...(this.#config.algorithm.loss.kl ? { refLogprobs: aligned((s) => s.refLogprobs) } : {}),
               };
             });
           const r = await this.#call("model.policyUpdate", {
-            name: ACTOR,
+            name: this.#actor,
             microBatches,
             counts: { tokens, sequences },
-            config: this.config.algorithm.loss as Record<string, unknown>,
-            temperature: this.config.rollout.temperature,
+            config: this.#config.algorithm.loss as Record<string, unknown>,
+            temperature: this.#config.rollout.temperature,
           });
           updates++;
           microBatchCount += r.microBatches;
@@ -862,7 +895,7 @@ export class ExperimentRun {
           add("actor/pg_clipfrac_lower", m2.pgClipfracLower);
           add("actor/ppo_kl", m2.ppoKl);
           add("actor/entropy", m2.entropy);
-          if (this.config.algorithm.loss.kl) add("actor/kl_loss", m2.klLoss);
+          if (this.#config.algorithm.loss.kl) add("actor/kl_loss", m2.klLoss);
           add("actor/grad_norm", r.gradNorm);
           add("actor/skipped_updates", r.skipped ? 1 : 0);
           batch.metrics["actor/lr"] = r.lr;
@@ -918,7 +951,7 @@ export class ExperimentRun {
       samples.filter((s) => s.finishReason === "length").length / samples.length;
     putStats(m, "prompt_length", promptLengths);
     m["prompt_length/clip_ratio"] =
-      samples.filter((s) => s.prompt.length >= this.config.data.maxPromptTokens).length / samples.length;
+      samples.filter((s) => s.prompt.length >= this.#config.data.maxPromptTokens).length / samples.length;
     m["reward/errors"] = samples.filter((s) => s.rewardStatus !== "ok").length;
     Object.assign(m, batch.metrics, batch.timings);
     const stepTime = Object.values(batch.timings).reduce((a, b) => a + b, 0);
@@ -926,19 +959,19 @@ export class ExperimentRun {
     const totalTokens = responseLengths.reduce((a, b) => a + b, 0) + promptLengths.reduce((a, b) => a + b, 0);
     m["perf/total_num_tokens"] = totalTokens;
     m["perf/time_per_step"] = stepTime;
-    m["perf/throughput"] = totalTokens / stepTime / this.config.parallel.gpus;
+    m["perf/throughput"] = totalTokens / stepTime / this.#config.parallel.gpus;
     const responseTokens = responseLengths.reduce((a, b) => a + b, 0);
     m["timing_per_token_ms/gen"] = responseTokens
       ? ((batch.timings["timing_s/gen"] ?? 0) * 1000) / responseTokens
       : 0;
-    const peak = this.config.peakFlopsPerDevice ?? defaultPeakFlops(this.#deviceName);
+    const peak = this.#config.peakFlopsPerDevice ?? defaultPeakFlops(this.#deviceName);
     const updateS = batch.timings["timing_s/update_actor"];
     if (peak && updateS && this.#parameters) {
       const shape = this.#flopShape;
       const squares = samples.reduce((n, s) => n + (s.prompt.length + s.response.length) ** 2, 0);
       const attention = shape ? 12 * squares * shape.headDim * shape.heads * shape.layers : 0;
-      const flops = this.config.epochsPerStep * (6 * this.#parameters * totalTokens + attention);
-      m["perf/mfu/actor"] = flops / (updateS * peak * this.config.parallel.gpus);
+      const flops = this.#config.epochsPerStep * (6 * this.#parameters * totalTokens + attention);
+      m["perf/mfu/actor"] = flops / (updateS * peak * this.#config.parallel.gpus);
     }
     this.step = batch.step;
     this.metrics.append(m);
@@ -972,7 +1005,11 @@ export class ExperimentRun {
       reward: row["critic/score/mean"] as number,
       tokens: row["perf/total_num_tokens"] as number,
     });
-    if (this.config.checkpoint.everySteps > 0 && this.step % this.config.checkpoint.everySteps === 0) {
+    if (
+      !this.#replaying &&
+      this.#config.checkpoint.everySteps > 0 &&
+      this.step % this.#config.checkpoint.everySteps === 0
+    ) {
       this.#progress("checkpoint", started);
       await this.save();
     }
@@ -981,7 +1018,7 @@ export class ExperimentRun {
 
   /** `steps` steps (default: up to totalSteps), stopping early when stop() is asked. */
   async run(steps?: number): Promise<Record<string, number>[]> {
-    const n = steps ?? Math.max(this.config.totalSteps - this.step, 0);
+    const n = steps ?? Math.max(this.#config.totalSteps - this.step, 0);
     if (!Number.isInteger(n) || n < 0) throw new RangeError(`steps: ${n} must be a non-negative integer`);
     this.#stopRequested = false;
     const rows: Record<string, number>[] = [];
@@ -1020,18 +1057,7 @@ export class ExperimentRun {
     rmSync(partial, { recursive: true, force: true });
     mkdirSync(partial, { recursive: true });
     try {
-      await this.#call("model.save", { name: ACTOR, dir: join(partial, "model") });
-      await this.#call("model.saveOptimizer", { name: ACTOR, file: join(partial, "optimizer.safetensors") });
-      const state: ExperimentState = {
-        version: 1,
-        step: this.step,
-        dataset: this.dataset.state(),
-        klCoefficient: this.kl ? this.kl.coefficient : null,
-        config: this.config,
-      };
-      writeFileSync(join(partial, "state.json"), `${JSON.stringify(state, null, 2)}\n`);
-      await this.metrics.writeFile(join(partial, "metrics.arrow"));
-      writeManifest(partial);
+      await this.#writeState(partial);
       rmSync(final, { recursive: true, force: true });
       renameSync(partial, final);
     } catch (error) {
@@ -1039,16 +1065,231 @@ export class ExperimentRun {
       throw error;
     }
     const kept = listCheckpoints(root);
-    for (const old of kept.slice(0, Math.max(kept.length - this.config.checkpoint.keep, 0))) {
+    for (const old of kept.slice(0, Math.max(kept.length - this.#config.checkpoint.keep, 0))) {
       rmSync(join(root, old), { recursive: true, force: true });
     }
     return final;
   }
 
+  /** Everything a restore needs, into `dir`; the manifest is written last. */
+  async #writeState(dir: string): Promise<void> {
+    await this.#call("model.save", { name: this.#actor, dir: join(dir, "model") });
+    await this.#call("model.saveOptimizer", { name: this.#actor, file: join(dir, "optimizer.safetensors") });
+    const state: ExperimentState = {
+      version: 1,
+      step: this.step,
+      dataset: this.dataset.state(),
+      klCoefficient: this.#kl ? this.#kl.coefficient : null,
+      config: this.#config,
+    };
+    writeFileSync(join(dir, "state.json"), `${JSON.stringify(state, null, 2)}\n`);
+    await this.metrics.writeFile(join(dir, "metrics.arrow"));
+    writeManifest(dir);
+  }
+
+  #requireStepBoundary(what: string): void {
+    if (this.batch && this.batch.step === this.step + 1 && !this.batch.stagesDone.includes("sync")) {
+      throw new Error(
+        `${what}: step ${this.batch.step} is half done (${this.batch.stagesDone.join(", ")}); finish it (step) or discard() it first`,
+      );
+    }
+  }
+
+  /**
+   * Keeps the whole state after the last completed step (as a checkpoint, under snapshots/) so
+   * that restore() can rewind to it. Returns its id.
+   */
+  async snapshot(): Promise<{ id: string; step: number }> {
+    this.#requireStepBoundary("snapshot");
+    const root = join(this.runDir, "snapshots");
+    mkdirSync(root, { recursive: true });
+    const id = `snap-${String(++this.#snapshots).padStart(3, "0")}-step-${String(this.step).padStart(6, "0")}`;
+    const partial = join(root, `.${id}.partial-${process.pid}`);
+    mkdirSync(partial, { recursive: true });
+    try {
+      await this.#writeState(partial);
+      renameSync(partial, join(root, id));
+    } catch (error) {
+      rmSync(partial, { recursive: true, force: true });
+      throw error;
+    }
+    return { id, step: this.step };
+  }
+
+  /** Rewinds to a snapshot (an id from snapshot()) or a checkpoint folder; the step in progress is dropped. */
+  async restore(idOrDir: string): Promise<{ step: number }> {
+    const dir = /^snap-\d+-step-\d+$/.test(idOrDir)
+      ? join(this.runDir, "snapshots", idOrDir)
+      : resolve(idOrDir);
+    verifyCheckpoint(dir);
+    const state = JSON.parse(readFileSync(join(dir, "state.json"), "utf8")) as ExperimentState;
+    await this.#restoreState(dir, state, { reloadActor: true });
+    return { step: this.step };
+  }
+
+  /** Snapshots and checkpoints of this run, by the step they hold. */
+  savedStates(): { step: number; dir: string }[] {
+    const found: { step: number; dir: string }[] = [];
+    for (const sub of ["snapshots", "checkpoints"]) {
+      const root = join(this.runDir, sub);
+      let names: string[] = [];
+      try {
+        names = readdirSync(root).filter((n) => !n.startsWith("."));
+      } catch {
+        continue;
+      }
+      for (const n of names) {
+        const m = /step-(\d+)$/.exec(n);
+        if (m) found.push({ step: Number(m[1]), dir: join(root, n) });
+      }
+    }
+    return found;
+  }
+
+  /**
+   * Runs step `step` again from the saved state before it (a snapshot or checkpoint of step − 1),
+   * with the same seeds, then comes back to where the run was. Returns both metrics rows and how
+   * many responses came out token for token the same.
+   */
+  async replay(step: number): Promise<ReplayResult> {
+    this.#requireStepBoundary("replay");
+    if (!Number.isInteger(step) || step < 1 || step > this.step) {
+      throw new RangeError(`replay: step ${step} must be a completed step, 1..${this.step}`);
+    }
+    const before = this.savedStates().find((s) => s.step === step - 1);
+    if (!before) {
+      const have = [...new Set(this.savedStates().map((s) => s.step))].sort((a, b) => a - b);
+      throw new Error(
+        `replay: step ${step} needs a snapshot or checkpoint of step ${step - 1}; saved steps: ${have.join(", ") || "none"} (call snapshot() before a step to replay it later)`,
+      );
+    }
+    const original = this.metrics.rows.find((r) => r.step === step);
+    const originalRollouts = this.rolloutHistory.get(step);
+    const here = await this.snapshot();
+    this.#replaying = true;
+    let replayed: Record<string, number>;
+    let replayedRollouts: Table;
+    try {
+      await this.restore(before.dir);
+      replayed = await this.runStep();
+      replayedRollouts = this.rolloutHistory.get(step) as Table;
+    } finally {
+      this.#replaying = false;
+      await this.restore(here.id);
+      rmSync(join(this.runDir, "snapshots", here.id), { recursive: true, force: true });
+    }
+    if (originalRollouts) this.rolloutHistory.set(step, originalRollouts);
+    let identical = 0;
+    const a = originalRollouts?.getChild("response_tokens");
+    const b = replayedRollouts.getChild("response_tokens");
+    if (a && b) {
+      for (let i = 0; i < Math.min(a.length, b.length); i++) {
+        const x = a.get(i)?.toArray() as Int32Array | undefined;
+        const y = b.get(i)?.toArray() as Int32Array | undefined;
+        if (x && y && x.length === y.length && x.every((v, t) => v === y[t])) identical++;
+      }
+    }
+    return {
+      step,
+      original: original ? { ...original } : {},
+      replayed,
+      responses: replayedRollouts.numRows,
+      identicalResponses: originalRollouts ? identical : Number.NaN,
+      rollouts: replayedRollouts,
+    };
+  }
+
+  /**
+   * Changes settings between steps, checked as a whole config (errors name the field). Shorthands:
+   * lr, maxGradNorm, temperature, entropyCoeff. The model, data, seed, layout and whether a
+   * reference model is used cannot change in a running experiment.
+   */
+  async set(patch: Record<string, unknown>): Promise<ResolvedConfig> {
+    const shorthand: Record<string, string[]> = {
+      lr: ["optimizer", "lr"],
+      maxGradNorm: ["optimizer", "maxGradNorm"],
+      temperature: ["rollout", "temperature"],
+      entropyCoeff: ["algorithm", "loss", "entropyCoeff"],
+    };
+    const expanded: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(patch)) {
+      const path = shorthand[key];
+      if (path) deepSet(expanded, path, value);
+      else expanded[key] = value;
+    }
+    for (const fixed of ["name", "runDir", "seed", "model", "data", "parallel"]) {
+      if (fixed in expanded)
+        throw new ConfigError(fixed, "cannot change in a running experiment; start a new one");
+    }
+    const next = resolveConfig(deepMerge(this.#config, expanded) as never);
+    if (needsReference(next) !== needsReference(this.#config)) {
+      throw new ConfigError(
+        "algorithm",
+        "turning KL (and so the reference model) on or off needs a new experiment",
+      );
+    }
+    const o = next.optimizer;
+    if (o.lr !== this.#config.optimizer.lr || o.maxGradNorm !== this.#config.optimizer.maxGradNorm) {
+      await this.#call("model.setTraining", { name: this.#actor, lr: o.lr, maxGradNorm: o.maxGradNorm });
+    }
+    if (
+      next.algorithm.klReward &&
+      this.#kl &&
+      next.algorithm.klReward.coefficient !== this.#config.algorithm.klReward?.coefficient
+    ) {
+      const k = next.algorithm.klReward;
+      this.#kl = k.adaptive
+        ? new AdaptiveKlController({ initialCoefficient: k.coefficient, ...k.adaptive })
+        : new FixedKlController(k.coefficient);
+    }
+    this.#config = { ...next, runDir: this.#config.runDir };
+    writeFileSync(join(this.runDir, "config.json"), `${JSON.stringify(this.#config, null, 2)}\n`);
+    return this.#config;
+  }
+
+  /** The step in progress as a rollouts table (what hooks look at). */
+  batchTable(): Table {
+    if (!this.batch) throw new Error("batch: no step has started; call rollout() first");
+    return rolloutsTable(this.batch);
+  }
+
+  /**
+   * Changes the step in progress (from a hook): new scores (before advantages are computed), or
+   * keep only some responses (before old logprobs). Indices are rows of batchTable().
+   */
+  patchBatch(patch: { scores?: ArrayLike<number>; keep?: ArrayLike<number> }): StepBatch {
+    const b = this.batch;
+    if (!b || b.stagesDone.includes("sync")) throw new Error("patch: no step in progress");
+    if (patch.scores !== undefined) {
+      if (b.stagesDone.includes("advantages"))
+        throw new Error("patch.scores: the advantages are computed already; patch scores before them");
+      if (patch.scores.length !== b.samples.length) {
+        throw new RangeError(`patch.scores: ${patch.scores.length} values for ${b.samples.length} responses`);
+      }
+      b.samples.forEach((s, i) => {
+        const v = patch.scores?.[i] as number;
+        if (!Number.isFinite(v)) throw new RangeError(`patch.scores[${i}]: ${v} is not a finite number`);
+        s.score = v;
+        s.shapedScore = v;
+      });
+    }
+    if (patch.keep !== undefined) {
+      if (b.stagesDone.includes("old_logprobs"))
+        throw new Error("patch.keep: drop responses before old_logprobs");
+      const keep = Array.from(patch.keep);
+      for (const i of keep) {
+        if (!Number.isInteger(i) || i < 0 || i >= b.samples.length)
+          throw new RangeError(`patch.keep: ${i} is not a row of the batch (0..${b.samples.length - 1})`);
+      }
+      b.samples = keep.map((i) => b.samples[i] as Sample);
+    }
+    return b;
+  }
+
   /** Writes the actor as an HF folder (config.json, safetensors, tokenizer files copied). */
   async export(dir: string): Promise<string> {
     const target = resolve(dir);
-    await this.#call("model.save", { name: ACTOR, dir: target });
+    await this.#call("model.save", { name: this.#actor, dir: target });
     for (const f of [
       "tokenizer.json",
       "tokenizer_config.json",
@@ -1059,13 +1300,40 @@ export class ExperimentRun {
       "merges.txt",
     ]) {
       try {
-        writeFileSync(join(target, f), readFileSync(join(this.config.model.path, f)));
+        writeFileSync(join(target, f), readFileSync(join(this.#config.model.path, f)));
       } catch {
         // optional tokenizer file absent
       }
     }
     return target;
   }
+}
+
+export interface ReplayResult {
+  step: number;
+  original: Record<string, number>;
+  replayed: Record<string, number>;
+  responses: number;
+  /** Responses whose tokens came out the same as the first time (NaN when the original rollouts are no longer kept). */
+  identicalResponses: number;
+  rollouts: Table;
+}
+
+function deepSet(into: Record<string, unknown>, path: string[], value: unknown): void {
+  let at = into;
+  for (const key of path.slice(0, -1)) {
+    at[key] = (at[key] as Record<string, unknown> | undefined) ?? {};
+    at = at[key] as Record<string, unknown>;
+  }
+  at[path[path.length - 1] as string] = value;
+}
+
+function deepMerge(base: unknown, patch: unknown): unknown {
+  if (patch === null || typeof patch !== "object" || Array.isArray(patch)) return patch;
+  if (base === null || typeof base !== "object" || Array.isArray(base)) return patch;
+  const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
+  for (const [k, v] of Object.entries(patch)) out[k] = deepMerge(out[k], v);
+  return out;
 }
 
 /**

@@ -215,6 +215,28 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
         case "export":
           if (!args.dir) throw new ValidationError("args.dir", "export needs the folder to write");
           return { dir: await run.export(args.dir) };
+        case "set":
+          return run.set(args.patch ?? {});
+        case "snapshot":
+          return run.snapshot();
+        case "restore":
+          if (!args.snapshot)
+            throw new ValidationError("args.snapshot", "restore needs a snapshot id or a checkpoint folder");
+          return run.restore(args.snapshot);
+        case "replay": {
+          if (!args.step) throw new ValidationError("args.step", "replay needs the step to run again");
+          const r = await run.replay(args.step);
+          return r;
+        }
+        case "batch":
+          return run.batchTable();
+        case "patch":
+          return batchSummary(
+            run.patchBatch({
+              ...(args.scores ? { scores: args.scores } : {}),
+              ...(args.keep ? { keep: args.keep } : {}),
+            }),
+          );
         case "close":
           ctx.experiments.delete(args.id);
           await run.close();

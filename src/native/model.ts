@@ -118,6 +118,8 @@ export interface NativeModelAddon {
   modelOptimizerInit(handle: NativeModelHandle, options: OptimizerOptions): void;
   /** addon/model.cc OptimizerStepWork: async clip, schedule, AdamW, zero grads */
   modelOptimizerStep(handle: NativeModelHandle): Promise<OptimizerStepResult>;
+  /** addon/model.cc ModelSetTraining(handle, {lr?, maxGradNorm?}) */
+  modelSetTraining(handle: NativeModelHandle, options: { lr?: number; maxGradNorm?: number }): void;
   /** addon/model.cc SaveOptimizerWork: async, the optimizer state to one safetensors file (atomic) */
   modelSaveOptimizer(handle: NativeModelHandle, file: string): Promise<void>;
   /** addon/model.cc LoadOptimizerWork: async, a file modelSaveOptimizer wrote, into the optimizer */
@@ -413,6 +415,17 @@ export class Model {
   /** Clip, rate from the schedule, AdamW update, drop the gradients. */
   optimizerStep(): Promise<OptimizerStepResult> {
     return native().modelOptimizerStep(this.handle);
+  }
+
+  /** Changes the peak learning rate (the schedule keeps its shape and position) and/or the clip norm. */
+  setTraining(options: { lr?: number; maxGradNorm?: number }): void {
+    for (const key of ["lr", "maxGradNorm"] as const) {
+      const v = options[key];
+      if (v !== undefined && !(typeof v === "number" && Number.isFinite(v) && v > 0)) {
+        throw new RangeError(`options.${key}: ${JSON.stringify(v)} must be a positive number`);
+      }
+    }
+    native().modelSetTraining(this.handle, options);
   }
 
   /**

@@ -131,6 +131,12 @@ export const workerCommandArgs = {
     temperature: optional(number({ min: 0 })),
   }),
   "model.save": object({ name: modelName, dir: string(), maxShardBytes: optional(integer({ min: 1 })) }),
+  /** The peak learning rate and the clip norm, changed between steps. */
+  "model.setTraining": object({
+    name: modelName,
+    lr: optional(number({ min: Number.MIN_VALUE })),
+    maxGradNorm: optional(number({ min: Number.MIN_VALUE })),
+  }),
   /** The optimizer's state to one safetensors file / back (checkpoints). */
   "model.saveOptimizer": object({ name: modelName, file: string() }),
   "model.loadOptimizer": object({ name: modelName, file: string() }),
@@ -270,6 +276,12 @@ export const experimentOps = [
   "save",
   "export",
   "close",
+  "set",
+  "snapshot",
+  "restore",
+  "replay",
+  "batch",
+  "patch",
 ] as const;
 export type ExperimentOp = (typeof experimentOps)[number];
 
@@ -334,6 +346,13 @@ export const clientMethodArgs = {
     steps: optional(integer({ min: 0 })),
     step: optional(integer({ min: 1 })),
     dir: optional(string()),
+    /** set: settings to change (see ExperimentRun.set). */
+    patch: optional(record()),
+    /** restore: a snapshot id or a checkpoint folder. */
+    snapshot: optional(string()),
+    /** patch: new scores for the step in progress, or the rows to keep. */
+    scores: optional(typedArray(Float64Array)),
+    keep: optional(typedArray(Int32Array)),
   }),
   /** The experiments this controller holds. */
   "experiment.list": object({}),
@@ -383,6 +402,7 @@ export interface WorkerCommandResults {
     optimizerS: number;
   };
   "model.save": { dir: string };
+  "model.setTraining": { name: string };
   "model.saveOptimizer": { file: string };
   "model.loadOptimizer": { file: string };
   "model.free": { freed: boolean };

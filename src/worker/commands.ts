@@ -169,6 +169,12 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     };
   },
 
+  "model.setTraining": async (state, args) => {
+    const { name, ...options } = args;
+    state.model(name).setTraining(options);
+    return { name };
+  },
+
   "model.saveOptimizer": async (state, args) => {
     await state.model(args.name).saveOptimizer(args.file);
     return { file: args.file };

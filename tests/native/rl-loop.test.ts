@@ -46,9 +46,7 @@ async function withRun<T>(
   const run = await ExperimentRun.create(resolveConfig(c), local.call);
   const params = () =>
     new Map(
-      (local.state.models.get("actor")?.parameters() ?? []).map(
-        (p) => [p.name, p.data as Float32Array] as const,
-      ),
+      (actorOf(local.state.models)?.parameters() ?? []).map((p) => [p.name, p.data as Float32Array] as const),
     );
   try {
     return await fn(run, params);
@@ -56,6 +54,11 @@ async function withRun<T>(
     await run.close();
     local.dispose();
   }
+}
+
+/** The run's actor among the worker's models (named actor.<run>). */
+function actorOf<M>(models: Map<string, M>): M | undefined {
+  return [...models].find(([name]) => name.startsWith("actor."))?.[1];
 }
 
 function maxDiff(a: Map<string, Float32Array>, b: Map<string, Float32Array>): number {
@@ -198,9 +201,7 @@ test("resuming from a checkpoint continues exactly as the uninterrupted run", as
     await resumed.run();
     assert.equal(resumed.step, 4);
     const params = new Map(
-      (local.state.models.get("actor")?.parameters() ?? []).map(
-        (p) => [p.name, p.data as Float32Array] as const,
-      ),
+      (actorOf(local.state.models)?.parameters() ?? []).map((p) => [p.name, p.data as Float32Array] as const),
     );
     const diff = maxDiff(straight.params, params);
     console.log(`resume vs uninterrupted after 4 steps: max |parameter diff| ${diff.toExponential(2)}`);

@@ -639,6 +639,30 @@ Napi::Value ModelOptimizerStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// modelSetTraining(handle, {lr?, maxGradNorm?}): changes the peak rate (the schedule keeps its shape
+// and position) and the clipping norm between steps; the optimizer state is kept.
+Napi::Value ModelSetTraining(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    if (!info[1].IsObject()) throw std::invalid_argument("options: expected {lr?, maxGradNorm?}");
+    auto o = info[1].As<Napi::Object>();
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    if (!slot->optimizer) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+    if (o.Has("lr")) {
+      const double lr = number_field(o, "lr", "options", 0);
+      if (!(lr > 0)) throw std::invalid_argument("options.lr: must be > 0");
+      slot->schedule.lr = lr;
+    }
+    if (o.Has("maxGradNorm")) {
+      const double norm = number_field(o, "maxGradNorm", "options", 0);
+      if (!(norm > 0)) throw std::invalid_argument("options.maxGradNorm: must be > 0");
+      slot->max_grad_norm = norm;
+    }
+    return env.Undefined();
+  });
+}
+
 // modelSaveOptimizer(handle, file) -> Promise<void>; modelLoadOptimizer(handle, file) -> Promise<void>
 Napi::Value ModelSaveOptimizer(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -754,6 +778,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelPolicyStep"] = Napi::Function::New(env, ModelPolicyStep, "modelPolicyStep");
   exports["modelOptimizerInit"] = Napi::Function::New(env, ModelOptimizerInit, "modelOptimizerInit");
   exports["modelOptimizerStep"] = Napi::Function::New(env, ModelOptimizerStep, "modelOptimizerStep");
+  exports["modelSetTraining"] = Napi::Function::New(env, ModelSetTraining, "modelSetTraining");
   exports["modelSaveOptimizer"] = Napi::Function::New(env, ModelSaveOptimizer, "modelSaveOptimizer");
   exports["modelLoadOptimizer"] = Napi::Function::New(env, ModelLoadOptimizer, "modelLoadOptimizer");
   exports["modelDispose"] = Napi::Function::New(env, ModelDispose, "modelDispose");
