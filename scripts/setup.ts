@@ -2,7 +2,7 @@
 // the native addon against that torch, register the tslab Jupyter kernel in a project-local path,
 // and record what it found in .tiller/env.json. Safe to run again: every step checks first.
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { delimiter, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -245,8 +245,25 @@ function registerKernel(probe: PythonProbe): string | null {
     return null;
   }
   run(tslab, ["install", "--python", probe.python, "--binary", tslab, "--prefix", prefix]);
+  linkSelf();
   say(`registered the tslab kernel under ${prefix} (JUPYTER_PATH=${join(prefix, "share", "jupyter")})`);
   return join(prefix, "share", "jupyter");
+}
+
+/**
+ * node_modules/tiller → the repository, so that `import ... from "tiller"` works in the notebooks
+ * here (the tslab kernel type-checks cells and resolves packages through node_modules) as it does
+ * in a project that installed tiller from npm.
+ */
+function linkSelf(): void {
+  const link = join(repoRoot, "node_modules", "tiller");
+  if (existsSync(link)) return;
+  try {
+    symlinkSync("..", link, "dir");
+    say('linked node_modules/tiller to this repository (for `import ... from "tiller"` in notebooks)');
+  } catch (error) {
+    say(`could not link node_modules/tiller: ${(error as Error).message}`);
+  }
 }
 
 function main() {

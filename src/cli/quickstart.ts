@@ -2,15 +2,13 @@
 // random Qwen3-shaped model and the built-in next-digit task, connects to (or starts) the local
 // controller and its worker, trains with GRPO while a progress bar shows the reward, then writes
 // metrics.arrow and an HTML report with plotly charts into the run folder.
-import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { connect } from "../client/client.js";
 import type { MetricsRow } from "../client/experiment.js";
 import { engineInfo } from "../native/engine.js";
 import { writeReport } from "../notebook/plot.js";
 import { Progress } from "../notebook/progress.js";
-import type { ExperimentConfig } from "../rl/config.js";
-import { writeNextDigitData, writeTinyModel } from "../rl/tasks/next-digit.js";
+import { prepareNextDigit } from "../rl/tasks/next-digit.js";
 
 export interface QuickstartOptions {
   steps: number;
@@ -18,27 +16,6 @@ export interface QuickstartOptions {
   /** Where the tiny model and the prompts are written (kept between runs). */
   assetsDir: string;
   seed: number;
-}
-
-/** The quickstart's GRPO config: 16 prompts × 8 responses per step, one token answers. */
-export function quickstartConfig(
-  modelPath: string,
-  dataFile: string,
-  options: QuickstartOptions,
-): ExperimentConfig {
-  return {
-    name: "quickstart",
-    ...(options.runDir ? { runDir: options.runDir } : {}),
-    seed: options.seed,
-    model: { path: modelPath, dtype: "float32" },
-    data: { train: dataFile, maxPromptTokens: 8 },
-    promptsPerStep: 16,
-    rollout: { samplesPerPrompt: 8, maxResponseTokens: 1, temperature: 1 },
-    tokensPerMicroBatch: 2048,
-    algorithm: { advantage: "grpo", loss: { aggMode: "token-mean", clipRatioLow: 0.2, clipRatioHigh: 0.28 } },
-    optimizer: { lr: 3e-3, weightDecay: 0 },
-    totalSteps: options.steps,
-  };
 }
 
 function parse(args: string[]): QuickstartOptions {
@@ -73,15 +50,22 @@ export async function quickstart(args: string[]): Promise<void> {
   console.log(
     `tiller quickstart · torch ${info.torchVersion} · ${info.cudaAvailable ? "CUDA" : "CPU"} engine`,
   );
-  const modelPath = join(options.assetsDir, "model");
-  if (!existsSync(join(modelPath, "config.json"))) await writeTinyModel(modelPath, { seed: options.seed });
-  const dataFile = writeNextDigitData(join(options.assetsDir, "data"));
+  const { config } = await prepareNextDigit(
+    options.assetsDir,
+    {
+      name: "quickstart",
+      seed: options.seed,
+      totalSteps: options.steps,
+      ...(options.runDir ? { runDir: options.runDir } : {}),
+    },
+    { seed: options.seed },
+  );
   console.log(`task: "472=" → "3" (the digit after the last one); a tiny random Qwen3 learns it with GRPO`);
 
   const cluster = await connect();
   try {
     await cluster.waitForWorkers(1);
-    const exp = await cluster.experiment(quickstartConfig(modelPath, dataFile, options));
+    const exp = await cluster.experiment(config);
     console.log(`run folder: ${exp.runDir}`);
     const progress = new Progress();
     let reward: number | undefined;

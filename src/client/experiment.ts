@@ -4,8 +4,12 @@
 // with cluster.experiments().
 import { isAbsolute, resolve } from "node:path";
 import type { Table } from "apache-arrow";
+import { inNotebook, LiveOutput, showBundle } from "../notebook/display.js";
+import { type ChartKeys, chartHtml, chartSpec, plotlyScript } from "../notebook/plot.js";
+import { Progress } from "../notebook/progress.js";
 import type { ExperimentOp, ExperimentProgress, ExperimentStatus } from "../protocol/messages.js";
 import { type ExperimentConfig, resolveConfig } from "../rl/config.js";
+import { MetricsLog } from "../rl/metrics.js";
 import type { Cluster } from "./client.js";
 
 /** A stage's answer: where the step stands (per-token data stays in the controller; see rollouts()). */
@@ -91,6 +95,13 @@ export interface RunOptions {
   onProgress?: (event: ExperimentProgress) => void;
   /** Called with each step's metrics row as it is written. */
   onMetrics?: (row: MetricsRow) => void;
+  /**
+   * A live progress display (one output updated in place in a notebook, a bar on a terminal).
+   * Default: on in a notebook, off elsewhere.
+   */
+  progress?: boolean;
+  /** Metrics to chart live while the run goes (e.g. ["critic/score/mean", "actor/entropy"]). */
+  chart?: ChartKeys;
 }
 
 const absolute = (p: string) => (isAbsolute(p) || /^[a-z]+:\/\//.test(p) ? p : resolve(p));
@@ -202,10 +213,18 @@ export class Experiment {
     return () => set.delete(hook);
   }
 
-  /** Makes step() stop at this point (it resolves with {pausedAt}); continueStep() goes on. */
+  /**
+   * Makes step() stop at this point: it resolves with `{ step, paused: 1 }` (the step in progress,
+   * no metrics yet) and `pausedAt` names the point; continueStep() goes on.
+   */
   pauseAt(point: HookPoint): void {
     checkPoint(point);
     this.#pauses.add(point);
+  }
+
+  /** Where the last step() or continueStep() paused; undefined when it finished. */
+  get pausedAt(): HookPoint | undefined {
+    return this.#pausedAt;
   }
 
   /** Removes one pause point, or all. */
@@ -218,7 +237,7 @@ export class Experiment {
    * One whole step; its metrics row. With hooks or pause points set, the notebook drives the
    * stages one by one (calling hooks between them); otherwise the controller runs the step alone.
    */
-  async step(options: RunOptions = {}): Promise<MetricsRow | Paused> {
+  async step(options: RunOptions = {}): Promise<MetricsRow> {
     if (this.#hooks.size === 0 && this.#pauses.size === 0) {
       return this.#listening(options, async () => this.#op<MetricsRow>("step"));
     }
@@ -226,7 +245,7 @@ export class Experiment {
   }
 
   /** Goes on with a step that paused (or whose hook threw), from where it stopped. */
-  async continueStep(options: RunOptions = {}): Promise<MetricsRow | Paused> {
+  async continueStep(options: RunOptions = {}): Promise<MetricsRow> {
     const status = await this.refresh();
     if (!status.inProgress) throw new Error("continueStep: no step in progress; call step()");
     const done = status.inProgress.stagesDone;
@@ -234,11 +253,7 @@ export class Experiment {
     return this.#drive(next, this.#pausedAt, options);
   }
 
-  async #drive(
-    from: number,
-    skipPause: HookPoint | undefined,
-    options: RunOptions,
-  ): Promise<MetricsRow | Paused> {
+  async #drive(from: number, skipPause: HookPoint | undefined, options: RunOptions): Promise<MetricsRow> {
     this.#pausedAt = undefined;
     const started = performance.now();
     for (let i = from; i < stages.length; i++) {
@@ -257,7 +272,7 @@ export class Experiment {
         if (this.#pauses.has(point) && point !== skipPause) {
           this.#pausedAt = point;
           await this.refresh();
-          return { pausedAt: point, step: this.stepsDone + 1 };
+          return { step: this.stepsDone + 1, paused: 1 };
         }
         await this.#runHooks(point);
       }
@@ -353,7 +368,64 @@ export class Experiment {
     return this.#op("replay", { step });
   }
 
-  async #listening<T>(options: RunOptions, fn: () => Promise<T>): Promise<T> {
+  /** Adds the live displays that `options` asks for to its callbacks; returns the options and a finisher. */
+  async #withDisplays(options: RunOptions, steps: number): Promise<[RunOptions, () => void]> {
+    const wantProgress = options.progress ?? inNotebook();
+    if (!wantProgress && !options.chart) return [options, () => undefined];
+    const bar = wantProgress ? new Progress() : undefined;
+    const startStep = this.stepsDone;
+    const started = performance.now();
+    let reward: number | undefined;
+    let tokens = 0;
+    let chart: ((row: MetricsRow) => void) | undefined;
+    if (options.chart) {
+      const keys = options.chart;
+      const log = MetricsLog.fromTable(await this.metrics());
+      const live = new LiveOutput();
+      showBundle({ "text/html": plotlyScript(), "text/plain": "" });
+      chart = (row) => {
+        log.append(row);
+        live.show({
+          "text/html": chartHtml(chartSpec(log, keys, { missing: "empty" }), { inline: false }),
+          "text/plain": `${log.length} steps`,
+        });
+      };
+    }
+    const wrapped: RunOptions = {
+      ...options,
+      onProgress: (e) => {
+        options.onProgress?.(e);
+        if (e.stage === "done") {
+          reward = e.reward ?? reward;
+          tokens += e.tokens ?? 0;
+        }
+        bar?.update({
+          stage: e.stage,
+          step: Math.min(Math.max(e.step - startStep, 0), steps),
+          totalSteps: Math.max(steps, 1),
+          elapsedS: (performance.now() - started) / 1000,
+          tokens,
+          ...(reward !== undefined ? { reward } : {}),
+        });
+      },
+      onMetrics: (row) => {
+        options.onMetrics?.(row);
+        chart?.(row);
+      },
+    };
+    return [wrapped, () => bar?.done()];
+  }
+
+  async #listening<T>(given: RunOptions, fn: () => Promise<T>, steps = 1): Promise<T> {
+    const [options, finish] = await this.#withDisplays(given, steps);
+    try {
+      return await this.#subscribed(options, fn);
+    } finally {
+      finish();
+    }
+  }
+
+  async #subscribed<T>(options: RunOptions, fn: () => Promise<T>): Promise<T> {
     const off: (() => void)[] = [];
     if (options.onProgress) {
       const f = options.onProgress;
@@ -384,6 +456,18 @@ export class Experiment {
   /** The rollouts of a completed step (default the last; the last few are kept) as an Arrow table. */
   rollouts(step?: number): Promise<Table> {
     return this.#op<Table>("rollouts", step === undefined ? {} : { step });
+  }
+
+  /**
+   * The actor's residual stream at a layer ("model.layers.N", "model.norm", "model.embed_tokens")
+   * for some rows of a step's rollouts (default all of the last step): one row per token.
+   */
+  activations(layer: string | number, options: { step?: number; rows?: number[] } = {}): Promise<Table> {
+    return this.#op("activations", {
+      layer,
+      ...(options.step !== undefined ? { step: options.step } : {}),
+      ...(options.rows ? { rows: Int32Array.from(options.rows) } : {}),
+    });
   }
 
   /** Writes a checkpoint now; returns its folder. */

@@ -24,7 +24,7 @@ import { DynamicSamplingBatch, overlongPenalty } from "../rl/filter.js";
 import { AdaptiveKlController, FixedKlController, type KlController, klPerToken } from "../rl/kl.js";
 import { MetricsLog } from "../rl/metrics.js";
 import { RewardRunner } from "../rl/rewards/runner.js";
-import { rolloutsTable } from "../rl/rollouts.js";
+import { activationsTable, rolloutsTable } from "../rl/rollouts.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 
 /** Calls one worker command on one rank (the controller's pool, or the command table in-process). */
@@ -1284,6 +1284,69 @@ export class ExperimentRun {
       b.samples = keep.map((i) => b.samples[i] as Sample);
     }
     return b;
+  }
+
+  /**
+   * The actor's residual stream at `layer` for some responses (rows of a step's rollouts table;
+   * default every row of the last step), one table row per token: row, uid, position, token,
+   * response (0 for prompt tokens), values (List<Float32>, the hidden vector). To diff against
+   * another model, compute the same table there (Model.activations) and compare by row/position.
+   */
+  async activations(layer: string | number, step?: number, rows?: number[]): Promise<Table> {
+    const table = this.rollouts(step);
+    const promptCol = table.getChild("prompt_tokens");
+    const responseCol = table.getChild("response_tokens");
+    const uidCol = table.getChild("uid");
+    const chosen = rows ?? Array.from({ length: table.numRows }, (_, i) => i);
+    for (const r of chosen) {
+      if (!Number.isInteger(r) || r < 0 || r >= table.numRows)
+        throw new RangeError(
+          `rows: ${r} is not a row of step ${step ?? this.step} (0..${table.numRows - 1})`,
+        );
+    }
+    const sequences = chosen.map((r) => {
+      const p = promptCol?.get(r)?.toArray() as Int32Array;
+      const q = responseCol?.get(r)?.toArray() as Int32Array;
+      const ids = new Int32Array(p.length + q.length);
+      ids.set(p);
+      ids.set(q, p.length);
+      return { row: r, uid: String(uidCol?.get(r)), ids, promptLength: p.length };
+    });
+    const cu = new Int32Array(sequences.length + 1);
+    sequences.forEach((s, i) => {
+      cu[i + 1] = (cu[i] as number) + s.ids.length;
+    });
+    const tokens = concat(
+      sequences.map((s) => s.ids),
+      Int32Array,
+    ) as Int32Array;
+    const out = await this.#call("model.activations", { name: this.#actor, tokens, cuSeqlens: cu, layer });
+    const hidden = out.shape[1];
+    const rowsOut: number[] = [];
+    const uids: string[] = [];
+    const positions: number[] = [];
+    const ids: number[] = [];
+    const isResponse: number[] = [];
+    const values: Float32Array[] = [];
+    let at = 0;
+    for (const s of sequences) {
+      for (let t = 0; t < s.ids.length; t++, at++) {
+        rowsOut.push(s.row);
+        uids.push(s.uid);
+        positions.push(t);
+        ids.push(s.ids[t] as number);
+        isResponse.push(t >= s.promptLength ? 1 : 0);
+        values.push(out.values.subarray(at * hidden, (at + 1) * hidden));
+      }
+    }
+    return activationsTable({
+      row: rowsOut,
+      uid: uids,
+      position: positions,
+      token: ids,
+      response: isResponse,
+      values,
+    });
   }
 
   /** Writes the actor as an HF folder (config.json, safetensors, tokenizer files copied). */

@@ -237,6 +237,11 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
               ...(args.keep ? { keep: args.keep } : {}),
             }),
           );
+        case "activations":
+          if (typeof args.layer !== "string" && typeof args.layer !== "number") {
+            throw new ValidationError("args.layer", 'a layer name ("model.layers.N", "model.norm") or index');
+          }
+          return run.activations(args.layer, args.step, args.rows ? Array.from(args.rows) : undefined);
         case "close":
           ctx.experiments.delete(args.id);
           await run.close();

@@ -134,6 +134,13 @@ export interface NativeModelAddon {
     temperature: number,
     chunkTokens: number,
   ): Promise<{ logprobs: Float32Array; entropy: Float32Array }>;
+  /** addon/model.cc ActivationsWork: async, the residual stream at one layer, fp32 */
+  modelActivations(
+    handle: NativeModelHandle,
+    tokens: TokenIds,
+    cuSeqlens: TokenIds,
+    layer: number,
+  ): Promise<{ values: Float32Array; shape: [number, number] }>;
   /** addon/model.cc LossBackwardWork: async, loss = sum(weights * -logprob) */
   modelLossBackward(
     handle: NativeModelHandle,
@@ -197,6 +204,22 @@ function checkTemperature(value: unknown, field: string, allowZero: boolean): nu
     );
   }
   return value;
+}
+
+/** "model.embed_tokens" → 0, "model.layers.N" → N + 1, "model.norm" → -1; numbers as they are. */
+export function layerIndex(layer: string | number): number {
+  if (typeof layer === "number") {
+    if (!Number.isInteger(layer) || layer < -1)
+      throw new RangeError(`layer: ${layer} must be an integer ≥ -1`);
+    return layer;
+  }
+  if (layer === "model.embed_tokens") return 0;
+  if (layer === "model.norm") return -1;
+  const m = /^model\.layers\.(\d+)$/.exec(layer);
+  if (m) return Number(m[1]) + 1;
+  throw new RangeError(
+    `layer: ${JSON.stringify(layer)}; allowed: "model.embed_tokens", "model.layers.N", "model.norm", or an index`,
+  );
 }
 
 function checkChunk(value: unknown): number {
@@ -461,6 +484,16 @@ export class Model {
       checkTemperature(temperature, "temperature", false),
       checkChunk(chunkTokens),
     );
+  }
+
+  /**
+   * The residual stream at one point of the forward, fp32 [tokens, hidden]: `layer` is
+   * "model.embed_tokens" (or 0), "model.layers.N" (N + 1: after decoder layer N), or "model.norm"
+   * (or -1: the final normed hidden states the head reads).
+   */
+  activations(tokens: TokenIds, cuSeqlens: TokenIds, layer: string | number) {
+    const [t, cu] = checkPacked(tokens, cuSeqlens);
+    return native().modelActivations(this.handle, t, cu, layerIndex(layer));
   }
 
   /** Gradients of sum(weights * -logprob) by parameter name; weights as many as logprobs. */

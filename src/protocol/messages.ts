@@ -131,6 +131,13 @@ export const workerCommandArgs = {
     temperature: optional(number({ min: 0 })),
   }),
   "model.save": object({ name: modelName, dir: string(), maxShardBytes: optional(integer({ min: 1 })) }),
+  /** The residual stream at one layer for packed tokens (debugging). */
+  "model.activations": object({
+    name: modelName,
+    tokens: ids,
+    cuSeqlens: ids,
+    layer: anything(),
+  }),
   /** The peak learning rate and the clip norm, changed between steps. */
   "model.setTraining": object({
     name: modelName,
@@ -282,6 +289,7 @@ export const experimentOps = [
   "replay",
   "batch",
   "patch",
+  "activations",
 ] as const;
 export type ExperimentOp = (typeof experimentOps)[number];
 
@@ -353,6 +361,9 @@ export const clientMethodArgs = {
     /** patch: new scores for the step in progress, or the rows to keep. */
     scores: optional(typedArray(Float64Array)),
     keep: optional(typedArray(Int32Array)),
+    /** activations: the layer ("model.layers.N", "model.norm", "model.embed_tokens"), the rollouts rows. */
+    layer: optional(anything()),
+    rows: optional(typedArray(Int32Array)),
   }),
   /** The experiments this controller holds. */
   "experiment.list": object({}),
@@ -403,6 +414,7 @@ export interface WorkerCommandResults {
   };
   "model.save": { dir: string };
   "model.setTraining": { name: string };
+  "model.activations": { values: Float32Array; shape: [number, number] };
   "model.saveOptimizer": { file: string };
   "model.loadOptimizer": { file: string };
   "model.free": { freed: boolean };

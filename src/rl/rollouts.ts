@@ -100,3 +100,22 @@ export function rolloutsTable(batch: { step: number; samples: readonly RolloutRe
     reward_status: str((r) => r.rewardStatus),
   });
 }
+
+/** One row per token: which response (row, uid), where (position, response 0/1), and its hidden vector. */
+export function activationsTable(columns: {
+  row: number[];
+  uid: string[];
+  position: number[];
+  token: number[];
+  response: number[];
+  values: Float32Array[];
+}): Table {
+  return new Table({
+    row: vectorFromArray(columns.row, new Int32()),
+    uid: vectorFromArray(columns.uid, new Utf8()),
+    position: vectorFromArray(columns.position, new Int32()),
+    token: vectorFromArray(columns.token, new Int32()),
+    response: vectorFromArray(columns.response, new Int32()),
+    values: vectorFromArray(columns.values, listOf(new Float32())),
+  });
+}

@@ -169,6 +169,13 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     };
   },
 
+  "model.activations": async (state, args) => {
+    if (typeof args.layer !== "string" && typeof args.layer !== "number") {
+      throw new CommandError("WORKER_ERROR", "args.layer: expected a layer name or index");
+    }
+    return state.model(args.name).activations(args.tokens, args.cuSeqlens, args.layer);
+  },
+
   "model.setTraining": async (state, args) => {
     const { name, ...options } = args;
     state.model(name).setTraining(options);

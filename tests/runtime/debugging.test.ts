@@ -71,7 +71,7 @@ test("hooks see the batch and may change it; a throwing hook stops the step and 
     const uids = table.getChild("uid")?.toArray() as string[];
     await ctx.setScores(uids.map((u, i) => (i > 0 && uids[i - 1] === u ? 1 : 0)));
   });
-  const row = (await exp.step()) as MetricsRow;
+  const row = await exp.step();
   assert.deepEqual(seen, ["after:rollout 1 32"]);
   assert.equal(row["critic/score/mean"], 0.75);
   const table = await exp.rollouts();
@@ -99,7 +99,7 @@ test("hooks see the batch and may change it; a throwing hook stops the step and 
   ]);
   assert.equal(exp.stepsDone, 1);
   off();
-  const finished = (await exp.continueStep()) as MetricsRow;
+  const finished = await exp.continueStep();
   assert.equal(finished.step, 2);
   await exp.close();
 });
@@ -108,18 +108,19 @@ test("pauseAt stops before a stage; continueStep finishes the step as if uninter
   timeout: 60_000,
 }, async () => {
   const a = await cluster.experiment({ ...config, name: "straight", runDir: join(dir.path, "straight") });
-  const straight = (await a.step()) as MetricsRow;
+  const straight = await a.step();
   await a.close();
   const b = await cluster.experiment({ ...config, name: "paused", runDir: join(dir.path, "paused") });
   b.pauseAt("before:update");
   const paused = await b.step();
-  assert.deepEqual(paused, { pausedAt: "before:update", step: 1 });
+  assert.deepEqual(paused, { step: 1, paused: 1 });
+  assert.equal(b.pausedAt, "before:update");
   // The step in progress can be looked at while paused: advantages are there, nothing trained yet.
   const table = await b.rollouts(1);
   assert.equal(table.numRows, 32);
   assert.ok(table.getChild("advantages")?.get(0));
   assert.equal(b.stepsDone, 0);
-  const row = (await b.continueStep()) as MetricsRow;
+  const row = await b.continueStep();
   same(straight, row, learning);
   b.clearPauses();
   await b.close();
@@ -144,14 +145,14 @@ test("set() changes settings between steps, validated; snapshot/restore rewinds 
   await exp.step();
   const snap = await exp.snapshot();
   assert.equal(snap.step, 1);
-  const first = (await exp.step()) as MetricsRow;
+  const first = await exp.step();
   assert.equal(first["actor/lr"], 1e-3);
   await exp.step();
   await exp.restore(snap);
   assert.equal(exp.stepsDone, 1);
   const metrics = await exp.metrics();
   assert.equal(metrics.numRows, 1);
-  const again = (await exp.step()) as MetricsRow;
+  const again = await exp.step();
   same(first, again, learning);
   // replay(2) runs step 2 again from the snapshot of step 1 and comes back to step 2.
   const replay = await exp.replay(2);

@@ -200,6 +200,48 @@ class LogprobsWork final : public ModelWork {
   at::Tensor logprob_, entropy_;
 };
 
+// The residual stream at one point of the forward: after the embedding (layer 0), after decoder
+// layer l (layer l + 1), or the final normed hidden states (layer -1), as fp32 [tokens, hidden].
+class ActivationsWork final : public ModelWork {
+ public:
+  ActivationsWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
+                  int64_t layer)
+      : ModelWork(env, "tiller.modelActivations", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
+        layer_(layer) {}
+
+  void RunLocked(ModelSlot& slot) override {
+    at::NoGradGuard no_grad;
+    auto& model = *slot.model;
+    std::vector<at::Tensor> outputs;
+    auto batch = models::pack_batch(tokens_.to(model.device()), cu_);
+    batch.layer_outputs = &outputs;
+    const auto final_hidden = model.forward(batch);
+    const auto count = static_cast<int64_t>(outputs.size());
+    if (layer_ < -1 || layer_ >= count) {
+      throw std::invalid_argument("layer: " + std::to_string(layer_) + " is outside -1.." + std::to_string(count - 1) +
+                                  " (0 embeddings, l + 1 after decoder layer l, -1 the final norm)");
+    }
+    const auto& chosen = layer_ == -1 ? final_hidden : outputs[static_cast<size_t>(layer_)];
+    values_ = chosen.to(at::kCPU, at::kFloat).contiguous();
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    auto out = Napi::Object::New(env);
+    out["values"] = typed_array_from_tensor(env, values_);
+    auto shape = Napi::Array::New(env, 2);
+    shape[0u] = Napi::Number::New(env, static_cast<double>(values_.size(0)));
+    shape[1u] = Napi::Number::New(env, static_cast<double>(values_.size(1)));
+    out["shape"] = shape;
+    return out;
+  }
+
+ private:
+  at::Tensor tokens_;
+  std::vector<int64_t> cu_;
+  int64_t layer_;
+  at::Tensor values_;
+};
+
 class LossBackwardWork final : public ModelWork {
  public:
   LossBackwardWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
@@ -698,6 +740,15 @@ Napi::Value ModelLogprobs(const Napi::CallbackInfo& info) {
   });
 }
 
+// modelActivations(handle, tokens, cuSeqlens, layer) -> Promise<{values: Float32Array, shape: [tokens, hidden]}>
+Napi::Value ModelActivations(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto [slot, tokens, cu] = packed_args(info);
+    return queue_work<ActivationsWork>(env, slot, tokens, cu, info[3].As<Napi::Number>().Int64Value());
+  });
+}
+
 // modelLossBackward(handle, tokens, cuSeqlens, weights: Float32Array, temperature, chunkTokens) -> Promise<{loss, gradients}>
 Napi::Value ModelLossBackward(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -783,6 +834,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelLoadOptimizer"] = Napi::Function::New(env, ModelLoadOptimizer, "modelLoadOptimizer");
   exports["modelDispose"] = Napi::Function::New(env, ModelDispose, "modelDispose");
   exports["modelLogprobs"] = Napi::Function::New(env, ModelLogprobs, "modelLogprobs");
+  exports["modelActivations"] = Napi::Function::New(env, ModelActivations, "modelActivations");
   exports["modelLossBackward"] = Napi::Function::New(env, ModelLossBackward, "modelLossBackward");
   exports["modelGenerate"] = Napi::Function::New(env, ModelGenerate, "modelGenerate");
   exports["modelParameters"] = Napi::Function::New(env, ModelParameters, "modelParameters");

@@ -26,6 +26,9 @@ struct PackedBatch {
   // CUDA generation (rollout/cuda_decoder): when set, `cache` is a slot cache addressed by device
   // tensors only, and cu_seqlens/context_lengths are not read on the decode path.
   const layers::SlotCacheIndex* slot_cache = nullptr;
+  // Debugging (activations): when set, the forward appends the residual stream after the
+  // embedding and after each decoder layer ([tokens, hidden] each, layers + 1 in all).
+  std::vector<at::Tensor>* layer_outputs = nullptr;
 };
 
 // Builds positions 0..n-1 per sequence (shifted by offsets when given) and the context lengths.

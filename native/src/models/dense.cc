@@ -113,6 +113,7 @@ class DenseDecoder final : public CausalLM {
     rope.sin = rope.sin.to(dtype_);
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     auto x = at::embedding(embed_, batch.tokens);  // [tokens, hidden]
+    if (batch.layer_outputs) batch.layer_outputs->push_back(x);
     for (size_t l = 0; l < blocks_.size(); ++l) {
       const auto& b = blocks_[l];
       const auto h = layers::rms_norm(x, b.input_norm, c.rms_norm_eps);
@@ -129,6 +130,7 @@ class DenseDecoder final : public CausalLM {
       x = x + linear(attn.reshape({tokens, c.num_heads * c.head_dim}), b.o, b.o_bias);
       const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
       x = x + at::matmul(at::silu(at::matmul(m, b.gate.t())) * at::matmul(m, b.up.t()), b.down.t());
+      if (batch.layer_outputs) batch.layer_outputs->push_back(x);
     }
     return layers::rms_norm(x, norm_, c.rms_norm_eps);
   }
