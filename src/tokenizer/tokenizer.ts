@@ -48,6 +48,9 @@ const qwen3GenerationConfig = { eos_token_id: [151645, 151643] };
 export class Tokenizer {
   private readonly hf: HfTokenizer;
   private readonly chatTemplate: ChatTemplate | null;
+  // id → decode([id]), filled by tokenPieces; at most one entry per vocabulary id.
+  private readonly pieceCache = new Map<number, string>();
+  private readonly pieceCacheSkippingSpecial = new Map<number, string>();
   /** Every id that ends a generation: the config's eos token, then generation_config's ids. */
   readonly eosTokenIds: number[];
   readonly bosTokenId: number | null;
@@ -127,6 +130,31 @@ export class Tokenizer {
     // The library rejects an empty list; transformers decodes it to "" (an empty rollout).
     if (ids.length === 0) return "";
     return this.hf.decode(ids as number[], { skip_special_tokens: options.skipSpecialTokens ?? false });
+  }
+
+  /**
+   * The text each id adds to `decode(ids)`, one string per id, concatenating to the full decode: for
+   * showing a response token by token. An id that only starts a character (byte-level BPE splits
+   * UTF-8 across ids) gets "" and the id that completes it gets the whole character.
+   */
+  tokenPieces(ids: readonly number[], options: DecodeOptions = {}): string[] {
+    if (ids.length === 0) return [];
+    // Each id decoded alone (cached per id) is right whenever the pieces add up to the full decode;
+    // otherwise (a split character, a decoder that looks at neighbours) decode as a stream.
+    const cache = options.skipSpecialTokens ? this.pieceCacheSkippingSpecial : this.pieceCache;
+    const alone = ids.map((id) => {
+      let piece = cache.get(id);
+      if (piece === undefined) {
+        piece = this.decode([id], options);
+        cache.set(id, piece);
+      }
+      return piece;
+    });
+    if (alone.join("") === this.decode(ids, options)) return alone;
+    const stream = this.decodeStream(options);
+    const pieces = ids.map((id) => stream.push(id));
+    pieces[pieces.length - 1] += stream.flush();
+    return pieces;
   }
 
   /** A streaming decoder: push ids as they are sampled, get back only completed text. */

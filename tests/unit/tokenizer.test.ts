@@ -209,6 +209,23 @@ test("streaming decode yields only complete text and equals the full decode", ()
   assert.equal(cut.flush(), qwen3.decode(ids.slice(0, 1)));
 });
 
+test("tokenPieces gives each id's text; the pieces concatenate to the full decode", () => {
+  for (const skipSpecialTokens of [false, true]) {
+    for (const text of texts) {
+      const ids = qwen3.encode(text);
+      const pieces = qwen3.tokenPieces(ids, { skipSpecialTokens });
+      assert.equal(pieces.length, ids.length);
+      assert.equal(pieces.join(""), qwen3.decode(ids, { skipSpecialTokens }));
+    }
+  }
+  assert.deepEqual(qwen3.tokenPieces(qwen3.encode("Hello world")), ["Hello", " world"]);
+  // A character split across ids: "" until the id that completes it, also when decoded before alone.
+  const ids = qwen3.encode(" 🎉");
+  assert.ok(qwen3.decode(ids.slice(0, 1)).includes("\uFFFD"));
+  assert.deepEqual(qwen3.tokenPieces(ids), [...ids.slice(1).map(() => ""), " 🎉"]);
+  assert.deepEqual(qwen3.tokenPieces([]), []);
+});
+
 test("streaming keeps the previous piece as context for decoders that look at neighbours", () => {
   // SentencePiece-style: "▁" is a space, except at the very start of the text.
   const decode = (ids: readonly number[]) =>
