@@ -327,17 +327,20 @@ export class Experiment {
    * hooks or pause points, steps are driven from here (a pause ends the run early).
    */
   async run(steps?: number, options: RunOptions = {}): Promise<MetricsRow[]> {
-    if (this.#hooks.size === 0 && this.#pauses.size === 0) {
-      return this.#listening(options, () =>
-        this.#op<MetricsRow[]>("run", steps === undefined ? {} : { steps }),
-      );
-    }
     const n = steps ?? Math.max(this.#status.totalSteps - this.stepsDone, 0);
+    if (this.#hooks.size === 0 && this.#pauses.size === 0) {
+      return this.#listening(options, () => this.#op<MetricsRow[]>("run", { steps: n }), n);
+    }
+    const [wrapped, finish] = await this.#withDisplays(options, n);
     const rows: MetricsRow[] = [];
-    for (let i = 0; i < n; i++) {
-      const r = await this.step(options);
-      if ("pausedAt" in r) break;
-      rows.push(r);
+    try {
+      for (let i = 0; i < n; i++) {
+        const r = await this.#drive(0, undefined, wrapped);
+        if (this.#pausedAt) break;
+        rows.push(r);
+      }
+    } finally {
+      finish();
     }
     return rows;
   }

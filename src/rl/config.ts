@@ -322,6 +322,9 @@ function resolveParallel(value: unknown, shape: ModelShape | undefined): Resolve
   const expert = int(p.expert, `${field}.expert`, 1, 1);
   const expertTensor = int(p.expertTensor, `${field}.expertTensor`, 1, 1);
   const virtualPipeline = int(p.virtualPipeline, `${field}.virtualPipeline`, 1, 1);
+  if (virtualPipeline > 1 && pipeline === 1) {
+    throw new ConfigError(`${field}.virtualPipeline`, `${virtualPipeline} virtual stages need pipeline > 1`);
+  }
   const modelRanks = tensor * pipeline * context;
   const gpus = int(
     p.gpus,
@@ -358,10 +361,10 @@ function resolveParallel(value: unknown, shape: ModelShape | undefined): Resolve
         `${tensor} does not divide the ${shape.attentionHeads} attention heads (${s}.attentionHeads)`,
       );
     }
-    if (shape.kvHeads % tensor !== 0 && tensor % shape.kvHeads !== 0) {
+    if (shape.kvHeads % tensor !== 0) {
       throw new ConfigError(
         `${field}.tensor`,
-        `${tensor} and the ${shape.kvHeads} KV heads (${s}.kvHeads) must divide one another`,
+        `${tensor} does not divide the ${shape.kvHeads} KV heads (${s}.kvHeads)`,
       );
     }
     const stages = pipeline * virtualPipeline;
@@ -535,11 +538,13 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
   if (algorithm.dynamicSampling !== undefined) {
     const d = obj(algorithm.dynamicSampling, "algorithm.dynamicSampling");
     known(d, "algorithm.dynamicSampling", ["metric", "maxGenerationRounds"]);
-    const rounds = d.maxGenerationRounds;
+    // 0 (verl's max_num_gen_batches=0), null (Infinity after a JSON round trip) and Infinity: no bound.
+    const given = d.maxGenerationRounds;
+    const rounds = given === 0 || given === null ? Number.POSITIVE_INFINITY : given;
     if (!(rounds === Number.POSITIVE_INFINITY || (Number.isSafeInteger(rounds) && (rounds as number) >= 1))) {
       throw new ConfigError(
         "algorithm.dynamicSampling.maxGenerationRounds",
-        `${show(rounds)} must be an integer ≥ 1 or Infinity`,
+        `${show(given)} must be an integer ≥ 1, or 0 / Infinity for no bound`,
       );
     }
     if (samplesPerPrompt < 2) {
@@ -671,8 +676,16 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
   if (c.peakFlopsPerDevice !== undefined) {
     resolved.peakFlopsPerDevice = num(c.peakFlopsPerDevice, "peakFlopsPerDevice", (v) => v > 0, "> 0");
   }
-  const needsRef = resolved.algorithm.klReward !== undefined || resolved.algorithm.loss.kl !== undefined;
-  if (needsRef && resolved.algorithm.klReward && resolved.algorithm.loss.kl) {
+  // Every data-parallel rank trains on its share of each mini-batch (verl divides the mini-batch
+  // by the data-parallel size the same way).
+  const perMiniBatch = responses / miniBatchesPerStep;
+  if (perMiniBatch % resolved.parallel.data !== 0) {
+    throw new ConfigError(
+      "miniBatchesPerStep",
+      `${miniBatchesPerStep} mini-batches of ${perMiniBatch} responses do not split over ${resolved.parallel.data} data-parallel ranks`,
+    );
+  }
+  if (resolved.algorithm.klReward && resolved.algorithm.loss.kl) {
     throw new ConfigError(
       "algorithm.klReward",
       "KL in the reward and as a loss at once; verl uses one or the other",

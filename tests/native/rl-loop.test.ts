@@ -344,6 +344,21 @@ test("bad config is refused before any work, naming the field", () => {
     ],
     [{ parallel: { tensor: 2, gpus: 3 } }, /parallel\.gpus: 3 GPUs are not a multiple/],
   ];
+  bad.push([
+    { parallel: { data: 3 } },
+    /miniBatchesPerStep: 1 mini-batches of 32 responses do not split over 3 data-parallel ranks/,
+  ]);
+  bad.push([
+    { parallel: { pipeline: 1, virtualPipeline: 2 } },
+    /parallel\.virtualPipeline: 2 virtual stages need pipeline > 1/,
+  ]);
+  // verl's max_num_gen_batches = 0 (and Infinity, which JSON turns into null) mean no bound.
+  for (const rounds of [0, null, Number.POSITIVE_INFINITY]) {
+    const r = resolveConfig(
+      config("dapo-0", { algorithm: { dynamicSampling: { maxGenerationRounds: rounds as number } } }),
+    );
+    assert.equal(r.algorithm.dynamicSampling?.maxGenerationRounds, Number.POSITIVE_INFINITY);
+  }
   for (const [overrides, message] of bad) {
     assert.throws(() => resolveConfig(config("bad", overrides)), message);
   }

@@ -7,12 +7,21 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { readSetupEnv, repoRoot } from "../../scripts/setup.js";
 import { connect } from "../../src/index.js";
+import { HeadlessBrowser, noChromium } from "../helpers/browser.js";
 import { runPython } from "../helpers/python.js";
 
 interface Cell {
   cell_type: string;
-  outputs?: { output_type: string; text?: string; data?: Record<string, unknown>; ename?: string }[];
+  outputs?: {
+    output_type: string;
+    text?: string | string[];
+    data?: Record<string, unknown>;
+    ename?: string;
+  }[];
 }
+
+/** nbformat keeps multi-line text as a list of lines or as one string. */
+const joined = (t: unknown) => (Array.isArray(t) ? t.join("") : typeof t === "string" ? t : "");
 
 // Under the repository so that `import ... from "tiller"` resolves through node_modules/tiller.
 export const notebookOutput = join(repoRoot, "test-output", "notebooks");
@@ -29,9 +38,7 @@ after(async () => {
 });
 
 function outputsText(cell: Cell): string {
-  return (cell.outputs ?? [])
-    .map((o) => o.text ?? (o.data?.["text/plain"] as string | undefined) ?? "")
-    .join("");
+  return (cell.outputs ?? []).map((o) => joined(o.text ?? o.data?.["text/plain"])).join("");
 }
 
 const notebooks = readdirSync(join(repoRoot, "notebooks")).filter((f) => f.endsWith(".ipynb"));
@@ -78,6 +85,48 @@ for (const name of notebooks) {
       const m = /after restore: pg_loss (\S+) vs (\S+)/.exec(text);
       assert.ok(m && m[1] === m[2], `restore gave a different step: ${m?.[0]}`);
       assert.match(text, /replay of step \d+: (\d+)\/\1 responses identical/);
+      assert.match(text, /paused at before:update of step \d+/);
     }
   });
 }
+
+test("the notebooks' HTML draws in Chromium: plots with traces, a working inspector, no console errors", {
+  skip: noChromium(),
+  timeout: 120_000,
+}, async () => {
+  const browser = await HeadlessBrowser.launch();
+  try {
+    for (const name of notebooks) {
+      const html = join(notebookOutput, name.replace(".ipynb", ".html"));
+      const opened = await browser.open(html);
+      try {
+        const page = opened.page;
+        if (name !== "inspect-rollouts.ipynb") {
+          const traces = page.locator(".tiller-chart .scatterlayer .trace");
+          await traces.first().waitFor({ timeout: 20_000 });
+          const count = await traces.count();
+          assert.ok(count >= 2, `${name}: ${count} plotly traces drawn`);
+        } else {
+          const groups = page.getByTestId("group");
+          assert.ok((await groups.count()) >= 2, "the inspector shows the groups");
+          const rewards = async () =>
+            page
+              .getByTestId("response")
+              .evaluateAll((els) => els.map((e) => Number(e.getAttribute("data-reward"))));
+          const before = await rewards();
+          await page.getByTestId("sort").selectOption({ index: 1 });
+          const after = await rewards();
+          assert.equal(after.length, before.length);
+          assert.notDeepEqual(after, before, "the sort control reorders the responses");
+        }
+        await opened.screenshot(`notebook-${name.replace(".ipynb", "")}`);
+        assert.deepEqual(opened.errors, [], `${name}: console errors`);
+        assert.deepEqual(opened.remoteRequests, [], `${name}: requests that leave the machine`);
+      } finally {
+        await opened.close();
+      }
+    }
+  } finally {
+    await browser.close();
+  }
+});

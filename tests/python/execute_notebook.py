@@ -6,6 +6,7 @@ Exits 1 naming the failing cell when one raises (the executed notebook is still 
 """
 
 import os
+import re
 import sys
 
 
@@ -27,6 +28,9 @@ def main() -> None:
         failed = str(error)
     nbformat.write(nb, out_ipynb)
     body, _ = HTMLExporter().from_notebook_node(nb)
+    # The template loads require.js and MathJax from a CDN; this machine is offline and the
+    # notebooks need neither (tiller's outputs carry their own scripts), so those tags go.
+    body = re.sub(r'<script src="https?://[^"]*">\s*</script>', "", body)
     with open(out_html, "w", encoding="utf-8") as f:
         f.write(body)
     if failed:
