@@ -1,6 +1,7 @@
 // Training throughput: a Qwen3-0.6B-shaped model (random weights, bf16 parameters with fp32 AdamW
 // masters), one optimizer step over 8 × 2048 tokens, against HF transformers + torch.optim.AdamW on
 // the same GPU in the same run. Needs CUDA.
+import { join } from "node:path";
 import { engineInfo, Model } from "../src/index.js";
 import { type BenchResult, benchModel, pythonBaseline } from "./common.js";
 
@@ -42,6 +43,14 @@ export async function benchTrain(): Promise<BenchResult[]> {
       optimizerMs += (t3 - t2) / steps;
     }
     const seconds = ((performance.now() - start) / 1000 - (forwardMs * steps) / 1000) / steps;
+    // A Kineto trace of one forward+backward (and one optimizer step) for finding where time goes.
+    const traceDir = process.env.TILLER_PROFILE_DIR;
+    if (traceDir) {
+      model.profileNext(join(traceDir, "train-step.trace.json"));
+      await model.trainStep(tokens, cu, mask, targets);
+      model.profileNext(join(traceDir, "optimizer-step.trace.json"));
+      await model.optimizerStep();
+    }
     const ours = total / seconds;
     const hf = pythonBaseline<{ tokens_per_second: number; peak_memory_gib: number }>("hf_train.py", [
       dir,

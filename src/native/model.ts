@@ -118,6 +118,8 @@ export interface NativeModelAddon {
   modelOptimizerInit(handle: NativeModelHandle, options: OptimizerOptions): void;
   /** addon/model.cc OptimizerStepWork: async clip, schedule, AdamW, zero grads */
   modelOptimizerStep(handle: NativeModelHandle): Promise<OptimizerStepResult>;
+  /** addon/model.cc ModelProfileNext(handle, path): the next call runs under the Kineto profiler */
+  modelProfileNext(handle: NativeModelHandle, path: string): void;
   /** addon/model.cc ModelSetTraining(handle, {lr?, maxGradNorm?}) */
   modelSetTraining(handle: NativeModelHandle, options: { lr?: number; maxGradNorm?: number }): void;
   /** addon/model.cc SaveOptimizerWork: async, the optimizer state to one safetensors file (atomic) */
@@ -438,6 +440,15 @@ export class Model {
   /** Clip, rate from the schedule, AdamW update, drop the gradients. */
   optimizerStep(): Promise<OptimizerStepResult> {
     return native().modelOptimizerStep(this.handle);
+  }
+
+  /**
+   * Runs the next call on this model (trainStep, generate, …) under PyTorch's Kineto profiler and
+   * writes a Chrome trace (chrome://tracing, Perfetto) to `path`: CPU ops and, on CUDA, kernels.
+   */
+  profileNext(path: string): void {
+    if (typeof path !== "string" || path === "") throw new TypeError("path: expected a file path");
+    native().modelProfileNext(this.handle, path);
   }
 
   /** Changes the peak learning rate (the schedule keeps its shape and position) and/or the clip norm. */

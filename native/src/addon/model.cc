@@ -13,6 +13,10 @@
 #include "addon/registry.h"
 #include "addon/tensor.h"
 #include "addon/train_args.h"
+#include <torch/csrc/autograd/profiler_kineto.h>
+
+#include <set>
+
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "layers/logprob.h"
@@ -44,6 +48,9 @@ struct ModelSlot {
   bool grads_pending = false;  // trainStep accumulated gradients that no optimizer step consumed yet
   // Generation state kept between generate calls on CUDA (KV cache + captured graphs).
   std::unique_ptr<rollout::CudaDecoder> decoder;
+  // When set, the next call on this model runs under the Kineto profiler and writes a Chrome
+  // trace here (modelProfileNext).
+  std::string profile_path;
 };
 
 // The JS handle owns a shared_ptr to the slot; running async work holds another, so dispose() while a
@@ -125,7 +132,26 @@ class ModelWork : public PromiseWork {
  private:
   void Run() final {
     std::lock_guard<std::mutex> lock(slot_->mutex);
-    RunLocked(*slot_);
+    if (slot_->profile_path.empty()) {
+      RunLocked(*slot_);
+      return;
+    }
+    const auto path = std::move(slot_->profile_path);
+    slot_->profile_path.clear();
+    // Kineto's profiler is per thread: it is turned on here, on the thread the work runs on.
+    namespace prof = torch::profiler::impl;
+    std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+    if (slot_->model->device().is_cuda()) activities.insert(prof::ActivityType::CUDA);
+    torch::autograd::profiler::prepareProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO), activities);
+    torch::autograd::profiler::enableProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO), activities);
+    try {
+      RunLocked(*slot_);
+      synchronize(slot_->model->device());
+    } catch (...) {
+      torch::autograd::profiler::disableProfiler();
+      throw;
+    }
+    torch::autograd::profiler::disableProfiler()->save(path);
   }
   std::shared_ptr<ModelSlot> slot_;
 };
@@ -705,6 +731,18 @@ Napi::Value ModelSetTraining(const Napi::CallbackInfo& info) {
   });
 }
 
+// modelProfileNext(handle, path): the next call on this model runs under the Kineto profiler (CPU
+// ops and, on CUDA, kernels) and writes a Chrome trace (JSON) to path.
+Napi::Value ModelProfileNext(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    slot->profile_path = info[1].As<Napi::String>().Utf8Value();
+    return env.Undefined();
+  });
+}
+
 // modelSaveOptimizer(handle, file) -> Promise<void>; modelLoadOptimizer(handle, file) -> Promise<void>
 Napi::Value ModelSaveOptimizer(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -829,6 +867,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelPolicyStep"] = Napi::Function::New(env, ModelPolicyStep, "modelPolicyStep");
   exports["modelOptimizerInit"] = Napi::Function::New(env, ModelOptimizerInit, "modelOptimizerInit");
   exports["modelOptimizerStep"] = Napi::Function::New(env, ModelOptimizerStep, "modelOptimizerStep");
+  exports["modelProfileNext"] = Napi::Function::New(env, ModelProfileNext, "modelProfileNext");
   exports["modelSetTraining"] = Napi::Function::New(env, ModelSetTraining, "modelSetTraining");
   exports["modelSaveOptimizer"] = Napi::Function::New(env, ModelSaveOptimizer, "modelSaveOptimizer");
   exports["modelLoadOptimizer"] = Napi::Function::New(env, ModelLoadOptimizer, "modelLoadOptimizer");
