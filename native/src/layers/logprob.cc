@@ -2,68 +2,62 @@
 
 #include <torch/autograd.h>
 
+#include "kernels/logprob.h"
+
 namespace tiller::layers {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-struct ChunkStats {
-  at::Tensor log_probs;  // [n, vocab] float32, of logits / temperature
-  at::Tensor logprob;    // [n]
-  at::Tensor entropy;    // [n]
-};
-
-// h: [n, hidden] -> the chunk's normalised distribution, its target logprob and entropy.
-ChunkStats chunk_stats(const at::Tensor& h, const at::Tensor& w, const at::Tensor& targets, double temperature) {
-  const auto logits = at::matmul(h, w.t()).to(at::kFloat) / temperature;  // [n, vocab]
-  auto log_probs = at::log_softmax(logits, -1);
-  auto logprob = log_probs.gather(1, targets.unsqueeze(1)).squeeze(1);
-  auto entropy = -(log_probs.exp() * log_probs).sum(-1);
-  return {std::move(log_probs), std::move(logprob), std::move(entropy)};
-}
+// The chunk's logits, as the output projection gives them (the model's dtype).
+at::Tensor chunk_logits(const at::Tensor& h, const at::Tensor& w) { return at::matmul(h, w.t()); }
 
 struct ChunkedLogprobFunction : public torch::autograd::Function<ChunkedLogprobFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& lm_head,
                                const at::Tensor& targets, double temperature, int64_t chunk) {
-    ctx->save_for_backward({hidden, lm_head, targets});
-    ctx->saved_data["temperature"] = temperature;
-    ctx->saved_data["chunk"] = chunk;
     const auto tokens = hidden.size(0);
     auto logprob = at::empty({tokens}, hidden.options().dtype(at::kFloat));
     auto entropy = at::empty({tokens}, hidden.options().dtype(at::kFloat));
+    auto lse = at::empty({tokens}, hidden.options().dtype(at::kFloat));
     for (int64_t a = 0; a < tokens; a += chunk) {
       const auto b = std::min(tokens, a + chunk);
-      const auto s = chunk_stats(hidden.slice(0, a, b), lm_head, targets.slice(0, a, b), temperature);
+      const auto s = kernels::logprob_rows(chunk_logits(hidden.slice(0, a, b), lm_head), targets.slice(0, a, b),
+                                           temperature);
       logprob.slice(0, a, b).copy_(s.logprob);
       entropy.slice(0, a, b).copy_(s.entropy);
+      lse.slice(0, a, b).copy_(s.lse);
     }
+    // Logits are recomputed chunk by chunk in backward: [tokens, vocab] never exists at once.
+    ctx->save_for_backward({hidden, lm_head, targets, lse, entropy});
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["chunk"] = chunk;
+    ctx->mark_non_differentiable({lse});
     return {logprob, entropy};
   }
 
-  // With z = logits / T, p = softmax(z), H = -sum p log p:
-  //   d logprob / dz = onehot(target) - p,   dH / dz = -p * (log p + H),   d/dlogits = d/dz / T.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto& hidden = saved[0];
     const auto& lm_head = saved[1];
     const auto& targets = saved[2];
+    const auto& lse = saved[3];
+    const auto& entropy = saved[4];
     const double temperature = ctx->saved_data["temperature"].toDouble();
     const int64_t chunk = ctx->saved_data["chunk"].toInt();
     const auto tokens = hidden.size(0);
     const auto grad_logprob = grads[0].defined() ? grads[0] : at::zeros({tokens}, hidden.options().dtype(at::kFloat));
-    const auto grad_entropy = grads[1].defined() ? grads[1] : at::zeros({tokens}, hidden.options().dtype(at::kFloat));
+    // An entropy that no loss term used has no gradient: its pass over the logits is skipped.
+    const auto& grad_entropy = grads[1];
     auto grad_hidden = at::empty_like(hidden);
     auto grad_lm_head = at::zeros(lm_head.sizes(), lm_head.options().dtype(at::kFloat));
     for (int64_t a = 0; a < tokens; a += chunk) {
       const auto b = std::min(tokens, a + chunk);
       const auto h = hidden.slice(0, a, b);
-      const auto s = chunk_stats(h, lm_head, targets.slice(0, a, b), temperature);
-      const auto p = s.log_probs.exp();
-      auto grad_z = -p * (grad_logprob.slice(0, a, b).unsqueeze(1) +
-                          grad_entropy.slice(0, a, b).unsqueeze(1) * (s.log_probs + s.entropy.unsqueeze(1)));
-      grad_z.scatter_add_(1, targets.slice(0, a, b).unsqueeze(1), grad_logprob.slice(0, a, b).unsqueeze(1));
-      const auto grad_logits = (grad_z / temperature).to(hidden.scalar_type());  // [n, vocab]
+      const kernels::RowStats stats{at::Tensor(), entropy.slice(0, a, b), lse.slice(0, a, b)};
+      const auto grad_logits = kernels::logprob_rows_backward(
+          chunk_logits(h, lm_head), targets.slice(0, a, b), temperature, stats, grad_logprob.slice(0, a, b),
+          grad_entropy.defined() ? grad_entropy.slice(0, a, b) : at::Tensor()).to(hidden.scalar_type());
       grad_hidden.slice(0, a, b).copy_(at::matmul(grad_logits, lm_head));
       grad_lm_head.add_(at::matmul(grad_logits.t(), h).to(at::kFloat));
     }

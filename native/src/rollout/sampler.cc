@@ -2,12 +2,16 @@
 
 #include <limits>
 
+#include "kernels/logprob.h"
+
 namespace tiller::rollout {
 
 Sampled sample(const at::Tensor& logits, const SamplingParams& params, at::Generator& generator) {
+  // The sampled tokens' logprobs come from the kernel the training forward uses, so rollout and
+  // training logprobs agree bit for bit.
   if (params.temperature == 0) {
     const auto tokens = logits.argmax(-1);
-    return {tokens, at::log_softmax(logits, -1).gather(1, tokens.unsqueeze(1)).squeeze(1)};
+    return {tokens, kernels::logprob_rows(logits, tokens, 1.0).logprob};
   }
   const auto log_probs = at::log_softmax(logits / params.temperature, -1);  // [rows, vocab]
   auto filtered = log_probs.clone();
@@ -26,7 +30,7 @@ Sampled sample(const at::Tensor& logits, const SamplingParams& params, at::Gener
     filtered.scatter_(1, order, sorted.masked_fill(drop, minus_inf));
   }
   const auto tokens = at::multinomial(at::softmax(filtered, -1), 1, /*replacement=*/false, generator).squeeze(1);
-  return {tokens, log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)};
+  return {tokens, kernels::logprob_rows(logits, tokens, params.temperature).logprob};
 }
 
 }  // namespace tiller::rollout

@@ -1,0 +1,47 @@
+// Each CUDA kernel against its ATen reference on the same GPU (DESIGN.md §4: every kernel has a
+// reference beside it). The CPU build runs the reference on both sides, so this lives in tests/gpu.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { addon } from "../../src/native/binding.js";
+
+interface Check {
+  logprob: number;
+  entropy: number;
+  lse: number;
+  gradLogits: number;
+  gradLogitsNoEntropy: number;
+  gradScale: number;
+}
+
+const check = (
+  addon() as unknown as {
+    kernelCheckLogprobRows(
+      device: string,
+      dtype: string,
+      rows: number,
+      vocab: number,
+      t: number,
+      seed: number,
+    ): Check;
+  }
+).kernelCheckLogprobRows;
+
+for (const [dtype, vocab, temperature] of [
+  ["float32", 1000, 1],
+  ["bfloat16", 151936, 1],
+  ["bfloat16", 151936, 0.7],
+  ["float16", 32000, 1.3],
+  ["bfloat16", 7, 1],
+] as const) {
+  test(`logprob/entropy kernel vs reference: ${dtype}, vocab ${vocab}, temperature ${temperature}`, () => {
+    const r = check("cuda:0", dtype, 64, vocab, temperature, 3);
+    console.log(`${dtype} V=${vocab} T=${temperature}: ${JSON.stringify(r)}`);
+    // fp32 sums in a different order: agreement to fp32 rounding of values of size ~log(V).
+    assert.ok(r.logprob < 2e-4 && r.lse < 2e-4, JSON.stringify(r));
+    assert.ok(r.entropy < 2e-4, JSON.stringify(r));
+    // Gradients are rounded to the logits' dtype on both sides: within one unit in that dtype.
+    const unit = dtype === "float32" ? 1e-6 : dtype === "float16" ? 1e-3 : 8e-3;
+    assert.ok(r.gradLogits <= unit * Math.max(r.gradScale, 1), JSON.stringify(r));
+    assert.ok(r.gradLogitsNoEntropy <= unit * Math.max(r.gradScale, 1), JSON.stringify(r));
+  });
+}
