@@ -42,7 +42,8 @@ export interface Generation {
    * With `recordExperts` on an MoE model: the experts each token was routed to,
    * [prompt + generated tokens, moe.layers, moe.topK] row-major. The last generated token was
    * sampled but never fed back through the model, so its row is -1 (replay routes it normally).
-   * Pass the prompt + generated tokens' rows as `routedExperts` to replay this routing in training.
+   * Empty when nothing was generated (maxNewTokens 0) or the model has no MoE layers. Concatenated
+   * in the order of the packed sequences, these are the `routedExperts` that replay this routing.
    */
   experts?: Int32Array;
 }
