@@ -101,20 +101,18 @@ RouterChoice route(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c,
   return out;
 }
 
-at::Tensor run_experts(const at::Tensor& rows, const at::Tensor& counts, const MoeWeights& w) {
+at::Tensor run_experts(const at::Tensor& rows, const at::Tensor& ends, const MoeWeights& w) {
   if (use_grouped_gemm(rows)) {
-    const auto offsets = at::cumsum(counts, 0).to(at::kInt);
+    const auto offsets = ends.to(at::kInt);
     return grouped_linear(gated(grouped_linear(rows, w.gate_up, offsets)), w.down, offsets);
   }
-  const auto host = counts.to(at::kCPU);
-  const auto n = host.accessor<int64_t, 1>();
+  const auto host = ends.to(at::kCPU);
+  const auto end = host.accessor<int64_t, 1>();
   std::vector<at::Tensor> outs;
-  int64_t start = 0;
-  for (int64_t e = 0; e < host.size(0); ++e) {
-    if (n[e] == 0) continue;
-    const auto r = rows.slice(0, start, start + n[e]);  // [n_e, hidden]
+  for (int64_t e = 0, start = 0; e < host.size(0); start = end[e++]) {
+    if (end[e] == start) continue;
+    const auto r = rows.slice(0, start, end[e]);  // [rows of expert e, hidden]
     outs.push_back(at::matmul(gated(at::matmul(r, w.gate_up[e].t())), w.down[e].t()));
-    start += n[e];
   }
   return outs.empty() ? at::zeros({0, w.down.size(1)}, rows.options()) : at::cat(outs);
 }
@@ -126,14 +124,18 @@ at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig
   const auto choice = route(x, w, c, replay);
 
   // Sort the (token, expert) pairs by expert; stable, so an expert's rows keep token order.
+  // Searching the sorted ids gives each expert's end row without atomics or a host sync.
   const auto flat = choice.experts.reshape(-1);  // [tokens * top_k]
-  const auto order = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false));
-  const auto source = at::floor_divide(order, c.top_k);  // the token of each sorted pair
-  const auto counts = at::zeros({c.experts}, flat.options()).index_add_(0, flat, at::ones_like(flat));
+  const auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const auto ends = at::searchsorted(sorted, at::arange(1, c.experts + 1, flat.options()));  // [experts]
+  const auto y = run_experts(x.index_select(0, at::floor_divide(order, c.top_k)), ends, w);
 
-  const auto y = run_experts(x.index_select(0, source), counts, w);  // [tokens * top_k, hidden]
-  const auto weighted = (y.to(at::kFloat) * choice.weights.reshape(-1).index_select(0, order).unsqueeze(1)).to(x.scalar_type());
-  const auto out = at::zeros({tokens, x.size(1)}, x.options()).index_add(0, source, weighted);
+  // Back to (token, k) order and a weighted sum over k in float32, rounded once: no atomic adds,
+  // so each token's output is deterministic and does not depend on the rest of the batch.
+  const auto pairs = order.numel();
+  const auto inverse = at::empty_like(order).scatter_(0, order, at::arange(pairs, order.options()));
+  const auto per_pair = y.index_select(0, inverse).view({tokens, c.top_k, x.size(1)});
+  const auto out = (per_pair.to(at::kFloat) * choice.weights.unsqueeze(-1)).sum(1).to(x.scalar_type());
 
   if (routing) {
     const auto slot = static_cast<size_t>(index);
@@ -148,7 +150,7 @@ at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig
         routing->entropy_sum.resize(slot + 1);
       }
       const auto p = choice.probs.detach();
-      routing->tokens_per_expert[slot] = counts;
+      routing->tokens_per_expert[slot] = at::diff(ends, 1, 0, at::zeros({1}, ends.options()));
       routing->entropy_sum[slot] = -at::xlogy(p, p).sum();
     }
   }

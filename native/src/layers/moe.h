@@ -1,7 +1,8 @@
 // Mixture-of-experts feed-forward: a router picks top_k experts per token, the (token, expert)
 // pairs are sorted by expert, every expert runs its SwiGLU MLP over its rows (one grouped GEMM per
 // projection on CUDA in bf16, a plain per-expert loop otherwise) and the outputs are summed back
-// per token, weighted by the router. Dropless: every token reaches all of its experts. Expert
+// per token, weighted by the router, in float32 (HF adds the experts one by one in the model's
+// dtype: bf16 results may differ in the last bit). Dropless: every token reaches all of its experts. Expert
 // weights are stacked [experts, out, in], so that expert parallelism can split them along dim 0.
 #pragma once
 
@@ -69,10 +70,10 @@ RouterChoice route(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c,
 // x: [tokens, hidden] -> [tokens, hidden]. routing may be null.
 at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index);
 
-// rows: [n, hidden], (token, expert) pairs sorted by expert; counts: [experts] int64, rows per
-// expert -> [n, hidden], each row through its expert's SwiGLU. Grouped GEMM when
-// TILLER_MOE_EXPERTS=grouped, or by default on CUDA in bf16; the per-expert loop when
+// rows: [n, hidden], (token, expert) pairs sorted by expert; ends: [experts] int64, the cumulative
+// row count through each expert -> [n, hidden], each row through its expert's SwiGLU. Grouped GEMM
+// when TILLER_MOE_EXPERTS=grouped, or by default on CUDA in bf16; the per-expert loop when
 // TILLER_MOE_EXPERTS=loop or otherwise. (The switch lets tests compare the two on any device.)
-at::Tensor run_experts(const at::Tensor& rows, const at::Tensor& counts, const MoeWeights& w);
+at::Tensor run_experts(const at::Tensor& rows, const at::Tensor& ends, const MoeWeights& w);
 
 }  // namespace tiller::layers
