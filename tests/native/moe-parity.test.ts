@@ -183,6 +183,7 @@ test("every case matches HF: logprobs, entropy, gradients, greedy tokens, HF fol
     unexpected: string[];
     maxLogitDiff: number;
   }[];
+  t.diagnostic(`saved folders, max |logit - HF|: ${results.map((r) => r.maxLogitDiff).join(", ")}`);
   results.forEach((r, i) => {
     const name = cases[i];
     assert.deepEqual(r.missing, [], `${name}: missing keys`);
