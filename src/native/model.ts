@@ -29,6 +29,7 @@ export interface NativeGenerateOptions {
   topP: number;
   stopTokenIds: number[];
   seed: number;
+  recordExperts: boolean;
 }
 
 export interface Generation {
@@ -37,6 +38,54 @@ export interface Generation {
   /** log_softmax(logits / temperature) at each generated token (temperature 1 when greedy). */
   logprobs: Float32Array;
   finishReason: "stop" | "length";
+  /**
+   * With `recordExperts` on an MoE model: the experts each token was routed to,
+   * [prompt + generated tokens, moe.layers, moe.topK] row-major. The last generated token was
+   * sampled but never fed back through the model, so its row is -1 (replay routes it normally).
+   * Empty when nothing was generated (maxNewTokens 0) or the model has no MoE layers. Concatenated
+   * in the order of the packed sequences, these are the `routedExperts` that replay this routing.
+   */
+  experts?: Int32Array;
+}
+
+/** The routing of an MoE model: expert-id arrays are [tokens, layers, topK], row-major. */
+export interface MoeShape {
+  /** Layers whose feed-forward is a mixture of experts (0 for a dense model). */
+  layers: number;
+  /** Routed experts per MoE layer (shared experts not counted). */
+  experts: number;
+  /** Experts each token is routed to. */
+  topK: number;
+}
+
+/** The native side of Model.routerStats(): sums since the last call. */
+export interface NativeRouterStats {
+  tokens: number;
+  /** Per MoE layer: tokens routed to each expert (a token counts once per chosen expert). */
+  tokensPerExpert: Int32Array[];
+  /** Per MoE layer: the router entropy (nats) summed over tokens. */
+  entropySum: Float64Array;
+}
+
+export interface RouterLayerStats {
+  /** Tokens routed to each expert; they sum to tokens × topK. */
+  tokensPerExpert: Int32Array;
+  /** max / mean of tokensPerExpert: 1 when perfectly even, `experts / topK` at worst. */
+  loadImbalance: number;
+  /**
+   * Mean per-token entropy (nats) of the router's distribution over experts: the softmax
+   * probabilities (Qwen3-MoE, Mixtral), or the sigmoid scores divided by their sum (DeepSeek-V3).
+   */
+  entropy: number;
+  /** Token-expert assignments that were not computed: always 0, routing is dropless. */
+  droppedTokens: number;
+}
+
+export interface RouterStats {
+  /** Tokens seen by the forwards summed here. */
+  tokens: number;
+  /** One entry per MoE layer, in layer order (empty for a dense model or before any forward). */
+  layers: RouterLayerStats[];
 }
 
 export interface TrainStepResult {
@@ -102,6 +151,7 @@ export interface NativeModelAddon {
     tokenNormaliser: number,
     temperature: number,
     chunkTokens: number,
+    routedExperts?: Int32Array,
   ): Promise<TrainStepResult>;
   /** addon/model.cc PolicyStepWork: async, RL policy loss over the mini-batch's counts, gradients accumulate */
   modelPolicyStep(
@@ -113,6 +163,7 @@ export interface NativeModelAddon {
     config: PolicyLossConfig,
     temperature: number,
     chunkTokens: number,
+    routedExperts?: Int32Array,
   ): Promise<PolicyStepResult>;
   /** addon/model.cc ModelOptimizerInit(handle, options) */
   modelOptimizerInit(handle: NativeModelHandle, options: OptimizerOptions): void;
@@ -135,6 +186,7 @@ export interface NativeModelAddon {
     cuSeqlens: TokenIds,
     temperature: number,
     chunkTokens: number,
+    routedExperts?: Int32Array,
   ): Promise<{ logprobs: Float32Array; entropy: Float32Array }>;
   /** addon/model.cc ActivationsWork: async, the residual stream at one layer, fp32 */
   modelActivations(
@@ -151,6 +203,7 @@ export interface NativeModelAddon {
     weights: Float32Array,
     temperature: number,
     chunkTokens: number,
+    routedExperts?: Int32Array,
   ): Promise<{ loss: number; gradients: NamedHostTensor[] }>;
   /** addon/model.cc GenerateWork: async */
   modelGenerate(
@@ -158,10 +211,14 @@ export interface NativeModelAddon {
     prompts: TokenIds[],
     options: NativeGenerateOptions,
   ): Promise<Generation[]>;
-  /** addon/model.cc ModelParameters(handle): host copies */
+  /** addon/model.cc ModelParameters(handle): host copies of the parameters, then the buffers */
   modelParameters(handle: NativeModelHandle): NamedHostTensor[];
   /** addon/model.cc ModelGradients(handle): host copies */
   modelGradients(handle: NativeModelHandle): NamedHostTensor[];
+  /** addon/model.cc ModelMoeShape(handle) */
+  modelMoeShape(handle: NativeModelHandle): MoeShape;
+  /** addon/model.cc ModelRouterStats(handle): sums since the last call, then reset */
+  modelRouterStats(handle: NativeModelHandle): NativeRouterStats;
   /** addon/model.cc SupportedArchitectures() */
   supportedArchitectures(): string[];
 }
@@ -224,6 +281,39 @@ export function layerIndex(layer: string | number): number {
   );
 }
 
+/**
+ * routedExperts: undefined, or an Int32Array of [tokens, moe.layers, moe.topK] expert ids in which
+ * each row (one token, one layer) holds topK distinct ids in 0..experts-1, or is all -1.
+ */
+function checkRoutedExperts(value: unknown, moe: MoeShape, tokens: number): Int32Array | undefined {
+  if (value === undefined) return undefined;
+  if (moe.layers === 0) throw new TypeError("routedExperts: this model has no MoE layers");
+  if (!(value instanceof Int32Array)) throw new TypeError("routedExperts: expected an Int32Array");
+  const expected = tokens * moe.layers * moe.topK;
+  if (value.length !== expected) {
+    throw new RangeError(
+      `routedExperts: has ${value.length} entries, expected ${expected} (tokens × moe layers × topK = ${tokens} × ${moe.layers} × ${moe.topK})`,
+    );
+  }
+  const { layers, experts, topK } = moe;
+  for (let row = 0; row < value.length; row += topK) {
+    const none = value[row] === -1;
+    let ok = true;
+    for (let j = 0; j < topK && ok; j++) {
+      const id = value[row + j] ?? -1;
+      ok = none ? id === -1 : id >= 0 && id < experts;
+      for (let i = 0; i < j && ok && !none; i++) ok = value[row + i] !== id;
+    }
+    if (!ok) {
+      const ids = Array.from(value.subarray(row, row + topK)).join(", ");
+      throw new RangeError(
+        `routedExperts: token ${Math.floor(row / (layers * topK))}, MoE layer ${(row / topK) % layers} has [${ids}]; expected ${topK} distinct ids in 0..${experts - 1}, or all -1`,
+      );
+    }
+  }
+  return value;
+}
+
 function checkChunk(value: unknown): number {
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
     throw new RangeError(`chunkTokens: ${JSON.stringify(value)} must be a positive integer`);
@@ -241,6 +331,8 @@ export interface GenerateOptions {
   topP?: number;
   stopTokenIds?: number[];
   seed?: number;
+  /** MoE models: return each token's experts in Generation.experts (default false). */
+  recordExperts?: boolean;
 }
 
 export interface ModelCreateOptions {
@@ -260,6 +352,7 @@ function checkPlacement(options: ModelCreateOptions): [string, NativeDtype] {
 /** A model on the native engine. Call dispose() when done (also `using`). */
 export class Model {
   #handle: NativeModelHandle | undefined;
+  #moe: MoeShape | undefined;
 
   private constructor(handle: NativeModelHandle) {
     this.#handle = handle;
@@ -330,6 +423,7 @@ export class Model {
     tokenNormaliser: number,
     temperature = 1,
     chunkTokens = 1024,
+    routedExperts?: Int32Array,
   ): Promise<TrainStepResult> {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
     const predicted = t.length - (cu.length - 1);
@@ -347,6 +441,7 @@ export class Model {
       tokenNormaliser,
       checkTemperature(temperature, "temperature", false),
       checkChunk(chunkTokens),
+      checkRoutedExperts(routedExperts, this.moe, t.length),
     );
   }
 
@@ -355,6 +450,7 @@ export class Model {
    * KL penalty; see PolicyLossConfig): forward, loss, backward. Gradients accumulate until
    * optimizerStep(). counts are those of the whole mini-batch (all micro-batches, all ranks), so
    * that the summed gradients of the micro-batches are the mini-batch's whatever the split.
+   * routedExperts (MoE): replay this routing instead of the router's choice, as in logprobs().
    */
   async policyStep(
     tokens: TokenIds,
@@ -364,6 +460,7 @@ export class Model {
     config: PolicyLossConfig = {},
     temperature = 1,
     chunkTokens = 1024,
+    routedExperts?: Int32Array,
   ): Promise<PolicyStepResult> {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
     const predicted = t.length - (cu.length - 1);
@@ -384,6 +481,7 @@ export class Model {
       config,
       checkTemperature(temperature, "temperature", false),
       checkChunk(chunkTokens),
+      checkRoutedExperts(routedExperts, this.moe, t.length),
     );
   }
 
@@ -484,9 +582,19 @@ export class Model {
 
   /**
    * Log-probability of tokens 1..n-1 of each packed sequence, and the entropy of each prediction.
-   * chunkTokens: how many tokens' [vocab] logits exist at once.
+   * chunkTokens: how many tokens' [vocab] logits exist at once. routedExperts (MoE models only):
+   * [tokens, moe.layers, moe.topK] expert ids aligned with `tokens` (e.g. Generation.experts of
+   * each sequence, concatenated), used instead of the router's choice; the weights still come from
+   * the router at those experts, so gradients reach it (trainStep, policyStep, lossBackward take
+   * the same argument). A row of -1 routes that token normally.
    */
-  logprobs(tokens: TokenIds, cuSeqlens: TokenIds, temperature = 1, chunkTokens = 1024) {
+  logprobs(
+    tokens: TokenIds,
+    cuSeqlens: TokenIds,
+    temperature = 1,
+    chunkTokens = 1024,
+    routedExperts?: Int32Array,
+  ) {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
     return native().modelLogprobs(
       this.handle,
@@ -494,6 +602,7 @@ export class Model {
       cu,
       checkTemperature(temperature, "temperature", false),
       checkChunk(chunkTokens),
+      checkRoutedExperts(routedExperts, this.moe, t.length),
     );
   }
 
@@ -514,6 +623,7 @@ export class Model {
     weights: Float32Array,
     temperature = 1,
     chunkTokens = 1024,
+    routedExperts?: Int32Array,
   ) {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
     const sequences = cu.length - 1;
@@ -529,6 +639,7 @@ export class Model {
       weights,
       checkTemperature(temperature, "temperature", false),
       checkChunk(chunkTokens),
+      checkRoutedExperts(routedExperts, this.moe, t.length),
     );
   }
 
@@ -548,6 +659,10 @@ export class Model {
     if (typeof topP !== "number" || !(topP > 0 && topP <= 1)) {
       throw new RangeError(`topP: ${JSON.stringify(topP)} must be in (0, 1]`);
     }
+    const recordExperts = options.recordExperts ?? false;
+    if (typeof recordExperts !== "boolean") {
+      throw new TypeError(`recordExperts: ${JSON.stringify(recordExperts)} must be a boolean`);
+    }
     const stopTokenIds = options.stopTokenIds ?? [];
     if (!Array.isArray(stopTokenIds)) throw new TypeError("stopTokenIds: expected an array of token ids");
     stopTokenIds.forEach((id, i) => {
@@ -560,15 +675,54 @@ export class Model {
       topP,
       stopTokenIds,
       seed: count(options.seed ?? 0, "seed", 0),
+      recordExperts,
     });
   }
 
-  /** Host copies of every parameter, by HF name. */
+  /**
+   * Host copies of every tensor of the model by HF name, as transformers holds them in memory (MoE
+   * experts stacked): the parameters, then non-trained buffers (DeepSeek-V3's
+   * e_score_correction_bias). Model.create accepts them back.
+   */
   parameters(): NamedHostTensor[] {
     return native().modelParameters(this.handle);
   }
 
-  /** Host copies of the gradients accumulated since the last optimizerStep(), by HF name (zeros where none). */
+  /** The routing shape of an MoE model; layers 0 for a dense model. */
+  get moe(): MoeShape {
+    this.#moe ??= native().modelMoeShape(this.handle);
+    return this.#moe;
+  }
+
+  /**
+   * Router statistics of the forwards run by logprobs, trainStep, policyStep and lossBackward since
+   * the last call (generation is not counted); reading resets them. Per MoE layer: tokens per expert,
+   * load imbalance (max / mean), mean router entropy, dropped tokens (0: dropless).
+   */
+  routerStats(): RouterStats {
+    const raw = native().modelRouterStats(this.handle);
+    const layers = raw.tokensPerExpert.map((counts, l) => {
+      let max = 0;
+      let sum = 0;
+      for (const c of counts) {
+        max = Math.max(max, c);
+        sum += c;
+      }
+      const mean = sum / Math.max(counts.length, 1);
+      return {
+        tokensPerExpert: counts,
+        loadImbalance: mean > 0 ? max / mean : 0,
+        entropy: raw.tokens > 0 ? (raw.entropySum[l] ?? 0) / raw.tokens : 0,
+        droppedTokens: 0,
+      };
+    });
+    return { tokens: raw.tokens, layers };
+  }
+
+  /**
+   * Host copies of the gradients accumulated since the last optimizerStep(), by HF name (zeros
+   * where none); parameters only, no buffers.
+   */
   gradients(): NamedHostTensor[] {
     return native().modelGradients(this.handle);
   }

@@ -74,6 +74,8 @@ export function readKeyPair(file: string): KeyPair {
 export function readPublicKey(source: string): string {
   if (!existsSync(source)) return checkPublicKey(source, "public key");
   const text = readFileSync(source, "utf8").trim();
+  // Z85's alphabet holds "{", so a .pub file's key may start with it: a key first, JSON only then.
+  if (z85Key.test(text)) return text;
   if (text.startsWith("{")) return readKeyPair(source).publicKey;
   return checkPublicKey(text, source);
 }

@@ -26,20 +26,23 @@ type Described = Record<string, { dtype: string; shape: number[]; hex: string }>
 // ---------------------------------------------------------------------------------------------
 // JSON
 
-test("json: values round trip, document order kept, integers without .0", () => {
+test("json: values round trip, document order kept, floats keep their .0 as in Python", () => {
   assert.equal(
     jsonRoundTrip('{"b": 1, "a": [true, false, null], "c": {"d": "x"}}'),
     '{"b":1,"a":[true,false,null],"c":{"d":"x"}}',
   );
   assert.equal(jsonRoundTrip(" [ ] "), "[]");
   assert.equal(jsonRoundTrip("{}"), "{}");
-  assert.equal(jsonRoundTrip("1.0"), "1");
-  assert.equal(jsonRoundTrip("1000000.0"), "1000000");
+  assert.equal(jsonRoundTrip("1.0"), "1.0");
+  assert.equal(jsonRoundTrip("0.0"), "0.0", "transformers 5 refuses 0 for a float field");
+  assert.equal(jsonRoundTrip("7"), "7");
+  assert.equal(jsonRoundTrip("1000000.0"), "1000000.0");
   assert.equal(jsonRoundTrip("-0.5"), "-0.5");
   assert.equal(jsonRoundTrip("1e-6"), "1e-06");
-  assert.equal(jsonRoundTrip("2.5E+3"), "2500");
+  assert.equal(jsonRoundTrip("2.5E+3"), "2500.0");
   assert.equal(jsonRoundTrip("0.1"), "0.1");
-  assert.equal(jsonRoundTrip("1e400".replace("400", "-400")), "0");
+  assert.equal(jsonRoundTrip("1e400".replace("400", "-400")), "0.0");
+  assert.equal(jsonRoundTrip("1e16"), "1e+16");
   assert.equal(jsonRoundTrip("9223372036854775807"), "9223372036854775807", "int64 kept exactly");
   assert.equal(jsonRoundTrip("-9223372036854775808"), "-9223372036854775808");
   assert.equal(jsonRoundTrip("1e20"), "1e+20");

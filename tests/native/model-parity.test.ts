@@ -204,9 +204,12 @@ test("parameters come back by HF name; bad arguments name the field", async () =
     /config.architectures\[0\]: "GPT2LMHeadModel" is not supported; supported: .*Qwen2ForCausalLM/,
   );
   assert.deepEqual(supportedArchitectures().sort(), [
+    "DeepseekV3ForCausalLM",
     "LlamaForCausalLM",
+    "MixtralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM",
   ]);
   const config = JSON.parse(readFileSync(join(caseDir, "config.json"), "utf8")) as Record<string, unknown>;
   assert.throws(

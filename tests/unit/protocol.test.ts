@@ -1,11 +1,14 @@
 // The protocol pieces that hold no process: checks that name the field, body framing of typed
-// arrays and Arrow tables, derived endpoints, the loopback test, Z85.
+// arrays and Arrow tables, derived endpoints, the loopback test, Z85 and key files.
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import { tableFromArrays } from "apache-arrow";
 import { endpointsOf, isLocalOnly } from "../../src/protocol/endpoints.js";
 import { decode, encode, FrameError } from "../../src/protocol/frames.js";
-import { makeKeyPair, z85Encode } from "../../src/protocol/keys.js";
+import { makeKeyPair, readPublicKey, writeKeyPair, z85Encode } from "../../src/protocol/keys.js";
 import { workerCommandArgs } from "../../src/protocol/messages.js";
 import { ValidationError } from "../../src/protocol/schema.js";
 
@@ -101,4 +104,17 @@ test("Z85 matches RFC 32 and ZeroMQ's own keys", () => {
   assert.equal(z85Encode(new Uint8Array([0x86, 0x4f, 0xd2, 0x6f, 0xb5, 0x59, 0xf7, 0x5b])), "HelloWorld");
   const { publicKey } = makeKeyPair();
   assert.equal(publicKey.length, 40);
+});
+
+test("a .pub file whose key starts with '{' (a Z85 character) reads as the key, not as JSON", () => {
+  const dir = mkdtempSync(join(tmpdir(), "tiller-keys-"));
+  try {
+    const { secretKey } = makeKeyPair();
+    const publicKey = `{${makeKeyPair().publicKey.slice(1)}`;
+    const { publicFile, secretFile } = writeKeyPair(dir, "brace", { publicKey, secretKey });
+    assert.equal(readPublicKey(publicFile), publicKey);
+    assert.equal(readPublicKey(secretFile), publicKey);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

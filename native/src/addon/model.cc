@@ -1,6 +1,6 @@
 // Model handles: load from an HF folder (or create from a config and host tensors), save, logprobs,
 // generation, parameters, training (micro-batch backward of masked NLL or the RL policy loss with
-// accumulated gradients, AdamW steps)
+// accumulated gradients, AdamW steps), MoE routing replay and router statistics,
 // and a weighted-NLL backward for parity tests. Long calls run as async work; each holds the
 // model's own mutex so that calls on one model never overlap.
 #include <limits>
@@ -51,6 +51,13 @@ struct ModelSlot {
   // When set, the next call on this model runs under the Kineto profiler and writes a Chrome
   // trace here (modelProfileNext).
   std::string profile_path;
+  // MoE models: router statistics summed over the training-side forwards since the last
+  // modelRouterStats call (per MoE layer, on the model's device).
+  struct {
+    std::vector<at::Tensor> tokens_per_expert;  // [experts] int64
+    std::vector<at::Tensor> entropy_sum;        // scalar float32, nats
+    int64_t tokens = 0;
+  } router_stats;
 };
 
 // The JS handle owns a shared_ptr to the slot; running async work holds another, so dispose() while a
@@ -170,10 +177,63 @@ NextTokenRows next_token_rows(const at::Tensor& tokens, const std::vector<int64_
   return {r, tokens.index_select(0, r + 1)};
 }
 
-layers::TokenLogprobs forward_logprobs(CausalLM& model, const at::Tensor& tokens_cpu, const std::vector<int64_t>& cu,
-                                       double temperature, int64_t chunk_tokens) {
+// routedExperts: undefined, or an Int32Array of [tokens, moe_layers, top_k] expert ids where each
+// row is all valid ids or all -1 (route normally) -> int64 host tensor, or undefined.
+at::Tensor replay_from_js(const Napi::Value& value, const ModelSlot& slot, int64_t tokens) {
+  if (value.IsUndefined() || value.IsNull()) return {};
+  const auto moe = slot.model->moe_shape();
+  if (moe.layers == 0) throw std::invalid_argument("routedExperts: this model has no MoE layers");
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    throw std::invalid_argument("routedExperts: expected an Int32Array");
+  }
+  auto array = value.As<Napi::TypedArray>();
+  const auto expected = tokens * moe.layers * moe.top_k;
+  if (static_cast<int64_t>(array.ElementLength()) != expected) {
+    throw std::invalid_argument("routedExperts: has " + std::to_string(array.ElementLength()) + " entries, expected " +
+                                std::to_string(expected) + " (tokens x moe layers x top_k = " + std::to_string(tokens) +
+                                " x " + std::to_string(moe.layers) + " x " + std::to_string(moe.top_k) + ")");
+  }
+  const auto ids = tensor_from_typed_array(array, at::kInt, {tokens, moe.layers, moe.top_k}).to(at::kLong);
+  const auto out_of_range = ids.lt(-1).logical_or(ids.ge(moe.experts)).any().item<bool>();
+  const auto negative = ids.lt(0);
+  const auto mixed = negative.any(-1).logical_and(negative.logical_not().any(-1)).any().item<bool>();
+  if (out_of_range || mixed) {
+    throw std::invalid_argument("routedExperts: every row must hold expert ids in 0.." + std::to_string(moe.experts - 1) +
+                                ", or be all -1");
+  }
+  return ids;
+}
+
+void add_router_stats(ModelSlot& slot, const layers::Routing& routing, int64_t tokens) {
+  auto& totals = slot.router_stats;
+  for (size_t l = 0; l < routing.tokens_per_expert.size(); ++l) {
+    if (totals.tokens_per_expert.size() <= l) {
+      totals.tokens_per_expert.push_back(routing.tokens_per_expert[l].clone());
+      totals.entropy_sum.push_back(routing.entropy_sum[l].clone());
+    } else {
+      totals.tokens_per_expert[l].add_(routing.tokens_per_expert[l]);
+      totals.entropy_sum[l].add_(routing.entropy_sum[l]);
+    }
+  }
+  totals.tokens += tokens;
+}
+
+// The model's forward over a packed batch, then per-token logprobs. MoE models add their router
+// statistics to the slot's and replay `replay` ([tokens, moe_layers, top_k], host) when defined.
+layers::TokenLogprobs forward_logprobs(ModelSlot& slot, const at::Tensor& tokens_cpu, const std::vector<int64_t>& cu,
+                                       double temperature, int64_t chunk_tokens, const at::Tensor& replay) {
+  auto& model = *slot.model;
   const auto tokens = tokens_cpu.to(model.device());
-  const auto hidden = model.forward(models::pack_batch(tokens, cu));
+  auto batch = models::pack_batch(tokens, cu);
+  layers::Routing routing;
+  const bool moe = model.moe_shape().layers > 0;
+  if (moe) {
+    routing.stats = true;
+    if (replay.defined()) routing.replay = replay.to(model.device());
+    batch.routing = &routing;
+  }
+  const auto hidden = model.forward(batch);
+  if (moe) add_router_stats(slot, routing, tokens.size(0));
   const auto next = next_token_rows(tokens, cu);
   return layers::chunked_logprobs(hidden.index_select(0, next.rows), model.lm_head(), next.targets, temperature,
                                    chunk_tokens);
@@ -199,14 +259,13 @@ class GradScope {
 class LogprobsWork final : public ModelWork {
  public:
   LogprobsWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
-               double temperature, int64_t chunk)
+               double temperature, int64_t chunk, at::Tensor replay)
       : ModelWork(env, "tiller.modelLogprobs", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
-        temperature_(temperature), chunk_(chunk) {}
+        temperature_(temperature), chunk_(chunk), replay_(std::move(replay)) {}
 
   void RunLocked(ModelSlot& slot) override {
     at::NoGradGuard no_grad;
-    auto& model = *slot.model;
-    const auto out = forward_logprobs(model, tokens_, cu_, temperature_, chunk_);
+    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_);
     logprob_ = out.logprob.to(at::kCPU).contiguous();
     entropy_ = out.entropy.to(at::kCPU).contiguous();
   }
@@ -223,6 +282,7 @@ class LogprobsWork final : public ModelWork {
   std::vector<int64_t> cu_;
   double temperature_;
   int64_t chunk_;
+  at::Tensor replay_;
   at::Tensor logprob_, entropy_;
 };
 
@@ -271,9 +331,9 @@ class ActivationsWork final : public ModelWork {
 class LossBackwardWork final : public ModelWork {
  public:
   LossBackwardWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
-                   at::Tensor weights, double temperature, int64_t chunk)
+                   at::Tensor weights, double temperature, int64_t chunk, at::Tensor replay)
       : ModelWork(env, "tiller.modelLossBackward", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
-        weights_(std::move(weights)), temperature_(temperature), chunk_(chunk) {}
+        weights_(std::move(weights)), temperature_(temperature), chunk_(chunk), replay_(std::move(replay)) {}
 
   void RunLocked(ModelSlot& slot) override {
     if (slot.grads_pending) {
@@ -282,7 +342,7 @@ class LossBackwardWork final : public ModelWork {
     const auto& params = slot.model->named_parameters();
     GradScope scope(params);
     try {
-      const auto out = forward_logprobs(*slot.model, tokens_, cu_, temperature_, chunk_);
+      const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_);
       if (out.logprob.size(0) != weights_.size(0)) {
         throw std::invalid_argument("weights: has " + std::to_string(weights_.size(0)) + " entries, expected " +
                                     std::to_string(out.logprob.size(0)) + " (tokens minus sequences)");
@@ -319,6 +379,7 @@ class LossBackwardWork final : public ModelWork {
   at::Tensor weights_;
   double temperature_;
   int64_t chunk_;
+  at::Tensor replay_;
   double loss_ = 0;
   models::NamedTensors grads_;
 };
@@ -345,6 +406,11 @@ class GenerateWork final : public ModelWork {
       item["tokens"] = tokens;
       item["logprobs"] = logprobs;
       item["finishReason"] = r.finish_reason;
+      if (options_.record_experts) {
+        auto experts = Napi::Int32Array::New(env, r.experts.size());
+        std::copy(r.experts.begin(), r.experts.end(), experts.Data());
+        item["experts"] = experts;
+      }
       list[i] = item;
     }
     return list;
@@ -361,9 +427,10 @@ class GenerateWork final : public ModelWork {
 class TrainStepWork final : public ModelWork {
  public:
   TrainStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
-                at::Tensor mask, double normaliser, double temperature, int64_t chunk)
+                at::Tensor mask, double normaliser, double temperature, int64_t chunk, at::Tensor replay)
       : ModelWork(env, "tiller.modelTrainStep", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
-        mask_(std::move(mask)), normaliser_(normaliser), temperature_(temperature), chunk_(chunk) {}
+        mask_(std::move(mask)), normaliser_(normaliser), temperature_(temperature), chunk_(chunk),
+        replay_(std::move(replay)) {}
 
   void RunLocked(ModelSlot& slot) override {
     const auto predicted = tokens_.size(0) - static_cast<int64_t>(cu_.size()) + 1;
@@ -372,7 +439,7 @@ class TrainStepWork final : public ModelWork {
                                   std::to_string(predicted) + " (tokens minus sequences)");
     }
     GradScope scope(slot.model->named_parameters());
-    const auto out = forward_logprobs(*slot.model, tokens_, cu_, temperature_, chunk_);
+    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_);
     train::TokenLossInputs in;
     in.logprobs = out.logprob;                        // [tokens - sequences] fp32
     in.mask = mask_.to(out.logprob.device());         // [tokens - sequences]
@@ -398,6 +465,7 @@ class TrainStepWork final : public ModelWork {
   at::Tensor mask_;
   double normaliser_, temperature_;
   int64_t chunk_;
+  at::Tensor replay_;
   double loss_ = 0, tokens_counted_ = 0;
 };
 
@@ -406,13 +474,15 @@ class TrainStepWork final : public ModelWork {
 class PolicyStepWork final : public ModelWork {
  public:
   PolicyStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
-                 train::PolicyLossInputs inputs, train::PolicyLossConfig config, double temperature, int64_t chunk)
+                 train::PolicyLossInputs inputs, train::PolicyLossConfig config, double temperature, int64_t chunk,
+                 at::Tensor replay)
       : ModelWork(env, "tiller.modelPolicyStep", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
-        inputs_(std::move(inputs)), config_(config), temperature_(temperature), chunk_(chunk) {}
+        inputs_(std::move(inputs)), config_(config), temperature_(temperature), chunk_(chunk),
+        replay_(std::move(replay)) {}
 
   void RunLocked(ModelSlot& slot) override {
     GradScope scope(slot.model->named_parameters());
-    const auto out = forward_logprobs(*slot.model, tokens_, cu_, temperature_, chunk_);
+    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_);
     auto in = inputs_;
     const auto device = out.logprob.device();
     in.logprobs = out.logprob;  // [tokens - sequences] fp32
@@ -448,6 +518,7 @@ class PolicyStepWork final : public ModelWork {
   train::PolicyLossConfig config_;
   double temperature_;
   int64_t chunk_;
+  at::Tensor replay_;
   double loss_ = 0, tokens_counted_ = 0;
   train::PolicyLossMetrics metrics_;
 };
@@ -510,7 +581,7 @@ class SaveWork final : public ModelWork {
     }
     if (!written) config.set("dtype", dtype);
     models::NamedTensors tensors;
-    for (const auto& [name, p] : slot.model->named_parameters()) {
+    for (const auto& [name, p] : slot.model->checkpoint_tensors()) {
       tensors.emplace_back(name, p.detach().to(at::kCPU).contiguous());
     }
     io::save_checkpoint(dir_, config, tensors, max_shard_bytes_);
@@ -638,19 +709,21 @@ Napi::Value ModelSave(const Napi::CallbackInfo& info) {
 }
 
 // modelTrainStep(handle, tokens, cuSeqlens, lossMask: Float32Array [tokens - sequences], tokenNormaliser,
-//                temperature, chunkTokens) -> Promise<{loss, tokens}>
+//                temperature, chunkTokens, routedExperts?: Int32Array) -> Promise<{loss, tokens}>
 Napi::Value ModelTrainStep(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto [slot, tokens, cu] = packed_args(info);
+    auto replay = replay_from_js(info[7], *slot, tokens.numel());
     return queue_work<TrainStepWork>(env, slot, tokens, cu, floats_from_js(info[3]), info[4].As<Napi::Number>().DoubleValue(),
-                                     info[5].As<Napi::Number>().DoubleValue(), info[6].As<Napi::Number>().Int64Value());
+                                     info[5].As<Napi::Number>().DoubleValue(), info[6].As<Napi::Number>().Int64Value(),
+                                     std::move(replay));
   });
 }
 
 // modelPolicyStep(handle, tokens, cuSeqlens, perToken: {oldLogprobs, advantages, mask, refLogprobs?: Float32Array
-//                 [tokens - sequences]}, counts: {tokens, sequences}, config, temperature, chunkTokens)
-//   -> Promise<{loss, tokens, metrics}>
+//                 [tokens - sequences]}, counts: {tokens, sequences}, config, temperature, chunkTokens,
+//                 routedExperts?: Int32Array) -> Promise<{loss, tokens, metrics}>
 Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -672,8 +745,10 @@ Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
     if (config.kl != train::KlPenalty::kNone && !in.ref_logprobs.defined()) {
       throw std::invalid_argument("perToken.refLogprobs: required when config.kl.type is not none");
     }
+    auto replay = replay_from_js(info[8], *slot, tokens.numel());
     return queue_work<PolicyStepWork>(env, slot, tokens, cu, std::move(in), config,
-                                      info[6].As<Napi::Number>().DoubleValue(), info[7].As<Napi::Number>().Int64Value());
+                                      info[6].As<Napi::Number>().DoubleValue(), info[7].As<Napi::Number>().Int64Value(),
+                                      std::move(replay));
   });
 }
 
@@ -768,13 +843,15 @@ Napi::Value ModelDispose(const Napi::CallbackInfo& info) {
   });
 }
 
-// modelLogprobs(handle, tokens, cuSeqlens, temperature, chunkTokens) -> Promise<{logprobs, entropy}>
+// modelLogprobs(handle, tokens, cuSeqlens, temperature, chunkTokens, routedExperts?: Int32Array)
+//   -> Promise<{logprobs, entropy}>
 Napi::Value ModelLogprobs(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto [slot, tokens, cu] = packed_args(info);
+    auto replay = replay_from_js(info[5], *slot, tokens.numel());
     return queue_work<LogprobsWork>(env, slot, tokens, cu, info[3].As<Napi::Number>().DoubleValue(),
-                                    info[4].As<Napi::Number>().Int64Value());
+                                    info[4].As<Napi::Number>().Int64Value(), std::move(replay));
   });
 }
 
@@ -787,17 +864,20 @@ Napi::Value ModelActivations(const Napi::CallbackInfo& info) {
   });
 }
 
-// modelLossBackward(handle, tokens, cuSeqlens, weights: Float32Array, temperature, chunkTokens) -> Promise<{loss, gradients}>
+// modelLossBackward(handle, tokens, cuSeqlens, weights: Float32Array, temperature, chunkTokens,
+//                   routedExperts?: Int32Array) -> Promise<{loss, gradients}>
 Napi::Value ModelLossBackward(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto [slot, tokens, cu] = packed_args(info);
+    auto replay = replay_from_js(info[6], *slot, tokens.numel());
     return queue_work<LossBackwardWork>(env, slot, tokens, cu, floats_from_js(info[3]), info[4].As<Napi::Number>().DoubleValue(),
-                                        info[5].As<Napi::Number>().Int64Value());
+                                        info[5].As<Napi::Number>().Int64Value(), std::move(replay));
   });
 }
 
-// modelGenerate(handle, prompts: Int32Array[], {maxNewTokens, temperature, topK, topP, stopTokenIds, seed})
+// modelGenerate(handle, prompts: Int32Array[], {maxNewTokens, temperature, topK, topP, stopTokenIds, seed,
+//               recordExperts}) -> Promise<{tokens, logprobs, finishReason, experts?}[]>
 Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -815,6 +895,7 @@ Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
     options.sampling.top_k = o.Get("topK").As<Napi::Number>().Int64Value();
     options.sampling.top_p = o.Get("topP").As<Napi::Number>().DoubleValue();
     options.seed = static_cast<uint64_t>(o.Get("seed").As<Napi::Number>().Int64Value());
+    options.record_experts = o.Get("recordExperts").ToBoolean().Value();
     auto stops = o.Get("stopTokenIds").As<Napi::Array>();
     for (uint32_t i = 0; i < stops.Length(); ++i) {
       options.stop.stop_token_ids.push_back(stops.Get(i).As<Napi::Number>().Int64Value());
@@ -839,15 +920,66 @@ Napi::Value named_host_copies(const Napi::CallbackInfo& info, Pick pick) {
   });
 }
 
-// modelParameters(handle) -> {name, dtype, shape, data}[] (host copies)
+// modelParameters(handle) -> {name, dtype, shape, data}[] (host copies of the parameters, then the buffers)
 Napi::Value ModelParameters(const Napi::CallbackInfo& info) {
-  return named_host_copies(info, [](const at::Tensor& p) { return p.detach(); });
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    auto tensors = slot->model->named_parameters();
+    const auto& buffers = slot->model->named_buffers();
+    tensors.insert(tensors.end(), buffers.begin(), buffers.end());
+    auto list = Napi::Array::New(env, tensors.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      list[i] = host_tensor(env, tensors[i].first, tensors[i].second.detach().to(at::kCPU).contiguous().clone());
+    }
+    return list;
+  });
 }
 
 // modelGradients(handle) -> {name, dtype, shape, data}[]: host copies of the gradients trainStep and
 // policyStep accumulated since the last optimizer step (zeros where none).
 Napi::Value ModelGradients(const Napi::CallbackInfo& info) {
   return named_host_copies(info, [](const at::Tensor& p) { return p.grad().defined() ? p.grad().detach() : at::zeros_like(p); });
+}
+
+// modelMoeShape(handle) -> {layers, experts, topK} (all 0 for a dense model)
+Napi::Value ModelMoeShape(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto moe = slot_of(info[0])->model->moe_shape();
+    auto out = Napi::Object::New(env);
+    out["layers"] = moe.layers;
+    out["experts"] = moe.experts;
+    out["topK"] = moe.top_k;
+    return out;
+  });
+}
+
+// modelRouterStats(handle) -> {tokens, tokensPerExpert: Int32Array[] (per MoE layer), entropySum: Float64Array}:
+// summed over the logprobs/lossBackward/trainStep/policyStep forwards since the last call, then reset.
+Napi::Value ModelRouterStats(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    auto& totals = slot->router_stats;
+    const auto layers = totals.tokens_per_expert.size();
+    auto counts = Napi::Array::New(env, layers);
+    auto entropy = Napi::Float64Array::New(env, layers);
+    for (size_t l = 0; l < layers; ++l) {
+      counts[l] = typed_array_from_tensor(env, totals.tokens_per_expert[l].to(at::kCPU, at::kInt).contiguous());
+      entropy[l] = totals.entropy_sum[l].item<double>();
+    }
+    auto out = Napi::Object::New(env);
+    out["tokens"] = static_cast<double>(totals.tokens);
+    out["tokensPerExpert"] = counts;
+    out["entropySum"] = entropy;
+    totals.tokens_per_expert.clear();
+    totals.entropy_sum.clear();
+    totals.tokens = 0;
+    return out;
+  });
 }
 
 // supportedArchitectures() -> string[]
@@ -878,6 +1010,8 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelGenerate"] = Napi::Function::New(env, ModelGenerate, "modelGenerate");
   exports["modelParameters"] = Napi::Function::New(env, ModelParameters, "modelParameters");
   exports["modelGradients"] = Napi::Function::New(env, ModelGradients, "modelGradients");
+  exports["modelMoeShape"] = Napi::Function::New(env, ModelMoeShape, "modelMoeShape");
+  exports["modelRouterStats"] = Napi::Function::New(env, ModelRouterStats, "modelRouterStats");
   exports["supportedArchitectures"] = Napi::Function::New(env, SupportedArchitectures, "supportedArchitectures");
 }
 

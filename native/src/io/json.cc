@@ -458,10 +458,13 @@ void dump_string(std::string& out, const std::string& s) {
 void dump_number(std::string& out, double value) {
   if (!std::isfinite(value)) throw std::runtime_error("json: cannot serialise NaN or infinity");
   char buffer[32];
-  // Integral doubles up to 2^53 print as plain digits (1000000, not 1e+06), as Python does.
-  if (std::trunc(value) == value && std::abs(value) <= 9007199254740992.0) {
+  // A float with an integral value prints as digits plus ".0" below 1e16 (1000000.0, not 1e+06),
+  // as Python's json.dumps does: readers that check types (transformers 5's strict configs refuse
+  // 0 for a float field) must read a float back.
+  if (std::trunc(value) == value && std::abs(value) < 1e16) {
     const auto r = std::to_chars(buffer, buffer + sizeof buffer, static_cast<int64_t>(value));
     out.append(buffer, r.ptr);
+    out += ".0";
     return;
   }
   const auto r = std::to_chars(buffer, buffer + sizeof buffer, value);  // shortest round-trip form

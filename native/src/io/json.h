@@ -67,8 +67,9 @@ class Json {
   Json& append(std::string key, Json value);
 
   // indent < 0: compact ("{"a":1}"); otherwise one member a line, `indent` spaces a level, like
-  // Python's json.dumps(indent=n). Integers print without ".0"; other numbers print in the
-  // shortest form that reads back to the same double. NaN and infinities throw (JSON has none).
+  // Python's json.dumps(indent=n). Integers print as written; floats in the shortest form that
+  // reads back to the same double, with ".0" when integral (1.0, as Python). NaN and infinities
+  // throw (JSON has none).
   std::string dump(int indent = -1) const;
 
   static const char* type_name(Type type);

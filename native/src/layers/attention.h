@@ -1,5 +1,5 @@
 // Causal attention over packed variable-length sequences, with grouped-query heads of any ratio,
-// optionally reading and appending to a per-sequence KV cache.
+// an optional sliding window, optionally reading and appending to a per-sequence KV cache.
 #pragma once
 
 #include <torch/torch.h>
@@ -9,8 +9,9 @@
 namespace tiller::layers {
 
 // One layer's cache: slot s holds one sequence's keys and values at positions 0..max_len-1.
+// (MLA keeps its compressed latent in k and its shared rope key in v: see layers/mla.h.)
 struct KvView {
-  at::Tensor k, v;  // [slots, max_len, kv_heads, head_dim]
+  at::Tensor k, v;  // [slots, max_len, kv_heads, head_dim] (v: value_dim)
 };
 
 // Where each packed sequence's new tokens go in the cache: sequence i writes slot slots[i] at
@@ -20,18 +21,30 @@ struct CacheSpans {
   std::vector<int64_t> offsets;
 };
 
-// q: [tokens, heads, head_dim], k, v: [tokens, kv_heads, head_dim]; heads % kv_heads == 0.
-// cu_seqlens: [sequences + 1] on the host. Each sequence attends causally to itself only.
-// Returns [tokens, heads, head_dim]. CUDA with bf16/fp16 runs flash attention varlen in one call;
-// otherwise one SDPA call per sequence.
+// q, k: [tokens, heads or kv_heads, head_dim], v: [tokens, kv_heads, value_dim]; heads % kv_heads == 0.
+// cu_seqlens: [sequences + 1] on the host. Each sequence attends causally to itself only; with
+// window > 0 a query sees only the keys of the last `window` positions, itself included (HF's
+// sliding_window). Returns [tokens, heads, value_dim]. CUDA with bf16/fp16 runs flash attention
+// varlen in one call; otherwise one SDPA call per sequence.
 at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   const std::vector<int64_t>& cu_seqlens, double scale);
+                                   const std::vector<int64_t>& cu_seqlens, double scale, int64_t window = 0);
 
 // As above, but first writes k, v into `cache` at `spans`, then attends over each sequence's cached
 // prefix plus its new tokens. Used by generation (prefill and decode).
 at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const std::vector<int64_t>& cu_seqlens, const KvView& cache,
-                                   const CacheSpans& spans, double scale);
+                                   const CacheSpans& spans, double scale, int64_t window = 0);
+
+// The two halves of cached_causal_attention, for layers that cache something other than per-head
+// K/V (MLA). Writes each packed sequence's new rows of k and v ([tokens, ...] matching the cache's
+// trailing dims) into its slot and returns per sequence the slot's rows 0 .. offset + n - 1 (views).
+std::vector<KvView> append_to_cache(const at::Tensor& k, const at::Tensor& v, const std::vector<int64_t>& cu_seqlens,
+                                    const KvView& cache, const CacheSpans& spans);
+
+// One sequence's new queries against its keys: q: [n, heads, D], k: [m, kv_heads, D],
+// v: [m, kv_heads, Dv], m >= n; query j sits at key position m - n + j. -> [n, heads, Dv]
+at::Tensor attend_causal_suffix(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                                int64_t window = 0);
 
 // Generation on CUDA with a slot cache: every layer's cache is [slots, max_len, kv_heads, head_dim]
 // seen as rows [slots * max_len, kv_heads, head_dim]. Only device tensors, so a decode step can be
@@ -51,6 +64,7 @@ void write_slot_cache(const at::Tensor& k, const at::Tensor& v, const KvView& ca
 
 // q: [rows, heads, head_dim] (one new token per row) -> [rows, heads, head_dim], reading only the
 // used part of each row's slot (flash attention varlen with seqused_k). CUDA, bf16/fp16 only.
-at::Tensor slot_decode_attention(const at::Tensor& q, const KvView& cache, const SlotCacheIndex& index, double scale);
+at::Tensor slot_decode_attention(const at::Tensor& q, const KvView& cache, const SlotCacheIndex& index, double scale,
+                                 int64_t window = 0);
 
 }  // namespace tiller::layers

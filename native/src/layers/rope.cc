@@ -118,4 +118,13 @@ at::Tensor apply_rope(const at::Tensor& x, const RopeTable& table) {
   return x * cos + rotated * sin;
 }
 
+at::Tensor apply_rope_interleaved(const at::Tensor& x, const RopeTable& table) {
+  const auto half = x.size(-1) / 2;
+  // The table repeats its half-width angles; each pair uses one of them.
+  const auto cos = table.cos.slice(-1, 0, half).to(x.scalar_type()).unsqueeze(1);  // [tokens, 1, D/2]
+  const auto sin = table.sin.slice(-1, 0, half).to(x.scalar_type()).unsqueeze(1);
+  const auto even = x.slice(-1, 0, x.size(-1), 2), odd = x.slice(-1, 1, x.size(-1), 2);
+  return at::cat({even * cos - odd * sin, odd * cos + even * sin}, -1);
+}
+
 }  // namespace tiller::layers

@@ -56,4 +56,9 @@ RopeTable rope_table_from(const RopeFrequencies& freqs, const at::Tensor& positi
 // x: [tokens, heads, head_dim], table rows per token -> same shape and dtype as x
 at::Tensor apply_rope(const at::Tensor& x, const RopeTable& table);
 
+// DeepSeek's rope_interleave: rotates the pairs (x[2i], x[2i+1]) instead of (x[i], x[i + D/2]) and
+// returns them de-interleaved (every first element, then every second), as HF does. Queries and
+// keys come out permuted alike, so their dot products are those of the interleaved rotation.
+at::Tensor apply_rope_interleaved(const at::Tensor& x, const RopeTable& table);
+
 }  // namespace tiller::layers

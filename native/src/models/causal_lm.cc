@@ -18,4 +18,16 @@ PackedBatch pack_batch(const at::Tensor& tokens, std::vector<int64_t> cu_seqlens
   return batch;
 }
 
+const NamedTensors& CausalLM::named_buffers() const {
+  static const NamedTensors none;
+  return none;
+}
+
+NamedTensors CausalLM::checkpoint_tensors() const {
+  auto tensors = named_parameters();
+  const auto& buffers = named_buffers();
+  tensors.insert(tensors.end(), buffers.begin(), buffers.end());
+  return tensors;
+}
+
 }  // namespace tiller::models

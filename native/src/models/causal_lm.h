@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "layers/attention.h"
+#include "layers/moe.h"
 
 namespace tiller::models {
 
@@ -29,26 +30,46 @@ struct PackedBatch {
   // Debugging (activations): when set, the forward appends the residual stream after the
   // embedding and after each decoder layer ([tokens, hidden] each, layers + 1 in all).
   std::vector<at::Tensor>* layer_outputs = nullptr;
+  // MoE models: routing replay, recording and statistics for this forward (layers/moe.h); null: none.
+  layers::Routing* routing = nullptr;
 };
 
 // Builds positions 0..n-1 per sequence (shifted by offsets when given) and the context lengths.
 PackedBatch pack_batch(const at::Tensor& tokens, std::vector<int64_t> cu_seqlens,
                        const std::vector<int64_t>& offsets = {});
 
+// One layer's generation cache: k [slots, len, kv_heads, head_dim], v [slots, len, kv_heads, value_dim].
 struct KvShape {
-  int64_t layers, kv_heads, head_dim;
+  int64_t layers, kv_heads, head_dim, value_dim;
+  // MLA (layers/mla.h): k holds the compressed latent and v the shared rope key, one "head" each;
+  // attention expands them per head, so the CUDA slot decoder, which reads K/V directly, cannot run it.
+  bool latent = false;
+};
+
+// The routing of an MoE model: how many MoE layers, experts per layer, experts per token (all 0 for
+// a dense model). Routing replay and recording hold [tokens, layers, top_k] expert ids.
+struct MoeShape {
+  int64_t layers = 0, experts = 0, top_k = 0;
 };
 
 class CausalLM {
  public:
   virtual ~CausalLM() = default;
-  // HF names -> parameters (valid as long as the model lives); the same names save and load.
+  // HF names -> trainable parameters (valid as long as the model lives), as transformers holds them in
+  // memory (MoE experts stacked: mlp.experts.gate_up_proj, mlp.experts.down_proj).
   virtual const NamedTensors& named_parameters() const = 0;
+  // Tensors that are loaded and saved but not trained (DeepSeek-V3's e_score_correction_bias, kept in
+  // float32); none by default.
+  virtual const NamedTensors& named_buffers() const;
+  // The tensors under the names an HF checkpoint stores them (what save writes): by default the
+  // parameters then the buffers; MoE families split their stacked experts per expert.
+  virtual NamedTensors checkpoint_tensors() const;
   // batch -> hidden states after the final norm: [tokens, hidden]
   virtual at::Tensor forward(const PackedBatch& batch) const = 0;
   // [vocab, hidden]: the output projection (the embedding when tied).
   virtual const at::Tensor& lm_head() const = 0;
   virtual KvShape kv_shape() const = 0;
+  virtual MoeShape moe_shape() const { return {}; }
   // True when rope frequencies do not depend on the context length (not dynamic NTK): the
   // forward then does no host work, which CUDA graph capture requires.
   virtual bool fixed_rope() const = 0;

@@ -1,11 +1,13 @@
 #include "models/dense.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <set>
 #include <stdexcept>
 
 #include "layers/attention.h"
+#include "layers/mlp.h"
 #include "layers/norm.h"
 
 namespace tiller::models {
@@ -17,13 +19,15 @@ std::string shape_text(at::IntArrayRef shape) {
   return s + "]";
 }
 
-layers::RopeConfig read_rope(const HfConfig& c, int64_t head_dim, int64_t max_positions) {
+}  // namespace
+
+layers::RopeConfig read_rope_config(const HfConfig& c, int64_t rotary_dim, int64_t max_positions) {
   // HF v5 writes rope_parameters (with rope_theta inside); older configs rope_theta + rope_scaling.
   const std::string prefix = c.string("rope_parameters.rope_type") || c.has("rope_parameters.rope_theta")
                                  ? "rope_parameters."
                                  : "rope_scaling.";
   layers::RopeConfig rope;
-  rope.rotary_dim = head_dim;
+  rope.rotary_dim = rotary_dim;
   rope.max_position_embeddings = max_positions;
   rope.theta = c.number_or("rope_parameters.rope_theta", c.number_or("rope_theta", 10000.0));
   const auto type = c.string(prefix + "rope_type").value_or(c.string(prefix + "type").value_or("default"));
@@ -57,13 +61,15 @@ layers::RopeConfig read_rope(const HfConfig& c, int64_t head_dim, int64_t max_po
   return rope;
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return bias.defined() ? at::addmm(bias, x, weight.t()) : at::matmul(x, weight.t());
-}
+namespace {
+
+using layers::linear;
 
 struct Block {
   at::Tensor input_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
   at::Tensor post_norm, gate, up, down;
+  int64_t moe_index = -1;  // place among the MoE layers; -1: the dense MLP
+  layers::MoeWeights moe;
 };
 
 class DenseDecoder final : public CausalLM {
@@ -85,20 +91,37 @@ class DenseDecoder final : public CausalLM {
     }
     for (int64_t i = 0; i < config_.num_layers; ++i) {
       const auto p = "model.layers." + std::to_string(i) + ".";
-      blocks_.push_back(Block{get(p + "input_layernorm.weight"), get(p + "self_attn.q_proj.weight"),
-                              get(p + "self_attn.k_proj.weight"), get(p + "self_attn.v_proj.weight"),
-                              get(p + "self_attn.o_proj.weight"), get(p + "self_attn.q_proj.bias"),
-                              get(p + "self_attn.k_proj.bias"), get(p + "self_attn.v_proj.bias"),
-                              get(p + "self_attn.o_proj.bias"), get(p + "self_attn.q_norm.weight"),
-                              get(p + "self_attn.k_norm.weight"), get(p + "post_attention_layernorm.weight"),
-                              get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight"),
-                              get(p + "mlp.down_proj.weight")});
+      Block b{get(p + "input_layernorm.weight"), get(p + "self_attn.q_proj.weight"),
+              get(p + "self_attn.k_proj.weight"), get(p + "self_attn.v_proj.weight"),
+              get(p + "self_attn.o_proj.weight"), get(p + "self_attn.q_proj.bias"),
+              get(p + "self_attn.k_proj.bias"), get(p + "self_attn.v_proj.bias"),
+              get(p + "self_attn.o_proj.bias"), get(p + "self_attn.q_norm.weight"),
+              get(p + "self_attn.k_norm.weight"), get(p + "post_attention_layernorm.weight"),
+              get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight"),
+              get(p + "mlp.down_proj.weight"), /*moe_index=*/-1, layers::MoeWeights{}};
+      const auto& moe_layers = config_.moe_layers;
+      const auto found = std::find(moe_layers.begin(), moe_layers.end(), i);
+      if (found != moe_layers.end()) {
+        b.moe_index = found - moe_layers.begin();
+        b.moe = {get(p + "mlp.gate.weight"), at::Tensor(), get(p + "mlp.experts.gate_up_proj"),
+                 get(p + "mlp.experts.down_proj")};
+      }
+      blocks_.push_back(std::move(b));
     }
   }
 
   const NamedTensors& named_parameters() const override { return params_; }
+  NamedTensors checkpoint_tensors() const override {
+    return config_.moe_layers.empty() ? params_ : unstack_experts(params_, config_.expert_names);
+  }
   const at::Tensor& lm_head() const override { return lm_head_; }
-  KvShape kv_shape() const override { return {config_.num_layers, config_.num_kv_heads, config_.head_dim}; }
+  KvShape kv_shape() const override {
+    return {config_.num_layers, config_.num_kv_heads, config_.head_dim, config_.head_dim};
+  }
+  MoeShape moe_shape() const override {
+    if (config_.moe_layers.empty()) return {};
+    return {static_cast<int64_t>(config_.moe_layers.size()), config_.moe.experts, config_.moe.top_k};
+  }
   bool fixed_rope() const override { return static_rope_.has_value(); }
   at::Device device() const override { return device_; }
   at::ScalarType dtype() const override { return dtype_; }
@@ -126,10 +149,11 @@ class DenseDecoder final : public CausalLM {
       }
       q = layers::apply_rope(q, rope);
       k = layers::apply_rope(k, rope);
-      const auto attn = attention(batch, l, q, k, v, scale);
+      const auto attn = attention(batch, l, q, k, v, scale, c.sliding_window);
       x = x + linear(attn.reshape({tokens, c.num_heads * c.head_dim}), b.o, b.o_bias);
       const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
-      x = x + at::matmul(at::silu(at::matmul(m, b.gate.t())) * at::matmul(m, b.up.t()), b.down.t());
+      x = x + (b.moe_index >= 0 ? layers::moe_forward(m, b.moe, c.moe, batch.routing, b.moe_index)
+                                : layers::swiglu(m, b.gate, b.up, b.down));
       if (batch.layer_outputs) batch.layer_outputs->push_back(x);
     }
     return layers::rms_norm(x, norm_, c.rms_norm_eps);
@@ -138,15 +162,17 @@ class DenseDecoder final : public CausalLM {
  private:
   // q: [tokens, heads, D], k, v: [tokens, kv_heads, D] -> [tokens, heads, D]
   static at::Tensor attention(const PackedBatch& batch, size_t layer, const at::Tensor& q, const at::Tensor& k,
-                              const at::Tensor& v, double scale) {
+                              const at::Tensor& v, double scale, int64_t window) {
     if (batch.slot_cache) {
       const auto& cache = (*batch.cache)[layer];
       layers::write_slot_cache(k, v, cache, batch.slot_cache->write_rows);
-      return batch.slot_cache->decode ? layers::slot_decode_attention(q, cache, *batch.slot_cache, scale)
-                                      : layers::causal_varlen_attention(q, k, v, batch.cu_seqlens, scale);
+      return batch.slot_cache->decode ? layers::slot_decode_attention(q, cache, *batch.slot_cache, scale, window)
+                                      : layers::causal_varlen_attention(q, k, v, batch.cu_seqlens, scale, window);
     }
-    if (batch.cache) return layers::cached_causal_attention(q, k, v, batch.cu_seqlens, (*batch.cache)[layer], batch.spans, scale);
-    return layers::causal_varlen_attention(q, k, v, batch.cu_seqlens, scale);
+    if (batch.cache) {
+      return layers::cached_causal_attention(q, k, v, batch.cu_seqlens, (*batch.cache)[layer], batch.spans, scale, window);
+    }
+    return layers::causal_varlen_attention(q, k, v, batch.cu_seqlens, scale, window);
   }
 
   ModelConfig config_;
@@ -191,7 +217,7 @@ ModelConfig read_common_config(const HfConfig& c) {
   const auto act = c.string("hidden_act").value_or("silu");
   if (act != "silu") throw std::invalid_argument("config.json: hidden_act '" + act + "' is not supported (silu only)");
   if (c.flag_or("mlp_bias", false)) throw std::invalid_argument("config.json: mlp_bias=true is not supported");
-  m.rope = read_rope(c, m.head_dim, static_cast<int64_t>(c.number_or("max_position_embeddings", 2048)));
+  m.rope = read_rope_config(c, m.head_dim, static_cast<int64_t>(c.number_or("max_position_embeddings", 2048)));
   return m;
 }
 
@@ -216,20 +242,26 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c) {
     table.push_back({p + "self_attn.o_proj.weight", {c.hidden_size, q_out}});
     if (c.o_bias) table.push_back({p + "self_attn.o_proj.bias", {c.hidden_size}});
     table.push_back({p + "post_attention_layernorm.weight", {c.hidden_size}});
-    table.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}});
-    table.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}});
-    table.push_back({p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}});
+    if (std::find(c.moe_layers.begin(), c.moe_layers.end(), i) != c.moe_layers.end()) {
+      const auto experts = c.moe.experts, inter = c.moe.intermediate;
+      table.push_back({p + "mlp.gate.weight", {experts, c.hidden_size}});
+      table.push_back({p + "mlp.experts.gate_up_proj", {experts, 2 * inter, c.hidden_size}});
+      table.push_back({p + "mlp.experts.down_proj", {experts, c.hidden_size, inter}});
+    } else {
+      table.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}});
+      table.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}});
+      table.push_back({p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}});
+    }
   }
   table.push_back({"model.norm.weight", {c.hidden_size}});
   if (!c.tie_word_embeddings) table.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
   return table;
 }
 
-std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, at::Device device,
-                                      at::ScalarType dtype) {
-  const auto table = tensor_table(config);
+LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap& weights, bool tied,
+                           at::Device device, at::ScalarType dtype) {
   std::set<std::string> expected;
-  NamedTensors params;
+  LoadedTensors out;
   for (const auto& spec : table) {
     expected.insert(spec.name);
     const auto it = weights.find(spec.name);
@@ -238,15 +270,28 @@ std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap
       throw std::invalid_argument("weights: " + spec.name + " has shape " + shape_text(it->second.sizes()) +
                                   ", the config implies " + shape_text(spec.shape));
     }
-    params.emplace_back(spec.name, it->second.to(device, dtype, /*non_blocking=*/false, /*copy=*/true));
+    auto& list = spec.buffer ? out.buffers : out.parameters;
+    list.emplace_back(spec.name, it->second.to(device, spec.buffer ? at::kFloat : dtype, /*non_blocking=*/false,
+                                               /*copy=*/true));
   }
   for (const auto& [name, _] : weights) {
     // A tied checkpoint may still carry lm_head.weight (a copy of the embedding): ignored.
-    if (!expected.count(name) && !(config.tie_word_embeddings && name == "lm_head.weight")) {
+    if (!expected.count(name) && !(tied && name == "lm_head.weight")) {
       throw std::invalid_argument("weights: " + name + " is not a tensor of this model");
     }
   }
-  return std::make_unique<DenseDecoder>(config, std::move(params), device, dtype);
+  return out;
+}
+
+std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, at::Device device,
+                                      at::ScalarType dtype) {
+  if (!config.moe_layers.empty()) layers::check_moe_config(config.moe);
+  auto loaded = load_tensors(tensor_table(config),
+                             config.moe_layers.empty()
+                                 ? weights
+                                 : stack_experts(weights, config.moe_layers, config.moe.experts, config.expert_names),
+                             config.tie_word_embeddings, device, dtype);
+  return std::make_unique<DenseDecoder>(config, std::move(loaded.parameters), device, dtype);
 }
 
 }  // namespace tiller::models

@@ -1,16 +1,21 @@
-// The dense decoder shared by Qwen2, Qwen3 and Llama: pre-norm blocks of grouped-query attention
-// and a SwiGLU MLP. The families differ only in hyper-parameters (QKV bias, per-head q/k norm),
-// which their files read from config.json into ModelConfig.
+// The grouped-query-attention decoder shared by Qwen2, Qwen3, Llama, Qwen3-MoE and Mixtral:
+// pre-norm blocks of attention and a feed-forward that is a SwiGLU MLP or, in MoE layers, the
+// mixture of experts of layers/moe.h. The families differ only in hyper-parameters (QKV bias,
+// per-head q/k norm, sliding window, which layers are MoE and how they route), which their files
+// read from config.json into ModelConfig. Also the loading helpers every family shares.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "layers/moe.h"
 #include "layers/rope.h"
 #include "models/causal_lm.h"
+#include "models/experts.h"
 #include "models/hf_config.h"
 #include "models/registry.h"
 
@@ -19,33 +24,52 @@ namespace tiller::models {
 struct ModelConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
-  int64_t intermediate_size = 0;
+  int64_t intermediate_size = 0;  // of the dense MLP layers
   int64_t num_layers = 0;
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;  // may differ from hidden_size / num_heads
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;  // Qwen2; Llama's attention_bias
-  bool o_bias = false;    // Llama's attention_bias
-  bool qk_norm = false;   // Qwen3: RMSNorm over head_dim of q and k, before rope
+  bool qkv_bias = false;       // Qwen2; Llama's attention_bias
+  bool o_bias = false;         // Llama's attention_bias
+  bool qk_norm = false;        // Qwen3: RMSNorm over head_dim of q and k, before rope
+  int64_t sliding_window = 0;  // > 0: each query sees the keys of the last sliding_window positions
   layers::RopeConfig rope;
+  // MoE families: the layers (ascending) whose feed-forward is the mixture of experts, its routing,
+  // and how a checkpoint names its experts. Empty moe_layers: a dense model.
+  std::vector<int64_t> moe_layers;
+  layers::MoeConfig moe;
+  ExpertCheckpointNames expert_names;
 };
 
-// The fields every dense family reads the same way: sizes, eps, tying, rope (HF v5's
-// rope_parameters or the older rope_theta + rope_scaling).
+// The fields every family reads the same way: sizes, eps, tying, rope (HF v5's rope_parameters or
+// the older rope_theta + rope_scaling).
 ModelConfig read_common_config(const HfConfig& config);
+
+// rope_parameters (HF v5) or rope_theta + rope_scaling, for `rotary_dim` rotated dimensions.
+layers::RopeConfig read_rope_config(const HfConfig& config, int64_t rotary_dim, int64_t max_positions);
 
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
+  bool buffer = false;  // loaded and saved but not trained; kept in float32
 };
 
-// Every HF tensor name of the model with its shape, in checkpoint order.
+// Every HF tensor name of the model with its shape, in checkpoint order (experts stacked).
 std::vector<TensorSpec> tensor_table(const ModelConfig& config);
 
-// Checks `weights` against the table (missing, unexpected, wrong shape: errors name the tensor),
-// then casts and moves them to device/dtype.
+struct LoadedTensors {
+  NamedTensors parameters, buffers;
+};
+
+// Checks `weights` against `table` (missing, unexpected, wrong shape: errors name the tensor; a tied
+// model may carry an lm_head.weight, which is ignored), then copies them to device, parameters cast
+// to dtype, buffers to float32.
+LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap& weights, bool tied,
+                           at::Device device, at::ScalarType dtype);
+
+// Stacks per-expert checkpoint tensors (models/experts.h), then loads and builds the decoder.
 std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, at::Device device,
                                       at::ScalarType dtype);
 

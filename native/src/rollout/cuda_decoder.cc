@@ -16,7 +16,8 @@ namespace tiller::rollout {
 bool cuda_decoder_supported(const models::CausalLM& model) {
 #ifdef TILLER_CUDA
   const auto dtype = model.dtype();
-  return model.device().is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && model.fixed_rope();
+  return model.device().is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && model.fixed_rope() &&
+         !model.kv_shape().latent;
 #else
   (void)model;
   return false;

@@ -16,7 +16,9 @@
 namespace tiller::rollout {
 
 // Whether a model can use the CUDA decoder: CUDA, bf16/fp16, rope not dynamic (dynamic NTK makes
-// the frequencies depend on the context length, which a captured graph cannot follow).
+// the frequencies depend on the context length, which a captured graph cannot follow), and per-head
+// K/V in its cache. MLA models (DeepSeek-V3) cache a latent that the slot cache's flash decode cannot
+// read: they take the generic path of rollout/generate.cc.
 bool cuda_decoder_supported(const models::CausalLM& model);
 
 class CudaDecoder {

@@ -5,6 +5,7 @@
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #endif
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "rollout/kv_cache.h"
@@ -23,10 +24,29 @@ void record(const at::Tensor& logits, const std::vector<int64_t>& sequences, con
   for (size_t j = 0; j < sequences.size(); ++j) schedule.append(sequences[j], t[j], lp[j]);
 }
 
+// Per sequence, the experts of every token through the model so far: [tokens, moe_layers, top_k].
+using ExpertLog = std::vector<std::vector<int32_t>>;
+
+// Appends the routing `routing` recorded for `batch` to the log of each of its sequences.
+void log_experts(const layers::Routing& routing, const models::PackedBatch& batch,
+                 const std::vector<int64_t>& sequences, ExpertLog& log) {
+  const auto chosen = at::stack(routing.chosen, 1).to(at::kCPU, at::kInt).contiguous();  // [tokens, layers, top_k]
+  const auto per_token = chosen.numel() / std::max<int64_t>(chosen.size(0), 1);
+  const auto* data = chosen.data_ptr<int32_t>();
+  for (size_t j = 0; j < sequences.size(); ++j) {
+    auto& out = log[sequences[j]];
+    out.insert(out.end(), data + batch.cu_seqlens[j] * per_token, data + batch.cu_seqlens[j + 1] * per_token);
+  }
+}
+
 // Runs the model on `batch` and samples one token from the last position of each sequence.
-void step(const models::CausalLM& model, const models::PackedBatch& batch, const std::vector<int64_t>& sequences,
-          const SamplingParams& sampling, at::Generator& generator, Schedule& schedule) {
+void step(const models::CausalLM& model, models::PackedBatch& batch, const std::vector<int64_t>& sequences,
+          const SamplingParams& sampling, at::Generator& generator, Schedule& schedule, ExpertLog* experts) {
+  layers::Routing routing;
+  routing.record = experts != nullptr;
+  if (experts) batch.routing = &routing;
   const auto hidden = model.forward(batch);  // [tokens, hidden]
+  if (experts) log_experts(routing, batch, sequences, *experts);
   std::vector<int64_t> last;
   for (size_t i = 1; i < batch.cu_seqlens.size(); ++i) last.push_back(batch.cu_seqlens[i] - 1);
   const auto rows = hidden.index_select(0, at::tensor(last, at::kLong).to(hidden.device()));
@@ -78,8 +98,12 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
   }
   Schedule schedule(lengths, options.stop);
   if (prompts.empty() || schedule.running().empty()) return schedule.sequences();
+  const auto moe = model.moe_shape();
+  const bool record = options.record_experts && moe.layers > 0;
 #ifdef TILLER_CUDA
-  if (decoder && cuda_decoder_supported(model)) return generate_cuda(model, prompts, options, *decoder, schedule);
+  if (decoder && cuda_decoder_supported(model) && !record) {
+    return generate_cuda(model, prompts, options, *decoder, schedule);
+  }
 #else
   (void)decoder;
 #endif
@@ -89,7 +113,9 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
   auto prefill = models::pack_batch(at::tensor(flat, at::kLong).to(model.device()), cu);
   prefill.cache = &cache;
   prefill.spans = {all_sequences, std::vector<int64_t>(prompts.size(), 0)};
-  step(model, prefill, all_sequences, options.sampling, generator, schedule);
+  ExpertLog experts(record ? prompts.size() : 0);
+  ExpertLog* log = record ? &experts : nullptr;
+  step(model, prefill, all_sequences, options.sampling, generator, schedule, log);
 
   for (auto running = schedule.running(); !running.empty(); running = schedule.running()) {
     std::vector<int64_t> tokens, offsets, decode_cu{0};
@@ -101,9 +127,15 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
     auto decode = models::pack_batch(at::tensor(tokens, at::kLong).to(model.device()), decode_cu, offsets);
     decode.cache = &cache;
     decode.spans = {running, offsets};
-    step(model, decode, running, options.sampling, generator, schedule);
+    step(model, decode, running, options.sampling, generator, schedule, log);
   }
-  return schedule.sequences();
+  auto results = schedule.sequences();
+  for (size_t i = 0; record && i < results.size(); ++i) {
+    // The last generated token was sampled but never fed back: no routing of its own.
+    if (!results[i].tokens.empty()) experts[i].resize(experts[i].size() + moe.layers * moe.top_k, -1);
+    results[i].experts = std::move(experts[i]);
+  }
+  return results;
 }
 
 }  // namespace tiller::rollout

@@ -18,6 +18,9 @@ struct GenerateOptions {
   SamplingParams sampling;
   StopRules stop;
   uint64_t seed = 0;  // seeds this call's own generator: same seed, same tokens
+  // MoE models: fill SequenceState::experts with the experts each token was routed to. Recording
+  // takes the generic path (the CUDA decoder's captured graphs do not record).
+  bool record_experts = false;
 };
 
 // prompts: token ids, each non-empty. Returns one state per prompt (tokens, logprobs, finish reason).

@@ -8,7 +8,7 @@ std::vector<layers::KvView> allocate_kv_cache(const models::CausalLM& model, int
   std::vector<layers::KvView> cache;
   for (int64_t l = 0; l < shape.layers; ++l) {
     cache.push_back({at::zeros({slots, max_length, shape.kv_heads, shape.head_dim}, options),
-                     at::zeros({slots, max_length, shape.kv_heads, shape.head_dim}, options)});
+                     at::zeros({slots, max_length, shape.kv_heads, shape.value_dim}, options)});
   }
   return cache;
 }

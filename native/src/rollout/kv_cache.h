@@ -8,7 +8,8 @@
 
 namespace tiller::rollout {
 
-// [slots, max_length, kv_heads, head_dim] keys and values per layer, on the model's device/dtype.
+// Per layer, keys [slots, max_length, kv_heads, head_dim] and values [.., value_dim] (for MLA the
+// latent and the rope key: models/causal_lm.h KvShape), on the model's device and dtype.
 std::vector<layers::KvView> allocate_kv_cache(const models::CausalLM& model, int64_t slots, int64_t max_length);
 
 }  // namespace tiller::rollout

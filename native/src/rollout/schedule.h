@@ -17,6 +17,10 @@ struct SequenceState {
   int64_t prompt_length = 0;
   std::vector<int64_t> tokens;  // generated only
   std::vector<float> logprobs;  // one per generated token
+  // MoE routing, when generation records it (GenerateOptions::record_experts): [prompt + generated
+  // tokens, moe_layers, top_k] expert ids, row-major; the last generated token never passes through
+  // the model, so its row is -1 (which routing replay reads as "route normally").
+  std::vector<int32_t> experts;
   bool finished = false;
   std::string finish_reason;    // "stop" | "length" once finished
 };

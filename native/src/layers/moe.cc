@@ -1,0 +1,160 @@
+#include "layers/moe.h"
+
+#include <cstdlib>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace tiller::layers {
+namespace {
+
+bool use_grouped_gemm(const at::Tensor& rows) {
+  if (const char* mode = std::getenv("TILLER_MOE_EXPERTS")) {
+    const std::string m(mode);
+    if (m == "grouped") return true;
+    if (m == "loop") return false;
+    if (!m.empty()) throw std::invalid_argument("TILLER_MOE_EXPERTS: '" + m + "' is not one of grouped, loop");
+  }
+  return rows.is_cuda() && rows.scalar_type() == at::kBFloat16;
+}
+
+// a: [n, in] grouped by `offsets` ([experts] int32, cumulative row ends), w: [experts, out, in] -> [n, out]
+at::Tensor grouped_linear(const at::Tensor& a, const at::Tensor& w, const at::Tensor& offsets) {
+  auto y = at::_grouped_mm(a, w.transpose(1, 2), offsets);
+  // _grouped_mm's backward refuses non-contiguous gradients (an expanded one from a sum, say).
+  if (y.requires_grad()) y.register_hook([](const at::Tensor& grad) { return grad.contiguous(); });
+  return y;
+}
+
+// h: [n, 2 * inter], gate columns then up columns -> [n, inter]
+at::Tensor gated(const at::Tensor& h) {
+  const auto inter = h.size(1) / 2;
+  return at::silu(h.slice(1, 0, inter)) * h.slice(1, inter);
+}
+
+at::Tensor select_softmax(const at::Tensor& probs, int64_t top_k) {
+  return std::get<1>(at::topk(probs, top_k, -1));
+}
+
+// scores: [tokens, experts] sigmoid scores -> [tokens, top_k] chosen from the best groups, by
+// scores + bias.
+at::Tensor select_grouped(const at::Tensor& scores, const at::Tensor& bias, const MoeConfig& c) {
+  const auto tokens = scores.size(0), per_group = c.experts / c.groups;
+  auto choice = bias.defined() ? scores + bias : scores;
+  const auto group_scores = std::get<0>(choice.view({tokens, c.groups, per_group}).topk(2, -1)).sum(-1);
+  const auto best_groups = std::get<1>(at::topk(group_scores, c.top_groups, -1, /*largest=*/true, /*sorted=*/false));
+  const auto allowed = at::zeros_like(group_scores, at::kBool).scatter_(1, best_groups, true);  // [tokens, groups]
+  const auto allowed_experts = allowed.unsqueeze(-1).expand({tokens, c.groups, per_group}).reshape({tokens, c.experts});
+  choice = choice.masked_fill(allowed_experts.logical_not(), -std::numeric_limits<float>::infinity());
+  return std::get<1>(at::topk(choice, c.top_k, -1, /*largest=*/true, /*sorted=*/false));
+}
+
+}  // namespace
+
+void check_moe_config(const MoeConfig& c) {
+  const auto fail = [](const std::string& message) { throw std::invalid_argument("config.json: " + message); };
+  if (c.experts <= 0) fail("the number of experts must be > 0");
+  if (c.top_k <= 0 || c.top_k > c.experts) {
+    fail("num_experts_per_tok (" + std::to_string(c.top_k) + ") must be in 1.." + std::to_string(c.experts));
+  }
+  if (c.intermediate <= 0) fail("the experts' intermediate size must be > 0");
+  if (c.router == RouterKind::SigmoidGrouped) {
+    if (c.groups <= 0 || c.experts % c.groups != 0 || c.experts / c.groups < 2) {
+      fail("n_group (" + std::to_string(c.groups) + ") must divide n_routed_experts (" + std::to_string(c.experts) +
+           ") into groups of at least 2");
+    }
+    if (c.top_groups <= 0 || c.top_groups > c.groups) {
+      fail("topk_group (" + std::to_string(c.top_groups) + ") must be in 1..n_group (" + std::to_string(c.groups) + ")");
+    }
+    if (c.top_k > c.top_groups * (c.experts / c.groups)) {
+      fail("num_experts_per_tok (" + std::to_string(c.top_k) + ") exceeds the experts of topk_group groups");
+    }
+  }
+}
+
+RouterChoice route(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, const at::Tensor& replay) {
+  RouterChoice out;
+  at::Tensor source;  // [tokens, experts] float32: where the weights are read
+  if (c.router == RouterKind::Softmax) {
+    // Logits in the model dtype, softmax in float32, as HF.
+    out.probs = at::softmax(at::matmul(x, w.router.t()).to(at::kFloat), -1);
+    out.experts = select_softmax(out.probs.detach(), c.top_k);
+    source = out.probs;
+  } else {
+    // DeepSeek-V3 routes in float32 whatever the model dtype.
+    const auto scores = at::sigmoid(at::matmul(x.to(at::kFloat), w.router.to(at::kFloat).t()));
+    out.experts = select_grouped(scores.detach(), w.score_bias, c);
+    out.probs = scores.detach() / scores.detach().sum(-1, /*keepdim=*/true);
+    source = scores;
+  }
+  if (replay.defined()) {
+    const auto replayed = replay.select(1, 0).ge(0).unsqueeze(1);  // [tokens, 1]: rows that replay
+    out.experts = at::where(replayed, replay, out.experts);
+  }
+  auto weights = source.gather(1, out.experts);
+  if (c.normalize) {
+    // DeepSeek-V3 guards the division; the softmax families do not (their sum is never 0).
+    const auto sum = weights.sum(-1, /*keepdim=*/true);
+    weights = weights / (c.router == RouterKind::SigmoidGrouped ? sum + 1e-20 : sum);
+  }
+  out.weights = c.router == RouterKind::SigmoidGrouped ? weights * c.scaling : weights;
+  return out;
+}
+
+at::Tensor run_experts(const at::Tensor& rows, const at::Tensor& ends, const MoeWeights& w) {
+  if (use_grouped_gemm(rows)) {
+    const auto offsets = ends.to(at::kInt);
+    return grouped_linear(gated(grouped_linear(rows, w.gate_up, offsets)), w.down, offsets);
+  }
+  const auto host = ends.to(at::kCPU);
+  const auto end = host.accessor<int64_t, 1>();
+  std::vector<at::Tensor> outs;
+  for (int64_t e = 0, start = 0; e < host.size(0); start = end[e++]) {
+    if (end[e] == start) continue;
+    const auto r = rows.slice(0, start, end[e]);  // [rows of expert e, hidden]
+    outs.push_back(at::matmul(gated(at::matmul(r, w.gate_up[e].t())), w.down[e].t()));
+  }
+  return outs.empty() ? at::zeros({0, w.down.size(1)}, rows.options()) : at::cat(outs);
+}
+
+at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index) {
+  const auto tokens = x.size(0);
+  at::Tensor replay;
+  if (routing && routing->replay.defined()) replay = routing->replay.select(1, index);  // [tokens, top_k]
+  const auto choice = route(x, w, c, replay);
+
+  // Sort the (token, expert) pairs by expert; stable, so an expert's rows keep token order.
+  // Searching the sorted ids gives each expert's end row without atomics or a host sync.
+  const auto flat = choice.experts.reshape(-1);  // [tokens * top_k]
+  const auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const auto ends = at::searchsorted(sorted, at::arange(1, c.experts + 1, flat.options()));  // [experts]
+  const auto y = run_experts(x.index_select(0, at::floor_divide(order, c.top_k)), ends, w);
+
+  // Back to (token, k) order and a weighted sum over k in float32, rounded once: no atomic adds,
+  // so each token's output is deterministic and does not depend on the rest of the batch.
+  const auto pairs = order.numel();
+  const auto inverse = at::empty_like(order).scatter_(0, order, at::arange(pairs, order.options()));
+  const auto per_pair = y.index_select(0, inverse).view({tokens, c.top_k, x.size(1)});
+  const auto out = (per_pair.to(at::kFloat) * choice.weights.unsqueeze(-1)).sum(1).to(x.scalar_type());
+
+  if (routing) {
+    const auto slot = static_cast<size_t>(index);
+    if (routing->record) {
+      if (routing->chosen.size() <= slot) routing->chosen.resize(slot + 1);
+      routing->chosen[slot] = choice.experts;
+    }
+    if (routing->stats) {
+      at::NoGradGuard no_grad;
+      if (routing->tokens_per_expert.size() <= slot) {
+        routing->tokens_per_expert.resize(slot + 1);
+        routing->entropy_sum.resize(slot + 1);
+      }
+      const auto p = choice.probs.detach();
+      routing->tokens_per_expert[slot] = at::diff(ends, 1, 0, at::zeros({1}, ends.options()));
+      routing->entropy_sum[slot] = -at::xlogy(p, p).sum();
+    }
+  }
+  return out;
+}
+
+}  // namespace tiller::layers
