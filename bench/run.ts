@@ -4,12 +4,14 @@ import { appendFileSync } from "node:fs";
 import type { BenchResult } from "./common.js";
 import { benchGenerate } from "./generate.js";
 import { benchMatmul } from "./matmul.js";
+import { benchMoe } from "./moe.js";
 import { benchTrain } from "./train.js";
 
 const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
   matmul: benchMatmul,
   generate: benchGenerate,
   train: benchTrain,
+  moe: benchMoe,
 };
 
 const only = process.argv.slice(2);

@@ -67,6 +67,8 @@ export interface Sample {
   response: Int32Array;
   rolloutLogprobs: Float32Array;
   finishReason: "stop" | "length";
+  /** MoE, routing replay on: the experts of every token, [prompt + response, moe layers, topK]. */
+  experts?: Int32Array;
   dataSource: string;
   groundTruth: string;
   extra: Record<string, unknown>;
@@ -489,6 +491,7 @@ export class ExperimentRun {
       topK,
       stopTokenIds: this.tokenizer.eosTokenIds,
       seed,
+      ...(this.#config.rollout.routingReplay !== "off" ? { recordExperts: true } : {}),
     });
     const samples = generations.map((g, i): Sample => {
       const item = prompts[Math.floor(i / samplesPerPrompt)] as PromptItem;
@@ -499,6 +502,7 @@ export class ExperimentRun {
         response: g.tokens,
         rolloutLogprobs: g.logprobs,
         finishReason: g.finishReason,
+        ...(g.experts && g.experts.length > 0 ? { experts: g.experts } : {}),
         dataSource: item.row.dataSource,
         groundTruth: item.row.rewardModel.groundTruth,
         extra: item.row.extraInfo,
@@ -674,6 +678,18 @@ export class ExperimentRun {
     return { tokens, cuSeqlens: cu };
   }
 
+  /** The recorded experts of these sequences, packed as the tokens are, when the actor replays them. */
+  #routedExperts(name: string, samples: Sample[]): { routedExperts: Int32Array } | Record<string, never> {
+    if (name !== this.#actor || this.#config.rollout.routingReplay !== "replay") return {};
+    if (!samples.every((s) => s.experts)) return {};
+    return {
+      routedExperts: concat(
+        samples.map((s) => s.experts as Int32Array),
+        Int32Array,
+      ) as Int32Array,
+    };
+  }
+
   /** Logprobs (and entropy) of each response under a model, in micro-batches of the token budget. */
   async #responseLogprobs(
     name: string,
@@ -694,6 +710,7 @@ export class ExperimentRun {
         tokens,
         cuSeqlens,
         temperature: this.#config.rollout.temperature,
+        ...this.#routedExperts(name, chosen),
       });
       let at = 0;
       chosen.forEach((s, k) => {
@@ -843,6 +860,8 @@ export class ExperimentRun {
           `update: ${batch.samples.length} responses do not split into miniBatchesPerStep = ${miniBatchesPerStep} equal mini-batches`,
         );
       }
+      // Router statistics of this update's forwards only (MoE models; dense ones report none).
+      await this.#call("model.routerStats", { name: this.#actor });
       const sums: Record<string, number> = {};
       const add = (k: string, v: number) => {
         sums[k] = (sums[k] ?? 0) + v;
@@ -877,6 +896,7 @@ export class ExperimentRun {
                 advantages: aligned((s) => s.advantages),
                 mask: aligned((s) => new Float32Array(s.response.length).fill(1)),
                 ...(this.#config.algorithm.loss.kl ? { refLogprobs: aligned((s) => s.refLogprobs) } : {}),
+                ...this.#routedExperts(this.#actor, chosen),
               };
             });
           const r = await this.#call("model.policyUpdate", {
@@ -906,6 +926,19 @@ export class ExperimentRun {
       }
       batch.metrics["actor/updates"] = updates;
       batch.metrics["actor/micro_batches"] = microBatchCount;
+      const router = await this.#call("model.routerStats", { name: this.#actor });
+      if (router.layers.length > 0) {
+        const imbalance = router.layers.map((l) => l.loadImbalance);
+        router.layers.forEach((l, i) => {
+          batch.metrics[`router/layer_${i}/load_imbalance`] = l.loadImbalance;
+          batch.metrics[`router/layer_${i}/entropy`] = l.entropy;
+        });
+        batch.metrics["router/load_imbalance/max"] = Math.max(...imbalance);
+        batch.metrics["router/load_imbalance/mean"] = imbalance.reduce((a, b) => a + b, 0) / imbalance.length;
+        batch.metrics["router/entropy/mean"] =
+          router.layers.reduce((a, l) => a + l.entropy, 0) / router.layers.length;
+        batch.metrics["router/dropped_tokens"] = router.layers.reduce((a, l) => a + l.droppedTokens, 0);
+      }
       batch.metrics["timing_s/update_actor_engine"] = backwardS;
     });
     return batch;

@@ -713,7 +713,8 @@ export class Model {
         tokensPerExpert: counts,
         loadImbalance: mean > 0 ? max / mean : 0,
         entropy: raw.tokens > 0 ? (raw.entropySum[l] ?? 0) / raw.tokens : 0,
-        droppedTokens: 0,
+        // Dropless routing sends every token to topK experts: anything short of that was dropped.
+        droppedTokens: raw.tokens * this.moe.topK - sum,
       };
     });
     return { tokens: raw.tokens, layers };

@@ -3,6 +3,7 @@
 // Controller ⇄ worker: {type: "join" | "welcome" | "heartbeat" | "command" | "reply" | ...}.
 // Worker commands (what a rank can be told to do) are declared here once; the controller forwards
 // them and the worker's command table implements them.
+import type { RouterStats } from "../native/model.js";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
 import {
   anything,
@@ -86,13 +87,19 @@ export const workerCommandArgs = {
     topP: optional(number({ min: 0, max: 1 })),
     stopTokenIds: optional(array(integer({ min: 0 }))),
     seed: optional(integer({ min: 0 })),
+    /** MoE: return each token's routed experts (routing replay). */
+    recordExperts: optional(boolean()),
   }),
   "model.logprobs": object({
     name: modelName,
     tokens: ids,
     cuSeqlens: ids,
     temperature: optional(number({ min: 0 })),
+    /** MoE routing replay: [tokens, moe layers, topK] expert ids (rows of -1 route normally). */
+    routedExperts: optional(typedArray(Int32Array)),
   }),
+  /** MoE router statistics summed since the last call (then reset). */
+  "model.routerStats": object({ name: modelName }),
   "model.trainStep": object({
     name: modelName,
     tokens: ids,
@@ -120,6 +127,7 @@ export const workerCommandArgs = {
         advantages: typedArray(Float32Array),
         mask: typedArray(Float32Array),
         refLogprobs: optional(typedArray(Float32Array)),
+        routedExperts: optional(typedArray(Int32Array)),
       }),
       { minLength: 1, maxLength: 100_000 },
     ),
@@ -392,8 +400,14 @@ export interface WorkerCommandResults {
   "worker.freePort": { port: number };
   "model.load": { name: string; parameters: number; device: string };
   "model.generate": {
-    generations: { tokens: Int32Array; logprobs: Float32Array; finishReason: "stop" | "length" }[];
+    generations: {
+      tokens: Int32Array;
+      logprobs: Float32Array;
+      finishReason: "stop" | "length";
+      experts?: Int32Array;
+    }[];
   };
+  "model.routerStats": RouterStats;
   "model.logprobs": { logprobs: Float32Array; entropy: Float32Array };
   "model.trainStep": { loss: number; tokens: number };
   "model.initOptimizer": { name: string };

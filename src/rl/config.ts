@@ -88,6 +88,11 @@ export interface ExperimentConfig {
     topP?: number;
     /** Default 0 (off). */
     topK?: number;
+    /**
+     * MoE routing replay: "record" keeps each token's experts from generation; "replay" also makes
+     * the training forwards (old logprobs, update) use exactly those experts. Default "off".
+     */
+    routingReplay?: "off" | "record" | "replay";
   };
   /** Optimizer updates per step: the step's responses are cut into this many mini-batches. Default 1. */
   miniBatchesPerStep?: number;
@@ -164,6 +169,7 @@ export interface ResolvedConfig {
     temperature: number;
     topP: number;
     topK: number;
+    routingReplay: "off" | "record" | "replay";
   };
   miniBatchesPerStep: number;
   epochsPerStep: number;
@@ -469,7 +475,14 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
 
   const promptsPerStep = int(c.promptsPerStep, "promptsPerStep", 1);
   const rollout = obj(c.rollout, "rollout");
-  known(rollout, "rollout", ["samplesPerPrompt", "maxResponseTokens", "temperature", "topP", "topK"]);
+  known(rollout, "rollout", [
+    "samplesPerPrompt",
+    "maxResponseTokens",
+    "temperature",
+    "topP",
+    "topK",
+    "routingReplay",
+  ]);
   const samplesPerPrompt = int(rollout.samplesPerPrompt, "rollout.samplesPerPrompt", 1);
   const maxResponseTokens = int(rollout.maxResponseTokens, "rollout.maxResponseTokens", 1);
   const maxPromptTokens = int(data.maxPromptTokens, "data.maxPromptTokens", 1);
@@ -655,6 +668,12 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
       ),
       topP: num(rollout.topP, "rollout.topP", (v) => v > 0 && v <= 1, "in (0, 1]", 1),
       topK: int(rollout.topK, "rollout.topK", 0, 0),
+      routingReplay: oneOf(
+        rollout.routingReplay,
+        "rollout.routingReplay",
+        ["off", "record", "replay"] as const,
+        "off",
+      ),
     },
     miniBatchesPerStep,
     epochsPerStep: int(c.epochsPerStep, "epochsPerStep", 1, 1),

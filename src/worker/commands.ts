@@ -122,7 +122,11 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   },
 
   "model.logprobs": async (state, args) =>
-    state.model(args.name).logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1),
+    state
+      .model(args.name)
+      .logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1, 1024, args.routedExperts),
+
+  "model.routerStats": async (state, args) => state.model(args.name).routerStats(),
 
   "model.trainStep": async (state, args) =>
     state

@@ -73,6 +73,8 @@ export interface TinyModelOptions {
   layers?: number;
   /** Standard deviation of the random weights (default 0.02, as HF's initializer_range). */
   initStd?: number;
+  /** A Qwen3-MoE instead of a dense Qwen3: routed experts per layer and experts per token. */
+  moe?: { experts: number; topK: number };
 }
 
 /** Writes a random tiny Qwen3 (tied embeddings) and the tokenizer into `dir`; returns the config. */
@@ -88,9 +90,21 @@ export async function writeTinyModel(
   const intermediate = hidden * 3;
   const vocab = SPECIALS.length + CHARS.length + 1;
   const std = options.initStd ?? 0.02;
+  const moe = options.moe;
+  const moeIntermediate = hidden;
   const config = {
-    architectures: ["Qwen3ForCausalLM"],
-    model_type: "qwen3",
+    architectures: [moe ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM"],
+    model_type: moe ? "qwen3_moe" : "qwen3",
+    ...(moe
+      ? {
+          num_experts: moe.experts,
+          num_experts_per_tok: moe.topK,
+          moe_intermediate_size: moeIntermediate,
+          decoder_sparse_step: 1,
+          mlp_only_layers: [],
+          norm_topk_prob: true,
+        }
+      : {}),
     vocab_size: vocab,
     hidden_size: hidden,
     intermediate_size: intermediate,
@@ -144,10 +158,23 @@ export async function writeTinyModel(
       tensor(`${p}.self_attn.o_proj.weight`, [hidden, heads * headDim]),
       tensor(`${p}.self_attn.q_norm.weight`, [headDim], ones(headDim)),
       tensor(`${p}.self_attn.k_norm.weight`, [headDim], ones(headDim)),
-      tensor(`${p}.mlp.gate_proj.weight`, [intermediate, hidden]),
-      tensor(`${p}.mlp.up_proj.weight`, [intermediate, hidden]),
-      tensor(`${p}.mlp.down_proj.weight`, [hidden, intermediate]),
     );
+    if (moe) {
+      tensors.push(tensor(`${p}.mlp.gate.weight`, [moe.experts, hidden]));
+      for (let e = 0; e < moe.experts; e++) {
+        tensors.push(
+          tensor(`${p}.mlp.experts.${e}.gate_proj.weight`, [moeIntermediate, hidden]),
+          tensor(`${p}.mlp.experts.${e}.up_proj.weight`, [moeIntermediate, hidden]),
+          tensor(`${p}.mlp.experts.${e}.down_proj.weight`, [hidden, moeIntermediate]),
+        );
+      }
+    } else {
+      tensors.push(
+        tensor(`${p}.mlp.gate_proj.weight`, [intermediate, hidden]),
+        tensor(`${p}.mlp.up_proj.weight`, [intermediate, hidden]),
+        tensor(`${p}.mlp.down_proj.weight`, [hidden, intermediate]),
+      );
+    }
   }
   mkdirSync(dir, { recursive: true });
   const model = Model.create(config, tensors, { device: "cpu", dtype: "float32" });
