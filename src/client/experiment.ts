@@ -7,7 +7,13 @@ import type { Table } from "apache-arrow";
 import { inNotebook, LiveOutput, showBundle } from "../notebook/display.js";
 import { type ChartKeys, chartHtml, chartSpec, plotlyScript } from "../notebook/plot.js";
 import { Progress } from "../notebook/progress.js";
-import type { ExperimentOp, ExperimentProgress, ExperimentStatus } from "../protocol/messages.js";
+import {
+  type ExperimentOp,
+  type ExperimentProgress,
+  type ExperimentStage,
+  type ExperimentStatus,
+  experimentStages,
+} from "../protocol/messages.js";
 import { type ExperimentConfig, resolveConfig } from "../rl/config.js";
 import { MetricsLog } from "../rl/metrics.js";
 import type { Cluster } from "./client.js";
@@ -25,17 +31,8 @@ export interface StageResult {
 export type MetricsRow = { step: number } & Record<string, number>;
 
 /** The stages in order, with the names hooks use (`before:update`, `after:rollout` …). */
-export const stages = [
-  "rollout",
-  "score",
-  "filter",
-  "old_logprobs",
-  "ref",
-  "advantages",
-  "update",
-  "sync",
-] as const;
-export type Stage = (typeof stages)[number];
+export const stages = experimentStages;
+export type Stage = ExperimentStage;
 export type HookPoint = `before:${Stage}` | `after:${Stage}`;
 
 /** What a hook gets: the step in progress, to look at or change. */

@@ -10,7 +10,13 @@ import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, wri
 import { join, resolve } from "node:path";
 import type { Table } from "apache-arrow";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
-import type { WorkerCommand, WorkerCommandArgs, WorkerCommandResults } from "../protocol/messages.js";
+import {
+  type ExperimentStage,
+  experimentStages,
+  type WorkerCommand,
+  type WorkerCommandArgs,
+  type WorkerCommandResults,
+} from "../protocol/messages.js";
 import {
   grpoAdvantages,
   reinforcePlusPlusBaselineAdvantages,
@@ -24,7 +30,7 @@ import { DynamicSamplingBatch, overlongPenalty } from "../rl/filter.js";
 import { AdaptiveKlController, FixedKlController, type KlController, klPerToken } from "../rl/kl.js";
 import { MetricsLog } from "../rl/metrics.js";
 import { RewardRunner } from "../rl/rewards/runner.js";
-import { activationsTable, rolloutsTable } from "../rl/rollouts.js";
+import { activationsTable, type RolloutRecord, rolloutsTable } from "../rl/rollouts.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 
 /** Calls one worker command on one rank (the controller's pool, or the command table in-process). */
@@ -34,17 +40,8 @@ export type RankCall = <C extends WorkerCommand>(
   args: WorkerCommandArgs<C>,
 ) => Promise<WorkerCommandResults[C]>;
 
-export const stageNames = [
-  "rollout",
-  "score",
-  "filter",
-  "old_logprobs",
-  "ref",
-  "advantages",
-  "update",
-  "sync",
-] as const;
-export type StageName = (typeof stageNames)[number];
+export const stageNames = experimentStages;
+export type StageName = ExperimentStage;
 
 /** verl's timing_s/<name> for each stage. */
 const timingKey: Record<StageName, string> = {
@@ -58,37 +55,17 @@ const timingKey: Record<StageName, string> = {
   sync: "timing_s/update_weights",
 };
 
-/** One response with everything the stages learn about it. */
-export interface Sample {
-  /** Group id: responses to one prompt of one generation round share it. */
-  uid: string;
-  round: number;
-  prompt: Int32Array;
-  response: Int32Array;
-  rolloutLogprobs: Float32Array;
-  finishReason: "stop" | "length";
+/** One response with everything the stages learn about it (the rollouts table's fields and more). */
+export interface Sample extends RolloutRecord {
   /** MoE, routing replay on: the experts of every token, [prompt + response, moe layers, topK]. */
   experts?: Int32Array;
-  dataSource: string;
-  groundTruth: string;
   extra: Record<string, unknown>;
-  promptText?: string;
-  responseText?: string;
-  /** The verifier's score, then the score after overlong shaping (what advantages use). */
-  score?: number;
-  shapedScore?: number;
-  acc?: number;
-  pred?: string;
   rewardStatus?: "ok" | "timeout" | "error";
   rewardReason?: string;
   /** ReMax: the greedy response's score for the same prompt. */
   baselineScore?: number;
-  oldLogprobs?: Float32Array;
-  entropy?: Float32Array;
-  refLogprobs?: Float32Array;
   /** Per response token: the reward after the KL penalty (when KL is in the reward). */
   tokenRewards?: Float64Array;
-  advantages?: Float32Array;
 }
 
 /** The batch of the step in progress, as the stages fill it. */

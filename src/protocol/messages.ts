@@ -271,8 +271,8 @@ export interface ExperimentProgress {
   tokens?: number;
 }
 
-/** What an experiment op may be: a stage, or one of the operations around them. */
-export const experimentOps = [
+/** The stages of one RL step, in order (DESIGN.md §3); hooks name them (`after:rollout`). */
+export const experimentStages = [
   "rollout",
   "score",
   "filter",
@@ -281,6 +281,12 @@ export const experimentOps = [
   "advantages",
   "update",
   "sync",
+] as const;
+export type ExperimentStage = (typeof experimentStages)[number];
+
+/** What an experiment op may be: a stage, or one of the operations around them. */
+export const experimentOps = [
+  ...experimentStages,
   "step",
   "run",
   "stop",

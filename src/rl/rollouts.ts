@@ -4,6 +4,7 @@ import { Field, Float32, Float64, Int32, List, Table, Utf8, vectorFromArray } fr
 
 /** What rolloutsTable reads of each response (the controller's Sample has these fields). */
 export interface RolloutRecord {
+  /** Group id: responses to one prompt of one generation round share it. */
   uid: string;
   round: number;
   prompt: Int32Array;
@@ -14,14 +15,17 @@ export interface RolloutRecord {
   groundTruth: string;
   promptText?: string;
   responseText?: string;
+  /** The verifier's score, then the score after overlong shaping (what advantages use). */
   score?: number;
   shapedScore?: number;
   acc?: number;
   pred?: string;
   rewardStatus?: string;
+  /** Per response token: under the actor before this step's updates, its entropy, the reference's. */
   oldLogprobs?: Float32Array;
   entropy?: Float32Array;
   refLogprobs?: Float32Array;
+  /** Per response token. */
   advantages?: Float32Array;
 }
 
