@@ -5,13 +5,14 @@ import type { BenchResult } from "./common.js";
 import { benchGenerate } from "./generate.js";
 import { benchMatmul } from "./matmul.js";
 import { benchMoe } from "./moe.js";
-import { benchTrain } from "./train.js";
+import { benchTrain, benchTrainMoe } from "./train.js";
 
 const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
   matmul: benchMatmul,
   generate: benchGenerate,
   train: benchTrain,
   moe: benchMoe,
+  "train-moe": benchTrainMoe,
 };
 
 const only = process.argv.slice(2);

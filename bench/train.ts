@@ -9,9 +9,18 @@ const sequences = 8;
 const sequenceLength = 2048;
 const steps = 5;
 
-export async function benchTrain(): Promise<BenchResult[]> {
+export function benchTrain(): Promise<BenchResult[]> {
+  return trainBench("qwen3-0.6b");
+}
+
+/** The same step on the guide's Qwen3-MoE shape (8 layers, 128 experts, top-8, 5.6B parameters). */
+export function benchTrainMoe(): Promise<BenchResult[]> {
+  return trainBench("qwen3-moe-5.6b");
+}
+
+async function trainBench(shape: string): Promise<BenchResult[]> {
   if (!engineInfo().cudaAvailable) throw new Error("skipped: needs a CUDA device");
-  const dir = benchModel("qwen3-0.6b");
+  const dir = benchModel(shape);
   const model = await Model.load(dir, { device: "cuda:0", dtype: "bfloat16" });
   try {
     const total = sequences * sequenceLength;
@@ -46,9 +55,9 @@ export async function benchTrain(): Promise<BenchResult[]> {
     // A Kineto trace of one forward+backward (and one optimizer step) for finding where time goes.
     const traceDir = process.env.TILLER_PROFILE_DIR;
     if (traceDir) {
-      model.profileNext(join(traceDir, "train-step.trace.json"));
+      model.profileNext(join(traceDir, `train-step-${shape}.trace.json`));
       await model.trainStep(tokens, cu, mask, targets);
-      model.profileNext(join(traceDir, "optimizer-step.trace.json"));
+      model.profileNext(join(traceDir, `optimizer-step-${shape}.trace.json`));
       await model.optimizerStep();
     }
     const ours = total / seconds;
@@ -60,7 +69,7 @@ export async function benchTrain(): Promise<BenchResult[]> {
     ]);
     return [
       {
-        name: `train step qwen3-0.6b bf16, ${sequences}×${sequenceLength} tokens, AdamW`,
+        name: `train step ${shape} bf16, ${sequences}×${sequenceLength} tokens, AdamW`,
         value: ours,
         unit: "tok/s",
         baseline: hf.tokens_per_second,
