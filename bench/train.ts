@@ -21,6 +21,14 @@ export function benchTrainMoe(): Promise<BenchResult[]> {
 async function trainBench(shape: string): Promise<BenchResult[]> {
   if (!engineInfo().cudaAvailable) throw new Error("skipped: needs a CUDA device");
   const dir = benchModel(shape);
+  // The baseline first, in its own process: freed memory stays in our allocator's cache, so the
+  // other order could starve it on a large model.
+  const hf = pythonBaseline<{ tokens_per_second: number; peak_memory_gib: number }>("hf_train.py", [
+    dir,
+    sequences,
+    sequenceLength,
+    steps,
+  ]);
   const model = await Model.load(dir, { device: "cuda:0", dtype: "bfloat16" });
   try {
     const total = sequences * sequenceLength;
@@ -61,14 +69,6 @@ async function trainBench(shape: string): Promise<BenchResult[]> {
       await model.optimizerStep();
     }
     const ours = total / seconds;
-    // Ours is freed first: the baseline runs in its own process on the same GPU.
-    model.dispose();
-    const hf = pythonBaseline<{ tokens_per_second: number; peak_memory_gib: number }>("hf_train.py", [
-      dir,
-      sequences,
-      sequenceLength,
-      steps,
-    ]);
     return [
       {
         name: `train step ${shape} bf16, ${sequences}×${sequenceLength} tokens, AdamW`,
