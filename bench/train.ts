@@ -46,6 +46,8 @@ async function trainBench(shape: string): Promise<BenchResult[]> {
     let forwardMs = 0;
     let backwardMs = 0;
     let optimizerMs = 0;
+    let lastGradNorm = Number.NaN;
+    let skipped = 0;
     const start = performance.now();
     for (let i = 0; i < steps; i++) {
       const t0 = performance.now();
@@ -53,8 +55,10 @@ async function trainBench(shape: string): Promise<BenchResult[]> {
       const t1 = performance.now();
       await model.trainStep(tokens, cu, mask, targets);
       const t2 = performance.now();
-      await model.optimizerStep();
+      const update = await model.optimizerStep();
       const t3 = performance.now();
+      lastGradNorm = update.gradNorm;
+      if (update.skipped) skipped++;
       forwardMs += (t1 - t0) / steps;
       backwardMs += (t2 - t1) / steps;
       optimizerMs += (t3 - t2) / steps;
@@ -77,7 +81,7 @@ async function trainBench(shape: string): Promise<BenchResult[]> {
         baseline: hf.tokens_per_second,
         baselineName: "HF transformers + torch AdamW",
         ratio: ours / hf.tokens_per_second,
-        detail: `${(seconds * 1000).toFixed(0)} ms/step (forward alone ${forwardMs.toFixed(0)} ms, forward+backward ${backwardMs.toFixed(0)} ms, optimizer ${optimizerMs.toFixed(0)} ms); HF peak ${hf.peak_memory_gib.toFixed(1)} GiB`,
+        detail: `${(seconds * 1000).toFixed(0)} ms/step (forward alone ${forwardMs.toFixed(0)} ms, forward+backward ${backwardMs.toFixed(0)} ms, optimizer ${optimizerMs.toFixed(0)} ms; grad norm ${lastGradNorm.toPrecision(3)}, ${skipped} of ${steps} updates skipped); HF peak ${hf.peak_memory_gib.toFixed(1)} GiB`,
       },
     ];
   } finally {
