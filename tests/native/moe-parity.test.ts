@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { Model, type NamedHostTensor, supportedArchitectures } from "../../src/index.js";
+import { maxAbsDiff, readTensors, relativeDiff } from "../helpers/parity.js";
 import { runPython, tempDir } from "../helpers/python.js";
 
 interface Reference {
@@ -25,38 +26,6 @@ interface Reference {
   replayLoss: number;
   prompts: number[][];
   greedy: number[][];
-}
-
-function readTensors(dir: string, stem: string): NamedHostTensor[] {
-  const manifest = JSON.parse(readFileSync(join(dir, `${stem}.json`), "utf8")) as {
-    name: string;
-    shape: number[];
-    offset: number;
-  }[];
-  const bytes = readFileSync(join(dir, `${stem}.bin`));
-  return manifest.map(({ name, shape, offset }) => {
-    const numel = shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(numel);
-    new Uint8Array(data.buffer).set(bytes.subarray(offset, offset + numel * 4));
-    return { name, shape, dtype: "float32", data };
-  });
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] ?? 0) - (b[i] ?? 0)));
-  return m;
-}
-
-function relativeDiff(a: ArrayLike<number>, ref: ArrayLike<number>): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff += ((a[i] ?? 0) - (ref[i] ?? 0)) ** 2;
-    norm += (ref[i] ?? 0) ** 2;
-  }
-  return Math.sqrt(diff) / Math.max(Math.sqrt(norm), 1e-30);
 }
 
 /** The largest relative difference over gradients, checking names and shapes match. */
