@@ -187,8 +187,8 @@ export class ExperimentRun {
   step = 0;
   /** The step in progress (stages called so far), or the last completed one. */
   batch: StepBatch | undefined;
-  /** Kept rollout tables of earlier steps (the last `keepRollouts`). */
-  readonly rolloutHistory = new Map<number, Table>();
+  /** The batches of the last `keepRollouts` completed steps; rollouts() turns one into a table on request. */
+  readonly #history = new Map<number, StepBatch>();
   keepRollouts = 4;
   /** The models' names on the workers, unique to this run so that runs can share workers. */
   readonly #actor: string;
@@ -337,7 +337,7 @@ export class ExperimentRun {
     this.metrics.truncate(-1);
     for (const row of saved.rows) this.metrics.append(row);
     this.metrics.truncate(state.step);
-    for (const k of [...this.rolloutHistory.keys()]) if (k > state.step) this.rolloutHistory.delete(k);
+    for (const k of [...this.#history.keys()]) if (k > state.step) this.#history.delete(k);
     await this.metrics.writeFile(join(this.runDir, "metrics.arrow"));
   }
 
@@ -470,20 +470,26 @@ export class ExperimentRun {
       seed,
       ...(this.#config.rollout.routingReplay !== "off" ? { recordExperts: true } : {}),
     });
-    const samples = generations.map((g, i): Sample => {
-      const item = prompts[Math.floor(i / samplesPerPrompt)] as PromptItem;
-      return {
-        uid: `${step}.${round}.${Math.floor(i / samplesPerPrompt)}`,
-        round,
-        prompt: repeated[i] as Int32Array,
-        response: g.tokens,
-        rolloutLogprobs: g.logprobs,
-        finishReason: g.finishReason,
-        ...(g.experts && g.experts.length > 0 ? { experts: g.experts } : {}),
-        dataSource: item.row.dataSource,
-        groundTruth: item.row.rewardModel.groundTruth,
-        extra: item.row.extraInfo,
-      };
+    const sampleOf = (
+      g: (typeof generations)[number],
+      prompt: Int32Array,
+      item: PromptItem,
+      group: number,
+    ): Sample => ({
+      uid: `${step}.${round}.${group}`,
+      round,
+      prompt,
+      response: g.tokens,
+      rolloutLogprobs: g.logprobs,
+      finishReason: g.finishReason,
+      ...(g.experts && g.experts.length > 0 ? { experts: g.experts } : {}),
+      dataSource: item.row.dataSource,
+      groundTruth: item.row.rewardModel.groundTruth,
+      extra: item.row.extraInfo,
+    });
+    const samples = generations.map((g, i) => {
+      const group = Math.floor(i / samplesPerPrompt);
+      return sampleOf(g, repeated[i] as Int32Array, prompts[group] as PromptItem, group);
     });
     if (this.#config.algorithm.advantage === "remax") {
       const greedy = await this.#call("model.generate", {
@@ -493,30 +499,16 @@ export class ExperimentRun {
         temperature: 0,
         stopTokenIds: this.tokenizer.eosTokenIds,
       });
-      const baselines = await this.#scoreTexts(
-        greedy.generations.map((g, p) => ({
-          prompt: ids[p] as Int32Array,
-          response: g.tokens,
-          item: prompts[p] as PromptItem,
-        })),
+      // The greedy responses are scored like the sampled ones; their verifier score is the baseline.
+      const baselines = greedy.generations.map((g, p) =>
+        sampleOf(g, ids[p] as Int32Array, prompts[p] as PromptItem, p),
       );
+      await this.#scoreSamples(baselines);
       samples.forEach((s, i) => {
         s.baselineScore = baselines[Math.floor(i / samplesPerPrompt)]?.score ?? 0;
       });
     }
     return samples;
-  }
-
-  async #scoreTexts(items: { prompt: Int32Array; response: Int32Array; item: PromptItem }[]) {
-    return this.rewards.score(
-      items.map(({ prompt, response, item }) => ({
-        prompt: this.tokenizer.decode(Array.from(prompt)),
-        response: this.tokenizer.decode(Array.from(response), { skipSpecialTokens: true }),
-        groundTruth: item.row.rewardModel.groundTruth,
-        dataSource: item.row.dataSource,
-        extra: item.row.extraInfo,
-      })),
-    );
   }
 
   // ---- the stages ------------------------------------------------------------------------------
@@ -986,9 +978,9 @@ export class ExperimentRun {
     this.step = batch.step;
     this.metrics.append(m);
     await this.metrics.writeFile(join(this.runDir, "metrics.arrow"));
-    this.rolloutHistory.set(batch.step, rolloutsTable(batch));
-    for (const k of [...this.rolloutHistory.keys()]) {
-      if (k <= batch.step - this.keepRollouts) this.rolloutHistory.delete(k);
+    this.#history.set(batch.step, batch);
+    for (const k of [...this.#history.keys()]) {
+      if (k <= batch.step - this.keepRollouts) this.#history.delete(k);
     }
     this.hooks.metrics?.(m);
   }
@@ -1036,17 +1028,16 @@ export class ExperimentRun {
     return rows;
   }
 
-  /** The rollouts of a completed step (default the last) as an Arrow table, if still kept. */
+  /** The rollouts of a kept step (default the last completed) or of the step in progress, as an Arrow table. */
   rollouts(step?: number): Table {
     const s = step ?? this.step;
-    const table =
-      this.rolloutHistory.get(s) ?? (this.batch?.step === s ? rolloutsTable(this.batch) : undefined);
-    if (!table) {
+    const batch = this.#history.get(s) ?? (this.batch?.step === s ? this.batch : undefined);
+    if (!batch) {
       throw new Error(
-        `rollouts: step ${s} is not kept; kept: ${[...this.rolloutHistory.keys()].join(", ") || "none"}`,
+        `rollouts: step ${s} is not kept; kept: ${[...this.#history.keys()].join(", ") || "none"}`,
       );
     }
-    return table;
+    return rolloutsTable(batch);
   }
 
   /**
@@ -1174,38 +1165,35 @@ export class ExperimentRun {
       );
     }
     const original = this.metrics.rows.find((r) => r.step === step);
-    const originalRollouts = this.rolloutHistory.get(step);
+    const originalBatch = this.#history.get(step);
     const here = await this.snapshot();
     this.#replaying = true;
     let replayed: Record<string, number>;
-    let replayedRollouts: Table;
+    let replayedBatch: StepBatch;
     try {
       await this.restore(before.dir);
       replayed = await this.runStep();
-      replayedRollouts = this.rolloutHistory.get(step) as Table;
+      replayedBatch = this.#history.get(step) as StepBatch;
     } finally {
       this.#replaying = false;
       await this.restore(here.id);
       rmSync(join(this.runDir, "snapshots", here.id), { recursive: true, force: true });
     }
-    if (originalRollouts) this.rolloutHistory.set(step, originalRollouts);
-    let identical = 0;
-    const a = originalRollouts?.getChild("response_tokens");
-    const b = replayedRollouts.getChild("response_tokens");
-    if (a && b) {
-      for (let i = 0; i < Math.min(a.length, b.length); i++) {
-        const x = a.get(i)?.toArray() as Int32Array | undefined;
-        const y = b.get(i)?.toArray() as Int32Array | undefined;
-        if (x && y && x.length === y.length && x.every((v, t) => v === y[t])) identical++;
-      }
-    }
+    if (originalBatch) this.#history.set(step, originalBatch);
+    const same = (x: Int32Array, y: Int32Array) => x.length === y.length && x.every((v, t) => v === y[t]);
+    const identical = originalBatch
+      ? replayedBatch.samples.filter((r, i) => {
+          const o = originalBatch.samples[i];
+          return o !== undefined && same(o.response, r.response);
+        }).length
+      : Number.NaN;
     return {
       step,
       original: original ? { ...original } : {},
       replayed,
-      responses: replayedRollouts.numRows,
-      identicalResponses: originalRollouts ? identical : Number.NaN,
-      rollouts: replayedRollouts,
+      responses: replayedBatch.samples.length,
+      identicalResponses: identical,
+      rollouts: rolloutsTable(replayedBatch),
     };
   }
 
