@@ -26,6 +26,8 @@ export interface StageResult {
   rounds: number;
   timings: Record<string, number>;
   metrics: Record<string, number>;
+  /** sync, the last stage, answers with the step's metrics row too. */
+  row?: MetricsRow;
 }
 
 export type MetricsRow = { step: number } & Record<string, number>;
@@ -253,6 +255,7 @@ export class Experiment {
   async #drive(from: number, skipPause: HookPoint | undefined, options: RunOptions): Promise<MetricsRow> {
     this.#pausedAt = undefined;
     const started = performance.now();
+    let ended: StageResult | undefined;
     for (let i = from; i < stages.length; i++) {
       const stage = stages[i] as Stage;
       for (const point of [`before:${stage}`, `after:${stage}`] as const) {
@@ -264,7 +267,7 @@ export class Experiment {
             stage,
             elapsedS: (performance.now() - started) / 1000,
           });
-          await this.#op(stageMethod[stage]);
+          ended = await this.#op<StageResult>(stageMethod[stage]);
         }
         if (this.#pauses.has(point) && point !== skipPause) {
           this.#pausedAt = point;
@@ -275,14 +278,8 @@ export class Experiment {
       }
     }
     await this.refresh();
-    const table = await this.metrics();
-    const last = table.numRows - 1;
-    const row: Record<string, number> = {};
-    for (const f of table.schema.fields) {
-      const v = table.getChild(f.name)?.get(last);
-      if (v !== null && v !== undefined) row[f.name] = Number(v);
-    }
-    options.onMetrics?.(row as MetricsRow);
+    const row = ended?.row as MetricsRow;
+    options.onMetrics?.(row);
     options.onProgress?.({
       id: this.id,
       step: this.stepsDone,
@@ -291,7 +288,7 @@ export class Experiment {
       elapsedS: (performance.now() - started) / 1000,
       ...(row["critic/score/mean"] !== undefined ? { reward: row["critic/score/mean"] } : {}),
     });
-    return row as MetricsRow;
+    return row;
   }
 
   async #runHooks(point: HookPoint): Promise<void> {

@@ -202,7 +202,8 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
         case "update":
           return batchSummary(await run.update());
         case "sync":
-          return batchSummary(await run.sync());
+          // The step ends here: its metrics row comes back with it.
+          return { ...batchSummary(await run.sync()), row: run.metrics.last() };
         case "step":
           return run.runStep();
         case "run":
