@@ -5,6 +5,7 @@ import type { BenchResult } from "./common.js";
 import { benchGenerate } from "./generate.js";
 import { benchMatmul } from "./matmul.js";
 import { benchMoe } from "./moe.js";
+import { benchParallel } from "./parallel.js";
 import { benchTrain, benchTrainMoe } from "./train.js";
 
 const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
@@ -13,6 +14,7 @@ const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
   train: benchTrain,
   moe: benchMoe,
   "train-moe": benchTrainMoe,
+  parallel: benchParallel,
 };
 
 const only = process.argv.slice(2);

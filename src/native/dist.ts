@@ -7,7 +7,77 @@ import { checkDevice, checkTensor, type HostTensor } from "./engine.js";
 /** An opaque process-group handle; addon/dist.cc tags it and refuses any other object. */
 export type NativeProcessGroupHandle = { readonly __tillerProcessGroup: unique symbol };
 
+/** An opaque mesh handle (addon/dist.cc). */
+export type NativeMeshHandle = { readonly __tillerMesh: unique symbol };
+
 export type Backend = "gloo" | "nccl";
+
+/**
+ * A parallel layout: how many ranks each dimension spans. tensor × context × data × pipeline is
+ * the world size; expert folds over tensor × context × data within a pipeline stage. Omitted
+ * sizes are 1.
+ */
+export interface Layout {
+  tensor?: number;
+  context?: number;
+  pipeline?: number;
+  expert?: number;
+  data?: number;
+  /** Norms and residual on token shards between tensor-parallel regions (tensor > 1). */
+  sequenceParallel?: boolean;
+}
+
+export interface MeshCoordinates {
+  tensor: number;
+  context: number;
+  data: number;
+  pipeline: number;
+  expert: number;
+  expertData: number;
+}
+
+export interface MeshInfo {
+  rank: number;
+  worldSize: number;
+  layout: Required<Layout>;
+  coordinates: MeshCoordinates;
+  /** "TP2 x DP2" */
+  describe: string;
+}
+
+/** Per group kind, per collective: calls and payload bytes per rank since the last reset. */
+export type MeshTraffic = Record<string, Record<string, { calls: number; bytes: number }>>;
+
+const layoutSizes = ["tensor", "context", "pipeline", "expert", "data"] as const;
+
+/** Checks a layout against a world size; the error names the field and the numbers. */
+export function checkLayout(layout: Layout, worldSize: number): Required<Layout> {
+  if (layout === null || typeof layout !== "object") throw new TypeError("layout: expected an object");
+  for (const key of Object.keys(layout)) {
+    if (!(layoutSizes as readonly string[]).includes(key) && key !== "sequenceParallel") {
+      throw new TypeError(`layout.${key}: unknown; allowed: ${layoutSizes.join(", ")}, sequenceParallel`);
+    }
+  }
+  const out = { tensor: 1, context: 1, pipeline: 1, expert: 1, data: 1, sequenceParallel: false };
+  for (const key of layoutSizes) {
+    const v = layout[key] ?? 1;
+    if (!Number.isSafeInteger(v) || v < 1)
+      throw new RangeError(`layout.${key}: ${JSON.stringify(v)} must be an integer ≥ 1`);
+    out[key] = v;
+  }
+  out.sequenceParallel = layout.sequenceParallel === true;
+  const world = out.tensor * out.context * out.data * out.pipeline;
+  if (world !== worldSize) {
+    throw new RangeError(
+      `layout: tensor ${out.tensor} × context ${out.context} × data ${out.data} × pipeline ${out.pipeline} = ${world} ranks, but the process group has ${worldSize}`,
+    );
+  }
+  const stage = out.tensor * out.context * out.data;
+  if (stage % out.expert !== 0) {
+    throw new RangeError(`layout.expert: ${out.expert} must divide tensor × context × data = ${stage}`);
+  }
+  return out;
+}
 export type ReduceOp = "sum" | "avg" | "max" | "min";
 
 export const backends: readonly Backend[] = ["gloo", "nccl"];
@@ -71,6 +141,14 @@ export interface NativeDistAddon {
     backend: Backend;
     device: string;
   };
+  /** addon/dist.cc MeshCreateWork: async parallel::Mesh::create(group, layout), in the group's call order */
+  meshCreate(handle: NativeProcessGroupHandle, layout: Layout): Promise<NativeMeshHandle>;
+  /** addon/dist.cc MeshInfo(mesh) */
+  meshInfo(mesh: NativeMeshHandle): MeshInfo;
+  /** addon/dist.cc MeshTraffic(mesh, reset) */
+  meshTraffic(mesh: NativeMeshHandle, reset: boolean): MeshTraffic;
+  /** addon/dist.cc MeshDispose(mesh) */
+  meshDispose(mesh: NativeMeshHandle): void;
   /** addon/dist.cc ProcessGroupBackendAvailable(backend): parallel::backend_available */
   processGroupBackendAvailable(backend: string): boolean;
 }
@@ -204,6 +282,11 @@ export class ProcessGroup {
     return this.#handle;
   }
 
+  /** @internal the addon's handle, for Mesh.create */
+  get nativeHandle(): NativeProcessGroupHandle {
+    return this.#live();
+  }
+
   #tensor(tensor: HostTensor, op?: ReduceOp): NativeTensor {
     const t = checkTensor(tensor, "tensor");
     if (op === "avg" && !floatDtypes.includes(t.dtype)) {
@@ -253,6 +336,52 @@ export class ProcessGroup {
   dispose(): void {
     if (!this.#handle) return;
     native().processGroupDispose(this.#handle);
+    this.#handle = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * The process mesh of a run (parallel/mesh.h): the c10d groups of every layout dimension over the
+ * ranks of a process group, made once. Every rank creates it with the same layout. A model loaded
+ * with `{ mesh }` holds this rank's slices and runs its collectives on these groups.
+ */
+export class Mesh {
+  #handle: NativeMeshHandle | undefined;
+  readonly info: MeshInfo;
+
+  private constructor(handle: NativeMeshHandle) {
+    this.#handle = handle;
+    this.info = native().meshInfo(handle);
+  }
+
+  static async create(group: ProcessGroup, layout: Layout): Promise<Mesh> {
+    checkLayout(layout, group.worldSize);
+    return new Mesh(await native().meshCreate(group.nativeHandle, layout));
+  }
+
+  /** @internal the addon's handle, for Model.load */
+  get nativeHandle(): NativeMeshHandle {
+    if (!this.#handle) throw new Error("mesh: this mesh was disposed");
+    return this.#handle;
+  }
+
+  get coordinates(): MeshCoordinates {
+    return this.info.coordinates;
+  }
+
+  /** What each group's collectives moved since the last reset (reset: start counting again). */
+  traffic(reset = false): MeshTraffic {
+    return native().meshTraffic(this.nativeHandle, reset);
+  }
+
+  /** The groups close once no model holds them. */
+  dispose(): void {
+    if (!this.#handle) return;
+    native().meshDispose(this.#handle);
     this.#handle = undefined;
   }
 

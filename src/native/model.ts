@@ -1,6 +1,7 @@
 // Models on the native engine: the mechanical declarations of addon/model.cc, then the idiomatic
 // `Model` class that checks every argument (errors name the field) before calling in.
 import { addon, type NativeDtype, type NativeTypedArray } from "./binding.js";
+import { Mesh, type NativeMeshHandle } from "./dist.js";
 import { checkDevice, checkDtype, checkTensor, type HostTensor } from "./engine.js";
 import {
   checkCounts,
@@ -139,7 +140,15 @@ export interface NativeModelAddon {
     dtype: NativeDtype,
   ): NativeModelHandle;
   /** addon/model.cc LoadWork: async, ModelLoad(string dir, string device, string dtype) */
-  modelLoad(dir: string, device: string, dtype: NativeDtype): Promise<NativeModelHandle>;
+  modelLoad(
+    dir: string,
+    device: string,
+    dtype: NativeDtype,
+    mesh?: NativeMeshHandle,
+    sequenceParallel?: boolean,
+  ): Promise<NativeModelHandle>;
+  /** addon/model.cc GatherWork: async, whole parameters or gradients (collective on a mesh) */
+  modelGather(handle: NativeModelHandle, what: "parameters" | "gradients"): Promise<NamedHostTensor[]>;
   /** addon/model.cc SaveWork: async, ModelSave(handle, string dir, int64 maxShardBytes) */
   modelSave(handle: NativeModelHandle, dir: string, maxShardBytes: number): Promise<void>;
   /** addon/model.cc TrainStepWork: async, masked NLL / tokenNormaliser, gradients accumulate */
@@ -340,6 +349,15 @@ export interface ModelCreateOptions {
   dtype?: NativeDtype;
 }
 
+export interface ModelLoadOptions extends ModelCreateOptions {
+  /**
+   * A multi-rank run's mesh: every rank of it loads the same folder, each reading only its slices
+   * (tensor-parallel shards; whole tensors elsewhere). Every later call is then collective: all
+   * ranks make the same calls in the same order. The mesh's sequenceParallel is used.
+   */
+  mesh?: Mesh;
+}
+
 function checkPlacement(options: ModelCreateOptions): [string, NativeDtype] {
   const device = checkDevice(options.device ?? "cpu");
   const dtype = checkDtype(options.dtype ?? "float32");
@@ -392,10 +410,32 @@ export class Model {
    * Loads an HF model folder (config.json plus model.safetensors or an index and shards). Stored
    * bf16/fp16/fp32 tensors are cast to `dtype`. Rejects naming the folder and the problem.
    */
-  static async load(dir: string, options: ModelCreateOptions = {}): Promise<Model> {
+  static async load(dir: string, options: ModelLoadOptions = {}): Promise<Model> {
     if (typeof dir !== "string" || dir === "") throw new TypeError("dir: expected a folder path");
     const [device, dtype] = checkPlacement(options);
-    return new Model(await native().modelLoad(dir, device, dtype));
+    const mesh = options.mesh;
+    if (mesh !== undefined && !(mesh instanceof Mesh)) throw new TypeError("mesh: expected a Mesh");
+    return new Model(
+      await native().modelLoad(
+        dir,
+        device,
+        dtype,
+        mesh?.nativeHandle,
+        mesh?.info.layout.sequenceParallel ?? false,
+      ),
+    );
+  }
+
+  /**
+   * The whole tensors (tensor-parallel slices gathered) by HF name: the parameters then buffers,
+   * or the gradients accumulated since the last optimizer step, completed over the tensor group
+   * and summed over the data group, as the optimizer sees them. Collective on a mesh.
+   */
+  async gather(what: "parameters" | "gradients"): Promise<NamedHostTensor[]> {
+    if (what !== "parameters" && what !== "gradients") {
+      throw new RangeError(`what: ${JSON.stringify(what)}; allowed: "parameters", "gradients"`);
+    }
+    return native().modelGather(this.handle, what);
   }
 
   /**

@@ -77,6 +77,8 @@ export const workerCommandArgs = {
     tensors: optional(array(hostTensor, { maxLength: 100_000 })),
     device: optional(string({ pattern: /^(cpu|cuda(:\d+)?)$/ })),
     dtype: optional(literal("float32", "float16", "bfloat16")),
+    /** Load this rank's slices under the worker's mesh (dist.mesh); every rank of it loads together. */
+    sharded: optional(boolean()),
   }),
   "model.generate": object({
     name: modelName,
@@ -164,6 +166,15 @@ export const workerCommandArgs = {
     backend: literal("gloo", "nccl"),
   }),
   "dist.allReduce": object({ values: typedArray(Float32Array, Float64Array) }),
+  /** The run's process mesh over the dist.init group (every rank, the same layout). */
+  "dist.mesh": object({
+    tensor: optional(integer({ min: 1 })),
+    context: optional(integer({ min: 1 })),
+    pipeline: optional(integer({ min: 1 })),
+    expert: optional(integer({ min: 1 })),
+    data: optional(integer({ min: 1 })),
+    sequenceParallel: optional(boolean()),
+  }),
   /** Waits; the test of a worker lost mid-command uses it. */
   "debug.sleep": object({ ms: integer({ min: 0, max: 3_600_000 }) }),
 } satisfies Record<string, Check<unknown>>;
@@ -179,7 +190,23 @@ export interface WorkerMemory {
   deviceTotalBytes?: number;
 }
 
+/** A worker's place in its run's mesh (parallel/mesh.h). */
+export interface WorkerMesh {
+  /** "TP2 x DP2" */
+  describe: string;
+  coordinates: {
+    tensor: number;
+    context: number;
+    data: number;
+    pipeline: number;
+    expert: number;
+    expertData: number;
+  };
+}
+
 export interface WorkerInfo {
+  /** From dist.mesh on. */
+  mesh?: WorkerMesh;
   pid: number;
   hostname: string;
   device: string;
@@ -440,5 +467,6 @@ export interface WorkerCommandResults {
   "model.free": { freed: boolean };
   "dist.init": { rank: number; worldSize: number; backend: string };
   "dist.allReduce": { values: Float32Array | Float64Array };
+  "dist.mesh": WorkerMesh;
   "debug.sleep": { sleptMs: number };
 }

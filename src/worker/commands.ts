@@ -4,7 +4,7 @@
 import { createServer } from "node:net";
 import { freemem, hostname, totalmem } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
-import { ProcessGroup } from "../native/dist.js";
+import { Mesh, ProcessGroup } from "../native/dist.js";
 import { engineInfo } from "../native/engine.js";
 import { Model, type OptimizerOptions } from "../native/model.js";
 import {
@@ -35,6 +35,8 @@ export class WorkerState {
   readonly device: string;
   /** The engine's process group among all workers, from dist.init on. */
   processGroup: ProcessGroup | undefined;
+  /** The run's mesh over that group, from dist.mesh on; sharded models load under it. */
+  mesh: Mesh | undefined;
 
   constructor(readonly host: string) {
     // One visible GPU per worker (the controller sets CUDA_VISIBLE_DEVICES), so it is always cuda:0.
@@ -56,6 +58,9 @@ export class WorkerState {
   info(): WorkerInfo {
     const device = engineInfo().devices.find((d) => d.device === this.device);
     return {
+      ...(this.mesh
+        ? { mesh: { describe: this.mesh.info.describe, coordinates: this.mesh.coordinates } }
+        : {}),
       pid: process.pid,
       hostname: hostname(),
       device: this.device,
@@ -73,6 +78,8 @@ export class WorkerState {
   dispose(): void {
     for (const model of this.models.values()) model.dispose();
     this.models.clear();
+    this.mesh?.dispose();
+    this.mesh = undefined;
     this.processGroup?.dispose();
     this.processGroup = undefined;
   }
@@ -106,9 +113,14 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     }
     const device = args.device ?? state.device;
     const placement = { device, dtype: args.dtype ?? "float32" } as const;
+    if (args.sharded && !state.mesh)
+      throw new CommandError("WORKER_ERROR", "args.sharded: no mesh; call dist.mesh first");
+    if (args.sharded && args.dir === undefined)
+      throw new CommandError("WORKER_ERROR", "args.sharded: needs args.dir");
     let model: Model;
-    if (args.dir !== undefined) model = await Model.load(args.dir, placement);
-    else if (args.config && args.tensors) model = Model.create(args.config, args.tensors, placement);
+    if (args.dir !== undefined) {
+      model = await Model.load(args.dir, args.sharded ? { ...placement, mesh: state.mesh } : placement);
+    } else if (args.config && args.tensors) model = Model.create(args.config, args.tensors, placement);
     else throw new CommandError("WORKER_ERROR", "args: give either dir, or config with tensors");
     state.models.set(args.name, model);
     const parameters = model.parameters().reduce((n, t) => n + t.data.length, 0);
@@ -208,6 +220,8 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   },
 
   "dist.init": async (state, args) => {
+    state.mesh?.dispose();
+    state.mesh = undefined;
     state.processGroup?.dispose();
     state.processGroup = undefined;
     // Rank 0 hosts the c10d store on the port the controller had it pick; the others connect to it.
@@ -231,6 +245,14 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       "sum",
     );
     return { values: reduced.data as Float32Array | Float64Array };
+  },
+
+  "dist.mesh": async (state, args) => {
+    if (!state.processGroup)
+      throw new CommandError("WORKER_ERROR", "dist.mesh: no process group; call dist.init first");
+    state.mesh?.dispose();
+    state.mesh = await Mesh.create(state.processGroup, args);
+    return { describe: state.mesh.info.describe, coordinates: state.mesh.coordinates };
   },
 
   "debug.sleep": async (_state, args) => {

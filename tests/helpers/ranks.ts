@@ -29,16 +29,18 @@ export function freePort(): Promise<number> {
 }
 
 /**
- * Runs one process per config and resolves with their results, in config order. Rejects when any
+ * Runs one process per config (`entry`: a compiled script in dist/tests/helpers taking the config as
+ * JSON in argv[2]) and resolves with their results, in config order. Rejects when any
  * process has not printed its result within deadlineMs (every child is killed then), or exits
  * without a result (its stderr is in the message).
  */
 export async function runRanks(
-  configs: RankConfig[],
+  configs: (RankConfig | { rank: number })[],
   deadlineMs: number,
   env: NodeJS.ProcessEnv = {},
+  entry = "dist-rank.js",
 ): Promise<RankResult[]> {
-  const script = join(repoRoot, "dist", "tests", "helpers", "dist-rank.js");
+  const script = join(repoRoot, "dist", "tests", "helpers", entry);
   const children: ChildProcess[] = [];
   const killAll = () => {
     for (const child of children)

@@ -11,6 +11,7 @@
 #include "addon/common.h"
 #include "addon/registry.h"
 #include "addon/tensor.h"
+#include "addon/mesh.h"
 #include "parallel/process_group.h"
 
 namespace tiller::addon {
@@ -297,7 +298,140 @@ Napi::Value ProcessGroupBackendAvailable(const Napi::CallbackInfo& info) {
   });
 }
 
+// Tags a JS handle as a mesh.
+constexpr napi_type_tag kMeshTag = {0x2b7e151628aed2a6ULL, 0xabf7158809cf4f3cULL};
+
+struct MeshHandle {
+  std::shared_ptr<parallel::Mesh> mesh;
+};
+
+// Takes its turn on the world group like a collective, so a mesh is made after the calls before it.
+class MeshCreateWork final : public CollectiveWork {
+ public:
+  MeshCreateWork(Napi::Env env, std::shared_ptr<GroupSlot> slot, parallel::Layout layout)
+      : CollectiveWork(env, "tiller.meshCreate", std::move(slot)), layout_(layout) {}
+
+ protected:
+  void RunInTurn(ProcessGroup& group) override { mesh_ = parallel::Mesh::create(group, layout_); }
+  Napi::Value Result(Napi::Env env) override {
+    auto handle = Napi::External<MeshHandle>::New(env, new MeshHandle{std::move(mesh_)},
+                                                  [](Napi::Env, MeshHandle* h) { delete h; });
+    handle.TypeTag(&kMeshTag);
+    return handle;
+  }
+
+ private:
+  parallel::Layout layout_;
+  std::shared_ptr<parallel::Mesh> mesh_;
+};
+
+// meshCreate(group, {tensor, context, pipeline, expert, data, sequenceParallel}) -> Promise<handle>;
+// every rank of the group calls it with the same layout.
+Napi::Value MeshCreate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    if (!info[1].IsObject()) throw std::invalid_argument("layout: expected an object");
+    auto o = info[1].As<Napi::Object>();
+    parallel::Layout layout;
+    const auto size = [&](const char* key) {
+      const auto v = o.Get(key);
+      return v.IsUndefined() ? 1 : int_arg(v, (std::string("layout.") + key).c_str());
+    };
+    layout.tensor = size("tensor");
+    layout.context = size("context");
+    layout.pipeline = size("pipeline");
+    layout.expert = size("expert");
+    layout.data = size("data");
+    layout.sequence_parallel = o.Get("sequenceParallel").ToBoolean().Value();
+    parallel::check_layout(layout, slot->group->world_size());
+    return queue_work<MeshCreateWork>(env, slot, layout);
+  });
+}
+
+// meshInfo(mesh) -> {rank, worldSize, layout, coordinates}
+Napi::Value MeshInfo(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto mesh = mesh_of(info[0]);
+    const auto& l = mesh->layout();
+    const auto& c = mesh->coordinates();
+    auto layout = Napi::Object::New(env);
+    layout["tensor"] = l.tensor;
+    layout["context"] = l.context;
+    layout["pipeline"] = l.pipeline;
+    layout["expert"] = l.expert;
+    layout["data"] = l.data;
+    layout["sequenceParallel"] = l.sequence_parallel;
+    auto coords = Napi::Object::New(env);
+    coords["tensor"] = c.tensor;
+    coords["context"] = c.context;
+    coords["data"] = c.data;
+    coords["pipeline"] = c.pipeline;
+    coords["expert"] = c.expert;
+    coords["expertData"] = c.expert_data;
+    auto out = Napi::Object::New(env);
+    out["rank"] = mesh->rank();
+    out["worldSize"] = mesh->world_size();
+    out["layout"] = layout;
+    out["coordinates"] = coords;
+    out["describe"] = l.describe();
+    return out;
+  });
+}
+
+// meshTraffic(mesh, reset: boolean) -> {[group]: {[collective]: {calls, bytes}}}: what each group's
+// collectives moved since the last reset (groups of one rank move nothing and are left out).
+Napi::Value MeshTraffic(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto mesh = mesh_of(info[0]);
+    const bool reset = info[1].ToBoolean().Value();
+    auto out = Napi::Object::New(env);
+    for (const auto& [kind, group] : mesh->groups()) {
+      if (group->world_size() == 1) continue;
+      auto per = Napi::Object::New(env);
+      for (const auto& [name, t] : group->traffic()) {
+        auto entry = Napi::Object::New(env);
+        entry["calls"] = static_cast<double>(t.calls);
+        entry["bytes"] = static_cast<double>(t.bytes);
+        per[name] = entry;
+      }
+      out[kind] = per;
+      if (reset) group->reset_traffic();
+    }
+    return out;
+  });
+}
+
+// meshDispose(mesh): the groups close once no model uses them.
+Napi::Value MeshDispose(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    mesh_of(info[0]);
+    info[0].As<Napi::External<MeshHandle>>().Data()->mesh.reset();
+    return env.Undefined();
+  });
+}
+
+}  // namespace
+
+std::shared_ptr<parallel::Mesh> mesh_of(const Napi::Value& value) {
+  if (!value.IsExternal() || !value.As<Napi::External<MeshHandle>>().CheckTypeTag(&kMeshTag)) {
+    throw std::invalid_argument("mesh: not a mesh handle");
+  }
+  auto mesh = value.As<Napi::External<MeshHandle>>().Data()->mesh;
+  if (!mesh) throw std::invalid_argument("mesh: this mesh was disposed");
+  return mesh;
+}
+
+namespace {
+
 void register_dist(Napi::Env env, Napi::Object exports) {
+  exports["meshCreate"] = Napi::Function::New(env, MeshCreate, "meshCreate");
+  exports["meshInfo"] = Napi::Function::New(env, MeshInfo, "meshInfo");
+  exports["meshDispose"] = Napi::Function::New(env, MeshDispose, "meshDispose");
+  exports["meshTraffic"] = Napi::Function::New(env, MeshTraffic, "meshTraffic");
   exports["processGroupCreate"] = Napi::Function::New(env, ProcessGroupCreate, "processGroupCreate");
   exports["processGroupDispose"] = Napi::Function::New(env, ProcessGroupDispose, "processGroupDispose");
   exports["processGroupAllReduce"] = Napi::Function::New(env, ProcessGroupAllReduce, "processGroupAllReduce");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "addon/common.h"
+#include "addon/mesh.h"
 #include "addon/registry.h"
 #include "addon/tensor.h"
 #include "addon/train_args.h"
@@ -27,6 +28,7 @@
 #include "train/optimizer.h"
 #include "train/policy_loss.h"
 #include "train/schedule.h"
+#include "train/session.h"
 
 namespace tiller::addon {
 namespace {
@@ -36,29 +38,8 @@ using models::CausalLM;
 // Tags a JS handle as a model so that any other object passed in is refused.
 constexpr napi_type_tag kModelTag = {0x7d1f3c2a9b4e4f61ULL, 0xa3c8e5d2b1f09e47ULL};
 
-struct ModelSlot {
-  std::mutex mutex;  // one call at a time on this model
-  std::unique_ptr<CausalLM> model;
-  io::Json config;  // config.json as given; save() writes it back with the dtype updated
-  // Training state, from modelOptimizerInit on. The optimizer references the model's parameters.
-  std::unique_ptr<train::AdamW> optimizer;
-  train::LrSchedule schedule;
-  double max_grad_norm = std::numeric_limits<double>::infinity();
-  int64_t updates = 0;         // optimizer steps applied (skipped ones excluded): the schedule's step
-  bool grads_pending = false;  // trainStep accumulated gradients that no optimizer step consumed yet
-  // Generation state kept between generate calls on CUDA (KV cache + captured graphs).
-  std::unique_ptr<rollout::CudaDecoder> decoder;
-  // When set, the next call on this model runs under the Kineto profiler and writes a Chrome
-  // trace here (modelProfileNext).
-  std::string profile_path;
-  // MoE models: router statistics summed over the training-side forwards since the last
-  // modelRouterStats call (per MoE layer, on the model's device).
-  struct {
-    std::vector<at::Tensor> tokens_per_expert;  // [experts] int64
-    std::vector<at::Tensor> entropy_sum;        // scalar float32, nats
-    int64_t tokens = 0;
-  } router_stats;
-};
+// The engine state of one model handle (train/session.h); the addon only converts and dispatches.
+using ModelSlot = train::ModelSession;
 
 // The JS handle owns a shared_ptr to the slot; running async work holds another, so dispose() while a
 // call runs frees the model only when that call ends.
@@ -163,20 +144,6 @@ class ModelWork : public PromiseWork {
   std::shared_ptr<ModelSlot> slot_;
 };
 
-// Positions 1..n-1 of every sequence: which hidden rows predict which targets.
-struct NextTokenRows {
-  at::Tensor rows, targets;  // [tokens - sequences] int64
-};
-
-NextTokenRows next_token_rows(const at::Tensor& tokens, const std::vector<int64_t>& cu) {
-  std::vector<int64_t> rows;
-  for (size_t i = 0; i + 1 < cu.size(); ++i) {
-    for (int64_t j = cu[i]; j + 1 < cu[i + 1]; ++j) rows.push_back(j);
-  }
-  const auto r = at::tensor(rows, at::kLong).to(tokens.device());
-  return {r, tokens.index_select(0, r + 1)};
-}
-
 // routedExperts: undefined, or an Int32Array of [tokens, moe_layers, top_k] expert ids where each
 // row is all valid ids or all -1 (route normally) -> int64 host tensor, or undefined.
 at::Tensor replay_from_js(const Napi::Value& value, const ModelSlot& slot, int64_t tokens) {
@@ -204,58 +171,10 @@ at::Tensor replay_from_js(const Napi::Value& value, const ModelSlot& slot, int64
   return ids;
 }
 
-void add_router_stats(ModelSlot& slot, const layers::Routing& routing, int64_t tokens) {
-  auto& totals = slot.router_stats;
-  for (size_t l = 0; l < routing.tokens_per_expert.size(); ++l) {
-    if (totals.tokens_per_expert.size() <= l) {
-      totals.tokens_per_expert.push_back(routing.tokens_per_expert[l].clone());
-      totals.entropy_sum.push_back(routing.entropy_sum[l].clone());
-    } else {
-      totals.tokens_per_expert[l].add_(routing.tokens_per_expert[l]);
-      totals.entropy_sum[l].add_(routing.entropy_sum[l]);
-    }
-  }
-  totals.tokens += tokens;
-}
+using train::GradScope;
+using train::next_token_rows;
 
-// The model's forward over a packed batch, then per-token logprobs. MoE models add their router
-// statistics to the slot's and replay `replay` ([tokens, moe_layers, top_k], host) when defined.
-layers::TokenLogprobs forward_logprobs(ModelSlot& slot, const at::Tensor& tokens_cpu, const std::vector<int64_t>& cu,
-                                       double temperature, int64_t chunk_tokens, const at::Tensor& replay) {
-  auto& model = *slot.model;
-  const auto tokens = tokens_cpu.to(model.device());
-  auto batch = models::pack_batch(tokens, cu);
-  layers::Routing routing;
-  const bool moe = model.moe_shape().layers > 0;
-  if (moe) {
-    routing.stats = true;
-    if (replay.defined()) routing.replay = replay.to(model.device());
-    batch.routing = &routing;
-  }
-  const auto hidden = model.forward(batch);
-  if (moe) add_router_stats(slot, routing, tokens.size(0));
-  const auto next = next_token_rows(tokens, cu);
-  return layers::chunked_logprobs(hidden.index_select(0, next.rows), model.lm_head(), next.targets, temperature,
-                                   chunk_tokens);
-}
-
-// Parameters require grad only while a backward runs, so that logprobs and generation never build a
-// graph. Gradients stay on the parameters when the scope ends: trainStep accumulates into them.
-class GradScope {
- public:
-  explicit GradScope(const models::NamedTensors& params) : params_(params) {
-    for (const auto& [_, p] : params_) p.requires_grad_(true);
-  }
-  ~GradScope() {
-    for (const auto& [_, p] : params_) p.requires_grad_(false);
-  }
-  GradScope(const GradScope&) = delete;
-  GradScope& operator=(const GradScope&) = delete;
-
- private:
-  const models::NamedTensors& params_;
-};
-
+using train::forward_logprobs;
 class LogprobsWork final : public ModelWork {
  public:
   LogprobsWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
@@ -531,19 +450,11 @@ class OptimizerStepWork final : public ModelWork {
       : ModelWork(env, "tiller.modelOptimizerStep", std::move(slot)) {}
 
   void RunLocked(ModelSlot& slot) override {
-    if (!slot.optimizer) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
-    const auto params = slot.optimizer->params();
-    const auto clip = train::clip_grad_norm(params, slot.max_grad_norm);
-    grad_norm_ = clip.norm;
-    lr_ = train::lr_at(slot.schedule, slot.updates);
-    skipped_ = !clip.finite;
-    if (!skipped_) {
-      slot.optimizer->step(lr_);
-      ++slot.updates;
-    }
-    slot.optimizer->zero_grad();
-    slot.grads_pending = false;
-    step_ = slot.updates;
+    const auto r = train::optimizer_step(slot);
+    grad_norm_ = r.grad_norm;
+    lr_ = r.lr;
+    skipped_ = r.skipped;
+    step_ = r.step;
   }
 
   Napi::Value Result(Napi::Env env) override {
@@ -568,24 +479,7 @@ class SaveWork final : public ModelWork {
   SaveWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::string dir, int64_t max_shard_bytes)
       : ModelWork(env, "tiller.modelSave", std::move(slot)), dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes) {}
 
-  void RunLocked(ModelSlot& slot) override {
-    auto config = slot.config;
-    const auto dtype = dtype_name(slot.model->dtype());
-    // transformers 5 reads "dtype", 4 reads "torch_dtype": update whichever the config has.
-    bool written = false;
-    for (const char* key : {"dtype", "torch_dtype"}) {
-      if (config.has(key)) {
-        config.set(key, dtype);
-        written = true;
-      }
-    }
-    if (!written) config.set("dtype", dtype);
-    models::NamedTensors tensors;
-    for (const auto& [name, p] : slot.model->checkpoint_tensors()) {
-      tensors.emplace_back(name, p.detach().to(at::kCPU).contiguous());
-    }
-    io::save_checkpoint(dir_, config, tensors, max_shard_bytes_);
-  }
+  void RunLocked(ModelSlot& slot) override { train::save_model(slot, dir_, max_shard_bytes_); }
 
  private:
   std::string dir_;
@@ -600,13 +494,7 @@ class SaveOptimizerWork final : public ModelWork {
   SaveOptimizerWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::string file)
       : ModelWork(env, "tiller.modelSaveOptimizer", std::move(slot)), file_(std::move(file)) {}
 
-  void RunLocked(ModelSlot& slot) override {
-    if (!slot.optimizer) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
-    if (slot.grads_pending) {
-      throw std::invalid_argument("model: gradients are pending; call optimizerStep before saving the optimizer");
-    }
-    io::write_safetensors(file_, slot.optimizer->state(), {{"updates", std::to_string(slot.updates)}});
-  }
+  void RunLocked(ModelSlot& slot) override { train::save_optimizer(slot, file_); }
   std::string ErrorPrefix() const override { return "model.saveOptimizer(" + file_ + "): "; }
 
  private:
@@ -620,16 +508,7 @@ class LoadOptimizerWork final : public ModelWork {
   LoadOptimizerWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::string file)
       : ModelWork(env, "tiller.modelLoadOptimizer", std::move(slot)), file_(std::move(file)) {}
 
-  void RunLocked(ModelSlot& slot) override {
-    if (!slot.optimizer) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
-    auto file = io::read_safetensors(file_);
-    const auto updates = file.metadata.find("updates");
-    if (updates == file.metadata.end()) throw std::runtime_error("no \"updates\" in the metadata: not an optimizer state");
-    slot.optimizer->load_state(file.tensors);
-    slot.updates = std::stoll(updates->second);
-    slot.optimizer->zero_grad();
-    slot.grads_pending = false;
-  }
+  void RunLocked(ModelSlot& slot) override { train::load_optimizer(slot, file_); }
   std::string ErrorPrefix() const override { return "model.loadOptimizer(" + file_ + "): "; }
 
  private:
@@ -644,24 +523,25 @@ Napi::Value wrap_slot(Napi::Env env, std::shared_ptr<ModelSlot> slot) {
 
 class LoadWork final : public PromiseWork {
  public:
-  LoadWork(Napi::Env env, std::string dir, at::Device device, at::ScalarType dtype)
-      : PromiseWork(env, "tiller.modelLoad"), dir_(std::move(dir)), device_(device), dtype_(dtype) {}
+  LoadWork(Napi::Env env, std::string dir, models::BuildOptions options)
+      : PromiseWork(env, "tiller.modelLoad"), dir_(std::move(dir)), options_(std::move(options)) {}
 
  protected:
   void Run() override {
     const auto checkpoint = io::open_checkpoint(dir_);
     slot_ = std::make_shared<ModelSlot>();
     slot_->config = checkpoint.config;
-    // The builder casts (and copies) every tensor, so nothing aliases the mapped files after this.
-    slot_->model = models::build_model(models::HfConfig(checkpoint.config), checkpoint.tensors, device_, dtype_);
+    slot_->mesh = options_.mesh;
+    // The builder casts (and copies) this rank's slice of every tensor, so nothing aliases the
+    // mapped files after this, and the pages of other ranks' slices are never read.
+    slot_->model = models::build_model(models::HfConfig(checkpoint.config), checkpoint.tensors, options_);
   }
   Napi::Value Result(Napi::Env env) override { return wrap_slot(env, std::move(slot_)); }
   std::string ErrorPrefix() const override { return "model.load(" + dir_ + "): "; }
 
  private:
   std::string dir_;
-  at::Device device_;
-  at::ScalarType dtype_;
+  models::BuildOptions options_;
   std::shared_ptr<ModelSlot> slot_;
 };
 
@@ -684,18 +564,62 @@ Napi::Value ModelCreate(const Napi::CallbackInfo& info) {
     const auto device = parse_device(info[2].As<Napi::String>().Utf8Value());
     const auto dtype = dtype_from_name(info[3].As<Napi::String>().Utf8Value());
     // The builder copies every tensor, so nothing aliases JS memory once this returns.
-    slot->model = models::build_model(models::HfConfig(slot->config), weights, device, dtype);
+    slot->model = models::build_model(models::HfConfig(slot->config), weights, {device, dtype});
     return wrap_slot(env, std::move(slot));
   });
 }
 
-// modelLoad(dir: string, device: string, dtype: string) -> Promise<handle>
+// modelLoad(dir: string, device: string, dtype: string, mesh?: handle, sequenceParallel?: boolean)
+//   -> Promise<handle>; with a mesh, every rank of it loads its slices (a collective model).
 Napi::Value ModelLoad(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    return queue_work<LoadWork>(env, info[0].As<Napi::String>().Utf8Value(),
-                                parse_device(info[1].As<Napi::String>().Utf8Value()),
-                                dtype_from_name(info[2].As<Napi::String>().Utf8Value()));
+    models::BuildOptions options(parse_device(info[1].As<Napi::String>().Utf8Value()),
+                                 dtype_from_name(info[2].As<Napi::String>().Utf8Value()));
+    if (!info[3].IsUndefined() && !info[3].IsNull()) {
+      options.mesh = mesh_of(info[3]);
+      if (options.mesh->tensor().device() != options.device) {
+        throw std::invalid_argument("device: " + options.device.str() + " differs from the mesh's " +
+                                    options.mesh->tensor().device().str() + " (" +
+                                    options.mesh->tensor().backend() + " works there)");
+      }
+    }
+    options.sequence_parallel = info[4].ToBoolean().Value();
+    return queue_work<LoadWork>(env, info[0].As<Napi::String>().Utf8Value(), std::move(options));
+  });
+}
+
+// The whole parameters or gradients (train::gather_parameters / gather_gradients), as host tensors.
+class GatherWork final : public ModelWork {
+ public:
+  GatherWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, bool gradients)
+      : ModelWork(env, "tiller.modelGather", std::move(slot)), gradients_(gradients) {}
+
+  void RunLocked(ModelSlot& slot) override {
+    tensors_ = gradients_ ? train::gather_gradients(slot) : train::gather_parameters(slot);
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    auto list = Napi::Array::New(env, tensors_.size());
+    for (size_t i = 0; i < tensors_.size(); ++i) list[i] = host_tensor(env, tensors_[i].first, tensors_[i].second);
+    return list;
+  }
+
+ private:
+  bool gradients_;
+  models::NamedTensors tensors_;
+};
+
+// modelGather(handle, what: "parameters" | "gradients") -> Promise<{name, dtype, shape, data}[]>: whole
+// tensors on every rank of the model's mesh (a collective); on one device, host copies.
+Napi::Value ModelGather(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto what = info[1].As<Napi::String>().Utf8Value();
+    if (what != "parameters" && what != "gradients") {
+      throw std::invalid_argument("what: '" + what + "'; allowed: parameters, gradients");
+    }
+    return queue_work<GatherWork>(env, slot_of(info[0]), what == "gradients");
   });
 }
 
@@ -766,10 +690,7 @@ Napi::Value ModelOptimizerInit(const Napi::CallbackInfo& info) {
     const auto max_norm = number_field(o, "maxGradNorm", "options", std::numeric_limits<double>::infinity());
     if (!(max_norm > 0)) throw std::invalid_argument("options.maxGradNorm: must be > 0");
     std::lock_guard<std::mutex> lock(slot->mutex);
-    slot->optimizer = std::make_unique<train::AdamW>(slot->model->named_parameters(), std::move(config));
-    slot->schedule = schedule;
-    slot->max_grad_norm = max_norm;
-    slot->updates = 0;
+    train::init_optimizer(*slot, std::move(config), schedule, max_norm);
     return env.Undefined();
   });
 }
@@ -791,7 +712,7 @@ Napi::Value ModelSetTraining(const Napi::CallbackInfo& info) {
     if (!info[1].IsObject()) throw std::invalid_argument("options: expected {lr?, maxGradNorm?}");
     auto o = info[1].As<Napi::Object>();
     std::lock_guard<std::mutex> lock(slot->mutex);
-    if (!slot->optimizer) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+    if (!slot->has_optimizer()) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
     if (o.Has("lr")) {
       const double lr = number_field(o, "lr", "options", 0);
       if (!(lr > 0)) throw std::invalid_argument("options.lr: must be > 0");
@@ -994,6 +915,7 @@ Napi::Value SupportedArchitectures(const Napi::CallbackInfo& info) {
 void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelCreate"] = Napi::Function::New(env, ModelCreate, "modelCreate");
   exports["modelLoad"] = Napi::Function::New(env, ModelLoad, "modelLoad");
+  exports["modelGather"] = Napi::Function::New(env, ModelGather, "modelGather");
   exports["modelSave"] = Napi::Function::New(env, ModelSave, "modelSave");
   exports["modelTrainStep"] = Napi::Function::New(env, ModelTrainStep, "modelTrainStep");
   exports["modelPolicyStep"] = Napi::Function::New(env, ModelPolicyStep, "modelPolicyStep");

@@ -65,7 +65,110 @@ struct ChunkedLogprobFunction : public torch::autograd::Function<ChunkedLogprobF
   }
 };
 
+// Targets as indices into this shard's columns (0 where outside it) and whether they are inside.
+struct LocalTargets {
+  at::Tensor index, inside;  // [rows] int64, [rows] bool
+};
+
+LocalTargets local_targets(const at::Tensor& targets, int64_t start, int64_t rows) {
+  const auto inside = targets.ge(start).logical_and(targets.lt(start + rows));
+  return {(targets - start).masked_fill(inside.logical_not(), 0), inside};
+}
+
+// The whole vocabulary's statistics from each shard's: with lse_r, H_r the shard's logsumexp and
+// entropy of its own softmax, E_r[z] = lse_r - H_r and the global
+//   lse = log sum_r exp(lse_r),   E[z] = sum_r exp(lse_r - lse) E_r[z],   H = lse - E[z],
+// and the target's z from the one shard that holds it.
+kernels::RowStats merge_shards(const kernels::RowStats& local, const at::Tensor& inside, parallel::ProcessGroup& group) {
+  auto top = local.lse.clone();
+  group.all_reduce(top, parallel::ReduceOp::kMax);
+  const auto weight = (local.lse - top).exp();
+  auto sums = at::stack({weight, weight * (local.lse - local.entropy),
+                         at::where(inside, local.logprob + local.lse, at::zeros_like(local.lse))})
+                  .contiguous();  // [3, rows]
+  group.all_reduce(sums, parallel::ReduceOp::kSum);
+  const auto lse = top + sums[0].log();
+  const auto expected = sums[1] / sums[0];
+  return {sums[2] - lse, lse - expected, lse};
+}
+
+struct VocabParallelLogprobFunction : public torch::autograd::Function<VocabParallelLogprobFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& lm_head,
+                               const at::Tensor& targets, double temperature, int64_t chunk, int64_t group_address,
+                               int64_t vocab_start) {
+    auto& group = *reinterpret_cast<parallel::ProcessGroup*>(group_address);
+    const auto tokens = hidden.size(0);
+    const auto local = local_targets(targets, vocab_start, lm_head.size(0));
+    auto logprob = at::empty({tokens}, hidden.options().dtype(at::kFloat));
+    auto entropy = at::empty({tokens}, hidden.options().dtype(at::kFloat));
+    auto lse = at::empty({tokens}, hidden.options().dtype(at::kFloat));
+    for (int64_t a = 0; a < tokens; a += chunk) {
+      const auto b = std::min(tokens, a + chunk);
+      const auto shard = kernels::logprob_rows(chunk_logits(hidden.slice(0, a, b), lm_head), local.index.slice(0, a, b),
+                                               temperature);
+      const auto s = merge_shards(shard, local.inside.slice(0, a, b), group);
+      logprob.slice(0, a, b).copy_(s.logprob);
+      entropy.slice(0, a, b).copy_(s.entropy);
+      lse.slice(0, a, b).copy_(s.lse);
+    }
+    ctx->save_for_backward({hidden, lm_head, local.index, local.inside, lse, entropy});
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["chunk"] = chunk;
+    ctx->mark_non_differentiable({lse});
+    return {logprob, entropy};
+  }
+
+  // Per shard, with the global lse and H: d/dz = g_lp (onehot - p) - g_H p (log p + H), the
+  // onehot only where the shard holds the target. No communication: hidden's gradient is this
+  // shard's part, summed over the group by copy_to_group's backward.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& hidden = saved[0];
+    const auto& lm_head = saved[1];
+    const auto& index = saved[2];
+    const auto& inside = saved[3];
+    const auto& lse = saved[4];
+    const auto& entropy = saved[5];
+    const double temperature = ctx->saved_data["temperature"].toDouble();
+    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const auto tokens = hidden.size(0);
+    const auto grad_logprob = grads[0].defined() ? grads[0] : at::zeros({tokens}, hidden.options().dtype(at::kFloat));
+    const auto& grad_entropy = grads[1];
+    auto grad_hidden = at::empty_like(hidden);
+    auto grad_lm_head = at::zeros(lm_head.sizes(), lm_head.options().dtype(at::kFloat));
+    for (int64_t a = 0; a < tokens; a += chunk) {
+      const auto b = std::min(tokens, a + chunk);
+      const auto h = hidden.slice(0, a, b);
+      const auto g = grad_logprob.slice(0, a, b);
+      const auto log_p = chunk_logits(h, lm_head).to(at::kFloat) / temperature - lse.slice(0, a, b).unsqueeze(1);
+      const auto p = log_p.exp();
+      auto weight = g.unsqueeze(1).expand_as(p);
+      if (grad_entropy.defined()) {
+        weight = weight + grad_entropy.slice(0, a, b).unsqueeze(1) * (log_p + entropy.slice(0, a, b).unsqueeze(1));
+      }
+      auto grad_z = -p * weight;
+      grad_z.scatter_add_(1, index.slice(0, a, b).unsqueeze(1),
+                          (g * inside.slice(0, a, b).to(at::kFloat)).unsqueeze(1));
+      const auto grad_logits = (grad_z / temperature).to(hidden.scalar_type());
+      grad_hidden.slice(0, a, b).copy_(at::matmul(grad_logits, lm_head));
+      grad_lm_head.add_(at::matmul(grad_logits.t(), h).to(at::kFloat));
+    }
+    return {grad_hidden, grad_lm_head.to(lm_head.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
+
+TokenLogprobs vocab_parallel_logprobs(const at::Tensor& hidden, const at::Tensor& lm_head, const at::Tensor& targets,
+                                      double temperature, int64_t chunk_tokens, const VocabShard& shard) {
+  TORCH_CHECK(temperature > 0, "temperature: must be positive, got ", temperature);
+  TORCH_CHECK(chunk_tokens > 0, "chunk_tokens: must be positive, got ", chunk_tokens);
+  TORCH_CHECK(shard.group != nullptr, "vocab_parallel_logprobs: no group");
+  const auto out = VocabParallelLogprobFunction::apply(hidden, lm_head, targets, temperature, chunk_tokens,
+                                                       reinterpret_cast<int64_t>(shard.group), shard.vocab_start);
+  return {out[0], out[1]};
+}
 
 TokenLogprobs chunked_logprobs(const at::Tensor& hidden, const at::Tensor& lm_head, const at::Tensor& targets,
                                double temperature, int64_t chunk_tokens) {

@@ -5,6 +5,8 @@
 
 #include <torch/torch.h>
 
+#include "parallel/process_group.h"
+
 namespace tiller::layers {
 
 struct TokenLogprobs {
@@ -17,5 +19,18 @@ struct TokenLogprobs {
 // chunk_tokens: how many tokens' logits are materialised at a time.
 TokenLogprobs chunked_logprobs(const at::Tensor& hidden, const at::Tensor& lm_head, const at::Tensor& targets,
                                double temperature, int64_t chunk_tokens = 1024);
+
+// The vocabulary split over a tensor group: this rank's lm_head holds rows vocab_start.. .
+struct VocabShard {
+  parallel::ProcessGroup* group = nullptr;
+  int64_t vocab_start = 0;
+};
+
+// As above with lm_head: [vocab / size, hidden], this rank's rows. The logits stay sharded: each
+// chunk's per-shard statistics (logsumexp, entropy, target logit) are merged with two small fp32
+// all-reduces, and the backward needs none. `hidden` must be the same on every rank of the group
+// and already pass through parallel::copy_to_group (its gradient here is this shard's part).
+TokenLogprobs vocab_parallel_logprobs(const at::Tensor& hidden, const at::Tensor& lm_head, const at::Tensor& targets,
+                                      double temperature, int64_t chunk_tokens, const VocabShard& shard);
 
 }  // namespace tiller::layers

@@ -1,5 +1,7 @@
 #include "models/causal_lm.h"
 
+#include "parallel/collectives.h"
+
 namespace tiller::models {
 
 PackedBatch pack_batch(const at::Tensor& tokens, std::vector<int64_t> cu_seqlens, const std::vector<int64_t>& offsets) {
@@ -21,6 +23,12 @@ PackedBatch pack_batch(const at::Tensor& tokens, std::vector<int64_t> cu_seqlens
 const NamedTensors& CausalLM::named_buffers() const {
   static const NamedTensors none;
   return none;
+}
+
+at::Tensor CausalLM::logits(const at::Tensor& rows) const {
+  const auto local = at::matmul(rows, lm_head().t());  // [n, vocab / tp]
+  if (tp_.size() == 1) return local;
+  return parallel::all_gather_first_dim(local.t().contiguous(), *tp_.group()).t();
 }
 
 NamedTensors CausalLM::checkpoint_tensors() const {

@@ -10,6 +10,7 @@
 
 #include "layers/attention.h"
 #include "layers/moe.h"
+#include "parallel/tensor_parallel.h"
 
 namespace tiller::models {
 
@@ -75,6 +76,21 @@ class CausalLM {
   virtual bool fixed_rope() const = 0;
   virtual at::Device device() const = 0;
   virtual at::ScalarType dtype() const = 0;
+
+  // Tensor parallelism: identity on one rank. Under TP the parameters are this rank's slices,
+  // placed as placements() says (one entry per named_parameters() entry, same order).
+  const parallel::TensorParallel& tensor_parallel() const { return tp_; }
+  const std::vector<parallel::TensorPlacement>& placements() const { return placements_; }
+  // The lm-head's first vocabulary row on this rank (0 unless the vocabulary is split).
+  int64_t vocab_start() const { return vocab_start_; }
+  // The one output projection: rows [n, hidden] -> logits [n, vocab] over the whole vocabulary
+  // (all-gathered across the tensor group when the lm-head is split), in the model's dtype.
+  at::Tensor logits(const at::Tensor& rows) const;
+
+ protected:
+  parallel::TensorParallel tp_;
+  std::vector<parallel::TensorPlacement> placements_;
+  int64_t vocab_start_ = 0;
 };
 
 }  // namespace tiller::models

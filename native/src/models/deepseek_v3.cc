@@ -143,6 +143,7 @@ class DeepseekV3 final : public CausalLM {
   DeepseekV3(DeepseekConfig config, LoadedTensors tensors, at::Device device, at::ScalarType dtype)
       : config_(std::move(config)), params_(std::move(tensors.parameters)), buffers_(std::move(tensors.buffers)),
         device_(device), dtype_(dtype) {
+    placements_ = std::move(tensors.placements);
     std::map<std::string, at::Tensor> by_name(params_.begin(), params_.end());
     by_name.insert(buffers_.begin(), buffers_.end());
     const auto get = [&](const std::string& name) {
@@ -255,13 +256,18 @@ WeightMap without_mtp_layers(const WeightMap& weights, int64_t layers) {
   return kept;
 }
 
-std::unique_ptr<CausalLM> build_deepseek_v3(const HfConfig& c, const WeightMap& weights, at::Device device,
-                                            at::ScalarType dtype) {
+std::unique_ptr<CausalLM> build_deepseek_v3(const HfConfig& c, const WeightMap& weights, const BuildOptions& options) {
+  if (options.tensor_size() > 1) {
+    throw std::invalid_argument("DeepseekV3ForCausalLM: tensor parallelism of multi-head latent attention is not "
+                                "supported yet; use tensor 1");
+  }
+  const auto device = options.device;
+  const auto dtype = options.dtype;
   const auto config = deepseek_config(c);
   const auto& m = config.base;
   layers::check_moe_config(m.moe);
   auto stacked = stack_experts(without_mtp_layers(weights, m.num_layers), m.moe_layers, m.moe.experts, m.expert_names);
-  auto loaded = load_tensors(deepseek_table(config), stacked, m.tie_word_embeddings, device, dtype);
+  auto loaded = load_tensors(deepseek_table(config), stacked, m.tie_word_embeddings, options);
   return std::make_unique<DeepseekV3>(config, std::move(loaded), device, dtype);
 }
 

@@ -9,6 +9,7 @@
 #include "layers/attention.h"
 #include "layers/mlp.h"
 #include "layers/norm.h"
+#include "parallel/collectives.h"
 
 namespace tiller::models {
 namespace {
@@ -74,14 +75,23 @@ struct Block {
 
 class DenseDecoder final : public CausalLM {
  public:
-  DenseDecoder(ModelConfig config, NamedTensors params, at::Device device, at::ScalarType dtype)
-      : config_(std::move(config)), params_(std::move(params)), device_(device), dtype_(dtype) {
+  DenseDecoder(ModelConfig config, LoadedTensors loaded, const BuildOptions& options)
+      : config_(std::move(config)), params_(std::move(loaded.parameters)), device_(options.device),
+        dtype_(options.dtype) {
+    tp_ = parallel::TensorParallel(options.mesh, options.sequence_parallel);
+    placements_ = std::move(loaded.placements);
+    // Per-rank shapes: the forward sees only this rank's heads (key/value heads replicated when
+    // there are fewer than ranks) and its slice of the vocabulary.
+    const int size = tp_.size();
+    local_heads_ = config_.num_heads / size;
+    local_kv_heads_ = std::max<int64_t>(1, config_.num_kv_heads / size);
     std::map<std::string, at::Tensor> by_name(params_.begin(), params_.end());
     const auto get = [&](const std::string& name) {
       const auto it = by_name.find(name);
       return it == by_name.end() ? at::Tensor() : it->second;
     };
     embed_ = get("model.embed_tokens.weight");
+    vocab_start_ = embed_.size(0) * tp_.rank();
     norm_ = get("model.norm.weight");
     lm_head_ = config_.tie_word_embeddings ? embed_ : get("lm_head.weight");
     if (config_.rope.type != layers::RopeType::Dynamic) {
@@ -115,9 +125,7 @@ class DenseDecoder final : public CausalLM {
     return config_.moe_layers.empty() ? params_ : unstack_experts(params_, config_.expert_names);
   }
   const at::Tensor& lm_head() const override { return lm_head_; }
-  KvShape kv_shape() const override {
-    return {config_.num_layers, config_.num_kv_heads, config_.head_dim, config_.head_dim};
-  }
+  KvShape kv_shape() const override { return {config_.num_layers, local_kv_heads_, config_.head_dim, config_.head_dim}; }
   MoeShape moe_shape() const override {
     if (config_.moe_layers.empty()) return {};
     return {static_cast<int64_t>(config_.moe_layers.size()), config_.moe.experts, config_.moe.top_k};
@@ -126,8 +134,13 @@ class DenseDecoder final : public CausalLM {
   at::Device device() const override { return device_; }
   at::ScalarType dtype() const override { return dtype_; }
 
-  at::Tensor forward(const PackedBatch& batch) const override {
+  at::Tensor forward(const PackedBatch& input) const override {
     const auto& c = config_;
+    // Sequence parallelism cuts the residual stream by tokens in training-side forwards; cached
+    // generation keeps it whole (same math, no padding of one-token decode steps).
+    const bool sp = tp_.sequence_parallel() && !input.cache && !input.slot_cache;
+    const PackedBatch padded = sp ? pad_for_sequence_parallel(input) : PackedBatch();
+    const auto& batch = sp ? padded : input;
     const auto tokens = batch.tokens.size(0);
     auto rope = static_rope_ ? layers::rope_table_from(*static_rope_, batch.positions)
                              : layers::rope_table(c.rope, batch.positions, batch.cu_seqlens, batch.context_lengths);
@@ -135,14 +148,15 @@ class DenseDecoder final : public CausalLM {
     rope.cos = rope.cos.to(dtype_);
     rope.sin = rope.sin.to(dtype_);
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
-    auto x = at::embedding(embed_, batch.tokens);  // [tokens, hidden]
-    if (batch.layer_outputs) batch.layer_outputs->push_back(x);
+    const auto heads = local_heads_, kv_heads = local_kv_heads_;
+    auto x = tp_.embed(embed_, batch.tokens, vocab_start_, sp);  // [tokens (or a token shard), hidden]
+    if (batch.layer_outputs) batch.layer_outputs->push_back(whole(x, sp, input));
     for (size_t l = 0; l < blocks_.size(); ++l) {
       const auto& b = blocks_[l];
-      const auto h = layers::rms_norm(x, b.input_norm, c.rms_norm_eps);
-      auto q = linear(h, b.q, b.q_bias).view({tokens, c.num_heads, c.head_dim});
-      auto k = linear(h, b.k, b.k_bias).view({tokens, c.num_kv_heads, c.head_dim});
-      const auto v = linear(h, b.v, b.v_bias).view({tokens, c.num_kv_heads, c.head_dim});
+      const auto h = tp_.enter(layers::rms_norm(x, b.input_norm, c.rms_norm_eps), sp);  // [tokens, hidden]
+      auto q = linear(h, b.q, b.q_bias).view({tokens, heads, c.head_dim});
+      auto k = linear(h, b.k, b.k_bias).view({tokens, kv_heads, c.head_dim});
+      const auto v = linear(h, b.v, b.v_bias).view({tokens, kv_heads, c.head_dim});
       if (c.qk_norm) {
         q = layers::rms_norm(q, b.q_norm, c.rms_norm_eps);
         k = layers::rms_norm(k, b.k_norm, c.rms_norm_eps);
@@ -150,16 +164,45 @@ class DenseDecoder final : public CausalLM {
       q = layers::apply_rope(q, rope);
       k = layers::apply_rope(k, rope);
       const auto attn = attention(batch, l, q, k, v, scale, c.sliding_window);
-      x = x + linear(attn.reshape({tokens, c.num_heads * c.head_dim}), b.o, b.o_bias);
+      const auto flat = attn.reshape({tokens, heads * c.head_dim});
+      // A row-parallel bias is added once, after the partial sums are reduced.
+      x = x + (tp_.size() == 1 ? linear(flat, b.o, b.o_bias) : with_bias(tp_.exit(linear(flat, b.o, at::Tensor()), sp), b.o_bias));
       const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
       x = x + (b.moe_index >= 0 ? layers::moe_forward(m, b.moe, c.moe, batch.routing, b.moe_index)
-                                : layers::swiglu(m, b.gate, b.up, b.down));
-      if (batch.layer_outputs) batch.layer_outputs->push_back(x);
+                                : tp_.exit(layers::swiglu(tp_.enter(m, sp), b.gate, b.up, b.down), sp));
+      if (batch.layer_outputs) batch.layer_outputs->push_back(whole(x, sp, input));
     }
-    return layers::rms_norm(x, norm_, c.rms_norm_eps);
+    const auto out = layers::rms_norm(x, norm_, c.rms_norm_eps);
+    if (!sp) return out;
+    // The lm-head is column-parallel: it needs every token, gathered here (backward: reduce-scatter,
+    // which also sums the vocabulary shards' parts, so the caller adds no copy_to_group); the
+    // padding is dropped.
+    return tp_.enter(out, true).narrow(0, 0, input.tokens.size(0));
   }
 
  private:
+  static at::Tensor with_bias(const at::Tensor& y, const at::Tensor& bias) { return bias.defined() ? y + bias : y; }
+
+  // Appends a padding sequence so that the token count divides over the tensor ranks.
+  PackedBatch pad_for_sequence_parallel(const PackedBatch& batch) const {
+    const auto tokens = batch.tokens.size(0);
+    const auto pad = (tp_.size() - tokens % tp_.size()) % tp_.size();
+    PackedBatch out = batch;
+    if (pad == 0) return out;
+    out.tokens = at::cat({batch.tokens, at::zeros({pad}, batch.tokens.options())});
+    out.positions = at::cat({batch.positions, at::arange(pad, batch.positions.options())});
+    out.cu_seqlens.push_back(tokens + pad);
+    out.context_lengths.push_back(pad);
+    return out;
+  }
+
+  // A residual-stream value as the unsharded model holds it (for activations): gathered from the
+  // token shards and without the padding.
+  at::Tensor whole(const at::Tensor& x, bool sp, const PackedBatch& input) const {
+    if (!sp) return x;
+    return parallel::all_gather_first_dim(x.detach(), *tp_.group()).narrow(0, 0, input.tokens.size(0));
+  }
+
   // q: [tokens, heads, D], k, v: [tokens, kv_heads, D] -> [tokens, heads, D]
   static at::Tensor attention(const PackedBatch& batch, size_t layer, const at::Tensor& q, const at::Tensor& k,
                               const at::Tensor& v, double scale, int64_t window) {
@@ -180,6 +223,7 @@ class DenseDecoder final : public CausalLM {
   NamedTensors params_;
   at::Device device_;
   at::ScalarType dtype_;
+  int64_t local_heads_ = 0, local_kv_heads_ = 0;
   at::Tensor embed_, norm_, lm_head_;
   std::vector<Block> blocks_;
 };
@@ -222,24 +266,28 @@ ModelConfig read_common_config(const HfConfig& c) {
 }
 
 std::vector<TensorSpec> tensor_table(const ModelConfig& c) {
+  using parallel::Split;
   const auto q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
-  std::vector<TensorSpec> table{{"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}}};
+  const parallel::SplitSpec vocab{Split::kVocab}, column{Split::kColumn}, row{Split::kRow};
+  const parallel::SplitSpec q_heads{Split::kColumn, c.num_heads}, kv_heads{Split::kColumn, c.num_kv_heads};
+  const parallel::SplitSpec o_heads{Split::kRow, c.num_heads}, per_head{Split::kReplicated, 0, true};
+  std::vector<TensorSpec> table{{"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, false, vocab}};
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const auto p = "model.layers." + std::to_string(i) + ".";
     table.push_back({p + "input_layernorm.weight", {c.hidden_size}});
-    table.push_back({p + "self_attn.q_proj.weight", {q_out, c.hidden_size}});
-    table.push_back({p + "self_attn.k_proj.weight", {kv_out, c.hidden_size}});
-    table.push_back({p + "self_attn.v_proj.weight", {kv_out, c.hidden_size}});
+    table.push_back({p + "self_attn.q_proj.weight", {q_out, c.hidden_size}, false, q_heads});
+    table.push_back({p + "self_attn.k_proj.weight", {kv_out, c.hidden_size}, false, kv_heads});
+    table.push_back({p + "self_attn.v_proj.weight", {kv_out, c.hidden_size}, false, kv_heads});
     if (c.qkv_bias) {
-      table.push_back({p + "self_attn.q_proj.bias", {q_out}});
-      table.push_back({p + "self_attn.k_proj.bias", {kv_out}});
-      table.push_back({p + "self_attn.v_proj.bias", {kv_out}});
+      table.push_back({p + "self_attn.q_proj.bias", {q_out}, false, q_heads});
+      table.push_back({p + "self_attn.k_proj.bias", {kv_out}, false, kv_heads});
+      table.push_back({p + "self_attn.v_proj.bias", {kv_out}, false, kv_heads});
     }
     if (c.qk_norm) {
-      table.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
-      table.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+      table.push_back({p + "self_attn.q_norm.weight", {c.head_dim}, false, per_head});
+      table.push_back({p + "self_attn.k_norm.weight", {c.head_dim}, false, per_head});
     }
-    table.push_back({p + "self_attn.o_proj.weight", {c.hidden_size, q_out}});
+    table.push_back({p + "self_attn.o_proj.weight", {c.hidden_size, q_out}, false, o_heads});
     if (c.o_bias) table.push_back({p + "self_attn.o_proj.bias", {c.hidden_size}});
     table.push_back({p + "post_attention_layernorm.weight", {c.hidden_size}});
     if (std::find(c.moe_layers.begin(), c.moe_layers.end(), i) != c.moe_layers.end()) {
@@ -248,18 +296,20 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c) {
       table.push_back({p + "mlp.experts.gate_up_proj", {experts, 2 * inter, c.hidden_size}});
       table.push_back({p + "mlp.experts.down_proj", {experts, c.hidden_size, inter}});
     } else {
-      table.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}});
-      table.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}});
-      table.push_back({p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}});
+      table.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}, false, column});
+      table.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}, false, column});
+      table.push_back({p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}, false, row});
     }
   }
   table.push_back({"model.norm.weight", {c.hidden_size}});
-  if (!c.tie_word_embeddings) table.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
+  if (!c.tie_word_embeddings) table.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, false, vocab});
   return table;
 }
 
 LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap& weights, bool tied,
-                           at::Device device, at::ScalarType dtype) {
+                           const BuildOptions& options) {
+  const int rank = options.tensor_rank(), size = options.tensor_size();
+  const bool sp = options.sequence_parallel && size > 1;
   std::set<std::string> expected;
   LoadedTensors out;
   for (const auto& spec : table) {
@@ -270,9 +320,15 @@ LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap
       throw std::invalid_argument("weights: " + spec.name + " has shape " + shape_text(it->second.sizes()) +
                                   ", the config implies " + shape_text(spec.shape));
     }
+    if (size > 1 && spec.split.split == parallel::Split::kExpert) {
+      throw std::invalid_argument("weights: " + spec.name + " is split over experts; expert parallelism is not supported yet");
+    }
+    // The slice is a view of the (mapped) tensor: only its bytes are copied to the device.
+    const auto slice = parallel::shard_tensor(spec.name, it->second, spec.split, rank, size);
     auto& list = spec.buffer ? out.buffers : out.parameters;
-    list.emplace_back(spec.name, it->second.to(device, spec.buffer ? at::kFloat : dtype, /*non_blocking=*/false,
-                                               /*copy=*/true));
+    list.emplace_back(spec.name, slice.to(options.device, spec.buffer ? at::kFloat : options.dtype,
+                                          /*non_blocking=*/false, /*copy=*/true).contiguous());
+    if (!spec.buffer) out.placements.push_back(parallel::place_tensor(spec.name, spec.shape, spec.split, rank, size, sp));
   }
   for (const auto& [name, _] : weights) {
     // A tied checkpoint may still carry lm_head.weight (a copy of the embedding): ignored.
@@ -283,15 +339,33 @@ LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap
   return out;
 }
 
-std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, at::Device device,
-                                      at::ScalarType dtype) {
+std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, const BuildOptions& options) {
   if (!config.moe_layers.empty()) layers::check_moe_config(config.moe);
+  const int size = options.tensor_size();
+  if (size > 1) {
+    if (!config.moe_layers.empty()) {
+      throw std::invalid_argument("layout.tensor: " + std::to_string(size) +
+                                  ": tensor parallelism of mixture-of-experts models is not supported yet; use tensor 1");
+    }
+    const auto refuse = [&](const std::string& what, int64_t n) {
+      throw std::invalid_argument("layout.tensor: " + std::to_string(size) + " does not divide " + what + " (" +
+                                  std::to_string(n) + ")");
+    };
+    if (config.num_heads % size != 0) refuse("num_attention_heads", config.num_heads);
+    if (config.num_kv_heads % size != 0 && size % config.num_kv_heads != 0) {
+      throw std::invalid_argument("layout.tensor: " + std::to_string(size) + " and num_key_value_heads (" +
+                                  std::to_string(config.num_kv_heads) +
+                                  ") must divide one another (fewer key-value heads than ranks are replicated)");
+    }
+    if (config.vocab_size % size != 0) refuse("vocab_size", config.vocab_size);
+    if (config.intermediate_size % size != 0) refuse("intermediate_size", config.intermediate_size);
+  }
   auto loaded = load_tensors(tensor_table(config),
                              config.moe_layers.empty()
                                  ? weights
                                  : stack_experts(weights, config.moe_layers, config.moe.experts, config.expert_names),
-                             config.tie_word_embeddings, device, dtype);
-  return std::make_unique<DenseDecoder>(config, std::move(loaded.parameters), device, dtype);
+                             config.tie_word_embeddings, options);
+  return std::make_unique<DenseDecoder>(config, std::move(loaded), options);
 }
 
 }  // namespace tiller::models

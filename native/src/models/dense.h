@@ -51,9 +51,13 @@ ModelConfig read_common_config(const HfConfig& config);
 layers::RopeConfig read_rope_config(const HfConfig& config, int64_t rotary_dim, int64_t max_positions);
 
 struct TensorSpec {
+  TensorSpec(std::string tensor_name, std::vector<int64_t> tensor_shape, bool is_buffer = false,
+             parallel::SplitSpec split_spec = {})
+      : name(std::move(tensor_name)), shape(std::move(tensor_shape)), buffer(is_buffer), split(split_spec) {}
   std::string name;
   std::vector<int64_t> shape;
   bool buffer = false;  // loaded and saved but not trained; kept in float32
+  parallel::SplitSpec split;  // how tensor parallelism cuts it (replicated by default)
 };
 
 // Every HF tensor name of the model with its shape, in checkpoint order (experts stacked).
@@ -61,16 +65,18 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& config);
 
 struct LoadedTensors {
   NamedTensors parameters, buffers;
+  std::vector<parallel::TensorPlacement> placements;  // one per parameter, same order
 };
 
 // Checks `weights` against `table` (missing, unexpected, wrong shape: errors name the tensor; a tied
-// model may carry an lm_head.weight, which is ignored), then copies them to device, parameters cast
-// to dtype, buffers to float32.
+// model may carry an lm_head.weight, which is ignored), then copies this rank's slice of each
+// (options' tensor rank and size; the whole tensor on one rank) to the device, parameters cast to
+// the dtype, buffers to float32. Only the slice is read: a memory-mapped checkpoint's other pages
+// are never touched.
 LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap& weights, bool tied,
-                           at::Device device, at::ScalarType dtype);
+                           const BuildOptions& options);
 
 // Stacks per-expert checkpoint tensors (models/experts.h), then loads and builds the decoder.
-std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, at::Device device,
-                                      at::ScalarType dtype);
+std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, const BuildOptions& options);
 
 }  // namespace tiller::models

@@ -11,9 +11,8 @@ ModelConfig llama_config(const HfConfig& c) {
   return m;
 }
 
-const ArchitectureRegistrar registrar("LlamaForCausalLM", [](const HfConfig& c, const WeightMap& w, at::Device d,
-                                                             at::ScalarType t) {
-  return build_dense(llama_config(c), w, d, t);
+const ArchitectureRegistrar registrar("LlamaForCausalLM", [](const HfConfig& c, const WeightMap& w, const BuildOptions& o) {
+  return build_dense(llama_config(c), w, o);
 });
 
 }  // namespace

@@ -23,9 +23,8 @@ ModelConfig mixtral_config(const HfConfig& c) {
   return m;
 }
 
-const ArchitectureRegistrar registrar("MixtralForCausalLM", [](const HfConfig& c, const WeightMap& w, at::Device d,
-                                                               at::ScalarType t) {
-  return build_dense(mixtral_config(c), w, d, t);
+const ArchitectureRegistrar registrar("MixtralForCausalLM", [](const HfConfig& c, const WeightMap& w, const BuildOptions& o) {
+  return build_dense(mixtral_config(c), w, o);
 });
 
 }  // namespace

@@ -15,9 +15,8 @@ ModelConfig qwen2_config(const HfConfig& c) {
   return m;
 }
 
-const ArchitectureRegistrar registrar("Qwen2ForCausalLM", [](const HfConfig& c, const WeightMap& w, at::Device d,
-                                                             at::ScalarType t) {
-  return build_dense(qwen2_config(c), w, d, t);
+const ArchitectureRegistrar registrar("Qwen2ForCausalLM", [](const HfConfig& c, const WeightMap& w, const BuildOptions& o) {
+  return build_dense(qwen2_config(c), w, o);
 });
 
 }  // namespace

@@ -35,9 +35,8 @@ ModelConfig qwen3_moe_config(const HfConfig& c) {
   return m;
 }
 
-const ArchitectureRegistrar registrar("Qwen3MoeForCausalLM", [](const HfConfig& c, const WeightMap& w, at::Device d,
-                                                                at::ScalarType t) {
-  return build_dense(qwen3_moe_config(c), w, d, t);
+const ArchitectureRegistrar registrar("Qwen3MoeForCausalLM", [](const HfConfig& c, const WeightMap& w, const BuildOptions& o) {
+  return build_dense(qwen3_moe_config(c), w, o);
 });
 
 }  // namespace

@@ -22,8 +22,7 @@ std::vector<std::string> supported_architectures() {
   return names;
 }
 
-std::unique_ptr<CausalLM> build_model(const HfConfig& config, const WeightMap& weights, at::Device device,
-                                      at::ScalarType dtype) {
+std::unique_ptr<CausalLM> build_model(const HfConfig& config, const WeightMap& weights, const BuildOptions& options) {
   const auto architecture = config.string("architectures.0");
   std::string supported;
   for (const auto& name : supported_architectures()) supported += (supported.empty() ? "" : ", ") + name;
@@ -33,7 +32,7 @@ std::unique_ptr<CausalLM> build_model(const HfConfig& config, const WeightMap& w
     throw std::invalid_argument("config.json: architecture '" + *architecture + "' is not supported; supported: " +
                                 supported);
   }
-  return it->second(config, weights, device, dtype);
+  return it->second(config, weights, options);
 }
 
 }  // namespace tiller::models

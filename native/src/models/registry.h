@@ -10,13 +10,26 @@
 
 #include "models/causal_lm.h"
 #include "models/hf_config.h"
+#include "parallel/mesh.h"
 
 namespace tiller::models {
 
 // HF tensor name -> CPU tensor as stored (any float dtype); the builder casts and moves it.
 using WeightMap = std::map<std::string, at::Tensor>;
 
-using Builder = std::function<std::unique_ptr<CausalLM>(const HfConfig&, const WeightMap&, at::Device, at::ScalarType)>;
+// Where and how a model is built: its device and dtype and, for a multi-rank run, the mesh whose
+// tensor group its tensor-parallel slices follow (null: one device, whole tensors).
+struct BuildOptions {
+  BuildOptions(at::Device on = at::kCPU, at::ScalarType as = at::kFloat) : device(on), dtype(as) {}
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;
+  std::shared_ptr<parallel::Mesh> mesh;
+  bool sequence_parallel = false;
+  int tensor_rank() const { return mesh ? mesh->coordinates().tensor : 0; }
+  int tensor_size() const { return mesh ? mesh->layout().tensor : 1; }
+};
+
+using Builder = std::function<std::unique_ptr<CausalLM>(const HfConfig&, const WeightMap&, const BuildOptions&)>;
 
 struct ArchitectureRegistrar {
   ArchitectureRegistrar(const std::string& architecture, Builder builder);
@@ -25,7 +38,6 @@ struct ArchitectureRegistrar {
 std::vector<std::string> supported_architectures();
 
 // Picks the builder from config "architectures.0".
-std::unique_ptr<CausalLM> build_model(const HfConfig& config, const WeightMap& weights, at::Device device,
-                                      at::ScalarType dtype);
+std::unique_ptr<CausalLM> build_model(const HfConfig& config, const WeightMap& weights, const BuildOptions& options);
 
 }  // namespace tiller::models

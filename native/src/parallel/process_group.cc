@@ -25,7 +25,9 @@ namespace tiller::parallel {
 
 struct ProcessGroup::Connection {
   c10::intrusive_ptr<c10d::TCPStore> store;
-  c10::intrusive_ptr<c10d::Backend> backend;
+  c10::intrusive_ptr<c10d::Backend> backend;  // null for a one-rank subgroup
+  std::string store_host;                     // for gloo's device choice in subgroups
+  std::string device;                         // ProcessGroupOptions::device
 };
 
 namespace {
@@ -225,7 +227,10 @@ std::unique_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions& op
   group->device_ = device;
   group->timeout_ = options.timeout;
   group->connection_ = std::make_unique<Connection>();
+  for (int r = 0; r < options.world_size; ++r) group->parent_ranks_.push_back(r);
   auto& connection = *group->connection_;
+  connection.store_host = options.store_host;
+  connection.device = options.device;
   connection.store = open_store(options, address);
   join(*connection.store, options, address);
   // The backend's keys live under their own prefix so that they never meet our join keys.
@@ -252,6 +257,57 @@ std::unique_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions& op
   return group;
 }
 
+std::unique_ptr<ProcessGroup> ProcessGroup::subgroup(const std::vector<int>& ranks, const std::string& name) const {
+  if (ranks.empty()) throw std::invalid_argument("subgroup " + name + ": no ranks");
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (ranks[i] < 0 || ranks[i] >= world_size_ || (i > 0 && ranks[i] <= ranks[i - 1])) {
+      throw std::invalid_argument("subgroup " + name + ": ranks must be ascending ranks of 0.." +
+                                  std::to_string(world_size_ - 1));
+    }
+  }
+  const auto self = std::find(ranks.begin(), ranks.end(), rank_);
+  if (self == ranks.end()) {
+    throw std::invalid_argument("subgroup " + name + ": rank " + std::to_string(rank_) + " is not among its ranks");
+  }
+  std::unique_ptr<ProcessGroup> group(new ProcessGroup());
+  group->rank_ = static_cast<int>(self - ranks.begin());
+  group->world_size_ = static_cast<int>(ranks.size());
+  group->backend_name_ = backend_name_;
+  group->store_address_ = store_address_;
+  group->device_ = device_;
+  group->timeout_ = timeout_;
+  group->name_ = name;
+  for (auto r : ranks) group->parent_ranks_.push_back(parent_ranks_[static_cast<size_t>(r)]);
+  group->connection_ = std::make_unique<Connection>();
+  auto& connection = *group->connection_;
+  connection.store = connection_->store;
+  connection.store_host = connection_->store_host;
+  connection.device = connection_->device;
+  if (ranks.size() == 1) return group;
+  ProcessGroupOptions options;
+  options.store_host = connection.store_host;
+  options.rank = group->rank_;
+  options.world_size = group->world_size_;
+  options.backend = backend_name_;
+  options.timeout = timeout_;
+  options.device = connection.device;
+  auto store = c10::make_intrusive<c10d::PrefixStore>("tiller/group/" + name, connection.store);
+  try {
+    if (backend_name_ == "gloo") {
+      connection.backend = make_gloo(store, options);
+    } else {
+#ifdef TILLER_CUDA
+      connection.backend = make_nccl(store, options, device_);
+#endif
+    }
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("subgroup " + name + " (rank " + std::to_string(group->rank_) + " of " +
+                             std::to_string(group->world_size_) + "): connecting failed within " + ms(timeout_) +
+                             ": " + message_of(e));
+  }
+  return group;
+}
+
 ProcessGroup::~ProcessGroup() = default;
 
 void ProcessGroup::check_tensor(const at::Tensor& t, const char* field) const {
@@ -264,12 +320,26 @@ void ProcessGroup::check_tensor(const at::Tensor& t, const char* field) const {
 }
 
 std::string ProcessGroup::describe(const char* collective) const {
+  const auto group = name_ == "world" ? std::string() : "group " + name_ + ", ";
   return std::string(collective) + " on rank " + std::to_string(rank_) + " of " + std::to_string(world_size_) +
-         " (" + backend_name_ + ", store " + store_address_ + ", timeout " + ms(timeout_) + ") failed: ";
+         " (" + group + backend_name_ + ", store " + store_address_ + ", timeout " + ms(timeout_) + ") failed: ";
 }
 
-void ProcessGroup::run(const char* collective, const std::function<void()>& issue_and_wait) {
+std::map<std::string, ProcessGroup::Traffic> ProcessGroup::traffic() const {
   std::lock_guard<std::mutex> lock(mutex_);
+  return traffic_;
+}
+
+void ProcessGroup::reset_traffic() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  traffic_.clear();
+}
+
+void ProcessGroup::run(const char* collective, int64_t bytes, const std::function<void()>& issue_and_wait) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto& t = traffic_[collective];
+  ++t.calls;
+  t.bytes += bytes;
   try {
 #ifdef TILLER_CUDA
     std::optional<c10::cuda::CUDAGuard> guard;
@@ -292,8 +362,9 @@ void ProcessGroup::all_reduce(at::Tensor& tensor, ReduceOp op) {
     throw std::invalid_argument(std::string("op: avg needs a floating dtype, got ") +
                                 c10::toString(tensor.scalar_type()));
   }
+  if (!connection_->backend) return;  // one rank: the sum (or avg, max, min) of one tensor is itself
   const bool emulate_avg = op == ReduceOp::kAvg && backend_name_ == "gloo";
-  run("allReduce", [&] {
+  run("allReduce", static_cast<int64_t>(tensor.nbytes()), [&] {
     c10d::AllreduceOptions options;
     options.reduceOp = to_c10d(emulate_avg ? ReduceOp::kSum : op);
     options.timeout = timeout_;
@@ -309,7 +380,8 @@ void ProcessGroup::broadcast(at::Tensor& tensor, int root) {
     throw std::invalid_argument("root: " + std::to_string(root) + " is out of range for worldSize " +
                                 std::to_string(world_size_));
   }
-  run("broadcast", [&] {
+  if (!connection_->backend) return;
+  run("broadcast", static_cast<int64_t>(tensor.nbytes()), [&] {
     c10d::BroadcastOptions options;
     options.rootRank = root;
     options.timeout = timeout_;
@@ -327,7 +399,11 @@ void ProcessGroup::all_gather_into(at::Tensor& out, const at::Tensor& in) {
     throw std::invalid_argument("out: shape " + c10::str(out.sizes()) + " must be in's " + c10::str(in.sizes()) +
                                 " with the first dimension times worldSize " + std::to_string(world_size_));
   }
-  run("allGather", [&] {
+  if (!connection_->backend) {
+    out.copy_(in);
+    return;
+  }
+  run("allGather", static_cast<int64_t>(out.nbytes()), [&] {
     c10d::AllgatherOptions options;
     options.timeout = timeout_;
     auto input = in;
@@ -348,8 +424,12 @@ void ProcessGroup::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceO
     throw std::invalid_argument(std::string("op: avg needs a floating dtype, got ") +
                                 c10::toString(in.scalar_type()));
   }
+  if (!connection_->backend) {
+    out.copy_(in);
+    return;
+  }
   const bool emulate_avg = op == ReduceOp::kAvg && backend_name_ == "gloo";
-  run("reduceScatter", [&] {
+  run("reduceScatter", static_cast<int64_t>(in.nbytes()), [&] {
     c10d::ReduceScatterOptions options;
     options.reduceOp = to_c10d(emulate_avg ? ReduceOp::kSum : op);
     options.timeout = timeout_;
@@ -360,7 +440,8 @@ void ProcessGroup::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceO
 }
 
 void ProcessGroup::barrier() {
-  run("barrier", [&] {
+  if (!connection_->backend) return;
+  run("barrier", 0, [&] {
     c10d::BarrierOptions options;
     options.timeout = timeout_;
     if (device_.is_cuda()) options.device = device_;

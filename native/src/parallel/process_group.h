@@ -13,9 +13,11 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace tiller::parallel {
 
@@ -71,19 +73,41 @@ class ProcessGroup {
   // Returns once every rank has called barrier().
   void barrier();
 
+  // A group of some of this group's ranks on the same store, its keys under their own prefix
+  // (`name`, unique per group: "tensor/0", "data/1", ...). `ranks`: ascending ranks of this group,
+  // this rank among them; its rank in the new group is its place in `ranks`. Every listed rank
+  // must create it, in the same order as its other subgroups (the backend connects all members
+  // here); the others never do. A one-rank group has no backend: its collectives are local.
+  std::unique_ptr<ProcessGroup> subgroup(const std::vector<int>& ranks, const std::string& name) const;
+  // Collectives run on this group (one-rank groups run none): calls and payload bytes per rank,
+  // by kind ("allReduce", "broadcast", "allGather", "reduceScatter"; all-gather counts the output,
+  // reduce-scatter the input). For benchmarks and metrics; read and reset between steps.
+  struct Traffic {
+    int64_t calls = 0, bytes = 0;
+  };
+  std::map<std::string, Traffic> traffic() const;
+  void reset_traffic();
+
+  // The group's ranks as ranks of the group it was made from (0..n-1 for a root group).
+  const std::vector<int>& parent_ranks() const { return parent_ranks_; }
+  const std::string& name() const { return name_; }
+
  private:
   struct Connection;  // the c10d store and backend, kept out of this header
   ProcessGroup() = default;
   void check_tensor(const at::Tensor& t, const char* field) const;
   // Waits for work and turns a c10d timeout into an error naming this group and the collective.
-  void run(const char* collective, const std::function<void()>& issue_and_wait);
+  void run(const char* collective, int64_t bytes, const std::function<void()>& issue_and_wait);
   std::string describe(const char* collective) const;  // "allReduce on rank r of n (...) failed: "
 
-  std::mutex mutex_;  // one collective at a time on this group
+  mutable std::mutex mutex_;  // one collective at a time on this group
+  std::map<std::string, Traffic> traffic_;
   int rank_ = 0;
   int world_size_ = 1;
   std::string backend_name_;
   std::string store_address_;  // "host:port", for error messages
+  std::string name_ = "world";
+  std::vector<int> parent_ranks_;
   at::Device device_{at::kCPU};
   std::chrono::milliseconds timeout_{30000};
   std::unique_ptr<Connection> connection_;

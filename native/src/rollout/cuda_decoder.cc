@@ -16,8 +16,9 @@ namespace tiller::rollout {
 bool cuda_decoder_supported(const models::CausalLM& model) {
 #ifdef TILLER_CUDA
   const auto dtype = model.dtype();
+  // Tensor-parallel decode steps would capture collectives in the graphs: not yet.
   return model.device().is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && model.fixed_rope() &&
-         !model.kv_shape().latent;
+         !model.kv_shape().latent && model.tensor_parallel().size() == 1;
 #else
   (void)model;
   return false;
@@ -100,7 +101,7 @@ at::Tensor CudaDecoder::run_decode(int64_t rows) {
   batch.cache = &cache_;
   batch.slot_cache = &index;
   const auto hidden = model_.forward(batch);                          // [rows, hidden]
-  return at::matmul(hidden, model_.lm_head().t()).to(at::kFloat);     // [rows, vocab]
+  return model_.logits(hidden).to(at::kFloat);     // [rows, vocab]
 }
 
 CudaDecoder::Graph& CudaDecoder::graph_for(int64_t rows) {
@@ -145,7 +146,7 @@ at::Tensor CudaDecoder::prefill(const std::vector<std::vector<int64_t>>& prompts
     std::vector<int64_t> ends;
     for (size_t i = 1; i < cu.size(); ++i) ends.push_back(cu[i] - 1);
     const auto last_rows = hidden.index_select(0, at::tensor(ends, at::kLong).to(device));
-    logits.push_back(at::matmul(last_rows, model_.lm_head().t()).to(at::kFloat));
+    logits.push_back(model_.logits(last_rows).to(at::kFloat));
     first = last;
   }
   return at::cat(logits);

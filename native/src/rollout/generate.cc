@@ -51,7 +51,7 @@ void step(const models::CausalLM& model, models::PackedBatch& batch, const std::
   for (size_t i = 1; i < batch.cu_seqlens.size(); ++i) last.push_back(batch.cu_seqlens[i] - 1);
   const auto rows = hidden.index_select(0, at::tensor(last, at::kLong).to(hidden.device()));
   // Sampling runs on the CPU in float32, so a seed gives the same tokens on any device.
-  const auto logits = at::matmul(rows, model.lm_head().t()).to(at::kCPU, at::kFloat);  // [sequences, vocab]
+  const auto logits = model.logits(rows).to(at::kCPU, at::kFloat);  // [sequences, vocab]
   record(logits, sequences, sampling, generator, schedule);
 }
 

@@ -1,0 +1,96 @@
+// Multi-rank training steps on CPU worker processes (gloo, one thread each): TP2, TP2+SP and DP2
+// (ZeRO-1) against one rank on the same model in the same run, with the bytes each group's
+// collectives moved per step. No target on CPU (the GPU issue has them): the ratio is one rank's
+// step time over the layout's, and the traffic is what the layout costs.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Layout, MeshTraffic } from "../src/index.js";
+import { freePort, runRanks } from "../tests/helpers/ranks.js";
+import { writeTinyDense } from "../tests/helpers/tiny-models.js";
+import type { BenchResult } from "./common.js";
+
+interface RankTiming {
+  ok: boolean;
+  error?: string;
+  stepSeconds: number;
+  traffic: MeshTraffic;
+}
+
+async function timeLayout(
+  modelDir: string,
+  vocab: number,
+  layout: Layout,
+  world: number,
+): Promise<RankTiming[]> {
+  const port = await freePort();
+  const configs = Array.from({ length: world }, (_, rank) => ({
+    port,
+    rank,
+    worldSize: world,
+    layout,
+    modelDir,
+    vocab,
+    sequences: 8,
+    length: 128,
+    steps: 3,
+  }));
+  const results = (await runRanks(
+    configs,
+    600_000,
+    {},
+    "../../bench/parallel-rank.js",
+  )) as unknown as RankTiming[];
+  for (const r of results) if (!r.ok) throw new Error(`rank failed: ${r.error}`);
+  return results;
+}
+
+function describeTraffic(traffic: MeshTraffic): string {
+  const parts: string[] = [];
+  for (const [group, kinds] of Object.entries(traffic)) {
+    for (const [kind, t] of Object.entries(kinds)) {
+      if (t.calls > 0)
+        parts.push(`${group} ${kind} ${(t.bytes / 2 ** 20).toFixed(2)} MiB in ${t.calls} calls`);
+    }
+  }
+  return parts.length ? parts.join(", ") : "no collectives";
+}
+
+export async function benchParallel(): Promise<BenchResult[]> {
+  const dir = mkdtempSync(join(tmpdir(), "tiller-bench-parallel-"));
+  try {
+    const modelDir = join(dir, "model");
+    const config = await writeTinyDense(modelDir, {
+      family: "qwen3",
+      heads: 8,
+      kvHeads: 4,
+      hidden: 128,
+      layers: 4,
+      vocab: 2048,
+    });
+    const vocab = config.vocab_size as number;
+    const [one] = await timeLayout(modelDir, vocab, {}, 1);
+    const base = one?.stepSeconds ?? Number.NaN;
+    const out: BenchResult[] = [];
+    for (const [name, layout] of [
+      ["TP2", { tensor: 2 }],
+      ["TP2+SP", { tensor: 2, sequenceParallel: true }],
+      ["DP2 (ZeRO-1)", { data: 2 }],
+    ] as [string, Layout][]) {
+      const ranks = await timeLayout(modelDir, vocab, layout, 2);
+      const slowest = Math.max(...ranks.map((r) => r.stepSeconds));
+      out.push({
+        name: `parallel/${name} train step (cpu, gloo, 8 x 128 tokens)`,
+        value: slowest,
+        unit: "s",
+        baseline: base,
+        baselineName: "one rank",
+        ratio: base / slowest,
+        detail: `per step on rank 0: ${describeTraffic(ranks[0]?.traffic ?? {})}`,
+      });
+    }
+    return out;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,33 @@
+// Differentiable collectives: autograd functions around ProcessGroup calls with Megatron's
+// forward/backward pairs. Raw ProcessGroup calls carry no autograd, and torch's functional
+// all-reduce has an all-reduce as its backward (wrong for tensor parallelism), so a parallel
+// forward uses only these. On a one-rank group each returns its input unchanged.
+//
+// The group must outlive every autograd graph built with it (the model's mesh owns the groups).
+#pragma once
+
+#include <torch/torch.h>
+
+#include "parallel/process_group.h"
+
+namespace tiller::parallel {
+
+// Forward identity, backward all-reduce (sum): the input of a column-parallel region.
+at::Tensor copy_to_group(const at::Tensor& x, ProcessGroup& group);
+// Forward all-reduce (sum), backward identity: the output of a row-parallel region.
+at::Tensor reduce_from_group(const at::Tensor& x, ProcessGroup& group);
+// x: [..., n] -> [..., n * size], rank r's block at [r * n, (r + 1) * n); backward keeps own block.
+at::Tensor gather_last_dim(const at::Tensor& x, ProcessGroup& group);
+// x: [..., n * size] -> own block [..., n]; backward all-gathers along the last dim.
+at::Tensor scatter_last_dim(const at::Tensor& x, ProcessGroup& group);
+// Sequence parallel, x: [n, ...] -> [n * size, ...]; backward reduce-scatters (sum) along dim 0.
+at::Tensor gather_first_dim(const at::Tensor& x, ProcessGroup& group);
+// x: [n * size, ...] -> [n, ...], the sum over ranks of own rows; backward all-gathers dim 0.
+at::Tensor reduce_scatter_first_dim(const at::Tensor& x, ProcessGroup& group);
+// x: [n * size, ...] -> own rows [n, ...]; backward all-gathers dim 0.
+at::Tensor scatter_first_dim(const at::Tensor& x, ProcessGroup& group);
+
+// Not differentiable, for values outside autograd (statistics, gradients after backward).
+at::Tensor all_gather_first_dim(const at::Tensor& x, ProcessGroup& group);
+
+}  // namespace tiller::parallel

@@ -1,0 +1,104 @@
+#include "parallel/mesh.h"
+
+#include <functional>
+#include <stdexcept>
+
+namespace tiller::parallel {
+
+std::string Layout::describe() const {
+  std::string out;
+  const auto add = [&](const char* name, int size) {
+    if (size > 1) out += (out.empty() ? "" : " x ") + std::string(name) + std::to_string(size);
+  };
+  add("TP", tensor);
+  add("CP", context);
+  add("EP", expert);
+  add("DP", data);
+  add("PP", pipeline);
+  if (out.empty()) out = "one rank";
+  if (sequence_parallel && tensor > 1) out += " (SP)";
+  return out;
+}
+
+void check_layout(const Layout& l, int world_size) {
+  const std::pair<const char*, int> sizes[] = {{"tensor", l.tensor},     {"context", l.context}, {"pipeline", l.pipeline},
+                                               {"expert", l.expert},     {"data", l.data}};
+  for (const auto& [name, size] : sizes) {
+    if (size < 1) throw std::invalid_argument(std::string("layout.") + name + ": must be >= 1, got " + std::to_string(size));
+  }
+  if (l.world() != world_size) {
+    throw std::invalid_argument("layout: tensor " + std::to_string(l.tensor) + " x context " + std::to_string(l.context) +
+                                " x data " + std::to_string(l.data) + " x pipeline " + std::to_string(l.pipeline) +
+                                " = " + std::to_string(l.world()) + " ranks, but the process group has " +
+                                std::to_string(world_size));
+  }
+  const int stage = l.tensor * l.context * l.data;
+  if (stage % l.expert != 0) {
+    throw std::invalid_argument("layout.expert: " + std::to_string(l.expert) +
+                                " must divide tensor x context x data = " + std::to_string(stage) +
+                                " (experts fold over the ranks of a pipeline stage)");
+  }
+}
+
+Coordinates coordinates_of(const Layout& l, int rank) {
+  Coordinates c;
+  c.tensor = rank % l.tensor;
+  c.context = (rank / l.tensor) % l.context;
+  c.data = (rank / (l.tensor * l.context)) % l.data;
+  c.pipeline = rank / (l.tensor * l.context * l.data);
+  const int stage_index = rank % (l.tensor * l.context * l.data);
+  c.expert = stage_index % l.expert;
+  c.expert_data = stage_index / l.expert;
+  return c;
+}
+
+namespace {
+
+// The ranks whose coordinates agree with `self` wherever `same` says they must.
+std::vector<int> members(const Layout& l, const Coordinates& self,
+                         const std::function<bool(const Coordinates&, const Coordinates&)>& same) {
+  std::vector<int> out;
+  for (int r = 0; r < l.world(); ++r) {
+    if (same(coordinates_of(l, r), self)) out.push_back(r);
+  }
+  return out;
+}
+
+// A stable name per group: its kind and its lowest rank.
+std::string group_name(const char* kind, const std::vector<int>& ranks) {
+  return std::string(kind) + "/" + std::to_string(ranks.front());
+}
+
+}  // namespace
+
+std::shared_ptr<Mesh> Mesh::create(const ProcessGroup& world, const Layout& layout) {
+  check_layout(layout, world.world_size());
+  std::shared_ptr<Mesh> mesh(new Mesh());
+  mesh->layout_ = layout;
+  mesh->rank_ = world.rank();
+  const auto self = coordinates_of(layout, world.rank());
+  mesh->coordinates_ = self;
+  using C = const Coordinates&;
+  // Made in the same order on every rank; each rank belongs to exactly one group of each kind,
+  // so the groups of one kind partition the ranks and their connections cannot wait on each other.
+  const auto make = [&](const char* kind, const std::function<bool(C, C)>& same) {
+    const auto ranks = members(layout, self, same);
+    return world.subgroup(ranks, group_name(kind, ranks));
+  };
+  mesh->tensor_ = make("tensor", [](C a, C b) { return a.context == b.context && a.data == b.data && a.pipeline == b.pipeline; });
+  mesh->context_ = make("context", [](C a, C b) { return a.tensor == b.tensor && a.data == b.data && a.pipeline == b.pipeline; });
+  mesh->data_ = make("data", [](C a, C b) { return a.tensor == b.tensor && a.context == b.context && a.pipeline == b.pipeline; });
+  mesh->pipeline_ = make("pipeline", [](C a, C b) { return a.tensor == b.tensor && a.context == b.context && a.data == b.data; });
+  mesh->data_context_ = make("data_context", [](C a, C b) { return a.tensor == b.tensor && a.pipeline == b.pipeline; });
+  mesh->expert_ = make("expert", [](C a, C b) { return a.expert_data == b.expert_data && a.pipeline == b.pipeline; });
+  mesh->expert_data_ = make("expert_data", [](C a, C b) { return a.expert == b.expert && a.pipeline == b.pipeline; });
+  return mesh;
+}
+
+std::vector<std::pair<std::string, ProcessGroup*>> Mesh::groups() const {
+  return {{"tensor", tensor_.get()},         {"context", context_.get()}, {"data", data_.get()},
+          {"pipeline", pipeline_.get()},     {"expert", expert_.get()},   {"expert_data", expert_data_.get()},
+          {"data_context", data_context_.get()}};
+}
+
+}  // namespace tiller::parallel

@@ -1,0 +1,67 @@
+// The process mesh of a run: from a layout {tensor, context, pipeline, expert, data} over the ranks
+// of one process group, the c10d subgroups of every dimension, made once. Rank order is
+// Megatron's: tensor fastest, then context, then data, then pipeline,
+//   rank = t + T * (c + C * (d + D * p)).
+// Experts fold over the same ranks as attention's tensor × context × data within a pipeline stage
+// (expert tensor parallelism 1): stage-local index i = t + T * (c + C * d) gives expert rank
+// i % EP and expert-data rank i / EP.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/process_group.h"
+
+namespace tiller::parallel {
+
+struct Layout {
+  int tensor = 1, context = 1, pipeline = 1, expert = 1, data = 1;
+  // Norms and residual on token shards between the tensor-parallel regions (needs tensor > 1 to matter).
+  bool sequence_parallel = false;
+  int world() const { return tensor * context * pipeline * data; }
+  // "TP2 x DP2" style, for messages.
+  std::string describe() const;
+};
+
+// Throws std::invalid_argument naming the field when a size is < 1, when the sizes do not
+// multiply to `world_size`, or when expert does not divide tensor × context × data.
+void check_layout(const Layout& layout, int world_size);
+
+struct Coordinates {
+  int tensor = 0, context = 0, data = 0, pipeline = 0, expert = 0, expert_data = 0;
+};
+
+// Coordinates of `rank` under `layout` (pure arithmetic, no groups).
+Coordinates coordinates_of(const Layout& layout, int rank);
+
+class Mesh {
+ public:
+  // Every rank of `world` calls this with the same layout; blocks until its groups are connected.
+  static std::shared_ptr<Mesh> create(const ProcessGroup& world, const Layout& layout);
+
+  const Layout& layout() const { return layout_; }
+  const Coordinates& coordinates() const { return coordinates_; }
+  int rank() const { return rank_; }
+  int world_size() const { return layout_.world(); }
+
+  ProcessGroup& tensor() const { return *tensor_; }
+  ProcessGroup& context() const { return *context_; }
+  ProcessGroup& data() const { return *data_; }
+  ProcessGroup& pipeline() const { return *pipeline_; }
+  ProcessGroup& expert() const { return *expert_; }
+  ProcessGroup& expert_data() const { return *expert_data_; }
+  // Data × context: the ranks that hold the same parameters (gradients are reduced over it).
+  ProcessGroup& data_context() const { return *data_context_; }
+  // Every group by kind ("tensor", "context", "data", "pipeline", "expert", "expert_data", "data_context").
+  std::vector<std::pair<std::string, ProcessGroup*>> groups() const;
+
+ private:
+  Mesh() = default;
+  Layout layout_;
+  Coordinates coordinates_;
+  int rank_ = 0;
+  std::unique_ptr<ProcessGroup> tensor_, context_, data_, pipeline_, expert_, expert_data_, data_context_;
+};
+
+}  // namespace tiller::parallel

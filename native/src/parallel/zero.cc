@@ -1,0 +1,215 @@
+#include "parallel/zero.h"
+
+#include <c10/core/GradMode.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <map>
+
+namespace tiller::parallel {
+
+ShardedAdamW::ShardedAdamW(train::NamedTensors params, std::vector<TensorPlacement> placements,
+                           std::shared_ptr<Mesh> mesh, train::AdamWConfig config)
+    : params_(std::move(params)), placements_(std::move(placements)), mesh_(std::move(mesh)), config_(std::move(config)) {
+  TORCH_CHECK(!params_.empty(), "ShardedAdamW: no parameters given");
+  TORCH_CHECK(params_.size() == placements_.size(), "ShardedAdamW: ", params_.size(), " parameters but ",
+              placements_.size(), " placements");
+  TORCH_CHECK(mesh_ != nullptr, "ShardedAdamW: no mesh");
+  c10::NoGradGuard no_grad;
+  const int data = mesh_->data_context().world_size();
+  for (int decays = 1; decays >= 0; --decays) {
+    Group g;
+    g.decays = decays == 1;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const auto& [name, p] = params_[i];
+      const bool d = config_.decays ? config_.decays(name, p) : true;
+      if (d != g.decays) continue;
+      TORCH_CHECK(p.is_contiguous(), "ShardedAdamW: parameter '", name, "' is not contiguous");
+      g.members.push_back(i);
+      g.offsets.push_back(g.numel);
+      g.numel += p.numel();
+    }
+    if (g.members.empty()) continue;
+    g.padded = (g.numel + data - 1) / data * data;
+    const auto options = params_.front().second.options().dtype(at::kFloat).requires_grad(false);
+    const auto shard = g.padded / data;
+    groups_.push_back(std::move(g));
+    auto& group = groups_.back();
+    const auto begin = shard_begin(group);
+    group.master = flat_values(group).narrow(0, begin, shard).clone();
+    group.exp_avg = at::zeros({shard}, options);
+    group.exp_avg_sq = at::zeros({shard}, options);
+    group.step = at::zeros({}, options);
+    // 1 where this rank's copy of an element counts in the global norm, 0 for padding and for
+    // copies that another tensor rank also holds.
+    auto counted = at::zeros({group.padded}, options);
+    for (size_t m = 0; m < group.members.size(); ++m) {
+      const auto i = group.members[m];
+      if (placements_[i].counts) counted.narrow(0, group.offsets[m], params_[i].second.numel()).fill_(1);
+    }
+    group.counted = counted.narrow(0, begin, shard).clone();
+  }
+}
+
+int64_t ShardedAdamW::shard_begin(const Group& group) const {
+  const auto& dp = mesh_->data_context();
+  return group.padded / dp.world_size() * dp.rank();
+}
+
+at::Tensor ShardedAdamW::flat_values(const Group& group) const {
+  const auto options = params_.front().second.options().dtype(at::kFloat);
+  auto flat = at::zeros({group.padded}, options);
+  for (size_t m = 0; m < group.members.size(); ++m) {
+    const auto& p = params_[group.members[m]].second;
+    flat.narrow(0, group.offsets[m], p.numel()).copy_(p.detach().reshape({-1}));
+  }
+  return flat;
+}
+
+at::Tensor ShardedAdamW::flat_gradients(const Group& group) const {
+  const auto options = params_.front().second.options().dtype(at::kFloat);
+  auto flat = at::zeros({group.padded}, options);
+  for (size_t m = 0; m < group.members.size(); ++m) {
+    const auto i = group.members[m];
+    const auto& p = params_[i].second;
+    if (!p.grad().defined()) continue;
+    auto grad = p.grad().detach().to(at::kFloat).contiguous().clone();
+    sync_tensor_gradient(grad, placements_[i], mesh_->tensor());
+    flat.narrow(0, group.offsets[m], p.numel()).copy_(grad.reshape({-1}));
+  }
+  return flat;
+}
+
+ShardedAdamW::StepResult ShardedAdamW::step(double lr, double max_norm) {
+  TORCH_CHECK(lr >= 0, "ShardedAdamW::step: lr must be >= 0, got ", lr);
+  c10::NoGradGuard no_grad;
+  auto& dp = mesh_->data_context();
+  std::vector<at::Tensor> shards;
+  auto sum_squares = at::zeros({}, params_.front().second.options().dtype(at::kFloat));
+  for (const auto& group : groups_) {
+    const auto flat = flat_gradients(group);
+    auto shard = at::empty({group.padded / dp.world_size()}, flat.options());
+    dp.reduce_scatter(shard, flat, ReduceOp::kSum);
+    sum_squares += (shard * shard * group.counted).sum();
+    shards.push_back(shard);
+  }
+  // Disjoint shards over the data group, slices (each counted once) over the tensor group.
+  sum_squares = sum_squares.reshape({1}).contiguous();
+  dp.all_reduce(sum_squares, ReduceOp::kSum);
+  mesh_->tensor().all_reduce(sum_squares, ReduceOp::kSum);
+  const auto total = sum_squares.sqrt().reshape({});
+  const double norm = total.item<double>();
+  if (!std::isfinite(norm)) return {norm, false};
+  // As train::clip_grad_norm: always multiply (by 1 under the limit).
+  const auto coef = std::isinf(max_norm) ? at::ones_like(total) : at::clamp_max(max_norm / (total + 1e-6), 1.0);
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    auto& group = groups_[g];
+    shards[g].mul_(coef);
+    std::vector<at::Tensor> steps{group.step};
+    at::_foreach_add_(steps, 1);
+    at::_fused_adamw_({group.master}, {shards[g]}, {group.exp_avg}, {group.exp_avg_sq}, {}, {group.step}, lr,
+                      config_.beta1, config_.beta2, group.decays ? config_.weight_decay : 0.0, config_.eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+    const auto dtype = params_[group.members.front()].second.scalar_type();
+    auto gathered = at::empty({group.padded}, group.master.options().dtype(dtype));
+    dp.all_gather_into(gathered, group.master.to(dtype));
+    for (size_t m = 0; m < group.members.size(); ++m) {
+      auto& p = params_[group.members[m]].second;
+      p.copy_(gathered.narrow(0, group.offsets[m], p.numel()).view(p.sizes()));
+    }
+  }
+  return {norm, true};
+}
+
+void ShardedAdamW::zero_grad() {
+  for (auto& [_, p] : params_) p.mutable_grad().reset();
+}
+
+train::NamedTensors ShardedAdamW::full_state() const {
+  c10::NoGradGuard no_grad;
+  auto& dp = mesh_->data_context();
+  train::NamedTensors out;
+  for (const auto& group : groups_) {
+    // The group's flat state over all data ranks, then each parameter's slice gathered over TP.
+    const auto gather = [&](const at::Tensor& shard) {
+      auto flat = at::empty({group.padded}, shard.options());
+      dp.all_gather_into(flat, shard.contiguous());
+      return flat;
+    };
+    const auto master = gather(group.master), exp_avg = gather(group.exp_avg), exp_avg_sq = gather(group.exp_avg_sq);
+    for (size_t m = 0; m < group.members.size(); ++m) {
+      const auto i = group.members[m];
+      const auto& [name, p] = params_[i];
+      const auto slice = [&](const at::Tensor& flat) {
+        return gather_tensor(flat.narrow(0, group.offsets[m], p.numel()).view(p.sizes()), placements_[i],
+                             mesh_->tensor());
+      };
+      out.emplace_back("step/" + name, group.step.clone());
+      if (p.scalar_type() != at::kFloat) out.emplace_back("master/" + name, slice(master));
+      out.emplace_back("exp_avg/" + name, slice(exp_avg));
+      out.emplace_back("exp_avg_sq/" + name, slice(exp_avg_sq));
+    }
+  }
+  return out;
+}
+
+void ShardedAdamW::load_full_state(const train::NamedTensors& state) {
+  c10::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> given(state.begin(), state.end());
+  const auto find = [&](const std::string& name) {
+    const auto it = given.find(name);
+    TORCH_CHECK(it != given.end(), "optimizer state: '", name, "' is missing");
+    return it->second;
+  };
+  const auto tp_rank = mesh_->tensor().rank(), tp_size = mesh_->tensor().world_size();
+  // Check everything first, so a bad state leaves the optimizer as it was.
+  std::vector<std::vector<at::Tensor>> rows(groups_.size());
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const auto& group = groups_[g];
+    auto master = flat_values(group), exp_avg = at::zeros_like(master), exp_avg_sq = at::zeros_like(master);
+    at::Tensor step;
+    for (size_t m = 0; m < group.members.size(); ++m) {
+      const auto i = group.members[m];
+      const auto& [name, p] = params_[i];
+      const auto& placement = placements_[i];
+      const auto local = [&](const std::string& kind) {
+        const auto full = find(kind + "/" + name);
+        TORCH_CHECK(full.sizes() == at::IntArrayRef(placement.full_shape), "optimizer state: '", kind, "/", name,
+                    "' has shape ", full.sizes(), ", expected ", at::IntArrayRef(placement.full_shape));
+        return shard_tensor(name, full, placement.spec, tp_rank, tp_size).reshape({-1});
+      };
+      if (!step.defined()) step = find("step/" + name);
+      // An fp32 parameter is its own master: the model's values stand.
+      if (p.scalar_type() != at::kFloat) master.narrow(0, group.offsets[m], p.numel()).copy_(local("master"));
+      exp_avg.narrow(0, group.offsets[m], p.numel()).copy_(local("exp_avg"));
+      exp_avg_sq.narrow(0, group.offsets[m], p.numel()).copy_(local("exp_avg_sq"));
+    }
+    const auto begin = shard_begin(group), shard = group.master.numel();
+    rows[g] = {master.narrow(0, begin, shard), exp_avg.narrow(0, begin, shard), exp_avg_sq.narrow(0, begin, shard),
+               step.to(group.step.device(), at::kFloat)};
+  }
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    auto& group = groups_[g];
+    group.master.copy_(rows[g][0]);
+    group.exp_avg.copy_(rows[g][1]);
+    group.exp_avg_sq.copy_(rows[g][2]);
+    group.step.copy_(rows[g][3].reshape({}));
+    // The masters go back into the parameters so both agree (as train::AdamW::load_state).
+    const auto dtype = params_[group.members.front()].second.scalar_type();
+    auto& dp = mesh_->data_context();
+    auto gathered = at::empty({group.padded}, group.master.options().dtype(dtype));
+    dp.all_gather_into(gathered, group.master.to(dtype));
+    for (size_t m = 0; m < group.members.size(); ++m) {
+      auto& p = params_[group.members[m]].second;
+      p.copy_(gathered.narrow(0, group.offsets[m], p.numel()).view(p.sizes()));
+    }
+  }
+}
+
+int64_t ShardedAdamW::state_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& g : groups_) bytes += (g.master.numel() + g.exp_avg.numel() + g.exp_avg_sq.numel()) * 4;
+  return bytes;
+}
+
+}  // namespace tiller::parallel

@@ -1,0 +1,109 @@
+// A model session: one loaded model with everything the engine keeps beside it (its config, its
+// mesh on a multi-rank run, the optimizer and schedule, router statistics, the CUDA decoder) and
+// the steps that sequence them: forward + logprobs, training steps, the optimizer step, saving.
+// Plain C++; addon/model.cc only converts arguments and runs these off the JS thread.
+//
+// On a multi-rank run every rank of the mesh calls the same functions in the same order (they
+// hold collectives); "collective" below says so.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "io/json.h"
+#include "layers/logprob.h"
+#include "models/causal_lm.h"
+#include "parallel/mesh.h"
+#include "parallel/zero.h"
+#include "rollout/cuda_decoder.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace tiller::train {
+
+// MoE models: router statistics summed over the training-side forwards since the last read.
+struct RouterTotals {
+  std::vector<at::Tensor> tokens_per_expert;  // per MoE layer: [experts] int64
+  std::vector<at::Tensor> entropy_sum;        // per MoE layer: scalar float32, nats
+  int64_t tokens = 0;
+};
+
+struct ModelSession {
+  std::mutex mutex;  // one call at a time on this model
+  std::unique_ptr<models::CausalLM> model;
+  io::Json config;  // config.json as given; save writes it back with the dtype updated
+  std::shared_ptr<parallel::Mesh> mesh;  // null: one device
+  // Training state, from init_optimizer on: AdamW on one device, ZeRO-1 AdamW on a mesh.
+  std::unique_ptr<AdamW> optimizer;
+  std::unique_ptr<parallel::ShardedAdamW> sharded;
+  LrSchedule schedule;
+  double max_grad_norm = std::numeric_limits<double>::infinity();
+  int64_t updates = 0;         // optimizer steps applied (skipped ones excluded): the schedule's step
+  bool grads_pending = false;  // training steps accumulated gradients that no optimizer step consumed yet
+  std::unique_ptr<rollout::CudaDecoder> decoder;  // kept between generate calls on CUDA
+  std::string profile_path;  // when set, the next call runs under the Kineto profiler
+  RouterTotals router_stats;
+
+  bool multi_rank() const { return mesh && mesh->world_size() > 1; }
+  bool has_optimizer() const { return optimizer || sharded; }
+};
+
+// Positions 1..n-1 of every sequence: which hidden rows predict which targets.
+struct NextTokenRows {
+  at::Tensor rows, targets;  // [tokens - sequences] int64
+};
+NextTokenRows next_token_rows(const at::Tensor& tokens, const std::vector<int64_t>& cu);
+
+// The model's forward over a packed batch, then per-token logprobs and entropy (vocab-parallel
+// under TP). MoE models add their router statistics to the session's and replay `replay`
+// ([tokens, moe_layers, top_k], host) when defined. Collective under TP.
+layers::TokenLogprobs forward_logprobs(ModelSession& session, const at::Tensor& tokens_cpu,
+                                       const std::vector<int64_t>& cu, double temperature, int64_t chunk_tokens,
+                                       const at::Tensor& replay);
+
+// Parameters require grad only while a backward runs, so that logprobs and generation never build
+// a graph. Gradients stay on the parameters when the scope ends (training steps accumulate them).
+class GradScope {
+ public:
+  explicit GradScope(const models::NamedTensors& params);
+  ~GradScope();
+  GradScope(const GradScope&) = delete;
+  GradScope& operator=(const GradScope&) = delete;
+
+ private:
+  const models::NamedTensors& params_;
+};
+
+void init_optimizer(ModelSession& session, AdamWConfig config, LrSchedule schedule, double max_grad_norm);
+
+struct OptimizerStepResult {
+  double grad_norm = 0, lr = 0;
+  int64_t step = 0;
+  bool skipped = false;
+};
+// Clip, rate from the schedule, AdamW, drop the gradients. A non-finite norm skips the update
+// (and does not advance the schedule), as Megatron does for an overflowed step. Collective on a mesh.
+OptimizerStepResult optimizer_step(ModelSession& session);
+
+// The whole tensors of the model (parameters, then buffers) or of its gradients (completed over
+// the tensor group and summed over the data group, as the optimizer will see them), by HF name,
+// on the host. Collective on a mesh; every rank gets them.
+models::NamedTensors gather_parameters(ModelSession& session);
+models::NamedTensors gather_gradients(ModelSession& session);
+
+// An HF folder: config.json (dtype updated) and safetensors, tensors gathered one at a time;
+// on a mesh only rank 0 writes. Collective.
+void save_model(ModelSession& session, const std::string& dir, int64_t max_shard_bytes);
+
+// The optimizer state under the single-device names (gathered on a mesh; rank 0 writes) with the
+// update count in its metadata; loading takes each rank's part, so a state saved in one layout
+// resumes in any other. Collective.
+void save_optimizer(ModelSession& session, const std::string& file);
+void load_optimizer(ModelSession& session, const std::string& file);
+
+}  // namespace tiller::train

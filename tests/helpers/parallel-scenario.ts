@@ -1,0 +1,107 @@
+// One training scenario run the same way on a single device (in the test process) and on every
+// rank of a mesh (tests/helpers/parallel-rank.ts), so that the two can be compared: logprobs and
+// entropy of a packed batch of uneven sequences, policy-loss gradients (entropy bonus on, so the
+// entropy's backward is exercised), three AdamW updates with clipping, greedy generation.
+import type { Model, NamedHostTensor } from "../../src/index.js";
+
+/** Sequences of uneven lengths (not multiples of 2 or 4, so sequence parallelism pads). */
+export function scenarioSequences(vocab: number): number[][] {
+  const lengths = [7, 5, 9, 6, 4, 8];
+  let state = 11;
+  return lengths.map((n) =>
+    Array.from({ length: n }, () => {
+      state = (state * 1103515245 + 12345) % 2147483648;
+      return 2 + (state % (vocab - 2));
+    }),
+  );
+}
+
+function pack(sequences: number[][]): { tokens: Int32Array; cu: Int32Array } {
+  const cu = [0];
+  for (const s of sequences) cu.push((cu[cu.length - 1] ?? 0) + s.length);
+  return { tokens: Int32Array.from(sequences.flat()), cu: Int32Array.from(cu) };
+}
+
+export interface ScenarioResult {
+  logprobs: number[];
+  entropy: number[];
+  gradients: Record<string, number[]>;
+  gradNorms: number[];
+  pgLoss: number[];
+  parameters: Record<string, number[]>;
+  generated: number[][];
+}
+
+function byName(list: NamedHostTensor[]): Record<string, number[]> {
+  return Object.fromEntries(list.map((t) => [t.name, Array.from(t.data as Float32Array)]));
+}
+
+/**
+ * dataRank/dataSize: this rank's share of the micro-batches (micro-batch i runs on data rank
+ * i % dataSize); the counts are the whole mini-batch's, so summed gradients equal one device's.
+ */
+export async function runScenario(
+  model: Model,
+  vocab: number,
+  dataRank = 0,
+  dataSize = 1,
+): Promise<ScenarioResult> {
+  const sequences = scenarioSequences(vocab);
+  const all = pack(sequences);
+  const { logprobs, entropy } = await model.logprobs(all.tokens, all.cu);
+  model.initOptimizer({ lr: 1e-3, weightDecay: 0.01, maxGradNorm: 0.5 });
+  // Micro-batches of two sequences; the last 3 predicted tokens of each sequence count.
+  const micro: number[][][] = [];
+  for (let i = 0; i < sequences.length; i += 2) micro.push(sequences.slice(i, i + 2));
+  const counts = { tokens: 3 * sequences.length, sequences: sequences.length };
+  const result: ScenarioResult = {
+    logprobs: Array.from(logprobs),
+    entropy: Array.from(entropy),
+    gradients: {},
+    gradNorms: [],
+    pgLoss: [],
+    parameters: {},
+    generated: [],
+  };
+  for (let update = 0; update < 3; update++) {
+    let pgLoss = 0;
+    for (let m = 0; m < micro.length; m++) {
+      if (m % dataSize !== dataRank) continue;
+      const batch = micro[m] ?? [];
+      const packed = pack(batch);
+      const predicted = packed.tokens.length - batch.length;
+      const mask = new Float32Array(predicted);
+      const advantages = new Float32Array(predicted);
+      const old = new Float32Array(predicted);
+      const current = await model.logprobs(packed.tokens, packed.cu);
+      let row = 0;
+      batch.forEach((seq, s) => {
+        const n = seq.length - 1;
+        for (let j = 0; j < n; j++) {
+          mask[row + j] = j >= n - 3 ? 1 : 0;
+          advantages[row + j] = ((m * 2 + s) % 3) - 1 + 0.25;
+          // Old logprobs a little off the current ones: ratios near 1, some past the clip.
+          old[row + j] = (current.logprobs[row + j] ?? 0) + 0.3 * Math.sin(7 * (row + j) + update);
+        }
+        row += n;
+      });
+      const step = await model.policyStep(
+        packed.tokens,
+        packed.cu,
+        { oldLogprobs: old, advantages, mask },
+        counts,
+        { entropyCoeff: 0.01, clipRatioLow: 0.2, clipRatioHigh: 0.28 },
+      );
+      pgLoss += step.metrics.pgLoss;
+    }
+    result.pgLoss.push(pgLoss);
+    if (update === 0) result.gradients = byName(await model.gather("gradients"));
+    const opt = await model.optimizerStep();
+    result.gradNorms.push(opt.gradNorm);
+  }
+  result.parameters = byName(await model.gather("parameters"));
+  const prompts = [Int32Array.from(sequences[0] ?? []), Int32Array.from(sequences[2] ?? [])];
+  const generations = await model.generate(prompts, { maxNewTokens: 8 });
+  result.generated = generations.map((g) => Array.from(g.tokens));
+  return result;
+}
