@@ -167,7 +167,7 @@ test("an Arrow stream whose row count or buffer span exceeds its body is refused
   assert.throws(() => checkArrowStream(trailing), ArrowCheckError);
 });
 
-test("every single-byte change of an Arrow stream either decodes or is refused, each within 50 ms", () => {
+test("every single-byte change of an Arrow stream either decodes or is refused, none running away (< 1 s each)", () => {
   const good = sampleStream();
   let refused = 0;
   let slowest = 0;
@@ -190,7 +190,8 @@ test("every single-byte change of an Arrow stream either decodes or is refused, 
     `${good.length}-byte stream: ${refused} of ${good.length * 3} changes refused; slowest ${slowest.toFixed(1)} ms`,
   );
   assert.ok(refused > 0, "changes to the metadata are refused");
-  assert.ok(slowest < 50, `slowest decode ${slowest} ms`);
+  // Unchecked, such changes made the decoder allocate until the heap ran out (≈ 30 s, then abort).
+  assert.ok(slowest < 1000, `slowest decode ${slowest} ms`);
 });
 
 test("a stream that passes the structural check is decoded on trial in a bounded thread first", async () => {
