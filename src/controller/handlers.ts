@@ -41,12 +41,17 @@ const commandPaths: Partial<Record<string, string[]>> = {
 };
 
 /** Every path and module in a resolved config, checked against what the client may reach. */
-function checkConfigAccess(access: Access, config: ResolvedConfig, field: string): void {
+function checkConfigAccess(
+  access: Access,
+  config: ResolvedConfig,
+  field: string,
+  options: { runDir: boolean },
+): void {
   access.path(`${field}.model.path`, config.model.path);
   config.data.train.forEach((f, i) => {
     access.path(`${field}.data.train[${i}]`, f);
   });
-  access.path(`${field}.runDir`, config.runDir);
+  if (options.runDir) access.path(`${field}.runDir`, config.runDir);
   if (config.reward.fn) access.rewardModule(`${field}.reward.fn.module`, config.reward.fn.module);
 }
 
@@ -179,11 +184,15 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
     }
     if (args.resume) {
       ctx.access.path("args.resume", args.resume);
-      const saved = await readCheckpointConfig<ResolvedConfig>(args.resume);
-      checkConfigAccess(ctx.access, saved.config, `${saved.dir}/state.json: config`);
+      // The saved config names the model and data to read again; the run writes into the folder
+      // resumed from (checked above), not the runDir recorded in it.
+      if (ctx.access.confined) {
+        const saved = await readCheckpointConfig<ResolvedConfig>(args.resume);
+        checkConfigAccess(ctx.access, saved.config, `${saved.dir}/state.json: config`, { runDir: false });
+      }
     }
     const config = args.config ? resolveConfig(args.config as never) : undefined;
-    if (config) checkConfigAccess(ctx.access, config, "config");
+    if (config) checkConfigAccess(ctx.access, config, "config", { runDir: true });
     const info = (await ctx.pool.call(0, "worker.info", {})) as WorkerInfo;
     const call: RankCall = (rank, command, a) => ctx.pool.call(rank, command, a) as never;
     const id = `${(args.config?.name as string | undefined) ?? "run"}-${++experimentCounter}`;

@@ -73,8 +73,10 @@ export class ArrowGuard {
       this.#finish(new Error(`decoding took longer than ${this.#timeoutMs} ms`));
     }, this.#timeoutMs);
     this.#current = { trial, timer };
-    // A copy: the caller keeps its frame, and nothing is shared with a thread that may be ended.
-    thread.postMessage({ id: trial.id, bytes: trial.bytes.slice() });
+    // A copy, handed over (not cloned again): the caller keeps its frame, and nothing is shared
+    // with a thread that may be ended.
+    const bytes = trial.bytes.slice();
+    thread.postMessage({ id: trial.id, bytes }, [bytes.buffer]);
   }
 
   #finish(error: Error | undefined): void {
