@@ -129,7 +129,9 @@ export class Cluster {
       this.#link = "up";
     });
     this.#requests.events.on("disconnect", () => {
-      if (this.#closed) return;
+      // Before the first handshake a drop is a refused key or a controller not yet up: the call's
+      // own timeout (connect's) reports it.
+      if (this.#closed || this.#link !== "up") return;
       this.#link = "down";
       this.#lostReason =
         `the connection to the controller at ${address} dropped at ${new Date().toISOString()} ` +
