@@ -1,8 +1,17 @@
 // The package's public surface.
-export { type CallOptions, Cluster, type ConnectOptions, connect, TillerError } from "./client/client.js";
+export {
+  type CallOptions,
+  Cluster,
+  type ConnectOptions,
+  connect,
+  type LivenessOptions,
+  TillerError,
+} from "./client/client.js";
 export {
   Experiment,
+  isPaused,
   type MetricsRow,
+  type Paused,
   prepareConfig,
   type RunOptions,
   type StageResult,

@@ -28,7 +28,7 @@ const commands: Record<string, { run: Command; help: string }> = {
   },
   controller: {
     run: controller,
-    help: "run the controller: [--bind ADDR] [--workers N | --gpus LIST | --cpu [N]] [--key F --allow F]",
+    help: "run the controller: [--bind ADDR] [--workers N | --gpus LIST | --cpu [N]] [--key F --allow F [--allow-workers F]] [--root DIR]... [--reward-root DIR]...",
   },
   worker: { run: worker, help: "run a worker: --controller ADDR [--rank N] [--key F --server-key F]" },
   keys: { run: keys, help: "make a CURVE key pair: [--dir DIR] [--name NAME]" },

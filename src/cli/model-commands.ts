@@ -5,6 +5,7 @@ import { parseArgs } from "node:util";
 import { checkDevice } from "../native/engine.js";
 import { Model } from "../native/model.js";
 import { Tokenizer } from "../tokenizer/index.js";
+import { tokenIdList } from "../util/token-ids.js";
 import { jsonlWriter, progress, readJsonl, tokenField } from "./jsonl.js";
 
 const common = {
@@ -41,7 +42,7 @@ function modelDtype(value: unknown): "float32" | "bfloat16" {
   return value;
 }
 
-function readConfig(dir: string): { vocab_size?: number; eos_token_id?: number | number[] } {
+function readConfig(dir: string): { vocab_size?: number; eos_token_id?: number | (number | null)[] | null } {
   const path = join(dir, "config.json");
   if (!existsSync(path)) throw new Error(`--model: ${dir} has no config.json`);
   return JSON.parse(readFileSync(path, "utf8"));
@@ -144,11 +145,10 @@ export async function generateCommand(argv: string[]): Promise<void> {
       ? tokenizer.encodeChat([{ role: "user", content: prompt }], { addGenerationPrompt: true })
       : tokenizer.encode(prompt);
   });
-  const configEos = config.eos_token_id;
   const stopTokenIds = [
     ...new Set([
       ...(tokenizer?.eosTokenIds ?? []),
-      ...(Array.isArray(configEos) ? configEos : configEos === undefined ? [] : [configEos]),
+      ...tokenIdList(config.eos_token_id, `${dir}/config.json: eos_token_id`),
     ]),
   ];
   const model = await Model.load(dir, { device, dtype });

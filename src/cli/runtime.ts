@@ -82,9 +82,27 @@ export async function controller(args: string[]): Promise<void> {
   }
   const keyFile = one(flags, "key");
   const allow = flags.get("allow") ?? [];
+  const allowWorkers = flags.get("allow-workers") ?? [];
   if ((keyFile === undefined) !== (allow.length === 0)) {
     throw new Error(
       "CURVE needs both --key SERVER.key and --allow PUBLIC_KEYS (files, folders of .pub, or keys)",
+    );
+  }
+  if (allowWorkers.length > 0 && keyFile === undefined) {
+    throw new Error("--allow-workers needs CURVE: give --key SERVER.key and --allow CLIENT_KEYS too");
+  }
+  const curve = keyFile
+    ? {
+        ...readKeyPair(keyFile),
+        allowedPublicKeys: readAllowList(allow),
+        allowedWorkerKeys: allowWorkers.length > 0 ? readAllowList(allowWorkers) : [],
+      }
+    : undefined;
+  const shared = curve?.allowedPublicKeys.filter((k) => curve.allowedWorkerKeys.includes(k)) ?? [];
+  if (shared.length > 0) {
+    throw new Error(
+      `--allow and --allow-workers share the key ${shared[0]}: give workers their own keys (\`tiller keys\`), ` +
+        "so that a client key cannot join as a worker",
     );
   }
   const { local, worldSize } = localWorkers(flags);
@@ -93,7 +111,10 @@ export async function controller(args: string[]): Promise<void> {
     bind: bind ?? defaultAddress(home),
     local,
     ...(worldSize !== undefined ? { worldSize } : {}),
-    ...(keyFile ? { curve: { ...readKeyPair(keyFile), allowedPublicKeys: readAllowList(allow) } } : {}),
+    ...(curve ? { curve } : {}),
+    ...(flags.has("root") ? { roots: flags.get("root") } : {}),
+    ...(flags.has("reward-root") ? { rewardRoots: flags.get("reward-root") } : {}),
+    ...(bind ? {} : { privateDir: home }),
     ...(ms("heartbeat-ms") ? { heartbeatMs: ms("heartbeat-ms") } : {}),
     ...(ms("heartbeat-timeout-ms") ? { heartbeatTimeoutMs: ms("heartbeat-timeout-ms") } : {}),
     ...(ms("controller-timeout-ms") ? { controllerTimeoutMs: ms("controller-timeout-ms") } : {}),
@@ -109,6 +130,13 @@ export async function controller(args: string[]): Promise<void> {
   console.log(
     `tiller controller ${process.pid} at ${c.address}: ${what}${stateFile ? `; log ${controllerLogFile(home)}` : ""}`,
   );
+  for (const warning of c.warnings) console.error(`tiller controller: warning: ${warning}`);
+  if (c.access.confined) {
+    console.log(
+      `tiller controller: remote clients are confined to ${c.access.roots.join(", ")} ` +
+        `(reward modules from ${c.access.rewardRoots.join(", ")})`,
+    );
+  }
   const stop = (signal: string) => {
     console.log(`tiller controller: ${signal}, stopping workers`);
     void c.shutdown();

@@ -1,7 +1,7 @@
 // What a notebook imports: connect() to a controller (the local one by default, started when none
 // runs), typed calls with many in flight, worker commands on ranks, and the event stream.
 import { spawn } from "node:child_process";
-import { mkdirSync, openSync } from "node:fs";
+import { chmodSync, mkdirSync, openSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import * as zmq from "zeromq";
 import { processAlive, readControllerRecord } from "../controller/server.js";
@@ -27,7 +27,7 @@ import { controllerLogFile, controllerRecordFile, defaultAddress, tillerHome } f
 
 /** A failed call: the controller's error body (code, field, rank, command, stderr tail) on it. */
 export class TillerError extends Error {
-  readonly code: ErrorBody["code"] | "TIMEOUT" | "CLOSED";
+  readonly code: ErrorBody["code"] | "TIMEOUT" | "CLOSED" | "CONTROLLER_LOST";
   readonly field?: string;
   readonly rank?: number;
   readonly command?: string;
@@ -50,7 +50,15 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
-export interface ConnectOptions {
+/** How a client watches the controller's liveness (ZeroMQ heartbeats on the request socket). */
+export interface LivenessOptions {
+  /** A heartbeat is sent this often (default 1000 ms). */
+  heartbeatMs?: number;
+  /** A controller silent this long counts as lost: every call in flight is rejected (default 15 s). */
+  controllerTimeoutMs?: number;
+}
+
+export interface ConnectOptions extends LivenessOptions {
   curve?: CurveClientKeys;
   /** How long connecting waits for the controller's first answer (default 5 s; 60 s when starting one). */
   timeoutMs?: number;
@@ -78,17 +86,35 @@ export class Cluster {
   readonly #listeners = new Map<string, Set<(data: never) => void>>();
   #nextId = 1;
   #closed = false;
+  /** "down" after the connection to the controller dropped, until it is made again. */
+  #link: "connecting" | "up" | "down" = "connecting";
+  #lostReason = "";
   /** Replies that matched no request in flight (a lost or duplicated reply shows here). */
   unmatchedReplies = 0;
+  /** Replies or events that could not be decoded (each also logged). */
+  malformedMessages = 0;
+  /** Event listeners that threw (each also logged). */
+  listenerErrors = 0;
   /** True when connect() started the controller this cluster talks to. */
   started = false;
 
   constructor(
     readonly address: string,
     curve?: CurveClientKeys,
+    liveness: LivenessOptions = {},
   ) {
     const endpoints = endpointsOf(address);
-    this.#requests = new zmq.Dealer({ linger: 0 });
+    const heartbeatMs = liveness.heartbeatMs ?? 1000;
+    const controllerTimeoutMs = liveness.controllerTimeoutMs ?? 15_000;
+    this.#requests = new zmq.Dealer({
+      linger: 0,
+      // ZeroMQ's own heartbeats: a controller that is killed closes the connection at once, one that
+      // is stopped or cut off misses them; both end in "disconnect", and the calls in flight fail.
+      heartbeatInterval: heartbeatMs,
+      heartbeatTimeout: controllerTimeoutMs,
+      heartbeatTimeToLive: controllerTimeoutMs,
+      handshakeInterval: controllerTimeoutMs,
+    });
     this.#events = new zmq.Subscriber({ linger: 0 });
     if (curve) {
       applyClientKeys(this.#requests, curve);
@@ -98,6 +124,20 @@ export class Cluster {
     this.#events.connect(connectableFrom(endpoints.events));
     this.#events.subscribe();
     this.#out = new SendQueue(this.#requests);
+    // Up once ZeroMQ's handshake is done (a stopped process still accepts the bare connection).
+    this.#requests.events.on("handshake", () => {
+      this.#link = "up";
+    });
+    this.#requests.events.on("disconnect", () => {
+      // Before the first handshake a drop is a refused key or a controller not yet up: the call's
+      // own timeout (connect's) reports it.
+      if (this.#closed || this.#link !== "up") return;
+      this.#link = "down";
+      this.#lostReason =
+        `the connection to the controller at ${address} dropped at ${new Date().toISOString()} ` +
+        `(it stopped, was killed, or was silent for ${controllerTimeoutMs} ms)`;
+      this.#rejectAll("CONTROLLER_LOST", `${this.#lostReason}; the calls in flight are lost`);
+    });
     void this.#receiveReplies();
     void this.#receiveEvents();
   }
@@ -109,8 +149,11 @@ export class Cluster {
         let result: unknown;
         try {
           ({ header, payload: result } = decode(frames, "result"));
-        } catch {
-          this.unmatchedReplies++;
+        } catch (error) {
+          this.malformedMessages++;
+          process.stderr.write(
+            `tiller: dropped a reply that cannot be decoded: ${(error as Error).message}\n`,
+          );
           continue;
         }
         const pending = typeof header.id === "number" ? this.#pending.get(header.id) : undefined;
@@ -123,8 +166,25 @@ export class Cluster {
         if (header.ok === true) pending.resolve(result);
         else pending.reject(new TillerError(header.error as ErrorBody));
       }
-    } catch {
-      // closed
+    } catch (error) {
+      if (!this.#closed) this.#failed("request", error);
+    }
+  }
+
+  /** A receive loop ended while the cluster is open: nothing more can arrive, so say so. */
+  #failed(socket: string, error: unknown): void {
+    const message = `the ${socket} socket to ${this.address} failed: ${(error as Error).message}`;
+    process.stderr.write(`tiller: ${message}\n`);
+    this.#link = "down";
+    this.#lostReason = message;
+    this.#rejectAll("CONTROLLER_LOST", message);
+  }
+
+  #rejectAll(code: TillerError["code"], message: string): void {
+    for (const [id, pending] of this.#pending) {
+      clearTimeout(pending.timer);
+      pending.reject(new TillerError({ code, message }));
+      this.#pending.delete(id);
     }
   }
 
@@ -134,15 +194,28 @@ export class Cluster {
         const name = topic?.toString() ?? "";
         const listeners = this.#listeners.get(name);
         if (!listeners || listeners.size === 0) continue;
+        let payload: unknown;
         try {
-          const { payload } = decode(frames, "data");
-          for (const listener of listeners) listener(payload as never);
-        } catch {
-          // a malformed event is dropped; events are advisory
+          ({ payload } = decode(frames, "data"));
+        } catch (error) {
+          this.malformedMessages++;
+          process.stderr.write(
+            `tiller: dropped a ${name} event that cannot be decoded: ${(error as Error).message}\n`,
+          );
+          continue;
+        }
+        for (const listener of listeners) {
+          try {
+            listener(payload as never);
+          } catch (error) {
+            // One listener's fault must not stop the others or the event stream.
+            this.listenerErrors++;
+            process.stderr.write(`tiller: a ${name} listener threw: ${(error as Error).stack ?? error}\n`);
+          }
         }
       }
-    } catch {
-      // closed
+    } catch (error) {
+      if (!this.#closed) this.#failed("event", error);
     }
   }
 
@@ -154,6 +227,12 @@ export class Cluster {
   ): Promise<ClientMethodResults[M]> {
     if (this.#closed)
       return Promise.reject(new TillerError({ code: "CLOSED", message: "this cluster was closed" }));
+    if (this.#link === "down") {
+      // Sent now, the call would wait in ZeroMQ's queue and run on whatever controller comes next.
+      return Promise.reject(
+        new TillerError({ code: "CONTROLLER_LOST", message: `${this.#lostReason}; connect again` }),
+      );
+    }
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       const pending: Pending = { resolve: resolve as (v: unknown) => void, reject };
@@ -253,11 +332,7 @@ export class Cluster {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const [id, pending] of this.#pending) {
-      clearTimeout(pending.timer);
-      pending.reject(new TillerError({ code: "CLOSED", message: "this cluster was closed" }));
-      this.#pending.delete(id);
-    }
+    this.#rejectAll("CLOSED", "this cluster was closed");
     this.#requests.close();
     this.#events.close();
   }
@@ -268,7 +343,7 @@ export class Cluster {
 }
 
 async function attach(address: string, options: ConnectOptions, timeoutMs: number): Promise<Cluster> {
-  const cluster = new Cluster(address, options.curve);
+  const cluster = new Cluster(address, options.curve, options);
   try {
     await cluster.status({ timeoutMs });
     return cluster;
@@ -280,8 +355,10 @@ async function attach(address: string, options: ConnectOptions, timeoutMs: numbe
 
 /** Starts the local controller in the background, detached, so it outlives this process. */
 function startLocalController(home: string, controllerArgs: string[]): number {
-  mkdirSync(home, { recursive: true });
-  const log = openSync(controllerLogFile(home), "a");
+  // Private whatever the umask: its sockets drive the controller with this user's rights.
+  mkdirSync(home, { recursive: true, mode: 0o700 });
+  chmodSync(home, 0o700);
+  const log = openSync(controllerLogFile(home), "a", 0o600);
   const child = spawn(process.execPath, [cliPath, "controller", ...controllerArgs], {
     detached: true,
     stdio: ["ignore", log, log],

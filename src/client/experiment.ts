@@ -52,10 +52,15 @@ export interface HookContext {
 
 export type Hook = (context: HookContext) => unknown;
 
-/** A step stopped at a pause point; continueStep() goes on from there. */
+/** A step stopped at a pause point; continueStep() goes on from there. Not a metrics row: it has none yet. */
 export interface Paused {
   pausedAt: HookPoint;
   step: number;
+}
+
+/** True for what step() answers when it stopped at a pause point. */
+export function isPaused(result: MetricsRow | Paused): result is Paused {
+  return typeof (result as Paused).pausedAt === "string";
 }
 
 export interface ReplayResult {
@@ -129,6 +134,8 @@ export function prepareConfig(config: ExperimentConfig): ExperimentConfig {
 
 export class Experiment {
   #status: ExperimentStatus;
+  /** Status refreshes that failed after another outcome (each also logged). */
+  refreshFailures = 0;
   readonly #hooks = new Map<HookPoint, Set<Hook>>();
   readonly #pauses = new Set<HookPoint>();
   /** Where the last step paused; continueStep() starts past it. */
@@ -213,8 +220,8 @@ export class Experiment {
   }
 
   /**
-   * Makes step() stop at this point: it resolves with `{ step, paused: 1 }` (the step in progress,
-   * no metrics yet) and `pausedAt` names the point; continueStep() goes on.
+   * Makes step() stop at this point: it resolves with a Paused `{ step, pausedAt }` (the step in
+   * progress; no metrics row yet, see isPaused()); continueStep() goes on.
    */
   pauseAt(point: HookPoint): void {
     checkPoint(point);
@@ -236,7 +243,7 @@ export class Experiment {
    * One whole step; its metrics row. With hooks or pause points set, the notebook drives the
    * stages one by one (calling hooks between them); otherwise the controller runs the step alone.
    */
-  async step(options: RunOptions = {}): Promise<MetricsRow> {
+  async step(options: RunOptions = {}): Promise<MetricsRow | Paused> {
     if (this.#hooks.size === 0 && this.#pauses.size === 0) {
       return this.#listening(options, async () => this.#op<MetricsRow>("step"));
     }
@@ -244,7 +251,7 @@ export class Experiment {
   }
 
   /** Goes on with a step that paused (or whose hook threw), from where it stopped. */
-  async continueStep(options: RunOptions = {}): Promise<MetricsRow> {
+  async continueStep(options: RunOptions = {}): Promise<MetricsRow | Paused> {
     const status = await this.refresh();
     if (!status.inProgress) throw new Error("continueStep: no step in progress; call step()");
     const done = status.inProgress.stagesDone;
@@ -252,7 +259,11 @@ export class Experiment {
     return this.#drive(next, this.#pausedAt, options);
   }
 
-  async #drive(from: number, skipPause: HookPoint | undefined, options: RunOptions): Promise<MetricsRow> {
+  async #drive(
+    from: number,
+    skipPause: HookPoint | undefined,
+    options: RunOptions,
+  ): Promise<MetricsRow | Paused> {
     this.#pausedAt = undefined;
     const started = performance.now();
     let ended: StageResult | undefined;
@@ -272,7 +283,7 @@ export class Experiment {
         if (this.#pauses.has(point) && point !== skipPause) {
           this.#pausedAt = point;
           await this.refresh();
-          return { step: this.stepsDone + 1, paused: 1 };
+          return { step: this.stepsDone + 1, pausedAt: point };
         }
         await this.#runHooks(point);
       }
@@ -310,7 +321,7 @@ export class Experiment {
       try {
         await hook(context);
       } catch (error) {
-        await this.refresh().catch(() => undefined);
+        await this.#refreshAfter(`hook ${point} failed`);
         throw new HookError(point, error);
       }
     }
@@ -330,7 +341,7 @@ export class Experiment {
     try {
       for (let i = 0; i < n; i++) {
         const r = await this.#drive(0, undefined, wrapped);
-        if (this.#pausedAt) break;
+        if (isPaused(r)) break;
         rows.push(r);
       }
     } finally {
@@ -436,7 +447,22 @@ export class Experiment {
       return await fn();
     } finally {
       for (const o of off) o();
-      await this.refresh().catch(() => undefined);
+      await this.#refreshAfter("the call");
+    }
+  }
+
+  /**
+   * Refreshes the status after an outcome that must not be masked (a hook's error, a call's own
+   * result or error): a failed refresh is logged and counted, and the status stays as it was.
+   */
+  async #refreshAfter(what: string): Promise<void> {
+    try {
+      await this.refresh();
+    } catch (error) {
+      this.refreshFailures++;
+      console.warn(
+        `tiller: ${this.id}: the status refresh after ${what} failed: ${(error as Error).message}`,
+      );
     }
   }
 

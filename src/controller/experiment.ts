@@ -5,8 +5,16 @@
 // gradients and optimizer state stay on the workers. Reference and old logprobs come before the
 // advantages (verl's order) because a KL penalty in the reward needs both.
 
-import { createHash } from "node:crypto";
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join, resolve } from "node:path";
 import type { Table } from "apache-arrow";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
@@ -32,6 +40,16 @@ import { MetricsLog } from "../rl/metrics.js";
 import { RewardRunner } from "../rl/rewards/runner.js";
 import { activationsTable, type RolloutRecord, rolloutsTable } from "../rl/rollouts.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
+import {
+  findCheckpoint,
+  listCheckpoints,
+  removeStalePartials,
+  verifyCheckpoint,
+  writeManifest,
+} from "../util/checkpoint.js";
+import { UserError } from "../util/errors.js";
+
+export { findCheckpoint, verifyCheckpoint };
 
 /** Calls one worker command on one rank (the controller's pool, or the command table in-process). */
 export type RankCall = <C extends WorkerCommand>(
@@ -164,25 +182,77 @@ interface FlopShape {
   headDim: number;
 }
 
-function readFlopShape(modelPath: string): FlopShape | undefined {
+/** The shape, or why there is none (perf/mfu/actor is then left out, and the reason logged). */
+function readFlopShape(modelPath: string): FlopShape | string {
+  const file = join(modelPath, "config.json");
+  let c: Record<string, unknown>;
   try {
-    const c = JSON.parse(readFileSync(join(modelPath, "config.json"), "utf8")) as Record<string, number>;
-    const heads = c.num_attention_heads as number;
-    return {
-      layers: c.num_hidden_layers as number,
-      heads,
-      headDim: (c.head_dim as number | undefined) ?? (c.hidden_size as number) / heads,
-    };
-  } catch {
-    return undefined;
+    c = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+  } catch (error) {
+    return `${file}: ${(error as Error).message}`;
+  }
+  const { num_hidden_layers: layers, num_attention_heads: heads, head_dim, hidden_size } = c;
+  const headDim =
+    head_dim ??
+    (typeof hidden_size === "number" && typeof heads === "number" ? hidden_size / heads : undefined);
+  for (const [name, v] of [
+    ["num_hidden_layers", layers],
+    ["num_attention_heads", heads],
+    ["head_dim", headDim],
+  ] as const) {
+    if (typeof v !== "number" || !(v > 0))
+      return `${file}: ${name} is ${JSON.stringify(v)}, not a positive number`;
+  }
+  return { layers, heads, headDim } as FlopShape;
+}
+
+/**
+ * Why this model's rollout logprobs are not proven equal to the training forward's, or undefined
+ * when they are. Only the CUDA slot decoder is bit-identical, and it is not used for MLA models
+ * (DeepSeek-V3, Moonlight: the generic decoder), dynamic rope, or when experts are recorded.
+ */
+/** A folder that must exist and hold `inside` (e.g. model.path and its config.json). */
+function checkFolder(path: string, field: string, inside: string): void {
+  if (!existsSync(path)) throw new UserError("NOT_FOUND", `${path}: no such folder`, field);
+  if (!statSync(path).isDirectory())
+    throw new UserError("NOT_FOUND", `${path} is a file, not a model folder`, field);
+  if (!existsSync(join(path, inside))) {
+    throw new UserError("NOT_FOUND", `${path} has no ${inside}: not an HF model folder`, field);
   }
 }
+
+function checkFile(path: string, field: string): void {
+  if (!existsSync(path)) throw new UserError("NOT_FOUND", `${path}: no such file`, field);
+  if (statSync(path).isDirectory())
+    throw new UserError("BAD_ARGS", `${path} is a folder, not a data file`, field);
+}
+
+function decoderNotExact(modelPath: string): string | undefined {
+  let c: Record<string, unknown>;
+  try {
+    c = JSON.parse(readFileSync(join(modelPath, "config.json"), "utf8")) as Record<string, unknown>;
+  } catch (error) {
+    return `its config.json cannot be read (${(error as Error).message})`;
+  }
+  if (c.kv_lora_rank !== undefined && c.kv_lora_rank !== null)
+    return "MLA models generate on the generic decoder";
+  const rope = c.rope_scaling as { type?: unknown; rope_type?: unknown } | null | undefined;
+  if (rope && (rope.type === "dynamic" || rope.rope_type === "dynamic")) {
+    return "dynamic rope generates on the generic decoder";
+  }
+  return undefined;
+}
+
+/** How many sequences a step measures training/rollout_probs_diff_* on when old logprobs are not recomputed. */
+const probsDiffSample = 8;
 
 export class ExperimentRun {
   #config: ResolvedConfig;
   #kl: KlController | undefined;
   readonly runDir: string;
   readonly metrics = new MetricsLog();
+  /** What the user should know about this run's start (checkpoints refused, folders cleaned). */
+  readonly warnings: string[] = [];
   /** Steps completed. */
   step = 0;
   /** The step in progress (stages called so far), or the last completed one. */
@@ -217,7 +287,9 @@ export class ExperimentRun {
     this.#actor = `actor.${tag}`;
     this.#ref = `ref.${tag}`;
     this.runDir = resolve(config.runDir);
-    this.#flopShape = readFlopShape(config.model.path);
+    const shape = readFlopShape(config.model.path);
+    if (typeof shape === "string") this.warnings.push(`perf/mfu/actor is not measured: ${shape}`);
+    else this.#flopShape = shape;
   }
 
   /**
@@ -235,6 +307,10 @@ export class ExperimentRun {
           "multi-rank training comes with the parallelism transforms",
       );
     }
+    checkFolder(config.model.path, "model.path", "config.json");
+    config.data.train.forEach((file, i) => {
+      checkFile(file, `data.train[${i}]`);
+    });
     const tokenizer = Tokenizer.fromFolder(config.model.path);
     if (config.data.chatTemplate && !tokenizer.hasChatTemplate) {
       throw new Error(
@@ -251,11 +327,16 @@ export class ExperimentRun {
       maxPromptTokens: config.data.maxPromptTokens,
       seed: config.seed,
       shuffle: config.data.shuffle,
+    }).catch((error: NodeJS.ErrnoException) => {
+      // The files exist (checked above): what fails now is their content.
+      throw error.code ? error : new UserError("BAD_DATA", error.message, "data.train");
     });
     if (dataset.size < config.promptsPerStep) {
-      throw new Error(
+      throw new UserError(
+        "BAD_ARGS",
         `promptsPerStep: ${config.promptsPerStep} is more than the ${dataset.size} prompts kept ` +
           `(${dataset.filteredOut} dropped as longer than data.maxPromptTokens = ${config.data.maxPromptTokens})`,
+        "promptsPerStep",
       );
     }
     const klReward = config.algorithm.klReward;
@@ -283,6 +364,9 @@ export class ExperimentRun {
     }
     mkdirSync(run.runDir, { recursive: true });
     writeFileSync(join(run.runDir, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
+    for (const sub of ["checkpoints", "snapshots"])
+      run.warnings.push(...removeStalePartials(join(run.runDir, sub)));
+    for (const w of run.warnings) process.stderr.write(`tiller: ${config.name}: ${w}\n`);
     return run;
   }
 
@@ -296,12 +380,36 @@ export class ExperimentRun {
     call: RankCall,
     options: { hooks?: ExperimentHooks; device?: string; deviceName?: string; totalSteps?: number } = {},
   ): Promise<ExperimentRun> {
-    const dir = findCheckpoint(checkpoint);
-    verifyCheckpoint(dir);
+    const found = await findCheckpoint(checkpoint);
+    const dir = found.dir;
     const state = JSON.parse(readFileSync(join(dir, "state.json"), "utf8")) as ExperimentState;
-    const config = { ...state.config, ...(options.totalSteps ? { totalSteps: options.totalSteps } : {}) };
+    // A copied run folder carries the original's runDir in state.json: new checkpoints and metrics
+    // go where the run was resumed from, never back into the original.
+    if (!found.runDir) {
+      throw new UserError(
+        "BAD_ARGS",
+        `${dir} is not inside a run folder's checkpoints/ (it was saved by the run in ${state.config.runDir}); ` +
+          "resume that run folder, or put the checkpoint under <run folder>/checkpoints/",
+        "resume",
+      );
+    }
+    const config = {
+      ...state.config,
+      runDir: found.runDir,
+      ...(options.totalSteps ? { totalSteps: options.totalSteps } : {}),
+    };
     // The actor comes from the checkpoint; the tokenizer, prompts and reference from the original folder.
     const run = await ExperimentRun.create(config, call, { ...options, actorDir: join(dir, "model") });
+    const before = run.warnings.length;
+    if (resolve(state.config.runDir) !== found.runDir) {
+      run.warnings.push(
+        `resumed from ${found.runDir}, a copy of ${state.config.runDir}: writing into ${found.runDir}`,
+      );
+    }
+    for (const r of found.refused) {
+      run.warnings.push(`resumed from ${dir}, not the newer ${r.dir}: ${r.reason}`);
+    }
+    for (const w of run.warnings.slice(before)) process.stderr.write(`tiller: ${config.name}: ${w}\n`);
     try {
       await run.#restoreState(dir, state, { reloadActor: false });
     } catch (error) {
@@ -376,11 +484,23 @@ export class ExperimentRun {
   /** Frees the models on the workers and stops the reward threads. */
   async close(): Promise<void> {
     await this.rewards.close();
-    for (const name of [this.#actor, this.#ref]) {
+    for (const name of needsReference(this.#config) ? [this.#actor, this.#ref] : [this.#actor]) {
       try {
         await this.#call("model.free", { name });
-      } catch {
-        // the worker may be gone; nothing else holds the model
+      } catch (error) {
+        // A lost worker holds nothing, and a create that failed early loaded nothing: both are fine.
+        const e = error as { code?: string; body?: { code?: string } };
+        const code = e.body?.code ?? e.code;
+        if (
+          code !== "WORKER_LOST" &&
+          code !== "NO_WORKERS" &&
+          code !== "NOT_FOUND" &&
+          code !== "SHUTTING_DOWN"
+        ) {
+          process.stderr.write(
+            `tiller: ${this.#config.name}: freeing ${name} failed: ${(error as Error).message}\n`,
+          );
+        }
       }
     }
   }
@@ -413,7 +533,9 @@ export class ExperimentRun {
 
   /** Runs `fn` as the only operation in progress; a second one is refused, naming the first. */
   async exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    if (this.#busy) throw new Error(`experiment is busy with ${this.#busy}; wait for it (or stop())`);
+    if (this.#busy) {
+      throw new UserError("BUSY", `experiment is busy with ${this.#busy}; wait for it (or stop())`);
+    }
     this.#busy = what;
     try {
       return await fn();
@@ -600,8 +722,17 @@ export class ExperimentRun {
         promptsPerStep: this.#config.promptsPerStep,
         maxGenerationRounds: ds.maxGenerationRounds,
       });
-      const metricOf = (s: Sample) =>
-        ds.metric === "acc" ? (s.acc ?? s.shapedScore ?? 0) : (s.shapedScore ?? 0);
+      const metricOf = (s: Sample) => {
+        if (ds.metric !== "acc") return s.shapedScore ?? 0;
+        if (s.acc !== undefined) return s.acc;
+        // A failed reward call scores 0 and is counted with the reward metrics; so is its acc.
+        if (s.rewardStatus !== "ok") return 0;
+        throw new UserError(
+          "BAD_ARGS",
+          `"acc", but the reward function returned no acc for sample ${s.uid} (return {score, acc}, or use metric: "score")`,
+          "algorithm.dynamicSampling.metric",
+        );
+      };
       let round = batch.samples;
       const all = [...round];
       let dropped = 0;
@@ -650,7 +781,13 @@ export class ExperimentRun {
   /** The recorded experts of these sequences, packed as the tokens are, when the actor replays them. */
   #routedExperts(name: string, samples: Sample[]): { routedExperts: Int32Array } | Record<string, never> {
     if (name !== this.#actor || this.#config.rollout.routingReplay !== "replay") return {};
-    if (!samples.every((s) => s.experts)) return {};
+    const missing = samples.filter((s) => !s.experts).length;
+    if (missing > 0) {
+      // Replaying some sequences and routing others afresh would train on a mismatch silently.
+      throw new Error(
+        `rollout.routingReplay: "replay", but ${missing} of ${samples.length} sequences carry no recorded experts`,
+      );
+    }
     return {
       routedExperts: concat(
         samples.map((s) => s.experts as Int32Array),
@@ -693,41 +830,58 @@ export class ExperimentRun {
     return { logprobs, entropy };
   }
 
-  /** Whether old logprobs are recomputed (verl always does; exact rollout logprobs make it unneeded). */
+  /**
+   * Whether old logprobs are recomputed (verl always does). "auto" skips the pass only where the
+   * rollout's logprobs are proven bit-identical to the training forward: the CUDA slot decoder in
+   * bf16, routing not recorded, a model that decoder serves (see decoderNotExact).
+   */
   get recomputesOldLogprobs(): boolean {
     const r = this.#config.algorithm.recomputeOldLogprobs;
-    return r === "auto" ? !this.#device.startsWith("cuda") : r;
+    if (r !== "auto") return r;
+    return !(
+      this.#device.startsWith("cuda") &&
+      this.#dtype === "bfloat16" &&
+      this.#config.rollout.routingReplay === "off" &&
+      decoderNotExact(this.#config.model.path) === undefined
+    );
   }
 
   /**
-   * Old logprobs: the actor's, before this step's updates. The rollout's own logprobs when they
-   * are exact (CUDA bf16: bit-identical to the training forward), else a training forward;
-   * training/rollout_probs_diff_* compares the two whenever both exist.
+   * Old logprobs: the actor's, before this step's updates. The rollout's own logprobs where they
+   * are exact, else a training forward. training/rollout_probs_diff_* compares the two on every
+   * sequence when recomputed, and on a sample of probsDiffSample sequences when not (so a mismatch
+   * never goes unseen); training/rollout_probs_diff_sequences says how many were compared.
    */
   async oldLogprobs(): Promise<StepBatch> {
     const batch = this.#current("old_logprobs");
     await this.#timed(batch, "old_logprobs", async () => {
-      if (!this.recomputesOldLogprobs) {
-        for (const s of batch.samples) s.oldLogprobs = s.rolloutLogprobs;
-        return;
-      }
-      const { logprobs, entropy } = await this.#responseLogprobs(this.#actor, batch.samples);
+      const recompute = this.recomputesOldLogprobs;
+      const n = batch.samples.length;
+      const step = recompute ? 1 : Math.max(Math.floor(n / probsDiffSample), 1);
+      const measured = batch.samples
+        .filter((_, i) => i % step === 0)
+        .slice(0, recompute ? n : probsDiffSample);
+      const { logprobs, entropy } = await this.#responseLogprobs(this.#actor, measured);
       let max = 0;
       let sum = 0;
-      let n = 0;
-      batch.samples.forEach((s, i) => {
-        s.oldLogprobs = logprobs[i];
-        s.entropy = entropy[i];
+      let tokens = 0;
+      measured.forEach((s, i) => {
         const lp = logprobs[i] as Float32Array;
+        if (recompute) {
+          s.oldLogprobs = lp;
+          s.entropy = entropy[i];
+        }
         for (let t = 0; t < lp.length; t++) {
           const d = Math.abs(Math.exp(lp[t] as number) - Math.exp(s.rolloutLogprobs[t] as number));
           if (d > max) max = d;
           sum += d;
-          n++;
+          tokens++;
         }
       });
+      if (!recompute) for (const s of batch.samples) s.oldLogprobs = s.rolloutLogprobs;
       batch.metrics["training/rollout_probs_diff_max"] = max;
-      batch.metrics["training/rollout_probs_diff_mean"] = n ? sum / n : 0;
+      batch.metrics["training/rollout_probs_diff_mean"] = tokens ? sum / tokens : 0;
+      batch.metrics["training/rollout_probs_diff_sequences"] = measured.length;
     });
     return batch;
   }
@@ -906,7 +1060,6 @@ export class ExperimentRun {
         batch.metrics["router/load_imbalance/mean"] = imbalance.reduce((a, b) => a + b, 0) / imbalance.length;
         batch.metrics["router/entropy/mean"] =
           router.layers.reduce((a, l) => a + l.entropy, 0) / router.layers.length;
-        batch.metrics["router/dropped_tokens"] = router.layers.reduce((a, l) => a + l.droppedTokens, 0);
       }
       batch.metrics["timing_s/update_actor_engine"] = backwardS;
     });
@@ -915,13 +1068,12 @@ export class ExperimentRun {
 
   /**
    * Makes the rollout engine use the updated weights. Colocated on one rank with one layout, the
-   * rollout reads the trainer's parameters in place: nothing moves (perf/sync_bytes = 0).
+   * rollout reads the trainer's parameters in place: nothing moves, so no perf/sync_bytes is
+   * written (a metric is measured or absent); resharding will measure it when it moves bytes.
    */
   async sync(): Promise<StepBatch> {
     const batch = this.#current("sync");
-    await this.#timed(batch, "sync", async () => {
-      batch.metrics["perf/sync_bytes"] = 0;
-    });
+    await this.#timed(batch, "sync", async () => {});
     await this.#finishStep(batch);
     return batch;
   }
@@ -1033,7 +1185,8 @@ export class ExperimentRun {
     const s = step ?? this.step;
     const batch = this.#history.get(s) ?? (this.batch?.step === s ? this.batch : undefined);
     if (!batch) {
-      throw new Error(
+      throw new UserError(
+        "NOT_KEPT",
         `rollouts: step ${s} is not kept; kept: ${[...this.#history.keys()].join(", ") || "none"}`,
       );
     }
@@ -1046,7 +1199,8 @@ export class ExperimentRun {
    */
   async save(): Promise<string> {
     if (this.batch && this.batch.step === this.step + 1 && !this.batch.stagesDone.includes("sync")) {
-      throw new Error(
+      throw new UserError(
+        "BAD_STATE",
         `save: step ${this.batch.step} is half done (${this.batch.stagesDone.join(", ")}); finish or discard() it first`,
       );
     }
@@ -1085,12 +1239,13 @@ export class ExperimentRun {
     };
     writeFileSync(join(dir, "state.json"), `${JSON.stringify(state, null, 2)}\n`);
     await this.metrics.writeFile(join(dir, "metrics.arrow"));
-    writeManifest(dir);
+    await writeManifest(dir);
   }
 
   #requireStepBoundary(what: string): void {
     if (this.batch && this.batch.step === this.step + 1 && !this.batch.stagesDone.includes("sync")) {
-      throw new Error(
+      throw new UserError(
+        "BAD_STATE",
         `${what}: step ${this.batch.step} is half done (${this.batch.stagesDone.join(", ")}); finish it (step) or discard() it first`,
       );
     }
@@ -1122,7 +1277,7 @@ export class ExperimentRun {
     const dir = /^snap-\d+-step-\d+$/.test(idOrDir)
       ? join(this.runDir, "snapshots", idOrDir)
       : resolve(idOrDir);
-    verifyCheckpoint(dir);
+    await verifyCheckpoint(dir);
     const state = JSON.parse(readFileSync(join(dir, "state.json"), "utf8")) as ExperimentState;
     await this.#restoreState(dir, state, { reloadActor: true });
     return { step: this.step };
@@ -1155,12 +1310,17 @@ export class ExperimentRun {
   async replay(step: number): Promise<ReplayResult> {
     this.#requireStepBoundary("replay");
     if (!Number.isInteger(step) || step < 1 || step > this.step) {
-      throw new RangeError(`replay: step ${step} must be a completed step, 1..${this.step}`);
+      throw new UserError(
+        "BAD_ARGS",
+        `replay: step ${step} must be a completed step, 1..${this.step}`,
+        "step",
+      );
     }
     const before = this.savedStates().find((s) => s.step === step - 1);
     if (!before) {
       const have = [...new Set(this.savedStates().map((s) => s.step))].sort((a, b) => a - b);
-      throw new Error(
+      throw new UserError(
+        "NOT_KEPT",
         `replay: step ${step} needs a snapshot or checkpoint of step ${step - 1}; saved steps: ${have.join(", ") || "none"} (call snapshot() before a step to replay it later)`,
       );
     }
@@ -1362,8 +1522,9 @@ export class ExperimentRun {
     ]) {
       try {
         writeFileSync(join(target, f), readFileSync(join(this.#config.model.path, f)));
-      } catch {
-        // optional tokenizer file absent
+      } catch (error) {
+        // A tokenizer file the model does not have is fine; any other failure is the export's.
+        if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
       }
     }
     return target;
@@ -1430,84 +1591,4 @@ function reinforcePlusPlusTokenAdvantages(samples: Sample[]): Float32Array[] {
   for (const r of returns) for (const v of r) squares += (v - mean) ** 2;
   const scale = 1 / Math.sqrt(squares / (n - 1) + 1e-8);
   return returns.map((r) => Float32Array.from(r, (v) => (v - mean) * scale));
-}
-
-// ---- checkpoint files ----------------------------------------------------------------------------
-
-const MANIFEST = "manifest.json";
-
-function filesUnder(dir: string, prefix = ""): string[] {
-  return readdirSync(join(dir, prefix), { withFileTypes: true }).flatMap((e) =>
-    e.isDirectory() ? filesUnder(dir, join(prefix, e.name)) : [join(prefix, e.name)],
-  );
-}
-
-/** Lists every file with its size, and the sha256 of the small ones; written last. */
-function writeManifest(dir: string): void {
-  const files = filesUnder(dir).map((f) => {
-    const size = statSync(join(dir, f)).size;
-    const entry: { file: string; size: number; sha256?: string } = { file: f, size };
-    if (size <= 16 << 20)
-      entry.sha256 = createHash("sha256")
-        .update(readFileSync(join(dir, f)))
-        .digest("hex");
-    return entry;
-  });
-  writeFileSync(join(dir, MANIFEST), `${JSON.stringify({ complete: true, files }, null, 2)}\n`);
-}
-
-/** Throws naming the first missing, resized or altered file of a checkpoint. */
-export function verifyCheckpoint(dir: string): void {
-  let manifest: { complete: boolean; files: { file: string; size: number; sha256?: string }[] };
-  try {
-    manifest = JSON.parse(readFileSync(join(dir, MANIFEST), "utf8"));
-  } catch {
-    throw new Error(`${dir}: not a complete checkpoint (no readable ${MANIFEST}: the save did not finish)`);
-  }
-  for (const f of manifest.files) {
-    const path = join(dir, f.file);
-    let size: number;
-    try {
-      size = statSync(path).size;
-    } catch {
-      throw new Error(`${dir}: checkpoint file ${f.file} is missing`);
-    }
-    if (size !== f.size)
-      throw new Error(`${dir}: checkpoint file ${f.file} has ${size} bytes, the manifest says ${f.size}`);
-    if (f.sha256 && createHash("sha256").update(readFileSync(path)).digest("hex") !== f.sha256) {
-      throw new Error(`${dir}: checkpoint file ${f.file} does not match its checksum (corrupt)`);
-    }
-  }
-}
-
-function listCheckpoints(root: string): string[] {
-  try {
-    return readdirSync(root)
-      .filter((n) => /^step-\d+$/.test(n))
-      .sort();
-  } catch {
-    return [];
-  }
-}
-
-/** A checkpoint folder itself, or a run folder's newest complete checkpoint. */
-export function findCheckpoint(path: string): string {
-  const dir = resolve(path);
-  try {
-    statSync(join(dir, MANIFEST));
-    return dir;
-  } catch {
-    // a run folder?
-  }
-  const root = join(dir, "checkpoints");
-  const all = listCheckpoints(root).reverse();
-  for (const name of all) {
-    try {
-      verifyCheckpoint(join(root, name));
-      return join(root, name);
-    } catch {
-      // incomplete or damaged: try an older one
-    }
-  }
-  throw new Error(`${dir}: no complete checkpoint here or in ${root}`);
 }

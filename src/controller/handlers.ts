@@ -12,7 +12,9 @@ import type {
 } from "../protocol/messages.js";
 import { type clientMethodArgs, workerCommandArgs } from "../protocol/messages.js";
 import { type Infer, ValidationError } from "../protocol/schema.js";
-import { resolveConfig } from "../rl/config.js";
+import { type ResolvedConfig, resolveConfig } from "../rl/config.js";
+import { readCheckpointConfig } from "../util/checkpoint.js";
+import { type Access, AccessError } from "./access.js";
 import { ExperimentRun, type RankCall, type StepBatch } from "./experiment.js";
 import type { WorkerPool } from "./pool.js";
 import { WorkerCallError } from "./pool.js";
@@ -26,6 +28,31 @@ export interface ControllerContext {
   experiments: Map<string, ExperimentRun>;
   publish<T extends EventTopic>(topic: T, data: EventMap[T]): void;
   shutdown(): void;
+  /** What clients may reach on this host (paths, reward modules). */
+  access: Access;
+}
+
+/** The file-system paths each worker command takes, by field. */
+const commandPaths: Partial<Record<string, string[]>> = {
+  "model.load": ["dir"],
+  "model.save": ["dir"],
+  "model.saveOptimizer": ["file"],
+  "model.loadOptimizer": ["file"],
+};
+
+/** Every path and module in a resolved config, checked against what the client may reach. */
+function checkConfigAccess(
+  access: Access,
+  config: ResolvedConfig,
+  field: string,
+  options: { runDir: boolean },
+): void {
+  access.path(`${field}.model.path`, config.model.path);
+  config.data.train.forEach((f, i) => {
+    access.path(`${field}.data.train[${i}]`, f);
+  });
+  if (options.runDir) access.path(`${field}.runDir`, config.runDir);
+  if (config.reward.fn) access.rewardModule(`${field}.reward.fn.module`, config.reward.fn.module);
 }
 
 let experimentCounter = 0;
@@ -46,6 +73,7 @@ function experimentStatus(id: string, run: ExperimentRun): ExperimentStatus {
     datasetSize: run.datasetSize,
     promptsFilteredOut: run.promptsFilteredOut,
     device: run.device,
+    warnings: [...run.warnings],
   };
 }
 
@@ -105,7 +133,18 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
   run: async (ctx, args) => {
     const ranks = args.ranks ?? ctx.pool.ranks();
     // Checked here too, so nothing malformed is sent on to a worker.
+    if (args.command === "dist.init" && ctx.access.confined) {
+      // It names a host for every worker to connect to; initProcessGroup picks rank 0's instead.
+      throw new AccessError(
+        "args.command",
+        "remote clients set up the process group with initProcessGroup, not dist.init",
+      );
+    }
     const commandArgs = workerCommandArgs[args.command](args.args ?? {}, "args.args");
+    for (const key of commandPaths[args.command] ?? []) {
+      const value = (commandArgs as Record<string, unknown>)[key];
+      if (typeof value === "string") ctx.access.path(`args.args.${key}`, value);
+    }
     return onRanks(ctx, ranks, args.command, () => commandArgs, args.timeoutMs);
   },
 
@@ -143,6 +182,17 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
         command: "experiment.create",
       });
     }
+    if (args.resume) {
+      ctx.access.path("args.resume", args.resume);
+      // The saved config names the model and data to read again; the run writes into the folder
+      // resumed from (checked above), not the runDir recorded in it.
+      if (ctx.access.confined) {
+        const saved = await readCheckpointConfig<ResolvedConfig>(args.resume);
+        checkConfigAccess(ctx.access, saved.config, `${saved.dir}/state.json: config`, { runDir: false });
+      }
+    }
+    const config = args.config ? resolveConfig(args.config as never) : undefined;
+    if (config) checkConfigAccess(ctx.access, config, "config", { runDir: true });
     const info = (await ctx.pool.call(0, "worker.info", {})) as WorkerInfo;
     const call: RankCall = (rank, command, a) => ctx.pool.call(rank, command, a) as never;
     const id = `${(args.config?.name as string | undefined) ?? "run"}-${++experimentCounter}`;
@@ -161,7 +211,7 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
           ...options,
           ...(args.totalSteps ? { totalSteps: args.totalSteps } : {}),
         })
-      : await ExperimentRun.create(resolveConfig(args.config as never), call, options);
+      : await ExperimentRun.create(config as ResolvedConfig, call, options);
     ctx.experiments.set(id, run);
     return experimentStatus(id, run);
   },
@@ -215,7 +265,7 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
           return { dir: await run.save() };
         case "export":
           if (!args.dir) throw new ValidationError("args.dir", "export needs the folder to write");
-          return { dir: await run.export(args.dir) };
+          return { dir: await run.export(ctx.access.path("args.dir", args.dir)) };
         case "set":
           return run.set(args.patch ?? {});
         case "snapshot":
@@ -223,6 +273,7 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
         case "restore":
           if (!args.snapshot)
             throw new ValidationError("args.snapshot", "restore needs a snapshot id or a checkpoint folder");
+          if (!/^snap-\d+-step-\d+$/.test(args.snapshot)) ctx.access.path("args.snapshot", args.snapshot);
           return run.restore(args.snapshot);
         case "replay": {
           if (!args.step) throw new ValidationError("args.step", "replay needs the step to run again");

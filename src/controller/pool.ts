@@ -93,7 +93,7 @@ export class WorkerPool {
   onLost: (failure: WorkerFailure) => void = () => {};
 
   constructor(readonly options: PoolOptions) {
-    if (options.serverKeys) applyServerKeys(this.#socket, options.serverKeys);
+    if (options.serverKeys) applyServerKeys(this.#socket, options.serverKeys, "workers");
   }
 
   async start(endpoint: string): Promise<void> {

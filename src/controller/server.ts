@@ -1,11 +1,12 @@
 // The controller process: a ROUTER for clients (many requests in flight, each answered exactly
 // once, malformed ones included), the worker pool's ROUTER, and a PUB for events. Binding beyond
 // loopback requires CURVE keys and an allow-list (enforced by the ZAP handler).
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import * as zmq from "zeromq";
+import { ArrowGuard } from "../protocol/arrow-guard.js";
 import { endpointsOf, isLocalOnly } from "../protocol/endpoints.js";
-import { encode, FrameError, parseHeader, placeBodies, totalBytes } from "../protocol/frames.js";
+import { encode, FrameError, parseHeader, placeBodiesGuarded, totalBytes } from "../protocol/frames.js";
 import { applyServerKeys, type CurveServerKeys, makeKeyPair, ZapHandler } from "../protocol/keys.js";
 import {
   type ClientMethod,
@@ -20,6 +21,8 @@ import {
 import { ValidationError } from "../protocol/schema.js";
 import { SendQueue } from "../protocol/socket.js";
 import { ConfigError } from "../rl/config.js";
+import { UserError } from "../util/errors.js";
+import { Access, AccessError } from "./access.js";
 import type { ExperimentRun } from "./experiment.js";
 import { type ControllerContext, handlers } from "./handlers.js";
 import { type LocalWorkers, WorkerCallError, WorkerPool } from "./pool.js";
@@ -38,6 +41,12 @@ export interface ControllerOptions {
   maxMessageBytes?: number;
   /** Where to record {address, pid} for `connect()` to find this controller. */
   stateFile?: string;
+  /** Folders remote (CURVE) clients may name paths under (default: the working directory). */
+  roots?: string[];
+  /** Folders remote clients may load reward modules from (default: only tiller's own). */
+  rewardRoots?: string[];
+  /** A folder this controller made for its sockets and record: kept 0700 whatever the umask. */
+  privateDir?: string;
 }
 
 export interface ControllerRecord {
@@ -64,14 +73,21 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-function errorBody(error: unknown): ErrorBody {
+/** Errors a user can act on carry their own code; only what is unforeseen is INTERNAL. */
+export function errorBody(error: unknown): ErrorBody {
   if (error instanceof WorkerCallError) return error.body;
+  if (error instanceof AccessError) return { code: "FORBIDDEN", message: error.message, field: error.field };
+  if (error instanceof UserError) {
+    return { code: error.code, message: error.message, ...(error.field ? { field: error.field } : {}) };
+  }
   if (error instanceof ValidationError)
     return { code: "BAD_ARGS", message: error.message, field: error.field };
   if (error instanceof FrameError) return { code: "BAD_FRAME", message: error.message };
   if (error instanceof ConfigError)
     return { code: "BAD_ARGS", message: error.message, field: `config.${error.field}` };
-  const e = error as Error;
+  const e = error as NodeJS.ErrnoException;
+  if (e?.code === "ENOENT" || e?.code === "ENOTDIR") return { code: "NOT_FOUND", message: e.message };
+  if (e?.code === "EACCES" || e?.code === "EPERM") return { code: "FORBIDDEN", message: e.message };
   return { code: "INTERNAL", message: e?.message ?? String(error), ...(e?.stack ? { stack: e.stack } : {}) };
 }
 
@@ -80,6 +96,10 @@ export class Controller implements ControllerContext {
   readonly startedAt = new Date().toISOString();
   processGroup: ControllerState["processGroup"] = null;
   readonly experiments = new Map<string, ExperimentRun>();
+  readonly access: Access;
+  /** What a user should know about how this controller is reachable (printed at start). */
+  readonly warnings: string[] = [];
+  readonly #guard = new ArrowGuard();
   readonly #clients = new zmq.Router({ linger: 0 });
   readonly #events = new zmq.Publisher({ linger: 0 });
   readonly #clientOut = new SendQueue(this.#clients);
@@ -97,6 +117,11 @@ export class Controller implements ControllerContext {
     const { local } = options;
     const localCount = local.kind === "cpu" ? local.count : local.kind === "gpu" ? local.gpus.length : 0;
     this.#maxMessageBytes = options.maxMessageBytes ?? 512 * 2 ** 20;
+    this.access = new Access({
+      confined: options.curve !== undefined,
+      roots: options.roots ?? [process.cwd()],
+      rewardRoots: options.rewardRoots ?? [],
+    });
     const zmqLimit = Math.min(this.#maxMessageBytes * 4 + 2 ** 20, Number.MAX_SAFE_INTEGER);
     this.#clients.maxMessageSize = zmqLimit;
     this.pool = new WorkerPool({
@@ -129,34 +154,62 @@ export class Controller implements ControllerContext {
 
   async #start(): Promise<void> {
     const endpoints = endpointsOf(this.options.bind);
-    for (const path of Object.values(endpoints)) {
-      if (path.startsWith("ipc://")) mkdirSync(dirname(path.slice("ipc://".length)), { recursive: true });
+    const { privateDir } = this.options;
+    if (privateDir) {
+      mkdirSync(privateDir, { recursive: true, mode: 0o700 });
+      chmodSync(privateDir, 0o700); // mkdir's mode is cut by the umask; chmod's is not
     }
+    const socketFiles = Object.values(endpoints)
+      .filter((e) => e.startsWith("ipc://") && !e.startsWith("ipc://@"))
+      .map((e) => e.slice("ipc://".length));
+    for (const file of socketFiles) mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    this.#warnAboutReach();
     const curve = this.options.curve;
     if (curve) {
-      const allowed = [...curve.allowedPublicKeys];
-      this.#zap = await ZapHandler.start(allowed);
-      applyServerKeys(this.#clients, curve);
-      applyServerKeys(this.#events, curve);
+      this.#zap = await ZapHandler.start({
+        clients: [...curve.allowedPublicKeys],
+        workers: [...(curve.allowedWorkerKeys ?? [])],
+      });
+      applyServerKeys(this.#clients, curve, "clients");
+      applyServerKeys(this.#events, curve, "clients");
+      if (this.pool.options.localWorkerKeys)
+        this.#zap.allow("workers", this.pool.options.localWorkerKeys.publicKey);
     }
     await this.#clients.bind(endpoints.clients);
     await this.#events.bind(endpoints.events);
-    if (curve && this.pool.options.localWorkerKeys) {
-      this.#zap?.allow(this.pool.options.localWorkerKeys.publicKey);
-    }
     await this.pool.start(endpoints.workers);
+    // ZeroMQ makes socket files with the umask's mode; only this user may connect to them.
+    for (const file of socketFiles) chmodSync(file, 0o600);
     void this.#serve();
     if (this.options.stateFile) this.#writeRecord(this.options.stateFile);
   }
 
+  /** Addresses that any local user can reach without a key are named at start. */
+  #warnAboutReach(): void {
+    const bind = this.options.bind;
+    if (this.options.curve) return;
+    if (bind.startsWith("ipc://@")) {
+      this.warnings.push(
+        `${bind} is an abstract socket: file permissions do not apply, so any user of this machine can ` +
+          "connect and drive the controller with your rights; bind an ipc:// path (the default) instead",
+      );
+    } else if (bind.startsWith("tcp://")) {
+      this.warnings.push(
+        `${bind} takes clients without keys: any user of this machine can connect and drive the ` +
+          "controller with your rights; bind the default ipc:// path, or give --key and --allow",
+      );
+    }
+  }
+
   #writeRecord(file: string): void {
-    mkdirSync(dirname(file), { recursive: true });
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
     const record: ControllerRecord = {
       address: this.options.bind,
       pid: process.pid,
       startedAt: this.startedAt,
     };
-    writeFileSync(`${file}.tmp`, JSON.stringify(record));
+    writeFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
+    chmodSync(`${file}.tmp`, 0o600);
     renameSync(`${file}.tmp`, file);
   }
 
@@ -222,7 +275,7 @@ export class Controller implements ControllerContext {
       }
       const method = request.method as ClientMethod;
       const args = clientMethodArgs[method](
-        placeBodies(request.args, request.bodies, frames.slice(1)),
+        await placeBodiesGuarded(request.args, request.bodies, frames.slice(1), this.#guard),
         "args",
       );
       const handler = handlers[method] as (ctx: ControllerContext, a: unknown) => Promise<unknown>;
@@ -255,6 +308,7 @@ export class Controller implements ControllerContext {
       this.#clients.close();
       this.#events.close();
       this.#zap?.close();
+      this.#guard.close();
       const file = this.options.stateFile;
       if (file && readControllerRecord(file)?.pid === process.pid) rmSync(file, { force: true });
       this.#resolveStopped();

@@ -2,6 +2,8 @@
 // payload are lifted out into their own frames (sent as they are: no copy, no base64) and left in
 // the JSON as {"$body": n}; the header's `bodies` says what each frame holds.
 import { type Table, tableFromIPC, tableToIPC } from "apache-arrow";
+import { ArrowCheckError, checkArrowStream } from "./arrow-check.js";
+import type { ArrowGuard } from "./arrow-guard.js";
 import { ValidationError } from "./schema.js";
 
 export type TypedArrayKind =
@@ -59,7 +61,7 @@ export function liftBodies(payload: unknown): { json: unknown; kinds: BodyKind[]
   const walk = (value: unknown): unknown => {
     if (ArrayBuffer.isView(value) && !(value instanceof DataView)) {
       const kind = value.constructor.name as TypedArrayKind;
-      if (!(kind in typedArrayClasses)) throw new TypeError(`cannot send a ${kind}`);
+      if (!Object.hasOwn(typedArrayClasses, kind)) throw new TypeError(`cannot send a ${kind}`);
       kinds.push(kind);
       frames.push(new Uint8Array(value.buffer, value.byteOffset, value.byteLength));
       return { $body: kinds.length - 1 };
@@ -82,11 +84,13 @@ export function liftBodies(payload: unknown): { json: unknown; kinds: BodyKind[]
 
 function decodeBody(kind: BodyKind, frame: Uint8Array, index: number): unknown {
   if (kind === "arrow") {
-    // The reader turns garbage into an empty table, so check that a stream opens with a
-    // schema message: the continuation marker 0xFFFFFFFF, then a positive length.
-    const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
-    if (frame.byteLength < 8 || view.getUint32(0, true) !== 0xffffffff || view.getInt32(4, true) <= 0) {
-      throw new FrameError(`body ${index}: not an Arrow IPC stream (no schema message at the start)`);
+    // apache-arrow's reader trusts its input (a changed count makes it allocate without bound),
+    // so every stream is walked and its counts held against its bytes first.
+    try {
+      checkArrowStream(frame);
+    } catch (error) {
+      if (!(error instanceof ArrowCheckError)) throw error;
+      throw new FrameError(`body ${index}: not a valid Arrow IPC stream (${error.message})`);
     }
     try {
       return tableFromIPC(frame);
@@ -94,7 +98,7 @@ function decodeBody(kind: BodyKind, frame: Uint8Array, index: number): unknown {
       throw new FrameError(`body ${index}: not an Arrow IPC stream (${(error as Error).message})`);
     }
   }
-  const Class = typedArrayClasses[kind];
+  const Class = Object.hasOwn(typedArrayClasses, kind) ? typedArrayClasses[kind] : undefined;
   if (!Class) throw new FrameError(`bodies[${index}]: unknown body kind ${JSON.stringify(kind)}`);
   const width = Class.BYTES_PER_ELEMENT;
   if (frame.byteLength % width !== 0) {
@@ -129,12 +133,45 @@ export function placeBodies(json: unknown, bodies: unknown, frames: Uint8Array[]
         return decodeBody(kinds[n] as BodyKind, frames[n] as Uint8Array, n);
       }
       const out: Record<string, unknown> = {};
-      for (const [k, v] of entries) out[k] = walk(v, `${field}.${k}`);
+      // defineProperty: a "__proto__" key stays an own (and so refusable) field, not a prototype.
+      for (const [k, v] of entries) {
+        Object.defineProperty(out, k, {
+          value: walk(v, `${field}.${k}`),
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
+      }
       return out;
     }
     return value;
   };
   return walk(json, "args");
+}
+
+/**
+ * placeBodies for messages from peers that may be hostile: each Arrow body is first decoded on
+ * trial in the guard's bounded thread, so that no stream can stall or exhaust this process.
+ */
+export async function placeBodiesGuarded(
+  json: unknown,
+  bodies: unknown,
+  frames: Uint8Array[],
+  guard: ArrowGuard,
+): Promise<unknown> {
+  if (Array.isArray(bodies)) {
+    for (const [n, kind] of bodies.entries()) {
+      const frame = frames[n];
+      if (kind !== "arrow" || !frame) continue;
+      try {
+        checkArrowStream(frame);
+        await guard.trial(frame);
+      } catch (error) {
+        throw new FrameError(`body ${n}: not a valid Arrow IPC stream (${(error as Error).message})`);
+      }
+    }
+  }
+  return placeBodies(json, bodies, frames);
 }
 
 /** Parses frame 0 as a JSON object; anything else is a FrameError. */

@@ -25,8 +25,14 @@ export interface CurveClientKeys extends KeyPair {
 
 /** What a controller needs: its own pair and the public keys it admits. */
 export interface CurveServerKeys extends KeyPair {
+  /** Clients admitted on the client and event sockets. */
   allowedPublicKeys: string[];
+  /** Workers admitted on the worker socket; a client's key does not open it (default none). */
+  allowedWorkerKeys?: string[];
 }
+
+/** The ZAP domains: which socket a handshake is for. */
+export type ZapDomain = "clients" | "workers";
 
 const z85Key = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
 
@@ -92,7 +98,8 @@ export function readAllowList(sources: string[]): string[] {
   return [...new Set(keys)];
 }
 
-export function applyServerKeys(socket: zmq.Socket, keys: KeyPair): void {
+export function applyServerKeys(socket: zmq.Socket, keys: KeyPair, domain: ZapDomain): void {
+  socket.zapDomain = domain;
   socket.curveServer = true;
   socket.curvePublicKey = keys.publicKey;
   socket.curveSecretKey = keys.secretKey;
@@ -123,20 +130,21 @@ export function z85Encode(bytes: Uint8Array): string {
 
 /**
  * Answers ZAP requests (RFC 27) on inproc://zeromq.zap.01 for every socket in this process's
- * context: CURVE peers are admitted only when their public key is allowed; other mechanisms
- * (NULL on loopback and ipc) pass, as they never reach a non-loopback socket.
+ * context: CURVE peers are admitted only when their public key is allowed for the socket's domain
+ * (a client key does not open the worker socket, nor a worker key the client one); other
+ * mechanisms (NULL on loopback and ipc) pass, as they never reach a non-loopback socket.
  */
 export class ZapHandler {
   readonly #socket = new zmq.Reply();
-  readonly #allowed: Set<string>;
+  readonly #allowed: Record<ZapDomain, Set<string>>;
   /** How many CURVE handshakes were refused; for tests and the status view. */
   refused = 0;
 
-  private constructor(allowed: string[]) {
-    this.#allowed = new Set(allowed);
+  private constructor(allowed: Record<ZapDomain, string[]>) {
+    this.#allowed = { clients: new Set(allowed.clients), workers: new Set(allowed.workers) };
   }
 
-  static async start(allowed: string[]): Promise<ZapHandler> {
+  static async start(allowed: Record<ZapDomain, string[]>): Promise<ZapHandler> {
     const handler = new ZapHandler(allowed);
     handler.#socket.linger = 0;
     await handler.#socket.bind("inproc://zeromq.zap.01");
@@ -146,13 +154,15 @@ export class ZapHandler {
 
   async #serve(): Promise<void> {
     for await (const frames of this.#socket) {
-      const [version, requestId, , , , mechanism, credentials] = frames;
+      const [version, requestId, domain, , , mechanism, credentials] = frames;
       let status = "200";
       let text = "OK";
       let user = "";
       if (mechanism?.toString() === "CURVE") {
         const key = credentials ? z85Encode(credentials) : "";
-        if (this.#allowed.has(key)) user = key;
+        const name = domain?.toString();
+        const allowed = name === "clients" || name === "workers" ? this.#allowed[name] : undefined;
+        if (allowed?.has(key)) user = key;
         else {
           status = "400";
           text = "public key not allowed";
@@ -163,9 +173,9 @@ export class ZapHandler {
     }
   }
 
-  /** Admits one more key (the controller's own local workers). */
-  allow(publicKey: string): void {
-    this.#allowed.add(publicKey);
+  /** Admits one more key on one socket (the controller's own local workers). */
+  allow(domain: ZapDomain, publicKey: string): void {
+    this.#allowed[domain].add(publicKey);
   }
 
   close(): void {

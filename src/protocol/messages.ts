@@ -33,6 +33,18 @@ export interface ErrorBody {
     | "WORKER_ERROR"
     | "NOT_AVAILABLE"
     | "SHUTTING_DOWN"
+    /** A remote client named a path or module outside what it may reach (docs/security.md). */
+    | "FORBIDDEN"
+    /** A file or folder named in the request does not exist. */
+    | "NOT_FOUND"
+    /** A data file's content is wrong (a bad JSONL line, no prompts). */
+    | "BAD_DATA"
+    /** Another operation of the experiment runs. */
+    | "BUSY"
+    /** What was asked for is no longer kept (rollouts of an old step). */
+    | "NOT_KEPT"
+    /** The operation does not fit where the experiment stands. */
+    | "BAD_STATE"
     | "INTERNAL";
   message: string;
   field?: string;
@@ -347,6 +359,8 @@ export interface ExperimentStatus {
   datasetSize: number;
   promptsFilteredOut: number;
   device: string;
+  /** What the user should know about how the run started (a newer checkpoint refused, folders cleaned). */
+  warnings: string[];
 }
 export type EventTopic = keyof EventMap;
 

@@ -110,11 +110,11 @@ export const object =
     }
     const record = v as Record<string, unknown>;
     for (const key of Object.keys(record)) {
-      if (!(key in shape)) throw new ValidationError(`${field}.${key}`, "unknown field");
+      if (!Object.hasOwn(shape, key)) throw new ValidationError(`${field}.${key}`, "unknown field");
     }
     const out: Record<string, unknown> = {};
     for (const [key, check] of Object.entries(shape)) {
-      const value = check(record[key], `${field}.${key}`);
+      const value = check(Object.hasOwn(record, key) ? record[key] : undefined, `${field}.${key}`);
       if (value !== undefined) out[key] = value;
     }
     return out as InferShape<S>;

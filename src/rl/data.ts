@@ -42,8 +42,9 @@ function readJsonl(file: string): PromptRow[] {
     let value: unknown;
     try {
       value = JSON.parse(line);
-    } catch (error) {
-      throw new Error(`${file}: line ${i + 1}: invalid JSON (${(error as Error).message})`);
+    } catch {
+      // The parser's message quotes the line; a file's content is not echoed (docs/security.md).
+      throw new Error(`${file}: line ${i + 1}: not valid JSON (${line.length} characters)`);
     }
     rows.push(toPromptRow(value, file, rows.length, `line ${i + 1}`));
   }
@@ -179,6 +180,7 @@ export class PromptDataset {
     }
     this.items = kept;
     this.filteredOut = rows.length - kept.length;
+    if (rows.length === 0) throw new Error("PromptDataset: the training files hold no prompts");
     if (kept.length === 0) {
       throw new Error(
         `PromptDataset: all ${rows.length} prompts exceed maxPromptTokens=${options.maxPromptTokens}; raise it`,

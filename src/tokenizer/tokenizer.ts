@@ -13,6 +13,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
+import { tokenIdList } from "../util/token-ids.js";
 import { type ChatMessage, ChatTemplate, type ChatTemplateOptions } from "./chat.js";
 import { DecodeStream } from "./stream.js";
 
@@ -70,13 +71,11 @@ export class Tokenizer {
     this.bosTokenId = this.specialId(special.bos_token, "bos_token");
     this.padTokenId = this.specialId(special.pad_token, "pad_token");
     const eos = this.specialId(special.eos_token, "eos_token");
-    const generationEos = files.generationConfig?.eos_token_id;
-    const extraEos = Array.isArray(generationEos)
-      ? generationEos
-      : generationEos === undefined
-        ? []
-        : [generationEos];
-    this.eosTokenIds = [...new Set([...(eos === null ? [] : [eos]), ...extraEos.map(Number)])];
+    const extraEos = tokenIdList(
+      files.generationConfig?.eos_token_id,
+      "generation_config.json: eos_token_id",
+    );
+    this.eosTokenIds = [...new Set([...(eos === null ? [] : [eos]), ...extraEos])];
     const source = files.chatTemplate ?? defaultTemplate(files.config.chat_template);
     this.chatTemplate = source === null ? null : new ChatTemplate(source, special);
   }

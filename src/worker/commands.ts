@@ -1,8 +1,10 @@
 // The worker's command table: one entry per worker command (the names in protocol/messages.ts),
 // each a plain async function over the engine. Arguments arrive already checked against the
 // command's schema; the engine's own checks still run behind these.
+import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { freemem, hostname, totalmem } from "node:os";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Mesh, ProcessGroup } from "../native/dist.js";
 import { engineInfo } from "../native/engine.js";
@@ -22,16 +24,47 @@ import type {
 /** An error whose code travels to the client as is. */
 export class CommandError extends Error {
   constructor(
-    readonly code: "NOT_AVAILABLE" | "WORKER_ERROR",
+    readonly code: "NOT_AVAILABLE" | "WORKER_ERROR" | "NOT_FOUND" | "BAD_ARGS",
     message: string,
   ) {
     super(message);
   }
 }
 
+/** A model folder's config.json; read after Model.load succeeded, so it is there and is JSON. */
+function readJsonFile(file: string): Record<string, unknown> {
+  return JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+}
+
+/**
+ * Refuses a token id outside the model's vocabulary, naming its position (the engine would only
+ * say "index out of range in self"). Returns the state, so calls can chain.
+ */
+function checkTokenIds(
+  state: WorkerState,
+  name: string,
+  ids: Int32Array | BigInt64Array,
+  field: string,
+): WorkerState {
+  const vocab = state.vocabSizes.get(name);
+  if (vocab === undefined) return state;
+  for (let i = 0; i < ids.length; i++) {
+    const id = Number(ids[i]);
+    if (id < 0 || id >= vocab) {
+      throw new CommandError(
+        "BAD_ARGS",
+        `${field}[${i}]: token id ${id} is outside the vocabulary of model "${name}" (0 to ${vocab - 1})`,
+      );
+    }
+  }
+  return state;
+}
+
 /** What lives in one worker between commands. */
 export class WorkerState {
   readonly models = new Map<string, Model>();
+  /** Each model's vocab_size (from its config.json), to refuse out-of-vocabulary ids by position. */
+  readonly vocabSizes = new Map<string, number>();
   readonly device: string;
   /** The engine's process group among all workers, from dist.init on. */
   processGroup: ProcessGroup | undefined;
@@ -48,7 +81,7 @@ export class WorkerState {
     if (!model) {
       const loaded = [...this.models.keys()];
       throw new CommandError(
-        "WORKER_ERROR",
+        "NOT_FOUND",
         `args.name: no model "${name}" on this worker; loaded: ${loaded.length ? loaded.join(", ") : "none"} (use model.load)`,
       );
     }
@@ -123,25 +156,33 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     } else if (args.config && args.tensors) model = Model.create(args.config, args.tensors, placement);
     else throw new CommandError("WORKER_ERROR", "args: give either dir, or config with tensors");
     state.models.set(args.name, model);
+    const config = args.config ?? readJsonFile(join(args.dir ?? "", "config.json"));
+    const vocab =
+      (config.text_config as Record<string, unknown> | undefined)?.vocab_size ?? config.vocab_size;
+    if (typeof vocab === "number" && Number.isSafeInteger(vocab) && vocab > 0)
+      state.vocabSizes.set(args.name, vocab);
     const parameters = model.parameters().reduce((n, t) => n + t.data.length, 0);
     return { name: args.name, parameters, device };
   },
 
   "model.generate": async (state, args) => {
     const { name, prompts, ...options } = args;
+    prompts.forEach((p, i) => {
+      checkTokenIds(state, name, p, `args.prompts[${i}]`);
+    });
     const generations = await state.model(name).generate(prompts, options);
     return { generations };
   },
 
   "model.logprobs": async (state, args) =>
-    state
+    checkTokenIds(state, args.name, args.tokens, "args.tokens")
       .model(args.name)
       .logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1, 1024, args.routedExperts),
 
   "model.routerStats": async (state, args) => state.model(args.name).routerStats(),
 
   "model.trainStep": async (state, args) =>
-    state
+    checkTokenIds(state, args.name, args.tokens, "args.tokens")
       .model(args.name)
       .trainStep(args.tokens, args.cuSeqlens, args.lossMask, args.tokenNormaliser, args.temperature ?? 1),
 
@@ -155,6 +196,9 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
 
   "model.policyUpdate": async (state, args) => {
     const model = state.model(args.name);
+    args.microBatches.forEach((mb, i) => {
+      checkTokenIds(state, args.name, mb.tokens, `args.microBatches[${i}].tokens`);
+    });
     const config = checkPolicyLossConfig(args.config as PolicyLossConfig);
     const total = { loss: 0, tokens: 0, metrics: {} as Record<string, number> };
     const started = performance.now();
@@ -189,7 +233,9 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     if (typeof args.layer !== "string" && typeof args.layer !== "number") {
       throw new CommandError("WORKER_ERROR", "args.layer: expected a layer name or index");
     }
-    return state.model(args.name).activations(args.tokens, args.cuSeqlens, args.layer);
+    return checkTokenIds(state, args.name, args.tokens, "args.tokens")
+      .model(args.name)
+      .activations(args.tokens, args.cuSeqlens, args.layer);
   },
 
   "model.setTraining": async (state, args) => {
@@ -214,8 +260,9 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   },
 
   "model.free": async (state, args) => {
-    const model = state.models.get(args.name);
-    model?.dispose();
+    // Freeing a model that was never loaded is a mistake (a typo in the name), not a success.
+    state.model(args.name).dispose();
+    state.vocabSizes.delete(args.name);
     return { freed: state.models.delete(args.name) };
   },
 

@@ -154,7 +154,7 @@ export async function runWorker(options: WorkerOptions): Promise<number> {
       } else if (message.type === "exit") {
         stop(0, "");
       } else if (message.type === "command") {
-        if (!(message.command in commandTable)) {
+        if (!Object.hasOwn(commandTable, message.command)) {
           await send({
             type: "reply",
             id: message.id,

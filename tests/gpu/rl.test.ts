@@ -47,7 +47,7 @@ test("GRPO on CUDA bf16: reward rises, rollout logprobs are exact, checkpoint an
     local.dispose();
   }
   const again = localRank();
-  const resumed = await ExperimentRun.resume(findCheckpoint(join(dir.path, "run")), again.call, {
+  const resumed = await ExperimentRun.resume((await findCheckpoint(join(dir.path, "run"))).dir, again.call, {
     device: "cuda:0",
     totalSteps: 82,
   });

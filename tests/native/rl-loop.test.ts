@@ -192,7 +192,7 @@ test("resuming from a checkpoint continues exactly as the uninterrupted run", as
   await withRun(c, async (run) => {
     await run.run(2);
   });
-  const checkpoint = findCheckpoint(join(dir.path, "runs", "resume"));
+  const checkpoint = (await findCheckpoint(join(dir.path, "runs", "resume"))).dir;
   assert.match(checkpoint, /step-000002$/);
   const local = localRank();
   const resumed = await ExperimentRun.resume(checkpoint, local.call);
@@ -239,12 +239,12 @@ test("checkpoints are atomic: a half-written one is skipped, a damaged one refus
   const partial = join(root, "step-000009");
   mkdirSync(partial);
   writeFileSync(join(partial, "state.json"), "{}");
-  assert.match(findCheckpoint(join(dir.path, "runs", "resume")), /step-000004$/);
-  assert.throws(() => verifyCheckpoint(partial), /not a complete checkpoint/);
+  assert.match((await findCheckpoint(join(dir.path, "runs", "resume"))).dir, /step-000004$/);
+  await assert.rejects(verifyCheckpoint(partial), /not a complete checkpoint/);
   // A damaged file in a complete one.
   const good = join(root, "step-000004");
   writeFileSync(join(good, "state.json"), '{"step": 4}\n'.padEnd(40, " "));
-  assert.throws(() => verifyCheckpoint(good), /state\.json (has \d+ bytes|does not match its checksum)/);
+  await assert.rejects(verifyCheckpoint(good), /state\.json (has \d+ bytes|does not match its sha256)/);
 });
 
 test("DAPO: dynamic sampling keeps only groups with spread, overlong shaping, clip-higher", async () => {

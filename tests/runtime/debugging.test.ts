@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import type { Experiment, HookError, MetricsRow } from "../../src/client/experiment.js";
+import { type Experiment, type HookError, isPaused, type MetricsRow } from "../../src/client/experiment.js";
 import { type Cluster, connect } from "../../src/index.js";
 import type { ExperimentConfig } from "../../src/rl/config.js";
 import { writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
@@ -72,6 +72,7 @@ test("hooks see the batch and may change it; a throwing hook stops the step and 
     await ctx.setScores(uids.map((u, i) => (i > 0 && uids[i - 1] === u ? 1 : 0)));
   });
   const row = await exp.step();
+  assert.ok(!isPaused(row), "no pause point is set");
   assert.deepEqual(seen, ["after:rollout 1 32"]);
   assert.equal(row["critic/score/mean"], 0.75);
   const table = await exp.rollouts();
@@ -109,11 +110,14 @@ test("pauseAt stops before a stage; continueStep finishes the step as if uninter
 }, async () => {
   const a = await cluster.experiment({ ...config, name: "straight", runDir: join(dir.path, "straight") });
   const straight = await a.step();
+  assert.ok(!isPaused(straight));
   await a.close();
   const b = await cluster.experiment({ ...config, name: "paused", runDir: join(dir.path, "paused") });
   b.pauseAt("before:update");
   const paused = await b.step();
-  assert.deepEqual(paused, { step: 1, paused: 1 });
+  // A pause is its own kind of answer, never a metrics row with a fake column.
+  assert.deepEqual(paused, { step: 1, pausedAt: "before:update" });
+  assert.equal(isPaused(paused), true);
   assert.equal(b.pausedAt, "before:update");
   // The step in progress can be looked at while paused: advantages are there, nothing trained yet.
   const table = await b.rollouts(1);
@@ -121,6 +125,7 @@ test("pauseAt stops before a stage; continueStep finishes the step as if uninter
   assert.ok(table.getChild("advantages")?.get(0));
   assert.equal(b.stepsDone, 0);
   const row = await b.continueStep();
+  assert.ok(!isPaused(row));
   same(straight, row, learning);
   b.clearPauses();
   await b.close();
@@ -146,6 +151,7 @@ test("set() changes settings between steps, validated; snapshot/restore rewinds 
   const snap = await exp.snapshot();
   assert.equal(snap.step, 1);
   const first = await exp.step();
+  assert.ok(!isPaused(first));
   assert.equal(first["actor/lr"], 1e-3);
   await exp.step();
   await exp.restore(snap);
@@ -153,6 +159,7 @@ test("set() changes settings between steps, validated; snapshot/restore rewinds 
   const metrics = await exp.metrics();
   assert.equal(metrics.numRows, 1);
   const again = await exp.step();
+  assert.ok(!isPaused(again));
   same(first, again, learning);
   // replay(2) runs step 2 again from the snapshot of step 1 and comes back to step 2.
   const replay = await exp.replay(2);

@@ -42,6 +42,23 @@ std::string shard_name(size_t index, size_t count) {
   return buffer;
 }
 
+// Model weights are floating point: an integer tensor is a mismatch that a cast would hide (a float
+// stored as int32 loads as garbage), and a NaN or Inf weight poisons every forward that reads it.
+void check_weight(const std::string& file, const std::string& name, const at::Tensor& tensor) {
+  if (!at::isFloatingType(tensor.scalar_type())) {
+    fail(file, "tensor '" + name + "' is stored as " + std::string(c10::toString(tensor.scalar_type())) +
+                   "; model weights must be a floating type (F32, F16, BF16)");
+  }
+  const auto type = tensor.scalar_type();
+  const bool checkable = type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
+  if (!checkable) return;  // fp8 (DeepSeek-V3's weights): no CPU isfinite, and its scales are checked as F32
+  const auto bad = tensor.isfinite().logical_not().sum().item<int64_t>();
+  if (bad > 0) {
+    fail(file, "tensor '" + name + "' holds " + std::to_string(bad) + " non-finite value" + (bad == 1 ? "" : "s") +
+                   " (NaN or Inf) of " + std::to_string(tensor.numel()) + ": the checkpoint is damaged");
+  }
+}
+
 }  // namespace
 
 Checkpoint open_checkpoint(const std::string& dir) {
@@ -58,6 +75,7 @@ Checkpoint open_checkpoint(const std::string& dir) {
   auto add_file = [&](const std::string& name) {
     const fs::path path = folder / name;
     auto file = read_safetensors(path.string());
+    for (auto& [tensor_name, tensor] : file.tensors) check_weight(path.string(), tensor_name, tensor);
     for (auto& [tensor_name, tensor] : file.tensors) {
       const auto [it, inserted] = file_of.emplace(tensor_name, name);
       if (!inserted) fail(dir, "tensor '" + tensor_name + "' is in two shards, " + it->second + " and " + name);

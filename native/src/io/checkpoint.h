@@ -23,7 +23,8 @@ struct Checkpoint {
 
 // Throws std::runtime_error naming the folder or file and the problem: no config.json, neither
 // model.safetensors nor model.safetensors.index.json, an index naming a missing shard, a tensor
-// in two shards, a tensor the index lists but its shard lacks, or any safetensors error.
+// in two shards, a tensor the index lists but its shard lacks, a tensor that is not floating point or
+// holds NaN/Inf, or any safetensors error.
 Checkpoint open_checkpoint(const std::string& dir);
 
 // Writes config.json and either model.safetensors (everything fits in max_shard_bytes) or

@@ -218,12 +218,11 @@ SafetensorsFile read_safetensors(const std::string& path) {
   const uint64_t header_bytes = read_le64(mapping->bytes());
   const uint64_t after_length = mapping->size - 8;
   if (header_bytes > after_length) {
-    fail(path, "truncated: the header length says " + std::to_string(header_bytes) + " bytes, but only " +
-                   std::to_string(after_length) + " follow it");
+    // The length itself is not shown: for a file that is not safetensors it is the file's first bytes.
+    fail(path, "truncated or not a safetensors file: the header length is more than the " +
+                   std::to_string(after_length) + " bytes that follow it");
   }
-  if (header_bytes > kMaxHeaderBytes) {
-    fail(path, "corrupt header: length " + std::to_string(header_bytes) + " is over the 100 MB limit");
-  }
+  if (header_bytes > kMaxHeaderBytes) fail(path, "corrupt header: its length is over the 100 MB limit");
   Json header;
   try {
     header = Json::parse(std::string_view(reinterpret_cast<const char*>(mapping->bytes() + 8), header_bytes));
