@@ -4,8 +4,8 @@
 // with cluster.experiments().
 import { isAbsolute, resolve } from "node:path";
 import type { Table } from "apache-arrow";
-import { inNotebook, LiveOutput, showBundle } from "../notebook/display.js";
-import { type ChartKeys, chartHtml, chartSpec, plotlyScript } from "../notebook/plot.js";
+import { inNotebook, LiveOutput } from "../notebook/display.js";
+import { type ChartKeys, chartHtml, chartSpec, loadPlotly } from "../notebook/plot.js";
 import { Progress } from "../notebook/progress.js";
 import {
   type ExperimentOp,
@@ -14,7 +14,7 @@ import {
   type ExperimentStatus,
   experimentStages,
 } from "../protocol/messages.js";
-import { type ExperimentConfig, resolveConfig } from "../rl/config.js";
+import { type ExperimentConfig, type ResolvedConfig, resolveConfig } from "../rl/config.js";
 import { MetricsLog } from "../rl/metrics.js";
 import type { Cluster } from "./client.js";
 
@@ -60,10 +60,17 @@ export interface Paused {
 
 export interface ReplayResult {
   step: number;
+  /** The saved state it started from: step − 1, or earlier (the steps between were run again). */
+  fromStep: number;
   original: Record<string, number>;
   replayed: Record<string, number>;
+  /** Responses of the replayed step, and of the original one. */
   responses: number;
+  originalResponses: number;
+  /** Responses whose tokens came out the same as the first time, row by row. */
   identicalResponses: number;
+  /** What hooks changed in the original step (scores, kept rows), applied again at the same stage. */
+  patchesApplied: number;
   rollouts: Table;
 }
 
@@ -133,6 +140,10 @@ export class Experiment {
   readonly #pauses = new Set<HookPoint>();
   /** Where the last step paused; continueStep() starts past it. */
   #pausedAt: HookPoint | undefined;
+  /** stop() (or the kernel's Interrupt) was asked during a run driven from here. */
+  #stopRequested = false;
+  /** A SIGINT came during run(): a driven step stops at its next stage boundary. */
+  #interrupted = false;
 
   constructor(
     readonly cluster: Cluster,
@@ -209,7 +220,17 @@ export class Experiment {
     const set = this.#hooks.get(point) ?? new Set();
     this.#hooks.set(point, set);
     set.add(hook);
-    return () => set.delete(hook);
+    // The last hook of a point takes its entry with it, so that steps go back to the controller
+    // (where stop() and the progress counts work without the notebook in the loop).
+    return () => {
+      set.delete(hook);
+      if (set.size === 0 && this.#hooks.get(point) === set) this.#hooks.delete(point);
+    };
+  }
+
+  /** Whether steps must be driven from here: a hook or a pause point is set. */
+  get #driven(): boolean {
+    return this.#pauses.size > 0 || [...this.#hooks.values()].some((set) => set.size > 0);
   }
 
   /**
@@ -237,7 +258,7 @@ export class Experiment {
    * stages one by one (calling hooks between them); otherwise the controller runs the step alone.
    */
   async step(options: RunOptions = {}): Promise<MetricsRow> {
-    if (this.#hooks.size === 0 && this.#pauses.size === 0) {
+    if (!this.#driven) {
       return this.#listening(options, async () => this.#op<MetricsRow>("step"));
     }
     return this.#drive(0, undefined, options);
@@ -258,6 +279,11 @@ export class Experiment {
     let ended: StageResult | undefined;
     for (let i = from; i < stages.length; i++) {
       const stage = stages[i] as Stage;
+      if (this.#interrupted && i > from) {
+        this.#pausedAt = `before:${stage}`;
+        await this.refresh();
+        return { step: this.stepsDone + 1, paused: 1 };
+      }
       for (const point of [`before:${stage}`, `after:${stage}`] as const) {
         if (point.startsWith("after:")) {
           options.onProgress?.({
@@ -287,6 +313,7 @@ export class Experiment {
       stage: "done",
       elapsedS: (performance.now() - started) / 1000,
       ...(row["critic/score/mean"] !== undefined ? { reward: row["critic/score/mean"] } : {}),
+      ...(row["perf/total_num_tokens"] !== undefined ? { tokens: row["perf/total_num_tokens"] } : {}),
     });
     return row;
   }
@@ -322,29 +349,55 @@ export class Experiment {
    */
   async run(steps?: number, options: RunOptions = {}): Promise<MetricsRow[]> {
     const n = steps ?? Math.max(this.#status.totalSteps - this.stepsDone, 0);
-    if (this.#hooks.size === 0 && this.#pauses.size === 0) {
-      return this.#listening(options, () => this.#op<MetricsRow[]>("run", { steps: n }), n);
-    }
-    const [wrapped, finish] = await this.#withDisplays(options, n);
-    const rows: MetricsRow[] = [];
+    this.#stopRequested = false;
+    const offInterrupt = this.#stopOnInterrupt();
     try {
-      for (let i = 0; i < n; i++) {
-        const r = await this.#drive(0, undefined, wrapped);
-        if (this.#pausedAt) break;
-        rows.push(r);
+      if (!this.#driven) {
+        return await this.#listening(options, () => this.#op<MetricsRow[]>("run", { steps: n }), n);
       }
+      const [wrapped, finish] = await this.#withDisplays(options, n);
+      const rows: MetricsRow[] = [];
+      try {
+        for (let i = 0; i < n && !this.#stopRequested; i++) {
+          const r = await this.#drive(0, undefined, wrapped);
+          if (this.#pausedAt) break;
+          rows.push(r);
+        }
+      } finally {
+        finish();
+      }
+      return rows;
     } finally {
-      finish();
+      offInterrupt();
     }
-    return rows;
+  }
+
+  /**
+   * In a notebook the kernel's Interrupt is a SIGINT to the kernel process: tslab then abandons the
+   * cell, but the run would go on in the controller. While run() goes, a SIGINT asks it to stop:
+   * a controller-run step ends first, a step driven from here stops at its next stage boundary
+   * (continueStep() finishes it). Outside a notebook, Ctrl-C keeps Node's default (exit) unless the
+   * program listens for SIGINT itself.
+   */
+  #stopOnInterrupt(): () => void {
+    if (!inNotebook() && process.listenerCount("SIGINT") === 0) return () => undefined;
+    const onInterrupt = () => {
+      this.#interrupted = true;
+      void this.stop().catch(() => undefined);
+    };
+    process.on("SIGINT", onInterrupt);
+    return () => {
+      process.off("SIGINT", onInterrupt);
+      this.#interrupted = false;
+    };
   }
 
   /**
    * Changes settings between steps (validated as a whole config; errors name the field), e.g.
    * `set({ lr: 5e-7 })`, `set({ rollout: { temperature: 0.8 } })`. Returns the settings in force.
    */
-  async set(patch: Record<string, unknown>): Promise<Record<string, unknown>> {
-    return this.#op("set", { patch });
+  async set(patch: Record<string, unknown>): Promise<ResolvedConfig> {
+    return this.#op<ResolvedConfig>("set", { patch });
   }
 
   /** Saves the whole state after the last completed step; restore(id) rewinds to it. */
@@ -360,7 +413,13 @@ export class Experiment {
     return r;
   }
 
-  /** Runs a completed step again from the state saved before it (same seeds); both metrics rows back. */
+  /**
+   * Runs a completed step again with the same seeds, from the nearest snapshot or checkpoint before
+   * it (the steps between are run again first), and comes back. What this step's hooks changed
+   * (setScores, keep) and the settings set() between the steps are applied again at the same
+   * points; hooks themselves are not called again. Both metrics rows come back, with how many
+   * responses are token for token the same.
+   */
   async replay(step: number): Promise<ReplayResult> {
     return this.#op("replay", { step });
   }
@@ -379,7 +438,7 @@ export class Experiment {
       const keys = options.chart;
       const log = MetricsLog.fromTable(await this.metrics());
       const live = new LiveOutput();
-      showBundle({ "text/html": plotlyScript(), "text/plain": "" });
+      loadPlotly();
       chart = (row) => {
         log.append(row);
         live.show({
@@ -442,6 +501,7 @@ export class Experiment {
 
   /** Asks a run() in progress to stop after its current step. */
   async stop(): Promise<void> {
+    this.#stopRequested = true;
     this.#status = await this.#op<ExperimentStatus>("stop");
   }
 

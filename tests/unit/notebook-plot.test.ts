@@ -8,6 +8,7 @@ import vm from "node:vm";
 import { Float64, Int32, Table, vectorFromArray } from "apache-arrow";
 import {
   Chart,
+  chart,
   chartHtml,
   chartSpec,
   type PlotlySpec,
@@ -73,60 +74,129 @@ function drawWithStub(script: string, divId: string, withPlotly = true) {
   return { div, calls: JSON.parse(JSON.stringify(calls)) as unknown[][] };
 }
 
-test("chartSpec: one panel per group, points with null/NaN/inf left out, titles and axis labels", () => {
+test("chartSpec: one panel per group, points with null/NaN/inf left out, a legend per panel, each axis titled", () => {
   const spec = chartSpec(knownTable(), ["critic/score/mean", ["actor/pg_loss", "actor/entropy"]]);
   assert.deepEqual(
     spec.data.map((t) => ({
       name: t.name,
       x: t.x,
       y: t.y,
+      xaxis: t.xaxis,
       yaxis: t.yaxis,
       mode: t.mode,
-      legend: t.showlegend,
+      showlegend: t.showlegend,
+      legend: t.legend,
     })),
     [
       {
         name: "critic/score/mean",
         x: [1, 3, 5],
         y: [0.1, 0.3, 0.5],
+        xaxis: "x",
         yaxis: "y",
-        mode: "lines",
-        legend: false,
+        mode: "lines+markers",
+        showlegend: false,
+        legend: "legend",
       },
-      { name: "actor/pg_loss", x: [1, 2, 3, 4], y: [1, 2, 3, 4], yaxis: "y2", mode: "lines", legend: true },
-      { name: "actor/entropy", x: [3], y: [2.5], yaxis: "y2", mode: "markers", legend: true },
+      {
+        name: "actor/pg_loss",
+        x: [1, 2, 3, 4],
+        y: [1, 2, 3, 4],
+        xaxis: "x2",
+        yaxis: "y2",
+        mode: "lines+markers",
+        showlegend: true,
+        legend: "legend2",
+      },
+      {
+        name: "actor/entropy",
+        x: [3],
+        y: [2.5],
+        xaxis: "x2",
+        yaxis: "y2",
+        mode: "markers",
+        showlegend: true,
+        legend: "legend2",
+      },
     ],
   );
-  assert.ok(spec.data.every((t) => t.type === "scatter" && t.xaxis === "x"));
-  const layout = layoutOf(spec);
-  assert.equal(layout.title.text, "critic/score/mean | actor/pg_loss, actor/entropy");
-  assert.equal(layout.xaxis.title?.text, "step");
-  assert.equal(layout.yaxis.title?.text, "critic/score/mean");
-  assert.equal(layout.yaxis2.title?.text, "actor");
-  assert.equal(layout.yaxis3, undefined);
-  assert.deepEqual(
-    layout.annotations.map((a) => [a.text, a.yref]),
-    [
-      ["critic/score/mean", "y domain"],
-      ["actor/pg_loss, actor/entropy", "y2 domain"],
-    ],
-  );
-  assert.equal(layout.grid.rows, 2);
-  assert.equal(layout.showlegend, true);
-  assert.equal(layout.height, 60 + 50 + 2 * 260);
-  assert.equal(chartSpec(knownTable(), "actor/pg_loss", { panelHeightPx: 100 }).layout.height, 210);
-  const single = layoutOf(chartSpec(knownTable(), [["critic/score/mean", "actor/pg_loss"]]));
-  assert.deepEqual(single.annotations, [], "one panel: the figure title names it");
+  const layout = spec.layout as Record<string, Record<string, unknown> & { title?: { text: string } }>;
+  assert.equal(layout.title, undefined, "stacked panels: each is named by its caption, no long figure title");
+  assert.equal(layout.xaxis2?.title?.text, "step", "the bottom panel's step axis is titled");
+  assert.equal(layout.xaxis2?.matches, "x", "the panels zoom together");
+  assert.equal(layout.yaxis?.title?.text, "critic/score/mean");
   assert.equal(
-    single.yaxis.title,
-    undefined,
-    "nothing shared to name the axis by; the legend names the lines",
+    layout.yaxis2?.title?.text,
+    "actor/ pg_loss, entropy",
+    "several metrics: all named, prefix once",
   );
-  assert.equal(single.title.text, "critic/score/mean, actor/pg_loss");
+  assert.ok(layout.legend2, "the second panel has its own legend");
+  assert.equal(layout.legend, undefined, "a one-metric panel needs no legend");
+  const domain1 = layout.yaxis?.domain as number[];
+  const domain2 = layout.yaxis2?.domain as number[];
+  assert.ok((domain1[0] as number) > (domain2[1] as number), "panels are stacked without overlap");
+  assert.equal(layout.legend2?.y, domain2[1], "the legend sits on its own panel");
+  assert.deepEqual(
+    (layout.annotations as unknown as { text: string }[]).map((a) => a.text),
+    ["critic/score/mean", "actor/pg_loss, actor/entropy"],
+  );
+  assert.equal(layout.showlegend as unknown, true);
   assert.equal(spec.config.displaylogo, false);
   assert.equal(spec.config.showSendToCloud, false);
   assert.equal(chartSpec(knownTable(), "actor/pg_loss", { title: "loss" }).layout.showlegend, false);
   assert.equal(layoutOf(chartSpec(knownTable(), "actor/pg_loss", { title: "loss" })).title.text, "loss");
+  assert.equal(
+    chartSpec(knownTable(), "actor/pg_loss", { panelHeightPx: 100 }).layout.height,
+    (chartSpec(knownTable(), "actor/pg_loss").layout.height as number) - 160,
+  );
+});
+
+test("chartSpec: no SI letters in ticks, whole steps, a second axis for a metric of another scale, flat and stepped series", () => {
+  const steps = [1, 2, 3];
+  const table = new Table({
+    step: vectorFromArray(steps, new Int32()),
+    "actor/pg_loss": vectorFromArray([2e-8, -1e-8, 3e-8], new Float64()),
+    "actor/entropy": vectorFromArray([2.1, 2.0, 1.9], new Float64()),
+    "actor/ppo_kl": vectorFromArray([1e-4, 3e-4, 2e-4], new Float64()),
+    "actor/lr": vectorFromArray([1e-3, 1e-3, 1e-3], new Float64()),
+  });
+  const spec = chartSpec(table, [["actor/entropy", "actor/ppo_kl"], "actor/pg_loss", "actor/lr"]);
+  const layout = spec.layout as Record<string, Record<string, unknown> & { title?: { text: string } }>;
+  for (const axis of ["yaxis", "yaxis2", "yaxis3", "yaxis4"]) {
+    assert.equal(layout[axis]?.exponentformat, "power", `${axis}: 2e-8 is not "20n"`);
+  }
+  assert.deepEqual(
+    spec.data.map((t) => [t.name, t.yaxis]),
+    [
+      ["actor/entropy", "y"],
+      ["actor/ppo_kl (right axis)", "y2"],
+      ["actor/pg_loss", "y3"],
+      ["actor/lr", "y4"],
+    ],
+    "ppo_kl (1e-4) is not drawn flat on entropy's axis (2)",
+  );
+  assert.equal(layout.yaxis2?.overlaying, "y");
+  assert.equal(layout.yaxis2?.side, "right");
+  assert.equal(layout.yaxis2?.title?.text, "actor/ppo_kl");
+  assert.equal(layout.xaxis?.dtick, 1, "three steps: a tick per step, no 1.5");
+  assert.equal(layout.xaxis?.tickformat, "d");
+  assert.deepEqual(layout.yaxis4?.range, [5e-4, 1.5e-3], "a constant lr is drawn at its value, not at 0");
+  assert.equal(spec.data[3]?.line?.shape, "hv", "lr changes between steps: drawn as steps");
+  assert.equal(spec.data[0]?.line?.shape, "linear");
+  const long = "response_length/clip_ratio, critic/advantages/mean, critic/returns/mean, perf/throughput";
+  const titled = chartSpec(table, "actor/entropy", { title: long }).layout.title as { text: string };
+  assert.ok(titled.text.includes("<br>"), "a long title is wrapped, not cut off at the edge");
+  const wide = new Table({
+    step: vectorFromArray(
+      Array.from({ length: 50 }, (_, i) => i + 1),
+      new Int32(),
+    ),
+    x: vectorFromArray(
+      Array.from({ length: 50 }, (_, i) => i),
+      new Float64(),
+    ),
+  });
+  assert.equal((chartSpec(wide, "x").layout.xaxis as Record<string, unknown>).dtick, undefined);
 });
 
 test("chartSpec reads a MetricsLog the same as its table", () => {
@@ -156,7 +226,7 @@ test("chartHtml inlines the bundle once, fetches nothing, and its script draws t
   assert.ok(html.includes(plotlyBundle().slice(-200)), "the whole bundle is there, to its last bytes");
   assert.doesNotMatch(html, /<script[^>]*\ssrc\s*=/i);
   assert.doesNotMatch(html, /<(link|img|iframe)[^>]*(href|src)\s*=\s*["']?https?:/i);
-  assert.match(html, /<div id="score-chart" class="tiller-chart" style="[^"]*height: 370px"/);
+  assert.match(html, /<div id="score-chart" class="tiller-chart" style="[^"]*height: 390px"/);
   const scripts = scriptsOf(html);
   assert.equal(scripts.length, 2);
   const { calls } = drawWithStub(scripts[1] as string, "score-chart");
@@ -258,14 +328,12 @@ test("writeReport writes one self-contained page: summary table, one chart per g
   }
 });
 
-test("plot outside a notebook returns the chart without displaying it", () => {
-  const chart = plot(knownTable(), ["critic/score/mean", "actor/pg_loss"]);
-  assert.ok(chart instanceof Chart);
-  assert.equal(chart.displayed, false);
-  assert.deepEqual(chart.spec, chartSpec(knownTable(), ["critic/score/mean", "actor/pg_loss"]));
-  assert.equal(occurrences(chart.html, bundleBanner), 1);
-  assert.equal(
-    String(chart),
-    "Chart(critic/score/mean, actor/pg_loss; 7 points; not displayed: no notebook)",
-  );
+test("chart() builds the chart without showing it; plot() outside a notebook shows nothing and returns nothing", () => {
+  const built = chart(knownTable(), ["critic/score/mean", "actor/pg_loss"]);
+  assert.ok(built instanceof Chart);
+  assert.equal(built.show(), false);
+  assert.deepEqual(built.spec, chartSpec(knownTable(), ["critic/score/mean", "actor/pg_loss"]));
+  assert.equal(occurrences(built.html, bundleBanner), 1);
+  assert.equal(String(built), "Chart(critic/score/mean, actor/pg_loss; 7 points)");
+  assert.equal(plot(knownTable(), ["critic/score/mean"]), undefined);
 });
