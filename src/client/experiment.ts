@@ -7,6 +7,7 @@ import type { Table } from "apache-arrow";
 import { inNotebook, LiveOutput } from "../notebook/display.js";
 import { type ChartKeys, chartHtml, chartSpec, loadPlotly } from "../notebook/plot.js";
 import { Progress } from "../notebook/progress.js";
+import { evaluationKeys } from "../notebook/views.js";
 import {
   type ExperimentOp,
   type ExperimentProgress,
@@ -106,9 +107,21 @@ export interface RunOptions {
    * Default: on in a notebook, off elsewhere.
    */
   progress?: boolean;
-  /** Metrics to chart live while the run goes (e.g. ["critic/score/mean", "actor/entropy"]). */
+  /**
+   * Metrics to chart live while the run goes (e.g. ["critic/score/mean", "actor/entropy"]);
+   * validation metrics (`val-core/<data_source>/…`) join as panels of their own once they appear.
+   */
   chart?: ChartKeys;
+  /**
+   * Keep each step's per-response values (score, reward, response_length, advantage) here, for
+   * `distributions()`: one rollouts table fetched per step (off by default).
+   */
+  distributions?: boolean;
 }
+
+/** The per-response columns that `run(n, { distributions: true })` keeps per step. */
+export const distributionColumns = ["score", "reward", "response_length", "advantage"] as const;
+export type DistributionColumn = (typeof distributionColumns)[number];
 
 const absolute = (p: string) => (isAbsolute(p) || /^[a-z]+:\/\//.test(p) ? p : resolve(p));
 
@@ -364,7 +377,7 @@ export class Experiment {
           rows.push(r);
         }
       } finally {
-        finish();
+        await finish();
       }
       return rows;
     } finally {
@@ -425,9 +438,10 @@ export class Experiment {
   }
 
   /** Adds the live displays that `options` asks for to its callbacks; returns the options and a finisher. */
-  async #withDisplays(options: RunOptions, steps: number): Promise<[RunOptions, () => void]> {
+  async #withDisplays(options: RunOptions, steps: number): Promise<[RunOptions, () => Promise<void>]> {
     const wantProgress = options.progress ?? inNotebook();
-    if (!wantProgress && !options.chart) return [options, () => undefined];
+    if (!wantProgress && !options.chart && !options.distributions) return [options, async () => undefined];
+    const fetches: Promise<void>[] = [];
     const bar = wantProgress ? new Progress() : undefined;
     const startStep = this.stepsDone;
     const started = performance.now();
@@ -441,8 +455,9 @@ export class Experiment {
       loadPlotly();
       chart = (row) => {
         log.append(row);
+        const panels = [...(typeof keys === "string" ? [keys] : keys), ...evaluationKeys(log)];
         live.show({
-          "text/html": chartHtml(chartSpec(log, keys, { missing: "empty" }), { inline: false }),
+          "text/html": chartHtml(chartSpec(log, panels, { missing: "empty" }), { inline: false }),
           "text/plain": `${log.length} steps`,
         });
       };
@@ -467,9 +482,53 @@ export class Experiment {
       onMetrics: (row) => {
         options.onMetrics?.(row);
         chart?.(row);
+        // The controller keeps the last few steps' rollouts: fetched now, this step is still there.
+        if (options.distributions) fetches.push(this.#keepDistributions(row.step));
       },
     };
-    return [wrapped, () => bar?.done()];
+    return [
+      wrapped,
+      async () => {
+        bar?.done();
+        await Promise.all(fetches);
+      },
+    ];
+  }
+
+  readonly #distributions = new Map<number, Record<DistributionColumn, Float64Array>>();
+
+  async #keepDistributions(step: number): Promise<void> {
+    try {
+      const table = await this.rollouts(step);
+      const entry = {} as Record<DistributionColumn, Float64Array>;
+      for (const name of distributionColumns) {
+        const column = table.getChild(name);
+        entry[name] = Float64Array.from({ length: table.numRows }, (_, i) => {
+          const v = column?.get(i);
+          return v === null || v === undefined ? Number.NaN : Number(v);
+        });
+      }
+      this.#distributions.set(step, entry);
+    } catch {
+      // the step is no longer kept (the client fell behind): its distribution is missing, not made up
+    }
+  }
+
+  /**
+   * Per step, the values of one per-response column kept by `run(n, { distributions: true })`
+   * (score, reward, response_length or advantage), for `notebook.distributions(...)`.
+   */
+  distributions(column: DistributionColumn = "score"): Map<number, Float64Array> {
+    if (!distributionColumns.includes(column)) {
+      throw new RangeError(
+        `distributions: column ${JSON.stringify(column)}; allowed: ${distributionColumns.join(", ")}`,
+      );
+    }
+    const out = new Map<number, Float64Array>();
+    for (const [step, entry] of [...this.#distributions].sort((a, b) => a[0] - b[0])) {
+      if (step <= this.stepsDone) out.set(step, entry[column]);
+    }
+    return out;
   }
 
   async #listening<T>(given: RunOptions, fn: () => Promise<T>, steps = 1): Promise<T> {
@@ -477,7 +536,7 @@ export class Experiment {
     try {
       return await this.#subscribed(options, fn);
     } finally {
-      finish();
+      await finish();
     }
   }
 

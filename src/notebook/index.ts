@@ -6,3 +6,4 @@ export * from "./export.js";
 export * from "./inspect.js";
 export * from "./plot.js";
 export * from "./progress.js";
+export * from "./views.js";

@@ -28,6 +28,11 @@ export interface ChartOptions {
    * silently) or "empty" (an empty trace, for a live chart drawn before the metric first appears).
    */
   missing?: "error" | "empty";
+  /**
+   * A metric of a very different size from its panel's first goes on an axis of its own at the
+   * right (default true); false keeps one axis per panel (compare() lines up several runs so).
+   */
+  secondAxis?: boolean;
 }
 
 /** One plotly trace: lines (metrics over steps), bars (histograms, stacked timings) or a heatmap. */
@@ -229,8 +234,8 @@ export function chartSpec(source: MetricsSource, keys: ChartKeys, options: Chart
       const m = magnitude(s.y);
       return first > 0 && m > 0 && (m / first > scaleRatio || first / m > scaleRatio);
     };
-    const left = series.filter((s, i) => i === 0 || !differs(s));
-    const right = series.filter((s, i) => i > 0 && differs(s));
+    const left = series.filter((s, i) => i === 0 || !differs(s) || options.secondAxis === false);
+    const right = options.secondAxis === false ? [] : series.filter((s, i) => i > 0 && differs(s));
     const leftId = ++axisCount;
     const rightId = right.length > 0 ? ++axisCount : undefined;
     const yName = (id: number) => (id === 1 ? "y" : `y${id}`);
