@@ -135,7 +135,7 @@ test("compareSpec overlays runs (tables and run folders with their branches), a 
     );
     const colors = spec.data.map((t) => (t.line as { color?: string }).color);
     assert.equal(new Set(colors).size, 3);
-    assert.equal((spec.data[2]?.line as { dash?: string }).dash, "dash", "a branch is dashed");
+    assert.equal((spec.data[2]?.line as { dash?: string } | undefined)?.dash, "dash", "a branch is dashed");
     assert.ok(spec.layout.legend, "the panel lists the runs");
     assert.throws(() => compareSpec([join(dir.path, "nothing")], ["x"]), /has no metrics\.arrow/);
     assert.throws(() => compareSpec([], ["x"]), /at least one run/);
