@@ -6,8 +6,8 @@ import { join, resolve } from "node:path";
 import { connect } from "../client/client.js";
 import type { MetricsRow } from "../client/experiment.js";
 import { engineInfo } from "../native/engine.js";
-import { writeReport } from "../notebook/plot.js";
 import { Progress } from "../notebook/progress.js";
+import { writeRunReport } from "../notebook/report.js";
 import { prepareNextDigit } from "../rl/tasks/next-digit.js";
 
 export interface QuickstartOptions {
@@ -93,21 +93,15 @@ export async function quickstart(args: string[]): Promise<void> {
     const first = mean(rows.slice(0, k), "critic/score/mean");
     const last = mean(rows.slice(-k), "critic/score/mean");
     const report = join(exp.runDir, "report.html");
-    await writeReport(report, await exp.metrics(), {
+    await writeRunReport(exp.runDir, {
       title: "tiller quickstart: GRPO on next-digit",
-      charts: [
-        ["critic/score/mean"],
-        ["actor/pg_loss"],
-        ["actor/entropy"],
-        ["actor/grad_norm"],
-        ["timing_s/step"],
-      ],
       summary: {
         steps: rows.length,
         [`mean reward, first ${k} steps`]: first.toFixed(3),
         [`mean reward, last ${k} steps`]: last.toFixed(3),
         "run folder": exp.runDir,
       },
+      rollouts: await exp.rollouts(),
     });
     await exp.close();
     console.log(`mean reward: first ${k} steps ${first.toFixed(3)} → last ${k} steps ${last.toFixed(3)}`);

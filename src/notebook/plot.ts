@@ -6,7 +6,6 @@ import { createRequire } from "node:module";
 import { inspect } from "node:util";
 import type { Table } from "apache-arrow";
 import { MetricsLog } from "../rl/metrics.js";
-import { writeFileAtomic } from "../util/atomic-file.js";
 import { type MimeBundle, showBundle } from "./display.js";
 
 /** Where the numbers come from: a metrics log, or any Arrow table with a `step` column. */
@@ -400,75 +399,6 @@ export function chartHtml(spec: PlotlySpec, options: ChartHtmlOptions = {}): str
   ]
     .filter((part) => part !== "")
     .join("\n");
-}
-
-function escapeHtml(text: string): string {
-  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
-function formatValue(value: string | number): string {
-  if (typeof value === "string") return value;
-  if (Number.isInteger(value)) return String(value);
-  return Number.isFinite(value) ? String(Number(value.toPrecision(6))) : String(value);
-}
-
-export interface ReportOptions {
-  title: string;
-  /** One chart per group of metric names. */
-  charts: readonly (readonly string[])[];
-  /** A few headline numbers or facts, shown as a table above the charts. */
-  summary?: Readonly<Record<string, string | number>>;
-}
-
-/** The report as one self-contained HTML page (plotly inlined once, no network needed). */
-export function reportHtml(metrics: MetricsSource, options: ReportOptions): string {
-  if (options.charts.length === 0) throw new RangeError("options.charts: list at least one group of metrics");
-  const steps = columnOf(metrics, "step");
-  const rows = steps?.length ?? 0;
-  const stepRange = rows > 0 ? `steps ${steps?.[0]}–${steps?.[rows - 1]}, ${rows} rows` : "no rows";
-  const summaryRows = Object.entries(options.summary ?? {})
-    .map(([key, value]) => `<tr><th>${escapeHtml(key)}</th><td>${escapeHtml(formatValue(value))}</td></tr>`)
-    .join("\n");
-  const charts = options.charts.map((group, i) =>
-    chartHtml(chartSpec(metrics, [group], { title: group.join(", ") }), {
-      inline: false,
-      divId: `chart-${i + 1}`,
-    }),
-  );
-  return `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${escapeHtml(options.title)}</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1100px; padding: 0 16px; color: #222; }
-  h1 { font-size: 22px; margin-bottom: 4px; }
-  .steps { color: #666; margin-top: 0; }
-  table.summary { border-collapse: collapse; margin: 16px 0 24px; }
-  table.summary th, table.summary td { border-bottom: 1px solid #ddd; padding: 4px 12px; text-align: left; }
-  table.summary td { font-variant-numeric: tabular-nums; }
-  .tiller-chart { margin-bottom: 24px; }
-</style>
-${plotlyScript()}
-</head>
-<body>
-<h1>${escapeHtml(options.title)}</h1>
-<p class="steps">${escapeHtml(stepRange)}</p>
-${summaryRows ? `<table class="summary">\n${summaryRows}\n</table>` : ""}
-${charts.join("\n")}
-</body>
-</html>
-`;
-}
-
-/** Writes `reportHtml` to `file`, atomically. */
-export async function writeReport(
-  file: string,
-  metrics: MetricsSource,
-  options: ReportOptions,
-): Promise<void> {
-  await writeFileAtomic(file, reportHtml(metrics, options));
 }
 
 function describeSpec(spec: PlotlySpec): string {

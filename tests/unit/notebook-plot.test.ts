@@ -1,11 +1,11 @@
 // Plotly charts of the metrics log: the spec from a known table, the HTML (offline, bundle once,
 // scripts that survive odd metric names), the report page, and `plot` in and out of a notebook.
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import vm from "node:vm";
-import { Float64, Int32, Table, vectorFromArray } from "apache-arrow";
+import { Float64, Int32, Table, tableToIPC, vectorFromArray } from "apache-arrow";
 import {
   Chart,
   chart,
@@ -17,8 +17,10 @@ import {
   plotlyScript,
   reportHtml,
   writeReport,
+  writeRunReport,
 } from "../../src/notebook/index.js";
 import { MetricsLog } from "../../src/rl/index.js";
+import { rolloutsTable } from "../../src/rl/rollouts.js";
 import { runPython, tempDir } from "../helpers/python.js";
 
 const bundleBanner = "plotly.js (basic - minified) v4.1.1";
@@ -303,7 +305,7 @@ test("writeReport writes one self-contained page: summary table, one chart per g
     assert.deepEqual(page.stray_end_tags, []);
     assert.deepEqual(page.div_ids, ["chart-1", "chart-2"]);
     assert.deepEqual(page.script_srcs, []);
-    assert.equal(page.scripts, 3);
+    assert.equal(page.scripts, 4, "the bundle, two charts, the linked zoom");
     assert.deepEqual(page.table_rows, [
       ["model", "Qwen3-0.6B"],
       ["final score", "0.123457"],
@@ -336,4 +338,71 @@ test("chart() builds the chart without showing it; plot() outside a notebook sho
   assert.equal(occurrences(built.html, bundleBanner), 1);
   assert.equal(String(built), "Chart(critic/score/mean, actor/pg_loss; 7 points)");
   assert.equal(plot(knownTable(), ["critic/score/mean"]), undefined);
+});
+
+test("a run report adds validation panels, stage timings, the change log, the config and the best and worst groups", async () => {
+  const dir = tempDir("run-report");
+  try {
+    const metrics = new Table({
+      step: vectorFromArray([1, 2, 3], new Int32()),
+      "critic/score/mean": vectorFromArray([0.1, 0.5, 0.9], new Float64()),
+      "timing_s/gen": vectorFromArray([0.1, 0.1, 0.1], new Float64()),
+      "timing_s/update_actor": vectorFromArray([0.2, 0.2, 0.3], new Float64()),
+      "val-core/next-digit/acc/mean@1": vectorFromArray([null, 0.4, 0.8], new Float64()),
+    });
+    writeFileSync(join(dir.path, "metrics.arrow"), tableToIPC(metrics, "file"));
+    writeFileSync(join(dir.path, "config.json"), JSON.stringify({ optimizer: { lr: 0.003 } }));
+    const changes = [
+      {
+        time: "t1",
+        event: "set",
+        step: 2,
+        patch: { optimizer: { lr: 0.002 } },
+        changed: { "optimizer.lr": [0.003, 0.002] },
+      },
+      { time: "t2", event: "restore", step: 3, toStep: 1, branch: "branch-001" },
+    ];
+    writeFileSync(join(dir.path, "changes.jsonl"), `${changes.map((c) => JSON.stringify(c)).join("\n")}\n`);
+    const sample = (uid: string, score: number, text: string) => ({
+      uid,
+      round: 0,
+      prompt: Int32Array.from([1]),
+      response: Int32Array.from([2]),
+      rolloutLogprobs: Float32Array.from([-1]),
+      finishReason: "stop" as const,
+      dataSource: "d",
+      groundTruth: "x",
+      promptText: `p-${uid}`,
+      responseText: text,
+      score,
+      shapedScore: score,
+    });
+    const rollouts = rolloutsTable({
+      step: 3,
+      samples: [
+        sample("a", 1, "good"),
+        sample("a", 1, "fine"),
+        sample("b", 0, "bad"),
+        sample("c", 0.5, "meh"),
+      ],
+    });
+    const file = await writeRunReport(dir.path, { title: "run", rollouts, sampleGroups: 1 });
+    const html = readFileSync(file, "utf8");
+    assert.match(html, /optimizer\.lr: 0\.003 → 0\.002/, "the change log says what set() changed");
+    assert.match(html, /back to step 1; the steps left are kept as branch-001/);
+    assert.match(
+      html,
+      /<details data-testid="config"><summary>Config<\/summary><pre>\{\n {2}&#34;optimizer&#34;/,
+    );
+    assert.match(html, /best: group a \(mean score 1\)/);
+    assert.match(html, /worst: group b \(mean score 0\)/);
+    assert.doesNotMatch(html, /group c/, "one best and one worst group only");
+    assert.match(html, /validation, per data source/);
+    assert.match(html, /where a step&#39;s time goes|where a step's time goes/);
+    assert.match(html, /plotly_relayout/, "the charts zoom together");
+    assert.equal(occurrences(html, bundleBanner), 1);
+    await assert.rejects(writeRunReport(join(dir.path, "none")), /has no metrics\.arrow/);
+  } finally {
+    dir.cleanup();
+  }
 });
