@@ -1255,7 +1255,7 @@ export class ExperimentRun {
     if (!before) {
       const have = [...new Set(this.savedStates().map((s) => s.step))].sort((a, b) => a - b);
       throw new Error(
-        `replay: step ${step} needs a snapshot or checkpoint of a step before it; saved steps: ${have.join(", ") || "none"} (call snapshot() before a step to replay it later, or set checkpoint.everySteps)`,
+        `replay: step ${step} needs a snapshot or checkpoint of step ${step - 1} or an earlier one; saved steps: ${have.join(", ") || "none"} (call snapshot() before a step to replay it later, or set checkpoint.everySteps)`,
       );
     }
     const original = this.metrics.rows.find((r) => r.step === step);
@@ -1344,7 +1344,8 @@ export class ExperimentRun {
         ? new AdaptiveKlController({ initialCoefficient: k.coefficient, ...k.adaptive })
         : new FixedKlController(k.coefficient);
     }
-    const changed = changedLeaves(this.#config, { ...next, runDir: this.#config.runDir });
+    // Both sides resolved alike (resolveConfig fills defaults the stored config may leave out).
+    const changed = changedLeaves(resolveConfig(this.#config as never), resolveConfig(next as never));
     this.#config = { ...next, runDir: this.#config.runDir };
     writeFileSync(join(this.runDir, "config.json"), `${JSON.stringify(this.#config, null, 2)}\n`);
     if (!this.#replaying && Object.keys(changed).length > 0) {
