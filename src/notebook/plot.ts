@@ -36,13 +36,11 @@ export interface ChartOptions {
 
 /** One plotly trace: lines (metrics over steps), bars (histograms, stacked timings) or a heatmap. */
 export interface PlotlyTrace {
-  type: "scatter" | "bar" | "heatmap";
+  type: "scatter" | "bar";
   mode?: "lines" | "markers" | "lines+markers";
   name: string;
   x: number[];
   y: number[];
-  /** heatmap: rows of y × columns of x. */
-  z?: number[][];
   xaxis: string;
   yaxis: string;
   showlegend: boolean;
@@ -403,7 +401,7 @@ export function chartHtml(spec: PlotlySpec, options: ChartHtmlOptions = {}): str
 
 function describeSpec(spec: PlotlySpec): string {
   const names = spec.data.map((trace) => trace.name);
-  const points = spec.data.reduce((n, trace) => n + (trace.z ? trace.z.flat().length : trace.x.length), 0);
+  const points = spec.data.reduce((n, trace) => n + trace.x.length, 0);
   return `${names.join(", ")}; ${points} points`;
 }
 

@@ -264,21 +264,38 @@ export function distributionSpec(
     bargap: 0.05,
   };
   if (several) {
-    // z: one row per bin, one column per step.
-    const columnsByStep = steps.map((s) => countsOf(byStep.get(s) as number[]));
-    const z = centres.map((_, k) => columnsByStep.map((c) => c[k] as number));
+    // A heatmap drawn as square markers coloured by count (plotly's basic bundle has no heatmap
+    // trace): one column per step, one row per bin; empty cells are left out.
+    const x: number[] = [];
+    const y: number[] = [];
+    const counts: number[] = [];
+    for (const s of steps) {
+      countsOf(byStep.get(s) as number[]).forEach((n, k) => {
+        if (n === 0) return;
+        x.push(s);
+        y.push(centres[k] as number);
+        counts.push(n);
+      });
+    }
+    const cellPx = Math.max(3, Math.min(28, Math.floor(Math.min(900 / steps.length, 260 / b.count))));
     data.push({
-      type: "heatmap",
+      type: "scatter",
+      mode: "markers",
       name: `${column} over steps`,
-      x: steps,
-      y: centres,
-      z,
+      x,
+      y,
       xaxis: "x2",
       yaxis: "y2",
       showlegend: false,
-      colorscale: "Viridis",
-      colorbar: { title: { text: "responses" }, len: 0.5, y: 0.25 },
-      hovertemplate: `step %{x}, ${column} ≈ %{y}: %{z} responses<extra></extra>`,
+      marker: {
+        symbol: "square",
+        size: cellPx,
+        color: counts,
+        colorscale: "Viridis",
+        showscale: true,
+        colorbar: { title: { text: "responses" }, len: 0.45, y: 0.24 },
+      },
+      hovertemplate: `step %{x}, ${column} ≈ %{y}: %{marker.color} responses<extra></extra>`,
     });
     Object.assign(layout, {
       xaxis2: {

@@ -195,11 +195,15 @@ test("the notebooks' HTML draws in Chromium: one plotly bundle per page, charts 
             steps.every((t) => /^[\d,−-]+$/.test(t.trim())),
             `whole step ticks: ${steps.join(" ")}`,
           );
+          const distribution = page.locator(".tiller-chart", { hasText: "score: distribution" });
+          assert.equal(
+            await distribution.locator(".colorbar").count(),
+            1,
+            "the reward heatmap over steps has its colour scale",
+          );
           assert.ok(
-            (await page
-              .locator(".tiller-chart .heatmaplayer .hm, .tiller-chart .heatmaplayer image")
-              .count()) >= 1,
-            "the reward heatmap over steps",
+            (await distribution.locator(".scatterlayer .points path").count()) >= 2,
+            "heatmap cells drawn",
           );
         }
         if (name === "inspect-rollouts.ipynb") {

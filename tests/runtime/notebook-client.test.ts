@@ -201,7 +201,7 @@ test("run(n, { distributions: true }) keeps each step's per-response values", {
   assert.deepEqual([...lengths.keys()], [1, 2, 3]);
   assert.ok([...lengths.values()].every((v) => v.length === 32 && v.every((n) => n >= 1 && n <= 2)));
   const spec = notebook.distributionSpec(exp.distributions("score"), "score");
-  assert.equal(spec.data[1]?.type, "heatmap");
+  assert.equal(spec.data[1]?.mode, "markers", "several steps: the heatmap over them");
   assert.throws(
     () => exp.distributions("nope" as never),
     /allowed: score, reward, response_length, advantage/,
