@@ -74,31 +74,42 @@ export function sampleGroups(
 }
 
 // Zooming one chart's steps zooms every chart of the page (a plotly_relayout on one sets the others).
-const linkedZoomScript = `<script>(function () {
+const linkedZoomScript = `<script>window.addEventListener("load", function () {
   var charts = Array.prototype.slice.call(document.querySelectorAll(".tiller-chart"));
   var busy = false;
   charts.forEach(function (div) {
     if (!div.on) return;
     div.on("plotly_relayout", function (e) {
       if (busy) return;
-      var range = e["xaxis.range[0]"] !== undefined ? [e["xaxis.range[0]"], e["xaxis.range[1]"]] : null;
-      var auto = e["xaxis.autorange"] === true;
+      // A drag sends "xaxis.range[0]" and "[1]", relayout() "xaxis.range"; any panel's axis (they match).
+      var range = null;
+      var auto = false;
+      Object.keys(e).forEach(function (k) {
+        var m = /^xaxis\\d*\\.(range|autorange)(\\[([01])\\])?$/.exec(k);
+        if (!m) return;
+        if (m[1] === "autorange") auto = e[k] === true;
+        else if (m[3] === undefined) range = e[k].slice();
+        else { range = range || [null, null]; range[Number(m[3])] = e[k]; }
+      });
       if (!range && !auto) return;
       busy = true;
       charts.forEach(function (other) {
         if (other === div || !other.layout) return;
         var update = {};
         Object.keys(other.layout).forEach(function (k) {
-          if (/^xaxis\\d*$/.test(k)) {
-            if (range) update[k + ".range"] = range; else update[k + ".autorange"] = true;
-          }
+          if (!/^xaxis\\d*$/.test(k)) return;
+          var now = other.layout[k].range;
+          // Already there: no update, so the event that comes back does not bounce on forever.
+          if (range && now && now[0] === range[0] && now[1] === range[1]) return;
+          if (auto && other.layout[k].autorange === true) return;
+          if (range) update[k + ".range"] = range; else update[k + ".autorange"] = true;
         });
-        window.Plotly.relayout(other, update);
+        if (Object.keys(update).length) window.Plotly.relayout(other, update);
       });
       busy = false;
     });
   });
-})();</script>`;
+});</script>`;
 
 /** The report as one self-contained HTML page (plotly inlined once, no network needed). */
 export function reportHtml(metrics: MetricsSource, options: ReportOptions): string {

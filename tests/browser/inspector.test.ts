@@ -508,7 +508,12 @@ test("the metrics report draws its plotly traces offline", { skip }, async () =>
   try {
     const traces = opened.page.locator(".tiller-chart .scatterlayer .trace");
     await traces.first().waitFor();
-    assert.equal(await traces.count(), 3);
+    // score; pg_loss and entropy; the timings chart's throughput line (its stages are bars).
+    assert.equal(await traces.count(), 4);
+    assert.ok(
+      (await opened.page.locator(".tiller-chart .barlayer .trace").count()) >= 2,
+      "stage timings stacked",
+    );
     assert.equal(await opened.page.locator(".tiller-chart .main-svg").first().isVisible(), true);
     await opened.screenshot("metrics-report");
     assertClean(opened);
