@@ -3,6 +3,7 @@
 // experiment itself lives in the controller: a kernel restart loses only this handle; reattach
 // with cluster.experiments().
 import { isAbsolute, resolve } from "node:path";
+import { inspect } from "node:util";
 import type { Table } from "apache-arrow";
 import { inNotebook, LiveOutput } from "../notebook/display.js";
 import { type ChartKeys, chartHtml, chartSpec, loadPlotly } from "../notebook/plot.js";
@@ -131,8 +132,9 @@ const absolute = (p: string) => (isAbsolute(p) || /^[a-z]+:\/\//.test(p) ? p : r
  */
 export function prepareConfig(config: ExperimentConfig): ExperimentConfig {
   const resolved = resolveConfig(config);
+  const { ifExists: _ifExists, ...sent } = config;
   return {
-    ...config,
+    ...sent,
     runDir: absolute(resolved.runDir),
     model: { ...config.model, path: absolute(config.model.path) },
     data: { ...config.data, train: resolved.data.train.map(absolute) },
@@ -167,6 +169,24 @@ export class Experiment {
 
   get id(): string {
     return this.#status.id;
+  }
+  get name(): string {
+    return this.#status.name;
+  }
+
+  /** Where it stands, in one line (as of the last answer): what `lab.experiments()` lists. */
+  toString(): string {
+    const s = this.#status;
+    const state = s.busy
+      ? `busy with ${s.busy}`
+      : s.inProgress
+        ? `step ${s.inProgress.step} in progress (${s.inProgress.stagesDone.join(", ")} done)`
+        : "idle";
+    return `Experiment(${s.name} ${s.id}: step ${s.step}/${s.totalSteps}, ${state}, on ${s.device}, ${s.runDir})`;
+  }
+
+  [inspect.custom](): string {
+    return this.toString();
   }
   get runDir(): string {
     return this.#status.runDir;
@@ -611,9 +631,35 @@ function checkPoint(point: string): void {
   }
 }
 
-/** Builds an experiment on the cluster's controller. */
+/**
+ * Builds an experiment on the cluster's controller. One of the same name there already (a
+ * notebook run again) is replaced, reused or refused as `config.ifExists` says (default replace).
+ */
 export async function createExperiment(cluster: Cluster, config: ExperimentConfig): Promise<Experiment> {
-  const status = await cluster.call("experiment.create", { config: prepareConfig(config) });
+  const prepared = prepareConfig(config);
+  const name = resolveConfig(config).name;
+  const same = (await cluster.call("experiment.list", {})).filter((s) => s.name === name);
+  const ifExists = config.ifExists ?? "replace";
+  if (same.length > 0) {
+    const [first] = same as [ExperimentStatus];
+    if (ifExists === "reuse") return new Experiment(cluster, first);
+    const describe = (s: ExperimentStatus) =>
+      `${s.id} (step ${s.step}/${s.totalSteps}${s.busy ? `, busy with ${s.busy}` : ""})`;
+    if (ifExists === "error") {
+      throw new Error(
+        `experiment "${name}" exists already: ${same.map(describe).join(", ")}; ` +
+          'set ifExists: "replace" or "reuse", or another name',
+      );
+    }
+    const busy = same.filter((s) => s.busy);
+    if (busy.length > 0) {
+      throw new Error(
+        `experiment "${name}" is busy (${busy.map(describe).join(", ")}): stop() it first, or give this one another name`,
+      );
+    }
+    for (const s of same) await cluster.call("experiment.call", { id: s.id, op: "close" });
+  }
+  const status = await cluster.call("experiment.create", { config: prepared });
   return new Experiment(cluster, status);
 }
 

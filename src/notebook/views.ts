@@ -5,6 +5,7 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { type Table, tableFromIPC } from "apache-arrow";
+import type { Cluster } from "../client/client.js";
 import { MetricsLog } from "../rl/metrics.js";
 import { showBundle } from "./display.js";
 import { type InspectOptions, inspector } from "./inspect.js";
@@ -455,4 +456,53 @@ export function compareRollouts(tables: readonly Table[], options: InspectOption
     "text/html": compareRolloutsHtml(tables, options),
     "text/plain": `${tables.length} steps' rollouts`,
   });
+}
+
+// ---- the controller's experiments ------------------------------------------------------------------
+
+/**
+ * The experiments a controller holds, one row each: name, id, steps, state (idle, busy, a step in
+ * progress), device, the models it holds on the workers with their memory, run folder.
+ */
+export async function experimentsTable(cluster: Cluster): Promise<Record<string, unknown>[]> {
+  const [list, state] = await Promise.all([cluster.experiments(), cluster.status()]);
+  return list.map((exp) => {
+    const s = exp.status;
+    // The workers name an experiment's models `actor.<name>.…` and `ref.<name>.…`.
+    const models = state.workers.flatMap((w) =>
+      w.models.filter((m) => m.split(".")[1] === s.name).map((m) => `rank ${w.rank}: ${m.split(".")[0]}`),
+    );
+    const memory = state.workers.flatMap((w) =>
+      Object.entries(w.memory).map(([k, v]) => `${k} ${typeof v === "number" ? formatBytes(v) : String(v)}`),
+    );
+    return {
+      name: s.name,
+      id: s.id,
+      step: `${s.step}/${s.totalSteps}`,
+      state: s.busy ? `busy: ${s.busy}` : s.inProgress ? `step ${s.inProgress.step} in progress` : "idle",
+      device: s.device,
+      models: models.join(", ") || "—",
+      "worker memory": memory.join(", ") || "—",
+      "run folder": s.runDir,
+    };
+  });
+}
+
+function formatBytes(n: number): string {
+  if (!Number.isFinite(n) || n < 1024) return String(n);
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let u = -1;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(v >= 100 ? 0 : 1)} ${units[u]}`;
+}
+
+/** Shows `experimentsTable` in the notebook: what the controller holds, to reuse or close. */
+export async function experiments(cluster: Cluster): Promise<void> {
+  const rows = await experimentsTable(cluster);
+  if (rows.length === 0) showBundle({ "text/plain": "the controller holds no experiment" });
+  else table(rows, { title: "experiments in the controller" });
 }

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import type { Experiment, MetricsRow } from "../../src/client/experiment.js";
+import { type Experiment, type MetricsRow, prepareConfig } from "../../src/client/experiment.js";
 import { type Cluster, connect, notebook } from "../../src/index.js";
 import type { ExperimentConfig } from "../../src/rl/config.js";
 import { writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
@@ -207,4 +207,38 @@ test("run(n, { distributions: true }) keeps each step's per-response values", {
     /allowed: score, reward, response_length, advantage/,
   );
   await exp.close();
+});
+
+test("a notebook run again replaces its idle experiment by name (models freed), or reuses it, or is refused; the list shows state", {
+  timeout: 120_000,
+}, async () => {
+  const first = await experiment("again");
+  await first.step();
+  const reused = await cluster.experiment({ ...config, name: "again", ifExists: "reuse" });
+  assert.equal(reused.id, first.id);
+  assert.equal(reused.stepsDone, 1);
+  await assert.rejects(
+    cluster.experiment({ ...config, name: "again", ifExists: "error" }),
+    /experiment "again" exists already: .* \(step 1\/100\)/,
+  );
+  const second = await experiment("again");
+  assert.notEqual(second.id, first.id);
+  const same = (await cluster.experiments()).filter((e) => e.name === "again");
+  assert.deepEqual(
+    same.map((e) => e.id),
+    [second.id],
+    "the old one is gone from the controller",
+  );
+  const models = (await cluster.status()).workers
+    .flatMap((w) => w.models)
+    .filter((m) => m.split(".")[1] === "again");
+  assert.equal(models.length, 1, `only the new actor is loaded: ${models.join(", ")}`);
+  const rows = await notebook.experimentsTable(cluster);
+  const row = rows.find((r) => r.id === second.id);
+  assert.equal(row?.state, "idle");
+  assert.equal(row?.step, "0/100");
+  assert.match(String(row?.models), /^rank 0: actor$/);
+  assert.match(String(second), /^Experiment\(again .*: step 0\/100, idle, on cpu, /);
+  assert.throws(() => prepareConfig({ ...config, ifExists: "maybe" as never }), /ifExists/);
+  await second.close();
 });
