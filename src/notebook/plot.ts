@@ -384,7 +384,7 @@ export function chartHtml(spec: PlotlySpec, options: ChartHtmlOptions = {}): str
     `  var div = document.getElementById(${JSON.stringify(divId)});\n` +
     "  if (!div) return;\n" +
     "  if (typeof window.Plotly === 'undefined') {\n" +
-    "    div.textContent = 'plotly.js is not loaded on this page: draw the chart with inline: true';\n" +
+    "    div.textContent = 'plotly.js is not on this page (the output that carried it was cleared): run notebook.loadPlotly(true) in a cell, or draw with chartHtml(spec, { inline: true })';\n" +
     "    return;\n" +
     "  }\n" +
     `  var spec = ${json};\n` +

@@ -243,7 +243,11 @@ test("chartHtml without inline has no bundle and says so on a page without plotl
   assert.equal(occurrences(html, bundleBanner), 0);
   const { div, calls } = drawWithStub(scriptsOf(html)[0] as string, "c1", false);
   assert.equal(calls.length, 0);
-  assert.match(div.textContent, /plotly\.js is not loaded/);
+  assert.match(
+    div.textContent,
+    /plotly\.js is not on this page .*notebook\.loadPlotly\(true\)/,
+    "it says how to get it back",
+  );
   assert.throws(() => chartHtml(spec, { divId: 'x" onload="alert(1)' }), /options\.divId/);
   const a = chartHtml(spec, { inline: false });
   const b = chartHtml(spec, { inline: false });
