@@ -15,7 +15,7 @@ interface Output {
   data?: Record<string, unknown>;
 }
 
-test("plot and Progress display rich, updatable outputs in the tslab kernel", () => {
+test("plot and Progress display rich, updatable outputs in the tslab kernel; plotly goes with the first chart only, no stray text", () => {
   const jupyterPath = readSetupEnv().jupyterPath;
   assert.ok(
     jupyterPath,
@@ -34,6 +34,7 @@ progress.update({ ${state}, step: 1 });
 progress.update({ ${state}, step: 2 });`,
     `progress.update({ ${state}, step: 3 });
 progress.mode`,
+    `notebook.plot(log, "actor/pg_loss")`,
   ];
   const dir = tempDir("notebook");
   try {
@@ -68,6 +69,11 @@ progress.mode`,
     assert.match(progress[0]?.data?.["text/html"] as string, /<b>step 3\/4<\/b>/);
     assert.match(progress[0]?.data?.["text/plain"] as string, /^step 3\/4 \[/);
     assert.deepEqual(outputs[3], [{ output_type: "stream", name: "stdout", text: "notebook\n" }]);
+    // The second chart of the kernel comes without the 1.2 MB bundle: the page has it already.
+    const [second, ...more] = outputs[4] as Output[];
+    assert.deepEqual(more, []);
+    assert.doesNotMatch(second?.data?.["text/html"] as string, /plotly\.js \(basic - minified\)/);
+    assert.match(second?.data?.["text/html"] as string, /window\.Plotly\.newPlot/);
   } finally {
     dir.cleanup();
   }
