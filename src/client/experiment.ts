@@ -105,7 +105,7 @@ export interface RunOptions {
   onMetrics?: (row: MetricsRow) => void;
   /**
    * A live progress display (one output updated in place in a notebook, a bar on a terminal).
-   * Default: on in a notebook, off elsewhere.
+   * Default: on for run() in a notebook, off for step() and outside a notebook.
    */
   progress?: boolean;
   /**
@@ -292,7 +292,8 @@ export class Experiment {
    */
   async step(options: RunOptions = {}): Promise<MetricsRow> {
     if (!this.#driven) {
-      return this.#listening(options, async () => this.#op<MetricsRow>("step"));
+      // One step shows no progress bar unless asked (a bar per step() is noise in a notebook).
+      return this.#listening({ progress: false, ...options }, async () => this.#op<MetricsRow>("step"));
     }
     return this.#drive(0, undefined, options);
   }

@@ -124,6 +124,12 @@ for (const name of notebooks) {
     if (name === "inspect-rollouts.ipynb") {
       assert.match(text, /trained 30 steps/);
     }
+    if (name === "stepwise-debugging.ipynb") {
+      const bars = code
+        .flatMap((c) => c.outputs ?? [])
+        .filter((o) => /^step 1\/1 \[/.test(joined(o.data?.["text/plain"])));
+      assert.equal(bars.length, 0, "step() shows no progress bar of one step");
+    }
     // No cell prints a stray "Chart(…)" or "Inspector(…)" line under its output.
     assert.doesNotMatch(
       code
