@@ -1,4 +1,20 @@
 // The package's public surface.
+// Arrow: the tables tiller hands back are apache-arrow's. Re-exported from here so that a notebook
+// in another project names their types through "tiller" (tslab emits declarations for top-level
+// consts; without these, TS2742 says the type needs a path into tiller/node_modules/apache-arrow).
+export * as arrow from "apache-arrow";
+export {
+  type DataType,
+  Field,
+  RecordBatch,
+  Schema,
+  Table,
+  Type,
+  tableFromArrays,
+  tableFromIPC,
+  tableToIPC,
+  Vector,
+} from "apache-arrow";
 export {
   type CallOptions,
   Cluster,
@@ -9,10 +25,15 @@ export {
 } from "./client/client.js";
 export {
   Experiment,
+  type Hook,
+  type HookContext,
+  HookError,
+  type HookPoint,
   isPaused,
   type MetricsRow,
   type Paused,
   prepareConfig,
+  type ReplayResult,
   type RunOptions,
   type StageResult,
 } from "./client/experiment.js";
@@ -23,6 +44,6 @@ export * from "./native/model.js";
 export * from "./native/policy-loss.js";
 export * from "./native/train.js";
 export * as notebook from "./notebook/index.js";
-export { ConfigError, type ExperimentConfig, resolveConfig } from "./rl/config.js";
+export { ConfigError, type ExperimentConfig, type ResolvedConfig, resolveConfig } from "./rl/config.js";
 export * as rl from "./rl/index.js";
 export * from "./tokenizer/index.js";

@@ -6,8 +6,9 @@ import { join, resolve } from "node:path";
 import { connect } from "../client/client.js";
 import type { MetricsRow } from "../client/experiment.js";
 import { engineInfo } from "../native/engine.js";
-import { writeReport } from "../notebook/plot.js";
 import { Progress } from "../notebook/progress.js";
+import { writeRunReport } from "../notebook/report.js";
+import { prepareCountUp } from "../rl/tasks/count-up.js";
 import { prepareNextDigit } from "../rl/tasks/next-digit.js";
 
 export interface QuickstartOptions {
@@ -16,10 +17,17 @@ export interface QuickstartOptions {
   /** Where the tiny model and the prompts are written (kept between runs). */
   assetsDir: string;
   seed: number;
+  /** next-digit ("472=" → "3", one token) or count-up ("472=" → "345", three tokens). */
+  task: "next-digit" | "count-up";
 }
 
 function parse(args: string[]): QuickstartOptions {
-  const options: QuickstartOptions = { steps: 80, assetsDir: resolve(".tiller", "quickstart"), seed: 1 };
+  const options: QuickstartOptions = {
+    steps: 80,
+    assetsDir: resolve(".tiller", "quickstart"),
+    seed: 1,
+    task: "next-digit",
+  };
   for (let i = 0; i < args.length; i++) {
     const flag = args[i];
     const value = args[i + 1];
@@ -35,7 +43,15 @@ function parse(args: string[]): QuickstartOptions {
     } else if (flag === "--run-dir") options.runDir = resolve(need());
     else if (flag === "--assets") options.assetsDir = resolve(need());
     else if (flag === "--seed") options.seed = Number(need());
-    else throw new Error(`unknown option ${flag}; options: --steps N, --run-dir DIR, --assets DIR, --seed N`);
+    else if (flag === "--task") {
+      const task = need();
+      if (task !== "next-digit" && task !== "count-up")
+        throw new Error(`--task: ${JSON.stringify(task)}; allowed: next-digit, count-up`);
+      options.task = task;
+    } else
+      throw new Error(
+        `unknown option ${flag}; options: --steps N, --run-dir DIR, --assets DIR, --seed N, --task next-digit|count-up`,
+      );
   }
   return options;
 }
@@ -50,8 +66,9 @@ export async function quickstart(args: string[]): Promise<void> {
   console.log(
     `tiller quickstart · torch ${info.torchVersion} · ${info.cudaAvailable ? "CUDA" : "CPU"} engine`,
   );
-  const { config } = await prepareNextDigit(
-    options.assetsDir,
+  const prepare = options.task === "count-up" ? prepareCountUp : prepareNextDigit;
+  const { config } = await prepare(
+    join(options.assetsDir, options.task === "count-up" ? "count-up" : ""),
     {
       name: "quickstart",
       seed: options.seed,
@@ -60,7 +77,11 @@ export async function quickstart(args: string[]): Promise<void> {
     },
     { seed: options.seed },
   );
-  console.log(`task: "472=" → "3" (the digit after the last one); a tiny random Qwen3 learns it with GRPO`);
+  console.log(
+    options.task === "count-up"
+      ? 'task: "472=" → "345" (three digits counting up from the one after the last); a tiny random Qwen3 learns it with GRPO'
+      : 'task: "472=" → "3" (the digit after the last one); a tiny random Qwen3 learns it with GRPO',
+  );
 
   const cluster = await connect();
   try {
@@ -93,21 +114,15 @@ export async function quickstart(args: string[]): Promise<void> {
     const first = mean(rows.slice(0, k), "critic/score/mean");
     const last = mean(rows.slice(-k), "critic/score/mean");
     const report = join(exp.runDir, "report.html");
-    await writeReport(report, await exp.metrics(), {
-      title: "tiller quickstart: GRPO on next-digit",
-      charts: [
-        ["critic/score/mean"],
-        ["actor/pg_loss"],
-        ["actor/entropy"],
-        ["actor/grad_norm"],
-        ["timing_s/step"],
-      ],
+    await writeRunReport(exp.runDir, {
+      title: `tiller quickstart: GRPO on ${options.task}`,
       summary: {
         steps: rows.length,
         [`mean reward, first ${k} steps`]: first.toFixed(3),
         [`mean reward, last ${k} steps`]: last.toFixed(3),
         "run folder": exp.runDir,
       },
+      rollouts: await exp.rollouts(),
     });
     await exp.close();
     console.log(`mean reward: first ${k} steps ${first.toFixed(3)} → last ${k} steps ${last.toFixed(3)}`);

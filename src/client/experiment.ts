@@ -3,10 +3,12 @@
 // experiment itself lives in the controller: a kernel restart loses only this handle; reattach
 // with cluster.experiments().
 import { isAbsolute, resolve } from "node:path";
+import { inspect } from "node:util";
 import type { Table } from "apache-arrow";
-import { inNotebook, LiveOutput, showBundle } from "../notebook/display.js";
-import { type ChartKeys, chartHtml, chartSpec, plotlyScript } from "../notebook/plot.js";
+import { inNotebook, LiveOutput } from "../notebook/display.js";
+import { type ChartKeys, chartHtml, chartSpec, loadPlotly } from "../notebook/plot.js";
 import { Progress } from "../notebook/progress.js";
+import { evaluationKeys } from "../notebook/views.js";
 import {
   type ExperimentOp,
   type ExperimentProgress,
@@ -14,7 +16,7 @@ import {
   type ExperimentStatus,
   experimentStages,
 } from "../protocol/messages.js";
-import { type ExperimentConfig, resolveConfig } from "../rl/config.js";
+import { type ExperimentConfig, type ResolvedConfig, resolveConfig } from "../rl/config.js";
 import { MetricsLog } from "../rl/metrics.js";
 import type { Cluster } from "./client.js";
 
@@ -65,10 +67,17 @@ export function isPaused(result: MetricsRow | Paused): result is Paused {
 
 export interface ReplayResult {
   step: number;
+  /** The saved state it started from: step − 1, or earlier (the steps between were run again). */
+  fromStep: number;
   original: Record<string, number>;
   replayed: Record<string, number>;
+  /** Responses of the replayed step, and of the original one. */
   responses: number;
+  originalResponses: number;
+  /** Responses whose tokens came out the same as the first time, row by row. */
   identicalResponses: number;
+  /** What hooks changed in the original step (scores, kept rows), applied again at the same stage. */
+  patchesApplied: number;
   rollouts: Table;
 }
 
@@ -101,12 +110,24 @@ export interface RunOptions {
   onMetrics?: (row: MetricsRow) => void;
   /**
    * A live progress display (one output updated in place in a notebook, a bar on a terminal).
-   * Default: on in a notebook, off elsewhere.
+   * Default: on for run() in a notebook, off for step() and outside a notebook.
    */
   progress?: boolean;
-  /** Metrics to chart live while the run goes (e.g. ["critic/score/mean", "actor/entropy"]). */
+  /**
+   * Metrics to chart live while the run goes (e.g. ["critic/score/mean", "actor/entropy"]);
+   * validation metrics (`val-core/<data_source>/…`) join as panels of their own once they appear.
+   */
   chart?: ChartKeys;
+  /**
+   * Keep each step's per-response values (score, reward, response_length, advantage) here, for
+   * `distributions()`: one rollouts table fetched per step (off by default).
+   */
+  distributions?: boolean;
 }
+
+/** The per-response columns that `run(n, { distributions: true })` keeps per step. */
+export const distributionColumns = ["score", "reward", "response_length", "advantage"] as const;
+export type DistributionColumn = (typeof distributionColumns)[number];
 
 const absolute = (p: string) => (isAbsolute(p) || /^[a-z]+:\/\//.test(p) ? p : resolve(p));
 
@@ -116,8 +137,9 @@ const absolute = (p: string) => (isAbsolute(p) || /^[a-z]+:\/\//.test(p) ? p : r
  */
 export function prepareConfig(config: ExperimentConfig): ExperimentConfig {
   const resolved = resolveConfig(config);
+  const { ifExists: _ifExists, ...sent } = config;
   return {
-    ...config,
+    ...sent,
     runDir: absolute(resolved.runDir),
     model: { ...config.model, path: absolute(config.model.path) },
     data: { ...config.data, train: resolved.data.train.map(absolute) },
@@ -140,6 +162,10 @@ export class Experiment {
   readonly #pauses = new Set<HookPoint>();
   /** Where the last step paused; continueStep() starts past it. */
   #pausedAt: HookPoint | undefined;
+  /** stop() (or the kernel's Interrupt) was asked during a run driven from here. */
+  #stopRequested = false;
+  /** A SIGINT came during run(): a driven step stops at its next stage boundary. */
+  #interrupted = false;
 
   constructor(
     readonly cluster: Cluster,
@@ -150,6 +176,24 @@ export class Experiment {
 
   get id(): string {
     return this.#status.id;
+  }
+  get name(): string {
+    return this.#status.name;
+  }
+
+  /** Where it stands, in one line (as of the last answer): what `lab.experiments()` lists. */
+  toString(): string {
+    const s = this.#status;
+    const state = s.busy
+      ? `busy with ${s.busy}`
+      : s.inProgress
+        ? `step ${s.inProgress.step} in progress (${s.inProgress.stagesDone.join(", ")} done)`
+        : "idle";
+    return `Experiment(${s.name} ${s.id}: step ${s.step}/${s.totalSteps}, ${state}, on ${s.device}, ${s.runDir})`;
+  }
+
+  [inspect.custom](): string {
+    return this.toString();
   }
   get runDir(): string {
     return this.#status.runDir;
@@ -216,7 +260,17 @@ export class Experiment {
     const set = this.#hooks.get(point) ?? new Set();
     this.#hooks.set(point, set);
     set.add(hook);
-    return () => set.delete(hook);
+    // The last hook of a point takes its entry with it, so that steps go back to the controller
+    // (where stop() and the progress counts work without the notebook in the loop).
+    return () => {
+      set.delete(hook);
+      if (set.size === 0 && this.#hooks.get(point) === set) this.#hooks.delete(point);
+    };
+  }
+
+  /** Whether steps must be driven from here: a hook or a pause point is set. */
+  get #driven(): boolean {
+    return this.#pauses.size > 0 || [...this.#hooks.values()].some((set) => set.size > 0);
   }
 
   /**
@@ -244,8 +298,9 @@ export class Experiment {
    * stages one by one (calling hooks between them); otherwise the controller runs the step alone.
    */
   async step(options: RunOptions = {}): Promise<MetricsRow | Paused> {
-    if (this.#hooks.size === 0 && this.#pauses.size === 0) {
-      return this.#listening(options, async () => this.#op<MetricsRow>("step"));
+    if (!this.#driven) {
+      // One step shows no progress bar unless asked (a bar per step() is noise in a notebook).
+      return this.#listening({ progress: false, ...options }, async () => this.#op<MetricsRow>("step"));
     }
     return this.#drive(0, undefined, options);
   }
@@ -269,6 +324,11 @@ export class Experiment {
     let ended: StageResult | undefined;
     for (let i = from; i < stages.length; i++) {
       const stage = stages[i] as Stage;
+      if (this.#interrupted && i > from) {
+        this.#pausedAt = `before:${stage}`;
+        await this.refresh();
+        return { step: this.stepsDone + 1, paused: 1 };
+      }
       for (const point of [`before:${stage}`, `after:${stage}`] as const) {
         if (point.startsWith("after:")) {
           options.onProgress?.({
@@ -298,6 +358,7 @@ export class Experiment {
       stage: "done",
       elapsedS: (performance.now() - started) / 1000,
       ...(row["critic/score/mean"] !== undefined ? { reward: row["critic/score/mean"] } : {}),
+      ...(row["perf/total_num_tokens"] !== undefined ? { tokens: row["perf/total_num_tokens"] } : {}),
     });
     return row;
   }
@@ -333,29 +394,55 @@ export class Experiment {
    */
   async run(steps?: number, options: RunOptions = {}): Promise<MetricsRow[]> {
     const n = steps ?? Math.max(this.#status.totalSteps - this.stepsDone, 0);
-    if (this.#hooks.size === 0 && this.#pauses.size === 0) {
-      return this.#listening(options, () => this.#op<MetricsRow[]>("run", { steps: n }), n);
-    }
-    const [wrapped, finish] = await this.#withDisplays(options, n);
-    const rows: MetricsRow[] = [];
+    this.#stopRequested = false;
+    const offInterrupt = this.#stopOnInterrupt();
     try {
-      for (let i = 0; i < n; i++) {
-        const r = await this.#drive(0, undefined, wrapped);
-        if (isPaused(r)) break;
-        rows.push(r);
+      if (!this.#driven) {
+        return await this.#listening(options, () => this.#op<MetricsRow[]>("run", { steps: n }), n);
       }
+      const [wrapped, finish] = await this.#withDisplays(options, n);
+      const rows: MetricsRow[] = [];
+      try {
+        for (let i = 0; i < n && !this.#stopRequested; i++) {
+          const r = await this.#drive(0, undefined, wrapped);
+          if (isPaused(r)) break;
+          rows.push(r);
+        }
+      } finally {
+        await finish();
+      }
+      return rows;
     } finally {
-      finish();
+      offInterrupt();
     }
-    return rows;
+  }
+
+  /**
+   * In a notebook the kernel's Interrupt is a SIGINT to the kernel process: tslab then abandons the
+   * cell, but the run would go on in the controller. While run() goes, a SIGINT asks it to stop:
+   * a controller-run step ends first, a step driven from here stops at its next stage boundary
+   * (continueStep() finishes it). Outside a notebook, Ctrl-C keeps Node's default (exit) unless the
+   * program listens for SIGINT itself.
+   */
+  #stopOnInterrupt(): () => void {
+    if (!inNotebook() && process.listenerCount("SIGINT") === 0) return () => undefined;
+    const onInterrupt = () => {
+      this.#interrupted = true;
+      void this.stop().catch(() => undefined);
+    };
+    process.on("SIGINT", onInterrupt);
+    return () => {
+      process.off("SIGINT", onInterrupt);
+      this.#interrupted = false;
+    };
   }
 
   /**
    * Changes settings between steps (validated as a whole config; errors name the field), e.g.
    * `set({ lr: 5e-7 })`, `set({ rollout: { temperature: 0.8 } })`. Returns the settings in force.
    */
-  async set(patch: Record<string, unknown>): Promise<Record<string, unknown>> {
-    return this.#op("set", { patch });
+  async set(patch: Record<string, unknown>): Promise<ResolvedConfig> {
+    return this.#op<ResolvedConfig>("set", { patch });
   }
 
   /** Saves the whole state after the last completed step; restore(id) rewinds to it. */
@@ -371,15 +458,22 @@ export class Experiment {
     return r;
   }
 
-  /** Runs a completed step again from the state saved before it (same seeds); both metrics rows back. */
+  /**
+   * Runs a completed step again with the same seeds, from the nearest snapshot or checkpoint before
+   * it (the steps between are run again first), and comes back. What this step's hooks changed
+   * (setScores, keep) and the settings set() between the steps are applied again at the same
+   * points; hooks themselves are not called again. Both metrics rows come back, with how many
+   * responses are token for token the same.
+   */
   async replay(step: number): Promise<ReplayResult> {
     return this.#op("replay", { step });
   }
 
   /** Adds the live displays that `options` asks for to its callbacks; returns the options and a finisher. */
-  async #withDisplays(options: RunOptions, steps: number): Promise<[RunOptions, () => void]> {
+  async #withDisplays(options: RunOptions, steps: number): Promise<[RunOptions, () => Promise<void>]> {
     const wantProgress = options.progress ?? inNotebook();
-    if (!wantProgress && !options.chart) return [options, () => undefined];
+    if (!wantProgress && !options.chart && !options.distributions) return [options, async () => undefined];
+    const fetches: Promise<void>[] = [];
     const bar = wantProgress ? new Progress() : undefined;
     const startStep = this.stepsDone;
     const started = performance.now();
@@ -390,11 +484,12 @@ export class Experiment {
       const keys = options.chart;
       const log = MetricsLog.fromTable(await this.metrics());
       const live = new LiveOutput();
-      showBundle({ "text/html": plotlyScript(), "text/plain": "" });
+      loadPlotly();
       chart = (row) => {
         log.append(row);
+        const panels = [...(typeof keys === "string" ? [keys] : keys), ...evaluationKeys(log)];
         live.show({
-          "text/html": chartHtml(chartSpec(log, keys, { missing: "empty" }), { inline: false }),
+          "text/html": chartHtml(chartSpec(log, panels, { missing: "empty" }), { inline: false }),
           "text/plain": `${log.length} steps`,
         });
       };
@@ -419,9 +514,53 @@ export class Experiment {
       onMetrics: (row) => {
         options.onMetrics?.(row);
         chart?.(row);
+        // The controller keeps the last few steps' rollouts: fetched now, this step is still there.
+        if (options.distributions) fetches.push(this.#keepDistributions(row.step));
       },
     };
-    return [wrapped, () => bar?.done()];
+    return [
+      wrapped,
+      async () => {
+        bar?.done();
+        await Promise.all(fetches);
+      },
+    ];
+  }
+
+  readonly #distributions = new Map<number, Record<DistributionColumn, Float64Array>>();
+
+  async #keepDistributions(step: number): Promise<void> {
+    try {
+      const table = await this.rollouts(step);
+      const entry = {} as Record<DistributionColumn, Float64Array>;
+      for (const name of distributionColumns) {
+        const column = table.getChild(name);
+        entry[name] = Float64Array.from({ length: table.numRows }, (_, i) => {
+          const v = column?.get(i);
+          return v === null || v === undefined ? Number.NaN : Number(v);
+        });
+      }
+      this.#distributions.set(step, entry);
+    } catch {
+      // the step is no longer kept (the client fell behind): its distribution is missing, not made up
+    }
+  }
+
+  /**
+   * Per step, the values of one per-response column kept by `run(n, { distributions: true })`
+   * (score, reward, response_length or advantage), for `notebook.distributions(...)`.
+   */
+  distributions(column: DistributionColumn = "score"): Map<number, Float64Array> {
+    if (!distributionColumns.includes(column)) {
+      throw new RangeError(
+        `distributions: column ${JSON.stringify(column)}; allowed: ${distributionColumns.join(", ")}`,
+      );
+    }
+    const out = new Map<number, Float64Array>();
+    for (const [step, entry] of [...this.#distributions].sort((a, b) => a[0] - b[0])) {
+      if (step <= this.stepsDone) out.set(step, entry[column]);
+    }
+    return out;
   }
 
   async #listening<T>(given: RunOptions, fn: () => Promise<T>, steps = 1): Promise<T> {
@@ -429,7 +568,7 @@ export class Experiment {
     try {
       return await this.#subscribed(options, fn);
     } finally {
-      finish();
+      await finish();
     }
   }
 
@@ -468,6 +607,7 @@ export class Experiment {
 
   /** Asks a run() in progress to stop after its current step. */
   async stop(): Promise<void> {
+    this.#stopRequested = true;
     this.#status = await this.#op<ExperimentStatus>("stop");
   }
 
@@ -518,9 +658,35 @@ function checkPoint(point: string): void {
   }
 }
 
-/** Builds an experiment on the cluster's controller. */
+/**
+ * Builds an experiment on the cluster's controller. One of the same name there already (a
+ * notebook run again) is replaced, reused or refused as `config.ifExists` says (default replace).
+ */
 export async function createExperiment(cluster: Cluster, config: ExperimentConfig): Promise<Experiment> {
-  const status = await cluster.call("experiment.create", { config: prepareConfig(config) });
+  const prepared = prepareConfig(config);
+  const name = resolveConfig(config).name;
+  const same = (await cluster.call("experiment.list", {})).filter((s) => s.name === name);
+  const ifExists = config.ifExists ?? "replace";
+  if (same.length > 0) {
+    const [first] = same as [ExperimentStatus];
+    if (ifExists === "reuse") return new Experiment(cluster, first);
+    const describe = (s: ExperimentStatus) =>
+      `${s.id} (step ${s.step}/${s.totalSteps}${s.busy ? `, busy with ${s.busy}` : ""})`;
+    if (ifExists === "error") {
+      throw new Error(
+        `experiment "${name}" exists already: ${same.map(describe).join(", ")}; ` +
+          'set ifExists: "replace" or "reuse", or another name',
+      );
+    }
+    const busy = same.filter((s) => s.busy);
+    if (busy.length > 0) {
+      throw new Error(
+        `experiment "${name}" is busy (${busy.map(describe).join(", ")}): stop() it first, or give this one another name`,
+      );
+    }
+    for (const s of same) await cluster.call("experiment.call", { id: s.id, op: "close" });
+  }
+  const status = await cluster.call("experiment.create", { config: prepared });
   return new Experiment(cluster, status);
 }
 

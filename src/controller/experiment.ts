@@ -6,6 +6,7 @@
 // advantages (verl's order) because a KL penalty in the reward needs both.
 
 import {
+  appendFileSync,
   existsSync,
   mkdirSync,
   readdirSync,
@@ -122,6 +123,42 @@ export interface ExperimentHooks {
 }
 
 let runCounter = 0;
+
+/** What a hook changed in a step (patchBatch), kept so that replay(step) changes it the same way. */
+interface RecordedPatch {
+  /** The last stage done when the patch came. */
+  after: StageName;
+  scores?: Float64Array;
+  keep?: Int32Array;
+}
+
+/** A setting changed between steps: `step` steps were done when set() came. */
+interface RecordedChange {
+  step: number;
+  patch: Record<string, unknown>;
+}
+
+/** One number per response's tokens (FNV-1a), so that replay can compare any step, kept or not. */
+function tokensDigest(tokens: Int32Array): number {
+  let h = 0x811c9dc5 ^ tokens.length;
+  for (let i = 0; i < tokens.length; i++) h = Math.imul(h ^ (tokens[i] as number), 0x01000193);
+  return h >>> 0;
+}
+
+/** The changed leaves of a config, as "optimizer.lr" → [before, after]. */
+function changedLeaves(before: unknown, after: unknown, path = ""): Record<string, [unknown, unknown]> {
+  const isObject = (v: unknown) => v !== null && typeof v === "object" && !Array.isArray(v);
+  if (isObject(before) && isObject(after)) {
+    const out: Record<string, [unknown, unknown]> = {};
+    const b = before as Record<string, unknown>;
+    const a = after as Record<string, unknown>;
+    for (const key of new Set([...Object.keys(b), ...Object.keys(a)])) {
+      Object.assign(out, changedLeaves(b[key], a[key], path ? `${path}.${key}` : key));
+    }
+    return out;
+  }
+  return JSON.stringify(before) === JSON.stringify(after) ? {} : { [path]: [before ?? null, after ?? null] };
+}
 
 /** Peak dense bf16 FLOP/s by device name, for perf/mfu/actor when the config gives none. */
 function defaultPeakFlops(deviceName: string | undefined): number | undefined {
@@ -266,6 +303,13 @@ export class ExperimentRun {
   #stopRequested = false;
   #snapshots = 0;
   #replaying = false;
+  /** Per completed step of this branch: a digest of each response's tokens, and what hooks patched. */
+  #stepRecords = new Map<number, { responses: number[]; patches: RecordedPatch[] }>();
+  /** Patches of the step in progress. */
+  #pendingPatches: RecordedPatch[] = [];
+  /** set() calls of this branch, in order (the change log, changes.jsonl, has every branch's). */
+  #changes: RecordedChange[] = [];
+  #branches = 0;
   #busy: string | undefined;
   #parameters = 0;
   #device = "cpu";
@@ -426,6 +470,7 @@ export class ExperimentRun {
   async #restoreState(dir: string, state: ExperimentState, options: { reloadActor: boolean }): Promise<void> {
     if (options.reloadActor) {
       this.#config = { ...state.config, runDir: this.#config.runDir };
+      writeFileSync(join(this.runDir, "config.json"), `${JSON.stringify(this.#config, null, 2)}\n`);
       await this.#call("model.free", { name: this.#actor });
       await this.#loadActor(join(dir, "model"));
     }
@@ -439,14 +484,39 @@ export class ExperimentRun {
         horizonResponses: this.#kl.horizonResponses,
       });
     }
+    if (options.reloadActor && !this.#replaying && this.step > state.step) await this.#keepBranch(state.step);
     this.step = state.step;
     this.batch = undefined;
+    this.#pendingPatches = [];
+    for (const k of [...this.#stepRecords.keys()]) if (k > state.step) this.#stepRecords.delete(k);
+    this.#changes = this.#changes.filter((c) => c.step < state.step);
     const saved = await MetricsLog.readFile(join(dir, "metrics.arrow"));
     this.metrics.truncate(-1);
     for (const row of saved.rows) this.metrics.append(row);
     this.metrics.truncate(state.step);
     for (const k of [...this.#history.keys()]) if (k > state.step) this.#history.delete(k);
     await this.metrics.writeFile(join(this.runDir, "metrics.arrow"));
+  }
+
+  /**
+   * Before a restore rewinds the metrics: the branch being left, as `branches/branch-N.arrow` (its
+   * rows from 1 to now), and a line in the change log; `notebook.compare(runDir)` shows them all.
+   */
+  async #keepBranch(toStep: number): Promise<void> {
+    const dir = join(this.runDir, "branches");
+    mkdirSync(dir, { recursive: true });
+    const name = `branch-${String(++this.#branches).padStart(3, "0")}`;
+    await this.metrics.writeFile(join(dir, `${name}.arrow`));
+    this.#logChange({ event: "restore", step: this.step, toStep, branch: name });
+  }
+
+  /** One line of `<runDir>/changes.jsonl`: what changed at which step (set, restore). */
+  #logChange(entry: Record<string, unknown>): void {
+    mkdirSync(this.runDir, { recursive: true });
+    appendFileSync(
+      join(this.runDir, "changes.jsonl"),
+      `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`,
+    );
   }
 
   async #call<C extends WorkerCommand>(
@@ -665,6 +735,7 @@ export class ExperimentRun {
   /** Drops the step in progress (its prompts stay consumed, as a crash would leave them). */
   discard(): void {
     if (this.batch && !this.batch.stagesDone.includes("sync")) this.batch = undefined;
+    this.#pendingPatches = [];
   }
 
   async #scoreSamples(samples: Sample[]): Promise<void> {
@@ -1131,14 +1202,22 @@ export class ExperimentRun {
     this.metrics.append(m);
     await this.metrics.writeFile(join(this.runDir, "metrics.arrow"));
     this.#history.set(batch.step, batch);
+    this.#stepRecords.set(batch.step, {
+      responses: batch.samples.map((sample) => tokensDigest(sample.response)),
+      patches: this.#pendingPatches,
+    });
+    this.#pendingPatches = [];
     for (const k of [...this.#history.keys()]) {
       if (k <= batch.step - this.keepRollouts) this.#history.delete(k);
     }
     this.hooks.metrics?.(m);
   }
 
-  /** One whole step: every stage in order. Returns its metrics row. */
-  async runStep(): Promise<Record<string, number>> {
+  /**
+   * One whole step: every stage in order. Returns its metrics row. `patches` (replay) are applied
+   * after the stage they followed the first time, as the hooks that made them did.
+   */
+  async runStep(patches: readonly RecordedPatch[] = []): Promise<Record<string, number>> {
     const started = performance.now();
     const stages: [StageName, () => Promise<StepBatch>][] = [
       ["rollout", () => this.rollout()],
@@ -1153,6 +1232,10 @@ export class ExperimentRun {
     for (const [name, fn] of stages) {
       this.#progress(name, started);
       await fn();
+      for (const p of patches) {
+        if (p.after !== name) continue;
+        this.patchBatch({ ...(p.scores ? { scores: p.scores } : {}), ...(p.keep ? { keep: p.keep } : {}) });
+      }
     }
     const row = this.metrics.last() as Record<string, number>;
     this.#progress("done", started, {
@@ -1303,9 +1386,11 @@ export class ExperimentRun {
   }
 
   /**
-   * Runs step `step` again from the saved state before it (a snapshot or checkpoint of step − 1),
-   * with the same seeds, then comes back to where the run was. Returns both metrics rows and how
-   * many responses came out token for token the same.
+   * Runs step `step` again with the same seeds from the nearest saved state before it (a snapshot
+   * or checkpoint of step − 1 or earlier; the steps in between are run again first), then comes
+   * back to where the run was. What hooks changed in those steps (patchBatch) and the settings
+   * changed between them (set) are applied again at the same points. Returns both metrics rows
+   * and how many responses came out token for token the same.
    */
   async replay(step: number): Promise<ReplayResult> {
     this.#requireStepBoundary("replay");
@@ -1316,43 +1401,54 @@ export class ExperimentRun {
         "step",
       );
     }
-    const before = this.savedStates().find((s) => s.step === step - 1);
+    const saved = this.savedStates().filter((s) => s.step <= step - 1);
+    const before = saved.sort((a, b) => b.step - a.step)[0];
     if (!before) {
       const have = [...new Set(this.savedStates().map((s) => s.step))].sort((a, b) => a - b);
       throw new UserError(
         "NOT_KEPT",
-        `replay: step ${step} needs a snapshot or checkpoint of step ${step - 1}; saved steps: ${have.join(", ") || "none"} (call snapshot() before a step to replay it later)`,
+        `replay: step ${step} needs a snapshot or checkpoint of step ${step - 1} or an earlier one; saved steps: ${have.join(", ") || "none"} (call snapshot() before a step to replay it later, or set checkpoint.everySteps)`,
       );
     }
     const original = this.metrics.rows.find((r) => r.step === step);
-    const originalBatch = this.#history.get(step);
+    const originalRecord = this.#stepRecords.get(step);
+    const records = new Map(this.#stepRecords);
+    const changes = [...this.#changes];
+    const history = new Map(this.#history);
     const here = await this.snapshot();
     this.#replaying = true;
-    let replayed: Record<string, number>;
-    let replayedBatch: StepBatch;
+    let replayed: Record<string, number> = {};
+    let replayedBatch: StepBatch | undefined;
     try {
       await this.restore(before.dir);
-      replayed = await this.runStep();
-      replayedBatch = this.#history.get(step) as StepBatch;
+      for (let s = before.step + 1; s <= step; s++) {
+        // The settings changed at this boundary (and at the saved one: set() is idempotent).
+        for (const c of changes) if (c.step === s - 1 && c.step >= before.step) await this.set(c.patch);
+        replayed = await this.runStep(records.get(s)?.patches ?? []);
+      }
+      replayedBatch = this.#history.get(step);
     } finally {
-      this.#replaying = false;
       await this.restore(here.id);
+      this.#replaying = false;
       rmSync(join(this.runDir, "snapshots", here.id), { recursive: true, force: true });
+      this.#stepRecords = records;
+      this.#changes = changes;
+      this.#history.clear();
+      for (const [k, v] of history) this.#history.set(k, v);
     }
-    if (originalBatch) this.#history.set(step, originalBatch);
-    const same = (x: Int32Array, y: Int32Array) => x.length === y.length && x.every((v, t) => v === y[t]);
-    const identical = originalBatch
-      ? replayedBatch.samples.filter((r, i) => {
-          const o = originalBatch.samples[i];
-          return o !== undefined && same(o.response, r.response);
-        }).length
-      : Number.NaN;
+    if (!replayedBatch) throw new Error(`replay: step ${step} left no batch`);
+    const identical = replayedBatch.samples.filter(
+      (sample, i) => originalRecord?.responses[i] === tokensDigest(sample.response),
+    ).length;
     return {
       step,
+      fromStep: before.step,
       original: original ? { ...original } : {},
       replayed,
       responses: replayedBatch.samples.length,
+      originalResponses: originalRecord?.responses.length ?? 0,
       identicalResponses: identical,
+      patchesApplied: records.get(step)?.patches.length ?? 0,
       rollouts: rolloutsTable(replayedBatch),
     };
   }
@@ -1400,8 +1496,14 @@ export class ExperimentRun {
         ? new AdaptiveKlController({ initialCoefficient: k.coefficient, ...k.adaptive })
         : new FixedKlController(k.coefficient);
     }
+    // Both sides resolved alike (resolveConfig fills defaults the stored config may leave out).
+    const changed = changedLeaves(resolveConfig(this.#config as never), resolveConfig(next as never));
     this.#config = { ...next, runDir: this.#config.runDir };
     writeFileSync(join(this.runDir, "config.json"), `${JSON.stringify(this.#config, null, 2)}\n`);
+    if (!this.#replaying && Object.keys(changed).length > 0) {
+      this.#changes.push({ step: this.step, patch: expanded });
+      this.#logChange({ event: "set", step: this.step, patch: expanded, changed });
+    }
     return this.#config;
   }
 
@@ -1440,6 +1542,14 @@ export class ExperimentRun {
           throw new RangeError(`patch.keep: ${i} is not a row of the batch (0..${b.samples.length - 1})`);
       }
       b.samples = keep.map((i) => b.samples[i] as Sample);
+    }
+    const after = b.stagesDone.at(-1);
+    if (after) {
+      this.#pendingPatches.push({
+        after,
+        ...(patch.scores !== undefined ? { scores: Float64Array.from(patch.scores) } : {}),
+        ...(patch.keep !== undefined ? { keep: Int32Array.from(patch.keep) } : {}),
+      });
     }
     return b;
   }
@@ -1535,9 +1645,15 @@ export interface ReplayResult {
   step: number;
   original: Record<string, number>;
   replayed: Record<string, number>;
+  /** The saved state it started from (step − 1, or earlier: the steps between were run again). */
+  fromStep: number;
+  /** Responses of the replayed step, and of the original. */
   responses: number;
-  /** Responses whose tokens came out the same as the first time (NaN when the original rollouts are no longer kept). */
+  originalResponses: number;
+  /** Responses whose tokens came out the same as the first time, row by row. */
   identicalResponses: number;
+  /** Hook changes (scores, kept rows) of the original step applied again. */
+  patchesApplied: number;
   rollouts: Table;
 }
 

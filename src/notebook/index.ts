@@ -6,3 +6,5 @@ export * from "./export.js";
 export * from "./inspect.js";
 export * from "./plot.js";
 export * from "./progress.js";
+export * from "./report.js";
+export * from "./views.js";

@@ -63,6 +63,8 @@ export interface InspectorResponse {
   len?: number;
   status?: string;
   round?: number;
+  /** Where the padding token first appears inside the response (never a real sample's place). */
+  padAt?: number;
 }
 
 /** Everything the page's script reads: embedded once as JSON. */
@@ -207,6 +209,11 @@ export function inspectorData(table: Table, options: InspectOptions = {}): Inspe
       status: stringAt(c.reward_status ?? null, row),
       round: numberAt(c.round ?? null, row),
     };
+    // Responses are stored at their own length, so a padding token in one was sampled (unless the
+    // tokenizer uses it as an end-of-sequence token too).
+    const pad = tokenizer?.padTokenId ?? null;
+    const padAt = pad === null || tokenizer?.eosTokenIds.includes(pad) ? -1 : ids.indexOf(pad);
+    if (padAt >= 0) response.padAt = padAt;
     if (tokenizer && vocab && ids.length > 0) {
       const px: [number, string][] = [];
       tokenizer.tokenPieces(ids).forEach((piece, t) => {
@@ -292,22 +299,22 @@ export async function writeInspector(
   await writeFileAtomic(file, inspectorHtml(table, options));
 }
 
-/** What `inspect` returns: the HTML it showed (a fragment), and whether it was shown. */
+/** A rollout view ready to show: the HTML fragment and what it holds. */
 export class Inspector {
   constructor(
     readonly html: string,
     readonly responses: number,
     readonly groups: number,
-    /** Whether it was sent to the notebook (false outside a tslab kernel). */
-    readonly displayed: boolean,
   ) {}
 
-  /** A one-line description, also what a notebook prints for `inspect(...)` as a cell's last line. */
+  /** Shows it as an output of the running cell; false (nothing shown) outside a notebook. */
+  show(): boolean {
+    return showBundle({ "text/html": this.html, "text/plain": this.toString() });
+  }
+
+  /** A one-line description: how many responses in how many groups. */
   toString(): string {
-    return (
-      `Inspector(${this.responses} responses in ${this.groups} groups` +
-      `${this.displayed ? "" : "; not displayed: no notebook"})`
-    );
+    return `Inspector(${this.responses} responses in ${this.groups} groups)`;
   }
 
   [utilInspect.custom](): string {
@@ -315,15 +322,18 @@ export class Inspector {
   }
 }
 
+/** Builds the rollout view of a table without showing it (see `inspect`). */
+export function inspector(rollouts: Table, options: InspectOptions = {}): Inspector {
+  const data = inspectorData(rollouts, options);
+  return new Inspector(inspectorFragment(data), data.responses.length, data.groups.length);
+}
+
 /**
  * Shows a rollouts table (`exp.rollouts()`) as an interactive view in a tslab notebook: one card
  * per group, tokens coloured by advantage, logprob, entropy or ratio, with sort, filters and search.
- * Outside a notebook it only returns the HTML.
+ * It returns nothing, so a cell ending with it shows the view and no text line; `inspector(...)`
+ * builds the HTML (outside a notebook too).
  */
-export function inspect(rollouts: Table, options: InspectOptions = {}): Inspector {
-  const data = inspectorData(rollouts, options);
-  const html = inspectorFragment(data);
-  const counts = `${data.responses.length} responses in ${data.groups.length} groups`;
-  const displayed = showBundle({ "text/html": html, "text/plain": `Inspector(${counts})` });
-  return new Inspector(html, data.responses.length, data.groups.length, displayed);
+export function inspect(rollouts: Table, options: InspectOptions = {}): void {
+  inspector(rollouts, options).show();
 }

@@ -30,6 +30,8 @@ export const inspectorCss = `
 .tiller-inspector .ti-group.ti-zero { border-style: dashed; background: #fbfbfb; }
 .tiller-inspector .ti-ghead { display: flex; gap: 6px; align-items: baseline; flex-wrap: wrap; }
 .tiller-inspector .ti-uid { font-weight: 600; }
+.tiller-inspector .ti-warn { background: #fde2c4; color: #7a3b00; }
+.tiller-inspector .ti-warnbar { background: #fff4e0; border: 1px solid #f0b46a; color: #6b3a00; padding: 4px 8px; margin: 4px 0; border-radius: 4px; }
 .tiller-inspector .ti-badge { font-size: 11px; padding: 0 6px; border-radius: 8px; background: #e8e9ed; color: #444; }
 .tiller-inspector .ti-gstats, .tiller-inspector .ti-truth, .tiller-inspector .ti-meta { color: #555; font-size: 12px; }
 .tiller-inspector .ti-prompt, .tiller-inspector .ti-tokens, .tiller-inspector .ti-text {
@@ -96,11 +98,15 @@ export const inspectorScript = String.raw`function (root, data) {
     }
     return data.vocab[r.ids[t]];
   }
+  // What a search looks in: the response text and the tokens as shown (special ones like <eos>
+  // included, which the decoded text leaves out), so that anything on screen can be found.
   function textOf(r) {
     if (r.lower == null) {
-      var text = r.text;
-      if (text == null && data.vocab) text = r.ids.map(function (id, t) { return pieceOf(r, t); }).join("");
-      r.lower = (text || "").toLowerCase();
+      var shown = r.ids.map(function (id, t) {
+        var piece = data.vocab ? pieceOf(r, t) : null;
+        return piece == null ? "\u27e8" + id + "\u27e9" : piece;
+      }).join("");
+      r.lower = ((r.text || "") + "\n" + shown).toLowerCase();
     }
     return r.lower;
   }
@@ -269,6 +275,14 @@ export const inspectorScript = String.raw`function (root, data) {
   var legend = testid(el("span", "ti-legend"), "legend");
   bar.appendChild(legend);
 
+  var padded = R.filter(function (r) { return r.padAt != null; }).length;
+  if (padded) {
+    var warn = testid(el("div", "ti-warnbar", padded + " of " + R.length + " responses contain the padding " +
+      "token before their end: the sampler should never produce it (look at the sampling settings, or report it)."),
+      "pad-banner");
+    root.appendChild(warn);
+  }
+
   var grid = el("div", "ti-groups");
   root.appendChild(grid);
 
@@ -338,13 +352,22 @@ export const inspectorScript = String.raw`function (root, data) {
     if (r.score != null && r.reward != null && r.score !== r.reward) parts.push("score " + fmt(r.score));
     parts.push("adv " + signed(adv));
     parts.push(lengthOf(r) + " tok");
-    if (r.pred != null) parts.push("pred " + JSON.stringify(r.pred));
+    if (r.pred != null) parts.push("extracted answer " + JSON.stringify(r.pred));
     if (r.status != null && r.status !== "ok") parts.push("reward " + r.status);
     if (r.round != null && r.round > 0) parts.push("round " + r.round);
     meta.appendChild(document.createTextNode(" \u00b7 " + parts.join(" \u00b7 ") + " \u00b7 "));
-    var finish = el("span", r.finish === "length" ? "ti-length" : null, r.finish == null ? "\u2014" : r.finish);
-    finish.title = r.finish === "length" ? "truncated at the token limit" : "finish reason";
+    var finishText = r.finish == null ? "\u2014" : r.finish === "length" ? "truncated" : r.finish === "stop" ? "ended" : r.finish;
+    var finish = el("span", r.finish === "length" ? "ti-length" : null, finishText);
+    finish.title = r.finish === "length" ? "truncated: it hit maxResponseTokens (finish_reason \"length\")"
+      : r.finish === "stop" ? "ended with an end-of-sequence token (finish_reason \"stop\")" : "finish_reason";
     meta.appendChild(finish);
+    if (r.padAt != null) {
+      var pad = testid(el("span", "ti-badge ti-warn", "<pad> at token " + r.padAt), "pad-warning");
+      pad.title = "the sampler produced the padding token inside the response: a sampling defect " +
+        "(padding should never be sampled); the tokens after it are still trained on";
+      meta.appendChild(document.createTextNode(" "));
+      meta.appendChild(pad);
+    }
     box.appendChild(meta);
     if (r.ids.length && data.vocab) {
       var tokens = el("div", "ti-tokens");
@@ -375,7 +398,9 @@ export const inspectorScript = String.raw`function (root, data) {
     var card = testid(el("div", g.zero ? "ti-group ti-zero" : "ti-group"), "group");
     card.setAttribute("data-uid", g.uid);
     var gh = el("div", "ti-ghead");
-    gh.appendChild(el("span", "ti-uid", g.uid));
+    var uid = el("span", "ti-uid", "group " + g.uid);
+    uid.title = "uid " + g.uid + ": step.round.prompt (the responses to one prompt; GRPO compares them)";
+    gh.appendChild(uid);
     if (g.zero) {
       var zb = testid(el("span", "ti-badge", "zero spread"), "zero-spread");
       zb.title = "every response got the same reward: no signal for GRPO";

@@ -6,8 +6,7 @@ import { createRequire } from "node:module";
 import { inspect } from "node:util";
 import type { Table } from "apache-arrow";
 import { MetricsLog } from "../rl/metrics.js";
-import { writeFileAtomic } from "../util/atomic-file.js";
-import { showBundle } from "./display.js";
+import { type MimeBundle, showBundle } from "./display.js";
 
 /** Where the numbers come from: a metrics log, or any Arrow table with a `step` column. */
 export type MetricsSource = MetricsLog | Table;
@@ -28,18 +27,32 @@ export interface ChartOptions {
    * silently) or "empty" (an empty trace, for a live chart drawn before the metric first appears).
    */
   missing?: "error" | "empty";
+  /**
+   * A metric of a very different size from its panel's first goes on an axis of its own at the
+   * right (default true); false keeps one axis per panel (compare() lines up several runs so).
+   */
+  secondAxis?: boolean;
 }
 
-/** One plotly scatter trace. */
+/** One plotly trace: lines (metrics over steps), bars (histograms, stacked timings) or a heatmap. */
 export interface PlotlyTrace {
-  type: "scatter";
-  mode: "lines" | "markers";
+  type: "scatter" | "bar";
+  mode?: "lines" | "markers" | "lines+markers";
   name: string;
   x: number[];
   y: number[];
   xaxis: string;
   yaxis: string;
   showlegend: boolean;
+  /** Which of the figure's legends lists it: each panel with several series has its own. */
+  legend?: string;
+  /** "hv" for settings (lr, coefficients): they change between steps, so they are drawn as steps. */
+  line?: { shape: "linear" | "hv" };
+  hovertemplate?: string;
+  marker?: Record<string, unknown>;
+  colorscale?: string;
+  colorbar?: Record<string, unknown>;
+  width?: number;
 }
 
 /** What `Plotly.newPlot(div, data, layout, config)` takes; also the `application/vnd.plotly.v1+json` payload. */
@@ -71,7 +84,7 @@ function columnNames(source: MetricsSource): string[] {
 }
 
 /** A column as numbers, NaN where null; undefined when there is no such column. */
-function columnOf(source: MetricsSource, name: string): Float64Array | undefined {
+export function columnOf(source: MetricsSource, name: string): Float64Array | undefined {
   if (source instanceof MetricsLog) return source.column(name);
   const vector = source.getChild(name);
   if (!vector) return undefined;
@@ -83,17 +96,116 @@ function columnOf(source: MetricsSource, name: string): Float64Array | undefined
   return out;
 }
 
-/** The text shared by the start of every name (`actor/pg_loss`, `actor/entropy` → `actor/`). */
+/** The text shared by the start of every name, up to a "/" (`actor/pg_loss`, `actor/entropy` → `actor/`). */
 function sharedPrefix(names: string[]): string {
   let prefix = names[0] ?? "";
   for (const name of names) while (!name.startsWith(prefix)) prefix = prefix.slice(0, -1);
   return prefix.slice(0, prefix.lastIndexOf("/") + 1);
 }
 
+/** Breaks a long label at ", " or "/" into lines of about `width` characters (plotly's <br>). */
+export function wrapLabel(text: string, width = 40): string {
+  if (text.length <= width) return text;
+  const parts = text.split(/(?<=, |\/)/);
+  const lines: string[] = [];
+  let line = "";
+  for (const part of parts) {
+    if (line && line.length + part.length > width) {
+      lines.push(line);
+      line = "";
+    }
+    line += part;
+  }
+  if (line) lines.push(line);
+  return lines.map((l) => l.trimEnd()).join("<br>");
+}
+
+/** An axis title for several metrics: the names, their shared prefix said once. */
+function axisTitle(names: string[]): string {
+  if (names.length === 1) return wrapLabel(names[0] as string, 34);
+  const prefix = sharedPrefix(names);
+  const rest = names.map((n) => n.slice(prefix.length));
+  return wrapLabel(prefix ? `${prefix} ${rest.join(", ")}` : names.join(", "), 34);
+}
+
+/** Settings that change only between steps (set()): drawn as steps, not slopes. */
+const settingPattern = /(^|\/)(lr|learning_rate)$|kl_coef|(_|\/)coeff?$/;
+
+/** The largest |value| among the finite ones; 0 when there is none. */
+function magnitude(values: number[]): number {
+  let m = 0;
+  for (const v of values) if (Math.abs(v) > m) m = Math.abs(v);
+  return m;
+}
+
+/** Two series whose sizes differ more than this share no axis: the smaller one would be flat. */
+const scaleRatio = 10;
+
+/** A y range for values that are all equal (plotly would centre a flat line at 0 with ±1). */
+function flatRange(values: number[]): [number, number] | undefined {
+  if (values.length === 0) return undefined;
+  const v = values[0] as number;
+  if (!values.every((x) => x === v)) return undefined;
+  const d = v === 0 ? 1 : Math.abs(v) * 0.5;
+  return [v - d, v + d];
+}
+
+/**
+ * Number formats for metric values: plain decimals, powers of ten for the very small or large
+ * (never SI letters, whose "m" and "n" read as million and nano: pg_loss 2e-8 is not "20n").
+ */
+const yAxisFormat = { exponentformat: "power", showexponent: "all", hoverformat: ".4~g" } as const;
+
+/** Integer step ticks: every step when there are few (no 1.5), plotly's choice otherwise. */
+function stepAxis(steps: number[]): Record<string, unknown> {
+  const finite = steps.filter(Number.isFinite);
+  const lo = Math.min(...finite);
+  const hi = Math.max(...finite);
+  const axis: Record<string, unknown> = { tickformat: "d", hoverformat: "d" };
+  if (finite.length === 0) return axis;
+  if (hi - lo < 10) {
+    axis.dtick = 1;
+    axis.tick0 = lo;
+    if (hi === lo) axis.range = [lo - 1, hi + 1];
+  }
+  return axis;
+}
+
+interface Series {
+  name: string;
+  x: number[];
+  y: number[];
+}
+
+function seriesOf(
+  source: MetricsSource,
+  steps: Float64Array,
+  name: string,
+  missing: ChartOptions["missing"],
+): Series {
+  const values = columnOf(source, name);
+  if (!values && missing !== "empty") {
+    const known = columnNames(source).filter((c) => c !== "step");
+    throw new RangeError(`no metric "${name}"; the columns are: ${known.join(", ") || "(none)"}`);
+  }
+  const x: number[] = [];
+  const y: number[] = [];
+  values?.forEach((value, i) => {
+    const step = steps[i] as number;
+    if (Number.isFinite(value) && Number.isFinite(step)) {
+      x.push(step);
+      y.push(value);
+    }
+  });
+  return { name, x, y };
+}
+
 /**
  * A plotly figure: each panel is a line chart of its metrics against `step`, panels stacked with
- * one shared step axis. Points that are null, NaN or infinite are left out, so a metric logged
- * every tenth step is still one line.
+ * linked step axes (zooming one zooms all). Points that are null, NaN or infinite are left out, so
+ * a metric logged every tenth step is still one line. A panel with several metrics has its own
+ * legend; a metric of a very different size from the panel's first goes on a second axis at the
+ * right, titled with its name.
  */
 export function chartSpec(source: MetricsSource, keys: ChartKeys, options: ChartOptions = {}): PlotlySpec {
   const panels = panelsOf(keys);
@@ -104,63 +216,115 @@ export function chartSpec(source: MetricsSource, keys: ChartKeys, options: Chart
   const data: PlotlyTrace[] = [];
   const layout: Record<string, unknown> = {};
   const annotations: Record<string, unknown>[] = [];
+  const title = options.title ?? (panels.length === 1 ? (panels[0] as string[]).join(", ") : undefined);
+  const titlePx = title ? 50 : 10;
+  const gapPx = 70;
+  const bottomPx = 50;
+  const height = titlePx + bottomPx + panels.length * panelHeightPx + (panels.length - 1) * gapPx + 30;
+  const plotPx = height - titlePx - 30 - bottomPx;
+  const stepAxisLayout = stepAxis(Array.from(steps));
+  let axisCount = 0;
   panels.forEach((names, p) => {
-    const axis = p === 0 ? "y" : `y${p + 1}`;
-    for (const name of names) {
-      const values = columnOf(source, name);
-      if (!values && options.missing !== "empty") {
-        const known = columnNames(source).filter((c) => c !== "step");
-        throw new RangeError(`no metric "${name}"; the columns are: ${known.join(", ") || "(none)"}`);
-      }
-      const x: number[] = [];
-      const y: number[] = [];
-      values?.forEach((value, i) => {
-        const step = steps[i] as number;
-        if (Number.isFinite(value) && Number.isFinite(step)) {
-          x.push(step);
-          y.push(value);
-        }
-      });
+    const series = names.map((name) => seriesOf(source, steps, name, options.missing));
+    const first = magnitude(series[0]?.y ?? []);
+    const differs = (s: Series) => {
+      const m = magnitude(s.y);
+      return first > 0 && m > 0 && (m / first > scaleRatio || first / m > scaleRatio);
+    };
+    const left = series.filter((s, i) => i === 0 || !differs(s) || options.secondAxis === false);
+    const right = options.secondAxis === false ? [] : series.filter((s, i) => i > 0 && differs(s));
+    const leftId = ++axisCount;
+    const rightId = right.length > 0 ? ++axisCount : undefined;
+    const yName = (id: number) => (id === 1 ? "y" : `y${id}`);
+    const xName = p === 0 ? "x" : `x${p + 1}`;
+    const legend = p === 0 ? "legend" : `legend${p + 1}`;
+    const top = 1 - (p * (panelHeightPx + gapPx)) / plotPx;
+    const bottom = top - panelHeightPx / plotPx;
+    for (const s of series) {
+      const onRight = right.includes(s);
+      const stepped = settingPattern.test(s.name);
       data.push({
         type: "scatter",
-        mode: x.length > 1 ? "lines" : "markers",
-        name,
-        x,
-        y,
-        xaxis: "x",
-        yaxis: axis,
+        mode: s.x.length === 1 ? "markers" : s.x.length <= 40 ? "lines+markers" : "lines",
+        name: onRight ? `${s.name} (right axis)` : s.name,
+        x: s.x,
+        y: s.y,
+        xaxis: xName,
+        yaxis: yName(onRight && rightId ? rightId : leftId),
         showlegend: names.length > 1,
+        legend,
+        line: { shape: stepped ? "hv" : "linear" },
+        hovertemplate: `${s.name}<br>step %{x}: %{y:.5~g}<extra></extra>`,
       });
     }
-    // One metric names its axis; several are named by the legend, and the axis by what they share.
-    const yTitle = names.length === 1 ? names[0] : sharedPrefix(names).replace(/\/$/, "");
-    layout[p === 0 ? "yaxis" : `yaxis${p + 1}`] = yTitle
-      ? { title: { text: yTitle }, automargin: true }
-      : { automargin: true };
-    // The figure's title names a single panel; stacked panels each get a caption.
+    const axisLayout = (group: Series[]) => {
+      const values = group.flatMap((s) => s.y);
+      const flat = flatRange(values);
+      return {
+        title: { text: axisTitle(group.map((s) => s.name)), font: { size: 12 } },
+        automargin: true,
+        ...yAxisFormat,
+        ...(flat ? { range: flat } : {}),
+      };
+    };
+    layout[leftId === 1 ? "yaxis" : `yaxis${leftId}`] = {
+      ...axisLayout(left),
+      domain: [Math.max(bottom, 0), Math.min(top, 1)],
+      anchor: xName,
+    };
+    if (rightId) {
+      layout[`yaxis${rightId}`] = {
+        ...axisLayout(right),
+        overlaying: yName(leftId),
+        side: "right",
+        anchor: xName,
+        showgrid: false,
+      };
+    }
+    layout[p === 0 ? "xaxis" : `xaxis${p + 1}`] = {
+      ...stepAxisLayout,
+      anchor: yName(leftId),
+      ...(p > 0 ? { matches: "x" } : {}),
+      ...(p === panels.length - 1 ? { title: { text: "step" } } : {}),
+    };
+    if (names.length > 1) {
+      layout[legend] = {
+        orientation: "h",
+        x: 1,
+        xanchor: "right",
+        y: Math.min(top, 1),
+        yanchor: "bottom",
+        yref: "paper",
+        bgcolor: "rgba(255,255,255,0.6)",
+        font: { size: 11 },
+      };
+    }
+    // Stacked panels each get a caption at their top left (the figure's title names a single one).
     if (panels.length > 1)
       annotations.push({
-        text: names.join(", "),
+        text: wrapLabel(names.join(", "), names.length > 1 ? 50 : 90),
         showarrow: false,
         xref: "paper",
         x: 0,
         xanchor: "left",
-        yref: `${axis} domain`,
-        y: 1,
+        yref: "paper",
+        y: Math.min(top, 1),
         yanchor: "bottom",
+        align: "left",
         font: { size: 13 },
       });
   });
-  const titleHeightPx = 60;
-  const axisHeightPx = 50;
   Object.assign(layout, {
-    title: { text: options.title ?? panels.map((names) => names.join(", ")).join(" | ") },
-    grid: { rows: panels.length, columns: 1, pattern: "coupled", roworder: "top to bottom", ygap: 0.25 },
-    xaxis: { title: { text: "step" } },
+    ...(title ? { title: { text: wrapLabel(title, 70), font: { size: 15 } } } : {}),
     annotations,
-    height: titleHeightPx + axisHeightPx + panels.length * panelHeightPx,
-    margin: { t: titleHeightPx + 20, b: axisHeightPx, l: 70, r: 20 },
-    hovermode: "x",
+    height,
+    margin: {
+      t: titlePx + 30,
+      b: bottomPx,
+      l: 80,
+      r: data.some((t) => t.name.endsWith("(right axis)")) ? 80 : 30,
+    },
+    hovermode: "x unified",
     showlegend: panels.some((names) => names.length > 1),
   });
   // No plotly logo link and no "share to the plotly cloud" button: charts here stay offline.
@@ -220,7 +384,7 @@ export function chartHtml(spec: PlotlySpec, options: ChartHtmlOptions = {}): str
     `  var div = document.getElementById(${JSON.stringify(divId)});\n` +
     "  if (!div) return;\n" +
     "  if (typeof window.Plotly === 'undefined') {\n" +
-    "    div.textContent = 'plotly.js is not loaded on this page: draw the chart with inline: true';\n" +
+    "    div.textContent = 'plotly.js is not on this page (the output that carried it was cleared): run notebook.loadPlotly(true) in a cell, or draw with chartHtml(spec, { inline: true })';\n" +
     "    return;\n" +
     "  }\n" +
     `  var spec = ${json};\n` +
@@ -235,93 +399,64 @@ export function chartHtml(spec: PlotlySpec, options: ChartHtmlOptions = {}): str
     .join("\n");
 }
 
-function escapeHtml(text: string): string {
-  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
-function formatValue(value: string | number): string {
-  if (typeof value === "string") return value;
-  if (Number.isInteger(value)) return String(value);
-  return Number.isFinite(value) ? String(Number(value.toPrecision(6))) : String(value);
-}
-
-export interface ReportOptions {
-  title: string;
-  /** One chart per group of metric names. */
-  charts: readonly (readonly string[])[];
-  /** A few headline numbers or facts, shown as a table above the charts. */
-  summary?: Readonly<Record<string, string | number>>;
-}
-
-/** The report as one self-contained HTML page (plotly inlined once, no network needed). */
-export function reportHtml(metrics: MetricsSource, options: ReportOptions): string {
-  if (options.charts.length === 0) throw new RangeError("options.charts: list at least one group of metrics");
-  const steps = columnOf(metrics, "step");
-  const rows = steps?.length ?? 0;
-  const stepRange = rows > 0 ? `steps ${steps?.[0]}–${steps?.[rows - 1]}, ${rows} rows` : "no rows";
-  const summaryRows = Object.entries(options.summary ?? {})
-    .map(([key, value]) => `<tr><th>${escapeHtml(key)}</th><td>${escapeHtml(formatValue(value))}</td></tr>`)
-    .join("\n");
-  const charts = options.charts.map((group, i) =>
-    chartHtml(chartSpec(metrics, [group], { title: group.join(", ") }), {
-      inline: false,
-      divId: `chart-${i + 1}`,
-    }),
-  );
-  return `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${escapeHtml(options.title)}</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1100px; padding: 0 16px; color: #222; }
-  h1 { font-size: 22px; margin-bottom: 4px; }
-  .steps { color: #666; margin-top: 0; }
-  table.summary { border-collapse: collapse; margin: 16px 0 24px; }
-  table.summary th, table.summary td { border-bottom: 1px solid #ddd; padding: 4px 12px; text-align: left; }
-  table.summary td { font-variant-numeric: tabular-nums; }
-  .tiller-chart { margin-bottom: 24px; }
-</style>
-${plotlyScript()}
-</head>
-<body>
-<h1>${escapeHtml(options.title)}</h1>
-<p class="steps">${escapeHtml(stepRange)}</p>
-${summaryRows ? `<table class="summary">\n${summaryRows}\n</table>` : ""}
-${charts.join("\n")}
-</body>
-</html>
-`;
-}
-
-/** Writes `reportHtml` to `file`, atomically. */
-export async function writeReport(
-  file: string,
-  metrics: MetricsSource,
-  options: ReportOptions,
-): Promise<void> {
-  await writeFileAtomic(file, reportHtml(metrics, options));
-}
-
 function describeSpec(spec: PlotlySpec): string {
   const names = spec.data.map((trace) => trace.name);
   const points = spec.data.reduce((n, trace) => n + trace.x.length, 0);
   return `${names.join(", ")}; ${points} points`;
 }
 
-/** What `plot` returns: the plotly spec and the HTML that draws it, shown already in a notebook. */
-export class Chart {
-  constructor(
-    readonly spec: PlotlySpec,
-    readonly html: string,
-    /** Whether it was sent to the notebook (false outside a tslab kernel). */
-    readonly displayed: boolean,
-  ) {}
+// The kernel sends the 1.2 MB plotly bundle to its page once (with the first chart), not with every
+// chart: a notebook's outputs share one page, in JupyterLab as in nbconvert's HTML. Kept on
+// globalThis so that two copies of this module in one kernel still send it once.
+const plotlySentKey = Symbol.for("tiller.notebook.plotlySent");
+const sent = globalThis as { [plotlySentKey]?: boolean };
 
-  /** A one-line description, also what a notebook prints for `plot(...)` as a cell's last line. */
+/**
+ * Sends plotly.js to the notebook page as an output of its own, unless this kernel sent it already
+ * (`force` sends it again: after the output that carried it was cleared and the page reloaded).
+ * Returns whether it is on the page as far as this kernel knows (false outside a notebook).
+ */
+export function loadPlotly(force = false): boolean {
+  if (sent[plotlySentKey] && !force) return true;
+  const shown = showBundle({ "text/html": plotlyScript(), "text/plain": "" });
+  if (shown) sent[plotlySentKey] = true;
+  return shown;
+}
+
+/** A chart as an output: the plotly MIME type, and HTML carrying the bundle if the page lacks it. */
+function chartBundle(spec: PlotlySpec): { bundle: MimeBundle; inline: boolean } {
+  const inline = !sent[plotlySentKey];
+  return {
+    bundle: {
+      [plotlyMime]: spec,
+      "text/html": chartHtml(spec, { inline }),
+      "text/plain": `Chart(${describeSpec(spec)})`,
+    },
+    inline,
+  };
+}
+
+/** A figure ready to show: its plotly spec and the self-contained HTML that draws it. */
+export class Chart {
+  readonly html: string;
+  constructor(readonly spec: PlotlySpec) {
+    this.html = chartHtml(spec, { inline: true });
+  }
+
+  /**
+   * Shows it as an output of the running cell (the plotly bundle goes with the first chart of the
+   * kernel only). Returns false, showing nothing, outside a notebook.
+   */
+  show(): boolean {
+    const { bundle, inline } = chartBundle(this.spec);
+    const shown = showBundle(bundle);
+    if (shown && inline) sent[plotlySentKey] = true;
+    return shown;
+  }
+
+  /** A one-line description: the series and how many points. */
   toString(): string {
-    return `Chart(${describeSpec(this.spec)}${this.displayed ? "" : "; not displayed: no notebook"})`;
+    return `Chart(${describeSpec(this.spec)})`;
   }
 
   [inspect.custom](): string {
@@ -329,18 +464,17 @@ export class Chart {
   }
 }
 
+/** Builds a chart of metrics against `step` without showing it (see `plot`). */
+export function chart(source: MetricsSource, keys: ChartKeys, options: ChartOptions = {}): Chart {
+  return new Chart(chartSpec(source, keys, options));
+}
+
 /**
- * Draws metrics against `step`. In a tslab notebook it shows one output carrying both the plotly
- * MIME type (for front ends with a plotly renderer) and HTML with plotly inlined (for every other
- * front end and for nbconvert); elsewhere it only returns the spec and the HTML.
+ * Draws metrics against `step` in the notebook: one output carrying both the plotly MIME type (for
+ * front ends with a plotly renderer) and HTML (for every other front end and for nbconvert). It
+ * returns nothing, so that a cell ending with it shows the chart and no text line under it; use
+ * `chart(...)` for the spec and HTML (outside a notebook too).
  */
-export function plot(source: MetricsSource, keys: ChartKeys, options: ChartOptions = {}): Chart {
-  const spec = chartSpec(source, keys, options);
-  const html = chartHtml(spec, { inline: true });
-  const displayed = showBundle({
-    [plotlyMime]: spec,
-    "text/html": html,
-    "text/plain": `Chart(${describeSpec(spec)})`,
-  });
-  return new Chart(spec, html, displayed);
+export function plot(source: MetricsSource, keys: ChartKeys, options: ChartOptions = {}): void {
+  chart(source, keys, options).show();
 }

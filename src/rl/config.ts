@@ -153,6 +153,13 @@ export interface ExperimentConfig {
   parallel?: ParallelLayout & { gpus?: number };
   /** Peak FLOP/s of one device for perf/mfu/actor; default from the device (H100/H200 bf16: 989e12). */
   peakFlopsPerDevice?: number;
+  /**
+   * When the controller holds an experiment of this name already (a notebook run again):
+   * "replace" closes it (freeing its models; its run folder stays) and builds a new one — the
+   * default; "reuse" attaches to it as it is (the rest of the config is not applied); "error"
+   * refuses. A busy one is never replaced. Read by the client; the controller never sees it.
+   */
+  ifExists?: "replace" | "reuse" | "error";
 }
 
 /** Every default filled in. */
@@ -425,7 +432,9 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     "checkpoint",
     "parallel",
     "peakFlopsPerDevice",
+    "ifExists",
   ]);
+  if (c.ifExists !== undefined) oneOf(c.ifExists, "ifExists", ["replace", "reuse", "error"]);
   const name = c.name ?? "run";
   if (typeof name !== "string" || !/^[A-Za-z0-9._-]{1,80}$/.test(name)) {
     throw new ConfigError("name", `${show(name)} must be 1-80 letters, digits, '.', '_' or '-'`);

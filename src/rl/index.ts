@@ -10,4 +10,4 @@ export * from "./kl.js";
 export * from "./metrics.js";
 export * from "./metrics.js";
 export * from "./rollouts.js";
-export * as tasks from "./tasks/next-digit.js";
+export * as tasks from "./tasks/index.js";

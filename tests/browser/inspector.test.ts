@@ -271,6 +271,59 @@ function record(overrides: Partial<RolloutRecord>): RolloutRecord {
   };
 }
 
+test("the inspector finds the special tokens it shows (<eos>), explains its labels and flags a sampled <pad>", {
+  skip,
+}, async () => {
+  const tokenizer = Tokenizer.fromFolder(modelPath);
+  const [pad, eos] = [tokenizer.padTokenId as number, tokenizer.eosTokenIds[0] as number];
+  const digit = (d: number) => tokenizer.encode(String(d), { addSpecialTokens: false })[0] as number;
+  const table = rolloutsTable({
+    step: 3,
+    samples: [
+      record({ uid: "3.0.1", response: Int32Array.from([digit(1), eos]), responseText: "1" }),
+      record({
+        uid: "3.0.1",
+        response: Int32Array.from([digit(2), pad, digit(3)]),
+        responseText: "23",
+        finishReason: "length",
+      }),
+      record({
+        uid: "3.0.2",
+        response: Int32Array.from([digit(4), digit(5)]),
+        responseText: "45",
+        finishReason: "length",
+      }),
+    ],
+  });
+  const file = join(dir.path, "inspector-specials.html");
+  await writeInspector(file, table, { tokenizer });
+  const opened = await open(file);
+  const { page } = opened;
+  try {
+    await page.getByTestId("search").fill("<eos>");
+    assert.equal(await page.getByTestId("response").count(), 1, "the <eos> shown as a token is found");
+    await page.getByTestId("search").fill("<pad>");
+    assert.equal(await page.getByTestId("response").count(), 1);
+    await page.getByTestId("search").fill("");
+    assert.equal(await page.getByTestId("pad-warning").count(), 1);
+    assert.equal(await page.getByTestId("pad-warning").textContent(), "<pad> at token 1");
+    assert.match(
+      (await page.getByTestId("pad-banner").textContent()) as string,
+      /^1 of 3 responses contain the padding token/,
+    );
+    const uidTitle = (await page.locator(".ti-uid").first().getAttribute("title")) as string;
+    assert.match(uidTitle, /step\.round\.prompt/, "the group id says what its parts are");
+    assert.equal(await page.locator(".ti-uid").first().textContent(), "group 3.0.1");
+    const truncated = page.locator(".ti-length").first();
+    assert.equal(await truncated.textContent(), "truncated");
+    assert.match((await truncated.getAttribute("title")) as string, /maxResponseTokens/);
+    await opened.screenshot("inspector-specials");
+    assertClean(opened);
+  } finally {
+    await opened.close();
+  }
+});
+
 test("nulls, missing columns and hostile text: no tokenizer, ⟨id⟩ only where there is no text", {
   skip,
 }, async () => {
@@ -405,7 +458,7 @@ test("2,000 responses × 500 tokens: a page of reasonable size that draws one pa
   }
 });
 
-test("inspect() in the tslab kernel shows HTML and text, and the HTML output draws in Chromium", {
+test("inspect() in the tslab kernel shows one output (HTML and text, no stray printed line) that draws in Chromium", {
   skip,
 }, async () => {
   const jupyterPath = readSetupEnv().jupyterPath;
@@ -432,11 +485,11 @@ notebook.inspect(table, { title: "from the kernel" })`,
     text?: string;
     data?: Record<string, string>;
   }[][];
-  const [shown, printed] = outputs[0] ?? [];
+  const [shown, ...rest] = outputs[0] ?? [];
   assert.equal(shown?.output_type, "display_data");
   assert.deepEqual(Object.keys(shown?.data ?? {}).sort(), ["text/html", "text/plain"]);
   assert.equal(shown?.data?.["text/plain"], "Inspector(3 responses in 2 groups)");
-  assert.equal(printed?.text, "Inspector(3 responses in 2 groups)\n");
+  assert.deepEqual(rest, [], 'no stray text output ("Inspector(…)") under the view');
   const file = join(dir.path, "from-kernel.html");
   writeFileSync(file, `<!doctype html><meta charset="utf-8"><body>${shown?.data?.["text/html"]}</body>`);
   const opened = await open(file);
@@ -455,7 +508,12 @@ test("the metrics report draws its plotly traces offline", { skip }, async () =>
   try {
     const traces = opened.page.locator(".tiller-chart .scatterlayer .trace");
     await traces.first().waitFor();
-    assert.equal(await traces.count(), 3);
+    // score; pg_loss and entropy; the timings chart's throughput line (its stages are bars).
+    assert.equal(await traces.count(), 4);
+    assert.ok(
+      (await opened.page.locator(".tiller-chart .barlayer .trace").count()) >= 2,
+      "stage timings stacked",
+    );
     assert.equal(await opened.page.locator(".tiller-chart .main-svg").first().isVisible(), true);
     await opened.screenshot("metrics-report");
     assertClean(opened);

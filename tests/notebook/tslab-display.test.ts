@@ -15,7 +15,7 @@ interface Output {
   data?: Record<string, unknown>;
 }
 
-test("plot and Progress display rich, updatable outputs in the tslab kernel", () => {
+test("plot and Progress display rich, updatable outputs in the tslab kernel; plotly goes with the first chart only, no stray text", () => {
   const jupyterPath = readSetupEnv().jupyterPath;
   assert.ok(
     jupyterPath,
@@ -34,6 +34,7 @@ progress.update({ ${state}, step: 1 });
 progress.update({ ${state}, step: 2 });`,
     `progress.update({ ${state}, step: 3 });
 progress.mode`,
+    `notebook.plot(log, "actor/pg_loss")`,
   ];
   const dir = tempDir("notebook");
   try {
@@ -44,7 +45,7 @@ progress.mode`,
     const outputs = JSON.parse(readFileSync(outputsFile, "utf8")) as Output[][];
     assert.deepEqual(outputs[0], [{ output_type: "stream", name: "stdout", text: "true\n" }]);
 
-    const [chart, printed] = outputs[1] as Output[];
+    const [chart, ...rest] = outputs[1] as Output[];
     assert.equal(chart?.output_type, "display_data");
     assert.deepEqual(Object.keys(chart?.data ?? {}).sort(), [
       "application/vnd.plotly.v1+json",
@@ -60,7 +61,7 @@ progress.mode`,
       ],
     );
     assert.match(chart?.data?.["text/html"] as string, /plotly\.js \(basic - minified\) v4\.1\.1/);
-    assert.equal(printed?.text, "Chart(critic/score/mean, actor/pg_loss; 8 points)\n");
+    assert.deepEqual(rest, [], 'no stray text output ("Chart(…)") under the chart');
 
     // The progress output of cell 3 holds the last update, sent while cell 4 ran.
     const progress = outputs[2] as Output[];
@@ -68,6 +69,11 @@ progress.mode`,
     assert.match(progress[0]?.data?.["text/html"] as string, /<b>step 3\/4<\/b>/);
     assert.match(progress[0]?.data?.["text/plain"] as string, /^step 3\/4 \[/);
     assert.deepEqual(outputs[3], [{ output_type: "stream", name: "stdout", text: "notebook\n" }]);
+    // The second chart of the kernel comes without the 1.2 MB bundle: the page has it already.
+    const [second, ...more] = outputs[4] as Output[];
+    assert.deepEqual(more, []);
+    assert.doesNotMatch(second?.data?.["text/html"] as string, /plotly\.js \(basic - minified\)/);
+    assert.match(second?.data?.["text/html"] as string, /window\.Plotly\.newPlot/);
   } finally {
     dir.cleanup();
   }

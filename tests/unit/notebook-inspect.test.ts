@@ -11,6 +11,7 @@ import {
   type ColorBy,
   Inspector,
   inspect,
+  inspector,
   inspectorData,
   inspectorHtml,
   writeInspector,
@@ -183,15 +184,16 @@ test("bad arguments are refused naming the field", () => {
   assert.throws(() => inspect([] as unknown as Table), /expected an Arrow Table of rollouts/);
 });
 
-test("inspect outside a notebook returns the HTML without showing it", () => {
+test("inspector() builds the view without showing it; inspect() outside a notebook shows nothing and returns nothing", () => {
   const table = rolloutsTable({ step: 2, samples: [record({}), record({ uid: "b" })] });
-  const shown = inspect(table, { title: "x" });
-  assert.ok(shown instanceof Inspector);
-  assert.equal(shown.displayed, false);
-  assert.equal(String(shown), "Inspector(2 responses in 2 groups; not displayed: no notebook)");
+  const built = inspector(table, { title: "x" });
+  assert.ok(built instanceof Inspector);
+  assert.equal(built.show(), false);
+  assert.equal(String(built), "Inspector(2 responses in 2 groups)");
   assert.match(
-    shown.html,
+    built.html,
     /^<div class="tiller-inspector" id="tiller-inspector-[0-9a-f]{12}" data-testid="inspector">/,
   );
-  assert.equal(scriptsOf(shown.html).length, 2);
+  assert.equal(scriptsOf(built.html).length, 2);
+  assert.equal(inspect(table), undefined);
 });
