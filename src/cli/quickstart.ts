@@ -50,7 +50,7 @@ export async function quickstart(args: string[]): Promise<void> {
   console.log(
     `tiller quickstart · torch ${info.torchVersion} · ${info.cudaAvailable ? "CUDA" : "CPU"} engine`,
   );
-  const { config } = await prepareNextDigit(
+  const setup = await prepareNextDigit(
     options.assetsDir,
     {
       name: "quickstart",
@@ -60,6 +60,12 @@ export async function quickstart(args: string[]): Promise<void> {
     },
     { seed: options.seed },
   );
+  // Held-out accuracy: greedy answers to four-digit prompts it never trains on, before and after.
+  const config = {
+    ...setup.config,
+    data: { ...setup.config.data, val: setup.valFile },
+    validation: { everySteps: options.steps, beforeTraining: true },
+  };
   console.log(`task: "472=" → "3" (the digit after the last one); a tiny random Qwen3 learns it with GRPO`);
 
   const cluster = await connect();
@@ -93,7 +99,15 @@ export async function quickstart(args: string[]): Promise<void> {
     const first = mean(rows.slice(0, k), "critic/score/mean");
     const last = mean(rows.slice(-k), "critic/score/mean");
     const report = join(exp.runDir, "report.html");
-    await writeReport(report, await exp.metrics(), {
+    const metricsTable = await exp.metrics();
+    const heldOutKey = "val-core/tiller/next-digit/acc/mean@1";
+    const heldOut = metricsTable
+      .toArray()
+      .map((r) => r.toJSON() as Record<string, number | null>)
+      .filter((r) => typeof r[heldOutKey] === "number");
+    const heldOutBefore = heldOut[0]?.[heldOutKey] ?? Number.NaN;
+    const heldOutAfter = heldOut.at(-1)?.[heldOutKey] ?? Number.NaN;
+    await writeReport(report, metricsTable, {
       title: "tiller quickstart: GRPO on next-digit",
       charts: [
         ["critic/score/mean"],
@@ -106,11 +120,15 @@ export async function quickstart(args: string[]): Promise<void> {
         steps: rows.length,
         [`mean reward, first ${k} steps`]: first.toFixed(3),
         [`mean reward, last ${k} steps`]: last.toFixed(3),
+        "held-out accuracy (greedy, 4-digit prompts), before → after": `${heldOutBefore.toFixed(3)} → ${heldOutAfter.toFixed(3)}`,
         "run folder": exp.runDir,
       },
     });
     await exp.close();
     console.log(`mean reward: first ${k} steps ${first.toFixed(3)} → last ${k} steps ${last.toFixed(3)}`);
+    console.log(
+      `held-out accuracy (greedy, 100 four-digit prompts never trained on): ${heldOutBefore.toFixed(3)} before → ${heldOutAfter.toFixed(3)} after`,
+    );
     console.log(`metrics: ${join(exp.runDir, "metrics.arrow")}`);
     console.log(`report:  ${report}`);
   } finally {

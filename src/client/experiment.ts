@@ -115,7 +115,11 @@ export function prepareConfig(config: ExperimentConfig): ExperimentConfig {
     ...config,
     runDir: absolute(resolved.runDir),
     model: { ...config.model, path: absolute(config.model.path) },
-    data: { ...config.data, train: resolved.data.train.map(absolute) },
+    data: {
+      ...config.data,
+      train: resolved.data.train.map(absolute),
+      ...(config.data.val === undefined ? {} : { val: resolved.data.val.map(absolute) }),
+    },
     ...(config.reward?.fn
       ? {
           reward: {
@@ -363,6 +367,14 @@ export class Experiment {
   /** Runs a completed step again from the state saved before it (same seeds); both metrics rows back. */
   async replay(step: number): Promise<ReplayResult> {
     return this.#op("replay", { step });
+  }
+
+  /**
+   * Validation on data.val with the current weights, alone (between steps): verl's val-core/ and
+   * val-aux/ metrics (mean@N, best@n, worst@n, maj@n per data source and reward field).
+   */
+  async validate(): Promise<{ step: number; metrics: Record<string, number> }> {
+    return this.#op("validate");
   }
 
   /** Adds the live displays that `options` asks for to its callbacks; returns the options and a finisher. */
