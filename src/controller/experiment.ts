@@ -1384,6 +1384,14 @@ export class ExperimentRun {
     return rows;
   }
 
+  /** The last validation's generations, as rollouts() lays them out (for the inspector). */
+  validationRollouts(): Table {
+    const v = this.lastValidation;
+    if (!v)
+      throw new Error("validationRollouts: no validation has run yet (set data.val, or call validate())");
+    return rolloutsTable(v);
+  }
+
   /** The rollouts of a kept step (default the last completed) or of the step in progress, as an Arrow table. */
   rollouts(step?: number): Table {
     const s = step ?? this.step;

@@ -136,6 +136,10 @@ test("PPO resume with the critic's state is exact; validation rows at steps 0, 2
     try {
       await run.run(4);
       const alone = await run.validate();
+      // The validation's generations are kept for the inspector: 40 prompts × 2 samples.
+      const table = run.validationRollouts();
+      assert.equal(table.numRows, 80);
+      assert.ok(table.getChild("acc") !== null);
       return { rows: run.metrics.rows, alone };
     } finally {
       await run.close();
