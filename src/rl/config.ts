@@ -597,7 +597,8 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
   }
   const v = c.validation === undefined ? {} : obj(c.validation, "validation");
   known(v, "validation", ["everySteps", "samplesPerPrompt", "temperature", "topP", "topK", "beforeTraining"]);
-  if (c.validation !== undefined && val.length === 0) {
+  // (A resolved config without data.val has everySteps 0 and beforeTraining false: it passes again.)
+  if (val.length === 0 && ((v.everySteps !== undefined && v.everySteps !== 0) || v.beforeTraining === true)) {
     throw new ConfigError("validation", "needs held-out prompts: set data.val");
   }
   const validation: ResolvedConfig["validation"] = {

@@ -84,6 +84,8 @@ export function resolveRolloutCorrection(
   field = "algorithm.rolloutCorrection",
 ): ResolvedRolloutCorrection {
   if (config === null || typeof config !== "object") throw new TypeError(`${field}: expected an object`);
+  if ("isUpper" in config && "rejection" in config)
+    return resolvedAgain(config as unknown as ResolvedRolloutCorrection, field);
   const known = [
     "rolloutIs",
     "rolloutIsThreshold",
@@ -183,6 +185,20 @@ export function resolveRolloutCorrection(
     rejection,
     bypassMode,
   };
+}
+
+/** A config resolved before (a resumed run's, set() re-checking the whole config): checked, kept. */
+function resolvedAgain(r: ResolvedRolloutCorrection, field: string): ResolvedRolloutCorrection {
+  if (!(r.isUpper > 0) || (r.isLower !== undefined && !(r.isLower > 0 && r.isLower <= r.isUpper))) {
+    throw new RangeError(
+      `${field}: the resolved IS thresholds ${r.isLower ?? ""}_${r.isUpper} are not valid`,
+    );
+  }
+  for (const { option } of r.rejection) {
+    if (!rejectionOptions.includes(option))
+      throw new RangeError(`${field}.rejection: unknown option ${JSON.stringify(option)}`);
+  }
+  return { ...r, rejection: r.rejection.map((o) => ({ ...o })) };
 }
 
 export interface RolloutCorrectionResult {

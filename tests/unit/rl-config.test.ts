@@ -59,6 +59,7 @@ test("advantage estimators by verl's names; gamma and lam in [0, 1]; a critic on
     warmupSteps: 0,
   });
   assert.equal(ppo.algorithm.lam, 0.95);
+  assert.deepEqual(resolveConfig(ppo as unknown as ExperimentConfig), ppo, "resolves again to itself");
   assert.throws(
     () => resolveConfig({ ...base, critic: { lr: 1e-5 } }),
     /critic: a value model is used by algorithm\.advantage "gae" only/,
