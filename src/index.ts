@@ -37,6 +37,7 @@ export {
   type RunOptions,
   type StageResult,
 } from "./client/experiment.js";
+export * from "./native/critic.js";
 export * from "./native/dist.js";
 export * from "./native/engine.js";
 export * from "./native/io.js";

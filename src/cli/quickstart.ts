@@ -66,19 +66,23 @@ export async function quickstart(args: string[]): Promise<void> {
   console.log(
     `tiller quickstart · torch ${info.torchVersion} · ${info.cudaAvailable ? "CUDA" : "CPU"} engine`,
   );
-  const prepare = options.task === "count-up" ? prepareCountUp : prepareNextDigit;
-  const { config } = await prepare(
-    join(options.assetsDir, options.task === "count-up" ? "count-up" : ""),
-    {
-      name: "quickstart",
-      seed: options.seed,
-      totalSteps: options.steps,
-      ...(options.runDir ? { runDir: options.runDir } : {}),
-    },
-    { seed: options.seed },
-  );
+  const countUp = options.task === "count-up";
+  const overrides = {
+    name: "quickstart",
+    seed: options.seed,
+    totalSteps: options.steps,
+    ...(options.runDir ? { runDir: options.runDir } : {}),
+  };
+  // next-digit: held-out accuracy, greedy answers to four-digit prompts it never trains on, before and after.
+  const config = countUp
+    ? (await prepareCountUp(join(options.assetsDir, "count-up"), overrides, { seed: options.seed })).config
+    : await prepareNextDigit(options.assetsDir, overrides, { seed: options.seed }).then((setup) => ({
+        ...setup.config,
+        data: { ...setup.config.data, val: setup.valFile },
+        validation: { everySteps: options.steps, beforeTraining: true },
+      }));
   console.log(
-    options.task === "count-up"
+    countUp
       ? 'task: "472=" → "345" (three digits counting up from the one after the last); a tiny random Qwen3 learns it with GRPO'
       : 'task: "472=" → "3" (the digit after the last one); a tiny random Qwen3 learns it with GRPO',
   );
@@ -114,18 +118,36 @@ export async function quickstart(args: string[]): Promise<void> {
     const first = mean(rows.slice(0, k), "critic/score/mean");
     const last = mean(rows.slice(-k), "critic/score/mean");
     const report = join(exp.runDir, "report.html");
+    const metricsTable = await exp.metrics();
+    const heldOutKey = "val-core/tiller/next-digit/acc/mean@1";
+    const heldOut = metricsTable
+      .toArray()
+      .map((r) => r.toJSON() as Record<string, number | null>)
+      .filter((r) => typeof r[heldOutKey] === "number");
+    const heldOutBefore = heldOut[0]?.[heldOutKey] ?? Number.NaN;
+    const heldOutAfter = heldOut.at(-1)?.[heldOutKey] ?? Number.NaN;
     await writeRunReport(exp.runDir, {
       title: `tiller quickstart: GRPO on ${options.task}`,
       summary: {
         steps: rows.length,
         [`mean reward, first ${k} steps`]: first.toFixed(3),
         [`mean reward, last ${k} steps`]: last.toFixed(3),
+        ...(countUp
+          ? {}
+          : {
+              "held-out accuracy (greedy, 4-digit prompts), before → after": `${heldOutBefore.toFixed(3)} → ${heldOutAfter.toFixed(3)}`,
+            }),
         "run folder": exp.runDir,
       },
       rollouts: await exp.rollouts(),
     });
     await exp.close();
     console.log(`mean reward: first ${k} steps ${first.toFixed(3)} → last ${k} steps ${last.toFixed(3)}`);
+    if (!countUp) {
+      console.log(
+        `held-out accuracy (greedy, 100 four-digit prompts never trained on): ${heldOutBefore.toFixed(3)} before → ${heldOutAfter.toFixed(3)} after`,
+      );
+    }
     console.log(`metrics: ${join(exp.runDir, "metrics.arrow")}`);
     console.log(`report:  ${report}`);
   } finally {

@@ -142,7 +142,11 @@ export function prepareConfig(config: ExperimentConfig): ExperimentConfig {
     ...sent,
     runDir: absolute(resolved.runDir),
     model: { ...config.model, path: absolute(config.model.path) },
-    data: { ...config.data, train: resolved.data.train.map(absolute) },
+    data: {
+      ...config.data,
+      train: resolved.data.train.map(absolute),
+      ...(config.data.val === undefined ? {} : { val: resolved.data.val.map(absolute) }),
+    },
     ...(config.reward?.fn
       ? {
           reward: {
@@ -467,6 +471,14 @@ export class Experiment {
    */
   async replay(step: number): Promise<ReplayResult> {
     return this.#op("replay", { step });
+  }
+
+  /**
+   * Validation on data.val with the current weights, alone (between steps): verl's val-core/ and
+   * val-aux/ metrics (mean@N, best@n, worst@n, maj@n per data source and reward field).
+   */
+  async validate(): Promise<{ step: number; metrics: Record<string, number> }> {
+    return this.#op("validate");
   }
 
   /** Adds the live displays that `options` asks for to its callbacks; returns the options and a finisher. */

@@ -27,8 +27,13 @@ import {
   type WorkerCommandResults,
 } from "../protocol/messages.js";
 import {
+  gaeAdvantages,
+  gpgAdvantages,
   grpoAdvantages,
+  grpoPassKAdvantages,
+  opoAdvantages,
   reinforcePlusPlusBaselineAdvantages,
+  reinforcePlusPlusTokenAdvantages,
   remaxAdvantages,
   rlooAdvantages,
 } from "../rl/advantages.js";
@@ -39,7 +44,9 @@ import { DynamicSamplingBatch, overlongPenalty } from "../rl/filter.js";
 import { AdaptiveKlController, FixedKlController, type KlController, klPerToken } from "../rl/kl.js";
 import { MetricsLog } from "../rl/metrics.js";
 import { RewardRunner } from "../rl/rewards/runner.js";
+import { offPolicyMetrics, rolloutCorrection } from "../rl/rollout-correction.js";
 import { activationsTable, type RolloutRecord, rolloutsTable } from "../rl/rollouts.js";
+import { validationMetrics } from "../rl/validation.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import {
   findCheckpoint,
@@ -85,6 +92,14 @@ export interface Sample extends RolloutRecord {
   baselineScore?: number;
   /** Per response token: the reward after the KL penalty (when KL is in the reward). */
   tokenRewards?: Float64Array;
+  /** PPO with a critic: per response token, the critic's value when scored and the GAE return. */
+  values?: Float32Array;
+  returns?: Float32Array;
+  /** The reward function's fields besides score (verl's reward_extra_info), for validation metrics. */
+  rewardExtras?: Record<string, unknown>;
+  /** Rollout correction: per response token, the importance weight and the mask after rejection. */
+  rolloutIsWeights?: Float32Array;
+  lossMask?: Float32Array;
 }
 
 /** The batch of the step in progress, as the stages fill it. */
@@ -300,6 +315,8 @@ export class ExperimentRun {
   /** The models' names on the workers, unique to this run so that runs can share workers. */
   readonly #actor: string;
   readonly #ref: string;
+  /** PPO's value model (algorithm.advantage "gae"), on the actor's rank. */
+  readonly #critic: string;
   #stopRequested = false;
   #snapshots = 0;
   #replaying = false;
@@ -315,6 +332,10 @@ export class ExperimentRun {
   #device = "cpu";
   #deviceName: string | undefined;
   #flopShape: FlopShape | undefined;
+  /** Held-out prompts (data.val), all of them validated in file order. */
+  #valDataset: PromptDataset | undefined;
+  /** The last validation's generations (for the inspector) and the step it ran after. */
+  lastValidation: { step: number; samples: Sample[]; metrics: Record<string, number> } | undefined;
 
   private constructor(
     config: ResolvedConfig,
@@ -330,6 +351,7 @@ export class ExperimentRun {
     const tag = `${config.name}.${process.pid}.${++runCounter}`;
     this.#actor = `actor.${tag}`;
     this.#ref = `ref.${tag}`;
+    this.#critic = `critic.${tag}`;
     this.runDir = resolve(config.runDir);
     const shape = readFlopShape(config.model.path);
     if (typeof shape === "string") this.warnings.push(`perf/mfu/actor is not measured: ${shape}`);
@@ -343,7 +365,13 @@ export class ExperimentRun {
   static async create(
     config: ResolvedConfig,
     call: RankCall,
-    options: { hooks?: ExperimentHooks; device?: string; deviceName?: string; actorDir?: string } = {},
+    options: {
+      hooks?: ExperimentHooks;
+      device?: string;
+      deviceName?: string;
+      actorDir?: string;
+      criticDir?: string;
+    } = {},
   ): Promise<ExperimentRun> {
     if (config.parallel.gpus > 1) {
       throw new Error(
@@ -361,6 +389,21 @@ export class ExperimentRun {
         `data.chatTemplate: the tokenizer in ${config.model.path} has no chat template; set data.chatTemplate: false`,
       );
     }
+    const applyChatTemplate = (messages: Parameters<Tokenizer["encodeChat"]>[0]) =>
+      config.data.chatTemplate
+        ? tokenizer.encodeChat(messages, { addGenerationPrompt: true })
+        : tokenizer.encode(messages.map((m) => m.content).join("\n"), { addSpecialTokens: false });
+    const valFiles = config.data.val ?? [];
+    const valDataset =
+      valFiles.length > 0
+        ? await PromptDataset.fromFiles(valFiles, {
+            applyChatTemplate: (messages) =>
+              applyChatTemplate(messages as Parameters<Tokenizer["encodeChat"]>[0]),
+            maxPromptTokens: config.data.maxPromptTokens,
+            seed: config.seed,
+            shuffle: false,
+          })
+        : undefined;
     const dataset = await PromptDataset.fromFiles(config.data.train, {
       applyChatTemplate: (messages) =>
         config.data.chatTemplate
@@ -395,6 +438,7 @@ export class ExperimentRun {
       timeoutMs: config.reward.timeoutMs,
     });
     const run = new ExperimentRun(config, call, tokenizer, dataset, rewards, kl, options.hooks ?? {});
+    run.#valDataset = valDataset;
     run.#device = options.device ?? "cpu";
     run.#deviceName = options.deviceName;
     try {
@@ -402,6 +446,7 @@ export class ExperimentRun {
       if (needsReference(config)) {
         await run.#call("model.load", { name: run.#ref, dir: config.model.path, dtype: run.#dtype });
       }
+      if (config.critic) await run.#loadCritic(options.criticDir ?? config.critic.path);
     } catch (error) {
       await run.close();
       throw error;
@@ -443,7 +488,11 @@ export class ExperimentRun {
       ...(options.totalSteps ? { totalSteps: options.totalSteps } : {}),
     };
     // The actor comes from the checkpoint; the tokenizer, prompts and reference from the original folder.
-    const run = await ExperimentRun.create(config, call, { ...options, actorDir: join(dir, "model") });
+    const run = await ExperimentRun.create(config, call, {
+      ...options,
+      actorDir: join(dir, "model"),
+      ...(config.critic ? { criticDir: join(dir, "critic") } : {}),
+    });
     const before = run.warnings.length;
     if (resolve(state.config.runDir) !== found.runDir) {
       run.warnings.push(
@@ -475,6 +524,16 @@ export class ExperimentRun {
       await this.#loadActor(join(dir, "model"));
     }
     await this.#call("model.loadOptimizer", { name: this.#actor, file: join(dir, "optimizer.safetensors") });
+    if (this.#config.critic) {
+      if (options.reloadActor) {
+        await this.#call("critic.free", { name: this.#critic });
+        await this.#loadCritic(join(dir, "critic"));
+      }
+      await this.#call("critic.loadOptimizer", {
+        name: this.#critic,
+        file: join(dir, "critic-optimizer.safetensors"),
+      });
+    }
     this.dataset.restore(state.dataset);
     if (this.#kl instanceof AdaptiveKlController && state.klCoefficient !== null) {
       // The adaptive controller's only state is its coefficient.
@@ -551,6 +610,24 @@ export class ExperimentRun {
     });
   }
 
+  /** The value model from an HF folder (the actor's, or a checkpoint's critic/) with its AdamW. */
+  async #loadCritic(dir: string): Promise<void> {
+    const c = this.#config.critic;
+    if (!c) return;
+    await this.#call("critic.load", {
+      name: this.#critic,
+      dir,
+      dtype: this.#dtype,
+      seed: this.#config.seed,
+      optimizer: {
+        lr: c.lr,
+        weightDecay: c.weightDecay,
+        maxGradNorm: c.maxGradNorm,
+        noDecay: "biases-and-norms",
+      },
+    });
+  }
+
   /** Frees the models on the workers and stops the reward threads. */
   async close(): Promise<void> {
     await this.rewards.close();
@@ -571,6 +648,13 @@ export class ExperimentRun {
             `tiller: ${this.#config.name}: freeing ${name} failed: ${(error as Error).message}\n`,
           );
         }
+      }
+    }
+    if (this.#config.critic) {
+      try {
+        await this.#call("critic.free", { name: this.#critic });
+      } catch {
+        // as above
       }
     }
   }
@@ -712,6 +796,19 @@ export class ExperimentRun {
         `rollout: step ${this.batch.step} is in progress (done: ${this.batch.stagesDone.join(", ")}); finish it with step(), or discard()`,
       );
     }
+    if (
+      this.#valDataset &&
+      this.#config.validation?.beforeTraining &&
+      this.step === 0 &&
+      this.metrics.length === 0 &&
+      !this.#replaying
+    ) {
+      // verl's val_before_train: a row at step 0 before the first update.
+      const t0 = performance.now();
+      const { metrics } = await this.#validateAt(0);
+      this.metrics.append({ step: 0, ...metrics, "timing_s/testing": (performance.now() - t0) / 1000 });
+      await this.metrics.writeFile(join(this.runDir, "metrics.arrow"));
+    }
     const batch: StepBatch = {
       step: this.step + 1,
       samples: [],
@@ -761,7 +858,8 @@ export class ExperimentRun {
       if (o.reason !== undefined) s.rewardReason = o.reason;
       if (typeof o.metrics.acc === "number" || typeof o.metrics.acc === "boolean")
         s.acc = Number(o.metrics.acc);
-      if (o.metrics.pred !== undefined) s.pred = String(o.metrics.pred);
+      if (o.metrics.pred !== undefined && o.metrics.pred !== null) s.pred = String(o.metrics.pred);
+      s.rewardExtras = o.metrics;
       s.shapedScore = overlong
         ? o.score +
           overlongPenalty(s.response.length, {
@@ -907,6 +1005,9 @@ export class ExperimentRun {
    * bf16, routing not recorded, a model that decoder serves (see decoderNotExact).
    */
   get recomputesOldLogprobs(): boolean {
+    const correction = this.#config.algorithm.rolloutCorrection;
+    if (correction?.bypassMode) return false;
+    if (correction) return true;
     const r = this.#config.algorithm.recomputeOldLogprobs;
     if (r !== "auto") return r;
     return !(
@@ -953,8 +1054,35 @@ export class ExperimentRun {
       batch.metrics["training/rollout_probs_diff_max"] = max;
       batch.metrics["training/rollout_probs_diff_mean"] = tokens ? sum / tokens : 0;
       batch.metrics["training/rollout_probs_diff_sequences"] = measured.length;
+      this.#rolloutCorrection(batch);
     });
     return batch;
+  }
+
+  /**
+   * verl's decoupled rollout correction: IS weights and rejection masks from the old and rollout
+   * logprobs, kept on the samples for the update, and the rollout_corr/ metrics (the off-policy
+   * ones whenever both logprobs exist, as verl).
+   */
+  #rolloutCorrection(batch: StepBatch): void {
+    const samples = batch.samples.filter((s) => s.response.length > 0);
+    if (samples.length === 0) return;
+    const old = samples.map((s) => s.oldLogprobs as Float32Array);
+    const rollout = samples.map((s) => s.rolloutLogprobs);
+    const masks = samples.map((s) => new Float32Array(s.response.length).fill(1));
+    const config = this.#config.algorithm.rolloutCorrection;
+    if (!config) {
+      for (const [k, v] of Object.entries(offPolicyMetrics(old, rollout, masks))) {
+        batch.metrics[`rollout_corr/${k}`] = v;
+      }
+      return;
+    }
+    const r = rolloutCorrection(old, rollout, masks, config);
+    samples.forEach((s, i) => {
+      if (r.weights) s.rolloutIsWeights = Float32Array.from(r.weights[i] as Float64Array);
+      if (config.rejection.length > 0) s.lossMask = Float32Array.from(r.mask[i] as Float64Array);
+    });
+    Object.assign(batch.metrics, r.metrics);
   }
 
   /** Reference logprobs, when KL (in the reward or as a loss) is used; otherwise nothing to do. */
@@ -1029,14 +1157,105 @@ export class ExperimentRun {
           advantages = perToken(reinforcePlusPlusBaselineAdvantages(scores, uids, lengths));
           break;
         case "reinforce++":
-          advantages = reinforcePlusPlusTokenAdvantages(samples);
+          advantages = reinforcePlusPlusTokenAdvantages(
+            samples.map((s) => s.tokenRewards ?? outcomeTokenRewards(s)),
+            this.#config.algorithm.gamma,
+          ).map((a) => Float32Array.from(a));
           break;
+        case "grpo_passk":
+          advantages = perToken(grpoPassKAdvantages(scores, uids));
+          break;
+        case "opo":
+          advantages = perToken(opoAdvantages(scores, uids, lengths));
+          break;
+        case "gpg":
+          advantages = perToken(gpgAdvantages(scores, uids));
+          break;
+        case "gae": {
+          const t0 = performance.now();
+          const values = await this.#criticValues(samples);
+          batch.timings["timing_s/values"] = (performance.now() - t0) / 1000;
+          const scored = samples.filter((s) => s.response.length > 0);
+          const gae = gaeAdvantages(
+            scored.map((s) => s.tokenRewards ?? outcomeTokenRewards(s)),
+            scored.map((s) => values.get(s) as Float32Array),
+            this.#config.algorithm.gamma,
+            this.#config.algorithm.lam,
+          );
+          scored.forEach((s, i) => {
+            s.values = values.get(s);
+            s.returns = Float32Array.from(gae.returns[i] as Float64Array);
+          });
+          const byScored = new Map(
+            scored.map((s, i) => [s, Float32Array.from(gae.advantages[i] as Float64Array)]),
+          );
+          advantages = samples.map((s) => byScored.get(s) ?? new Float32Array(0));
+          break;
+        }
       }
       samples.forEach((s, i) => {
         s.advantages = advantages[i];
       });
     });
     return batch;
+  }
+
+  /** The critic's value before each response token, packed into micro-batches as the logprobs are. */
+  async #criticValues(samples: Sample[]): Promise<Map<Sample, Float32Array>> {
+    const withResponse = samples.filter((s) => s.response.length > 0);
+    const plan = planMicroBatches(
+      withResponse.map((s) => s.prompt.length + s.response.length),
+      { tokensPerMicroBatch: this.#config.tokensPerMicroBatch, dataParallelRanks: 1 },
+    );
+    const out = new Map<Sample, Float32Array>();
+    for (const micro of (plan.ranks[0] as (typeof plan.ranks)[number]).microBatches) {
+      if (micro.length === 0) continue;
+      const chosen = micro.map((i) => withResponse[i] as Sample);
+      const { values } = await this.#call("critic.values", { name: this.#critic, ...this.#packed(chosen) });
+      let at = 0;
+      for (const s of chosen) {
+        const from = at + s.prompt.length - 1;
+        out.set(s, values.slice(from, from + s.response.length));
+        at += s.prompt.length + s.response.length - 1;
+      }
+    }
+    return out;
+  }
+
+  /** One critic update on a mini-batch (verl's update_critic): the clipped value loss, then AdamW. */
+  async #criticUpdate(mini: Sample[], tokens: number): Promise<WorkerCommandResults["critic.update"]> {
+    const c = this.#config.critic as NonNullable<ResolvedConfig["critic"]>;
+    const chosen = mini.filter((s) => s.response.length > 0);
+    const plan = planMicroBatches(
+      chosen.map((s) => s.prompt.length + s.response.length),
+      { tokensPerMicroBatch: this.#config.tokensPerMicroBatch, dataParallelRanks: 1 },
+    );
+    const microBatches = (plan.ranks[0] as (typeof plan.ranks)[number]).microBatches
+      .filter((mb) => mb.length > 0)
+      .map((mb) => {
+        const part = mb.map((i) => chosen[i] as Sample);
+        const aligned = (pick: (s: Sample) => ArrayLike<number> | undefined) =>
+          concat(
+            part.map((s) => responseAligned(s, pick(s))),
+            Float32Array,
+          ) as Float32Array;
+        return {
+          ...this.#packed(part),
+          values: aligned((s) => s.values),
+          returns: aligned((s) => s.returns),
+          mask: aligned((s) => new Float32Array(s.response.length).fill(1)),
+        };
+      });
+    return this.#call("critic.update", {
+      name: this.#critic,
+      microBatches,
+      counts: { tokens, sequences: mini.length },
+      config: {
+        cliprangeValue: c.cliprangeValue,
+        aggMode: c.aggMode,
+        lossScaleFactor: this.#config.algorithm.loss.lossScaleFactor ?? 1,
+      },
+    });
   }
 
   /**
@@ -1063,12 +1282,37 @@ export class ExperimentRun {
       let updates = 0;
       let microBatchCount = 0;
       let backwardS = 0;
+      const criticSums: Record<string, number> = {};
+      const addCritic = (k: string, v: number) => {
+        criticSums[k] = (criticSums[k] ?? 0) + v;
+      };
+      let criticUpdates = 0;
+      let criticS = 0;
       for (let epoch = 0; epoch < epochsPerStep; epoch++) {
         for (let m = 0; m < miniBatchesPerStep; m++) {
           const mini = batch.samples.slice(m * size, (m + 1) * size);
-          const tokens = mini.reduce((n, s) => n + s.response.length, 0);
-          const sequences = mini.filter((s) => s.response.length > 0).length;
+          // Rejected tokens (rollout correction) do not count.
+          const tokens = mini.reduce(
+            (n, s) => n + (s.lossMask ? s.lossMask.reduce((a, b) => a + b, 0) : s.response.length),
+            0,
+          );
+          // Every response counts in the sequence-mean modes, an empty one too (verl's global_batch_size).
+          const sequences = mini.length;
           if (tokens === 0) continue;
+          if (this.#config.critic) {
+            const t0 = performance.now();
+            const responseTokens = mini.reduce((n, s) => n + s.response.length, 0);
+            const c = await this.#criticUpdate(mini, responseTokens);
+            criticS += (performance.now() - t0) / 1000;
+            criticUpdates++;
+            addCritic("critic/vf_loss", c.vfLoss);
+            addCritic("critic/vf_clipfrac", c.vfClipfrac);
+            addCritic("critic/vpred_mean", c.vpredMean);
+            addCritic("critic/grad_norm", c.gradNorm);
+            batch.metrics["critic/lr"] = c.lr;
+            // verl's trainer.critic_warmup: the actor waits while the step is below it.
+            if (this.#config.critic.warmupSteps > batch.step) continue;
+          }
           const plan = planMicroBatches(
             mini.map((s) => s.prompt.length + s.response.length),
             { tokensPerMicroBatch, dataParallelRanks: 1 },
@@ -1088,8 +1332,11 @@ export class ExperimentRun {
                 cuSeqlens,
                 oldLogprobs: aligned((s) => s.oldLogprobs),
                 advantages: aligned((s) => s.advantages),
-                mask: aligned((s) => new Float32Array(s.response.length).fill(1)),
+                mask: aligned((s) => s.lossMask ?? new Float32Array(s.response.length).fill(1)),
                 ...(this.#config.algorithm.loss.kl ? { refLogprobs: aligned((s) => s.refLogprobs) } : {}),
+                ...(this.#config.algorithm.rolloutCorrection?.rolloutIs
+                  ? { rolloutIsWeights: aligned((s) => s.rolloutIsWeights) }
+                  : {}),
                 ...this.#routedExperts(this.#actor, chosen),
               };
             });
@@ -1105,9 +1352,10 @@ export class ExperimentRun {
           backwardS += r.backwardS + r.optimizerS;
           const m2: PolicyLossMetrics = r.metrics;
           add("actor/pg_loss", m2.pgLoss);
-          add("actor/pg_clipfrac", m2.pgClipfrac);
-          add("actor/pg_clipfrac_lower", m2.pgClipfracLower);
-          add("actor/ppo_kl", m2.ppoKl);
+          // A loss mode reports only the metrics it measures (gpg: none of these three).
+          if (m2.pgClipfrac !== undefined) add("actor/pg_clipfrac", m2.pgClipfrac);
+          if (m2.pgClipfracLower !== undefined) add("actor/pg_clipfrac_lower", m2.pgClipfracLower);
+          if (m2.ppoKl !== undefined) add("actor/ppo_kl", m2.ppoKl);
           add("actor/entropy", m2.entropy);
           if (this.#config.algorithm.loss.kl) add("actor/kl_loss", m2.klLoss);
           add("actor/grad_norm", r.gradNorm);
@@ -1118,6 +1366,8 @@ export class ExperimentRun {
       for (const [k, v] of Object.entries(sums)) {
         batch.metrics[k] = k === "actor/skipped_updates" ? v : updates ? v / updates : Number.NaN;
       }
+      for (const [k, v] of Object.entries(criticSums)) batch.metrics[k] = v / criticUpdates;
+      if (criticUpdates > 0) batch.timings["timing_s/update_critic"] = criticS;
       batch.metrics["actor/updates"] = updates;
       batch.metrics["actor/micro_batches"] = microBatchCount;
       const router = await this.#call("model.routerStats", { name: this.#actor });
@@ -1145,8 +1395,101 @@ export class ExperimentRun {
   async sync(): Promise<StepBatch> {
     const batch = this.#current("sync");
     await this.#timed(batch, "sync", async () => {});
+    const every = this.#config.validation?.everySteps ?? 0;
+    if (
+      this.#valDataset &&
+      every > 0 &&
+      !this.#replaying &&
+      (batch.step % every === 0 || batch.step === this.#config.totalSteps)
+    ) {
+      const t0 = performance.now();
+      Object.assign(batch.metrics, (await this.#validateAt(batch.step)).metrics);
+      batch.timings["timing_s/testing"] = (performance.now() - t0) / 1000;
+    }
     await this.#finishStep(batch);
     return batch;
+  }
+
+  /**
+   * Validation on data.val with the current weights: every held-out prompt, samplesPerPrompt
+   * responses each (greedy at temperature 0), scored, reduced to verl's val-core/ and val-aux/
+   * metrics. The generations are kept (lastValidation). Callable alone from a notebook; alone it
+   * returns the metrics without adding a row (a step's validation goes into that step's row).
+   */
+  async validate(): Promise<{ step: number; metrics: Record<string, number> }> {
+    if (this.batch && this.batch.step === this.step + 1 && !this.batch.stagesDone.includes("sync")) {
+      throw new Error(
+        `validate: step ${this.batch.step} is half done (${this.batch.stagesDone.join(", ")}); finish or discard() it first`,
+      );
+    }
+    return this.#validateAt(this.step);
+  }
+
+  async #validateAt(step: number): Promise<{ step: number; metrics: Record<string, number> }> {
+    const dataset = this.#valDataset;
+    if (!dataset) throw new Error("validate: no held-out prompts; set data.val in the config");
+    const v = this.#config.validation;
+    const n = v.samplesPerPrompt;
+    const samples: Sample[] = [];
+    // A chunk of prompts per generate call, as many as a training step's.
+    const chunk = Math.max(1, this.#config.promptsPerStep);
+    for (let start = 0; start < dataset.items.length; start += chunk) {
+      const items = dataset.items.slice(start, start + chunk);
+      const prompts = items.flatMap((item) =>
+        Array.from({ length: n }, () => Int32Array.from(item.promptTokenIds)),
+      );
+      const { generations } = await this.#call("model.generate", {
+        name: this.#actor,
+        prompts,
+        maxNewTokens: this.#config.rollout.maxResponseTokens,
+        temperature: v.temperature,
+        topP: v.topP,
+        topK: v.topK,
+        stopTokenIds: this.tokenizer.eosTokenIds,
+        // Its own stream: the same weights and step give the same validation, resumed or not.
+        seed: mixSeed(mixSeed(this.#config.seed, step), 0x76616c),
+      });
+      generations.forEach((g, i) => {
+        const item = items[Math.floor(i / n)] as PromptItem;
+        samples.push({
+          uid: `val.${start + Math.floor(i / n)}`,
+          round: 0,
+          prompt: prompts[i] as Int32Array,
+          response: g.tokens,
+          rolloutLogprobs: g.logprobs,
+          finishReason: g.finishReason,
+          dataSource: item.row.dataSource,
+          groundTruth: item.row.rewardModel.groundTruth,
+          extra: item.row.extraInfo,
+        });
+      });
+    }
+    await this.#scoreSamples(samples);
+    const infos: Record<string, (number | string | boolean | null)[]> = {
+      reward: samples.map((s) => s.score ?? 0),
+    };
+    samples.forEach((s, i) => {
+      const extras = s.rewardExtras ?? {};
+      // verl's reward_extra_info holds the score too when the reward function returns a dict.
+      const fields: Record<string, unknown> =
+        Object.keys(extras).length > 0 ? { score: s.score, ...extras } : {};
+      for (const [key, value] of Object.entries(fields)) {
+        if (typeof value !== "number" && typeof value !== "boolean" && typeof value !== "string") continue;
+        let list = infos[key];
+        if (!list) {
+          list = new Array(samples.length).fill(null);
+          infos[key] = list;
+        }
+        list[i] = value;
+      }
+    });
+    const metrics = validationMetrics({
+      dataSources: samples.map((s) => s.dataSource),
+      uids: samples.map((s) => s.uid),
+      infos,
+    });
+    this.lastValidation = { step, samples, metrics };
+    return { step, metrics };
   }
 
   async #finishStep(batch: StepBatch): Promise<void> {
@@ -1169,6 +1512,19 @@ export class ExperimentRun {
       Float32Array,
     );
     putStats(m, "critic/advantages", advantageTokens);
+    if (samples.some((s) => s.values)) {
+      const values = concat(
+        samples.map((s) => s.values ?? new Float32Array()),
+        Float32Array,
+      ) as Float32Array;
+      const returns = concat(
+        samples.map((s) => (s.values ? (s.returns ?? new Float32Array()) : new Float32Array())),
+        Float32Array,
+      ) as Float32Array;
+      putStats(m, "critic/values", values);
+      putStats(m, "critic/returns", returns);
+      m["critic/vf_explained_var"] = explainedVariance(returns, values);
+    }
     const responseLengths = samples.map((s) => s.response.length);
     const promptLengths = samples.map((s) => s.prompt.length);
     putStats(m, "response_length", responseLengths);
@@ -1263,6 +1619,14 @@ export class ExperimentRun {
     return rows;
   }
 
+  /** The last validation's generations, as rollouts() lays them out (for the inspector). */
+  validationRollouts(): Table {
+    const v = this.lastValidation;
+    if (!v)
+      throw new Error("validationRollouts: no validation has run yet (set data.val, or call validate())");
+    return rolloutsTable(v);
+  }
+
   /** The rollouts of a kept step (default the last completed) or of the step in progress, as an Arrow table. */
   rollouts(step?: number): Table {
     const s = step ?? this.step;
@@ -1313,6 +1677,13 @@ export class ExperimentRun {
   async #writeState(dir: string): Promise<void> {
     await this.#call("model.save", { name: this.#actor, dir: join(dir, "model") });
     await this.#call("model.saveOptimizer", { name: this.#actor, file: join(dir, "optimizer.safetensors") });
+    if (this.#config.critic) {
+      await this.#call("critic.save", {
+        name: this.#critic,
+        dir: join(dir, "critic"),
+        optimizerFile: join(dir, "critic-optimizer.safetensors"),
+      });
+    }
     const state: ExperimentState = {
       version: 1,
       step: this.step,
@@ -1674,37 +2045,25 @@ function deepMerge(base: unknown, patch: unknown): unknown {
   return out;
 }
 
-/**
- * REINFORCE++ with per-token rewards: returns are reverse cumulative sums of the token rewards
- * (γ = 1; the score sits on the last token), whitened over every response token of the batch.
- */
-function reinforcePlusPlusTokenAdvantages(samples: Sample[]): Float32Array[] {
-  const returns = samples.map((s) => {
-    const r =
-      s.tokenRewards ??
-      Float64Array.from({ length: s.response.length }, (_, t) =>
-        t === s.response.length - 1 ? (s.shapedScore ?? 0) : 0,
-      );
-    const out = new Float64Array(r.length);
-    let acc = 0;
-    for (let t = r.length - 1; t >= 0; t--) {
-      acc += r[t] as number;
-      out[t] = acc;
-    }
-    return out;
-  });
-  let n = 0;
-  let sum = 0;
-  for (const r of returns)
-    for (const v of r) {
-      sum += v;
-      n++;
-    }
-  if (n < 2)
-    throw new RangeError(`reinforce++ whitening needs at least 2 response tokens in the batch, got ${n}`);
-  const mean = sum / n;
-  let squares = 0;
-  for (const r of returns) for (const v of r) squares += (v - mean) ** 2;
-  const scale = 1 / Math.sqrt(squares / (n - 1) + 1e-8);
-  return returns.map((r) => Float32Array.from(r, (v) => (v - mean) * scale));
+/** verl's critic/vf_explained_var: 1 − var(returns − values) / (var(returns) + 1e-5), unbiased variances. */
+function explainedVariance(returns: Float32Array, values: Float32Array): number {
+  const n = returns.length;
+  if (n === 0) return Number.NaN;
+  const variance = (x: (i: number) => number) => {
+    let sum = 0;
+    for (let i = 0; i < n; i++) sum += x(i);
+    const mean = sum / n;
+    let squares = 0;
+    for (let i = 0; i < n; i++) squares += (x(i) - mean) ** 2;
+    return squares / (n - 1);
+  };
+  const diff = variance((i) => (returns[i] as number) - (values[i] as number));
+  return 1 - diff / (variance((i) => returns[i] as number) + 1e-5);
+}
+
+/** An outcome reward as token rewards: the (shaped) score on the last response token. */
+function outcomeTokenRewards(s: Sample): Float64Array {
+  const rewards = new Float64Array(s.response.length);
+  if (rewards.length > 0) rewards[rewards.length - 1] = s.shapedScore ?? 0;
+  return rewards;
 }

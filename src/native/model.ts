@@ -105,6 +105,8 @@ export interface PolicyStepInputs {
   mask: Float32Array;
   /** Under the reference policy; required when config.kl.type is not none. */
   refLogprobs?: Float32Array;
+  /** Rollout-correction importance weights multiplying each token's policy loss. */
+  rolloutIsWeights?: Float32Array;
 }
 
 export interface PolicyStepResult extends TrainStepResult {
@@ -248,7 +250,7 @@ function checkIds(ids: unknown, field: string): TokenIds {
 }
 
 /** cuSeqlens: [sequences + 1], from 0 to tokens.length, every sequence at least 2 tokens long. */
-function checkPacked(tokens: unknown, cuSeqlens: unknown): [TokenIds, TokenIds] {
+export function checkPacked(tokens: unknown, cuSeqlens: unknown): [TokenIds, TokenIds] {
   const t = checkIds(tokens, "tokens");
   const cu = checkIds(cuSeqlens, "cuSeqlens");
   const values = Array.from(cu as ArrayLike<number | bigint>, Number);
@@ -358,7 +360,7 @@ export interface ModelLoadOptions extends ModelCreateOptions {
   mesh?: Mesh;
 }
 
-function checkPlacement(options: ModelCreateOptions): [string, NativeDtype] {
+export function checkPlacement(options: ModelCreateOptions): [string, NativeDtype] {
   const device = checkDevice(options.device ?? "cpu");
   const dtype = checkDtype(options.dtype ?? "float32");
   if (!["float32", "float16", "bfloat16", "float64"].includes(dtype)) {
@@ -512,6 +514,14 @@ export class Model {
     }
     checkPolicyLossConfig(config);
     checkOptionalInputs(config, perToken.refLogprobs, "perToken", predicted, "tokens - sequences");
+    if (perToken.rolloutIsWeights !== undefined) {
+      checkTokenArray(
+        perToken.rolloutIsWeights,
+        "perToken.rolloutIsWeights",
+        predicted,
+        "tokens - sequences",
+      );
+    }
     return native().modelPolicyStep(
       this.handle,
       t,

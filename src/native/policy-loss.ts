@@ -5,13 +5,49 @@ import { addon } from "./binding.js";
 
 export type LossAggMode =
   | "token-mean"
+  | "token-sum"
   | "seq-mean-token-sum"
   | "seq-mean-token-mean"
   | "seq-mean-token-sum-norm";
-/** verl's names: k1 = "kl", k2 = "mse", k3 = "low_var_kl" (clamped to ±10), abs = "abs". */
-export type KlPenaltyType = "none" | "k1" | "k2" | "k3" | "low_var_kl" | "abs";
+type KlBase = "k1" | "kl" | "k2" | "mse" | "k3" | "low_var_kl" | "abs";
+/**
+ * verl's names: k1 = "kl", k2 = "mse", k3 = "low_var_kl" (clamped to ±10), abs = "abs"; a trailing
+ * "+" (e.g. "k3+") keeps the estimator's value with k2's gradient (verl's straight-through).
+ */
+export type KlPenaltyType = "none" | KlBase | `${KlBase}+`;
+
+/** verl's policy_loss.loss_mode. */
+export type PolicyLossMode =
+  | "vanilla"
+  | "gspo"
+  | "sapo"
+  | "gpg"
+  | "clip_cov"
+  | "kl_cov"
+  | "geo_mean"
+  | "cispo";
+export const policyLossModes: readonly PolicyLossMode[] = [
+  "vanilla",
+  "gspo",
+  "sapo",
+  "gpg",
+  "clip_cov",
+  "kl_cov",
+  "geo_mean",
+  "cispo",
+];
 
 export interface PolicyLossConfig {
+  /**
+   * The surrogate (default vanilla: PPO clip with dual-clip). gspo: one ratio per sequence (the
+   * geometric mean of its tokens'), token gradients; sapo: a sigmoid gate of temperature
+   * tauPos/tauNeg instead of the clip, always seq-mean-token-mean; gpg: −A·logprob; clip_cov: the
+   * clip, and the gradient cut at a random clipCovRatio of the tokens whose covariance of advantage
+   * and logprob lies in (clipCovLb, clipCovUb); kl_cov: + ppoKlCoef·|log ratio| on the klCovRatio of
+   * tokens of largest covariance; geo_mean (GMPO): the geometric mean of clipped token ratios per
+   * sequence, a mean over sequences whatever aggMode; cispo: −sg(clip(ratio))·A·logprob.
+   */
+  lossMode?: PolicyLossMode;
   /** The ratio is clipped below at 1 − clipRatioLow (default 0.2). */
   clipRatioLow?: number;
   /** …and above at 1 + clipRatioHigh (default 0.2; DAPO's clip-higher e.g. 0.28). */
@@ -20,7 +56,7 @@ export interface PolicyLossConfig {
   clipRatioC?: number;
   /**
    * How per-token losses become a scalar (default token-mean), dividing by the mini-batch counts:
-   * token-mean: Σ m·L / counts.tokens; seq-mean-token-sum: Σ_seq Σ m·L / counts.sequences;
+   * token-mean: Σ m·L / counts.tokens; token-sum: Σ m·L; seq-mean-token-sum: Σ_seq Σ m·L / counts.sequences;
    * seq-mean-token-mean: Σ_seq (Σ m·L / tokens of the seq) / counts.sequences;
    * seq-mean-token-sum-norm (Dr. GRPO): Σ_seq Σ m·L / (counts.sequences · lossScaleFactor).
    */
@@ -31,18 +67,33 @@ export interface PolicyLossConfig {
   entropyCoeff?: number;
   /** loss += kl.coeff · agg(penalty(logprob, refLogprob)) (default none). */
   kl?: { type: KlPenaltyType; coeff?: number };
+  /** sapo's gate temperatures for A > 0 and A ≤ 0 (verl's tau_pos 1, tau_neg 1.05). */
+  tauPos?: number;
+  tauNeg?: number;
+  /** clip_cov (verl's defaults 0.0002, 1, 5). */
+  clipCovRatio?: number;
+  clipCovLb?: number;
+  clipCovUb?: number;
+  /** kl_cov (verl's defaults 0.0002, 0.1). */
+  klCovRatio?: number;
+  ppoKlCoef?: number;
+  /** Seeds clip_cov's random choice among its candidate tokens (default 0). */
+  seed?: number;
 }
 
 /**
  * This micro-batch's share of each metric verl reports; summed over the micro-batches (and ranks)
  * of a mini-batch they give the mini-batch's value. pgLoss, entropy and klLoss use aggMode;
- * pgClipfrac, pgClipfracLower (dual-clip) and ppoKl (mean old − new logprob) are token means.
+ * pgClipfrac, pgClipfracLower (dual-clip) and ppoKl (mean old − new logprob; kl_cov: mean
+ * |log ratio|) are token means. A loss mode that does not measure one leaves it out (verl reports
+ * nothing or a constant 0 there): gpg measures none, sapo and kl_cov only ppoKl, gspo, clip_cov
+ * and cispo no pgClipfracLower.
  */
 export interface PolicyLossMetrics {
   pgLoss: number;
-  pgClipfrac: number;
-  pgClipfracLower: number;
-  ppoKl: number;
+  pgClipfrac?: number;
+  pgClipfracLower?: number;
+  ppoKl?: number;
   entropy: number;
   klLoss: number;
 }
@@ -64,6 +115,8 @@ export interface PolicyLossInputs {
   entropy?: Float32Array;
   /** Needed when kl.type is not none. */
   refLogprobs?: Float32Array;
+  /** Rollout-correction importance weights multiplying each token's policy loss. */
+  rolloutIsWeights?: Float32Array;
   /** [sequences + 1] boundaries of the sequences in the token arrays, from 0 to their length. */
   cuSeqlens: Int32Array;
 }
@@ -83,11 +136,17 @@ export interface NativePolicyLossAddon {
 
 const AGG_MODES: LossAggMode[] = [
   "token-mean",
+  "token-sum",
   "seq-mean-token-sum",
   "seq-mean-token-mean",
   "seq-mean-token-sum-norm",
 ];
-const KL_TYPES: KlPenaltyType[] = ["none", "k1", "k2", "k3", "low_var_kl", "abs"];
+const KL_BASES: KlBase[] = ["k1", "kl", "k2", "mse", "k3", "low_var_kl", "abs"];
+export const klPenaltyTypes: readonly KlPenaltyType[] = [
+  "none",
+  ...KL_BASES,
+  ...KL_BASES.map((k) => `${k}+` as const),
+];
 
 function finite(value: unknown, field: string, ok: (v: number) => boolean, allowed: string): void {
   if (value === undefined) return;
@@ -104,6 +163,18 @@ export function checkPolicyLossConfig(config: PolicyLossConfig): PolicyLossConfi
   finite(config.clipRatioC, "config.clipRatioC", (v) => v > 1, "> 1");
   finite(config.lossScaleFactor, "config.lossScaleFactor", (v) => v > 0, "> 0");
   finite(config.entropyCoeff, "config.entropyCoeff", () => true, "a finite number");
+  if (config.lossMode !== undefined && !policyLossModes.includes(config.lossMode)) {
+    throw new RangeError(
+      `config.lossMode: ${JSON.stringify(config.lossMode)}; allowed: ${policyLossModes.join(", ")}`,
+    );
+  }
+  for (const key of ["tauPos", "tauNeg", "clipCovRatio", "klCovRatio"] as const) {
+    finite(config[key], `config.${key}`, (v) => v > 0, "> 0");
+  }
+  for (const key of ["clipCovLb", "clipCovUb", "ppoKlCoef"] as const) {
+    finite(config[key], `config.${key}`, () => true, "a finite number");
+  }
+  finite(config.seed, "config.seed", (v) => Number.isSafeInteger(v) && v >= 0, "an integer ≥ 0");
   if (config.aggMode !== undefined && !AGG_MODES.includes(config.aggMode)) {
     throw new RangeError(
       `config.aggMode: ${JSON.stringify(config.aggMode)}; allowed: ${AGG_MODES.join(", ")}`,
@@ -113,9 +184,9 @@ export function checkPolicyLossConfig(config: PolicyLossConfig): PolicyLossConfi
     if (config.kl === null || typeof config.kl !== "object") {
       throw new TypeError("config.kl: expected {type, coeff}");
     }
-    if (!KL_TYPES.includes(config.kl.type)) {
+    if (!klPenaltyTypes.includes(config.kl.type)) {
       throw new RangeError(
-        `config.kl.type: ${JSON.stringify(config.kl.type)}; allowed: ${KL_TYPES.join(", ")}`,
+        `config.kl.type: ${JSON.stringify(config.kl.type)}; allowed: ${klPenaltyTypes.join(", ")}`,
       );
     }
     finite(config.kl.coeff, "config.kl.coeff", () => true, "a finite number");
@@ -184,6 +255,8 @@ export function policyLoss(
     throw new TypeError("inputs.entropy: required when config.entropyCoeff is not 0");
   }
   checkOptionalInputs(config, inputs.refLogprobs, "inputs", n, "as many as logprobs");
+  if (inputs.rolloutIsWeights !== undefined)
+    checkTokenArray(inputs.rolloutIsWeights, "inputs.rolloutIsWeights", n, "as many as logprobs");
   const cu = inputs.cuSeqlens;
   if (!(cu instanceof Int32Array) || cu.length < 2 || cu[0] !== 0 || cu[cu.length - 1] !== n) {
     throw new RangeError(`inputs.cuSeqlens: expected an Int32Array running from 0 to ${n}`);

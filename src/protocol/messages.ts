@@ -141,6 +141,7 @@ export const workerCommandArgs = {
         advantages: typedArray(Float32Array),
         mask: typedArray(Float32Array),
         refLogprobs: optional(typedArray(Float32Array)),
+        rolloutIsWeights: optional(typedArray(Float32Array)),
         routedExperts: optional(typedArray(Int32Array)),
       }),
       { minLength: 1, maxLength: 100_000 },
@@ -170,6 +171,39 @@ export const workerCommandArgs = {
   "model.saveOptimizer": object({ name: modelName, file: string() }),
   "model.loadOptimizer": object({ name: modelName, file: string() }),
   "model.free": object({ name: modelName }),
+  /** PPO's value model (native/critic.ts): load with its optimizer, values, one update, save. */
+  "critic.load": object({
+    name: modelName,
+    dir: string(),
+    dtype: optional(literal("float32", "bfloat16", "float16")),
+    seed: optional(integer({ min: 0 })),
+    /** AdamW options as model.initOptimizer's. */
+    optimizer: record(),
+  }),
+  "critic.values": object({ name: modelName, tokens: ids, cuSeqlens: ids }),
+  /** Every micro-batch's value-loss backward, then the optimizer step; counts of the whole mini-batch. */
+  "critic.update": object({
+    name: modelName,
+    microBatches: array(
+      object({
+        tokens: ids,
+        cuSeqlens: ids,
+        values: typedArray(Float32Array),
+        returns: typedArray(Float32Array),
+        mask: typedArray(Float32Array),
+      }),
+      { minLength: 1, maxLength: 100_000 },
+    ),
+    counts: object({
+      tokens: number({ min: Number.MIN_VALUE }),
+      sequences: number({ min: Number.MIN_VALUE }),
+    }),
+    config: record(),
+  }),
+  /** The critic's HF folder (with score.*) and its optimizer state (checkpoints). */
+  "critic.save": object({ name: modelName, dir: string(), optimizerFile: string() }),
+  "critic.loadOptimizer": object({ name: modelName, file: string() }),
+  "critic.free": object({ name: modelName }),
   "dist.init": object({
     rank: integer({ min: 0 }),
     worldSize: integer({ min: 1 }),
@@ -343,6 +377,7 @@ export const experimentOps = [
   "batch",
   "patch",
   "activations",
+  "validate",
 ] as const;
 export type ExperimentOp = (typeof experimentOps)[number];
 
@@ -479,6 +514,21 @@ export interface WorkerCommandResults {
   "model.saveOptimizer": { file: string };
   "model.loadOptimizer": { file: string };
   "model.free": { freed: boolean };
+  "critic.load": { name: string };
+  "critic.values": { values: Float32Array };
+  "critic.update": {
+    /** Summed over the micro-batches: the mini-batch's value loss and verl's critic metrics. */
+    vfLoss: number;
+    vfClipfrac: number;
+    vpredMean: number;
+    gradNorm: number;
+    lr: number;
+    skipped: boolean;
+    microBatches: number;
+  };
+  "critic.save": { dir: string };
+  "critic.loadOptimizer": { file: string };
+  "critic.free": { freed: boolean };
   "dist.init": { rank: number; worldSize: number; backend: string };
   "dist.allReduce": { values: Float32Array | Float64Array };
   "dist.mesh": WorkerMesh;

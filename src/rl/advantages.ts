@@ -101,6 +101,173 @@ export function remaxAdvantages(scores: Float64Array, baselineScores: Float64Arr
   return scores.map((s, i) => s - baselineScores[i]);
 }
 
+/**
+ * GRPO for pass@k: in each group only the best response gets an advantage, `r_max − r_second`
+ * (divided by the group's std + ε unless `normByStd` is false); every other response gets 0. A
+ * group needs ≥ 2 responses. The first of tied maxima is the best (its advantage is then 0).
+ * Mirrors `compute_grpo_passk_outcome_advantage`.
+ */
+export function grpoPassKAdvantages(
+  scores: Float64Array,
+  groups: GroupIds,
+  options: GrpoOptions = {},
+): Float64Array {
+  checkSameLength("groups", groups, scores.length);
+  const normByStd = options.normByStd ?? true;
+  const epsilon = options.epsilon ?? grpoEpsilon;
+  const advantages = new Float64Array(scores.length);
+  for (const [id, members] of responsesByGroup(groups)) {
+    if (members.length < 2) {
+      throw new RangeError(
+        `grpo_passk needs at least 2 responses per group; group ${JSON.stringify(id)} has ${members.length}`,
+      );
+    }
+    let best = members[0] as number;
+    for (const i of members) if (scores[i] > scores[best]) best = i;
+    let second = Number.NEGATIVE_INFINITY;
+    for (const i of members) if (i !== best && scores[i] > second) second = scores[i];
+    const gap = scores[best] - second;
+    advantages[best] = normByStd ? gap / (meanStd(scores, members).std + epsilon) : gap;
+  }
+  return advantages;
+}
+
+/**
+ * OPO: `score − baseline_g`, the baseline the length-weighted mean score of the group,
+ * `Σ len·score / Σ len` (a group of one has baseline 0; a group whose responses are all empty has
+ * no tokens to weigh and gets baseline 0 too, where verl divides 0 by 0). Mirrors
+ * `compute_opo_outcome_advantage`.
+ */
+export function opoAdvantages(
+  scores: Float64Array,
+  groups: GroupIds,
+  responseLengths: Int32Array,
+): Float64Array {
+  checkSameLength("groups", groups, scores.length);
+  checkSameLength("responseLengths", responseLengths, scores.length);
+  const advantages = new Float64Array(scores.length);
+  for (const members of responsesByGroup(groups).values()) {
+    let weighted = 0;
+    let tokens = 0;
+    for (const i of members) {
+      weighted += responseLengths[i] * scores[i];
+      tokens += responseLengths[i];
+    }
+    const baseline = members.length === 1 || tokens === 0 ? 0 : weighted / tokens;
+    for (const i of members) advantages[i] = scores[i] - baseline;
+  }
+  return advantages;
+}
+
+/**
+ * GPG: `α · (score − mean_g) / f_norm` with α = responses / max(responses with a non-zero score, 1)
+ * over the whole batch and f_norm = 1 (a group of one has mean 0). Mirrors
+ * `compute_gpg_outcome_advantage` with its defaults.
+ */
+export function gpgAdvantages(scores: Float64Array, groups: GroupIds): Float64Array {
+  checkSameLength("groups", groups, scores.length);
+  let nonZero = 0;
+  for (const s of scores) if (s !== 0) nonZero++;
+  // verl divides a Python int by a torch count, which torch computes as a float32 reciprocal times
+  // the int (Tensor.__rtruediv__): α is rounded the same way here.
+  const alpha = Math.fround(Math.fround(1 / Math.max(nonZero, 1)) * scores.length);
+  const advantages = new Float64Array(scores.length);
+  for (const members of responsesByGroup(groups).values()) {
+    const mean = members.length === 1 ? 0 : meanStd(scores, members).mean;
+    for (const i of members) advantages[i] = alpha * (scores[i] - mean);
+  }
+  return advantages;
+}
+
+/**
+ * REINFORCE++ with per-token rewards: the discounted return `G_t = r_t + γ·G_{t+1}` at every
+ * response token, whitened over all tokens of the batch. tokenRewards[i]: [responseLength_i] (an
+ * outcome reward sits on the last token). Mirrors `compute_reinforce_plus_plus_outcome_advantage`
+ * (algorithm.gamma).
+ */
+export function reinforcePlusPlusTokenAdvantages(
+  tokenRewards: readonly ArrayLike<number>[],
+  gamma = 1,
+): Float64Array[] {
+  checkGamma(gamma, "gamma");
+  const returns = tokenRewards.map((r) => {
+    const out = new Float64Array(r.length);
+    let running = 0;
+    for (let t = r.length - 1; t >= 0; t--) {
+      running = (r[t] as number) + gamma * running;
+      out[t] = running;
+    }
+    return out;
+  });
+  return whitenTokens(returns);
+}
+
+export interface GaeResult {
+  /** Per response, per token: GAE advantages whitened over every token of the batch. */
+  advantages: Float64Array[];
+  /** Per response, per token: advantage (before whitening) + value, the critic's target. */
+  returns: Float64Array[];
+}
+
+/**
+ * Generalised advantage estimation: `δ_t = r_t + γ·V_{t+1} − V_t` (V after the last token is 0),
+ * `A_t = δ_t + γλ·A_{t+1}`, returns `A_t + V_t`, then the advantages whitened over the batch's
+ * tokens. tokenRewards[i], values[i]: [responseLength_i]. Mirrors `compute_gae_advantage_return`
+ * (algorithm.gamma, algorithm.lam).
+ */
+export function gaeAdvantages(
+  tokenRewards: readonly ArrayLike<number>[],
+  values: readonly ArrayLike<number>[],
+  gamma = 1,
+  lam = 1,
+): GaeResult {
+  checkSameLength("values", values, tokenRewards.length, "tokenRewards");
+  checkGamma(gamma, "gamma");
+  checkGamma(lam, "lam");
+  const raw: Float64Array[] = [];
+  const returns: Float64Array[] = [];
+  tokenRewards.forEach((r, i) => {
+    const v = values[i] as ArrayLike<number>;
+    checkSameLength(`values[${i}]`, v, r.length, `tokenRewards[${i}]`);
+    const a = new Float64Array(r.length);
+    const ret = new Float64Array(r.length);
+    let nextValue = 0;
+    let gae = 0;
+    for (let t = r.length - 1; t >= 0; t--) {
+      const delta = (r[t] as number) + gamma * nextValue - (v[t] as number);
+      gae = delta + gamma * lam * gae;
+      nextValue = v[t] as number;
+      a[t] = gae;
+      ret[t] = gae + (v[t] as number);
+    }
+    raw.push(a);
+    returns.push(ret);
+  });
+  return { advantages: whitenTokens(raw), returns };
+}
+
+function checkGamma(value: number, field: string): void {
+  if (typeof value !== "number" || !(value >= 0 && value <= 1)) {
+    throw new RangeError(`${field}: ${JSON.stringify(value)} must be a number in [0, 1]`);
+  }
+}
+
+/** masked_whiten over every token of the batch: `(x − mean) / sqrt(var + 1e-8)`, unbiased variance. */
+function whitenTokens(values: readonly Float64Array[]): Float64Array[] {
+  let n = 0;
+  let sum = 0;
+  for (const r of values) {
+    n += r.length;
+    for (const v of r) sum += v;
+  }
+  if (n < 2) throw new RangeError(`whitening needs at least 2 response tokens in the batch, got ${n}`);
+  const mean = sum / n;
+  let squares = 0;
+  for (const r of values) for (const v of r) squares += (v - mean) ** 2;
+  const scale = 1 / Math.sqrt(squares / (n - 1) + whitenEpsilon);
+  return values.map((r) => r.map((v) => (v - mean) * scale));
+}
+
 /** Broadcast one advantage per response to its tokens: `result[i]` has `responseLengths[i]` entries. */
 export function advantagesPerToken(advantages: Float64Array, responseLengths: Int32Array): Float64Array[] {
   checkSameLength("responseLengths", responseLengths, advantages.length, "advantages");

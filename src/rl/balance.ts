@@ -75,12 +75,25 @@ export function partitionSpreadTokens(lengths: ArrayLike<number>, partitions: nu
   return Math.max(...loads) - Math.min(...loads);
 }
 
+/**
+ * verl's calculate_workload: a transformer's cost of a sequence, linear in its length for the
+ * matmuls and quadratic for attention, `24576·L + L²` (relative units, not FLOPs).
+ */
+export function attentionWorkload(length: number): number {
+  return 24576 * length + length * length;
+}
+
 export interface MicroBatchPlanOptions {
   /** Most tokens (prompt + response, as the lengths count them) in one micro-batch on one rank. */
   tokensPerMicroBatch: number;
   dataParallelRanks: number;
   /** Give every rank the same number of sequences (verl's `_balance_batch`). Default false. */
   equalSequencesPerRank?: boolean;
+  /**
+   * What the ranks' shares balance: "tokens" (default) or "attention", verl's attention-aware
+   * workload (attentionWorkload), which weighs long sequences more than their token count.
+   */
+  balance?: "tokens" | "attention";
 }
 
 export interface RankPlan {
@@ -131,7 +144,13 @@ export function planMicroBatches(
       );
     }
   }
-  const rankSequences = karmarkarKarpPartition(sequenceLengths, dataParallelRanks, {
+  const balance = options.balance ?? "tokens";
+  if (balance !== "tokens" && balance !== "attention") {
+    throw new RangeError(`balance: ${JSON.stringify(balance)}; allowed: "tokens", "attention"`);
+  }
+  const loads =
+    balance === "attention" ? Array.from(sequenceLengths, (l) => attentionWorkload(l)) : sequenceLengths;
+  const rankSequences = karmarkarKarpPartition(loads, dataParallelRanks, {
     equalSize: options.equalSequencesPerRank ?? false,
   });
   const rankBins = rankSequences.map((indices) =>

@@ -1,10 +1,21 @@
 // An experiment's configuration as typed code: every count has an explicit name, defaults are
 // written here once, and resolveConfig() refuses a bad value before any GPU work, naming the
 // field, the value and what is allowed. Names follow verl's where one exists (see each field).
-import type { KlPenaltyType, LossAggMode, PolicyLossConfig } from "../native/policy-loss.js";
+import {
+  type KlPenaltyType,
+  klPenaltyTypes,
+  type LossAggMode,
+  type PolicyLossConfig,
+  policyLossModes,
+} from "../native/policy-loss.js";
 import type { LrSchedule } from "../native/train.js";
 import type { KlEstimator } from "./kl.js";
 import type { RewardFnRef } from "./rewards/types.js";
+import {
+  type ResolvedRolloutCorrection,
+  type RolloutCorrectionConfig,
+  resolveRolloutCorrection,
+} from "./rollout-correction.js";
 
 export type AdvantageEstimator =
   | "grpo"
@@ -12,7 +23,11 @@ export type AdvantageEstimator =
   | "rloo"
   | "reinforce++"
   | "reinforce++-baseline"
-  | "remax";
+  | "remax"
+  | "grpo_passk"
+  | "opo"
+  | "gpg"
+  | "gae";
 export const advantageEstimators: AdvantageEstimator[] = [
   "grpo",
   "dr-grpo",
@@ -20,7 +35,16 @@ export const advantageEstimators: AdvantageEstimator[] = [
   "reinforce++",
   "reinforce++-baseline",
   "remax",
+  "grpo_passk",
+  "opo",
+  "gpg",
+  "gae",
 ];
+/** verl's algorithm.adv_estimator names that tiller spells differently. */
+const advantageAliases: Record<string, AdvantageEstimator> = {
+  reinforce_plus_plus: "reinforce++",
+  reinforce_plus_plus_baseline: "reinforce++-baseline",
+};
 
 /**
  * How a model is split over GPUs (Megatron's names in verl's scripts): tensor × pipeline × context
@@ -74,6 +98,23 @@ export interface ExperimentConfig {
     shuffle?: boolean;
     /** Render prompts with the tokenizer's chat template (default true). */
     chatTemplate?: boolean;
+    /** Held-out prompt files for validation (verl's data.val_files), in the same layout. */
+    val?: string | string[];
+  };
+  /** Validation on data.val (verl's trainer.test_freq, val_before_train, rollout.val_kwargs). */
+  validation?: {
+    /** Validate after every this many steps and after the last (0: only when asked). Default 0. */
+    everySteps?: number;
+    /** Responses per validation prompt (verl's val_kwargs.n). Default 1. */
+    samplesPerPrompt?: number;
+    /** 0 (the default) decodes greedily (verl's val_kwargs.do_sample false); > 0 samples. */
+    temperature?: number;
+    /** Default 1. */
+    topP?: number;
+    /** Default 0 (off). */
+    topK?: number;
+    /** Validate once before the first step, logged at step 0 (verl's val_before_train). Default true. */
+    beforeTraining?: boolean;
   };
   /** Prompts per step (verl's data.train_batch_size). */
   promptsPerStep: number;
@@ -101,8 +142,12 @@ export interface ExperimentConfig {
   /** Token budget of one micro-batch (verl's ppo_max_token_len_per_gpu, use_dynamic_bsz). */
   tokensPerMicroBatch: number;
   algorithm?: {
-    /** Default grpo. */
-    advantage?: AdvantageEstimator;
+    /** Default grpo. verl's reinforce_plus_plus(_baseline) are accepted for reinforce++(-baseline). */
+    advantage?: AdvantageEstimator | "reinforce_plus_plus" | "reinforce_plus_plus_baseline";
+    /** Discount of the token returns (verl's algorithm.gamma): reinforce++, gae. Default 1. */
+    gamma?: number;
+    /** GAE's λ (verl's algorithm.lam). Default 1. */
+    lam?: number;
     /** The policy loss (clip ratios, aggregation, entropy bonus, KL loss), as the engine takes it. */
     loss?: PolicyLossConfig;
     /** KL to the reference model subtracted from the reward (verl's use_kl_in_reward). */
@@ -121,6 +166,11 @@ export interface ExperimentConfig {
      * when rollout logprobs are not known to be exact (bf16 CUDA is exact; others recompute).
      */
     recomputeOldLogprobs?: "auto" | boolean;
+    /**
+     * verl's algorithm.rollout_correction: truncated importance weights π_old / π_rollout and
+     * rejection masks, with their rollout_corr/ metrics; bypassMode trains on the rollout logprobs.
+     */
+    rolloutCorrection?: RolloutCorrectionConfig;
   };
   optimizer: {
     lr: number;
@@ -132,6 +182,26 @@ export interface ExperimentConfig {
     schedule?: Omit<LrSchedule, "lr">;
     /** Default 1.0 (verl's grad_clip). */
     maxGradNorm?: number;
+  };
+  /**
+   * PPO's value model, used when algorithm.advantage is "gae" (verl's critic.*): an HF backbone
+   * with a scalar head, its own AdamW, the same mini-batches and epochs as the actor.
+   */
+  critic?: {
+    /** An HF folder; default the actor's (model.path), with a fresh head. */
+    path?: string;
+    /** Default 1e-5 (verl's critic.optim.lr). */
+    lr?: number;
+    /** Default 0.01. */
+    weightDecay?: number;
+    /** Default 1.0 (verl's critic.grad_clip). */
+    maxGradNorm?: number;
+    /** verl's critic.cliprange_value. Default 0.5. */
+    cliprangeValue?: number;
+    /** Default: the actor's loss aggregation (verl's critic.loss_agg_mode). */
+    aggMode?: LossAggMode;
+    /** The actor is not updated while step < warmupSteps (verl's trainer.critic_warmup). Default 0. */
+    warmupSteps?: number;
   };
   reward?: {
     /** Default: verl's default_compute_score by data_source. */
@@ -168,7 +238,15 @@ export interface ResolvedConfig {
   runDir: string;
   seed: number;
   model: { path: string; dtype: "float32" | "bfloat16" | "float16" | "auto"; shape?: ModelShape };
-  data: { train: string[]; maxPromptTokens: number; shuffle: boolean; chatTemplate: boolean };
+  data: { train: string[]; val: string[]; maxPromptTokens: number; shuffle: boolean; chatTemplate: boolean };
+  validation: {
+    everySteps: number;
+    samplesPerPrompt: number;
+    temperature: number;
+    topP: number;
+    topK: number;
+    beforeTraining: boolean;
+  };
   promptsPerStep: number;
   rollout: {
     samplesPerPrompt: number;
@@ -183,6 +261,8 @@ export interface ResolvedConfig {
   tokensPerMicroBatch: number;
   algorithm: {
     advantage: AdvantageEstimator;
+    gamma: number;
+    lam: number;
     loss: PolicyLossConfig;
     klReward?: {
       estimator: KlEstimator;
@@ -192,8 +272,18 @@ export interface ResolvedConfig {
     dynamicSampling?: { metric: "score" | "acc"; maxGenerationRounds: number };
     overlong?: { bufferTokens: number; penaltyFactor: number };
     recomputeOldLogprobs: "auto" | boolean;
+    rolloutCorrection?: ResolvedRolloutCorrection;
   };
   optimizer: ExperimentConfig["optimizer"] & { weightDecay: number; maxGradNorm: number };
+  critic?: {
+    path: string;
+    lr: number;
+    weightDecay: number;
+    maxGradNorm: number;
+    cliprangeValue: number;
+    aggMode: LossAggMode;
+    warmupSteps: number;
+  };
   reward: { fn?: RewardFnRef; workers: number; timeoutMs: number };
   totalSteps: number;
   checkpoint: { everySteps: number; keep: number };
@@ -271,16 +361,16 @@ function known(section: Record<string, unknown>, field: string, keys: readonly s
 
 const AGG_MODES: LossAggMode[] = [
   "token-mean",
+  "token-sum",
   "seq-mean-token-sum",
   "seq-mean-token-mean",
   "seq-mean-token-sum-norm",
 ];
-const KL_LOSS_TYPES: KlPenaltyType[] = ["none", "k1", "k2", "k3", "low_var_kl", "abs"];
+const KL_LOSS_TYPES: readonly KlPenaltyType[] = klPenaltyTypes;
 const KL_ESTIMATORS: KlEstimator[] = ["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl"];
 
 function resolveLoss(value: unknown, field: string, maxResponseTokens: number): PolicyLossConfig {
-  if (value === undefined) return { aggMode: "token-mean" };
-  const loss = obj(value, field);
+  const loss = value === undefined ? {} : obj(value, field);
   known(loss, field, [
     "clipRatioLow",
     "clipRatioHigh",
@@ -289,8 +379,18 @@ function resolveLoss(value: unknown, field: string, maxResponseTokens: number): 
     "lossScaleFactor",
     "entropyCoeff",
     "kl",
+    "lossMode",
+    "tauPos",
+    "tauNeg",
+    "clipCovRatio",
+    "clipCovLb",
+    "clipCovUb",
+    "klCovRatio",
+    "ppoKlCoef",
+    "seed",
   ]);
   const out: PolicyLossConfig = {
+    lossMode: oneOf(loss.lossMode, `${field}.lossMode`, policyLossModes, "vanilla"),
     clipRatioLow: num(loss.clipRatioLow, `${field}.clipRatioLow`, (v) => v >= 0 && v < 1, "in [0, 1)", 0.2),
     clipRatioHigh: num(loss.clipRatioHigh, `${field}.clipRatioHigh`, (v) => v >= 0, "≥ 0", 0.2),
     clipRatioC: num(loss.clipRatioC, `${field}.clipRatioC`, (v) => v > 1, "> 1", 3),
@@ -305,6 +405,23 @@ function resolveLoss(value: unknown, field: string, maxResponseTokens: number): 
     "> 0",
     maxResponseTokens,
   );
+  const positive = (v: number) => v > 0;
+  const anyNumber = () => true;
+  const modeOptions: [keyof PolicyLossConfig, (v: number) => boolean, string][] = [
+    ["tauPos", positive, "> 0"],
+    ["tauNeg", positive, "> 0"],
+    ["clipCovRatio", positive, "> 0"],
+    ["clipCovLb", anyNumber, "a finite number"],
+    ["clipCovUb", anyNumber, "a finite number"],
+    ["klCovRatio", positive, "> 0"],
+    ["ppoKlCoef", anyNumber, "a finite number"],
+    ["seed", (v) => Number.isSafeInteger(v) && v >= 0, "an integer ≥ 0"],
+  ];
+  for (const [key, ok, allowed] of modeOptions) {
+    if (loss[key] !== undefined) {
+      (out as Record<string, unknown>)[key] = num(loss[key], `${field}.${key}`, ok, allowed);
+    }
+  }
   if (loss.kl !== undefined) {
     const kl = obj(loss.kl, `${field}.kl`);
     known(kl, `${field}.kl`, ["type", "coeff"]);
@@ -420,6 +537,7 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     "seed",
     "model",
     "data",
+    "validation",
     "promptsPerStep",
     "rollout",
     "miniBatchesPerStep",
@@ -427,6 +545,7 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     "tokensPerMicroBatch",
     "algorithm",
     "optimizer",
+    "critic",
     "reward",
     "totalSteps",
     "checkpoint",
@@ -468,7 +587,7 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
   }
 
   const data = obj(c.data, "data");
-  known(data, "data", ["train", "maxPromptTokens", "shuffle", "chatTemplate"]);
+  known(data, "data", ["train", "maxPromptTokens", "shuffle", "chatTemplate", "val"]);
   const train = typeof data.train === "string" ? [data.train] : data.train;
   if (!Array.isArray(train) || train.length === 0 || !train.every((f) => typeof f === "string" && f !== "")) {
     throw new ConfigError(
@@ -480,6 +599,24 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     if (v === undefined) return fallback;
     if (typeof v !== "boolean") throw new ConfigError(field, `${show(v)} must be true or false`);
     return v;
+  };
+  const val = data.val === undefined ? [] : typeof data.val === "string" ? [data.val] : data.val;
+  if (!Array.isArray(val) || !val.every((f) => typeof f === "string" && f !== "")) {
+    throw new ConfigError("data.val", `${show(data.val)} must be a file path or a list of them`);
+  }
+  const v = c.validation === undefined ? {} : obj(c.validation, "validation");
+  known(v, "validation", ["everySteps", "samplesPerPrompt", "temperature", "topP", "topK", "beforeTraining"]);
+  // (A resolved config without data.val has everySteps 0 and beforeTraining false: it passes again.)
+  if (val.length === 0 && ((v.everySteps !== undefined && v.everySteps !== 0) || v.beforeTraining === true)) {
+    throw new ConfigError("validation", "needs held-out prompts: set data.val");
+  }
+  const validation: ResolvedConfig["validation"] = {
+    everySteps: int(v.everySteps, "validation.everySteps", 0, 0),
+    samplesPerPrompt: int(v.samplesPerPrompt, "validation.samplesPerPrompt", 1, 1),
+    temperature: num(v.temperature, "validation.temperature", (x) => x >= 0, "≥ 0 (0: greedy)", 0),
+    topP: num(v.topP, "validation.topP", (x) => x > 0 && x <= 1, "in (0, 1]", 1),
+    topK: int(v.topK, "validation.topK", 0, 0),
+    beforeTraining: bool(v.beforeTraining, "validation.beforeTraining", val.length > 0),
   };
 
   const promptsPerStep = int(c.promptsPerStep, "promptsPerStep", 1);
@@ -514,14 +651,27 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
   const algorithm = c.algorithm === undefined ? {} : obj(c.algorithm, "algorithm");
   known(algorithm, "algorithm", [
     "advantage",
+    "gamma",
+    "lam",
     "loss",
     "klReward",
     "dynamicSampling",
     "overlong",
     "recomputeOldLogprobs",
+    "rolloutCorrection",
   ]);
-  const advantage = oneOf(algorithm.advantage, "algorithm.advantage", advantageEstimators, "grpo");
-  if ((advantage === "grpo" || advantage === "dr-grpo" || advantage === "rloo") && samplesPerPrompt < 2) {
+  const advantage = oneOf(
+    typeof algorithm.advantage === "string"
+      ? (advantageAliases[algorithm.advantage] ?? algorithm.advantage)
+      : algorithm.advantage,
+    "algorithm.advantage",
+    advantageEstimators,
+    "grpo",
+  );
+  if (
+    (advantage === "grpo" || advantage === "dr-grpo" || advantage === "rloo" || advantage === "grpo_passk") &&
+    samplesPerPrompt < 2
+  ) {
     throw new ConfigError(
       "rollout.samplesPerPrompt",
       `${advantage} compares responses within a group: needs ≥ 2, found ${samplesPerPrompt}`,
@@ -529,12 +679,37 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
   }
   const resolvedAlgorithm: ResolvedConfig["algorithm"] = {
     advantage,
+    gamma: num(algorithm.gamma, "algorithm.gamma", (v) => v >= 0 && v <= 1, "in [0, 1]", 1),
+    lam: num(algorithm.lam, "algorithm.lam", (v) => v >= 0 && v <= 1, "in [0, 1]", 1),
     loss: resolveLoss(algorithm.loss, "algorithm.loss", maxResponseTokens),
     recomputeOldLogprobs:
       algorithm.recomputeOldLogprobs === undefined || algorithm.recomputeOldLogprobs === "auto"
         ? "auto"
         : bool(algorithm.recomputeOldLogprobs, "algorithm.recomputeOldLogprobs", true),
   };
+  if (algorithm.rolloutCorrection !== undefined) {
+    const field = "algorithm.rolloutCorrection";
+    const given = obj(algorithm.rolloutCorrection, field) as RolloutCorrectionConfig;
+    try {
+      resolvedAlgorithm.rolloutCorrection = resolveRolloutCorrection(given, field);
+    } catch (error) {
+      const message = (error as Error).message;
+      const at = message.indexOf(": ");
+      throw new ConfigError(message.slice(0, at), message.slice(at + 2));
+    }
+    if (resolvedAlgorithm.rolloutCorrection.bypassMode && algorithm.recomputeOldLogprobs === true) {
+      throw new ConfigError(
+        `${field}.bypassMode`,
+        "uses the rollout logprobs as old logprobs; algorithm.recomputeOldLogprobs: true contradicts it",
+      );
+    }
+    if (!resolvedAlgorithm.rolloutCorrection.bypassMode && algorithm.recomputeOldLogprobs === false) {
+      throw new ConfigError(
+        field,
+        "importance weights and rejection compare recomputed old logprobs with the rollout's; algorithm.recomputeOldLogprobs is false",
+      );
+    }
+  }
   if (algorithm.klReward !== undefined) {
     const k = obj(algorithm.klReward, "algorithm.klReward");
     known(k, "algorithm.klReward", ["estimator", "coefficient", "adaptive"]);
@@ -660,10 +835,12 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     model: { path: model.path, dtype, ...(shape ? { shape } : {}) },
     data: {
       train: train as string[],
+      val: val as string[],
       maxPromptTokens,
       shuffle: bool(data.shuffle, "data.shuffle", true),
       chatTemplate: bool(data.chatTemplate, "data.chatTemplate", true),
     },
+    validation,
     promptsPerStep,
     rollout: {
       samplesPerPrompt,
@@ -712,6 +889,36 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
       "miniBatchesPerStep",
       `${miniBatchesPerStep} mini-batches of ${perMiniBatch} responses do not split over ${resolved.parallel.data} data-parallel ranks`,
     );
+  }
+  if (c.critic !== undefined && advantage !== "gae") {
+    throw new ConfigError(
+      "critic",
+      `a value model is used by algorithm.advantage "gae" only, found ${show(advantage)}`,
+    );
+  }
+  if (advantage === "gae") {
+    const k = c.critic === undefined ? {} : obj(c.critic, "critic");
+    known(k, "critic", [
+      "path",
+      "lr",
+      "weightDecay",
+      "maxGradNorm",
+      "cliprangeValue",
+      "aggMode",
+      "warmupSteps",
+    ]);
+    if (k.path !== undefined && (typeof k.path !== "string" || k.path === "")) {
+      throw new ConfigError("critic.path", `${show(k.path)} must be the path of an HF model folder`);
+    }
+    resolved.critic = {
+      path: (k.path as string | undefined) ?? model.path,
+      lr: num(k.lr, "critic.lr", (v) => v > 0, "> 0", 1e-5),
+      weightDecay: num(k.weightDecay, "critic.weightDecay", (v) => v >= 0, "≥ 0", 0.01),
+      maxGradNorm: num(k.maxGradNorm, "critic.maxGradNorm", (v) => v > 0, "> 0", 1),
+      cliprangeValue: num(k.cliprangeValue, "critic.cliprangeValue", (v) => v >= 0, "≥ 0", 0.5),
+      aggMode: oneOf(k.aggMode, "critic.aggMode", AGG_MODES, resolved.algorithm.loss.aggMode ?? "token-mean"),
+      warmupSteps: int(k.warmupSteps, "critic.warmupSteps", 0, 0),
+    };
   }
   if (resolved.algorithm.klReward && resolved.algorithm.loss.kl) {
     throw new ConfigError(

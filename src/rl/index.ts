@@ -9,5 +9,7 @@ export * from "./groups.js";
 export * from "./kl.js";
 export * from "./metrics.js";
 export * from "./metrics.js";
+export * from "./rollout-correction.js";
 export * from "./rollouts.js";
 export * as tasks from "./tasks/index.js";
+export * from "./validation.js";

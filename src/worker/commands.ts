@@ -6,6 +6,7 @@ import { createServer } from "node:net";
 import { freemem, hostname, totalmem } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { Critic, type ValueLossConfig } from "../native/critic.js";
 import { Mesh, ProcessGroup } from "../native/dist.js";
 import { engineInfo } from "../native/engine.js";
 import { Model, type OptimizerOptions } from "../native/model.js";
@@ -65,6 +66,8 @@ export class WorkerState {
   readonly models = new Map<string, Model>();
   /** Each model's vocab_size (from its config.json), to refuse out-of-vocabulary ids by position. */
   readonly vocabSizes = new Map<string, number>();
+  /** PPO value models, by name. */
+  readonly critics = new Map<string, Critic>();
   readonly device: string;
   /** The engine's process group among all workers, from dist.init on. */
   processGroup: ProcessGroup | undefined;
@@ -108,11 +111,24 @@ export class WorkerState {
     };
   }
 
+  critic(name: string): Critic {
+    const critic = this.critics.get(name);
+    if (!critic) {
+      throw new CommandError(
+        "WORKER_ERROR",
+        `args.name: no critic "${name}" on this worker (use critic.load)`,
+      );
+    }
+    return critic;
+  }
+
   dispose(): void {
     for (const model of this.models.values()) model.dispose();
     this.models.clear();
     this.mesh?.dispose();
     this.mesh = undefined;
+    for (const critic of this.critics.values()) critic.dispose();
+    this.critics.clear();
     this.processGroup?.dispose();
     this.processGroup = undefined;
   }
@@ -264,6 +280,75 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     state.model(args.name).dispose();
     state.vocabSizes.delete(args.name);
     return { freed: state.models.delete(args.name) };
+  },
+
+  "critic.load": async (state, args) => {
+    if (state.critics.has(args.name)) {
+      throw new CommandError(
+        "WORKER_ERROR",
+        `args.name: a critic "${args.name}" is loaded already; free it first`,
+      );
+    }
+    const critic = await Critic.load(args.dir, {
+      device: state.device,
+      dtype: args.dtype ?? "float32",
+      seed: args.seed ?? 0,
+    });
+    try {
+      critic.initOptimizer(args.optimizer as unknown as OptimizerOptions);
+    } catch (error) {
+      critic.dispose();
+      throw error;
+    }
+    state.critics.set(args.name, critic);
+    return { name: args.name };
+  },
+
+  "critic.values": async (state, args) => ({
+    values: await state.critic(args.name).values(args.tokens, args.cuSeqlens),
+  }),
+
+  "critic.update": async (state, args) => {
+    const critic = state.critic(args.name);
+    const total = { vfLoss: 0, vfClipfrac: 0, vpredMean: 0 };
+    for (const mb of args.microBatches) {
+      const { tokens, cuSeqlens, ...perToken } = mb;
+      const r = await critic.valueStep(
+        tokens,
+        cuSeqlens,
+        perToken,
+        args.counts,
+        args.config as ValueLossConfig,
+      );
+      total.vfLoss += r.vfLoss;
+      total.vfClipfrac += r.vfClipfrac;
+      total.vpredMean += r.vpredMean;
+    }
+    const step = await critic.optimizerStep();
+    return {
+      ...total,
+      gradNorm: step.gradNorm,
+      lr: step.lr,
+      skipped: step.skipped,
+      microBatches: args.microBatches.length,
+    };
+  },
+
+  "critic.save": async (state, args) => {
+    const critic = state.critic(args.name);
+    await critic.save(args.dir);
+    await critic.saveOptimizer(args.optimizerFile);
+    return { dir: args.dir };
+  },
+
+  "critic.loadOptimizer": async (state, args) => {
+    await state.critic(args.name).loadOptimizer(args.file);
+    return { file: args.file };
+  },
+
+  "critic.free": async (state, args) => {
+    state.critics.get(args.name)?.dispose();
+    return { freed: state.critics.delete(args.name) };
   },
 
   "dist.init": async (state, args) => {

@@ -10,6 +10,7 @@ import {
   Model,
   type PolicyLossConfig,
   type PolicyLossInputs,
+  type PolicyLossMode,
   type PolicyLossResult,
   policyLoss,
 } from "../../src/index.js";
@@ -17,6 +18,7 @@ import { runPython, tempDir } from "../helpers/python.js";
 
 const AGG_MODES: LossAggMode[] = [
   "token-mean",
+  "token-sum",
   "seq-mean-token-sum",
   "seq-mean-token-mean",
   "seq-mean-token-sum-norm",
@@ -86,13 +88,60 @@ function randomInputs(seed: number, lengths: number[]): PolicyLossInputs {
   };
 }
 
+// verl's batch_num_tokens and global_batch_size: every sequence counts, an all-masked one too.
 function counts(inputs: PolicyLossInputs) {
-  const cu = inputs.cuSeqlens;
-  let sequences = 0;
-  for (let s = 0; s + 1 < cu.length; s++) {
-    if (inputs.mask.slice(cu[s], cu[s + 1]).some((m) => m > 0)) sequences++;
-  }
-  return { tokens: inputs.mask.reduce((a, b) => a + b, 0), sequences };
+  return { tokens: inputs.mask.reduce((a, b) => a + b, 0), sequences: inputs.cuSeqlens.length - 1 };
+}
+
+/** Runs the cases through the engine and the torch transcription of verl; returns the worst |grad| difference. */
+function compareWithReference(
+  cases: {
+    inputs: PolicyLossInputs;
+    counts: { tokens: number; sequences: number };
+    config: PolicyLossConfig;
+  }[],
+  name: string,
+): { worstGrad: number; worstLoss: number; results: PolicyLossResult[] } {
+  const file = join(dir.path, `${name}.json`);
+  const plain = (x: unknown) => (ArrayBuffer.isView(x) ? Array.from(x as Float32Array) : x);
+  writeFileSync(
+    file,
+    JSON.stringify(
+      cases.map((c) => ({
+        ...c,
+        inputs: Object.fromEntries(
+          Object.entries(c.inputs)
+            .filter(([, v]) => v !== undefined)
+            .map(([k, v]) => [k, plain(v)]),
+        ),
+      })),
+    ),
+  );
+  const expected = JSON.parse(runPython("policy_loss_reference.py", [file])) as PolicyLossResult[];
+  let worstGrad = 0;
+  let worstLoss = 0;
+  const results = cases.map((c, i) => {
+    const what = JSON.stringify(c.config);
+    const got = policyLoss(c.inputs, c.counts, c.config);
+    const ref = expected[i] as PolicyLossResult;
+    close(got.loss, ref.loss, `${what} loss`, 1e-5, 1e-5);
+    worstLoss = Math.max(worstLoss, Math.abs(got.loss - ref.loss));
+    assert.deepEqual(
+      Object.keys(got.metrics).sort(),
+      Object.keys(ref.metrics).sort(),
+      `${what}: metrics measured`,
+    );
+    for (const key of Object.keys(ref.metrics) as (keyof PolicyLossResult["metrics"])[]) {
+      close(got.metrics[key] ?? Number.NaN, ref.metrics[key] ?? Number.NaN, `${what} ${key}`, 1e-5, 1e-5);
+    }
+    worstGrad = Math.max(
+      worstGrad,
+      closeArrays(got.gradLogprobs, ref.gradLogprobs, `${what} gradLogprobs`, 1e-5),
+    );
+    closeArrays(got.gradEntropy ?? [], ref.gradEntropy ?? [], `${what} gradEntropy`, 1e-5);
+    return got;
+  });
+  return { worstGrad, worstLoss, results };
 }
 
 test("policyLoss matches verl's formulas: loss, every metric and the gradients, for each mode and penalty", () => {
@@ -113,37 +162,84 @@ test("policyLoss matches verl's formulas: loss, every metric and the gradients, 
     const inputs = randomInputs(100 + i, [9, 5, 12, 7]);
     return { inputs, counts: counts(inputs), config };
   });
-  const file = join(dir.path, "cases.json");
-  const plain = (x: unknown) => (ArrayBuffer.isView(x) ? Array.from(x as Float32Array) : x);
-  writeFileSync(
-    file,
-    JSON.stringify(
-      cases.map((c) => ({
-        ...c,
-        inputs: Object.fromEntries(Object.entries(c.inputs).map(([k, v]) => [k, plain(v)])),
-      })),
-    ),
-  );
-  const expected = JSON.parse(runPython("policy_loss_reference.py", [file])) as PolicyLossResult[];
-  let worstGrad = 0;
-  let clipped = 0;
-  let dualClipped = 0;
-  cases.forEach((c, i) => {
-    const what = JSON.stringify(c.config);
-    const got = policyLoss(c.inputs, c.counts, c.config);
-    const ref = expected[i] as PolicyLossResult;
-    close(got.loss, ref.loss, `${what} loss`);
-    for (const key of Object.keys(ref.metrics) as (keyof PolicyLossResult["metrics"])[]) {
-      close(got.metrics[key], ref.metrics[key], `${what} ${key}`);
-    }
-    worstGrad = Math.max(worstGrad, closeArrays(got.gradLogprobs, ref.gradLogprobs, `${what} gradLogprobs`));
-    closeArrays(got.gradEntropy ?? [], ref.gradEntropy ?? [], `${what} gradEntropy`);
-    clipped += got.metrics.pgClipfrac;
-    dualClipped += got.metrics.pgClipfracLower;
-  });
+  const { worstGrad, results } = compareWithReference(cases, "vanilla");
+  const clipped = results.reduce((n, r) => n + (r.metrics.pgClipfrac ?? 0), 0);
+  const dualClipped = results.reduce((n, r) => n + (r.metrics.pgClipfracLower ?? 0), 0);
   console.log(`${cases.length} cases; max |grad - ref| = ${worstGrad.toExponential(2)}`);
   // The random cases exercise both clipping paths.
   assert.ok(clipped > 0 && dualClipped > 0, `clipfrac sum ${clipped}, dual ${dualClipped}`);
+});
+
+const NEW_MODES: PolicyLossMode[] = ["gspo", "sapo", "gpg", "clip_cov", "kl_cov", "geo_mean", "cispo"];
+
+test("each of verl's newer loss modes (gspo, sapo, gpg, clip_cov, kl_cov, geo_mean, cispo) equals verl's formula: loss, metrics, gradients, in every aggregation, with rollout IS weights", () => {
+  const cases: Parameters<typeof compareWithReference>[0] = [];
+  let seed = 500;
+  for (const lossMode of NEW_MODES) {
+    for (const aggMode of AGG_MODES) {
+      // Sequence 1 is wholly masked (a response with no counted token); sequence 0 has ratios far outside the clip.
+      const inputs = randomInputs(seed++, [9, 3, 12, 7, 1]);
+      inputs.mask.fill(0, inputs.cuSeqlens[1], inputs.cuSeqlens[2]);
+      const config: PolicyLossConfig = {
+        lossMode,
+        aggMode,
+        lossScaleFactor: 16,
+        clipRatioHigh: 0.28,
+        entropyCoeff: 0.01,
+        clipCovRatio: 0.2,
+        clipCovLb: 0.2,
+        klCovRatio: 0.2,
+        ppoKlCoef: 0.5,
+        tauPos: 1.5,
+        seed: seed,
+      };
+      cases.push({ inputs, counts: counts(inputs), config });
+    }
+    const weighted = randomInputs(seed++, [6, 10, 4]);
+    const rand = random(seed);
+    weighted.rolloutIsWeights = Float32Array.from(weighted.mask, () => 0.5 + rand());
+    cases.push({
+      inputs: weighted,
+      counts: counts(weighted),
+      config: { lossMode, aggMode: "seq-mean-token-mean", kl: { type: "k3+", coeff: 0.2 } },
+    });
+  }
+  const { worstGrad, worstLoss, results } = compareWithReference(cases, "modes");
+  console.log(
+    `${cases.length} cases over ${NEW_MODES.length} modes; max |loss - ref| = ${worstLoss.toExponential(2)}, max |grad - ref| = ${worstGrad.toExponential(2)}`,
+  );
+  // Each clipping mode clipped something, so the comparison covered both branches.
+  for (const mode of ["gspo", "clip_cov", "geo_mean", "cispo"]) {
+    const clipped = results.filter((_, i) => cases[i]?.config.lossMode === mode);
+    assert.ok(
+      clipped.some((r) => (r.metrics.pgClipfrac ?? 0) > 0),
+      `${mode}: no case clipped a token`,
+    );
+  }
+});
+
+test("KL aliases and straight-through variants: kl = k1, mse = k2, k3+ has k3's value and k2's gradient", () => {
+  const inputs = randomInputs(77, [8, 6]);
+  const c = counts(inputs);
+  const run = (type: NonNullable<PolicyLossConfig["kl"]>["type"]) =>
+    policyLoss(inputs, c, { kl: { type, coeff: 1 }, lossMode: "gpg" });
+  const cases = (["kl", "mse", "k1+", "k3+", "low_var_kl+", "abs+", "mse+"] as const).map((type) => ({
+    inputs,
+    counts: c,
+    config: { kl: { type, coeff: 1 }, lossMode: "gpg" as const },
+  }));
+  compareWithReference(cases, "kl");
+  closeArrays(run("kl").gradLogprobs, run("k1").gradLogprobs, "kl vs k1", 0);
+  closeArrays(run("mse").gradLogprobs, run("k2").gradLogprobs, "mse vs k2", 0);
+  const k3 = run("k3");
+  const k3plus = run("k3+");
+  close(k3plus.metrics.klLoss, k3.metrics.klLoss, "k3+ value", 0, 0);
+  const k2 = run("k2");
+  closeArrays(k3plus.gradLogprobs, k2.gradLogprobs, "k3+ gradient = k2's", 1e-7);
+  assert.ok(
+    k3.gradLogprobs.some((g, i) => Math.abs(g - (k2.gradLogprobs[i] ?? 0)) > 1e-4),
+    "k3's own gradient differs from k2's",
+  );
 });
 
 test("hand-worked tokens: clipped above and below, dual-clip, clip-higher", () => {
@@ -163,14 +259,14 @@ test("hand-worked tokens: clipped above and below, dual-clip, clip-higher", () =
   const ratio = Array.from(logprobs, (lp, i) => Math.exp(lp - (oldLogprobs[i] ?? 0)));
   const grpo = policyLoss(inputs, { tokens: 5, sequences: 1 });
   close(grpo.loss, (-1.2 + 0.8 + 3 - (ratio[3] ?? 0) - 1.2) / 5, "GRPO loss", 1e-6);
-  close(grpo.metrics.pgClipfrac, 3 / 5, "GRPO clipfrac");
-  close(grpo.metrics.pgClipfracLower, 1 / 5, "GRPO clipfrac lower");
-  close(grpo.metrics.ppoKl, -ratios.reduce((s, r) => s + Math.log(r), 0) / 5, "ppo_kl", 1e-6);
+  close(grpo.metrics.pgClipfrac ?? Number.NaN, 3 / 5, "GRPO clipfrac");
+  close(grpo.metrics.pgClipfracLower ?? Number.NaN, 1 / 5, "GRPO clipfrac lower");
+  close(grpo.metrics.ppoKl ?? Number.NaN, -ratios.reduce((s, r) => s + Math.log(r), 0) / 5, "ppo_kl", 1e-6);
   // Only the unclipped token moves: d(-A·ratio)/d logp = -A·ratio.
   closeArrays(grpo.gradLogprobs, [0, 0, 0, -(ratio[3] ?? 0) / 5, 0], "GRPO grad");
   const dapo = policyLoss(inputs, { tokens: 5, sequences: 1 }, { clipRatioHigh: 0.28 });
   close(dapo.loss, (-1.28 + 0.8 + 3 - (ratio[3] ?? 0) - (ratio[4] ?? 0)) / 5, "DAPO loss", 1e-6);
-  close(dapo.metrics.pgClipfrac, 2 / 5, "DAPO clipfrac");
+  close(dapo.metrics.pgClipfrac ?? Number.NaN, 2 / 5, "DAPO clipfrac");
   closeArrays(dapo.gradLogprobs, [0, 0, 0, -(ratio[3] ?? 0) / 5, -(ratio[4] ?? 0) / 5], "DAPO grad");
 });
 
@@ -322,11 +418,11 @@ test("1 vs 4 micro-batches with the mini-batch counts: same gradients (1e-6) and
         );
         summed += r.loss;
         for (const key of Object.keys(metricSums) as (keyof typeof metricSums)[])
-          metricSums[key] += r.metrics[key];
+          metricSums[key] += r.metrics[key] ?? Number.NaN;
       }
       close(summed, one.loss, `${aggMode}: summed micro-batch losses`);
       for (const key of Object.keys(metricSums) as (keyof typeof metricSums)[]) {
-        close(metricSums[key], one.metrics[key], `${aggMode}: summed ${key}`);
+        close(metricSums[key], one.metrics[key] ?? Number.NaN, `${aggMode}: summed ${key}`);
       }
       const g1 = whole.gradients();
       const g4 = split.gradients();
@@ -363,7 +459,7 @@ test("1 vs 4 micro-batches with the mini-batch counts: same gradients (1e-6) and
         );
       });
       console.log(
-        `${aggMode}: loss ${one.loss.toFixed(5)} clipfrac ${one.metrics.pgClipfrac.toFixed(3)}; max |grad 1 - grad 4| = ${worst.toExponential(2)}` +
+        `${aggMode}: loss ${one.loss.toFixed(5)} clipfrac ${(one.metrics.pgClipfrac ?? Number.NaN).toFixed(3)}; max |grad 1 - grad 4| = ${worst.toExponential(2)}` +
           ` (|grad| ${Math.sqrt(norm).toExponential(2)}), max |param 1 - param 4| after AdamW = ${worstParam.toExponential(2)}`,
       );
     } finally {
@@ -371,4 +467,41 @@ test("1 vs 4 micro-batches with the mini-batch counts: same gradients (1e-6) and
       split.dispose();
     }
   }
+});
+
+test("hand-worked newer modes: gspo's one ratio per sequence, cispo's detached clipped weight, gpg's plain gradient, sapo's gate", () => {
+  const old = Float32Array.from([-1, -1]);
+  const counts1 = { tokens: 2, sequences: 1 };
+  const base = { oldLogprobs: old, mask: Float32Array.from([1, 1]), cuSeqlens: Int32Array.from([0, 2]) };
+  // gspo: token log ratios 0.2 and −0.4, the sequence's mean −0.1, so both tokens see e^−0.1 (inside the clip).
+  const gspo = policyLoss(
+    { ...base, logprobs: Float32Array.from([-0.8, -1.4]), advantages: Float32Array.from([1, 1]) },
+    counts1,
+    { lossMode: "gspo" },
+  );
+  const r = Math.exp(-0.1);
+  close(gspo.loss, -r, "gspo loss", 1e-6);
+  closeArrays(gspo.gradLogprobs, [-r / 2, -r / 2], "gspo grad", 1e-6);
+  // cispo: ratio e^0.5 ≈ 1.65 clipped to 1.2, as a constant weight: loss −1.2·A·logprob.
+  const logprobs = Float32Array.from([-0.5, -1]);
+  const cispo = policyLoss({ ...base, logprobs, advantages: Float32Array.from([1, 1]) }, counts1, {
+    lossMode: "cispo",
+  });
+  close(cispo.loss, (-1.2 * -0.5 - 1 * -1) / 2, "cispo loss", 1e-6);
+  closeArrays(cispo.gradLogprobs, [-1.2 / 2, -1 / 2], "cispo grad", 1e-6);
+  close(cispo.metrics.pgClipfrac ?? Number.NaN, 1 / 2, "cispo clipfrac");
+  assert.equal(cispo.metrics.pgClipfracLower, undefined, "cispo does not measure a lower clip fraction");
+  // gpg: −A·logprob, whatever the ratio; it measures no clip fraction or ppo_kl.
+  const gpg = policyLoss({ ...base, logprobs, advantages: Float32Array.from([2, -1]) }, counts1, {
+    lossMode: "gpg",
+  });
+  close(gpg.loss, (2 * 0.5 - 1 * 1) / 2, "gpg loss", 1e-6);
+  closeArrays(gpg.gradLogprobs, [-1, 0.5], "gpg grad", 1e-6);
+  assert.deepEqual(Object.keys(gpg.metrics).sort(), ["entropy", "klLoss", "pgLoss"]);
+  // sapo at ratio 1: gate σ(0)·4/τ = 2/τ, so the loss is −2A/τ with τ = tauPos for A > 0.
+  const sapo = policyLoss({ ...base, logprobs: old, advantages: Float32Array.from([1, 1]) }, counts1, {
+    lossMode: "sapo",
+    tauPos: 2,
+  });
+  close(sapo.loss, -1, "sapo loss", 1e-6);
 });

@@ -127,7 +127,20 @@ test("npm run quickstart: GRPO on the built-in task, reward rises, metrics.arrow
   console.log(`quickstart: mean reward first ${m[1]} steps ${first} → last ${m[1]} steps ${last}`);
   assert.ok(last > first + 0.3, `reward did not rise clearly: ${first} → ${last}`);
   const metrics = await MetricsLog.readFile(join(runDir, "metrics.arrow"));
-  assert.equal(metrics.length, 80);
+  // Step 0 is the validation before training, then one row per step; the last one validates too.
+  assert.equal(metrics.length, 81);
+  const heldOut = "val-core/tiller/next-digit/acc/mean@1";
+  assert.deepEqual(
+    metrics.rows.filter((r) => r[heldOut] !== undefined).map((r) => r.step),
+    [0, 80],
+  );
+  const h =
+    /held-out accuracy \(greedy, 100 four-digit prompts never trained on\): ([\d.]+) before → ([\d.]+) after/.exec(
+      out,
+    );
+  assert.ok(h, out);
+  console.log(`quickstart: held-out accuracy ${h[1]} → ${h[2]}`);
+  assert.equal(Number(h[2]), Number((metrics.rows.at(-1)?.[heldOut] ?? Number.NaN).toFixed(3)));
   const report = readFileSync(join(runDir, "report.html"), "utf8");
   assert.match(report, /critic\/score\/mean/);
   assert.ok(!/src="https?:/.test(report), "the report fetches nothing");

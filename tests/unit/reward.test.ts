@@ -217,3 +217,55 @@ test("RewardRunner: concurrency never exceeds the worker count; bad exports are 
   assert.equal(o?.status, "error");
   assert.match(o?.reason ?? "", /no function export "notAFunction"/);
 });
+
+test("dapoMathScore (verl 0.9.1): without an Answer: line a \\boxed{} answer in the last 100 characters decides", () => {
+  // Values from verl 0.9.1's math_dapo.compute_score.
+  assert.deepEqual(dapoMathScore("so the result is \\boxed{5}", "5"), { score: 1, acc: true, pred: "5" });
+  assert.deepEqual(dapoMathScore(`\\boxed{5}${"x".repeat(120)}`, "5"), {
+    score: -1,
+    acc: false,
+    pred: "[INVALID]",
+  });
+  // An Answer: line wins over a box.
+  assert.deepEqual(dapoMathScore("\\boxed{5}\nAnswer: 4", "5"), { score: -1, acc: false, pred: "4" });
+});
+
+test("dapoMathScore strict box mode: \\boxed{} required in the last 100 code points, compared as it is; pred null without one", () => {
+  const strict = { strictBoxVerify: true };
+  assert.deepEqual(dapoMathScore("so the result is \\boxed{5}", "5", strict), {
+    score: 1,
+    acc: true,
+    pred: "5",
+  });
+  assert.deepEqual(dapoMathScore("Answer: 5", "5", strict), { score: -1, acc: false, pred: null });
+  // No normalisation: the space inside the box must be in the ground truth too.
+  assert.deepEqual(dapoMathScore(`${"x".repeat(200)}\\boxed{ 5}`, " 5", strict), {
+    score: 1,
+    acc: true,
+    pred: " 5",
+  });
+  assert.equal(dapoMathScore(`${"x".repeat(200)}\\boxed{ 5}`, "5", strict).acc, false);
+  // Python slices code points: 150 emoji (300 UTF-16 units) before the box leave it inside the last 100.
+  assert.deepEqual(dapoMathScore(`${"😀".repeat(150)}\\boxed{5}`, "5", strict), {
+    score: 1,
+    acc: true,
+    pred: "5",
+  });
+  assert.equal(
+    dapoMathScore(`\\boxed{5}${"😀".repeat(95)}`, "5", strict).acc,
+    false,
+    "the box starts before the last 100 code points",
+  );
+});
+
+test("default_compute_score routes math, math_dapo_reasoning and aime* to the DAPO verifier, as verl", async () => {
+  const { verifierFor } = await import("../../src/rl/rewards/registry.js");
+  for (const source of ["math_dapo", "math", "math_dapo_reasoning", "aime2024"]) {
+    assert.equal(
+      verifierFor(source)?.({ prompt: "", response: "Answer: 7", groundTruth: "7", dataSource: source })
+        .score,
+      1,
+      source,
+    );
+  }
+});

@@ -119,3 +119,33 @@ test("a sequence over the budget is an error naming its index, length and the bu
     /sequence 1 has 300 tokens, more than tokensPerMicroBatch = 256/,
   );
 });
+
+test("attention-aware balance (verl's calculate_workload): 24576·L + L², and the plan balances it instead of tokens", async () => {
+  const { attentionWorkload } = await import("../../src/rl/balance.js");
+  assert.equal(attentionWorkload(1000), 24576 * 1000 + 1000 * 1000);
+  // One 40k-token sequence, four of 10k, five of 2k: attention makes the long one heavier than its tokens.
+  const lengths = [40_000, ...new Array(4).fill(10_000), ...new Array(5).fill(2_000)];
+  const byTokens = planMicroBatches(lengths, { tokensPerMicroBatch: 40_000, dataParallelRanks: 2 });
+  const byWork = planMicroBatches(lengths, {
+    tokensPerMicroBatch: 40_000,
+    dataParallelRanks: 2,
+    balance: "attention",
+  });
+  const load = (plan: typeof byTokens, f: (l: number) => number) =>
+    plan.ranks.map((r) => r.sequenceIndices.reduce((n, i) => n + f(lengths[i] as number), 0));
+  const spread = (xs: number[]) => Math.max(...xs) - Math.min(...xs);
+  assert.ok(spread(load(byTokens, (l) => l)) <= 2_000, "tokens: an even split of the tokens");
+  assert.ok(
+    spread(load(byWork, attentionWorkload)) < spread(load(byTokens, attentionWorkload)),
+    "attention balance lowers the spread of the attention workload",
+  );
+  assert.throws(
+    () =>
+      planMicroBatches(lengths, {
+        tokensPerMicroBatch: 40_000,
+        dataParallelRanks: 2,
+        balance: "flops" as "tokens",
+      }),
+    /balance: "flops"/,
+  );
+});

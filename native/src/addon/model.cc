@@ -406,7 +406,7 @@ class PolicyStepWork final : public ModelWork {
     const auto device = out.logprob.device();
     in.logprobs = out.logprob;  // [tokens - sequences] fp32
     in.entropy = out.entropy;
-    for (auto* t : {&in.old_logprobs, &in.advantages, &in.mask, &in.ref_logprobs}) {
+    for (auto* t : {&in.old_logprobs, &in.advantages, &in.mask, &in.ref_logprobs, &in.rollout_is_weights}) {
       if (t->defined()) *t = t->to(device);
     }
     // Sequence s predicts tokens cu[s] + 1 .. cu[s + 1] - 1, which sit at cu[s] - s .. cu[s + 1] - s - 1.
@@ -645,7 +645,7 @@ Napi::Value ModelTrainStep(const Napi::CallbackInfo& info) {
   });
 }
 
-// modelPolicyStep(handle, tokens, cuSeqlens, perToken: {oldLogprobs, advantages, mask, refLogprobs?: Float32Array
+// modelPolicyStep(handle, tokens, cuSeqlens, perToken: {oldLogprobs, advantages, mask, refLogprobs?, rolloutIsWeights?: Float32Array
 //                 [tokens - sequences]}, counts: {tokens, sequences}, config, temperature, chunkTokens,
 //                 routedExperts?: Int32Array) -> Promise<{loss, tokens, metrics}>
 Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
@@ -662,6 +662,7 @@ Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
     in.advantages = float_tokens_field(per_token, "advantages", "perToken", predicted, true);
     in.mask = float_tokens_field(per_token, "mask", "perToken", predicted, true);
     in.ref_logprobs = float_tokens_field(per_token, "refLogprobs", "perToken", predicted, false);
+    in.rollout_is_weights = float_tokens_field(per_token, "rolloutIsWeights", "perToken", predicted, false);
     const auto counts = info[4].As<Napi::Object>();
     in.global_tokens = number_field(counts, "tokens", "counts", 1);
     in.global_sequences = number_field(counts, "sequences", "counts", 1);

@@ -12,7 +12,7 @@
 namespace tiller::addon {
 namespace {
 
-// policyLoss(inputs: {logprobs, oldLogprobs, advantages, mask, entropy?, refLogprobs?: Float32Array [T],
+// policyLoss(inputs: {logprobs, oldLogprobs, advantages, mask, entropy?, refLogprobs?, rolloutIsWeights?: Float32Array [T],
 //            cuSeqlens: Int32Array [S + 1]}, counts: {tokens, sequences}, config)
 //   -> {loss, metrics, gradLogprobs: Float32Array [T], gradEntropy: Float32Array [T] | undefined}
 Napi::Value PolicyLoss(const Napi::CallbackInfo& info) {
@@ -33,6 +33,7 @@ Napi::Value PolicyLoss(const Napi::CallbackInfo& info) {
     in.entropy = float_tokens_field(o, "entropy", "inputs", tokens, false);
     if (in.entropy.defined()) in.entropy.requires_grad_(true);
     in.ref_logprobs = float_tokens_field(o, "refLogprobs", "inputs", tokens, false);
+    in.rollout_is_weights = float_tokens_field(o, "rolloutIsWeights", "inputs", tokens, false);
     const auto cu = o.Get("cuSeqlens");
     if (!cu.IsTypedArray() || cu.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
       throw std::invalid_argument("inputs.cuSeqlens: expected an Int32Array");

@@ -2,6 +2,7 @@
 
 #include "addon/tensor.h"
 
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <unordered_set>
@@ -64,17 +65,32 @@ train::LrSchedule schedule_from_js(const Napi::Object& o, const std::string& fie
 
 train::PolicyLossConfig policy_loss_config_from_js(const Napi::Object& o, const std::string& field) {
   train::PolicyLossConfig config;
+  if (!o.Get("lossMode").IsUndefined()) {
+    config.mode = train::policy_loss_mode_from_name(string_field(o, "lossMode", field));
+  }
   config.clip_ratio_low = number_field(o, "clipRatioLow", field, config.clip_ratio_low);
   config.clip_ratio_high = number_field(o, "clipRatioHigh", field, config.clip_ratio_high);
   config.clip_ratio_c = number_field(o, "clipRatioC", field, config.clip_ratio_c);
   if (!o.Get("aggMode").IsUndefined()) config.agg_mode = train::loss_agg_mode_from_name(string_field(o, "aggMode", field));
   config.loss_scale_factor = number_field(o, "lossScaleFactor", field, config.loss_scale_factor);
   config.entropy_coeff = number_field(o, "entropyCoeff", field, config.entropy_coeff);
+  config.tau_pos = number_field(o, "tauPos", field, config.tau_pos);
+  config.tau_neg = number_field(o, "tauNeg", field, config.tau_neg);
+  config.clip_cov_ratio = number_field(o, "clipCovRatio", field, config.clip_cov_ratio);
+  config.clip_cov_lb = number_field(o, "clipCovLb", field, config.clip_cov_lb);
+  config.clip_cov_ub = number_field(o, "clipCovUb", field, config.clip_cov_ub);
+  config.kl_cov_ratio = number_field(o, "klCovRatio", field, config.kl_cov_ratio);
+  config.ppo_kl_coef = number_field(o, "ppoKlCoef", field, config.ppo_kl_coef);
+  const auto seed = number_field(o, "seed", field, 0);
+  if (!(seed >= 0 && seed <= 9007199254740991.0 && seed == static_cast<double>(static_cast<uint64_t>(seed)))) {
+    throw std::invalid_argument(field + ".seed: must be an integer in [0, 2^53)");
+  }
+  config.seed = static_cast<uint64_t>(seed);
   const auto kl = o.Get("kl");
   if (!kl.IsUndefined()) {
     if (!kl.IsObject()) throw std::invalid_argument(field + ".kl: expected {type, coeff}");
     const auto k = kl.As<Napi::Object>();
-    config.kl = train::kl_penalty_from_name(string_field(k, "type", field + ".kl"));
+    config.kl = train::kl_penalty_from_name(string_field(k, "type", field + ".kl"), &config.kl_straight_through);
     config.kl_coeff = number_field(k, "coeff", field + ".kl", config.kl_coeff);
   }
   return config;
@@ -83,9 +99,9 @@ train::PolicyLossConfig policy_loss_config_from_js(const Napi::Object& o, const 
 Napi::Object policy_metrics_to_js(Napi::Env env, const train::PolicyLossMetrics& m) {
   auto out = Napi::Object::New(env);
   out["pgLoss"] = m.pg_loss;
-  out["pgClipfrac"] = m.pg_clipfrac;
-  out["pgClipfracLower"] = m.pg_clipfrac_lower;
-  out["ppoKl"] = m.ppo_kl;
+  if (m.has_pg_clipfrac) out["pgClipfrac"] = m.pg_clipfrac;
+  if (m.has_pg_clipfrac_lower) out["pgClipfracLower"] = m.pg_clipfrac_lower;
+  if (m.has_ppo_kl) out["ppoKl"] = m.ppo_kl;
   out["entropy"] = m.entropy;
   out["klLoss"] = m.kl_loss;
   return out;

@@ -22,11 +22,14 @@ train::AdamWConfig adamw_config_from_js(const Napi::Object& o, const std::string
 // {kind, warmupSteps?, totalSteps?, minLrRatio?, numCycles?} with the peak rate `lr` (validated).
 train::LrSchedule schedule_from_js(const Napi::Object& o, const std::string& field, double lr);
 
-// {clipRatioLow?, clipRatioHigh?, clipRatioC?, aggMode?, lossScaleFactor?, entropyCoeff?,
-//  kl?: {type: "none" | "k1" | "k2" | "k3" | "low_var_kl" | "abs", coeff?}}; absent keys keep the defaults.
+// {lossMode?, clipRatioLow?, clipRatioHigh?, clipRatioC?, aggMode?, lossScaleFactor?, entropyCoeff?, tauPos?,
+//  tauNeg?, clipCovRatio?, clipCovLb?, clipCovUb?, klCovRatio?, ppoKlCoef?, seed?,
+//  kl?: {type: "none" | "k1" | "kl" | "k2" | "mse" | "k3" | "low_var_kl" | "abs" (each but none also with a
+//  trailing "+"), coeff?}}; absent keys keep the defaults.
 train::PolicyLossConfig policy_loss_config_from_js(const Napi::Object& o, const std::string& field);
 
-// {pgLoss, pgClipfrac, pgClipfracLower, ppoKl, entropy, klLoss}
+// {pgLoss, pgClipfrac?, pgClipfracLower?, ppoKl?, entropy, klLoss}: a key is absent when the mode does not
+// measure it.
 Napi::Object policy_metrics_to_js(Napi::Env env, const train::PolicyLossMetrics& m);
 
 // o[key] as a [tokens] fp32 tensor owning its memory; an undefined key gives an undefined tensor

@@ -8,7 +8,14 @@
 export interface MathScore {
   score: number;
   acc: boolean;
-  pred: string;
+  /** The extracted answer; null where verl's is None (strict box mode, nothing boxed). */
+  pred: string | null;
+}
+
+/** Python's `s[-n:]`: the last n code points (a JS slice counts UTF-16 units, splitting surrogate pairs). */
+export function lastCodePoints(text: string, n: number): string {
+  const points = Array.from(text);
+  return points.length <= n ? text : points.slice(-n).join("");
 }
 
 // verl clips the response to its last 300 characters before matching, "for efficiency"; the
@@ -155,18 +162,61 @@ export function removeBoxed(boxed: string): string {
 
 const answerPattern = /Answer\s*:\s*([^\n]+)/gi;
 
+/** math_dapo.py's own last_boxed_only_string: the last "\boxed{…}" only (no \fbox, no space form). */
+function dapoLastBoxed(text: string): string | null {
+  const idx = text.lastIndexOf("\\boxed{");
+  if (idx < 0) return null;
+  let depth = 0;
+  for (let i = idx; i < text.length; i++) {
+    if (text[i] === "{") depth++;
+    if (text[i] === "}") {
+      depth--;
+      if (depth === 0) return text.slice(idx, i + 1);
+    }
+  }
+  return null;
+}
+
 /**
- * verl's math_dapo.compute_score (strict_box_verify=False): the last "Answer: …" line in the last
- * 300 characters of the response, normalised, must equal the normalised ground truth.
- * score is 1 or -1; pred is "[INVALID]" when there is no "Answer:" line, as in verl.
+ * math_dapo's is_correct_strict_box: the last \boxed{} in the last 100 characters, compared as it
+ * is (no normalisation) with the ground truth as it is. pred is null when nothing is boxed.
  */
-export function dapoMathScore(response: string, groundTruth: string): MathScore {
-  const clipped = response.slice(-solutionClipChars);
+function strictBox(solution: string, groundTruth: string): { correct: boolean; pred: string | null } {
+  const boxed = dapoLastBoxed(lastCodePoints(solution, 100));
+  const pred = boxed === null ? null : boxed.slice("\\boxed{".length, -1);
+  return { correct: pred === groundTruth, pred };
+}
+
+export interface DapoOptions {
+  /** verl's strict_box_verify: only a \boxed{} answer in the last 100 characters counts. Default false. */
+  strictBoxVerify?: boolean;
+}
+
+/**
+ * verl 0.9.1's math_dapo.compute_score on the last 300 characters of the response. Default: the
+ * last "Answer: …" line, normalised, against the normalised ground truth; when there is none, a
+ * \boxed{} answer in the last 100 characters (compared as it is) decides, and with neither pred is
+ * "[INVALID]". strictBoxVerify: the boxed answer only (pred null when nothing is boxed). Score 1 or −1.
+ */
+export function dapoMathScore(response: string, groundTruth: string, options: DapoOptions = {}): MathScore {
+  const clipped = lastCodePoints(response, solutionClipChars);
+  if (options.strictBoxVerify) {
+    const { correct, pred } = strictBox(clipped, groundTruth);
+    return { score: correct ? 1 : -1, acc: correct, pred };
+  }
   const matches = [...clipped.matchAll(answerPattern)];
   const extracted = matches.at(-1)?.[1] ?? "[INVALID]";
   const pred = normalizeFinalAnswer(extracted);
-  const acc = pred === normalizeFinalAnswer(groundTruth);
-  return { score: acc ? 1 : -1, acc, pred };
+  let acc = pred === normalizeFinalAnswer(groundTruth);
+  let finalPred: string | null = pred;
+  if (pred === "[INVALID]") {
+    const box = strictBox(clipped, groundTruth);
+    if (box.pred !== null) {
+      acc = box.correct;
+      finalPred = box.pred;
+    }
+  }
+  return { score: acc ? 1 : -1, acc, pred: finalPred };
 }
 
 /**

@@ -23,6 +23,8 @@ export const verifiers: Readonly<Record<string, Verifier>> = {
   "DigitalLearningGmbH/MATH-lighteval": boxed,
   "HuggingFaceH4/MATH-500": boxed,
   math_dapo: dapo,
+  math: dapo,
+  math_dapo_reasoning: dapo,
   /** The quickstart's built-in task (not in verl). */
   [NEXT_DIGIT_SOURCE]: nextDigitScore,
 };

@@ -202,9 +202,35 @@ export function writeNextDigitData(dir: string): string {
   return file;
 }
 
+/**
+ * Held-out prompts for validation: 100 four-digit "abcd=" prompts (never in the training set, which
+ * has three digits), the same rule. Writes `<dir>/val.jsonl`; returns its path.
+ */
+export function writeNextDigitHeldOut(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, "val.jsonl");
+  const rows: string[] = [];
+  for (let k = 0; k < 100; k++) {
+    const n = 1000 + ((k * 7919) % 9000);
+    rows.push(
+      JSON.stringify({
+        data_source: NEXT_DIGIT_SOURCE,
+        prompt: [{ role: "user", content: `${n}=` }],
+        ability: "next-digit",
+        reward_model: { style: "rule", ground_truth: String((n + 1) % 10) },
+        extra_info: { index: n },
+      }),
+    );
+  }
+  writeFileSync(file, `${rows.join("\n")}\n`);
+  return file;
+}
+
 export interface NextDigitSetup {
   modelPath: string;
   dataFile: string;
+  /** The held-out four-digit prompts (writeNextDigitHeldOut). */
+  valFile: string;
   /** A GRPO config that learns the task in well under a minute on a CPU. */
   config: ExperimentConfig;
 }
@@ -221,6 +247,7 @@ export async function prepareNextDigit(
   const modelPath = resolve(dir, "model");
   if (!existsSync(join(modelPath, "config.json"))) await writeTinyModel(modelPath, { seed: 1, ...options });
   const dataFile = writeNextDigitData(resolve(dir, "data"));
+  const valFile = writeNextDigitHeldOut(resolve(dir, "data"));
   const config: ExperimentConfig = {
     name: "next-digit",
     seed: 1,
@@ -234,5 +261,5 @@ export async function prepareNextDigit(
     totalSteps: 80,
     ...overrides,
   };
-  return { modelPath, dataFile, config };
+  return { modelPath, dataFile, valFile, config };
 }
