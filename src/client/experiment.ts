@@ -329,9 +329,10 @@ export class Experiment {
     for (let i = from; i < stages.length; i++) {
       const stage = stages[i] as Stage;
       if (this.#interrupted && i > from) {
-        this.#pausedAt = `before:${stage}`;
+        const point = `before:${stage}` as const;
+        this.#pausedAt = point;
         await this.refresh();
-        return { step: this.stepsDone + 1, paused: 1 };
+        return { step: this.stepsDone + 1, pausedAt: point };
       }
       for (const point of [`before:${stage}`, `after:${stage}`] as const) {
         if (point.startsWith("after:")) {

@@ -82,10 +82,12 @@ test("rollout correction in the loop: token TIS weights and a token_k2 rejection
   );
 });
 
-test("bypass mode trains on the rollout logprobs: no recomputation, no rollout_probs_diff", async () => {
+test("bypass mode trains on the rollout logprobs; the mismatch is still measured, on a sample", async () => {
   const { rows: r, samples } = await rows(config("bypass", { rolloutCorrection: { bypassMode: true } }), 1);
   const row = r[0] as Record<string, number>;
-  assert.equal(row["training/rollout_probs_diff_max"], undefined);
+  // Skipping the old-logprob pass never hides the rollout/training difference (issue 16's rule).
+  assert.ok(Number.isFinite(row["training/rollout_probs_diff_max"]));
+  assert.ok((row["training/rollout_probs_diff_sequences"] ?? 0) > 0);
   assert.ok(samples.every((s) => s.oldLogprobs === s.rolloutLogprobs));
   assert.ok(Number.isFinite(row["actor/pg_loss"]));
 });

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "addon/common.h"
+#include "train/session.h"
 #include "addon/registry.h"
 #include "addon/tensor.h"
 #include "addon/train_args.h"
@@ -55,21 +56,7 @@ std::shared_ptr<CriticSlot> critic_of(const Napi::Value& value) {
   return handle->slot;
 }
 
-// Parameters require grad only while a backward runs; gradients stay for accumulation.
-class GradScope {
- public:
-  explicit GradScope(const models::NamedTensors& params) : params_(params) {
-    for (const auto& [_, p] : params_) p.requires_grad_(true);
-  }
-  ~GradScope() {
-    for (const auto& [_, p] : params_) p.requires_grad_(false);
-  }
-  GradScope(const GradScope&) = delete;
-  GradScope& operator=(const GradScope&) = delete;
-
- private:
-  const models::NamedTensors& params_;
-};
+using train::GradScope;  // parameters require grad only while a backward runs
 
 // Int32Array tokens -> [n] int64 host tensor; cuSeqlens checked (every sequence has >= 2 tokens).
 at::Tensor tokens_from_js(const Napi::Value& value) {
@@ -155,7 +142,7 @@ class LoadWork final : public PromiseWork {
       else weights[name] = t;
     }
     const models::HfConfig hf(checkpoint.config);
-    slot_->backbone = models::build_model(hf, weights, device_, dtype_);
+    slot_->backbone = models::build_model(hf, weights, models::BuildOptions(device_, dtype_));
     const auto hidden = hf.required_int("hidden_size");
     const auto options = at::TensorOptions().dtype(dtype_).device(device_);
     if (weight.defined() != bias.defined()) throw std::runtime_error("the folder has only one of score.weight, score.bias");
