@@ -280,6 +280,8 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
           const r = await run.replay(args.step);
           return r;
         }
+        case "validate":
+          return run.validate();
         case "batch":
           return run.batchTable();
         case "patch":

@@ -15,7 +15,7 @@ import {
 } from "../../src/client/experiment.js";
 import { type Cluster, connect, notebook } from "../../src/index.js";
 import type { ExperimentConfig } from "../../src/rl/config.js";
-import { writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
+import { writeNextDigitData, writeNextDigitHeldOut, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
 import { tempDir } from "../helpers/python.js";
 import { killAll, tiller } from "../helpers/runtime.js";
 
@@ -253,4 +253,26 @@ test("a notebook run again replaces its idle experiment by name (models freed), 
   assert.match(String(second), /^Experiment\(again .*: step 0\/100, idle, on cpu, /);
   assert.throws(() => prepareConfig({ ...config, ifExists: "maybe" as never }), /ifExists/);
   await second.close();
+});
+
+test("exp.validate() from the client runs validation alone and returns verl's val-core metrics", {
+  timeout: 120_000,
+}, async () => {
+  const val = writeNextDigitHeldOut(join(dir.path, "val-data"));
+  const exp = await cluster.experiment({
+    ...config,
+    name: "validate-alone",
+    runDir: join(dir.path, "validate-alone"),
+    data: { ...config.data, val },
+    validation: { everySteps: 0 },
+  });
+  try {
+    const { step, metrics } = await exp.validate();
+    assert.equal(step, 0);
+    const key = "val-core/tiller/next-digit/acc/mean@1";
+    assert.ok(Number.isFinite(metrics[key]), `${key} in ${Object.keys(metrics).join(", ")}`);
+    assert.ok((metrics[key] ?? -1) >= 0 && (metrics[key] ?? 2) <= 1);
+  } finally {
+    await exp.close();
+  }
 });
