@@ -8,6 +8,7 @@ import * as zmq from "zeromq";
 import { type Cluster, connect, Model, type TillerError } from "../../src/index.js";
 import { tempDir } from "../helpers/python.js";
 import { alive, killAll, killPid, type Spawned, tiller, tinyLlama, waitFor } from "../helpers/runtime.js";
+import { writeTinyDense } from "../helpers/tiny-models.js";
 
 const dir = tempDir("cluster");
 const address = `ipc://${dir.path}/c.sock`;
@@ -164,6 +165,41 @@ test("an all-reduce through the engine's process group sums across ranks", { tim
     ),
   );
   for (const [r] of results) assert.deepEqual(Array.from(r?.result.values ?? []), [3, 30]);
+});
+
+test("through the controller: dist.mesh at TP2, a sharded model.load on both workers, logprobs equal one device's", {
+  timeout: 90_000,
+}, async () => {
+  await cluster.initProcessGroup("gloo");
+  const folder = `${dir.path}/tp-model`;
+  await writeTinyDense(folder, { family: "qwen3", heads: 4, kvHeads: 2 });
+  const meshes = await cluster.run("dist.mesh", { tensor: 2 });
+  assert.deepEqual(
+    meshes.map((m) => [m.rank, m.result.describe, m.result.coordinates.tensor]),
+    [
+      [0, "TP2", 0],
+      [1, "TP2", 1],
+    ],
+  );
+  assert.equal((await cluster.run("worker.info", {}, { ranks: [1] }))[0]?.result.mesh?.describe, "TP2");
+  await cluster.run("model.load", { name: "tp", dir: folder, sharded: true });
+  const tokens = new Int32Array([3, 17, 4, 1, 50, 9, 2, 6, 5, 33, 8]);
+  const cuSeqlens = new Int32Array([0, 6, 11]);
+  const sharded = await cluster.run("model.logprobs", { name: "tp", tokens, cuSeqlens });
+  const single = await Model.load(folder);
+  try {
+    const ref = await single.logprobs(tokens, cuSeqlens);
+    for (const r of sharded) {
+      const got = r.result.logprobs;
+      assert.equal(got.length, ref.logprobs.length);
+      for (let i = 0; i < got.length; i++) {
+        assert.ok(Math.abs((got[i] ?? 0) - (ref.logprobs[i] ?? 0)) <= 1e-5, `rank ${r.rank}, token ${i}`);
+      }
+    }
+  } finally {
+    single.dispose();
+  }
+  await cluster.run("model.free", { name: "tp" });
 });
 
 test("1,000 mixed requests, 32 in flight: each answered once, correctly", { timeout: 120_000 }, async (t) => {
