@@ -2,6 +2,9 @@
 
 #include <torch/autograd.h>
 
+#include <functional>
+#include <utility>
+
 #include "kernels/logprob.h"
 
 namespace tiller::layers {
@@ -13,21 +16,48 @@ using torch::autograd::variable_list;
 // The chunk's logits, as the output projection gives them (the model's dtype).
 at::Tensor chunk_logits(const at::Tensor& h, const at::Tensor& w) { return at::matmul(h, w.t()); }
 
+// Row statistics over all tokens, `per_chunk(logits, a, b)` giving those of rows a..b-1 from their
+// logits: [tokens x vocab] logits never exist at once.
+kernels::RowStats chunked_stats(const at::Tensor& hidden, const at::Tensor& lm_head, int64_t chunk,
+                                const std::function<kernels::RowStats(const at::Tensor&, int64_t, int64_t)>& per_chunk) {
+  const auto tokens = hidden.size(0);
+  const auto options = hidden.options().dtype(at::kFloat);
+  kernels::RowStats out{at::empty({tokens}, options), at::empty({tokens}, options), at::empty({tokens}, options)};
+  for (int64_t a = 0; a < tokens; a += chunk) {
+    const auto b = std::min(tokens, a + chunk);
+    const auto s = per_chunk(chunk_logits(hidden.slice(0, a, b), lm_head), a, b);
+    out.logprob.slice(0, a, b).copy_(s.logprob);
+    out.entropy.slice(0, a, b).copy_(s.entropy);
+    out.lse.slice(0, a, b).copy_(s.lse);
+  }
+  return out;
+}
+
+// Gradients of hidden and lm_head from `grad_logits(logits, a, b)`, the gradient of rows a..b-1's
+// recomputed logits (in hidden's dtype), chunk by chunk.
+std::pair<at::Tensor, at::Tensor> chunked_backward(
+    const at::Tensor& hidden, const at::Tensor& lm_head, int64_t chunk,
+    const std::function<at::Tensor(const at::Tensor&, int64_t, int64_t)>& grad_logits) {
+  const auto tokens = hidden.size(0);
+  auto grad_hidden = at::empty_like(hidden);
+  auto grad_lm_head = at::zeros(lm_head.sizes(), lm_head.options().dtype(at::kFloat));
+  for (int64_t a = 0; a < tokens; a += chunk) {
+    const auto b = std::min(tokens, a + chunk);
+    const auto h = hidden.slice(0, a, b);
+    const auto g = grad_logits(chunk_logits(h, lm_head), a, b);
+    grad_hidden.slice(0, a, b).copy_(at::matmul(g, lm_head));
+    grad_lm_head.add_(at::matmul(g.t(), h).to(at::kFloat));
+  }
+  return {grad_hidden, grad_lm_head.to(lm_head.scalar_type())};
+}
+
 struct ChunkedLogprobFunction : public torch::autograd::Function<ChunkedLogprobFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& lm_head,
                                const at::Tensor& targets, double temperature, int64_t chunk) {
-    const auto tokens = hidden.size(0);
-    auto logprob = at::empty({tokens}, hidden.options().dtype(at::kFloat));
-    auto entropy = at::empty({tokens}, hidden.options().dtype(at::kFloat));
-    auto lse = at::empty({tokens}, hidden.options().dtype(at::kFloat));
-    for (int64_t a = 0; a < tokens; a += chunk) {
-      const auto b = std::min(tokens, a + chunk);
-      const auto s = kernels::logprob_rows(chunk_logits(hidden.slice(0, a, b), lm_head), targets.slice(0, a, b),
-                                           temperature);
-      logprob.slice(0, a, b).copy_(s.logprob);
-      entropy.slice(0, a, b).copy_(s.entropy);
-      lse.slice(0, a, b).copy_(s.lse);
-    }
+    const auto s = chunked_stats(hidden, lm_head, chunk, [&](const at::Tensor& logits, int64_t a, int64_t b) {
+      return kernels::logprob_rows(logits, targets.slice(0, a, b), temperature);
+    });
+    const auto &logprob = s.logprob, &entropy = s.entropy, &lse = s.lse;
     // Logits are recomputed chunk by chunk in backward: [tokens, vocab] never exists at once.
     ctx->save_for_backward({hidden, lm_head, targets, lse, entropy});
     ctx->saved_data["temperature"] = temperature;
@@ -49,19 +79,15 @@ struct ChunkedLogprobFunction : public torch::autograd::Function<ChunkedLogprobF
     const auto grad_logprob = grads[0].defined() ? grads[0] : at::zeros({tokens}, hidden.options().dtype(at::kFloat));
     // An entropy that no loss term used has no gradient: its pass over the logits is skipped.
     const auto& grad_entropy = grads[1];
-    auto grad_hidden = at::empty_like(hidden);
-    auto grad_lm_head = at::zeros(lm_head.sizes(), lm_head.options().dtype(at::kFloat));
-    for (int64_t a = 0; a < tokens; a += chunk) {
-      const auto b = std::min(tokens, a + chunk);
-      const auto h = hidden.slice(0, a, b);
-      const kernels::RowStats stats{at::Tensor(), entropy.slice(0, a, b), lse.slice(0, a, b)};
-      const auto grad_logits = kernels::logprob_rows_backward(
-          chunk_logits(h, lm_head), targets.slice(0, a, b), temperature, stats, grad_logprob.slice(0, a, b),
-          grad_entropy.defined() ? grad_entropy.slice(0, a, b) : at::Tensor()).to(hidden.scalar_type());
-      grad_hidden.slice(0, a, b).copy_(at::matmul(grad_logits, lm_head));
-      grad_lm_head.add_(at::matmul(grad_logits.t(), h).to(at::kFloat));
-    }
-    return {grad_hidden, grad_lm_head.to(lm_head.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto [grad_hidden, grad_lm_head] =
+        chunked_backward(hidden, lm_head, chunk, [&](const at::Tensor& logits, int64_t a, int64_t b) {
+          const kernels::RowStats stats{at::Tensor(), entropy.slice(0, a, b), lse.slice(0, a, b)};
+          return kernels::logprob_rows_backward(logits, targets.slice(0, a, b), temperature, stats,
+                                                grad_logprob.slice(0, a, b),
+                                                grad_entropy.defined() ? grad_entropy.slice(0, a, b) : at::Tensor())
+              .to(hidden.scalar_type());
+        });
+    return {grad_hidden, grad_lm_head, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -97,20 +123,12 @@ struct VocabParallelLogprobFunction : public torch::autograd::Function<VocabPara
                                const at::Tensor& targets, double temperature, int64_t chunk, int64_t group_address,
                                int64_t vocab_start) {
     auto& group = *reinterpret_cast<parallel::ProcessGroup*>(group_address);
-    const auto tokens = hidden.size(0);
     const auto local = local_targets(targets, vocab_start, lm_head.size(0));
-    auto logprob = at::empty({tokens}, hidden.options().dtype(at::kFloat));
-    auto entropy = at::empty({tokens}, hidden.options().dtype(at::kFloat));
-    auto lse = at::empty({tokens}, hidden.options().dtype(at::kFloat));
-    for (int64_t a = 0; a < tokens; a += chunk) {
-      const auto b = std::min(tokens, a + chunk);
-      const auto shard = kernels::logprob_rows(chunk_logits(hidden.slice(0, a, b), lm_head), local.index.slice(0, a, b),
-                                               temperature);
-      const auto s = merge_shards(shard, local.inside.slice(0, a, b), group);
-      logprob.slice(0, a, b).copy_(s.logprob);
-      entropy.slice(0, a, b).copy_(s.entropy);
-      lse.slice(0, a, b).copy_(s.lse);
-    }
+    const auto s = chunked_stats(hidden, lm_head, chunk, [&](const at::Tensor& logits, int64_t a, int64_t b) {
+      const auto shard = kernels::logprob_rows(logits, local.index.slice(0, a, b), temperature);
+      return merge_shards(shard, local.inside.slice(0, a, b), group);
+    });
+    const auto &logprob = s.logprob, &entropy = s.entropy, &lse = s.lse;
     ctx->save_for_backward({hidden, lm_head, local.index, local.inside, lse, entropy});
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["chunk"] = chunk;
@@ -134,27 +152,21 @@ struct VocabParallelLogprobFunction : public torch::autograd::Function<VocabPara
     const auto tokens = hidden.size(0);
     const auto grad_logprob = grads[0].defined() ? grads[0] : at::zeros({tokens}, hidden.options().dtype(at::kFloat));
     const auto& grad_entropy = grads[1];
-    auto grad_hidden = at::empty_like(hidden);
-    auto grad_lm_head = at::zeros(lm_head.sizes(), lm_head.options().dtype(at::kFloat));
-    for (int64_t a = 0; a < tokens; a += chunk) {
-      const auto b = std::min(tokens, a + chunk);
-      const auto h = hidden.slice(0, a, b);
-      const auto g = grad_logprob.slice(0, a, b);
-      const auto log_p = chunk_logits(h, lm_head).to(at::kFloat) / temperature - lse.slice(0, a, b).unsqueeze(1);
-      const auto p = log_p.exp();
-      auto weight = g.unsqueeze(1).expand_as(p);
-      if (grad_entropy.defined()) {
-        weight = weight + grad_entropy.slice(0, a, b).unsqueeze(1) * (log_p + entropy.slice(0, a, b).unsqueeze(1));
-      }
-      auto grad_z = -p * weight;
-      grad_z.scatter_add_(1, index.slice(0, a, b).unsqueeze(1),
-                          (g * inside.slice(0, a, b).to(at::kFloat)).unsqueeze(1));
-      const auto grad_logits = (grad_z / temperature).to(hidden.scalar_type());
-      grad_hidden.slice(0, a, b).copy_(at::matmul(grad_logits, lm_head));
-      grad_lm_head.add_(at::matmul(grad_logits.t(), h).to(at::kFloat));
-    }
-    return {grad_hidden, grad_lm_head.to(lm_head.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    const auto [grad_hidden, grad_lm_head] =
+        chunked_backward(hidden, lm_head, chunk, [&](const at::Tensor& logits, int64_t a, int64_t b) {
+          const auto g = grad_logprob.slice(0, a, b);
+          const auto log_p = logits.to(at::kFloat) / temperature - lse.slice(0, a, b).unsqueeze(1);
+          const auto p = log_p.exp();
+          auto weight = g.unsqueeze(1).expand_as(p);
+          if (grad_entropy.defined()) {
+            weight = weight + grad_entropy.slice(0, a, b).unsqueeze(1) * (log_p + entropy.slice(0, a, b).unsqueeze(1));
+          }
+          auto grad_z = -p * weight;
+          grad_z.scatter_add_(1, index.slice(0, a, b).unsqueeze(1),
+                              (g * inside.slice(0, a, b).to(at::kFloat)).unsqueeze(1));
+          return (grad_z / temperature).to(hidden.scalar_type());
+        });
+    return {grad_hidden, grad_lm_head, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
