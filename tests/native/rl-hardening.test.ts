@@ -263,3 +263,18 @@ test("export surfaces a tokenizer file it cannot copy; only a file the model lac
     assert.ok(existsSync(join(clean, "tokenizer.json")));
   });
 });
+
+test("routing replay with sequences that carry no recorded experts is an error, not replay silently switched off", async () => {
+  // A dense model records no experts: replaying "them" would mix replayed and fresh routing.
+  await withRun(
+    config("replay-without-experts", {
+      rollout: { samplesPerPrompt: 4, maxResponseTokens: 3, routingReplay: "replay" },
+    }),
+    async (run) => {
+      await assert.rejects(
+        () => run.runStep(),
+        /rollout\.routingReplay: "replay", but 16 of 16 sequences carry no recorded experts/,
+      );
+    },
+  );
+});
