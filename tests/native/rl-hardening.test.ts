@@ -4,7 +4,7 @@
 // pass still measures the rollout/training mismatch, no metric is a constant, and user mistakes
 // carry their own codes.
 import assert from "node:assert/strict";
-import { cpSync, existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { ExperimentRun } from "../../src/controller/experiment.js";
@@ -277,4 +277,25 @@ test("routing replay with sequences that carry no recorded experts is an error, 
       );
     },
   );
+});
+
+test("a model shape that cannot be read is named in the run's warnings (perf/mfu/actor then left out), not swallowed", async () => {
+  // Resumed, the actor comes from the checkpoint while the FLOP shape is read from model.path:
+  // a damaged config.json there must not turn into a silently missing (or invented) MFU.
+  const folder = join(dir.path, "model-flop");
+  cpSync(modelPath, folder, { recursive: true });
+  const c = config("flop-shape", { model: { path: folder, dtype: "float32" }, totalSteps: 2 });
+  await withRun(c, async (run) => {
+    assert.deepEqual(run.warnings, [], "no warning while the shape is readable");
+    await run.runStep();
+  });
+  const config_ = join(folder, "config.json");
+  writeFileSync(config_, readFileSync(config_, "utf8").replace('"num_attention_heads"', '"heads_renamed"'));
+  await withResumed(join(dir.path, "runs", "flop-shape"), async (run) => {
+    const said = run.warnings.find((w) => w.startsWith("perf/mfu/actor is not measured"));
+    assert.ok(said?.includes("num_attention_heads"), JSON.stringify(run.warnings));
+    const row = await run.runStep();
+    assert.equal(row["perf/mfu/actor"], undefined);
+    assert.ok(Number.isFinite(row["actor/pg_loss"]), "the run goes on");
+  });
 });
