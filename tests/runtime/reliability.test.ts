@@ -79,7 +79,7 @@ test("a stopped, silent controller is noticed by heartbeats: pending calls are r
   }
 });
 
-test("save() rejects when the controller dies mid-save; the next start removes the half-written folder and says so", {
+test("save() rejects when the controller dies mid-save (and the failed status refresh after a call is counted); the next start removes the half-written folder and says so", {
   timeout: 180_000,
 }, async () => {
   const work = folder("save");
@@ -118,6 +118,10 @@ test("save() rejects when the controller dies mid-save; the next start removes t
     const saving = exp.save();
     killPid(first.controller.pid, "SIGSTOP"); // wherever the save stands, it never finishes now
     await assert.rejects(saving, (e: TillerError) => e.code === "CONTROLLER_LOST");
+    // The status refresh after a failed call is a logged, counted decision, not a swallowed error.
+    const failures = exp.refreshFailures;
+    await assert.rejects(exp.step(), (e: TillerError) => e.code === "CONTROLLER_LOST");
+    assert.equal(exp.refreshFailures, failures + 1, "the failed refresh after step() is counted");
   } finally {
     first.cluster.close();
     killPid(first.controller.pid, "SIGKILL");
