@@ -22,7 +22,7 @@ import type {
 } from "../protocol/messages.js";
 import { SendQueue } from "../protocol/socket.js";
 import type { ExperimentConfig } from "../rl/config.js";
-import { createExperiment, Experiment, resumeExperiment } from "./experiment.js";
+import { createExperiment, Experiment, type ResumeOptions, resumeExperiment } from "./experiment.js";
 import { controllerLogFile, controllerRecordFile, defaultAddress, tillerHome } from "./home.js";
 
 /** A failed call: the controller's error body (code, field, rank, command, stderr tail) on it. */
@@ -66,6 +66,11 @@ export interface ConnectOptions extends LivenessOptions {
   start?: boolean;
   /** Arguments for a controller started here, e.g. ["--cpu", "2"] (default: its own choice). */
   controllerArgs?: string[];
+  /**
+   * Without an address: the local controller runs this many CPU worker processes (`--cpu N`), so a
+   * laptop runs a TP2×DP2 experiment with `cpu: 4`. A running one with another count is an error.
+   */
+  cpu?: number;
 }
 
 interface Pending {
@@ -312,8 +317,11 @@ export class Cluster {
     return createExperiment(this, config);
   }
 
-  /** Continues an experiment from a checkpoint folder, or a run folder's newest checkpoint. */
-  resume(path: string, options: { totalSteps?: number } = {}): Promise<Experiment> {
+  /**
+   * Continues an experiment from a checkpoint folder, or a run folder's newest checkpoint;
+   * `parallel` continues it in another layout (e.g. saved at TP2×DP2, resumed on one rank).
+   */
+  resume(path: string, options: ResumeOptions = {}): Promise<Experiment> {
     return resumeExperiment(this, path, options);
   }
 
@@ -373,22 +381,39 @@ function startLocalController(home: string, controllerArgs: string[]): number {
  * $TILLER_HOME (or ~/.tiller), started first when none runs there.
  */
 export async function connect(address?: string, options: ConnectOptions = {}): Promise<Cluster> {
+  const cpu = options.cpu;
+  if (cpu !== undefined && (!Number.isInteger(cpu) || cpu < 1)) {
+    throw new TypeError(`cpu: ${JSON.stringify(cpu)} must be a positive integer (worker processes)`);
+  }
   if (address) return attach(address, options, options.timeoutMs ?? 5000);
   const home = tillerHome();
   const record = readControllerRecord(controllerRecordFile(home));
   if (record && processAlive(record.pid)) {
+    let cluster: Cluster;
     try {
-      return await attach(record.address, options, options.timeoutMs ?? 5000);
+      cluster = await attach(record.address, options, options.timeoutMs ?? 5000);
     } catch (error) {
       throw new Error(
         `a controller (pid ${record.pid}) is recorded at ${record.address} but does not answer ` +
           `(${(error as Error).message}); see ${controllerLogFile(home)}, or stop it and connect again`,
       );
     }
+    const worldSize = cpu === undefined ? cpu : (await cluster.status()).worldSize;
+    if (worldSize !== undefined && worldSize !== cpu) {
+      cluster.close();
+      throw new Error(
+        `cpu: ${cpu}, but the local controller (pid ${record.pid}) runs ${worldSize} workers; ` +
+          "shut it down (cluster.shutdown()) to start one with the new count",
+      );
+    }
+    return cluster;
   }
   if (options.start === false)
     throw new Error(`no controller runs in ${home}; start one with \`tiller controller\``);
-  const pid = startLocalController(home, options.controllerArgs ?? []);
+  const pid = startLocalController(home, [
+    ...(cpu !== undefined ? ["--cpu", String(cpu)] : []),
+    ...(options.controllerArgs ?? []),
+  ]);
   const deadline = Date.now() + (options.timeoutMs ?? 60_000);
   while (Date.now() < deadline) {
     const fresh = readControllerRecord(controllerRecordFile(home));

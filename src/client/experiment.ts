@@ -16,7 +16,12 @@ import {
   type ExperimentStatus,
   experimentStages,
 } from "../protocol/messages.js";
-import { type ExperimentConfig, type ResolvedConfig, resolveConfig } from "../rl/config.js";
+import {
+  type ExperimentConfig,
+  type ParallelLayout,
+  type ResolvedConfig,
+  resolveConfig,
+} from "../rl/config.js";
 import { MetricsLog } from "../rl/metrics.js";
 import type { Cluster } from "./client.js";
 
@@ -703,12 +708,23 @@ export async function createExperiment(cluster: Cluster, config: ExperimentConfi
   return new Experiment(cluster, status);
 }
 
+export interface ResumeOptions {
+  totalSteps?: number;
+  /** The layout to continue in (config.parallel's fields); default: the checkpoint's. */
+  parallel?: ParallelLayout & { gpus?: number };
+}
+
 /** Continues an experiment from a checkpoint folder or a run folder (its newest checkpoint). */
 export async function resumeExperiment(
   cluster: Cluster,
   path: string,
-  options: { totalSteps?: number } = {},
+  options: ResumeOptions = {},
 ): Promise<Experiment> {
-  const status = await cluster.call("experiment.create", { resume: absolute(path), ...options });
+  const { parallel, ...rest } = options;
+  const status = await cluster.call("experiment.create", {
+    resume: absolute(path),
+    ...rest,
+    ...(parallel ? { parallel: parallel as Record<string, unknown> } : {}),
+  });
   return new Experiment(cluster, status);
 }

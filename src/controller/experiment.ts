@@ -56,15 +56,10 @@ import {
   writeManifest,
 } from "../util/checkpoint.js";
 import { UserError } from "../util/errors.js";
+import { ModelRole, type PackedSequences, type RankCall, type RankCallEach, RunRanks } from "./roles.js";
 
+export type { RankCall, RankCallEach };
 export { findCheckpoint, verifyCheckpoint };
-
-/** Calls one worker command on one rank (the controller's pool, or the command table in-process). */
-export type RankCall = <C extends WorkerCommand>(
-  rank: number,
-  command: C,
-  args: WorkerCommandArgs<C>,
-) => Promise<WorkerCommandResults[C]>;
 
 export const stageNames = experimentStages;
 export type StageName = ExperimentStage;
@@ -312,9 +307,10 @@ export class ExperimentRun {
   /** The batches of the last `keepRollouts` completed steps; rollouts() turns one into a table on request. */
   readonly #history = new Map<number, StepBatch>();
   keepRollouts = 4;
-  /** The models' names on the workers, unique to this run so that runs can share workers. */
-  readonly #actor: string;
-  readonly #ref: string;
+  /** The run's ranks (config.parallel's layout) and its models on them, named uniquely per run. */
+  readonly #ranks: RunRanks;
+  readonly #actor: ModelRole;
+  readonly #ref: ModelRole;
   /** PPO's value model (algorithm.advantage "gae"), on the actor's rank. */
   readonly #critic: string;
   #stopRequested = false;
@@ -340,6 +336,7 @@ export class ExperimentRun {
   private constructor(
     config: ResolvedConfig,
     private readonly call: RankCall,
+    ranks: RunRanks,
     private readonly tokenizer: Tokenizer,
     private readonly dataset: PromptDataset,
     private readonly rewards: RewardRunner,
@@ -349,8 +346,9 @@ export class ExperimentRun {
     this.#config = config;
     this.#kl = kl;
     const tag = `${config.name}.${process.pid}.${++runCounter}`;
-    this.#actor = `actor.${tag}`;
-    this.#ref = `ref.${tag}`;
+    this.#ranks = ranks;
+    this.#actor = new ModelRole(`actor.${tag}`, ranks);
+    this.#ref = new ModelRole(`ref.${tag}`, ranks);
     this.#critic = `critic.${tag}`;
     this.runDir = resolve(config.runDir);
     const shape = readFlopShape(config.model.path);
@@ -371,13 +369,44 @@ export class ExperimentRun {
       deviceName?: string;
       actorDir?: string;
       criticDir?: string;
+      /**
+       * The controller's fan-out (WorkerPool.callEach) and how many workers it has: a run with
+       * parallel.gpus > 1 needs exactly that many, their process group set up (initProcessGroup).
+       */
+      callEach?: RankCallEach;
+      workers?: number;
     } = {},
   ): Promise<ExperimentRun> {
-    if (config.parallel.gpus > 1) {
-      throw new Error(
-        `parallel.gpus: ${config.parallel.gpus}: this engine trains on one rank today; the layout validates, ` +
-          "multi-rank training comes with the parallelism transforms",
+    const gpus = config.parallel.gpus;
+    if (gpus > 1 && options.workers === undefined) {
+      throw new UserError(
+        "BAD_ARGS",
+        `parallel.gpus: ${gpus} ranks need a controller with ${gpus} workers (tiller controller --cpu ${gpus}, or --gpus); this one runs in-process on one`,
+        "parallel.gpus",
       );
+    }
+    if (gpus > 1 && options.workers !== gpus) {
+      throw new UserError(
+        "BAD_ARGS",
+        `parallel.gpus: ${gpus}, but the controller has ${options.workers} workers; a run uses every rank of the process group`,
+        "parallel.gpus",
+      );
+    }
+    if (gpus > 1 && config.critic) {
+      throw new UserError(
+        "BAD_ARGS",
+        `critic: PPO's value model trains on one rank; with parallel.gpus ${gpus} use a critic-free estimator (grpo, rloo, reinforce++, ...)`,
+        "critic",
+      );
+    }
+    for (const dim of ["pipeline", "context", "expert"] as const) {
+      if (config.parallel[dim] > 1) {
+        throw new UserError(
+          "BAD_ARGS",
+          `parallel.${dim}: ${config.parallel[dim]}: the engine runs tensor, sequence and data parallelism; ${dim} parallelism comes with the next engine issues`,
+          `parallel.${dim}`,
+        );
+      }
     }
     checkFolder(config.model.path, "model.path", "config.json");
     config.data.train.forEach((file, i) => {
@@ -437,15 +466,28 @@ export class ExperimentRun {
       workers: config.reward.workers,
       timeoutMs: config.reward.timeoutMs,
     });
-    const run = new ExperimentRun(config, call, tokenizer, dataset, rewards, kl, options.hooks ?? {});
+    const p = config.parallel;
+    const ranks = new RunRanks(
+      {
+        tensor: p.tensor,
+        context: p.context,
+        pipeline: p.pipeline,
+        expert: p.expert,
+        data: p.data,
+        sequenceParallel: p.sequenceParallel,
+      },
+      call,
+      options.callEach,
+    );
+    const run = new ExperimentRun(config, call, ranks, tokenizer, dataset, rewards, kl, options.hooks ?? {});
     run.#valDataset = valDataset;
     run.#device = options.device ?? "cpu";
     run.#deviceName = options.deviceName;
     try {
+      // One mesh per run, its process groups made once; every rank's models load under it.
+      if (ranks.multiRank) await ranks.all("dist.mesh", { ...ranks.layout });
       await run.#loadActor(options.actorDir ?? config.model.path);
-      if (needsReference(config)) {
-        await run.#call("model.load", { name: run.#ref, dir: config.model.path, dtype: run.#dtype });
-      }
+      if (needsReference(config)) await run.#ref.load(config.model.path, run.#dtype);
       if (config.critic) await run.#loadCritic(options.criticDir ?? config.critic.path);
     } catch (error) {
       await run.close();
@@ -467,7 +509,19 @@ export class ExperimentRun {
   static async resume(
     checkpoint: string,
     call: RankCall,
-    options: { hooks?: ExperimentHooks; device?: string; deviceName?: string; totalSteps?: number } = {},
+    options: {
+      hooks?: ExperimentHooks;
+      device?: string;
+      deviceName?: string;
+      totalSteps?: number;
+      /**
+       * Another layout to continue in (the checkpoint holds whole tensors and the optimizer state
+       * under single-device names, so any layout reads it): TP2×DP2 saved, one rank resumed.
+       */
+      parallel?: Record<string, unknown>;
+      callEach?: RankCallEach;
+      workers?: number;
+    } = {},
   ): Promise<ExperimentRun> {
     const found = await findCheckpoint(checkpoint);
     const dir = found.dir;
@@ -482,11 +536,14 @@ export class ExperimentRun {
         "resume",
       );
     }
-    const config = {
+    const saved = {
       ...state.config,
       runDir: found.runDir,
       ...(options.totalSteps ? { totalSteps: options.totalSteps } : {}),
     };
+    const config = options.parallel
+      ? resolveConfig({ ...saved, parallel: options.parallel } as never)
+      : saved;
     // The actor comes from the checkpoint; the tokenizer, prompts and reference from the original folder.
     const run = await ExperimentRun.create(config, call, {
       ...options,
@@ -520,10 +577,10 @@ export class ExperimentRun {
     if (options.reloadActor) {
       this.#config = { ...state.config, runDir: this.#config.runDir };
       writeFileSync(join(this.runDir, "config.json"), `${JSON.stringify(this.#config, null, 2)}\n`);
-      await this.#call("model.free", { name: this.#actor });
+      await this.#actor.everywhere("model.free", {});
       await this.#loadActor(join(dir, "model"));
     }
-    await this.#call("model.loadOptimizer", { name: this.#actor, file: join(dir, "optimizer.safetensors") });
+    await this.#actor.everywhere("model.loadOptimizer", { file: join(dir, "optimizer.safetensors") });
     if (this.#config.critic) {
       if (options.reloadActor) {
         await this.#call("critic.free", { name: this.#critic });
@@ -591,12 +648,11 @@ export class ExperimentRun {
   }
 
   async #loadActor(dir: string): Promise<void> {
-    const loaded = await this.#call("model.load", { name: this.#actor, dir, dtype: this.#dtype });
+    const loaded = await this.#actor.load(dir, this.#dtype);
     this.#parameters = loaded.parameters;
     this.#device = loaded.device;
     const { lr, beta1, beta2, eps, weightDecay, schedule, maxGradNorm } = this.#config.optimizer;
-    await this.#call("model.initOptimizer", {
-      name: this.#actor,
+    await this.#actor.everywhere("model.initOptimizer", {
       options: {
         lr,
         weightDecay,
@@ -631,9 +687,9 @@ export class ExperimentRun {
   /** Frees the models on the workers and stops the reward threads. */
   async close(): Promise<void> {
     await this.rewards.close();
-    for (const name of needsReference(this.#config) ? [this.#actor, this.#ref] : [this.#actor]) {
+    for (const role of needsReference(this.#config) ? [this.#actor, this.#ref] : [this.#actor]) {
       try {
-        await this.#call("model.free", { name });
+        await role.everywhere("model.free", {});
       } catch (error) {
         // A lost worker holds nothing, and a create that failed early loaded nothing: both are fine.
         const e = error as { code?: string; body?: { code?: string } };
@@ -645,7 +701,7 @@ export class ExperimentRun {
           code !== "SHUTTING_DOWN"
         ) {
           process.stderr.write(
-            `tiller: ${this.#config.name}: freeing ${name} failed: ${(error as Error).message}\n`,
+            `tiller: ${this.#config.name}: freeing ${role.name} failed: ${(error as Error).message}\n`,
           );
         }
       }
@@ -735,9 +791,7 @@ export class ExperimentRun {
     const ids = prompts.map((p) => Int32Array.from(p.promptTokenIds));
     const repeated = ids.flatMap((p) => Array.from({ length: samplesPerPrompt }, () => p));
     const seed = mixSeed(mixSeed(this.#config.seed, step), round);
-    const { generations } = await this.#call("model.generate", {
-      name: this.#actor,
-      prompts: repeated,
+    const generations = await this.#actor.generate(repeated, {
       maxNewTokens: maxResponseTokens,
       temperature,
       topP,
@@ -768,17 +822,13 @@ export class ExperimentRun {
       return sampleOf(g, repeated[i] as Int32Array, prompts[group] as PromptItem, group);
     });
     if (this.#config.algorithm.advantage === "remax") {
-      const greedy = await this.#call("model.generate", {
-        name: this.#actor,
-        prompts: ids,
+      const greedy = await this.#actor.generate(ids, {
         maxNewTokens: maxResponseTokens,
         temperature: 0,
         stopTokenIds: this.tokenizer.eosTokenIds,
       });
       // The greedy responses are scored like the sampled ones; their verifier score is the baseline.
-      const baselines = greedy.generations.map((g, p) =>
-        sampleOf(g, ids[p] as Int32Array, prompts[p] as PromptItem, p),
-      );
+      const baselines = greedy.map((g, p) => sampleOf(g, ids[p] as Int32Array, prompts[p] as PromptItem, p));
       await this.#scoreSamples(baselines);
       samples.forEach((s, i) => {
         s.baselineScore = baselines[Math.floor(i / samplesPerPrompt)]?.score ?? 0;
@@ -948,8 +998,8 @@ export class ExperimentRun {
   }
 
   /** The recorded experts of these sequences, packed as the tokens are, when the actor replays them. */
-  #routedExperts(name: string, samples: Sample[]): { routedExperts: Int32Array } | Record<string, never> {
-    if (name !== this.#actor || this.#config.rollout.routingReplay !== "replay") return {};
+  #routedExperts(role: ModelRole, samples: Sample[]): { routedExperts: Int32Array } | Record<string, never> {
+    if (role !== this.#actor || this.#config.rollout.routingReplay !== "replay") return {};
     const missing = samples.filter((s) => !s.experts).length;
     if (missing > 0) {
       // Replaying some sequences and routing others afresh would train on a mismatch silently.
@@ -967,36 +1017,53 @@ export class ExperimentRun {
 
   /** Logprobs (and entropy) of each response under a model, in micro-batches of the token budget. */
   async #responseLogprobs(
-    name: string,
+    role: ModelRole,
     samples: Sample[],
   ): Promise<{ logprobs: Float32Array[]; entropy: Float32Array[] }> {
-    const plan = planMicroBatches(
-      samples.map((s) => s.prompt.length + s.response.length),
-      { tokensPerMicroBatch: this.#config.tokensPerMicroBatch, dataParallelRanks: 1 },
+    const micro = this.#microBatches(samples);
+    const replies = await role.logprobs(
+      micro.map((list) =>
+        list.map((mb) => {
+          const chosen = mb.map((i) => samples[i] as Sample);
+          return { ...this.#packed(chosen), ...this.#routedExperts(role, chosen) } satisfies PackedSequences;
+        }),
+      ),
+      this.#config.rollout.temperature,
     );
     const logprobs: Float32Array[] = new Array(samples.length);
     const entropy: Float32Array[] = new Array(samples.length);
-    for (const micro of (plan.ranks[0] as (typeof plan.ranks)[number]).microBatches) {
-      if (micro.length === 0) continue;
-      const chosen = micro.map((i) => samples[i] as Sample);
-      const { tokens, cuSeqlens } = this.#packed(chosen);
-      const out = await this.#call("model.logprobs", {
-        name,
-        tokens,
-        cuSeqlens,
-        temperature: this.#config.rollout.temperature,
-        ...this.#routedExperts(name, chosen),
+    micro.forEach((list, d) => {
+      list.forEach((mb, m) => {
+        const out = replies[d]?.[m] as (typeof replies)[number][number];
+        let at = 0;
+        for (const i of mb) {
+          const s = samples[i] as Sample;
+          const from = at + s.prompt.length - 1;
+          logprobs[i] = out.logprobs.slice(from, from + s.response.length);
+          entropy[i] = out.entropy.slice(from, from + s.response.length);
+          at += s.prompt.length + s.response.length - 1;
+        }
       });
-      let at = 0;
-      chosen.forEach((s, k) => {
-        const from = at + s.prompt.length - 1;
-        const i = micro[k] as number;
-        logprobs[i] = out.logprobs.slice(from, from + s.response.length);
-        entropy[i] = out.entropy.slice(from, from + s.response.length);
-        at += s.prompt.length + s.response.length - 1;
-      });
-    }
+    });
     return { logprobs, entropy };
+  }
+
+  /**
+   * Sequences (indices into `samples`) per data-parallel replica, balanced by Karmarkar–Karp on
+   * token counts (equal sequence counts per replica when they divide), packed into micro-batches
+   * of at most tokensPerMicroBatch tokens; empty micro-batches dropped. One replica: one list.
+   */
+  #microBatches(samples: Sample[]): number[][][] {
+    const replicas = this.#ranks.layout.data;
+    const plan = planMicroBatches(
+      samples.map((s) => s.prompt.length + s.response.length),
+      {
+        tokensPerMicroBatch: this.#config.tokensPerMicroBatch,
+        dataParallelRanks: replicas,
+        equalSequencesPerRank: replicas > 1 && samples.length % replicas === 0,
+      },
+    );
+    return plan.ranks.map((r) => r.microBatches.filter((mb) => mb.length > 0));
   }
 
   /**
@@ -1266,7 +1333,7 @@ export class ExperimentRun {
   async update(): Promise<StepBatch> {
     const batch = this.#current("update");
     await this.#timed(batch, "update", async () => {
-      const { miniBatchesPerStep, epochsPerStep, tokensPerMicroBatch } = this.#config;
+      const { miniBatchesPerStep, epochsPerStep } = this.#config;
       const size = batch.samples.length / miniBatchesPerStep;
       if (!Number.isInteger(size) || size < 1) {
         throw new Error(
@@ -1274,7 +1341,7 @@ export class ExperimentRun {
         );
       }
       // Router statistics of this update's forwards only (MoE models; dense ones report none).
-      await this.#call("model.routerStats", { name: this.#actor });
+      await this.#actor.routerStats();
       const sums: Record<string, number> = {};
       const add = (k: string, v: number) => {
         sums[k] = (sums[k] ?? 0) + v;
@@ -1313,13 +1380,8 @@ export class ExperimentRun {
             // verl's trainer.critic_warmup: the actor waits while the step is below it.
             if (this.#config.critic.warmupSteps > batch.step) continue;
           }
-          const plan = planMicroBatches(
-            mini.map((s) => s.prompt.length + s.response.length),
-            { tokensPerMicroBatch, dataParallelRanks: 1 },
-          );
-          const microBatches = (plan.ranks[0] as (typeof plan.ranks)[number]).microBatches
-            .filter((mb) => mb.length > 0)
-            .map((mb) => {
+          const microBatches = this.#microBatches(mini).map((list) =>
+            list.map((mb) => {
               const chosen = mb.map((i) => mini[i] as Sample);
               const { tokens: ids, cuSeqlens } = this.#packed(chosen);
               const aligned = (pick: (s: Sample) => ArrayLike<number> | undefined) =>
@@ -1339,10 +1401,9 @@ export class ExperimentRun {
                   : {}),
                 ...this.#routedExperts(this.#actor, chosen),
               };
-            });
-          const r = await this.#call("model.policyUpdate", {
-            name: this.#actor,
-            microBatches,
+            }),
+          );
+          const r = await this.#actor.policyUpdate(microBatches, {
             counts: { tokens, sequences },
             config: this.#config.algorithm.loss as Record<string, unknown>,
             temperature: this.#config.rollout.temperature,
@@ -1370,7 +1431,7 @@ export class ExperimentRun {
       if (criticUpdates > 0) batch.timings["timing_s/update_critic"] = criticS;
       batch.metrics["actor/updates"] = updates;
       batch.metrics["actor/micro_batches"] = microBatchCount;
-      const router = await this.#call("model.routerStats", { name: this.#actor });
+      const router = await this.#actor.routerStats();
       if (router.layers.length > 0) {
         const imbalance = router.layers.map((l) => l.loadImbalance);
         router.layers.forEach((l, i) => {
@@ -1438,9 +1499,7 @@ export class ExperimentRun {
       const prompts = items.flatMap((item) =>
         Array.from({ length: n }, () => Int32Array.from(item.promptTokenIds)),
       );
-      const { generations } = await this.#call("model.generate", {
-        name: this.#actor,
-        prompts,
+      const generations = await this.#actor.generate(prompts, {
         maxNewTokens: this.#config.rollout.maxResponseTokens,
         temperature: v.temperature,
         topP: v.topP,
@@ -1675,8 +1734,8 @@ export class ExperimentRun {
 
   /** Everything a restore needs, into `dir`; the manifest is written last. */
   async #writeState(dir: string): Promise<void> {
-    await this.#call("model.save", { name: this.#actor, dir: join(dir, "model") });
-    await this.#call("model.saveOptimizer", { name: this.#actor, file: join(dir, "optimizer.safetensors") });
+    await this.#actor.everywhere("model.save", { dir: join(dir, "model") });
+    await this.#actor.everywhere("model.saveOptimizer", { file: join(dir, "optimizer.safetensors") });
     if (this.#config.critic) {
       await this.#call("critic.save", {
         name: this.#critic,
@@ -1855,7 +1914,7 @@ export class ExperimentRun {
     }
     const o = next.optimizer;
     if (o.lr !== this.#config.optimizer.lr || o.maxGradNorm !== this.#config.optimizer.maxGradNorm) {
-      await this.#call("model.setTraining", { name: this.#actor, lr: o.lr, maxGradNorm: o.maxGradNorm });
+      await this.#actor.everywhere("model.setTraining", { lr: o.lr, maxGradNorm: o.maxGradNorm });
     }
     if (
       next.algorithm.klReward &&
@@ -1959,7 +2018,7 @@ export class ExperimentRun {
       sequences.map((s) => s.ids),
       Int32Array,
     ) as Int32Array;
-    const out = await this.#call("model.activations", { name: this.#actor, tokens, cuSeqlens: cu, layer });
+    const out = await this.#actor.activations({ tokens, cuSeqlens: cu, layer });
     const hidden = out.shape[1];
     const rowsOut: number[] = [];
     const uids: string[] = [];
@@ -1991,7 +2050,7 @@ export class ExperimentRun {
   /** Writes the actor as an HF folder (config.json, safetensors, tokenizer files copied). */
   async export(dir: string): Promise<string> {
     const target = resolve(dir);
-    await this.#call("model.save", { name: this.#actor, dir: target });
+    await this.#actor.everywhere("model.save", { dir: target });
     for (const f of [
       "tokenizer.json",
       "tokenizer_config.json",

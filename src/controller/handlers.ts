@@ -14,8 +14,9 @@ import { type clientMethodArgs, workerCommandArgs } from "../protocol/messages.j
 import { type Infer, ValidationError } from "../protocol/schema.js";
 import { type ResolvedConfig, resolveConfig } from "../rl/config.js";
 import { readCheckpointConfig } from "../util/checkpoint.js";
+import { UserError } from "../util/errors.js";
 import { type Access, AccessError } from "./access.js";
-import { ExperimentRun, type RankCall, type StepBatch } from "./experiment.js";
+import { ExperimentRun, type RankCall, type RankCallEach, type StepBatch } from "./experiment.js";
 import type { WorkerPool } from "./pool.js";
 import { WorkerCallError } from "./pool.js";
 
@@ -125,6 +126,30 @@ async function onRanks(
   }));
 }
 
+/** dist.init on every rank of the pool (rank 0 hosts the c10d store); the group's address. */
+async function setUpProcessGroup(
+  ctx: ControllerContext,
+  requested: "gloo" | "nccl" | undefined,
+): Promise<NonNullable<ControllerState["processGroup"]>> {
+  const worldSize = ctx.pool.options.worldSize;
+  const ranks = Array.from({ length: worldSize }, (_, r) => r);
+  const missing = ranks.filter((r) => !ctx.pool.ranks().includes(r));
+  if (missing.length > 0) {
+    throw new WorkerCallError({
+      code: "NO_WORKERS",
+      message: `ranks ${missing.join(", ")} of ${worldSize} have not joined; wait for them (status) or respawn`,
+      command: "dist.init",
+    });
+  }
+  const backend = requested ?? (ctx.pool.summaries()[0]?.device.startsWith("cuda") ? "nccl" : "gloo");
+  // Rank 0 hosts the c10d store, on a port free on its own host.
+  const storePort = ((await ctx.pool.call(0, "worker.freePort", {})) as { port: number }).port;
+  const storeHost = ctx.pool.host(0) ?? "127.0.0.1";
+  await onRanks(ctx, ranks, "dist.init", (rank) => ({ rank, worldSize, storeHost, storePort, backend }));
+  ctx.processGroup = { backend, storeHost, storePort };
+  return ctx.processGroup;
+}
+
 export const handlers: { [M in ClientMethod]: Handler<M> } = {
   status: async (ctx) => ctx.state(),
 
@@ -148,25 +173,7 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
     return onRanks(ctx, ranks, args.command, () => commandArgs, args.timeoutMs);
   },
 
-  initProcessGroup: async (ctx, args) => {
-    const worldSize = ctx.pool.options.worldSize;
-    const ranks = Array.from({ length: worldSize }, (_, r) => r);
-    const missing = ranks.filter((r) => !ctx.pool.ranks().includes(r));
-    if (missing.length > 0) {
-      throw new WorkerCallError({
-        code: "NO_WORKERS",
-        message: `ranks ${missing.join(", ")} of ${worldSize} have not joined; wait for them (status) or respawn`,
-        command: "dist.init",
-      });
-    }
-    const backend = args.backend ?? (ctx.pool.summaries()[0]?.device.startsWith("cuda") ? "nccl" : "gloo");
-    // Rank 0 hosts the c10d store, on a port free on its own host.
-    const storePort = ((await ctx.pool.call(0, "worker.freePort", {})) as { port: number }).port;
-    const storeHost = ctx.pool.host(0) ?? "127.0.0.1";
-    await onRanks(ctx, ranks, "dist.init", (rank) => ({ rank, worldSize, storeHost, storePort, backend }));
-    ctx.processGroup = { backend, storeHost, storePort };
-    return ctx.processGroup;
-  },
+  initProcessGroup: async (ctx, args) => setUpProcessGroup(ctx, args.backend),
 
   "experiment.create": async (ctx, args) => {
     if ((args.config === undefined) === (args.resume === undefined)) {
@@ -195,6 +202,30 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
     if (config) checkConfigAccess(ctx.access, config, "config", { runDir: true });
     const info = (await ctx.pool.call(0, "worker.info", {})) as WorkerInfo;
     const call: RankCall = (rank, command, a) => ctx.pool.call(rank, command, a) as never;
+    const callEach: RankCallEach = (ranks, command, a, quiet) =>
+      ctx.pool.callEach(ranks, command, a, undefined, quiet) as never;
+    if (args.parallel && !args.resume) {
+      throw new ValidationError("args.parallel", "a new experiment takes its layout from config.parallel");
+    }
+    const gpus = args.resume
+      ? args.parallel
+        ? resolveConfig({
+            ...(await readCheckpointConfig<ResolvedConfig>(args.resume)).config,
+            parallel: args.parallel,
+          } as never).parallel.gpus
+        : (await readCheckpointConfig<ResolvedConfig>(args.resume)).config.parallel.gpus
+      : (config as ResolvedConfig).parallel.gpus;
+    if (gpus > 1) {
+      // One mesh per run over the whole process group: a second multi-rank run would replace it.
+      const other = [...ctx.experiments].find(([, r]) => r.config.parallel.gpus > 1);
+      if (other) {
+        throw new UserError(
+          "BUSY",
+          `experiment ${other[0]} holds the workers' mesh (parallel.gpus ${other[1].config.parallel.gpus}); close it before creating another multi-rank experiment`,
+        );
+      }
+      if (!ctx.processGroup && ctx.pool.options.worldSize === gpus) await setUpProcessGroup(ctx, undefined);
+    }
     const id = `${(args.config?.name as string | undefined) ?? "run"}-${++experimentCounter}`;
     const hooks = {
       progress: (e: Parameters<NonNullable<import("./experiment.js").ExperimentHooks["progress"]>>[0]) =>
@@ -203,6 +234,8 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
     };
     const options = {
       hooks,
+      callEach,
+      workers: ctx.pool.options.worldSize,
       device: info.device,
       ...(info.deviceName ? { deviceName: info.deviceName } : {}),
     };
@@ -210,6 +243,7 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
       ? await ExperimentRun.resume(args.resume, call, {
           ...options,
           ...(args.totalSteps ? { totalSteps: args.totalSteps } : {}),
+          ...(args.parallel ? { parallel: args.parallel } : {}),
         })
       : await ExperimentRun.create(config as ResolvedConfig, call, options);
     ctx.experiments.set(id, run);

@@ -3,7 +3,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import * as zmq from "zeromq";
-import { decode, encode } from "../protocol/frames.js";
+import { decode, liftBodies, totalBytes } from "../protocol/frames.js";
 import { applyServerKeys, type CurveClientKeys, type KeyPair } from "../protocol/keys.js";
 import {
   type ControllerToWorker,
@@ -196,7 +196,42 @@ export class WorkerPool {
   }
 
   /** Runs one command on one rank; rejects with a WorkerCallError naming the rank and command. */
+  /** Commands sent and their bytes (headers and bodies), replies received and theirs. */
+  readonly traffic = { commands: 0, commandBytes: 0, replies: 0, replyBytes: 0 };
+
   call(rank: number, command: WorkerCommand, args: unknown, timeoutMs?: number): Promise<unknown> {
+    return this.#call(rank, command, args, liftBodies(args), timeoutMs);
+  }
+
+  /**
+   * The same command to several ranks (the ranks of one model replica): the arguments' bodies are
+   * lifted out once and the same frames go to every rank, so nothing is serialised twice. One
+   * promise per rank, in the order given.
+   */
+  callEach(
+    ranks: number[],
+    command: WorkerCommand,
+    args: unknown,
+    timeoutMs?: number,
+    quiet?: ReadonlySet<number>,
+  ): Promise<unknown>[] {
+    const lifted = liftBodies(args);
+    // A quiet rank's header says so; its bodies are the same frames.
+    const quietLifted = quiet?.size
+      ? { ...lifted, json: { ...(lifted.json as object), quiet: true } }
+      : lifted;
+    return ranks.map((rank) =>
+      this.#call(rank, command, args, quiet?.has(rank) ? quietLifted : lifted, timeoutMs),
+    );
+  }
+
+  #call(
+    rank: number,
+    command: WorkerCommand,
+    args: unknown,
+    lifted: ReturnType<typeof liftBodies>,
+    timeoutMs: number | undefined,
+  ): Promise<unknown> {
     const record = this.#byRank.get(rank);
     if (!record) {
       return Promise.reject(
@@ -218,11 +253,13 @@ export class WorkerPool {
       }
       this.#pending.set(id, pending);
       record.running.set(id, command);
-      const message: ControllerToWorker = { type: "command", id, command, args: undefined };
-      void this.#out.send([
-        record.routingId,
-        ...encode(message as unknown as Record<string, unknown>, "args", args),
-      ]);
+      const { json, kinds, frames } = lifted;
+      const message: ControllerToWorker = { type: "command", id, command, args: json };
+      const header = kinds.length > 0 ? { ...message, bodies: kinds } : message;
+      const out = [Buffer.from(JSON.stringify(header)), ...frames];
+      this.traffic.commands++;
+      this.traffic.commandBytes += totalBytes(out);
+      void this.#out.send([record.routingId, ...out]);
     });
   }
 
@@ -260,6 +297,10 @@ export class WorkerPool {
     let payload: unknown;
     try {
       ({ header, payload } = decode(frames, "result"));
+      if (header.type === "reply") {
+        this.traffic.replies++;
+        this.traffic.replyBytes += totalBytes(frames);
+      }
     } catch {
       return; // not a worker message; a worker never sends these, so there is nobody to tell
     }

@@ -30,6 +30,7 @@ export interface NativeGenerateOptions {
   topP: number;
   stopTokenIds: number[];
   seed: number;
+  sequenceOffset: number;
   recordExperts: boolean;
 }
 
@@ -342,6 +343,12 @@ export interface GenerateOptions {
   topP?: number;
   stopTokenIds?: number[];
   seed?: number;
+  /**
+   * Sampling is batch-invariant: prompt i draws its tokens as sequence `sequenceOffset + i` of the
+   * seed, whatever else is in the call. A data-parallel rank given prompts [k, k + n) of a batch
+   * passes k and samples exactly what one rank given the whole batch samples. Default 0.
+   */
+  sequenceOffset?: number;
   /** MoE models: return each token's experts in Generation.experts (default false). */
   recordExperts?: boolean;
 }
@@ -725,6 +732,7 @@ export class Model {
       topP,
       stopTokenIds,
       seed: count(options.seed ?? 0, "seed", 0),
+      sequenceOffset: count(options.sequenceOffset ?? 0, "sequenceOffset", 0),
       recordExperts,
     });
   }

@@ -101,8 +101,12 @@ export const workerCommandArgs = {
     topP: optional(number({ min: 0, max: 1 })),
     stopTokenIds: optional(array(integer({ min: 0 }))),
     seed: optional(integer({ min: 0 })),
+    /** Batch-invariant sampling: prompt i draws as sequence sequenceOffset + i of the seed. */
+    sequenceOffset: optional(integer({ min: 0 })),
     /** MoE: return each token's routed experts (routing replay). */
     recordExperts: optional(boolean()),
+    /** Run (collectives included) but send no generations back: a replica's other ranks. */
+    quiet: optional(boolean()),
   }),
   "model.logprobs": object({
     name: modelName,
@@ -111,6 +115,8 @@ export const workerCommandArgs = {
     temperature: optional(number({ min: 0 })),
     /** MoE routing replay: [tokens, moe layers, topK] expert ids (rows of -1 route normally). */
     routedExperts: optional(typedArray(Int32Array)),
+    /** Run (collectives included) but send empty arrays back: a replica's other ranks. */
+    quiet: optional(boolean()),
   }),
   /** MoE router statistics summed since the last call (then reset). */
   "model.routerStats": object({ name: modelName }),
@@ -129,7 +135,8 @@ export const workerCommandArgs = {
   "model.optimizerStep": object({ name: modelName }),
   /**
    * One optimizer update of the RL policy loss: every micro-batch's forward/backward (gradients
-   * accumulate), then the optimizer step. counts are those of the whole mini-batch.
+   * accumulate), then the optimizer step. counts are those of the whole mini-batch. A data-parallel
+   * rank with no micro-batches this update sends none and still joins the (collective) step.
    */
   "model.policyUpdate": object({
     name: modelName,
@@ -144,7 +151,7 @@ export const workerCommandArgs = {
         rolloutIsWeights: optional(typedArray(Float32Array)),
         routedExperts: optional(typedArray(Int32Array)),
       }),
-      { minLength: 1, maxLength: 100_000 },
+      { minLength: 0, maxLength: 100_000 },
     ),
     counts: object({
       tokens: number({ min: Number.MIN_VALUE }),
@@ -436,6 +443,8 @@ export const clientMethodArgs = {
     config: optional(record()),
     resume: optional(string()),
     totalSteps: optional(integer({ min: 1 })),
+    /** With resume: the parallel layout to continue in (config.parallel's fields). */
+    parallel: optional(record()),
   }),
   /** One operation on an experiment: a stage, step, run(n), metrics, rollouts, save … */
   "experiment.call": object({

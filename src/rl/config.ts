@@ -62,6 +62,12 @@ export interface ParallelLayout {
   data?: number;
   /** Pipeline stages per rank (virtual pipeline); default 1. */
   virtualPipeline?: number;
+  /**
+   * Megatron's sequence parallelism (tensor > 1): norms and residuals on token shards of the
+   * tensor group, all-gather before and reduce-scatter after the tensor-parallel matmuls, so
+   * activation memory outside attention and the MLP falls by the tensor size. Default false.
+   */
+  sequenceParallel?: boolean;
 }
 
 /** The shape numbers of a model that a parallel layout must divide (from its HF config.json). */
@@ -444,6 +450,7 @@ function resolveParallel(value: unknown, shape: ModelShape | undefined): Resolve
     "expertTensor",
     "data",
     "virtualPipeline",
+    "sequenceParallel",
     "gpus",
   ]);
   const tensor = int(p.tensor, `${field}.tensor`, 1, 1);
@@ -491,10 +498,13 @@ function resolveParallel(value: unknown, shape: ModelShape | undefined): Resolve
         `${tensor} does not divide the ${shape.attentionHeads} attention heads (${s}.attentionHeads)`,
       );
     }
-    if (shape.kvHeads % tensor !== 0) {
+    // Fewer KV heads than tensor ranks are replicated (each rank keeps the one its query heads use).
+    if (shape.kvHeads >= tensor ? shape.kvHeads % tensor !== 0 : tensor % shape.kvHeads !== 0) {
       throw new ConfigError(
         `${field}.tensor`,
-        `${tensor} does not divide the ${shape.kvHeads} KV heads (${s}.kvHeads)`,
+        shape.kvHeads >= tensor
+          ? `${tensor} does not divide the ${shape.kvHeads} KV heads (${s}.kvHeads)`
+          : `${shape.kvHeads} KV heads (${s}.kvHeads) do not divide ${tensor} tensor ranks, so they cannot be replicated evenly`,
       );
     }
     const stages = pipeline * virtualPipeline;
@@ -517,7 +527,20 @@ function resolveParallel(value: unknown, shape: ModelShape | undefined): Resolve
       );
     }
   }
-  return { tensor, pipeline, context, expert, expertTensor, virtualPipeline, data, gpus };
+  const sequenceParallel = p.sequenceParallel === undefined ? false : p.sequenceParallel;
+  if (typeof sequenceParallel !== "boolean") {
+    throw new ConfigError(
+      `${field}.sequenceParallel`,
+      `${JSON.stringify(sequenceParallel)} must be true or false`,
+    );
+  }
+  if (sequenceParallel && tensor === 1) {
+    throw new ConfigError(
+      `${field}.sequenceParallel`,
+      "shards over the tensor group: needs parallel.tensor > 1",
+    );
+  }
+  return { tensor, pipeline, context, expert, expertTensor, virtualPipeline, sequenceParallel, data, gpus };
 }
 
 function defaultRunDir(name: string): string {

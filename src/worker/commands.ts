@@ -9,6 +9,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Critic, type ValueLossConfig } from "../native/critic.js";
 import { Mesh, ProcessGroup } from "../native/dist.js";
 import { engineInfo } from "../native/engine.js";
+import { inspectCheckpoint } from "../native/io.js";
 import { Model, type OptimizerOptions } from "../native/model.js";
 import {
   checkPolicyLossConfig,
@@ -177,23 +178,33 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       (config.text_config as Record<string, unknown> | undefined)?.vocab_size ?? config.vocab_size;
     if (typeof vocab === "number" && Number.isSafeInteger(vocab) && vocab > 0)
       state.vocabSizes.set(args.name, vocab);
-    const parameters = model.parameters().reduce((n, t) => n + t.data.length, 0);
+    // The whole model's count on every rank (a sharded rank holds a slice): from the folder's
+    // tensor headers, without copying a tensor; a model sent as tensors counts those.
+    const parameters =
+      args.dir !== undefined
+        ? (await inspectCheckpoint(args.dir)).tensors.reduce(
+            (n, t) => n + t.shape.reduce((a, b) => a * b, 1),
+            0,
+          )
+        : model.parameters().reduce((n, t) => n + t.data.length, 0);
     return { name: args.name, parameters, device };
   },
 
   "model.generate": async (state, args) => {
-    const { name, prompts, ...options } = args;
+    const { name, prompts, quiet, ...options } = args;
     prompts.forEach((p, i) => {
       checkTokenIds(state, name, p, `args.prompts[${i}]`);
     });
     const generations = await state.model(name).generate(prompts, options);
-    return { generations };
+    return { generations: quiet ? [] : generations };
   },
 
-  "model.logprobs": async (state, args) =>
-    checkTokenIds(state, args.name, args.tokens, "args.tokens")
+  "model.logprobs": async (state, args) => {
+    const out = await checkTokenIds(state, args.name, args.tokens, "args.tokens")
       .model(args.name)
-      .logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1, 1024, args.routedExperts),
+      .logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1, 1024, args.routedExperts);
+    return args.quiet ? { logprobs: new Float32Array(0), entropy: new Float32Array(0) } : out;
+  },
 
   "model.routerStats": async (state, args) => state.model(args.name).routerStats(),
 

@@ -149,6 +149,58 @@ test("sampling is reproducible by seed; stop tokens end a sequence", async () =>
   }
 });
 
+test("sampling is batch-invariant: a prompt's tokens depend on its sequence index, not on the other prompts of the call", async () => {
+  const { model, ref } = load(cases[1] ?? "");
+  try {
+    const prompts = ref.prompts.map((p) => new Int32Array(p));
+    const options = { maxNewTokens: 12, temperature: 1.0, topK: 50, topP: 0.9, seed: 7 };
+    const whole = await model.generate(prompts, options);
+    // Each prompt alone, told its index in the whole call, samples what it sampled there.
+    for (let i = 0; i < prompts.length; i++) {
+      const [alone] = await model.generate([prompts[i] as Int32Array], { ...options, sequenceOffset: i });
+      assert.deepEqual(Array.from(alone?.tokens ?? []), Array.from(whole[i]?.tokens ?? []), `prompt ${i}`);
+    }
+    // The second half as a data-parallel rank would get it.
+    const half = Math.floor(prompts.length / 2);
+    const rest = await model.generate(prompts.slice(half), { ...options, sequenceOffset: half });
+    assert.deepEqual(
+      rest.map((g) => Array.from(g.tokens)),
+      whole.slice(half).map((g) => Array.from(g.tokens)),
+    );
+  } finally {
+    model.dispose();
+  }
+});
+
+test("the inverse-CDF sampler draws each token with its probability (1,500 draws of one next token)", async () => {
+  const { model, ref } = load(cases[1] ?? "");
+  try {
+    const prompt = new Int32Array(ref.prompts[0] ?? []);
+    const n = 1500;
+    const draws = await model.generate(
+      Array.from({ length: n }, () => prompt),
+      { maxNewTokens: 1, temperature: 0.15, seed: 11 },
+    );
+    const counts = new Map<number, { count: number; p: number }>();
+    for (const g of draws) {
+      const t = g.tokens[0] as number;
+      const entry = counts.get(t) ?? { count: 0, p: Math.exp(g.logprobs[0] as number) };
+      entry.count++;
+      counts.set(t, entry);
+    }
+    let checked = 0;
+    for (const [t, { count, p }] of counts) {
+      if (p < 0.02) continue;
+      const sd = Math.sqrt((p * (1 - p)) / n);
+      assert.ok(Math.abs(count / n - p) <= 5 * sd, `token ${t}: frequency ${count / n}, probability ${p}`);
+      checked++;
+    }
+    assert.ok(checked >= 3, `only ${checked} tokens with probability ≥ 0.02 were drawn`);
+  } finally {
+    model.dispose();
+  }
+});
+
 test("parameters come back by HF name; bad arguments name the field", async () => {
   const { model, ref, caseDir } = load(cases[0] ?? "");
   const params = model.parameters();

@@ -294,7 +294,7 @@ test("KL as a loss against the frozen reference, KL in the reward with an adapti
   await withRun(
     config("kl-loss", { algorithm: { loss: { kl: { type: "low_var_kl", coeff: 0.01 } } } }),
     async (run) => {
-      await run.run(2);
+      await run.run(3);
       const row = run.metrics.last() as Record<string, number>;
       // After one update the actor has moved away from the reference: a positive KL.
       assert.ok((row["actor/kl_loss"] as number) > 0, `kl_loss ${row["actor/kl_loss"]}`);

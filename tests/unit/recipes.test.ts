@@ -153,6 +153,7 @@ test("deepseek-v3-671b: verl's 512-GPU layout, data parallel computed", () => {
     expert: 32,
     expertTensor: 1,
     virtualPipeline: 1,
+    sequenceParallel: false,
     data: 32,
     gpus: 512,
   });

@@ -799,7 +799,7 @@ Napi::Value ModelLossBackward(const Napi::CallbackInfo& info) {
 }
 
 // modelGenerate(handle, prompts: Int32Array[], {maxNewTokens, temperature, topK, topP, stopTokenIds, seed,
-//               recordExperts}) -> Promise<{tokens, logprobs, finishReason, experts?}[]>
+//               sequenceOffset, recordExperts}) -> Promise<{tokens, logprobs, finishReason, experts?}[]>
 Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -817,6 +817,7 @@ Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
     options.sampling.top_k = o.Get("topK").As<Napi::Number>().Int64Value();
     options.sampling.top_p = o.Get("topP").As<Napi::Number>().DoubleValue();
     options.seed = static_cast<uint64_t>(o.Get("seed").As<Napi::Number>().Int64Value());
+    options.sequence_offset = static_cast<uint64_t>(o.Get("sequenceOffset").As<Napi::Number>().Int64Value());
     options.record_experts = o.Get("recordExperts").ToBoolean().Value();
     auto stops = o.Get("stopTokenIds").As<Napi::Array>();
     for (uint32_t i = 0; i < stops.Length(); ++i) {

@@ -1,10 +1,5 @@
 #include "rollout/generate.h"
 
-#include <ATen/CPUGeneratorImpl.h>
-#ifdef TILLER_CUDA
-#include <ATen/cuda/CUDAGeneratorImpl.h>
-#endif
-
 #include <algorithm>
 #include <stdexcept>
 
@@ -13,10 +8,18 @@
 namespace tiller::rollout {
 namespace {
 
-// Samples a row per running sequence from logits [rows, vocab] on the device and records it.
-void record(const at::Tensor& logits, const std::vector<int64_t>& sequences, const SamplingParams& sampling,
-            at::Generator& generator, Schedule& schedule) {
-  const auto picked = sample(logits, sampling, generator);
+// Samples a row per running sequence from logits [rows, vocab] on the device and records it. The
+// draw of sequence i's n-th token hashes (seed, sequence_offset + i, n): batch-invariant.
+void record(const at::Tensor& logits, const std::vector<int64_t>& sequences, const GenerateOptions& options,
+            Schedule& schedule) {
+  auto uniforms = at::empty({static_cast<int64_t>(sequences.size())}, at::kDouble);
+  auto* u = uniforms.data_ptr<double>();
+  for (size_t j = 0; j < sequences.size(); ++j) {
+    const auto i = sequences[j];
+    u[j] = sequence_uniform(options.seed, options.sequence_offset + static_cast<uint64_t>(i),
+                            schedule.sequences()[i].tokens.size());
+  }
+  const auto picked = sample(logits, options.sampling, uniforms);
   const auto tokens = picked.tokens.to(at::kCPU);
   const auto logprobs = picked.logprobs.to(at::kCPU, at::kFloat);
   const auto t = tokens.accessor<int64_t, 1>();
@@ -41,7 +44,7 @@ void log_experts(const layers::Routing& routing, const models::PackedBatch& batc
 
 // Runs the model on `batch` and samples one token from the last position of each sequence.
 void step(const models::CausalLM& model, models::PackedBatch& batch, const std::vector<int64_t>& sequences,
-          const SamplingParams& sampling, at::Generator& generator, Schedule& schedule, ExpertLog* experts) {
+          const GenerateOptions& options, Schedule& schedule, ExpertLog* experts) {
   layers::Routing routing;
   routing.record = experts != nullptr;
   if (experts) batch.routing = &routing;
@@ -52,7 +55,7 @@ void step(const models::CausalLM& model, models::PackedBatch& batch, const std::
   const auto rows = hidden.index_select(0, at::tensor(last, at::kLong).to(hidden.device()));
   // Sampling runs on the CPU in float32, so a seed gives the same tokens on any device.
   const auto logits = model.logits(rows).to(at::kCPU, at::kFloat);  // [sequences, vocab]
-  record(logits, sequences, sampling, generator, schedule);
+  record(logits, sequences, options, schedule);
 }
 
 #ifdef TILLER_CUDA
@@ -66,18 +69,16 @@ std::vector<SequenceState> generate_cuda(const models::CausalLM& model, const st
     decoder.reset();  // free the old cache and graphs before allocating the new ones
     decoder = std::make_unique<CudaDecoder>(model, slots, max_len);
   }
-  auto generator = at::cuda::detail::createCUDAGenerator(model.device().index());
-  generator.set_current_seed(options.seed);
   std::vector<int64_t> all(prompts.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
-  record(decoder->prefill(prompts), all, options.sampling, generator, schedule);
+  record(decoder->prefill(prompts), all, options, schedule);
   for (auto running = schedule.running(); !running.empty(); running = schedule.running()) {
     std::vector<int64_t> tokens, positions;
     for (auto i : running) {
       tokens.push_back(schedule.sequences()[i].tokens.back());
       positions.push_back(schedule.next_offset(i));
     }
-    record(decoder->decode(running, tokens, positions), running, options.sampling, generator, schedule);
+    record(decoder->decode(running, tokens, positions), running, options, schedule);
   }
   return schedule.sequences();
 }
@@ -107,7 +108,6 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
 #else
   (void)decoder;
 #endif
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   const auto cache = allocate_kv_cache(model, static_cast<int64_t>(prompts.size()), schedule.cache_length());
 
   auto prefill = models::pack_batch(at::tensor(flat, at::kLong).to(model.device()), cu);
@@ -115,7 +115,7 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
   prefill.spans = {all_sequences, std::vector<int64_t>(prompts.size(), 0)};
   ExpertLog experts(record ? prompts.size() : 0);
   ExpertLog* log = record ? &experts : nullptr;
-  step(model, prefill, all_sequences, options.sampling, generator, schedule, log);
+  step(model, prefill, all_sequences, options, schedule, log);
 
   for (auto running = schedule.running(); !running.empty(); running = schedule.running()) {
     std::vector<int64_t> tokens, offsets, decode_cu{0};
@@ -127,7 +127,7 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
     auto decode = models::pack_batch(at::tensor(tokens, at::kLong).to(model.device()), decode_cu, offsets);
     decode.cache = &cache;
     decode.spans = {running, offsets};
-    step(model, decode, running, options.sampling, generator, schedule, log);
+    step(model, decode, running, options, schedule, log);
   }
   auto results = schedule.sequences();
   for (size_t i = 0; record && i < results.size(); ++i) {

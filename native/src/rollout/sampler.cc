@@ -6,7 +6,23 @@
 
 namespace tiller::rollout {
 
-Sampled sample(const at::Tensor& logits, const SamplingParams& params, at::Generator& generator) {
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+double sequence_uniform(uint64_t seed, uint64_t sequence, uint64_t index) {
+  const auto bits = splitmix64(seed ^ splitmix64(sequence ^ splitmix64(index)));
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;  // 53 random bits: [0, 1)
+}
+
+Sampled sample(const at::Tensor& logits, const SamplingParams& params, const at::Tensor& uniforms) {
   // The sampled tokens' logprobs come from the kernel the training forward uses, so rollout and
   // training logprobs agree bit for bit.
   if (params.temperature == 0) {
@@ -29,7 +45,12 @@ Sampled sample(const at::Tensor& logits, const SamplingParams& params, at::Gener
     drop.select(1, 0).fill_(false);
     filtered.scatter_(1, order, sorted.masked_fill(drop, minus_inf));
   }
-  const auto tokens = at::multinomial(at::softmax(filtered, -1), 1, /*replacement=*/false, generator).squeeze(1);
+  // Inverse CDF in float64: the first token whose cumulative mass exceeds u · total. Filtered-out
+  // tokens add no mass, so the first index past the draw always has mass of its own.
+  const auto cdf = at::softmax(filtered.to(at::kDouble), -1).cumsum(-1);  // [rows, vocab]
+  const auto target = (uniforms.to(cdf.device()) * cdf.select(1, vocab - 1)).unsqueeze(1);
+  const auto tokens =
+      at::searchsorted(cdf, target, /*out_int32=*/false, /*right=*/true).squeeze(1).clamp_max(vocab - 1);
   return {tokens, kernels::logprob_rows(logits, tokens, params.temperature).logprob};
 }
 

@@ -1,6 +1,11 @@
 // Picks the next token of each row of logits: greedy, or sampled after temperature, top-k and
-// top-p, from a generator seeded by the caller so that a seed reproduces the same tokens.
+// top-p by inverse-CDF sampling from one uniform draw per row. The caller derives each draw from
+// (seed, sequence, token index) alone (sequence_uniform), so a sequence's tokens do not depend on
+// which other sequences share its batch: a batch split over data-parallel ranks samples exactly
+// what one rank would.
 #pragma once
+
+#include <cstdint>
 
 #include <torch/torch.h>
 
@@ -17,7 +22,12 @@ struct Sampled {
   at::Tensor logprobs;  // [rows] float32: log_softmax(logits / temperature) at the token (T = 1 when greedy)
 };
 
-// logits: [rows, vocab] float32 on the CPU; generator: a CPU generator.
-Sampled sample(const at::Tensor& logits, const SamplingParams& params, at::Generator& generator);
+// A uniform in [0, 1) from a counter-based hash of (seed, sequence key, token index): the draw for
+// the index-th generated token of that sequence, whatever else runs beside it.
+double sequence_uniform(uint64_t seed, uint64_t sequence, uint64_t index);
+
+// logits: [rows, vocab] float32 (any device); uniforms: [rows] float64 on the CPU, in [0, 1),
+// unused when greedy.
+Sampled sample(const at::Tensor& logits, const SamplingParams& params, const at::Tensor& uniforms);
 
 }  // namespace tiller::rollout

@@ -75,6 +75,11 @@ export interface TinyModelOptions {
   initStd?: number;
   /** A Qwen3-MoE instead of a dense Qwen3: routed experts per layer and experts per token. */
   moe?: { experts: number; topK: number };
+  /**
+   * Rows of the embedding (default: the tokenizer's 15 ids). More rows are ids no text maps to, as
+   * real models pad vocab_size (Qwen3: 151,936 for 151,669 tokens) — 16 splits over 2 or 4 ranks.
+   */
+  vocabSize?: number;
 }
 
 /** Writes a random tiny Qwen3 (tied embeddings) and the tokenizer into `dir`; returns the config. */
@@ -88,7 +93,13 @@ export async function writeTinyModel(
   const kvHeads = 2;
   const headDim = hidden / heads;
   const intermediate = hidden * 3;
-  const vocab = SPECIALS.length + CHARS.length + 1;
+  const tokens = SPECIALS.length + CHARS.length + 1;
+  const vocab = options.vocabSize ?? tokens;
+  if (!Number.isInteger(vocab) || vocab < tokens) {
+    throw new RangeError(
+      `vocabSize: ${options.vocabSize} must be an integer ≥ the tokenizer's ${tokens} ids`,
+    );
+  }
   const std = options.initStd ?? 0.02;
   const moe = options.moe;
   const moeIntermediate = hidden;

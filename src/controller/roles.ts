@@ -1,0 +1,332 @@
+// The ranks of a run and the model roles on them (DESIGN.md §3, §4). A role (the actor, the
+// reference) lives on every rank of the run's mesh; a call on it fans out to all ranks — every
+// rank of a data-parallel replica gets the same arguments, encoded once — and the reply that stands
+// for a replica comes from one rank of it (its leader). On one rank this is one call to rank 0.
+import type { RouterStats } from "../native/model.js";
+import type { WorkerCommand, WorkerCommandArgs, WorkerCommandResults } from "../protocol/messages.js";
+
+/** Calls one worker command on one rank (the controller's pool, or the command table in-process). */
+export type RankCall = <C extends WorkerCommand>(
+  rank: number,
+  command: C,
+  args: WorkerCommandArgs<C>,
+) => Promise<WorkerCommandResults[C]>;
+
+/**
+ * The same command to several ranks with the arguments encoded once (WorkerPool.callEach); `quiet`
+ * ranks also get `quiet: true` (they run the command, collectives included, and send no data back).
+ */
+export type RankCallEach = <C extends WorkerCommand>(
+  ranks: number[],
+  command: C,
+  args: WorkerCommandArgs<C>,
+  quiet?: ReadonlySet<number>,
+) => Promise<WorkerCommandResults[C]>[];
+
+/** A run's parallel layout, as config.parallel resolves it. */
+export interface RunLayout {
+  tensor: number;
+  context: number;
+  pipeline: number;
+  expert: number;
+  data: number;
+  sequenceParallel: boolean;
+}
+
+/**
+ * Waits for every promise and throws the failure that came first in time (the cause; a peer stuck
+ * in a collective with a dead rank fails later, by its timeout), so no rank is still running a
+ * command of this call when the caller goes on.
+ */
+export async function settleAll<T>(promises: Promise<T>[]): Promise<T[]> {
+  let first: { error: unknown } | undefined;
+  const watched = promises.map((p) =>
+    p.catch((error: unknown) => {
+      first ??= { error };
+      throw error;
+    }),
+  );
+  const settled = await Promise.allSettled(watched);
+  if (first) throw first.error;
+  return settled.map((s) => (s as PromiseFulfilledResult<T>).value);
+}
+
+export class RunRanks {
+  readonly world: number;
+
+  constructor(
+    readonly layout: RunLayout,
+    readonly call: RankCall,
+    readonly callEach?: RankCallEach,
+  ) {
+    this.world = layout.tensor * layout.context * layout.pipeline * layout.data;
+  }
+
+  get multiRank(): boolean {
+    return this.world > 1;
+  }
+
+  /** The world ranks of data-parallel replica d, in Megatron's order (tensor fastest, then context, data, pipeline). */
+  replica(d: number): number[] {
+    const { tensor, context, data, pipeline } = this.layout;
+    const ranks: number[] = [];
+    for (let p = 0; p < pipeline; p++)
+      for (let c = 0; c < context; c++)
+        for (let t = 0; t < tensor; t++) ranks.push(t + tensor * (c + context * (d + data * p)));
+    return ranks;
+  }
+
+  /** The rank whose reply stands for replica d: tensor and context rank 0 of the last stage. */
+  leader(d: number): number {
+    const { tensor, context, data, pipeline } = this.layout;
+    return tensor * context * (d + data * (pipeline - 1));
+  }
+
+  #each<C extends WorkerCommand>(
+    ranks: number[],
+    command: C,
+    args: WorkerCommandArgs<C>,
+    quiet?: ReadonlySet<number>,
+  ): Promise<WorkerCommandResults[C]>[] {
+    if (this.callEach) return this.callEach(ranks, command, args, quiet);
+    return ranks.map((r) =>
+      this.call(r, command, (quiet?.has(r) ? { ...args, quiet: true } : args) as WorkerCommandArgs<C>),
+    );
+  }
+
+  /** The same command on every rank of the run; every rank's reply, in rank order. */
+  async all<C extends WorkerCommand>(
+    command: C,
+    args: WorkerCommandArgs<C>,
+  ): Promise<WorkerCommandResults[C][]> {
+    const ranks = Array.from({ length: this.world }, (_, r) => r);
+    return settleAll(this.#each(ranks, command, args));
+  }
+
+  /**
+   * Replica d's arguments (argsOf(d), or nothing to do when undefined: then no rank of it is
+   * called) to all of its ranks; each replica leader's reply (undefined where not called).
+   * `quietOthers`: the other ranks of a replica send no data back (the command must take `quiet`).
+   */
+  async replicas<C extends WorkerCommand>(
+    command: C,
+    argsOf: (d: number) => WorkerCommandArgs<C> | undefined,
+    options: { quietOthers?: boolean } = {},
+  ): Promise<(WorkerCommandResults[C] | undefined)[]> {
+    const calls: Promise<unknown>[] = [];
+    const leaders: (Promise<WorkerCommandResults[C]> | undefined)[] = [];
+    for (let d = 0; d < this.layout.data; d++) {
+      const args = argsOf(d);
+      if (args === undefined) {
+        leaders.push(undefined);
+        continue;
+      }
+      const ranks = this.replica(d);
+      const leader = this.leader(d);
+      const quiet =
+        options.quietOthers && ranks.length > 1 ? new Set(ranks.filter((r) => r !== leader)) : undefined;
+      const each = this.#each(ranks, command, args, quiet);
+      calls.push(...each);
+      leaders.push(each[ranks.indexOf(leader)]);
+    }
+    await settleAll(calls);
+    return Promise.all(leaders.map((p) => p ?? Promise.resolve(undefined)));
+  }
+}
+
+/** Contiguous shares of n items over k replicas, the first n mod k one longer: [start, end) each. */
+export function contiguousShares(n: number, k: number): [number, number][] {
+  const base = Math.floor(n / k);
+  const extra = n % k;
+  const out: [number, number][] = [];
+  let at = 0;
+  for (let d = 0; d < k; d++) {
+    const size = base + (d < extra ? 1 : 0);
+    out.push([at, at + size]);
+    at += size;
+  }
+  return out;
+}
+
+/** Router statistics of several replicas' tokens as one: counts summed, entropy token-weighted. */
+export function mergeRouterStats(parts: RouterStats[]): RouterStats {
+  const present = parts.filter((p) => p.layers.length > 0);
+  if (present.length <= 1) return present[0] ?? parts[0] ?? { tokens: 0, layers: [] };
+  const tokens = present.reduce((n, p) => n + p.tokens, 0);
+  const layers = (present[0] as RouterStats).layers.map((_, l) => {
+    const counts = new Int32Array((present[0] as RouterStats).layers[l]?.tokensPerExpert.length ?? 0);
+    let entropySum = 0;
+    let dropped = 0;
+    for (const p of present) {
+      const layer = p.layers[l];
+      if (!layer) continue;
+      dropped += layer.droppedTokens;
+      layer.tokensPerExpert.forEach((c, e) => {
+        counts[e] = (counts[e] ?? 0) + c;
+      });
+      entropySum += layer.entropy * p.tokens;
+    }
+    let max = 0;
+    let sum = 0;
+    for (const c of counts) {
+      max = Math.max(max, c);
+      sum += c;
+    }
+    const mean = sum / Math.max(counts.length, 1);
+    return {
+      tokensPerExpert: counts,
+      loadImbalance: mean > 0 ? max / mean : 0,
+      entropy: tokens > 0 ? entropySum / tokens : 0,
+      droppedTokens: dropped,
+    };
+  });
+  return { tokens, layers };
+}
+
+/** One packed micro-batch of sequences (prompt + response each). */
+export interface PackedSequences {
+  tokens: Int32Array;
+  cuSeqlens: Int32Array;
+  routedExperts?: Int32Array;
+}
+
+type GenerateArgs = Omit<
+  WorkerCommandArgs<"model.generate">,
+  "name" | "prompts" | "sequenceOffset" | "quiet"
+>;
+type PolicyMicroBatch = WorkerCommandArgs<"model.policyUpdate">["microBatches"][number];
+type PolicyUpdateResult = WorkerCommandResults["model.policyUpdate"];
+
+/**
+ * A model of the run (the actor, the reference) on every rank of its mesh. Generation splits the
+ * prompts over the data-parallel replicas; logprobs and updates take one list of micro-batches per
+ * replica (the caller balances them); everything else runs on every rank alike.
+ */
+export class ModelRole {
+  constructor(
+    readonly name: string,
+    readonly ranks: RunRanks,
+  ) {}
+
+  /** Loads the folder on every rank (each reading its slices under the mesh); the whole model's size. */
+  async load(
+    dir: string,
+    dtype: WorkerCommandArgs<"model.load">["dtype"],
+  ): Promise<WorkerCommandResults["model.load"]> {
+    const sharded = this.ranks.multiRank ? { sharded: true } : {};
+    const [first] = await this.ranks.all("model.load", {
+      name: this.name,
+      dir,
+      ...(dtype ? { dtype } : {}),
+      ...sharded,
+    });
+    return first as WorkerCommandResults["model.load"];
+  }
+
+  /** A command that every rank runs alike (optimizer, settings, save, free); rank 0's reply. */
+  async everywhere<
+    C extends
+      | "model.initOptimizer"
+      | "model.setTraining"
+      | "model.save"
+      | "model.saveOptimizer"
+      | "model.loadOptimizer"
+      | "model.free",
+  >(command: C, args: Omit<WorkerCommandArgs<C>, "name">): Promise<WorkerCommandResults[C]> {
+    const [first] = await this.ranks.all(command, { ...args, name: this.name } as WorkerCommandArgs<C>);
+    return first as WorkerCommandResults[C];
+  }
+
+  /**
+   * Each replica generates a contiguous share of the prompts; sampling is batch-invariant
+   * (sequenceOffset), so the tokens are those one rank given every prompt would sample.
+   */
+  async generate(
+    prompts: Int32Array[],
+    options: GenerateArgs,
+  ): Promise<WorkerCommandResults["model.generate"]["generations"]> {
+    const shares = contiguousShares(prompts.length, this.ranks.layout.data);
+    const replies = await this.ranks.replicas(
+      "model.generate",
+      (d) => {
+        const [start, end] = shares[d] as [number, number];
+        if (end === start) return undefined;
+        return { ...options, name: this.name, prompts: prompts.slice(start, end), sequenceOffset: start };
+      },
+      { quietOthers: true },
+    );
+    return replies.flatMap((r) => r?.generations ?? []);
+  }
+
+  /**
+   * Logprobs and entropy of micro-batches, perReplica[d] on replica d (replicas in parallel, each
+   * one's micro-batches in order); the results in the same shape.
+   */
+  async logprobs(
+    perReplica: PackedSequences[][],
+    temperature: number,
+  ): Promise<WorkerCommandResults["model.logprobs"][][]> {
+    const out = perReplica.map(() => [] as WorkerCommandResults["model.logprobs"][]);
+    const rounds = Math.max(0, ...perReplica.map((m) => m.length));
+    for (let k = 0; k < rounds; k++) {
+      const replies = await this.ranks.replicas(
+        "model.logprobs",
+        (d) => {
+          const mb = perReplica[d]?.[k];
+          return mb ? { name: this.name, ...mb, temperature } : undefined;
+        },
+        { quietOthers: true },
+      );
+      replies.forEach((r, d) => {
+        if (r) out[d]?.push(r);
+      });
+    }
+    return out;
+  }
+
+  /**
+   * One optimizer update: replica d's micro-batches on its ranks, the step collective over all.
+   * counts are the whole mini-batch's on every replica, so the summed gradients, losses and metrics
+   * are the mini-batch's. The merged reply: sums of the per-replica sums, the slowest replica's times.
+   */
+  async policyUpdate(
+    perReplica: PolicyMicroBatch[][],
+    rest: Omit<WorkerCommandArgs<"model.policyUpdate">, "name" | "microBatches">,
+  ): Promise<PolicyUpdateResult> {
+    const replies = (await this.ranks.replicas("model.policyUpdate", (d) => ({
+      ...rest,
+      name: this.name,
+      microBatches: perReplica[d] ?? [],
+    }))) as PolicyUpdateResult[];
+    const [first, ...others] = replies as [PolicyUpdateResult, ...PolicyUpdateResult[]];
+    const merged: PolicyUpdateResult = { ...first, metrics: { ...first.metrics } };
+    const metrics = merged.metrics as unknown as Record<string, number>;
+    for (const r of others) {
+      merged.loss += r.loss;
+      merged.tokens += r.tokens;
+      merged.microBatches += r.microBatches;
+      merged.backwardS = Math.max(merged.backwardS, r.backwardS);
+      merged.optimizerS = Math.max(merged.optimizerS, r.optimizerS);
+      for (const [k, v] of Object.entries(r.metrics as unknown as Record<string, number>)) {
+        metrics[k] = (metrics[k] ?? 0) + v;
+      }
+    }
+    return merged;
+  }
+
+  /** Router statistics since the last call, over every replica's tokens. */
+  async routerStats(): Promise<RouterStats> {
+    const replies = await this.ranks.replicas("model.routerStats", () => ({ name: this.name }));
+    return mergeRouterStats(replies.filter((r): r is RouterStats => r !== undefined));
+  }
+
+  /** The residual stream at a layer for packed tokens, computed by the first replica. */
+  async activations(
+    args: Omit<WorkerCommandArgs<"model.activations">, "name">,
+  ): Promise<WorkerCommandResults["model.activations"]> {
+    const [first] = await this.ranks.replicas("model.activations", (d) =>
+      d === 0 ? { ...args, name: this.name } : undefined,
+    );
+    return first as WorkerCommandResults["model.activations"];
+  }
+}

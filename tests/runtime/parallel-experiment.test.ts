@@ -1,0 +1,132 @@
+// A multi-rank experiment through the controller: four CPU worker processes in one gloo process
+// group, GRPO on the quickstart task at TP2×DP2 against the same run on one rank of the same
+// controller; then the TP2×DP2 checkpoint resumed on one rank continues as the uninterrupted run.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { connect, type MetricsRow } from "../../src/index.js";
+import type { ExperimentConfig } from "../../src/rl/config.js";
+import { writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
+import { tempDir } from "../helpers/python.js";
+import { killAll, tiller } from "../helpers/runtime.js";
+
+const dir = tempDir("parallel-experiment");
+let config: ExperimentConfig;
+before(async () => {
+  const model = join(dir.path, "model");
+  // 16 embedding rows (the tokenizer's 15 ids and one spare) split over two tensor ranks.
+  await writeTinyModel(model, { seed: 5, vocabSize: 16 });
+  config = {
+    name: "layout",
+    runDir: join(dir.path, "one"),
+    seed: 3,
+    model: { path: model },
+    data: { train: writeNextDigitData(join(dir.path, "data")), maxPromptTokens: 8 },
+    promptsPerStep: 8,
+    rollout: { samplesPerPrompt: 4, maxResponseTokens: 3 },
+    // Several micro-batches per replica, so accumulation and balancing are exercised.
+    tokensPerMicroBatch: 40,
+    miniBatchesPerStep: 2,
+    optimizer: { lr: 3e-3, maxGradNorm: 0.5 },
+    totalSteps: 4,
+  };
+});
+after(() => {
+  killAll();
+  dir.cleanup();
+});
+
+const compared = [
+  "actor/pg_loss",
+  "actor/grad_norm",
+  "actor/entropy",
+  "critic/score/mean",
+  "actor/pg_clipfrac",
+];
+
+function assertRowsClose(got: MetricsRow, want: MetricsRow, what: string): void {
+  for (const key of compared) {
+    const a = got[key];
+    const b = want[key];
+    assert.equal(typeof a, "number", `${what}: ${key} missing`);
+    assert.ok(
+      Math.abs((a as number) - (b as number)) <= 1e-5 * Math.max(1, Math.abs(b as number)),
+      `${what}: ${key} ${a} vs one rank ${b}`,
+    );
+  }
+}
+
+test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run", {
+  timeout: 600_000,
+}, async () => {
+  const address = `ipc://${dir.path}/c.sock`;
+  tiller(["controller", "--bind", address, "--cpu", "4"]);
+  const cluster = await connect(address, { timeoutMs: 60_000 });
+  try {
+    await cluster.waitForWorkers(4, 60_000);
+    // One rank of the same controller: the reference run, four steps.
+    const one = await cluster.experiment(config);
+    const oneRows = await one.run(4);
+    const oneTokens = await one.rollouts(3);
+    await one.close();
+
+    // A layout the workers do not have is refused before anything loads.
+    await assert.rejects(
+      cluster.experiment({ ...config, name: "eight", parallel: { tensor: 2, data: 4 } }),
+      /parallel\.gpus: 8, but the controller has 4 workers/,
+    );
+
+    const split = await cluster.experiment({
+      ...config,
+      name: "split",
+      runDir: join(dir.path, "split"),
+      parallel: { tensor: 2, data: 2 },
+      totalSteps: 3,
+    });
+    // Every worker holds its slice of the actor under the run's mesh, at its own coordinates.
+    const info = await cluster.run("worker.info", {});
+    assert.deepEqual(
+      info.map((r) => [
+        r.rank,
+        r.result.mesh?.describe,
+        r.result.mesh?.coordinates.tensor,
+        r.result.mesh?.coordinates.data,
+      ]),
+      [
+        [0, "TP2 x DP2", 0, 0],
+        [1, "TP2 x DP2", 1, 0],
+        [2, "TP2 x DP2", 0, 1],
+        [3, "TP2 x DP2", 1, 1],
+      ],
+    );
+    const splitRows = await split.run(3);
+    assert.equal(splitRows.length, 3);
+    // The same responses (batch-invariant sampling over the replicas), the same metrics.
+    const splitTokens = await split.rollouts(3);
+    assert.deepEqual(
+      splitTokens
+        .getChild("response")
+        ?.toArray()
+        .map((r: Int32Array) => Array.from(r)),
+      oneTokens
+        .getChild("response")
+        ?.toArray()
+        .map((r: Int32Array) => Array.from(r)),
+    );
+    splitRows.forEach((row, i) => {
+      assertRowsClose(row, oneRows[i] as MetricsRow, `step ${i + 1}`);
+    });
+    await split.save();
+    await split.close();
+
+    // Saved at TP2×DP2, resumed on one rank: step 4 is the uninterrupted run's step 4.
+    const resumed = await cluster.resume(join(dir.path, "split"), { totalSteps: 4, parallel: { gpus: 1 } });
+    assert.equal(resumed.stepsDone, 3);
+    const [row4] = await resumed.run(1);
+    assertRowsClose(row4 as MetricsRow, oneRows[3] as MetricsRow, "resumed step 4");
+    await resumed.close();
+  } finally {
+    await cluster.shutdown().catch(() => undefined);
+    cluster.close();
+  }
+});
