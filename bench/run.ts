@@ -2,6 +2,7 @@
 // the baseline measured in the same run, and appends them as JSON lines to $TILLER_BENCH_OUT if set.
 import { appendFileSync } from "node:fs";
 import type { BenchResult } from "./common.js";
+import { benchController } from "./controller.js";
 import { benchGenerate } from "./generate.js";
 import { benchMatmul } from "./matmul.js";
 import { benchMoe } from "./moe.js";
@@ -15,6 +16,7 @@ const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
   moe: benchMoe,
   "train-moe": benchTrainMoe,
   parallel: benchParallel,
+  controller: benchController,
 };
 
 const only = process.argv.slice(2);

@@ -18,7 +18,7 @@ import { UserError } from "../util/errors.js";
 import { type Access, AccessError } from "./access.js";
 import { ExperimentRun, type RankCall, type RankCallEach, type StepBatch } from "./experiment.js";
 import type { WorkerPool } from "./pool.js";
-import { WorkerCallError } from "./pool.js";
+import { relayWanted, WorkerCallError } from "./pool.js";
 
 /** What handlers may touch: the pool, the state view, and the shutdown switch. */
 export interface ControllerContext {
@@ -202,8 +202,8 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
     if (config) checkConfigAccess(ctx.access, config, "config", { runDir: true });
     const info = (await ctx.pool.call(0, "worker.info", {})) as WorkerInfo;
     const call: RankCall = (rank, command, a) => ctx.pool.call(rank, command, a) as never;
-    const callEach: RankCallEach = (ranks, command, a, quiet) =>
-      ctx.pool.callEach(ranks, command, a, undefined, quiet) as never;
+    const callEach: RankCallEach = (ranks, command, a, options) =>
+      ctx.pool.callEach(ranks, command, a, options) as never;
     if (args.parallel && !args.resume) {
       throw new ValidationError("args.parallel", "a new experiment takes its layout from config.parallel");
     }
@@ -235,6 +235,7 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
     const options = {
       hooks,
       callEach,
+      relay: relayWanted(ctx.pool),
       workers: ctx.pool.options.worldSize,
       device: info.device,
       ...(info.deviceName ? { deviceName: info.deviceName } : {}),

@@ -76,6 +76,25 @@ interface LocalChild {
 }
 
 const tailBytes = 4096;
+
+/** Replica arguments smaller than this are not relayed ($TILLER_RELAY_MIN_BYTES, default 1 MiB). */
+function relayMinBytes(): number {
+  const v = Number(process.env.TILLER_RELAY_MIN_BYTES ?? 1 << 20);
+  return Number.isFinite(v) && v >= 0 ? v : 1 << 20;
+}
+
+/**
+ * Whether a run relays a replica's data through its first rank. $TILLER_RELAY: "on", "off", or
+ * "auto" (default): on when some worker joined from elsewhere — relaying saves the controller's
+ * network bytes; workers this controller spawned share its host, where a relay only adds copies.
+ */
+export function relayWanted(pool: WorkerPool): boolean {
+  const mode = process.env.TILLER_RELAY ?? "auto";
+  if (mode === "on") return true;
+  if (mode === "off") return false;
+  const local = new Set(pool.localRanks);
+  return pool.ranks().some((r) => !local.has(r));
+}
 const cliPath = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 
 export class WorkerPool {
@@ -197,7 +216,14 @@ export class WorkerPool {
 
   /** Runs one command on one rank; rejects with a WorkerCallError naming the rank and command. */
   /** Commands sent and their bytes (headers and bodies), replies received and theirs. */
-  readonly traffic = { commands: 0, commandBytes: 0, replies: 0, replyBytes: 0 };
+  readonly traffic = {
+    commands: 0,
+    commandBytes: 0,
+    commandBodyBytes: 0,
+    replies: 0,
+    replyBytes: 0,
+    replyBodyBytes: 0,
+  };
 
   call(rank: number, command: WorkerCommand, args: unknown, timeoutMs?: number): Promise<unknown> {
     return this.#call(rank, command, args, liftBodies(args), timeoutMs);
@@ -205,24 +231,38 @@ export class WorkerPool {
 
   /**
    * The same command to several ranks (the ranks of one model replica): the arguments' bodies are
-   * lifted out once and the same frames go to every rank, so nothing is serialised twice. One
-   * promise per rank, in the order given.
+   * lifted out once, so nothing is serialised twice. `quiet` ranks also get `quiet: true`. With
+   * `relay`, the data goes out once: ranks[0] gets the frames and broadcasts them over the replica's
+   * group (the workers' dist.mesh made it), the others get a header only. One promise per rank.
    */
   callEach(
     ranks: number[],
     command: WorkerCommand,
     args: unknown,
-    timeoutMs?: number,
-    quiet?: ReadonlySet<number>,
+    options: { timeoutMs?: number; quiet?: ReadonlySet<number>; relay?: boolean } = {},
   ): Promise<unknown>[] {
+    const { timeoutMs, quiet } = options;
     const lifted = liftBodies(args);
-    // A quiet rank's header says so; its bodies are the same frames.
-    const quietLifted = quiet?.size
-      ? { ...lifted, json: { ...(lifted.json as object), quiet: true } }
-      : lifted;
-    return ranks.map((rank) =>
-      this.#call(rank, command, args, quiet?.has(rank) ? quietLifted : lifted, timeoutMs),
-    );
+    // Small arguments go straight to every rank: a relay adds two collectives of latency.
+    const relay = options.relay === true && totalBytes(lifted.frames) >= relayMinBytes();
+    const quietJson = (json: unknown) => ({ ...(json as object), quiet: true });
+    return ranks.map((rank, i) => {
+      if (relay && ranks.length > 1) {
+        if (i === 0) {
+          const json = quiet?.has(rank) ? quietJson(lifted.json) : lifted.json;
+          return this.#call(rank, command, args, { ...lifted, json }, timeoutMs, "send");
+        }
+        const empty = { json: quiet?.has(rank) ? { quiet: true } : {}, kinds: [], frames: [] };
+        return this.#call(rank, command, args, empty, timeoutMs, "receive");
+      }
+      return this.#call(
+        rank,
+        command,
+        args,
+        quiet?.has(rank) ? { ...lifted, json: quietJson(lifted.json) } : lifted,
+        timeoutMs,
+      );
+    });
   }
 
   #call(
@@ -231,6 +271,7 @@ export class WorkerPool {
     args: unknown,
     lifted: ReturnType<typeof liftBodies>,
     timeoutMs: number | undefined,
+    relay?: "send" | "receive",
   ): Promise<unknown> {
     const record = this.#byRank.get(rank);
     if (!record) {
@@ -254,11 +295,18 @@ export class WorkerPool {
       this.#pending.set(id, pending);
       record.running.set(id, command);
       const { json, kinds, frames } = lifted;
-      const message: ControllerToWorker = { type: "command", id, command, args: json };
+      const message: ControllerToWorker = {
+        type: "command",
+        id,
+        command,
+        args: json,
+        ...(relay ? { relay } : {}),
+      };
       const header = kinds.length > 0 ? { ...message, bodies: kinds } : message;
       const out = [Buffer.from(JSON.stringify(header)), ...frames];
       this.traffic.commands++;
       this.traffic.commandBytes += totalBytes(out);
+      this.traffic.commandBodyBytes += totalBytes(frames);
       void this.#out.send([record.routingId, ...out]);
     });
   }
@@ -300,6 +348,7 @@ export class WorkerPool {
       if (header.type === "reply") {
         this.traffic.replies++;
         this.traffic.replyBytes += totalBytes(frames);
+        this.traffic.replyBodyBytes += totalBytes(frames.slice(1));
       }
     } catch {
       return; // not a worker message; a worker never sends these, so there is nobody to tell

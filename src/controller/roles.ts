@@ -2,6 +2,7 @@
 // reference) lives on every rank of the run's mesh; a call on it fans out to all ranks — every
 // rank of a data-parallel replica gets the same arguments, encoded once — and the reply that stands
 // for a replica comes from one rank of it (its leader). On one rank this is one call to rank 0.
+import { replicaRanks } from "../native/dist.js";
 import type { RouterStats } from "../native/model.js";
 import type { WorkerCommand, WorkerCommandArgs, WorkerCommandResults } from "../protocol/messages.js";
 
@@ -14,13 +15,14 @@ export type RankCall = <C extends WorkerCommand>(
 
 /**
  * The same command to several ranks with the arguments encoded once (WorkerPool.callEach); `quiet`
- * ranks also get `quiet: true` (they run the command, collectives included, and send no data back).
+ * ranks also get `quiet: true` (they run the command, collectives included, and send no data back);
+ * `relay`: the data goes to ranks[0] only, which broadcasts it to the others over their replica group.
  */
 export type RankCallEach = <C extends WorkerCommand>(
   ranks: number[],
   command: C,
   args: WorkerCommandArgs<C>,
-  quiet?: ReadonlySet<number>,
+  options?: { quiet?: ReadonlySet<number>; relay?: boolean },
 ) => Promise<WorkerCommandResults[C]>[];
 
 /** A run's parallel layout, as config.parallel resolves it. */
@@ -54,6 +56,12 @@ export async function settleAll<T>(promises: Promise<T>[]): Promise<T[]> {
 export class RunRanks {
   readonly world: number;
 
+  /**
+   * Whether a replica's (large) arguments go to its first rank only, relayed by the workers over
+   * the replica groups that dist.mesh makes. Default false; needs callEach.
+   */
+  relay = false;
+
   constructor(
     readonly layout: RunLayout,
     readonly call: RankCall,
@@ -66,14 +74,9 @@ export class RunRanks {
     return this.world > 1;
   }
 
-  /** The world ranks of data-parallel replica d, in Megatron's order (tensor fastest, then context, data, pipeline). */
+  /** The world ranks of data-parallel replica d, ascending (replicaRanks). */
   replica(d: number): number[] {
-    const { tensor, context, data, pipeline } = this.layout;
-    const ranks: number[] = [];
-    for (let p = 0; p < pipeline; p++)
-      for (let c = 0; c < context; c++)
-        for (let t = 0; t < tensor; t++) ranks.push(t + tensor * (c + context * (d + data * p)));
-    return ranks;
+    return replicaRanks(this.layout, d);
   }
 
   /** The rank whose reply stands for replica d: tensor and context rank 0 of the last stage. */
@@ -87,8 +90,9 @@ export class RunRanks {
     command: C,
     args: WorkerCommandArgs<C>,
     quiet?: ReadonlySet<number>,
+    relay = false,
   ): Promise<WorkerCommandResults[C]>[] {
-    if (this.callEach) return this.callEach(ranks, command, args, quiet);
+    if (this.callEach) return this.callEach(ranks, command, args, { ...(quiet ? { quiet } : {}), relay });
     return ranks.map((r) =>
       this.call(r, command, (quiet?.has(r) ? { ...args, quiet: true } : args) as WorkerCommandArgs<C>),
     );
@@ -125,7 +129,7 @@ export class RunRanks {
       const leader = this.leader(d);
       const quiet =
         options.quietOthers && ranks.length > 1 ? new Set(ranks.filter((r) => r !== leader)) : undefined;
-      const each = this.#each(ranks, command, args, quiet);
+      const each = this.#each(ranks, command, args, quiet, this.relay && ranks.length > 1);
       calls.push(...each);
       leaders.push(each[ranks.indexOf(leader)]);
     }

@@ -231,6 +231,7 @@ export class Controller implements ControllerContext {
       workers: this.pool.summaries(),
       failures: [...this.pool.failures],
       processGroup: this.processGroup,
+      traffic: { ...this.pool.traffic },
     };
   }
 

@@ -50,6 +50,27 @@ export type MeshTraffic = Record<string, Record<string, { calls: number; bytes: 
 
 const layoutSizes = ["tensor", "context", "pipeline", "expert", "data"] as const;
 
+/**
+ * The world ranks of data-parallel replica d (one copy of the model: its tensor × context ×
+ * pipeline ranks), in Megatron's order: tensor fastest, then context, data, pipeline.
+ */
+export function replicaRanks(
+  layout: { tensor: number; context: number; pipeline: number; data: number },
+  d: number,
+): number[] {
+  const { tensor, context, data, pipeline } = layout;
+  const ranks: number[] = [];
+  for (let p = 0; p < pipeline; p++)
+    for (let c = 0; c < context; c++)
+      for (let t = 0; t < tensor; t++) ranks.push(t + tensor * (c + context * (d + data * p)));
+  return ranks.sort((a, b) => a - b);
+}
+
+/** The data-parallel replica a world rank belongs to. */
+export function replicaOf(layout: { tensor: number; context: number; data: number }, rank: number): number {
+  return Math.floor(rank / (layout.tensor * layout.context)) % layout.data;
+}
+
 /** Checks a layout against a world size; the error names the field and the numbers. */
 export function checkLayout(layout: Layout, worldSize: number): Required<Layout> {
   if (layout === null || typeof layout !== "object") throw new TypeError("layout: expected an object");
@@ -134,6 +155,12 @@ export interface NativeDistAddon {
   ): Promise<NativeTensor>;
   /** addon/dist.cc BarrierWork: async ProcessGroup::barrier() */
   processGroupBarrier(handle: NativeProcessGroupHandle): Promise<void>;
+  /** addon/dist.cc SubgroupWork: async ProcessGroup::subgroup(ranks, name), in the parent's call order */
+  processGroupSubgroup(
+    handle: NativeProcessGroupHandle,
+    ranks: number[],
+    name: string,
+  ): Promise<NativeProcessGroupHandle>;
   /** addon/dist.cc ProcessGroupInfo(handle) */
   processGroupInfo(handle: NativeProcessGroupHandle): {
     rank: number;
@@ -330,6 +357,19 @@ export class ProcessGroup {
   /** Resolves once every rank has reached its barrier(). */
   barrier(): Promise<void> {
     return native().processGroupBarrier(this.#live());
+  }
+
+  /**
+   * A group of some of this group's ranks (ascending); only they call it, in the same order as
+   * their other calls on this group. Its ranks are renumbered 0.. in that order.
+   */
+  async subgroup(ranks: number[], name: string): Promise<ProcessGroup> {
+    if (!Array.isArray(ranks) || !ranks.includes(this.rank)) {
+      throw new RangeError(
+        `ranks: [${ranks}] must be ranks of this group that include this rank (${this.rank})`,
+      );
+    }
+    return new ProcessGroup(await native().processGroupSubgroup(this.#live(), ranks, name));
   }
 
   /** Leaves the group (after any running collective). The rank hosting the store should leave last. */

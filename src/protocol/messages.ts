@@ -230,6 +230,15 @@ export const workerCommandArgs = {
   }),
   /** Waits; the test of a worker lost mid-command uses it. */
   "debug.sleep": object({ ms: integer({ min: 0, max: 3_600_000 }) }),
+  /**
+   * Takes arrays and answers `replyFloats` floats, touching no engine: the controller-overhead
+   * benchmark moves a recipe-sized step's data through the real fan-out with it.
+   */
+  "debug.payload": object({
+    arrays: array(typedArray(Int32Array, Float32Array), { maxLength: 1_000_000 }),
+    replyFloats: integer({ min: 0, max: 1 << 30 }),
+    quiet: optional(boolean()),
+  }),
 } satisfies Record<string, Check<unknown>>;
 
 export type WorkerCommand = keyof typeof workerCommandArgs;
@@ -301,7 +310,18 @@ export type ControllerToWorker =
   | { type: "welcome"; rank: number; worldSize: number; heartbeatMs: number; controllerTimeoutMs: number }
   | { type: "refuse"; reason: string }
   | { type: "heartbeat" }
-  | { type: "command"; id: number; command: WorkerCommand; args: unknown }
+  | {
+      type: "command";
+      id: number;
+      command: WorkerCommand;
+      args: unknown;
+      /**
+       * A replica's data sent once: "send" — this rank got the frames and broadcasts them to its
+       * replica's other ranks (dist.mesh made that group) before running; "receive" — this rank's
+       * arguments come from that broadcast, merged under the few sent here (quiet).
+       */
+      relay?: "send" | "receive";
+    }
   | { type: "exit" };
 
 // ---- events (PUB) ----------------------------------------------------------------------------
@@ -416,6 +436,15 @@ export interface ControllerState {
   workers: WorkerSummary[];
   failures: WorkerFailure[];
   processGroup: { backend: string; storeHost: string; storePort: number } | null;
+  /** Worker commands sent since the start and their bytes (all, and of array bodies); replies and theirs. */
+  traffic: {
+    commands: number;
+    commandBytes: number;
+    commandBodyBytes: number;
+    replies: number;
+    replyBytes: number;
+    replyBodyBytes: number;
+  };
 }
 
 export interface RankResult<T = unknown> {
@@ -542,4 +571,5 @@ export interface WorkerCommandResults {
   "dist.allReduce": { values: Float32Array | Float64Array };
   "dist.mesh": WorkerMesh;
   "debug.sleep": { sleptMs: number };
+  "debug.payload": { bytes: number; floats: Float32Array };
 }

@@ -7,7 +7,7 @@ import { freemem, hostname, totalmem } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Critic, type ValueLossConfig } from "../native/critic.js";
-import { Mesh, ProcessGroup } from "../native/dist.js";
+import { Mesh, ProcessGroup, replicaOf, replicaRanks } from "../native/dist.js";
 import { engineInfo } from "../native/engine.js";
 import { inspectCheckpoint } from "../native/io.js";
 import { Model, type OptimizerOptions } from "../native/model.js";
@@ -74,10 +74,15 @@ export class WorkerState {
   processGroup: ProcessGroup | undefined;
   /** The run's mesh over that group, from dist.mesh on; sharded models load under it. */
   mesh: Mesh | undefined;
+  /** This rank's data-parallel replica (tensor × context × pipeline ranks) when it has several: relays go over it. */
+  replicaGroup: ProcessGroup | undefined;
 
   constructor(readonly host: string) {
     // One visible GPU per worker (the controller sets CUDA_VISIBLE_DEVICES), so it is always cuda:0.
-    this.device = engineInfo().cudaAvailable ? "cuda:0" : "cpu";
+    // An empty CUDA_VISIBLE_DEVICES (a CPU worker) hides every GPU: the engine (libtorch, ~400 MB
+    // resident) then loads with the first command that needs it, not at start.
+    this.device =
+      process.env.CUDA_VISIBLE_DEVICES === "" ? "cpu" : engineInfo().cudaAvailable ? "cuda:0" : "cpu";
   }
 
   model(name: string): Model {
@@ -93,7 +98,8 @@ export class WorkerState {
   }
 
   info(): WorkerInfo {
-    const device = engineInfo().devices.find((d) => d.device === this.device);
+    const device =
+      this.device === "cpu" ? undefined : engineInfo().devices.find((d) => d.device === this.device);
     return {
       ...(this.mesh
         ? { mesh: { describe: this.mesh.info.describe, coordinates: this.mesh.coordinates } }
@@ -123,9 +129,61 @@ export class WorkerState {
     return critic;
   }
 
+  /**
+   * The root of a relay: the command's frames, as this rank received them, to the replica's other
+   * ranks (one length, then the bytes: [frame count u32][lengths f64 …][frames …]).
+   */
+  async relaySend(frames: Uint8Array[]): Promise<void> {
+    const group = this.#relayGroup();
+    const head = 4 + 8 * frames.length;
+    const total = head + frames.reduce((n, f) => n + f.byteLength, 0);
+    const packed = new Uint8Array(total);
+    const view = new DataView(packed.buffer);
+    view.setUint32(0, frames.length, true);
+    let at = head;
+    frames.forEach((f, i) => {
+      view.setFloat64(4 + 8 * i, f.byteLength, true);
+      packed.set(f, at);
+      at += f.byteLength;
+    });
+    await group.broadcast({ data: new Float64Array([total]), dtype: "float64", shape: [1] }, 0);
+    await group.broadcast({ data: packed, dtype: "uint8", shape: [total] }, 0);
+  }
+
+  /** The other end of relaySend: the frames the replica's root received. */
+  async relayReceive(): Promise<Uint8Array[]> {
+    const group = this.#relayGroup();
+    const size = await group.broadcast({ data: new Float64Array(1), dtype: "float64", shape: [1] }, 0);
+    const total = (size.data as Float64Array)[0] as number;
+    const got = await group.broadcast({ data: new Uint8Array(total), dtype: "uint8", shape: [total] }, 0);
+    const packed = got.data as Uint8Array;
+    const view = new DataView(packed.buffer, packed.byteOffset, packed.byteLength);
+    const count = view.getUint32(0, true);
+    const frames: Uint8Array[] = [];
+    let at = 4 + 8 * count;
+    for (let i = 0; i < count; i++) {
+      const length = view.getFloat64(4 + 8 * i, true);
+      frames.push(packed.subarray(at, at + length));
+      at += length;
+    }
+    return frames;
+  }
+
+  #relayGroup(): ProcessGroup {
+    if (!this.replicaGroup) {
+      throw new CommandError(
+        "WORKER_ERROR",
+        "relay: this rank has no replica group (dist.mesh with several ranks per replica first)",
+      );
+    }
+    return this.replicaGroup;
+  }
+
   dispose(): void {
     for (const model of this.models.values()) model.dispose();
     this.models.clear();
+    this.replicaGroup?.dispose();
+    this.replicaGroup = undefined;
     this.mesh?.dispose();
     this.mesh = undefined;
     for (const critic of this.critics.values()) critic.dispose();
@@ -363,6 +421,8 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   },
 
   "dist.init": async (state, args) => {
+    state.replicaGroup?.dispose();
+    state.replicaGroup = undefined;
     state.mesh?.dispose();
     state.mesh = undefined;
     state.processGroup?.dispose();
@@ -393,10 +453,22 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   "dist.mesh": async (state, args) => {
     if (!state.processGroup)
       throw new CommandError("WORKER_ERROR", "dist.mesh: no process group; call dist.init first");
+    state.replicaGroup?.dispose();
+    state.replicaGroup = undefined;
     state.mesh?.dispose();
     state.mesh = await Mesh.create(state.processGroup, args);
+    // The replica's own group, for relays: its ranks call this together, right after the mesh.
+    const layout = state.mesh.info.layout;
+    const d = replicaOf(layout, state.processGroup.rank);
+    const replica = replicaRanks(layout, d);
+    if (replica.length > 1) state.replicaGroup = await state.processGroup.subgroup(replica, `replica${d}`);
     return { describe: state.mesh.info.describe, coordinates: state.mesh.coordinates };
   },
+
+  "debug.payload": async (_state, args) => ({
+    bytes: args.arrays.reduce((n, a) => n + a.byteLength, 0),
+    floats: new Float32Array(args.quiet ? 0 : args.replyFloats),
+  }),
 
   "debug.sleep": async (_state, args) => {
     // Written to stderr so a failure report has a known last line to show.

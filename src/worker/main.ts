@@ -107,11 +107,23 @@ export async function runWorker(options: WorkerOptions): Promise<number> {
       stop(4, `no answer from the controller at ${options.controller} within ${joinTimeoutMs} ms`);
   }, joinTimeoutMs);
 
-  const run = (id: number, command: WorkerCommand, rawArgs: unknown) => {
-    // One command at a time: engine handles are not shared between concurrent native calls.
+  const run = (
+    id: number,
+    command: WorkerCommand,
+    rawArgs: unknown,
+    relay?: { mode: "send" | "receive"; frames: Uint8Array[] },
+  ) => {
+    // One command at a time: engine handles are not shared between concurrent native calls. A
+    // relay's broadcast runs in this order too, so a replica's ranks meet in it command by command.
     queue = queue.then(async () => {
       try {
-        const args = workerCommandArgs[command](rawArgs, "args");
+        let given = rawArgs;
+        if (relay?.mode === "send") await state.relaySend(relay.frames);
+        else if (relay?.mode === "receive") {
+          const relayed = decode(await state.relayReceive(), "args").payload as Record<string, unknown>;
+          given = { ...relayed, ...(rawArgs as Record<string, unknown>) };
+        }
+        const args = workerCommandArgs[command](given, "args");
         const handler = commandTable[command] as (s: WorkerState, a: unknown) => Promise<unknown>;
         const result = await handler(state, args);
         await send({ type: "reply", id, ok: true }, "result", result);
@@ -164,7 +176,8 @@ export async function runWorker(options: WorkerOptions): Promise<number> {
               message: `unknown worker command ${JSON.stringify(message.command)}`,
             },
           });
-        } else run(message.id, message.command, args);
+        } else
+          run(message.id, message.command, args, message.relay ? { mode: message.relay, frames } : undefined);
       }
     }
   } catch (error) {

@@ -60,13 +60,21 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
   timeout: 600_000,
 }, async () => {
   const address = `ipc://${dir.path}/c.sock`;
-  tiller(["controller", "--bind", address, "--cpu", "4"]);
+  // Relayed although the workers share the controller's host (the default relays only for remote
+  // workers), every command however small: the relay path is what this proves.
+  tiller(["controller", "--bind", address, "--cpu", "4"], {
+    TILLER_RELAY: "on",
+    TILLER_RELAY_MIN_BYTES: "0",
+  });
   const cluster = await connect(address, { timeoutMs: 60_000 });
   try {
     await cluster.waitForWorkers(4, 60_000);
     // One rank of the same controller: the reference run, four steps.
     const one = await cluster.experiment(config);
-    const oneRows = await one.run(4);
+    const t0 = (await cluster.status()).traffic;
+    const oneRows = await one.run(1);
+    const t1 = (await cluster.status()).traffic;
+    oneRows.push(...(await one.run(3)));
     const oneTokens = await one.rollouts(3);
     await one.close();
 
@@ -99,8 +107,27 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
         [3, "TP2 x DP2", 1, 1],
       ],
     );
-    const splitRows = await split.run(3);
+    const t2 = (await cluster.status()).traffic;
+    const splitRows = await split.run(1);
+    const t3 = (await cluster.status()).traffic;
+    splitRows.push(...(await split.run(2)));
     assert.equal(splitRows.length, 3);
+    // Each replica's data goes out once (relayed by its first rank over the replica's group) and
+    // comes back from one rank: step 1's arrays are the one-rank step 1's, not twice them.
+    const body = (a: typeof t0, b: typeof t0) => [
+      b.commandBodyBytes - a.commandBodyBytes,
+      b.replyBodyBytes - a.replyBodyBytes,
+    ];
+    const [oneOut, oneBack] = body(t0, t1) as [number, number];
+    const [splitOut, splitBack] = body(t2, t3) as [number, number];
+    assert.ok(
+      Math.abs(splitOut - oneOut) <= 0.1 * oneOut,
+      `TP2×DP2 sent ${splitOut} bytes of arrays, one rank ${oneOut}`,
+    );
+    assert.ok(
+      Math.abs(splitBack - oneBack) <= 0.1 * oneBack,
+      `TP2×DP2 collected ${splitBack}, one rank ${oneBack}`,
+    );
     // The same responses (batch-invariant sampling over the replicas), the same metrics.
     const splitTokens = await split.rollouts(3);
     assert.deepEqual(

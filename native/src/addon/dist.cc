@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "addon/common.h"
 #include "addon/registry.h"
@@ -147,6 +148,33 @@ class BarrierWork final : public CollectiveWork {
   void RunInTurn(ProcessGroup& group) override { group.barrier(); }
 };
 
+// Wraps a group in a new JS handle.
+Napi::Value group_handle(Napi::Env env, std::unique_ptr<ProcessGroup> group) {
+  auto slot = std::make_shared<GroupSlot>();
+  slot->group = std::move(group);
+  auto handle = Napi::External<Handle>::New(env, new Handle{slot}, [](Napi::Env, Handle* h) { delete h; });
+  handle.TypeTag(&kProcessGroupTag);
+  return handle;
+}
+
+// A group of some of this group's ranks (ProcessGroup::subgroup), made in the parent's call order;
+// only its members call it, and it resolves once all of them have.
+class SubgroupWork final : public CollectiveWork {
+ public:
+  SubgroupWork(Napi::Env env, std::shared_ptr<GroupSlot> slot, std::vector<int> ranks, std::string name)
+      : CollectiveWork(env, "tiller.processGroupSubgroup", std::move(slot)), ranks_(std::move(ranks)),
+        name_(std::move(name)) {}
+
+ protected:
+  void RunInTurn(ProcessGroup& group) override { child_ = group.subgroup(ranks_, name_); }
+  Napi::Value Result(Napi::Env env) override { return group_handle(env, std::move(child_)); }
+
+ private:
+  std::vector<int> ranks_;
+  std::string name_;
+  std::unique_ptr<ProcessGroup> child_;
+};
+
 class CreateWork final : public PromiseWork {
  public:
   CreateWork(Napi::Env env, parallel::ProcessGroupOptions options)
@@ -267,6 +295,19 @@ Napi::Value ProcessGroupReduceScatter(const Napi::CallbackInfo& info) {
                                     g.reduce_scatter(out, t, op);
                                     return out;
                                   });
+  });
+}
+
+// processGroupSubgroup(handle, ranks: number[] ascending, name) -> Promise<handle>
+Napi::Value ProcessGroupSubgroup(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    if (!info[1].IsArray()) throw std::invalid_argument("ranks: expected an array of ranks");
+    auto list = info[1].As<Napi::Array>();
+    std::vector<int> ranks;
+    for (uint32_t i = 0; i < list.Length(); ++i) ranks.push_back(int_arg(list.Get(i), "ranks[]"));
+    return queue_work<SubgroupWork>(env, slot, std::move(ranks), string_arg(info[2], "name"));
   });
 }
 
@@ -440,6 +481,7 @@ void register_dist(Napi::Env env, Napi::Object exports) {
   exports["processGroupReduceScatter"] =
       Napi::Function::New(env, ProcessGroupReduceScatter, "processGroupReduceScatter");
   exports["processGroupBarrier"] = Napi::Function::New(env, ProcessGroupBarrier, "processGroupBarrier");
+  exports["processGroupSubgroup"] = Napi::Function::New(env, ProcessGroupSubgroup, "processGroupSubgroup");
   exports["processGroupInfo"] = Napi::Function::New(env, ProcessGroupInfo, "processGroupInfo");
   exports["processGroupBackendAvailable"] =
       Napi::Function::New(env, ProcessGroupBackendAvailable, "processGroupBackendAvailable");
