@@ -1468,25 +1468,32 @@ export class ExperimentRun {
     this.hooks.metrics?.(m);
   }
 
+  /** The stage table: each stage by its protocol name (step(), the handlers and the client use it). */
+  readonly #stages: Record<StageName, () => Promise<StepBatch>> = {
+    rollout: () => this.rollout(),
+    score: () => this.score(),
+    filter: () => this.filter(),
+    old_logprobs: () => this.oldLogprobs(),
+    ref: () => this.ref(),
+    advantages: () => this.advantages(),
+    update: () => this.update(),
+    sync: () => this.sync(),
+  };
+
+  /** Runs one stage of the step in progress (rollout starts one) by its name. */
+  stage(name: StageName): Promise<StepBatch> {
+    return this.#stages[name]();
+  }
+
   /**
    * One whole step: every stage in order. Returns its metrics row. `patches` (replay) are applied
    * after the stage they followed the first time, as the hooks that made them did.
    */
   async runStep(patches: readonly RecordedPatch[] = []): Promise<Record<string, number>> {
     const started = performance.now();
-    const stages: [StageName, () => Promise<StepBatch>][] = [
-      ["rollout", () => this.rollout()],
-      ["score", () => this.score()],
-      ["filter", () => this.filter()],
-      ["old_logprobs", () => this.oldLogprobs()],
-      ["ref", () => this.ref()],
-      ["advantages", () => this.advantages()],
-      ["update", () => this.update()],
-      ["sync", () => this.sync()],
-    ];
-    for (const [name, fn] of stages) {
+    for (const name of stageNames) {
       this.#progress(name, started);
-      await fn();
+      await this.stage(name);
       for (const p of patches) {
         if (p.after !== name) continue;
         this.patchBatch({ ...(p.scores ? { scores: p.scores } : {}), ...(p.keep ? { keep: p.keep } : {}) });

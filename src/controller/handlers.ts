@@ -16,7 +16,14 @@ import { type ResolvedConfig, resolveConfig } from "../rl/config.js";
 import { readCheckpointConfig } from "../util/checkpoint.js";
 import { UserError } from "../util/errors.js";
 import { type Access, AccessError } from "./access.js";
-import { ExperimentRun, type RankCall, type RankCallEach, type StepBatch } from "./experiment.js";
+import {
+  ExperimentRun,
+  type RankCall,
+  type RankCallEach,
+  type StageName,
+  type StepBatch,
+  stageNames,
+} from "./experiment.js";
 import type { WorkerPool } from "./pool.js";
 import { relayWanted, WorkerCallError } from "./pool.js";
 
@@ -99,6 +106,10 @@ function experimentOf(ctx: ControllerContext, id: string): ExperimentRun {
     );
   }
   return run;
+}
+
+function isStage(op: string): op is StageName {
+  return (stageNames as readonly string[]).includes(op);
 }
 
 type Handler<M extends ClientMethod> = (
@@ -271,24 +282,12 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
         break;
     }
     return run.exclusive(op, async () => {
+      if (isStage(op)) {
+        const summary = batchSummary(await run.stage(op));
+        // The step ends with sync: its metrics row comes back with it.
+        return op === "sync" ? { ...summary, row: run.metrics.last() } : summary;
+      }
       switch (op) {
-        case "rollout":
-          return batchSummary(await run.rollout());
-        case "score":
-          return batchSummary(await run.score());
-        case "filter":
-          return batchSummary(await run.filter());
-        case "old_logprobs":
-          return batchSummary(await run.oldLogprobs());
-        case "ref":
-          return batchSummary(await run.ref());
-        case "advantages":
-          return batchSummary(await run.advantages());
-        case "update":
-          return batchSummary(await run.update());
-        case "sync":
-          // The step ends here: its metrics row comes back with it.
-          return { ...batchSummary(await run.sync()), row: run.metrics.last() };
         case "step":
           return run.runStep();
         case "run":

@@ -57,6 +57,8 @@ interface WorkerRecord {
   stderrTail: string;
   running: Map<number, WorkerCommand>;
   models: Set<string>;
+  /** Its place in the run's mesh, from its last dist.mesh (cleared by dist.init). */
+  mesh?: WorkerSummary["mesh"];
   joinedAt: string;
 }
 
@@ -209,12 +211,12 @@ export class WorkerPool {
         state: r.running.size > 0 ? "busy" : "ready",
         running: [...r.running.values()],
         models: [...r.models],
+        ...(r.mesh ? { mesh: r.mesh } : {}),
         joinedAt: r.joinedAt,
       };
     });
   }
 
-  /** Runs one command on one rank; rejects with a WorkerCallError naming the rank and command. */
   /** Commands sent and their bytes (headers and bodies), replies received and theirs. */
   readonly traffic = {
     commands: 0,
@@ -225,6 +227,7 @@ export class WorkerPool {
     replyBodyBytes: 0,
   };
 
+  /** Runs one command on one rank; rejects with a WorkerCallError naming the rank and command. */
   call(rank: number, command: WorkerCommand, args: unknown, timeoutMs?: number): Promise<unknown> {
     return this.#call(rank, command, args, liftBodies(args), timeoutMs);
   }
@@ -325,6 +328,8 @@ export class WorkerPool {
     const name = (pending.args as { name?: unknown } | undefined)?.name;
     if (pending.command === "model.load" && typeof name === "string") pending.record.models.add(name);
     if (pending.command === "model.free" && typeof name === "string") pending.record.models.delete(name);
+    if (pending.command === "dist.init") pending.record.mesh = undefined;
+    if (pending.command === "dist.mesh") pending.record.mesh = result as WorkerSummary["mesh"];
     pending.resolve(result);
   }
 

@@ -336,6 +336,8 @@ export interface WorkerSummary {
   state: "ready" | "busy";
   running: string[];
   models: string[];
+  /** After dist.mesh: the layout ("TP2 x DP2") and this rank's coordinates in it. */
+  mesh?: { describe: string; coordinates: Record<string, number> };
   joinedAt: string;
 }
 

@@ -91,6 +91,16 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
       parallel: { tensor: 2, data: 2 },
       totalSteps: 3,
     });
+    // cluster.status() shows each worker's place in the run's mesh.
+    assert.deepEqual(
+      (await cluster.status()).workers.map((w) => [w.rank, w.mesh?.describe, w.mesh?.coordinates.data]),
+      [
+        [0, "TP2 x DP2", 0],
+        [1, "TP2 x DP2", 0],
+        [2, "TP2 x DP2", 1],
+        [3, "TP2 x DP2", 1],
+      ],
+    );
     // Every worker holds its slice of the actor under the run's mesh, at its own coordinates.
     const info = await cluster.run("worker.info", {});
     assert.deepEqual(
