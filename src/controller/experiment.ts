@@ -297,7 +297,7 @@ export class ExperimentRun {
         "critic",
       );
     }
-    for (const dim of ["pipeline", "context", "expert"] as const) {
+    for (const dim of ["pipeline", "context"] as const) {
       if (config.parallel[dim] > 1) {
         throw new UserError(
           "BAD_ARGS",

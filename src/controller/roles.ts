@@ -74,6 +74,15 @@ export class RunRanks {
     return this.world > 1;
   }
 
+  /**
+   * Expert parallelism makes every forward collective over replicas (the expert group spans data
+   * ranks): each replica then takes part in every call, with nothing of its own if need be, and
+   * runs as many micro-batches as the others.
+   */
+  get lockstep(): boolean {
+    return this.layout.expert > 1;
+  }
+
   /** The world ranks of data-parallel replica d, ascending (replicaRanks). */
   replica(d: number): number[] {
     return replicaRanks(this.layout, d);
@@ -254,7 +263,7 @@ export class ModelRole {
       "model.generate",
       (d) => {
         const [start, end] = shares[d] as [number, number];
-        if (end === start) return undefined;
+        if (end === start && !this.ranks.lockstep) return undefined;
         return { ...options, name: this.name, prompts: prompts.slice(start, end), sequenceOffset: start };
       },
       { quietOthers: true },
@@ -270,6 +279,7 @@ export class ModelRole {
     perReplica: PackedSequences[][],
     temperature: number,
   ): Promise<WorkerCommandResults["model.logprobs"][][]> {
+    this.#checkLockstep(perReplica, "logprobs");
     const out = perReplica.map(() => [] as WorkerCommandResults["model.logprobs"][]);
     const rounds = Math.max(0, ...perReplica.map((m) => m.length));
     for (let k = 0; k < rounds; k++) {
@@ -297,6 +307,7 @@ export class ModelRole {
     perReplica: PolicyMicroBatch[][],
     rest: Omit<WorkerCommandArgs<"model.policyUpdate">, "name" | "microBatches">,
   ): Promise<PolicyUpdateResult> {
+    this.#checkLockstep(perReplica, "policyUpdate");
     const replies = (await this.ranks.replicas("model.policyUpdate", (d) => ({
       ...rest,
       name: this.name,
@@ -318,6 +329,17 @@ export class ModelRole {
     return merged;
   }
 
+  #checkLockstep(perReplica: unknown[][], what: string): void {
+    if (!this.ranks.lockstep) return;
+    const counts = perReplica.map((m) => m.length);
+    if (counts.some((c) => c !== counts[0])) {
+      throw new Error(
+        `${what}: expert parallelism needs the same number of micro-batches on every replica, got ${counts.join(", ")} ` +
+          "(give each replica as many sequences: the batch a multiple of parallel.data)",
+      );
+    }
+  }
+
   /** Router statistics since the last call, over every replica's tokens. */
   async routerStats(): Promise<RouterStats> {
     const replies = await this.ranks.replicas("model.routerStats", () => ({ name: this.name }));
@@ -328,8 +350,9 @@ export class ModelRole {
   async activations(
     args: Omit<WorkerCommandArgs<"model.activations">, "name">,
   ): Promise<WorkerCommandResults["model.activations"]> {
+    // In lockstep (expert parallelism) every replica runs the forward with it.
     const [first] = await this.ranks.replicas("model.activations", (d) =>
-      d === 0 ? { ...args, name: this.name } : undefined,
+      d === 0 || this.ranks.lockstep ? { ...args, name: this.name } : undefined,
     );
     return first as WorkerCommandResults["model.activations"];
   }

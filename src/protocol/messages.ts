@@ -94,7 +94,8 @@ export const workerCommandArgs = {
   }),
   "model.generate": object({
     name: modelName,
-    prompts: array(ids, { minLength: 1, maxLength: 100_000 }),
+    /** None: an expert-parallel rank with no share joins the others' steps in lockstep. */
+    prompts: array(ids, { minLength: 0, maxLength: 100_000 }),
     maxNewTokens: optional(integer({ min: 0 })),
     temperature: optional(number({ min: 0 })),
     topK: optional(integer({ min: 0 })),

@@ -19,6 +19,13 @@ export interface ParallelRankConfig {
   saveDir?: string;
   /** Fault injection: this rank exits right after loading, before the first collective forward. */
   exitAfterLoad?: boolean;
+  /** Passed to runScenario (expert parallelism: micro-batches a multiple of the data ranks, no generation). */
+  scenario?: import("./parallel-scenario.js").ScenarioOptions;
+  /**
+   * After the scenario, rank r greedily generates prompts[0..r) of `prompts` for 3 + 2r tokens and
+   * reports them (expert parallelism: ranks with different work, one with none, in lockstep).
+   */
+  unevenGenerate?: number[][];
   /** Instead of the scenario: load this folder (and its optimizer.safetensors) and write the gathered state to `out`. */
   loadOnly?: boolean;
 }
@@ -59,16 +66,22 @@ try {
     process.stdout.write(`${JSON.stringify({ rank: config.rank, ok: true })}\n`);
     process.exit(0);
   }
-  const result = await runScenario(model, config.vocab, c.data, mesh.info.layout.data);
+  const result = await runScenario(model, config.vocab, c.data, mesh.info.layout.data, config.scenario);
   if (config.saveDir) {
     await model.save(config.saveDir);
     await model.saveOptimizer(`${config.saveDir}/optimizer.safetensors`);
+  }
+  let generated: number[][] | undefined;
+  if (config.unevenGenerate) {
+    const prompts = config.unevenGenerate.slice(0, config.rank).map((p) => Int32Array.from(p));
+    const out = await model.generate(prompts, { maxNewTokens: 3 + 2 * config.rank });
+    generated = out.map((g) => Array.from(g.tokens));
   }
   if (config.rank === 0) writeFileSync(config.out, JSON.stringify(result));
   // Each data rank's share of the policy-loss metric (the test sums them).
   const pgLoss = c.tensor === 0 ? result.pgLoss : [];
   process.stdout.write(
-    `${JSON.stringify({ rank: config.rank, ok: true, coordinates: c, describe: mesh.info.describe, pgLoss })}\n`,
+    `${JSON.stringify({ rank: config.rank, ok: true, coordinates: c, describe: mesh.info.describe, pgLoss, generated, traffic: mesh.traffic() })}\n`,
   );
 } catch (error) {
   const message = error instanceof Error ? `${error.message}\n${error.stack}` : String(error);

@@ -36,6 +36,17 @@ function byName(list: NamedHostTensor[]): Record<string, number[]> {
   return Object.fromEntries(list.map((t) => [t.name, Array.from(t.data as Float32Array)]));
 }
 
+export interface ScenarioOptions {
+  /**
+   * Cut the sequences into this many micro-batches instead of pairs: expert parallelism needs every
+   * rank to run as many forwards as the others (the dispatch is collective), so a multiple of the
+   * data ranks.
+   */
+  microBatches?: number;
+  /** Greedy generation at the end (default true; expert-parallel models do not generate). */
+  generate?: boolean;
+}
+
 /**
  * dataRank/dataSize: this rank's share of the micro-batches (micro-batch i runs on data rank
  * i % dataSize); the counts are the whole mini-batch's, so summed gradients equal one device's.
@@ -45,14 +56,23 @@ export async function runScenario(
   vocab: number,
   dataRank = 0,
   dataSize = 1,
+  options: ScenarioOptions = {},
 ): Promise<ScenarioResult> {
   const sequences = scenarioSequences(vocab);
   const all = pack(sequences);
   const { logprobs, entropy } = await model.logprobs(all.tokens, all.cu);
   model.initOptimizer({ lr: 1e-3, weightDecay: 0.01, maxGradNorm: 0.5 });
-  // Micro-batches of two sequences; the last 3 predicted tokens of each sequence count.
+  // Micro-batches of two sequences (or `microBatches` contiguous shares); the last 3 predicted
+  // tokens of each sequence count.
   const micro: number[][][] = [];
-  for (let i = 0; i < sequences.length; i += 2) micro.push(sequences.slice(i, i + 2));
+  if (options.microBatches) {
+    const k = options.microBatches;
+    for (let m = 0; m < k; m++) {
+      micro.push(
+        sequences.slice(Math.round((m * sequences.length) / k), Math.round(((m + 1) * sequences.length) / k)),
+      );
+    }
+  } else for (let i = 0; i < sequences.length; i += 2) micro.push(sequences.slice(i, i + 2));
   const counts = { tokens: 3 * sequences.length, sequences: sequences.length };
   const result: ScenarioResult = {
     logprobs: Array.from(logprobs),
@@ -100,6 +120,7 @@ export async function runScenario(
     result.gradNorms.push(opt.gradNorm);
   }
   result.parameters = byName(await model.gather("parameters"));
+  if (options.generate === false) return result;
   const prompts = [Int32Array.from(sequences[0] ?? []), Int32Array.from(sequences[2] ?? [])];
   const generations = await model.generate(prompts, { maxNewTokens: 8 });
   result.generated = generations.map((g) => Array.from(g.tokens));

@@ -1,6 +1,7 @@
 // A multi-rank experiment through the controller: four CPU worker processes in one gloo process
 // group, GRPO on the quickstart task at TP2×DP2 against the same run on one rank of the same
-// controller; then the TP2×DP2 checkpoint resumed on one rank continues as the uninterrupted run.
+// controller; then the TP2×DP2 checkpoint resumed on one rank continues as the uninterrupted run;
+// then a Qwen3-MoE with its experts over the four ranks (expert parallelism) against one rank.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -56,7 +57,7 @@ function assertRowsClose(got: MetricsRow, want: MetricsRow, what: string): void 
   }
 }
 
-test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run", {
+test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run; Qwen3-MoE at EP4 too", {
   timeout: 600_000,
 }, async () => {
   const address = `ipc://${dir.path}/c.sock`;
@@ -162,6 +163,49 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
     const [row4] = await resumed.run(1);
     assertRowsClose(row4 as MetricsRow, oneRows[3] as MetricsRow, "resumed step 4");
     await resumed.close();
+
+    // Qwen3-MoE with its 4 experts over the 4 ranks (one each; attention, router and embeddings
+    // data-parallel): rollouts in lockstep, logprobs and updates with all-to-all dispatch.
+    const moeModel = join(dir.path, "moe");
+    await writeTinyModel(moeModel, { seed: 5, moe: { experts: 4, topK: 2 } });
+    const moeConfig = {
+      ...config,
+      name: "moe",
+      model: { path: moeModel },
+      runDir: join(dir.path, "moe-one"),
+      totalSteps: 2,
+    };
+    const oneMoe = await cluster.experiment(moeConfig);
+    const oneMoeRows = await oneMoe.run(2);
+    const oneMoeTokens = await oneMoe.rollouts(2);
+    await oneMoe.close();
+    const ep = await cluster.experiment({
+      ...moeConfig,
+      name: "moe-ep",
+      runDir: join(dir.path, "moe-ep"),
+      parallel: { expert: 4, data: 4 },
+    });
+    const epRows = await ep.run(2);
+    assert.deepEqual(
+      (await ep.rollouts(2))
+        .getChild("response")
+        ?.toArray()
+        .map((r: Int32Array) => Array.from(r)),
+      oneMoeTokens
+        .getChild("response")
+        ?.toArray()
+        .map((r: Int32Array) => Array.from(r)),
+    );
+    epRows.forEach((row, i) => {
+      assertRowsClose(row, oneMoeRows[i] as MetricsRow, `EP4 step ${i + 1}`);
+      for (const key of ["router/load_imbalance/mean", "router/entropy/mean"]) {
+        assert.ok(
+          Math.abs((row[key] as number) - (oneMoeRows[i]?.[key] as number)) <= 1e-5,
+          `EP4 step ${i + 1}: ${key}`,
+        );
+      }
+    });
+    await ep.close();
   } finally {
     await cluster.shutdown().catch(() => undefined);
     cluster.close();

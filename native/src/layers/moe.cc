@@ -1,5 +1,7 @@
 #include "layers/moe.h"
 
+#include "parallel/collectives.h"
+
 #include <cstdlib>
 #include <limits>
 #include <stdexcept>
@@ -117,7 +119,56 @@ at::Tensor run_experts(const at::Tensor& rows, const at::Tensor& ends, const Moe
   return outs.empty() ? at::zeros({0, w.down.size(1)}, rows.options()) : at::cat(outs);
 }
 
-at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index) {
+namespace {
+
+// The experts' outputs for `rows` (sorted by global expert; `counts` [experts] int64 rows per
+// expert) when the experts live on the ranks of ep->group: rows go to their expert's rank, each
+// rank groups what it received by its local expert, runs them, and sends the outputs back in the
+// order they came. -> [rows, hidden], in `rows`' order.
+at::Tensor dispatch_experts(const at::Tensor& rows, const at::Tensor& counts, const MoeWeights& w,
+                            const ExpertParallel& ep) {
+  auto& group = *ep.group;
+  const int size = group.world_size();
+  const auto local = ep.local;
+  // Every rank learns how many rows each source sends to each of its local experts.
+  auto sent = counts.to(group.device(), at::kLong).contiguous();  // [size * local], global expert order
+  auto received = at::empty_like(sent);                           // [size * local]: source-major
+  group.all_to_all(received, sent, std::vector<int64_t>(size, local), std::vector<int64_t>(size, local));
+  const auto sent_host = sent.to(at::kCPU), received_host = received.to(at::kCPU);
+  const auto* s = sent_host.data_ptr<int64_t>();
+  const auto* r = received_host.data_ptr<int64_t>();
+  std::vector<int64_t> in_splits(size, 0), out_splits(size, 0);
+  for (int q = 0; q < size; ++q) {
+    for (int64_t e = 0; e < local; ++e) {
+      in_splits[q] += s[q * local + e];
+      out_splits[q] += r[q * local + e];
+    }
+  }
+  const auto arrived = parallel::all_to_all(rows, in_splits, out_splits, group);  // source-major
+  // Group the arrivals by local expert (each expert's rows in source order), run, and undo.
+  std::vector<int64_t> starts(size * local), order, ends;
+  for (int64_t i = 0, at_row = 0; i < size * local; ++i) {
+    starts[i] = at_row;
+    at_row += r[i];
+  }
+  for (int64_t e = 0; e < local; ++e) {
+    for (int q = 0; q < size; ++q) {
+      for (int64_t k = 0; k < r[q * local + e]; ++k) order.push_back(starts[q * local + e] + k);
+    }
+    ends.push_back(static_cast<int64_t>(order.size()));
+  }
+  const auto device = rows.device();
+  const auto by_expert = at::tensor(order, at::kLong).to(device);
+  const auto y = run_experts(arrived.index_select(0, by_expert), at::tensor(ends, at::kLong).to(device), w);
+  const auto inverse =
+      at::empty_like(by_expert).scatter_(0, by_expert, at::arange(by_expert.numel(), by_expert.options()));
+  return parallel::all_to_all(y.index_select(0, inverse), out_splits, in_splits, group);
+}
+
+}  // namespace
+
+at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index,
+                       const ExpertParallel* ep) {
   const auto tokens = x.size(0);
   at::Tensor replay;
   if (routing && routing->replay.defined()) replay = routing->replay.select(1, index);  // [tokens, top_k]
@@ -128,7 +179,10 @@ at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig
   const auto flat = choice.experts.reshape(-1);  // [tokens * top_k]
   const auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   const auto ends = at::searchsorted(sorted, at::arange(1, c.experts + 1, flat.options()));  // [experts]
-  const auto y = run_experts(x.index_select(0, at::floor_divide(order, c.top_k)), ends, w);
+  const auto rows = x.index_select(0, at::floor_divide(order, c.top_k));
+  const bool parallel = ep && ep->group && ep->group->world_size() > 1;
+  const auto y = parallel ? dispatch_experts(rows, at::diff(ends, 1, 0, at::zeros({1}, ends.options())), w, *ep)
+                          : run_experts(rows, ends, w);
 
   // Back to (token, k) order and a weighted sum over k in float32, rounded once: no atomic adds,
   // so each token's output is deterministic and does not depend on the rest of the batch.

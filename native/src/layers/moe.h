@@ -10,7 +10,20 @@
 
 #include <vector>
 
+namespace tiller::parallel {
+class ProcessGroup;
+}
+
 namespace tiller::layers {
+
+// Expert parallelism: this rank holds experts [first, first + local) of every MoE layer (the
+// stacked weights' rows), the group's ranks the rest in order. Tokens reach their experts by
+// Megatron's all-to-all dispatch and come back by its inverse; dropless, counts exchanged first.
+struct ExpertParallel {
+  parallel::ProcessGroup* group = nullptr;  // null or one rank: every expert is here
+  int64_t first = 0;
+  int64_t local = 0;
+};
 
 enum class RouterKind {
   Softmax,         // Qwen3-MoE, Mixtral: softmax over the experts, top-k of the probabilities
@@ -67,8 +80,11 @@ struct RouterChoice {
 // x: [tokens, hidden]; replay: [tokens, top_k] int64 or undefined (see Routing::replay).
 RouterChoice route(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, const at::Tensor& replay);
 
-// x: [tokens, hidden] -> [tokens, hidden]. routing may be null.
-at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index);
+// x: [tokens, hidden] -> [tokens, hidden]. routing may be null. With `ep` over several ranks, w's
+// expert weights are this rank's `ep->local` experts and every rank of the group must call this
+// for the same layers in the same order (empty x too): the dispatch is collective.
+at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index,
+                       const ExpertParallel* ep = nullptr);
 
 // rows: [n, hidden], (token, expert) pairs sorted by expert; ends: [experts] int64, the cumulative
 // row count through each expert -> [n, hidden], each row through its expert's SwiGLU. Grouped GEMM

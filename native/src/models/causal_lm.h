@@ -65,6 +65,16 @@ class CausalLM {
   // The tensors under the names an HF checkpoint stores them (what save writes): by default the
   // parameters then the buffers; MoE families split their stacked experts per expert.
   virtual NamedTensors checkpoint_tensors() const;
+  // The same renaming applied to whole tensors given under the parameter names (a sharded model's
+  // gathered parameters, then its buffers): identity by default, MoE families unstack experts.
+  virtual NamedTensors checkpoint_form(NamedTensors whole) const { return whole; }
+  // Expert parallelism: this rank holds only some experts of each MoE layer, and every forward is
+  // collective over this group (null when every expert is here). Generation runs in lockstep over
+  // it: a rank with nothing left to decode joins each step's dispatch with idle_expert_step().
+  virtual parallel::ProcessGroup* expert_group() const { return nullptr; }
+  bool expert_parallel() const { return expert_group() != nullptr; }
+  // Every MoE layer's dispatch with no tokens of this rank's, in forward order.
+  virtual void idle_expert_step() const {}
   // batch -> hidden states after the final norm: [tokens, hidden]
   virtual at::Tensor forward(const PackedBatch& batch) const = 0;
   // [vocab, hidden]: the output projection (the embedding when tied).

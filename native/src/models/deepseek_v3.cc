@@ -257,6 +257,11 @@ WeightMap without_mtp_layers(const WeightMap& weights, int64_t layers) {
 }
 
 std::unique_ptr<CausalLM> build_deepseek_v3(const HfConfig& c, const WeightMap& weights, const BuildOptions& options) {
+  if (options.expert_size() > 1) {
+    throw std::invalid_argument("layout.expert: " + std::to_string(options.expert_size()) +
+                                ": expert parallelism of DeepSeek-V3 / Moonlight is not supported yet (Qwen3-MoE and "
+                                "Mixtral are); use expert 1");
+  }
   if (options.tensor_size() > 1) {
     throw std::invalid_argument("DeepseekV3ForCausalLM: tensor parallelism of multi-head latent attention is not "
                                 "supported yet; use tensor 1");

@@ -79,6 +79,10 @@ class DenseDecoder final : public CausalLM {
       : config_(std::move(config)), params_(std::move(loaded.parameters)), device_(options.device),
         dtype_(options.dtype) {
     tp_ = parallel::TensorParallel(options.mesh, options.sequence_parallel);
+    if (options.expert_size() > 1 && !config_.moe_layers.empty()) {
+      const auto local = config_.moe.experts / options.expert_size();
+      ep_ = {&options.mesh->expert(), options.expert_rank() * local, local};
+    }
     placements_ = std::move(loaded.placements);
     // Per-rank shapes: the forward sees only this rank's heads (key/value heads replicated when
     // there are fewer than ranks) and its slice of the vocabulary.
@@ -124,6 +128,17 @@ class DenseDecoder final : public CausalLM {
   NamedTensors checkpoint_tensors() const override {
     return config_.moe_layers.empty() ? params_ : unstack_experts(params_, config_.expert_names);
   }
+  NamedTensors checkpoint_form(NamedTensors whole) const override {
+    return config_.moe_layers.empty() ? whole : unstack_experts(whole, config_.expert_names);
+  }
+  parallel::ProcessGroup* expert_group() const override { return ep_.group; }
+  void idle_expert_step() const override {
+    at::NoGradGuard no_grad;
+    const auto none = at::zeros({0, config_.hidden_size}, embed_.options());
+    for (const auto& b : blocks_) {
+      if (b.moe_index >= 0) layers::moe_forward(none, b.moe, config_.moe, nullptr, b.moe_index, &ep_);
+    }
+  }
   const at::Tensor& lm_head() const override { return lm_head_; }
   KvShape kv_shape() const override { return {config_.num_layers, local_kv_heads_, config_.head_dim, config_.head_dim}; }
   MoeShape moe_shape() const override {
@@ -168,7 +183,7 @@ class DenseDecoder final : public CausalLM {
       // A row-parallel bias is added once, after the partial sums are reduced.
       x = x + (tp_.size() == 1 ? linear(flat, b.o, b.o_bias) : with_bias(tp_.exit(linear(flat, b.o, at::Tensor()), sp), b.o_bias));
       const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
-      x = x + (b.moe_index >= 0 ? layers::moe_forward(m, b.moe, c.moe, batch.routing, b.moe_index)
+      x = x + (b.moe_index >= 0 ? layers::moe_forward(m, b.moe, c.moe, batch.routing, b.moe_index, &ep_)
                                 : tp_.exit(layers::swiglu(tp_.enter(m, sp), b.gate, b.up, b.down), sp));
       if (batch.layer_outputs) batch.layer_outputs->push_back(whole(x, sp, input));
     }
@@ -224,6 +239,7 @@ class DenseDecoder final : public CausalLM {
   at::Device device_;
   at::ScalarType dtype_;
   int64_t local_heads_ = 0, local_kv_heads_ = 0;
+  layers::ExpertParallel ep_;  // group null: every expert on this rank
   at::Tensor embed_, norm_, lm_head_;
   std::vector<Block> blocks_;
 };
@@ -293,8 +309,9 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c) {
     if (std::find(c.moe_layers.begin(), c.moe_layers.end(), i) != c.moe_layers.end()) {
       const auto experts = c.moe.experts, inter = c.moe.intermediate;
       table.push_back({p + "mlp.gate.weight", {experts, c.hidden_size}});
-      table.push_back({p + "mlp.experts.gate_up_proj", {experts, 2 * inter, c.hidden_size}});
-      table.push_back({p + "mlp.experts.down_proj", {experts, c.hidden_size, inter}});
+      const parallel::SplitSpec by_expert(parallel::Split::kExpert);
+      table.push_back({p + "mlp.experts.gate_up_proj", {experts, 2 * inter, c.hidden_size}, false, by_expert});
+      table.push_back({p + "mlp.experts.down_proj", {experts, c.hidden_size, inter}, false, by_expert});
     } else {
       table.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}, false, column});
       table.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}, false, column});
@@ -320,15 +337,15 @@ LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap
       throw std::invalid_argument("weights: " + spec.name + " has shape " + shape_text(it->second.sizes()) +
                                   ", the config implies " + shape_text(spec.shape));
     }
-    if (size > 1 && spec.split.split == parallel::Split::kExpert) {
-      throw std::invalid_argument("weights: " + spec.name + " is split over experts; expert parallelism is not supported yet");
-    }
+    // Stacked experts are cut over the expert group, everything else over the tensor group.
+    const bool by_expert = spec.split.split == parallel::Split::kExpert;
+    const int r = by_expert ? options.expert_rank() : rank, n = by_expert ? options.expert_size() : size;
     // The slice is a view of the (mapped) tensor: only its bytes are copied to the device.
-    const auto slice = parallel::shard_tensor(spec.name, it->second, spec.split, rank, size);
+    const auto slice = parallel::shard_tensor(spec.name, it->second, spec.split, r, n);
     auto& list = spec.buffer ? out.buffers : out.parameters;
     list.emplace_back(spec.name, slice.to(options.device, spec.buffer ? at::kFloat : options.dtype,
                                           /*non_blocking=*/false, /*copy=*/true).contiguous());
-    if (!spec.buffer) out.placements.push_back(parallel::place_tensor(spec.name, spec.shape, spec.split, rank, size, sp));
+    if (!spec.buffer) out.placements.push_back(parallel::place_tensor(spec.name, spec.shape, spec.split, r, n, sp));
   }
   for (const auto& [name, _] : weights) {
     // A tied checkpoint may still carry lm_head.weight (a copy of the embedding): ignored.
@@ -341,6 +358,11 @@ LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap
 
 std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, const BuildOptions& options) {
   if (!config.moe_layers.empty()) layers::check_moe_config(config.moe);
+  const int experts = options.expert_size();
+  if (experts > 1 && !config.moe_layers.empty() && config.moe.experts % experts != 0) {
+    throw std::invalid_argument("layout.expert: " + std::to_string(experts) + " does not divide the " +
+                                std::to_string(config.moe.experts) + " experts (num_experts)");
+  }
   const int size = options.tensor_size();
   if (size > 1) {
     if (!config.moe_layers.empty()) {

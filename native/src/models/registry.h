@@ -27,6 +27,8 @@ struct BuildOptions {
   bool sequence_parallel = false;
   int tensor_rank() const { return mesh ? mesh->coordinates().tensor : 0; }
   int tensor_size() const { return mesh ? mesh->layout().tensor : 1; }
+  int expert_rank() const { return mesh ? mesh->expert().rank() : 0; }
+  int expert_size() const { return mesh ? mesh->expert().world_size() : 1; }
 };
 
 using Builder = std::function<std::unique_ptr<CausalLM>(const HfConfig&, const WeightMap&, const BuildOptions&)>;

@@ -84,7 +84,40 @@ at::Tensor apply(const at::Tensor& x, ProcessGroup& group) {
   return F::apply(x, address_of(group));
 }
 
+at::Tensor exchange(const at::Tensor& x, const std::vector<int64_t>& in_splits, const std::vector<int64_t>& out_splits,
+                    ProcessGroup& group) {
+  const auto in = x.contiguous();
+  int64_t rows = 0;
+  for (auto n : out_splits) rows += n;
+  auto sizes = in.sizes().vec();
+  sizes[0] = rows;
+  auto out = at::empty(sizes, in.options());
+  group.all_to_all(out, in, out_splits, in_splits);
+  return out;
+}
+
+struct AllToAll : public torch::autograd::Function<AllToAll> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group, std::vector<int64_t> in_splits,
+                            std::vector<int64_t> out_splits) {
+    ctx->saved_data["group"] = group;
+    ctx->saved_data["in"] = in_splits;
+    ctx->saved_data["out"] = out_splits;
+    return exchange(x, in_splits, out_splits, *reinterpret_cast<ProcessGroup*>(group));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto in_splits = ctx->saved_data["in"].toIntVector();
+    const auto out_splits = ctx->saved_data["out"].toIntVector();
+    return {exchange(grads[0], out_splits, in_splits, group_of(ctx)), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
+
+at::Tensor all_to_all(const at::Tensor& x, const std::vector<int64_t>& in_splits,
+                      const std::vector<int64_t>& out_splits, ProcessGroup& group) {
+  if (group.world_size() == 1) return x;
+  return AllToAll::apply(x, address_of(group), in_splits, out_splits);
+}
 
 at::Tensor copy_to_group(const at::Tensor& x, ProcessGroup& g) { return apply<Pair<identity, all_reduce_sum>>(x, g); }
 at::Tensor reduce_from_group(const at::Tensor& x, ProcessGroup& g) { return apply<Pair<all_reduce_sum, identity>>(x, g); }

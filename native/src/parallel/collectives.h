@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "parallel/process_group.h"
 
 namespace tiller::parallel {
@@ -26,6 +28,11 @@ at::Tensor gather_first_dim(const at::Tensor& x, ProcessGroup& group);
 at::Tensor reduce_scatter_first_dim(const at::Tensor& x, ProcessGroup& group);
 // x: [n * size, ...] -> own rows [n, ...]; backward all-gathers dim 0.
 at::Tensor scatter_first_dim(const at::Tensor& x, ProcessGroup& group);
+
+// x: [sum(in_splits), ...] -> [sum(out_splits), ...] (ProcessGroup::all_to_all); backward sends
+// the gradient back with the splits swapped. The expert-parallel token dispatch and combine.
+at::Tensor all_to_all(const at::Tensor& x, const std::vector<int64_t>& in_splits,
+                      const std::vector<int64_t>& out_splits, ProcessGroup& group);
 
 // Not differentiable, for values outside autograd (statistics, gradients after backward).
 at::Tensor all_gather_first_dim(const at::Tensor& x, ProcessGroup& group);

@@ -439,6 +439,43 @@ void ProcessGroup::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceO
   });
 }
 
+void ProcessGroup::all_to_all(at::Tensor& out, const at::Tensor& in, const std::vector<int64_t>& out_splits,
+                              const std::vector<int64_t>& in_splits) {
+  check_tensor(out, "out");
+  check_tensor(in, "in");
+  if (out.scalar_type() != in.scalar_type()) throw std::invalid_argument("out: dtype differs from in's");
+  const auto size = static_cast<size_t>(world_size_);
+  if (in_splits.size() != size || out_splits.size() != size) {
+    throw std::invalid_argument("all-to-all: " + std::to_string(in_splits.size()) + " input and " +
+                                std::to_string(out_splits.size()) + " output splits for " + std::to_string(size) +
+                                " ranks");
+  }
+  int64_t in_rows = 0, out_rows = 0;
+  for (size_t r = 0; r < size; ++r) {
+    if (in_splits[r] < 0 || out_splits[r] < 0) throw std::invalid_argument("all-to-all: negative split");
+    in_rows += in_splits[r];
+    out_rows += out_splits[r];
+  }
+  if (in.dim() == 0 || in.size(0) != in_rows || out.dim() != in.dim() || out.size(0) != out_rows ||
+      out.sizes().slice(1) != in.sizes().slice(1)) {
+    throw std::invalid_argument("all-to-all: in " + c10::str(in.sizes()) + " and out " + c10::str(out.sizes()) +
+                                " do not hold " + std::to_string(in_rows) + " and " + std::to_string(out_rows) +
+                                " rows of the same shape");
+  }
+  if (!connection_->backend) {
+    out.copy_(in);
+    return;
+  }
+  run("allToAll", static_cast<int64_t>(in.nbytes()), [&] {
+    c10d::AllToAllOptions options;
+    options.timeout = timeout_;
+    auto input = in;
+    auto output_splits = out_splits;
+    auto input_splits = in_splits;
+    connection_->backend->alltoall_base(out, input, output_splits, input_splits, options)->wait();
+  });
+}
+
 void ProcessGroup::barrier() {
   if (!connection_->backend) return;
   run("barrier", 0, [&] {

@@ -70,6 +70,11 @@ class ProcessGroup {
   // in: [world_size * n, ...] on every rank; out: [n, ...] on rank r = op over ranks of in's rows
   // [r*n, (r+1)*n).
   void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op);
+  // in: [sum(in_splits), ...]; rank r's rows [offset_r, offset_r + in_splits[r]) go to rank r.
+  // out: [sum(out_splits), ...] receives out_splits[s] rows from each rank s, in rank order. Every
+  // rank's in_splits[r] equals rank r's out_splits[this rank] (the caller exchanges counts first).
+  void all_to_all(at::Tensor& out, const at::Tensor& in, const std::vector<int64_t>& out_splits,
+                  const std::vector<int64_t>& in_splits);
   // Returns once every rank has called barrier().
   void barrier();
 
@@ -80,8 +85,8 @@ class ProcessGroup {
   // here); the others never do. A one-rank group has no backend: its collectives are local.
   std::unique_ptr<ProcessGroup> subgroup(const std::vector<int>& ranks, const std::string& name) const;
   // Collectives run on this group (one-rank groups run none): calls and payload bytes per rank,
-  // by kind ("allReduce", "broadcast", "allGather", "reduceScatter"; all-gather counts the output,
-  // reduce-scatter the input). For benchmarks and metrics; read and reset between steps.
+  // by kind ("allReduce", "broadcast", "allGather", "reduceScatter", "allToAll"; all-gather counts
+  // the output, reduce-scatter and all-to-all the input). For benchmarks and metrics; read and reset between steps.
   struct Traffic {
     int64_t calls = 0, bytes = 0;
   };

@@ -109,6 +109,10 @@ void sync_tensor_gradient(at::Tensor& grad, const TensorPlacement& placement, Pr
   grad.copy_(full.narrow(dim, placement.range.begin, placement.range.length));
 }
 
+ProcessGroup& split_group(const TensorPlacement& placement, const Mesh& mesh) {
+  return placement.spec.split == Split::kExpert ? mesh.expert() : mesh.tensor();
+}
+
 at::Tensor gather_tensor(const at::Tensor& local, const TensorPlacement& placement, ProcessGroup& group) {
   const int dim = split_dim(placement.spec.split);
   if (dim < 0 || group.world_size() == 1) return local;

@@ -85,6 +85,9 @@ TensorPlacement place_tensor(const std::string& name, const std::vector<int64_t>
 // other slices add nothing to it).
 void sync_tensor_gradient(at::Tensor& grad, const TensorPlacement& placement, ProcessGroup& group);
 
+// The group a placement's split runs over: the expert group for stacked experts, else the tensor group.
+ProcessGroup& split_group(const TensorPlacement& placement, const Mesh& mesh);
+
 // The whole tensor from every rank's slice (all ranks of `group` call it, in the same order).
 at::Tensor gather_tensor(const at::Tensor& local, const TensorPlacement& placement, ProcessGroup& group);
 

@@ -16,14 +16,16 @@ ShardedAdamW::ShardedAdamW(train::NamedTensors params, std::vector<TensorPlaceme
               placements_.size(), " placements");
   TORCH_CHECK(mesh_ != nullptr, "ShardedAdamW: no mesh");
   c10::NoGradGuard no_grad;
-  const int data = mesh_->data_context().world_size();
-  for (int decays = 1; decays >= 0; --decays) {
+  for (int kind = 0; kind < 4; ++kind) {
     Group g;
-    g.decays = decays == 1;
+    g.decays = kind % 2 == 0;
+    g.expert = kind >= 2;
+    g.data = g.expert ? &mesh_->expert_data() : &mesh_->data_context();
+    const int data = g.data->world_size();
     for (size_t i = 0; i < params_.size(); ++i) {
       const auto& [name, p] = params_[i];
       const bool d = config_.decays ? config_.decays(name, p) : true;
-      if (d != g.decays) continue;
+      if (d != g.decays || (placements_[i].spec.split == Split::kExpert) != g.expert) continue;
       TORCH_CHECK(p.is_contiguous(), "ShardedAdamW: parameter '", name, "' is not contiguous");
       g.members.push_back(i);
       g.offsets.push_back(g.numel);
@@ -52,7 +54,7 @@ ShardedAdamW::ShardedAdamW(train::NamedTensors params, std::vector<TensorPlaceme
 }
 
 int64_t ShardedAdamW::shard_begin(const Group& group) const {
-  const auto& dp = mesh_->data_context();
+  const auto& dp = *group.data;
   return group.padded / dp.world_size() * dp.rank();
 }
 
@@ -83,21 +85,28 @@ at::Tensor ShardedAdamW::flat_gradients(const Group& group) const {
 ShardedAdamW::StepResult ShardedAdamW::step(double lr, double max_norm) {
   TORCH_CHECK(lr >= 0, "ShardedAdamW::step: lr must be >= 0, got ", lr);
   c10::NoGradGuard no_grad;
-  auto& dp = mesh_->data_context();
   std::vector<at::Tensor> shards;
-  auto sum_squares = at::zeros({}, params_.front().second.options().dtype(at::kFloat));
+  const auto zero = at::zeros({1}, params_.front().second.options().dtype(at::kFloat));
+  auto dense_squares = zero.clone(), expert_squares = zero.clone();
+  bool experts = false;
   for (const auto& group : groups_) {
     const auto flat = flat_gradients(group);
-    auto shard = at::empty({group.padded / dp.world_size()}, flat.options());
-    dp.reduce_scatter(shard, flat, ReduceOp::kSum);
-    sum_squares += (shard * shard * group.counted).sum();
+    auto shard = at::empty({group.padded / group.data->world_size()}, flat.options());
+    group.data->reduce_scatter(shard, flat, ReduceOp::kSum);
+    (group.expert ? expert_squares : dense_squares) += (shard * shard * group.counted).sum();
+    experts = experts || group.expert;
     shards.push_back(shard);
   }
-  // Disjoint shards over the data group, slices (each counted once) over the tensor group.
-  sum_squares = sum_squares.reshape({1}).contiguous();
-  dp.all_reduce(sum_squares, ReduceOp::kSum);
-  mesh_->tensor().all_reduce(sum_squares, ReduceOp::kSum);
-  const auto total = sum_squares.sqrt().reshape({});
+  // Disjoint shards over the data group, slices (each counted once) over the tensor group; the
+  // experts' over the expert-data group, then the expert group's distinct experts. Every rank
+  // holds the same kinds of groups, so these collectives line up.
+  mesh_->data_context().all_reduce(dense_squares, ReduceOp::kSum);
+  mesh_->tensor().all_reduce(dense_squares, ReduceOp::kSum);
+  if (experts) {
+    mesh_->expert_data().all_reduce(expert_squares, ReduceOp::kSum);
+    mesh_->expert().all_reduce(expert_squares, ReduceOp::kSum);
+  }
+  const auto total = (dense_squares + expert_squares).sqrt().reshape({});
   const double norm = total.item<double>();
   if (!std::isfinite(norm)) return {norm, false};
   // As train::clip_grad_norm: always multiply (by 1 under the limit).
@@ -112,7 +121,7 @@ ShardedAdamW::StepResult ShardedAdamW::step(double lr, double max_norm) {
                       /*amsgrad=*/false, /*maximize=*/false);
     const auto dtype = params_[group.members.front()].second.scalar_type();
     auto gathered = at::empty({group.padded}, group.master.options().dtype(dtype));
-    dp.all_gather_into(gathered, group.master.to(dtype));
+    group.data->all_gather_into(gathered, group.master.to(dtype));
     for (size_t m = 0; m < group.members.size(); ++m) {
       auto& p = params_[group.members[m]].second;
       p.copy_(gathered.narrow(0, group.offsets[m], p.numel()).view(p.sizes()));
@@ -127,13 +136,13 @@ void ShardedAdamW::zero_grad() {
 
 train::NamedTensors ShardedAdamW::full_state() const {
   c10::NoGradGuard no_grad;
-  auto& dp = mesh_->data_context();
   train::NamedTensors out;
   for (const auto& group : groups_) {
-    // The group's flat state over all data ranks, then each parameter's slice gathered over TP.
+    // The group's flat state over all data ranks, then each parameter's slice gathered over TP
+    // (experts: over the expert group).
     const auto gather = [&](const at::Tensor& shard) {
       auto flat = at::empty({group.padded}, shard.options());
-      dp.all_gather_into(flat, shard.contiguous());
+      group.data->all_gather_into(flat, shard.contiguous());
       return flat;
     };
     const auto master = gather(group.master), exp_avg = gather(group.exp_avg), exp_avg_sq = gather(group.exp_avg_sq);
@@ -142,7 +151,7 @@ train::NamedTensors ShardedAdamW::full_state() const {
       const auto& [name, p] = params_[i];
       const auto slice = [&](const at::Tensor& flat) {
         return gather_tensor(flat.narrow(0, group.offsets[m], p.numel()).view(p.sizes()), placements_[i],
-                             mesh_->tensor());
+                             split_group(placements_[i], *mesh_));
       };
       out.emplace_back("step/" + name, group.step.clone());
       if (p.scalar_type() != at::kFloat) out.emplace_back("master/" + name, slice(master));
@@ -161,7 +170,6 @@ void ShardedAdamW::load_full_state(const train::NamedTensors& state) {
     TORCH_CHECK(it != given.end(), "optimizer state: '", name, "' is missing");
     return it->second;
   };
-  const auto tp_rank = mesh_->tensor().rank(), tp_size = mesh_->tensor().world_size();
   // Check everything first, so a bad state leaves the optimizer as it was.
   std::vector<std::vector<at::Tensor>> rows(groups_.size());
   for (size_t g = 0; g < groups_.size(); ++g) {
@@ -176,7 +184,8 @@ void ShardedAdamW::load_full_state(const train::NamedTensors& state) {
         const auto full = find(kind + "/" + name);
         TORCH_CHECK(full.sizes() == at::IntArrayRef(placement.full_shape), "optimizer state: '", kind, "/", name,
                     "' has shape ", full.sizes(), ", expected ", at::IntArrayRef(placement.full_shape));
-        return shard_tensor(name, full, placement.spec, tp_rank, tp_size).reshape({-1});
+        const auto& by = split_group(placement, *mesh_);
+        return shard_tensor(name, full, placement.spec, by.rank(), by.world_size()).reshape({-1});
       };
       if (!step.defined()) step = find("step/" + name);
       // An fp32 parameter is its own master: the model's values stand.
@@ -196,9 +205,8 @@ void ShardedAdamW::load_full_state(const train::NamedTensors& state) {
     group.step.copy_(rows[g][3].reshape({}));
     // The masters go back into the parameters so both agree (as train::AdamW::load_state).
     const auto dtype = params_[group.members.front()].second.scalar_type();
-    auto& dp = mesh_->data_context();
     auto gathered = at::empty({group.padded}, group.master.options().dtype(dtype));
-    dp.all_gather_into(gathered, group.master.to(dtype));
+    group.data->all_gather_into(gathered, group.master.to(dtype));
     for (size_t m = 0; m < group.members.size(); ++m) {
       auto& p = params_[group.members[m]].second;
       p.copy_(gathered.narrow(0, group.offsets[m], p.numel()).view(p.sizes()));

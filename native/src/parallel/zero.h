@@ -1,4 +1,5 @@
-// The multi-rank optimizer: AdamW with ZeRO stage 1 over the data-parallel (× context) group.
+// The multi-rank optimizer: AdamW with ZeRO stage 1 over the data-parallel (× context) group
+// (stacked experts: over the expert-data group).
 // Gradients of each weight-decay group live in one flat fp32 buffer, padded to a multiple of the
 // group size; a step completes tensor-parallel gradients (tensor_parallel.h), reduce-scatters the
 // buffer (sum), clips by the global norm (every parameter counted once, replicated ones too),
@@ -47,6 +48,10 @@ class ShardedAdamW {
     int64_t numel = 0, padded = 0;   // elements, and rounded up to a multiple of the data size
     at::Tensor master, exp_avg, exp_avg_sq, step, counted;  // [padded / data] fp32 (step: 0-dim)
     bool decays = true;
+    // Stacked experts (expert parallelism): sharded over the expert-data group, their slices
+    // gathered over the expert group; everything else over data × context and tensor.
+    bool expert = false;
+    ProcessGroup* data = nullptr;
   };
   at::Tensor flat_gradients(const Group& group) const;  // [padded] fp32
   at::Tensor flat_values(const Group& group) const;     // [padded] fp32

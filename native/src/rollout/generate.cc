@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "parallel/process_group.h"
 #include "rollout/kv_cache.h"
 
 namespace tiller::rollout {
@@ -89,6 +90,16 @@ std::vector<SequenceState> generate_cuda(const models::CausalLM& model, const st
 std::vector<SequenceState> generate(const models::CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
                                     const GenerateOptions& options, std::unique_ptr<CudaDecoder>* decoder) {
   at::NoGradGuard no_grad;
+  // Expert parallelism: every forward is collective over the expert group, whose ranks hold other
+  // prompts and finish at other steps. They step in lockstep: each step they agree whether anyone
+  // still runs, and a rank with nothing of its own joins the MoE dispatch with no tokens.
+  auto* experts_group = model.expert_group();
+  const auto anyone = [&](bool mine) {
+    if (!experts_group) return mine;
+    auto flag = at::full({1}, mine ? 1.0f : 0.0f, at::TensorOptions().dtype(at::kFloat).device(experts_group->device()));
+    experts_group->all_reduce(flag, parallel::ReduceOp::kMax);
+    return flag.item<float>() > 0;
+  };
   std::vector<int64_t> lengths, all_sequences, flat, cu{0};
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].empty()) throw std::invalid_argument("prompts[" + std::to_string(i) + "]: empty");
@@ -98,11 +109,18 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
     cu.push_back(static_cast<int64_t>(flat.size()));
   }
   Schedule schedule(lengths, options.stop);
-  if (prompts.empty() || schedule.running().empty()) return schedule.sequences();
+  const bool mine = !prompts.empty() && !schedule.running().empty();
+  if (!anyone(mine)) return schedule.sequences();
+  if (!mine) {
+    // Nothing here: join the others' steps until they are done.
+    do model.idle_expert_step();
+    while (anyone(false));
+    return schedule.sequences();
+  }
   const auto moe = model.moe_shape();
   const bool record = options.record_experts && moe.layers > 0;
 #ifdef TILLER_CUDA
-  if (decoder && cuda_decoder_supported(model) && !record) {
+  if (decoder && cuda_decoder_supported(model) && !record && !experts_group) {
     return generate_cuda(model, prompts, options, *decoder, schedule);
   }
 #else
@@ -117,7 +135,11 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
   ExpertLog* log = record ? &experts : nullptr;
   step(model, prefill, all_sequences, options, schedule, log);
 
-  for (auto running = schedule.running(); !running.empty(); running = schedule.running()) {
+  for (auto running = schedule.running(); anyone(!running.empty()); running = schedule.running()) {
+    if (running.empty()) {
+      model.idle_expert_step();
+      continue;
+    }
     std::vector<int64_t> tokens, offsets, decode_cu{0};
     for (auto i : running) {
       tokens.push_back(schedule.sequences()[i].tokens.back());

@@ -127,7 +127,7 @@ models::NamedTensors gather_parameters(ModelSession& session) {
   const auto& placements = model.placements();
   for (size_t i = 0; i < params.size(); ++i) {
     auto t = params[i].second.detach();
-    if (model.tensor_parallel().size() > 1) t = parallel::gather_tensor(t, placements[i], *model.tensor_parallel().group());
+    if (session.multi_rank()) t = parallel::gather_tensor(t, placements[i], parallel::split_group(placements[i], *session.mesh));
     out.emplace_back(params[i].first, t.to(at::kCPU).contiguous().clone());
   }
   for (const auto& [name, b] : model.named_buffers()) out.emplace_back(name, b.detach().to(at::kCPU).contiguous().clone());
@@ -145,8 +145,11 @@ models::NamedTensors gather_gradients(ModelSession& session) {
     auto g = p.grad().defined() ? p.grad().detach().contiguous().clone() : at::zeros_like(p);
     if (session.multi_rank()) {
       parallel::sync_tensor_gradient(g, placements[i], session.mesh->tensor());
-      session.mesh->data_context().all_reduce(g, parallel::ReduceOp::kSum);
-      g = parallel::gather_tensor(g, placements[i], session.mesh->tensor());
+      // An expert's gradient is already the sum over the tokens every data rank sent it; only the
+      // expert-data replicas of it add up.
+      const bool expert = placements[i].spec.split == parallel::Split::kExpert;
+      (expert ? session.mesh->expert_data() : session.mesh->data_context()).all_reduce(g, parallel::ReduceOp::kSum);
+      g = parallel::gather_tensor(g, placements[i], parallel::split_group(placements[i], *session.mesh));
     }
     out.emplace_back(params[i].first, g.to(at::kCPU).contiguous());
   }
@@ -158,8 +161,8 @@ void save_model(ModelSession& session, const std::string& dir, int64_t max_shard
   // Split tensors are gathered (one at a time, on every tensor rank); whole ones are as the model
   // holds them for the checkpoint (MoE experts unstacked).
   models::NamedTensors tensors;
-  if (model.tensor_parallel().size() > 1) {
-    tensors = gather_parameters(session);
+  if (model.tensor_parallel().size() > 1 || model.expert_parallel()) {
+    tensors = model.checkpoint_form(gather_parameters(session));
   } else if (writes_files(session)) {
     for (const auto& [name, p] : model.checkpoint_tensors()) tensors.emplace_back(name, p.detach().to(at::kCPU).contiguous());
   }
