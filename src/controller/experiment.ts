@@ -18,6 +18,7 @@ import {
 } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Table } from "apache-arrow";
+import type { ImageInputs } from "../native/model.js";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
 import {
   type ExperimentStage,
@@ -39,8 +40,15 @@ import {
 } from "../rl/advantages.js";
 import { planMicroBatches } from "../rl/balance.js";
 import { ConfigError, needsReference, type ResolvedConfig, resolveConfig } from "../rl/config.js";
-import { mixSeed, PromptDataset, type PromptDatasetState, type PromptItem } from "../rl/data.js";
+import {
+  mixSeed,
+  PromptDataset,
+  type PromptDatasetState,
+  type PromptItem,
+  readPromptRows,
+} from "../rl/data.js";
 import { DynamicSamplingBatch, overlongPenalty } from "../rl/filter.js";
+import { concatImages, type ImageSupport, imageSupport, PromptEncoder, promptImages } from "../rl/images.js";
 import { AdaptiveKlController, FixedKlController, type KlController, klPerToken } from "../rl/kl.js";
 import { MetricsLog } from "../rl/metrics.js";
 import { RewardRunner } from "../rl/rewards/runner.js";
@@ -100,6 +108,8 @@ export interface Sample extends RolloutRecord {
   /** Rollout correction: per response token, the importance weight and the mask after rejection. */
   rolloutIsWeights?: Float32Array;
   lossMask?: Float32Array;
+  /** Vision-language models: the prompt's preprocessed images (shared by its group). */
+  pixels?: ImageInputs;
 }
 
 /** The batch of the step in progress, as the stages fill it. */
@@ -243,6 +253,9 @@ function readFlopShape(modelPath: string): FlopShape | string {
   } catch (error) {
     return `${file}: ${(error as Error).message}`;
   }
+  // Vision-language folders nest the language model's fields (the FLOPs counted are its own).
+  if (typeof c.text_config === "object" && c.text_config !== null)
+    c = c.text_config as Record<string, unknown>;
   const { num_hidden_layers: layers, num_attention_heads: heads, head_dim, hidden_size } = c;
   const headDim =
     head_dim ??
@@ -334,6 +347,8 @@ export class ExperimentRun {
   #flopShape: FlopShape | undefined;
   /** Held-out prompts (data.val), all of them validated in file order. */
   #valDataset: PromptDataset | undefined;
+  /** The model's image processor and placeholder, when it is a vision-language model. */
+  #images: ImageSupport | undefined;
   /** The last validation's generations (for the inspector) and the step it ran after. */
   lastValidation: { step: number; samples: Sample[]; metrics: Record<string, number> } | undefined;
 
@@ -389,35 +404,29 @@ export class ExperimentRun {
         `data.chatTemplate: the tokenizer in ${config.model.path} has no chat template; set data.chatTemplate: false`,
       );
     }
-    const applyChatTemplate = (messages: Parameters<Tokenizer["encodeChat"]>[0]) =>
-      config.data.chatTemplate
-        ? tokenizer.encodeChat(messages, { addGenerationPrompt: true })
-        : tokenizer.encode(messages.map((m) => m.content).join("\n"), { addSpecialTokens: false });
+    const images = imageSupport(config.model.path, tokenizer);
+    if (images && config.critic) {
+      throw new UserError("BAD_ARGS", "critic: not supported for vision-language models yet", "critic");
+    }
+    const encoder = new PromptEncoder(tokenizer, config.data.chatTemplate, images);
+    const promptDataset = async (files: readonly string[], field: string, shuffle: boolean) => {
+      const rows = (await Promise.all(files.map(readPromptRows))).flat();
+      await encoder.prepare(rows, field);
+      return new PromptDataset(rows, {
+        applyChatTemplate: (messages, row) => encoder.encode(messages, row),
+        maxPromptTokens: config.data.maxPromptTokens,
+        seed: config.seed,
+        shuffle,
+      });
+    };
     const valFiles = config.data.val ?? [];
-    const valDataset =
-      valFiles.length > 0
-        ? await PromptDataset.fromFiles(valFiles, {
-            applyChatTemplate: (messages) =>
-              applyChatTemplate(messages as Parameters<Tokenizer["encodeChat"]>[0]),
-            maxPromptTokens: config.data.maxPromptTokens,
-            seed: config.seed,
-            shuffle: false,
-          })
-        : undefined;
-    const dataset = await PromptDataset.fromFiles(config.data.train, {
-      applyChatTemplate: (messages) =>
-        config.data.chatTemplate
-          ? tokenizer.encodeChat(messages as Parameters<Tokenizer["encodeChat"]>[0], {
-              addGenerationPrompt: true,
-            })
-          : tokenizer.encode(messages.map((m) => m.content).join("\n"), { addSpecialTokens: false }),
-      maxPromptTokens: config.data.maxPromptTokens,
-      seed: config.seed,
-      shuffle: config.data.shuffle,
-    }).catch((error: NodeJS.ErrnoException) => {
-      // The files exist (checked above): what fails now is their content.
-      throw error.code ? error : new UserError("BAD_DATA", error.message, "data.train");
-    });
+    const valDataset = valFiles.length > 0 ? await promptDataset(valFiles, "data.val", false) : undefined;
+    const dataset = await promptDataset(config.data.train, "data.train", config.data.shuffle).catch(
+      (error: NodeJS.ErrnoException) => {
+        // The files exist (checked above): what fails now is their content.
+        throw error.code ? error : new UserError("BAD_DATA", error.message, "data.train");
+      },
+    );
     if (dataset.size < config.promptsPerStep) {
       throw new UserError(
         "BAD_ARGS",
@@ -439,6 +448,7 @@ export class ExperimentRun {
     });
     const run = new ExperimentRun(config, call, tokenizer, dataset, rewards, kl, options.hooks ?? {});
     run.#valDataset = valDataset;
+    run.#images = images;
     run.#device = options.device ?? "cpu";
     run.#deviceName = options.deviceName;
     try {
@@ -591,7 +601,12 @@ export class ExperimentRun {
   }
 
   async #loadActor(dir: string): Promise<void> {
-    const loaded = await this.#call("model.load", { name: this.#actor, dir, dtype: this.#dtype });
+    const loaded = await this.#call("model.load", {
+      name: this.#actor,
+      dir,
+      dtype: this.#dtype,
+      ...(this.#config.model.freezeVisionTower ? { freezeVision: true } : {}),
+    });
     this.#parameters = loaded.parameters;
     this.#device = loaded.device;
     const { lr, beta1, beta2, eps, weightDecay, schedule, maxGradNorm } = this.#config.optimizer;
@@ -735,6 +750,10 @@ export class ExperimentRun {
     const ids = prompts.map((p) => Int32Array.from(p.promptTokenIds));
     const repeated = ids.flatMap((p) => Array.from({ length: samplesPerPrompt }, () => p));
     const seed = mixSeed(mixSeed(this.#config.seed, step), round);
+    const pixels = await promptImages(prompts, this.#images);
+    const repeatedImages = concatImages(
+      pixels.flatMap((x) => Array.from({ length: samplesPerPrompt }, () => x)),
+    );
     const { generations } = await this.#call("model.generate", {
       name: this.#actor,
       prompts: repeated,
@@ -745,6 +764,7 @@ export class ExperimentRun {
       stopTokenIds: this.tokenizer.eosTokenIds,
       seed,
       ...(this.#config.rollout.routingReplay !== "off" ? { recordExperts: true } : {}),
+      ...(repeatedImages ? { images: repeatedImages } : {}),
     });
     const sampleOf = (
       g: (typeof generations)[number],
@@ -762,6 +782,7 @@ export class ExperimentRun {
       dataSource: item.row.dataSource,
       groundTruth: item.row.rewardModel.groundTruth,
       extra: item.row.extraInfo,
+      ...(pixels[group] ? { pixels: pixels[group], images: item.row.images } : {}),
     });
     const samples = generations.map((g, i) => {
       const group = Math.floor(i / samplesPerPrompt);
@@ -774,6 +795,7 @@ export class ExperimentRun {
         maxNewTokens: maxResponseTokens,
         temperature: 0,
         stopTokenIds: this.tokenizer.eosTokenIds,
+        ...this.#imagesOf(pixels),
       });
       // The greedy responses are scored like the sampled ones; their verifier score is the baseline.
       const baselines = greedy.generations.map((g, p) =>
@@ -947,6 +969,12 @@ export class ExperimentRun {
     return { tokens, cuSeqlens: cu };
   }
 
+  /** The images of these sequences (or prompts), packed as their tokens are; nothing when none has any. */
+  #imagesOf(list: readonly (ImageInputs | undefined)[]): { images: ImageInputs } | Record<string, never> {
+    const images = concatImages(list);
+    return images ? { images } : {};
+  }
+
   /** The recorded experts of these sequences, packed as the tokens are, when the actor replays them. */
   #routedExperts(name: string, samples: Sample[]): { routedExperts: Int32Array } | Record<string, never> {
     if (name !== this.#actor || this.#config.rollout.routingReplay !== "replay") return {};
@@ -986,6 +1014,7 @@ export class ExperimentRun {
         cuSeqlens,
         temperature: this.#config.rollout.temperature,
         ...this.#routedExperts(name, chosen),
+        ...this.#imagesOf(chosen.map((s) => s.pixels)),
       });
       let at = 0;
       chosen.forEach((s, k) => {
@@ -1338,6 +1367,7 @@ export class ExperimentRun {
                   ? { rolloutIsWeights: aligned((s) => s.rolloutIsWeights) }
                   : {}),
                 ...this.#routedExperts(this.#actor, chosen),
+                ...this.#imagesOf(chosen.map((s) => s.pixels)),
               };
             });
           const r = await this.#call("model.policyUpdate", {
@@ -1438,6 +1468,7 @@ export class ExperimentRun {
       const prompts = items.flatMap((item) =>
         Array.from({ length: n }, () => Int32Array.from(item.promptTokenIds)),
       );
+      const pixels = await promptImages(items, this.#images);
       const { generations } = await this.#call("model.generate", {
         name: this.#actor,
         prompts,
@@ -1448,6 +1479,7 @@ export class ExperimentRun {
         stopTokenIds: this.tokenizer.eosTokenIds,
         // Its own stream: the same weights and step give the same validation, resumed or not.
         seed: mixSeed(mixSeed(this.#config.seed, step), 0x76616c),
+        ...this.#imagesOf(pixels.flatMap((x) => Array.from({ length: n }, () => x))),
       });
       generations.forEach((g, i) => {
         const item = items[Math.floor(i / n)] as PromptItem;

@@ -76,6 +76,9 @@ const hostTensor = object({
   data: typedArray(Float32Array, Float64Array, Uint16Array),
 });
 
+/** Vision-language models: a packed batch's images (pixel_values, image_grid_thw), in token order. */
+const images = object({ pixels: typedArray(Float32Array), grids: typedArray(Int32Array) });
+
 /** name → argument check. The worker's command table has exactly these keys (checked by tsc). */
 export const workerCommandArgs = {
   "worker.info": object({}),
@@ -91,6 +94,8 @@ export const workerCommandArgs = {
     dtype: optional(literal("float32", "float16", "bfloat16")),
     /** Load this rank's slices under the worker's mesh (dist.mesh); every rank of it loads together. */
     sharded: optional(boolean()),
+    /** Vision-language models: load the vision tower as frozen (no gradients, no optimizer state). */
+    freezeVision: optional(boolean()),
   }),
   "model.generate": object({
     name: modelName,
@@ -103,6 +108,8 @@ export const workerCommandArgs = {
     seed: optional(integer({ min: 0 })),
     /** MoE: return each token's routed experts (routing replay). */
     recordExperts: optional(boolean()),
+    /** Vision-language models: the prompts' images, in prompt order. */
+    images: optional(images),
   }),
   "model.logprobs": object({
     name: modelName,
@@ -111,6 +118,7 @@ export const workerCommandArgs = {
     temperature: optional(number({ min: 0 })),
     /** MoE routing replay: [tokens, moe layers, topK] expert ids (rows of -1 route normally). */
     routedExperts: optional(typedArray(Int32Array)),
+    images: optional(images),
   }),
   /** MoE router statistics summed since the last call (then reset). */
   "model.routerStats": object({ name: modelName }),
@@ -143,6 +151,7 @@ export const workerCommandArgs = {
         refLogprobs: optional(typedArray(Float32Array)),
         rolloutIsWeights: optional(typedArray(Float32Array)),
         routedExperts: optional(typedArray(Int32Array)),
+        images: optional(images),
       }),
       { minLength: 1, maxLength: 100_000 },
     ),

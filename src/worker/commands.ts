@@ -161,7 +161,11 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       );
     }
     const device = args.device ?? state.device;
-    const placement = { device, dtype: args.dtype ?? "float32" } as const;
+    const placement = {
+      device,
+      dtype: args.dtype ?? "float32",
+      freezeVision: args.freezeVision ?? false,
+    } as const;
     if (args.sharded && !state.mesh)
       throw new CommandError("WORKER_ERROR", "args.sharded: no mesh; call dist.mesh first");
     if (args.sharded && args.dir === undefined)
@@ -193,7 +197,7 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   "model.logprobs": async (state, args) =>
     checkTokenIds(state, args.name, args.tokens, "args.tokens")
       .model(args.name)
-      .logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1, 1024, args.routedExperts),
+      .logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1, 1024, args.routedExperts, args.images),
 
   "model.routerStats": async (state, args) => state.model(args.name).routerStats(),
 
@@ -219,7 +223,7 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     const total = { loss: 0, tokens: 0, metrics: {} as Record<string, number> };
     const started = performance.now();
     for (const mb of args.microBatches) {
-      const { tokens, cuSeqlens, ...perToken } = mb;
+      const { tokens, cuSeqlens, images, ...perToken } = mb;
       const r = await model.policyStep(
         tokens,
         cuSeqlens,
@@ -227,6 +231,9 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
         args.counts,
         config,
         args.temperature ?? 1,
+        1024,
+        undefined,
+        images,
       );
       total.loss += r.loss;
       total.tokens += r.tokens;
