@@ -117,7 +117,7 @@ function imageBytes(value: unknown, fail: (field: string, problem: string) => ne
   if (!Array.isArray(value))
     return fail("images", `must be a list of encoded images, got ${describe(value)}`);
   return value.map((item, i) => {
-    const bytes = isObject(item) ? item.bytes : item;
+    const bytes = isObject(item) && !(item instanceof Uint8Array) ? item.bytes : item;
     if (bytes instanceof Uint8Array) return bytes;
     if (typeof bytes === "string") return new Uint8Array(Buffer.from(bytes, "base64"));
     return fail(`images[${i}]`, `must be encoded bytes or {bytes}, got ${describe(item)}`);
