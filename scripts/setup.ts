@@ -14,6 +14,7 @@ export const pinnedPackages = [
   "safetensors",
   "numpy",
   "pyarrow",
+  "pillow==13.0.0",
   "nbclient",
   "nbconvert",
   "ipykernel",
@@ -114,7 +115,7 @@ export function chooseCuda(
 const probeScript = `
 import json, sys, importlib.util
 out = {"version": sys.version.split()[0], "packages": {}}
-for name in ["transformers", "safetensors", "nbclient", "nbconvert", "jupyter_client", "ipykernel", "pyarrow"]:
+for name in ["transformers", "safetensors", "nbclient", "nbconvert", "jupyter_client", "ipykernel", "pyarrow", "PIL"]:
     out["packages"][name] = importlib.util.find_spec(name) is not None
 try:
     import os, torch

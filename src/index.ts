@@ -48,3 +48,4 @@ export * as notebook from "./notebook/index.js";
 export { ConfigError, type ExperimentConfig, type ResolvedConfig, resolveConfig } from "./rl/config.js";
 export * as rl from "./rl/index.js";
 export * from "./tokenizer/index.js";
+export * from "./vision/index.js";

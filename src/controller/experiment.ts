@@ -18,6 +18,7 @@ import {
 } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Table } from "apache-arrow";
+import type { ImageInputs } from "../native/model.js";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
 import {
   type ExperimentStage,
@@ -39,8 +40,15 @@ import {
 } from "../rl/advantages.js";
 import { planMicroBatches } from "../rl/balance.js";
 import { ConfigError, needsReference, type ResolvedConfig, resolveConfig } from "../rl/config.js";
-import { mixSeed, PromptDataset, type PromptDatasetState, type PromptItem } from "../rl/data.js";
+import {
+  mixSeed,
+  PromptDataset,
+  type PromptDatasetState,
+  type PromptItem,
+  readPromptRows,
+} from "../rl/data.js";
 import { DynamicSamplingBatch, overlongPenalty } from "../rl/filter.js";
+import { concatImages, type ImageSupport, imageSupport, PromptEncoder, promptImages } from "../rl/images.js";
 import { AdaptiveKlController, FixedKlController, type KlController, klPerToken } from "../rl/kl.js";
 import { MetricsLog } from "../rl/metrics.js";
 import { RewardRunner } from "../rl/rewards/runner.js";
@@ -149,6 +157,11 @@ function changedLeaves(before: unknown, after: unknown, path = ""): Record<strin
   return JSON.stringify(before) === JSON.stringify(after) ? {} : { [path]: [before ?? null, after ?? null] };
 }
 
+/**
+ * Why this model's rollout logprobs are not proven equal to the training forward's, or undefined
+ * when they are. Only the CUDA slot decoder is bit-identical, and it is not used for MLA models
+ * (DeepSeek-V3, Moonlight: the generic decoder), dynamic rope, or when experts are recorded.
+ */
 /** A folder that must exist and hold `inside` (e.g. model.path and its config.json). */
 function checkFolder(path: string, field: string, inside: string): void {
   if (!existsSync(path)) throw new UserError("NOT_FOUND", `${path}: no such folder`, field);
@@ -226,6 +239,8 @@ export class ExperimentRun {
   #flopShape: FlopShape | undefined;
   /** Held-out prompts (data.val), all of them validated in file order. */
   #valDataset: PromptDataset | undefined;
+  /** The model's image processor and placeholder, when it is a vision-language model. */
+  #images: ImageSupport | undefined;
   /** The last validation's generations (for the inspector) and the step it ran after. */
   lastValidation: { step: number; samples: Sample[]; metrics: Record<string, number> } | undefined;
 
@@ -316,35 +331,29 @@ export class ExperimentRun {
         `data.chatTemplate: the tokenizer in ${config.model.path} has no chat template; set data.chatTemplate: false`,
       );
     }
-    const applyChatTemplate = (messages: Parameters<Tokenizer["encodeChat"]>[0]) =>
-      config.data.chatTemplate
-        ? tokenizer.encodeChat(messages, { addGenerationPrompt: true })
-        : tokenizer.encode(messages.map((m) => m.content).join("\n"), { addSpecialTokens: false });
+    const images = imageSupport(config.model.path, tokenizer);
+    if (images && config.critic) {
+      throw new UserError("BAD_ARGS", "critic: not supported for vision-language models yet", "critic");
+    }
+    const encoder = new PromptEncoder(tokenizer, config.data.chatTemplate, images);
+    const promptDataset = async (files: readonly string[], field: string, shuffle: boolean) => {
+      const rows = (await Promise.all(files.map(readPromptRows))).flat();
+      await encoder.prepare(rows, field);
+      return new PromptDataset(rows, {
+        applyChatTemplate: (messages, row) => encoder.encode(messages, row),
+        maxPromptTokens: config.data.maxPromptTokens,
+        seed: config.seed,
+        shuffle,
+      });
+    };
     const valFiles = config.data.val ?? [];
-    const valDataset =
-      valFiles.length > 0
-        ? await PromptDataset.fromFiles(valFiles, {
-            applyChatTemplate: (messages) =>
-              applyChatTemplate(messages as Parameters<Tokenizer["encodeChat"]>[0]),
-            maxPromptTokens: config.data.maxPromptTokens,
-            seed: config.seed,
-            shuffle: false,
-          })
-        : undefined;
-    const dataset = await PromptDataset.fromFiles(config.data.train, {
-      applyChatTemplate: (messages) =>
-        config.data.chatTemplate
-          ? tokenizer.encodeChat(messages as Parameters<Tokenizer["encodeChat"]>[0], {
-              addGenerationPrompt: true,
-            })
-          : tokenizer.encode(messages.map((m) => m.content).join("\n"), { addSpecialTokens: false }),
-      maxPromptTokens: config.data.maxPromptTokens,
-      seed: config.seed,
-      shuffle: config.data.shuffle,
-    }).catch((error: NodeJS.ErrnoException) => {
-      // The files exist (checked above): what fails now is their content.
-      throw error.code ? error : new UserError("BAD_DATA", error.message, "data.train");
-    });
+    const valDataset = valFiles.length > 0 ? await promptDataset(valFiles, "data.val", false) : undefined;
+    const dataset = await promptDataset(config.data.train, "data.train", config.data.shuffle).catch(
+      (error: NodeJS.ErrnoException) => {
+        // The files exist (checked above): what fails now is their content.
+        throw error.code ? error : new UserError("BAD_DATA", error.message, "data.train");
+      },
+    );
     if (dataset.size < config.promptsPerStep) {
       throw new UserError(
         "BAD_ARGS",
@@ -380,6 +389,7 @@ export class ExperimentRun {
     ranks.relay = options.relay ?? false;
     const run = new ExperimentRun(config, call, ranks, tokenizer, dataset, rewards, kl, options.hooks ?? {});
     run.#valDataset = valDataset;
+    run.#images = images;
     run.#device = options.device ?? "cpu";
     run.#deviceName = options.deviceName;
     try {
@@ -548,7 +558,9 @@ export class ExperimentRun {
   }
 
   async #loadActor(dir: string): Promise<void> {
-    const loaded = await this.#actor.load(dir, this.#dtype);
+    const loaded = await this.#actor.load(dir, this.#dtype, {
+      ...(this.#config.model.freezeVisionTower ? { freezeVision: true } : {}),
+    });
     this.#parameters = loaded.parameters;
     this.#device = loaded.device;
     const { lr, beta1, beta2, eps, weightDecay, schedule, maxGradNorm } = this.#config.optimizer;
@@ -691,15 +703,20 @@ export class ExperimentRun {
     const ids = prompts.map((p) => Int32Array.from(p.promptTokenIds));
     const repeated = ids.flatMap((p) => Array.from({ length: samplesPerPrompt }, () => p));
     const seed = mixSeed(mixSeed(this.#config.seed, step), round);
-    const generations = await this.#actor.generate(repeated, {
-      maxNewTokens: maxResponseTokens,
-      temperature,
-      topP,
-      topK,
-      stopTokenIds: this.tokenizer.eosTokenIds,
-      seed,
-      ...(this.#config.rollout.routingReplay !== "off" ? { recordExperts: true } : {}),
-    });
+    const pixels = await promptImages(prompts, this.#images);
+    const generations = await this.#actor.generate(
+      repeated,
+      {
+        maxNewTokens: maxResponseTokens,
+        temperature,
+        topP,
+        topK,
+        stopTokenIds: this.tokenizer.eosTokenIds,
+        seed,
+        ...(this.#config.rollout.routingReplay !== "off" ? { recordExperts: true } : {}),
+      },
+      pixels.flatMap((x) => Array.from({ length: samplesPerPrompt }, () => x)),
+    );
     const sampleOf = (
       g: (typeof generations)[number],
       prompt: Int32Array,
@@ -716,17 +733,18 @@ export class ExperimentRun {
       dataSource: item.row.dataSource,
       groundTruth: item.row.rewardModel.groundTruth,
       extra: item.row.extraInfo,
+      ...(pixels[group] ? { pixels: pixels[group], images: item.row.images } : {}),
     });
     const samples = generations.map((g, i) => {
       const group = Math.floor(i / samplesPerPrompt);
       return sampleOf(g, repeated[i] as Int32Array, prompts[group] as PromptItem, group);
     });
     if (this.#config.algorithm.advantage === "remax") {
-      const greedy = await this.#actor.generate(ids, {
-        maxNewTokens: maxResponseTokens,
-        temperature: 0,
-        stopTokenIds: this.tokenizer.eosTokenIds,
-      });
+      const greedy = await this.#actor.generate(
+        ids,
+        { maxNewTokens: maxResponseTokens, temperature: 0, stopTokenIds: this.tokenizer.eosTokenIds },
+        pixels,
+      );
       // The greedy responses are scored like the sampled ones; their verifier score is the baseline.
       const baselines = greedy.map((g, p) => sampleOf(g, ids[p] as Int32Array, prompts[p] as PromptItem, p));
       await this.#scoreSamples(baselines);
@@ -889,6 +907,12 @@ export class ExperimentRun {
     return packSamples(samples);
   }
 
+  /** The images of these sequences (or prompts), packed as their tokens are; nothing when none has any. */
+  #imagesOf(list: readonly (ImageInputs | undefined)[]): { images: ImageInputs } | Record<string, never> {
+    const images = concatImages(list);
+    return images ? { images } : {};
+  }
+
   /** The recorded experts of these sequences, packed as the tokens are, when the actor replays them. */
   #routedExperts(role: ModelRole, samples: Sample[]): { routedExperts: Int32Array } | Record<string, never> {
     if (role !== this.#actor || this.#config.rollout.routingReplay !== "replay") return {};
@@ -917,7 +941,11 @@ export class ExperimentRun {
       micro.map((list) =>
         list.map((mb) => {
           const chosen = mb.map((i) => samples[i] as Sample);
-          return { ...this.#packed(chosen), ...this.#routedExperts(role, chosen) } satisfies PackedSequences;
+          return {
+            ...this.#packed(chosen),
+            ...this.#routedExperts(role, chosen),
+            ...this.#imagesOf(chosen.map((s) => s.pixels)),
+          } satisfies PackedSequences;
         }),
       ),
       this.#config.rollout.temperature,
@@ -1292,6 +1320,7 @@ export class ExperimentRun {
                   ? { rolloutIsWeights: aligned((s) => s.rolloutIsWeights) }
                   : {}),
                 ...this.#routedExperts(this.#actor, chosen),
+                ...this.#imagesOf(chosen.map((s) => s.pixels)),
               };
             }),
           );
@@ -1391,15 +1420,20 @@ export class ExperimentRun {
       const prompts = items.flatMap((item) =>
         Array.from({ length: n }, () => Int32Array.from(item.promptTokenIds)),
       );
-      const generations = await this.#actor.generate(prompts, {
-        maxNewTokens: this.#config.rollout.maxResponseTokens,
-        temperature: v.temperature,
-        topP: v.topP,
-        topK: v.topK,
-        stopTokenIds: this.tokenizer.eosTokenIds,
-        // Its own stream: the same weights and step give the same validation, resumed or not.
-        seed: mixSeed(mixSeed(this.#config.seed, step), 0x76616c),
-      });
+      const pixels = await promptImages(items, this.#images);
+      const generations = await this.#actor.generate(
+        prompts,
+        {
+          maxNewTokens: this.#config.rollout.maxResponseTokens,
+          temperature: v.temperature,
+          topP: v.topP,
+          topK: v.topK,
+          stopTokenIds: this.tokenizer.eosTokenIds,
+          // Its own stream: the same weights and step give the same validation, resumed or not.
+          seed: mixSeed(mixSeed(this.#config.seed, step), 0x76616c),
+        },
+        pixels.flatMap((x) => Array.from({ length: n }, () => x)),
+      );
       generations.forEach((g, i) => {
         const item = items[Math.floor(i / n)] as PromptItem;
         samples.push({

@@ -3,8 +3,9 @@
 // rank of a data-parallel replica gets the same arguments, encoded once — and the reply that stands
 // for a replica comes from one rank of it (its leader). On one rank this is one call to rank 0.
 import { replicaRanks } from "../native/dist.js";
-import type { RouterStats } from "../native/model.js";
+import type { ImageInputs, RouterStats } from "../native/model.js";
 import type { WorkerCommand, WorkerCommandArgs, WorkerCommandResults } from "../protocol/messages.js";
+import { concatImages } from "../rl/images.js";
 
 /** Calls one worker command on one rank (the controller's pool, or the command table in-process). */
 export type RankCall = <C extends WorkerCommand>(
@@ -201,11 +202,13 @@ export interface PackedSequences {
   tokens: Int32Array;
   cuSeqlens: Int32Array;
   routedExperts?: Int32Array;
+  /** Vision-language models: the sequences' images, in token order. */
+  images?: ImageInputs;
 }
 
 type GenerateArgs = Omit<
   WorkerCommandArgs<"model.generate">,
-  "name" | "prompts" | "sequenceOffset" | "quiet"
+  "name" | "prompts" | "sequenceOffset" | "quiet" | "images"
 >;
 type PolicyMicroBatch = WorkerCommandArgs<"model.policyUpdate">["microBatches"][number];
 type PolicyUpdateResult = WorkerCommandResults["model.policyUpdate"];
@@ -225,6 +228,7 @@ export class ModelRole {
   async load(
     dir: string,
     dtype: WorkerCommandArgs<"model.load">["dtype"],
+    extra: { freezeVision?: boolean } = {},
   ): Promise<WorkerCommandResults["model.load"]> {
     const sharded = this.ranks.multiRank ? { sharded: true } : {};
     const [first] = await this.ranks.all("model.load", {
@@ -232,6 +236,7 @@ export class ModelRole {
       dir,
       ...(dtype ? { dtype } : {}),
       ...sharded,
+      ...extra,
     });
     return first as WorkerCommandResults["model.load"];
   }
@@ -257,6 +262,7 @@ export class ModelRole {
   async generate(
     prompts: Int32Array[],
     options: GenerateArgs,
+    images: readonly (ImageInputs | undefined)[] = [],
   ): Promise<WorkerCommandResults["model.generate"]["generations"]> {
     const shares = contiguousShares(prompts.length, this.ranks.layout.data);
     const replies = await this.ranks.replicas(
@@ -264,7 +270,14 @@ export class ModelRole {
       (d) => {
         const [start, end] = shares[d] as [number, number];
         if (end === start && !this.ranks.lockstep) return undefined;
-        return { ...options, name: this.name, prompts: prompts.slice(start, end), sequenceOffset: start };
+        const share = concatImages(images.slice(start, end));
+        return {
+          ...options,
+          name: this.name,
+          prompts: prompts.slice(start, end),
+          sequenceOffset: start,
+          ...(share ? { images: share } : {}),
+        };
       },
       { quietOthers: true },
     );

@@ -2,6 +2,7 @@
 // them for the workers, and the step's metrics row (verl's names) as a pure function of the batch.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import type { ImageInputs } from "../native/model.js";
 import type { ExperimentStage as StageName } from "../protocol/messages.js";
 import type { RolloutRecord } from "../rl/rollouts.js";
 
@@ -24,6 +25,8 @@ export interface Sample extends RolloutRecord {
   /** Rollout correction: per response token, the importance weight and the mask after rejection. */
   rolloutIsWeights?: Float32Array;
   lossMask?: Float32Array;
+  /** Vision-language models: the prompt's preprocessed images (shared by its group). */
+  pixels?: ImageInputs;
 }
 
 /** The batch of the step in progress, as the stages fill it. */
@@ -118,6 +121,9 @@ export function readFlopShape(modelPath: string): FlopShape | string {
   } catch (error) {
     return `${file}: ${(error as Error).message}`;
   }
+  // Vision-language folders nest the language model's fields (the FLOPs counted are its own).
+  if (typeof c.text_config === "object" && c.text_config !== null)
+    c = c.text_config as Record<string, unknown>;
   const { num_hidden_layers: layers, num_attention_heads: heads, head_dim, hidden_size } = c;
   const headDim =
     head_dim ??

@@ -23,6 +23,18 @@ export interface NamedHostTensor extends HostTensor {
   name: string;
 }
 
+/**
+ * The images of a packed batch, for vision-language models (Qwen2.5-VL): transformers' pixel_values
+ * and image_grid_thw. Images are listed in the order their placeholder tokens appear in the batch
+ * (sequence by sequence); a sequence without images takes none. `preprocessImages` makes them.
+ */
+export interface ImageInputs {
+  /** [patches, channels × temporalPatch × patch × patch], row-major, every image's patches in turn. */
+  pixels: Float32Array;
+  /** [images × 3]: (t, h, w) of each image in patches (t = 1 for an image). */
+  grids: Int32Array;
+}
+
 export interface NativeGenerateOptions {
   maxNewTokens: number;
   temperature: number;
@@ -32,6 +44,7 @@ export interface NativeGenerateOptions {
   seed: number;
   sequenceOffset: number;
   recordExperts: boolean;
+  images?: ImageInputs;
 }
 
 export interface Generation {
@@ -141,6 +154,7 @@ export interface NativeModelAddon {
     tensors: { name: string; dtype: NativeDtype; shape: number[]; data: NativeTypedArray }[],
     device: string,
     dtype: NativeDtype,
+    freezeVision?: boolean,
   ): NativeModelHandle;
   /** addon/model.cc LoadWork: async, ModelLoad(string dir, string device, string dtype) */
   modelLoad(
@@ -149,6 +163,7 @@ export interface NativeModelAddon {
     dtype: NativeDtype,
     mesh?: NativeMeshHandle,
     sequenceParallel?: boolean,
+    freezeVision?: boolean,
   ): Promise<NativeModelHandle>;
   /** addon/model.cc GatherWork: async, whole parameters or gradients (collective on a mesh) */
   modelGather(handle: NativeModelHandle, what: "parameters" | "gradients"): Promise<NamedHostTensor[]>;
@@ -164,6 +179,7 @@ export interface NativeModelAddon {
     temperature: number,
     chunkTokens: number,
     routedExperts?: Int32Array,
+    images?: ImageInputs,
   ): Promise<TrainStepResult>;
   /** addon/model.cc PolicyStepWork: async, RL policy loss over the mini-batch's counts, gradients accumulate */
   modelPolicyStep(
@@ -176,6 +192,7 @@ export interface NativeModelAddon {
     temperature: number,
     chunkTokens: number,
     routedExperts?: Int32Array,
+    images?: ImageInputs,
   ): Promise<PolicyStepResult>;
   /** addon/model.cc ModelOptimizerInit(handle, options) */
   modelOptimizerInit(handle: NativeModelHandle, options: OptimizerOptions): void;
@@ -199,6 +216,7 @@ export interface NativeModelAddon {
     temperature: number,
     chunkTokens: number,
     routedExperts?: Int32Array,
+    images?: ImageInputs,
   ): Promise<{ logprobs: Float32Array; entropy: Float32Array }>;
   /** addon/model.cc ActivationsWork: async, the residual stream at one layer, fp32 */
   modelActivations(
@@ -206,6 +224,7 @@ export interface NativeModelAddon {
     tokens: TokenIds,
     cuSeqlens: TokenIds,
     layer: number,
+    images?: ImageInputs,
   ): Promise<{ values: Float32Array; shape: [number, number] }>;
   /** addon/model.cc LossBackwardWork: async, loss = sum(weights * -logprob) */
   modelLossBackward(
@@ -216,6 +235,7 @@ export interface NativeModelAddon {
     temperature: number,
     chunkTokens: number,
     routedExperts?: Int32Array,
+    images?: ImageInputs,
   ): Promise<{ loss: number; gradients: NamedHostTensor[] }>;
   /** addon/model.cc GenerateWork: async */
   modelGenerate(
@@ -333,6 +353,37 @@ function checkChunk(value: unknown): number {
   return value;
 }
 
+/**
+ * images: undefined, or {pixels: Float32Array, grids: Int32Array} with (t, h, w) ≥ 1 per image and
+ * the pixels a whole number of values per patch. The engine checks them against the model's
+ * vision config and the placeholder tokens.
+ */
+export function checkImages(value: unknown, field = "images"): ImageInputs | undefined {
+  if (value === undefined) return undefined;
+  if (value === null || typeof value !== "object") {
+    throw new TypeError(`${field}: expected {pixels: Float32Array, grids: Int32Array}`);
+  }
+  const { pixels, grids } = value as Partial<ImageInputs>;
+  if (!(pixels instanceof Float32Array)) throw new TypeError(`${field}.pixels: expected a Float32Array`);
+  if (!(grids instanceof Int32Array) || grids.length % 3 !== 0) {
+    throw new TypeError(`${field}.grids: expected an Int32Array of (t, h, w) per image`);
+  }
+  let patches = 0;
+  for (let i = 0; i < grids.length; i += 3) {
+    const [t, h, w] = [grids[i] ?? 0, grids[i + 1] ?? 0, grids[i + 2] ?? 0];
+    if (t < 1 || h < 1 || w < 1) {
+      throw new RangeError(`${field}.grids: image ${i / 3} is ${t} × ${h} × ${w}; each must be ≥ 1`);
+    }
+    patches += t * h * w;
+  }
+  if (patches === 0 ? pixels.length !== 0 : pixels.length % patches !== 0) {
+    throw new RangeError(
+      `${field}.pixels: ${pixels.length} values do not divide into the grids' ${patches} patches`,
+    );
+  }
+  return { pixels, grids };
+}
+
 export interface GenerateOptions {
   maxNewTokens?: number;
   /** 0 (default) is greedy. */
@@ -351,11 +402,18 @@ export interface GenerateOptions {
   sequenceOffset?: number;
   /** MoE models: return each token's experts in Generation.experts (default false). */
   recordExperts?: boolean;
+  /** Vision-language models: the prompts' images, in prompt order (see ImageInputs). */
+  images?: ImageInputs;
 }
 
 export interface ModelCreateOptions {
   device?: string;
   dtype?: NativeDtype;
+  /**
+   * Vision-language models: the vision tower is loaded and saved but not trained (its tensors are
+   * listed with the buffers: no gradients, no optimizer state). Default false.
+   */
+  freezeVision?: boolean;
 }
 
 export interface ModelLoadOptions extends ModelCreateOptions {
@@ -374,6 +432,13 @@ export function checkPlacement(options: ModelCreateOptions): [string, NativeDtyp
     throw new TypeError(`dtype: a model needs a floating dtype, found ${dtype}`);
   }
   return [device, dtype];
+}
+
+function checkFreeze(value: unknown): boolean {
+  if (value !== undefined && typeof value !== "boolean") {
+    throw new TypeError(`freezeVision: ${JSON.stringify(value)} must be a boolean`);
+  }
+  return value ?? false;
 }
 
 /** A model on the native engine. Call dispose() when done (also `using`). */
@@ -412,7 +477,9 @@ export class Model {
         throw new TypeError(`tensors[${i}].name: expected a tensor name`);
     });
     const [device, dtype] = checkPlacement(options);
-    return new Model(native().modelCreate(JSON.stringify(config), tensors, device, dtype));
+    return new Model(
+      native().modelCreate(JSON.stringify(config), tensors, device, dtype, checkFreeze(options.freezeVision)),
+    );
   }
 
   /**
@@ -431,6 +498,7 @@ export class Model {
         dtype,
         mesh?.nativeHandle,
         mesh?.info.layout.sequenceParallel ?? false,
+        checkFreeze(options.freezeVision),
       ),
     );
   }
@@ -473,6 +541,7 @@ export class Model {
     temperature = 1,
     chunkTokens = 1024,
     routedExperts?: Int32Array,
+    images?: ImageInputs,
   ): Promise<TrainStepResult> {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
     const predicted = t.length - (cu.length - 1);
@@ -491,6 +560,7 @@ export class Model {
       checkTemperature(temperature, "temperature", false),
       checkChunk(chunkTokens),
       checkRoutedExperts(routedExperts, this.moe, t.length),
+      checkImages(images),
     );
   }
 
@@ -500,6 +570,7 @@ export class Model {
    * optimizerStep(). counts are those of the whole mini-batch (all micro-batches, all ranks), so
    * that the summed gradients of the micro-batches are the mini-batch's whatever the split.
    * routedExperts (MoE): replay this routing instead of the router's choice, as in logprobs().
+   * images (vision-language models): the batch's images, as in logprobs().
    */
   async policyStep(
     tokens: TokenIds,
@@ -510,6 +581,7 @@ export class Model {
     temperature = 1,
     chunkTokens = 1024,
     routedExperts?: Int32Array,
+    images?: ImageInputs,
   ): Promise<PolicyStepResult> {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
     const predicted = t.length - (cu.length - 1);
@@ -539,6 +611,7 @@ export class Model {
       checkTemperature(temperature, "temperature", false),
       checkChunk(chunkTokens),
       checkRoutedExperts(routedExperts, this.moe, t.length),
+      checkImages(images),
     );
   }
 
@@ -643,7 +716,9 @@ export class Model {
    * [tokens, moe.layers, moe.topK] expert ids aligned with `tokens` (e.g. Generation.experts of
    * each sequence, concatenated), used instead of the router's choice; the weights still come from
    * the router at those experts, so gradients reach it (trainStep, policyStep, lossBackward take
-   * the same argument). A row of -1 routes that token normally.
+   * the same argument). A row of -1 routes that token normally. images (vision-language models):
+   * the images whose placeholder tokens the batch holds, in token order (ImageInputs); trainStep,
+   * policyStep, lossBackward and activations take the same argument.
    */
   logprobs(
     tokens: TokenIds,
@@ -651,6 +726,7 @@ export class Model {
     temperature = 1,
     chunkTokens = 1024,
     routedExperts?: Int32Array,
+    images?: ImageInputs,
   ) {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
     return native().modelLogprobs(
@@ -660,6 +736,7 @@ export class Model {
       checkTemperature(temperature, "temperature", false),
       checkChunk(chunkTokens),
       checkRoutedExperts(routedExperts, this.moe, t.length),
+      checkImages(images),
     );
   }
 
@@ -668,9 +745,9 @@ export class Model {
    * "model.embed_tokens" (or 0), "model.layers.N" (N + 1: after decoder layer N), or "model.norm"
    * (or -1: the final normed hidden states the head reads).
    */
-  activations(tokens: TokenIds, cuSeqlens: TokenIds, layer: string | number) {
+  activations(tokens: TokenIds, cuSeqlens: TokenIds, layer: string | number, images?: ImageInputs) {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
-    return native().modelActivations(this.handle, t, cu, layerIndex(layer));
+    return native().modelActivations(this.handle, t, cu, layerIndex(layer), checkImages(images));
   }
 
   /** Gradients of sum(weights * -logprob) by parameter name; weights as many as logprobs. */
@@ -681,6 +758,7 @@ export class Model {
     temperature = 1,
     chunkTokens = 1024,
     routedExperts?: Int32Array,
+    images?: ImageInputs,
   ) {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
     const sequences = cu.length - 1;
@@ -697,6 +775,7 @@ export class Model {
       checkTemperature(temperature, "temperature", false),
       checkChunk(chunkTokens),
       checkRoutedExperts(routedExperts, this.moe, t.length),
+      checkImages(images),
     );
   }
 
@@ -734,6 +813,7 @@ export class Model {
       seed: count(options.seed ?? 0, "seed", 0),
       sequenceOffset: count(options.sequenceOffset ?? 0, "sequenceOffset", 0),
       recordExperts,
+      ...(options.images === undefined ? {} : { images: checkImages(options.images) }),
     });
   }
 

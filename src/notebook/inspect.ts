@@ -29,6 +29,8 @@ export interface InspectOptions {
 export interface InspectorGroup {
   uid: string;
   prompt?: string;
+  /** The prompt's images as data: URLs (PNG / JPEG only), when it has any. */
+  images?: string[];
   truth?: string;
   source?: string;
   step?: number;
@@ -116,6 +118,17 @@ function listAt(column: Column, row: number): number[] | undefined {
   return Array.from(value.toArray(), Number);
 }
 
+// Image cells are data: URLs of PNG / JPEG bytes; anything else is left out, so nothing but an
+// embedded picture can reach the page's <img> elements.
+const imageUrl = /^data:image\/(png|jpeg);base64,[A-Za-z0-9+/]+=*$/;
+
+function imagesAt(column: Column, row: number): string[] | undefined {
+  const value = column?.get(row) as { toArray(): ArrayLike<unknown> } | null | undefined;
+  if (value === null || value === undefined) return undefined;
+  const urls = Array.from(value.toArray(), String).filter((u) => imageUrl.test(u));
+  return urls.length > 0 ? urls : undefined;
+}
+
 const fixed3 = (v: number) => (Number.isFinite(v) ? Math.round(v * 1000) / 1000 : null);
 const significant4 = (v: number) => (Number.isFinite(v) ? Number(v.toPrecision(4)) : null);
 
@@ -164,6 +177,7 @@ export function inspectorData(table: Table, options: InspectOptions = {}): Inspe
     "data_source",
     "ground_truth",
     "reward_status",
+    "images",
   ];
   const c: Record<string, Column> = Object.fromEntries(names.map((n) => [n, table.getChild(n)]));
   const { tokenizer } = options;
@@ -184,9 +198,11 @@ export function inspectorData(table: Table, options: InspectOptions = {}): Inspe
       const prompt =
         stringAt(c.prompt ?? null, row) ??
         (promptIds && tokenizer ? tokenizer.decode(promptIds) : promptIds?.map((id) => `⟨${id}⟩`).join(""));
+      const images = imagesAt(c.images ?? null, row);
       groups.push({
         uid,
         prompt,
+        ...(images ? { images } : {}),
         truth: stringAt(c.ground_truth ?? null, row),
         source: stringAt(c.data_source ?? null, row),
         step,

@@ -37,6 +37,8 @@ export const inspectorCss = `
 .tiller-inspector .ti-prompt, .tiller-inspector .ti-tokens, .tiller-inspector .ti-text {
   white-space: pre-wrap; word-break: break-word; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   font-size: 12px; overflow: auto; }
+.tiller-inspector .ti-images { display: flex; gap: 6px; flex-wrap: wrap; margin: 4px 0; }
+.tiller-inspector .ti-images img { max-height: 160px; max-width: 240px; min-width: 48px; image-rendering: pixelated; border: 1px solid #ccd; border-radius: 3px; }
 .tiller-inspector .ti-prompt { background: #f2f3f5; padding: 3px 6px; border-radius: 4px; max-height: 8em; margin: 4px 0; }
 .tiller-inspector .ti-tokens, .tiller-inspector .ti-text { max-height: 22em; }
 .tiller-inspector .ti-resp { border-top: 1px solid #eceef2; padding-top: 4px; margin-top: 4px; }
@@ -410,6 +412,17 @@ export const inspectorScript = String.raw`function (root, data) {
     gh.appendChild(el("span", "ti-gstats", "mean reward " + fmt(g.mean) + " \u00b7 " + g.members.length +
       " responses" + shown));
     card.appendChild(gh);
+    if (g.images && g.images.length) {
+      var pics = testid(el("div", "ti-images"), "group-images");
+      g.images.forEach(function (url, i) {
+        var img = testid(document.createElement("img"), "group-image");
+        img.src = url;
+        img.alt = "image " + (i + 1) + " of the prompt";
+        img.title = img.alt;
+        pics.appendChild(img);
+      });
+      card.appendChild(pics);
+    }
     card.appendChild(testid(el("div", g.prompt == null ? "ti-prompt ti-none" : "ti-prompt",
       g.prompt == null ? "(no prompt text)" : g.prompt), "group-prompt"));
     var truth = [];

@@ -76,6 +76,9 @@ const hostTensor = object({
   data: typedArray(Float32Array, Float64Array, Uint16Array),
 });
 
+/** Vision-language models: a packed batch's images (pixel_values, image_grid_thw), in token order. */
+const images = object({ pixels: typedArray(Float32Array), grids: typedArray(Int32Array) });
+
 /** name → argument check. The worker's command table has exactly these keys (checked by tsc). */
 export const workerCommandArgs = {
   "worker.info": object({}),
@@ -91,6 +94,8 @@ export const workerCommandArgs = {
     dtype: optional(literal("float32", "float16", "bfloat16")),
     /** Load this rank's slices under the worker's mesh (dist.mesh); every rank of it loads together. */
     sharded: optional(boolean()),
+    /** Vision-language models: load the vision tower as frozen (no gradients, no optimizer state). */
+    freezeVision: optional(boolean()),
   }),
   "model.generate": object({
     name: modelName,
@@ -108,6 +113,8 @@ export const workerCommandArgs = {
     recordExperts: optional(boolean()),
     /** Run (collectives included) but send no generations back: a replica's other ranks. */
     quiet: optional(boolean()),
+    /** Vision-language models: the prompts' images, in prompt order. */
+    images: optional(images),
   }),
   "model.logprobs": object({
     name: modelName,
@@ -118,6 +125,7 @@ export const workerCommandArgs = {
     routedExperts: optional(typedArray(Int32Array)),
     /** Run (collectives included) but send empty arrays back: a replica's other ranks. */
     quiet: optional(boolean()),
+    images: optional(images),
   }),
   /** MoE router statistics summed since the last call (then reset). */
   "model.routerStats": object({ name: modelName }),
@@ -151,6 +159,7 @@ export const workerCommandArgs = {
         refLogprobs: optional(typedArray(Float32Array)),
         rolloutIsWeights: optional(typedArray(Float32Array)),
         routedExperts: optional(typedArray(Int32Array)),
+        images: optional(images),
       }),
       { minLength: 0, maxLength: 100_000 },
     ),

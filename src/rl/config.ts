@@ -94,6 +94,11 @@ export interface ExperimentConfig {
     dtype?: "float32" | "bfloat16" | "float16";
     /** The model's shape, for validating `parallel` without reading the folder (recipes). */
     shape?: ModelShape;
+    /**
+     * Vision-language models (verl's freeze_vision_tower): the vision tower is not trained. Default
+     * false: the whole model is trained.
+     */
+    freezeVisionTower?: boolean;
   };
   data: {
     /** Prompt files in verl's layout (JSONL or Parquet). */
@@ -243,7 +248,12 @@ export interface ResolvedConfig {
   name: string;
   runDir: string;
   seed: number;
-  model: { path: string; dtype: "float32" | "bfloat16" | "float16" | "auto"; shape?: ModelShape };
+  model: {
+    path: string;
+    dtype: "float32" | "bfloat16" | "float16" | "auto";
+    shape?: ModelShape;
+    freezeVisionTower?: boolean;
+  };
   data: { train: string[]; val: string[]; maxPromptTokens: number; shuffle: boolean; chatTemplate: boolean };
   validation: {
     everySteps: number;
@@ -585,7 +595,13 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     throw new ConfigError("runDir", `${show(c.runDir)} must be a folder path`);
   }
   const model = obj(c.model, "model");
-  known(model, "model", ["path", "dtype", "shape"]);
+  known(model, "model", ["path", "dtype", "shape", "freezeVisionTower"]);
+  if (model.freezeVisionTower !== undefined && typeof model.freezeVisionTower !== "boolean") {
+    throw new ConfigError(
+      "model.freezeVisionTower",
+      `${show(model.freezeVisionTower)} must be true or false`,
+    );
+  }
   if (typeof model.path !== "string" || model.path === "") {
     throw new ConfigError("model.path", `${show(model.path)} must be the path of an HF model folder`);
   }
@@ -855,7 +871,12 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     name,
     runDir: c.runDir ?? defaultRunDir(name),
     seed: int(c.seed, "seed", 0, 0),
-    model: { path: model.path, dtype, ...(shape ? { shape } : {}) },
+    model: {
+      path: model.path,
+      dtype,
+      ...(shape ? { shape } : {}),
+      ...(model.freezeVisionTower ? { freezeVisionTower: true } : {}),
+    },
     data: {
       train: train as string[],
       val: val as string[],

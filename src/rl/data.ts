@@ -1,5 +1,7 @@
 // Prompt datasets in verl's layout: each row has `prompt` (chat messages), `data_source`,
-// `reward_model: {ground_truth, style}` and `extra_info`. Reads JSONL and Parquet; PromptDataset
+// `reward_model: {ground_truth, style}` and `extra_info`, and for vision-language models an
+// `images` column (encoded PNG/JPEG bytes; `<image>` in a message marks where each one goes, as in
+// verl's multimodal datasets such as geo3k). Reads JSONL and Parquet; PromptDataset
 // applies the caller's chat template, filters long prompts, and serves seeded, resumable batches.
 //
 // Parquet reader: hyparquet (pure JS, no dependencies, MIT, maintained by Hyperparam, actively
@@ -22,6 +24,8 @@ export interface PromptRow {
   dataSource: string;
   rewardModel: { groundTruth: string; style: string };
   extraInfo: Record<string, unknown>;
+  /** Encoded images (PNG or JPEG), in the order of the `<image>` placeholders; absent: none. */
+  images?: Uint8Array[];
   file: string;
   row: number;
 }
@@ -54,7 +58,8 @@ function readJsonl(file: string): PromptRow[] {
 async function readParquet(file: string): Promise<PromptRow[]> {
   let raw: Record<string, unknown>[];
   try {
-    raw = await parquetReadObjects({ file: await asyncBufferFromFile(file) });
+    // utf8: false keeps binary columns (verl's image bytes) as bytes; annotated strings stay strings.
+    raw = await parquetReadObjects({ file: await asyncBufferFromFile(file), utf8: false });
   } catch (error) {
     throw new Error(
       `${file}: could not read Parquet (${(error as Error).message}). Snappy/uncompressed files are ` +
@@ -93,14 +98,30 @@ export function toPromptRow(value: unknown, file: string, row: number, where = `
   if (typeof style !== "string") fail("reward_model.style", `must be a string, got ${describe(style)}`);
   const extra = value.extra_info ?? {};
   if (!isObject(extra)) fail("extra_info", `must be an object, got ${describe(extra)}`);
+  const images =
+    value.images === undefined || value.images === null ? undefined : imageBytes(value.images, fail);
   return {
     prompt: messages,
     dataSource: value.data_source as string,
     rewardModel: { groundTruth: groundTruth as string, style: style as string },
     extraInfo: plain(extra) as Record<string, unknown>,
+    ...(images && images.length > 0 ? { images } : {}),
     file,
     row,
   };
+}
+
+// verl's `images`: a list whose items are the bytes themselves or {bytes, path} (HF datasets'
+// Image feature); JSONL files carry the bytes base64-encoded.
+function imageBytes(value: unknown, fail: (field: string, problem: string) => never): Uint8Array[] {
+  if (!Array.isArray(value))
+    return fail("images", `must be a list of encoded images, got ${describe(value)}`);
+  return value.map((item, i) => {
+    const bytes = isObject(item) && !(item instanceof Uint8Array) ? item.bytes : item;
+    if (bytes instanceof Uint8Array) return bytes;
+    if (typeof bytes === "string") return new Uint8Array(Buffer.from(bytes, "base64"));
+    return fail(`images[${i}]`, `must be encoded bytes or {bytes}, got ${describe(item)}`);
+  });
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -125,8 +146,14 @@ function plain(v: unknown): unknown {
   return v;
 }
 
-/** Applies the chat template and tokenizes (e.g. via src/tokenizer's ChatTemplate + Tokenizer). */
-export type ChatTokenizeFn = (messages: ChatMessage[]) => readonly number[] | Int32Array | Uint32Array;
+/**
+ * Applies the chat template and tokenizes (e.g. via src/tokenizer's ChatTemplate + Tokenizer); the
+ * row is there for what the messages do not hold (its images, whose placeholder counts matter).
+ */
+export type ChatTokenizeFn = (
+  messages: ChatMessage[],
+  row: PromptRow,
+) => readonly number[] | Int32Array | Uint32Array;
 
 export interface PromptDatasetOptions {
   applyChatTemplate: ChatTokenizeFn;
@@ -170,7 +197,7 @@ export class PromptDataset {
     for (const row of rows) {
       let ids: number[];
       try {
-        ids = Array.from(options.applyChatTemplate(row.prompt));
+        ids = Array.from(options.applyChatTemplate(row.prompt, row));
       } catch (error) {
         throw new Error(
           `${row.file}: row ${row.row}: field "prompt": chat template failed: ${(error as Error).message}`,

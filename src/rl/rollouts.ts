@@ -1,6 +1,17 @@
 // A step's rollouts as an Arrow table, one row per response: texts, token ids and per-token
 // floats as list columns, scalars beside them. The notebook's inspector and exports read this.
-import { Field, Float32, Float64, Int32, List, Table, Utf8, vectorFromArray } from "apache-arrow";
+import {
+  Field,
+  Float32,
+  Float64,
+  Int32,
+  List,
+  Table,
+  Utf8,
+  type Vector,
+  vectorFromArray,
+} from "apache-arrow";
+import { imageDataUrl } from "../vision/prompt.js";
 
 /** What rolloutsTable reads of each response (the controller's Sample has these fields). */
 export interface RolloutRecord {
@@ -27,6 +38,8 @@ export interface RolloutRecord {
   refLogprobs?: Float32Array;
   /** Per response token. */
   advantages?: Float32Array;
+  /** Vision-language prompts: the prompt's encoded images (PNG / JPEG), in placeholder order. */
+  images?: readonly Uint8Array[];
 }
 
 const listOf = (type: Int32 | Float32) => new List(new Field("item", type, true));
@@ -35,8 +48,9 @@ const listOf = (type: Int32 | Float32) => new List(new Field("item", type, true)
  * Columns: step, uid (group), round, prompt, response, prompt_tokens, response_tokens,
  * rollout_logprobs, old_logprobs, logprob_diff (rollout − old, per token), entropy, ref_logprobs,
  * advantages (per token), advantage (the response's, first token), score, reward (after shaping),
- * acc, pred, prompt_length, response_length, finish_reason, data_source, ground_truth, reward_status.
- * Values a stage has not computed yet are null.
+ * acc, pred, prompt_length, response_length, finish_reason, data_source, ground_truth, reward_status,
+ * and, when some prompt has images, images (each prompt's as data: URLs). Values a stage has not
+ * computed yet are null.
  */
 export function rolloutsTable(batch: { step: number; samples: readonly RolloutRecord[] }): Table {
   const s = batch.samples;
@@ -55,7 +69,8 @@ export function rolloutsTable(batch: { step: number; samples: readonly RolloutRe
       s.map((r) => pick(r) ?? null),
       listOf(new Float32()),
     );
-  return new Table({
+  const withImages = s.some((r) => r.images && r.images.length > 0);
+  const columns: Record<string, Vector> = {
     step: vectorFromArray(
       s.map(() => batch.step),
       new Int32(),
@@ -102,7 +117,14 @@ export function rolloutsTable(batch: { step: number; samples: readonly RolloutRe
     data_source: str((r) => r.dataSource),
     ground_truth: str((r) => r.groundTruth),
     reward_status: str((r) => r.rewardStatus),
-  });
+  };
+  if (withImages) {
+    columns.images = vectorFromArray(
+      s.map((r) => (r.images ? r.images.map(imageDataUrl) : null)),
+      new List(new Field("item", new Utf8(), true)),
+    );
+  }
+  return new Table(columns);
 }
 
 /** One row per token: which response (row, uid), where (position, response 0/1), and its hidden vector. */

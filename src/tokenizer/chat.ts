@@ -6,10 +6,14 @@ import { Template } from "@huggingface/jinja";
 export const chatRoles = ["system", "user", "assistant", "tool"] as const;
 export type ChatRole = (typeof chatRoles)[number];
 
+/** A part of a multimodal message (transformers' content list): text, or where an image goes. */
+export type ChatContentPart = { type: "text"; text: string } | { type: "image" };
+
 /** One chat turn, in the shape HF chat templates read (snake_case fields are the template's names). */
 export interface ChatMessage {
   role: ChatRole;
-  content: string;
+  /** Text, or (vision-language templates) a list of text and image parts. */
+  content: string | ChatContentPart[];
   /** Assistant reasoning kept apart from `content`; Qwen3's template wraps it in <think>. */
   reasoning_content?: string;
   /** Assistant tool calls: `{ function: { name, arguments } }`, as in the OpenAI message format. */
@@ -35,7 +39,18 @@ export function validateMessages(messages: readonly ChatMessage[]): void {
     if (!chatRoles.includes(m.role)) {
       throw new Error(`messages[${i}].role: ${JSON.stringify(m.role)} is not one of ${chatRoles.join(", ")}`);
     }
-    if (typeof m.content !== "string") {
+    const parts = Array.isArray(m.content) ? (m.content as unknown[]) : undefined;
+    if (parts) {
+      parts.forEach((p, j) => {
+        const part = p as { type?: unknown; text?: unknown } | null;
+        const ok =
+          part !== null &&
+          typeof part === "object" &&
+          (part.type === "image" || (part.type === "text" && typeof part.text === "string"));
+        if (!ok)
+          throw new Error(`messages[${i}].content[${j}]: expected {type: "text", text} or {type: "image"}`);
+      });
+    } else if (typeof m.content !== "string") {
       throw new Error(
         `messages[${i}].content: expected a string, got ${m.content === null ? "null" : typeof m.content}`,
       );

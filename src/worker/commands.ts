@@ -76,6 +76,8 @@ export class WorkerState {
   mesh: Mesh | undefined;
   /** This rank's data-parallel replica (tensor × context × pipeline ranks) when it has several: relays go over it. */
   replicaGroup: ProcessGroup | undefined;
+  /** Meshes made on this process group so far (every rank makes the same ones, in order). */
+  meshes = 0;
 
   constructor(readonly host: string) {
     // One visible GPU per worker (the controller sets CUDA_VISIBLE_DEVICES), so it is always cuda:0.
@@ -220,7 +222,11 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       );
     }
     const device = args.device ?? state.device;
-    const placement = { device, dtype: args.dtype ?? "float32" } as const;
+    const placement = {
+      device,
+      dtype: args.dtype ?? "float32",
+      freezeVision: args.freezeVision ?? false,
+    } as const;
     if (args.sharded && !state.mesh)
       throw new CommandError("WORKER_ERROR", "args.sharded: no mesh; call dist.mesh first");
     if (args.sharded && args.dir === undefined)
@@ -260,7 +266,7 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   "model.logprobs": async (state, args) => {
     const out = await checkTokenIds(state, args.name, args.tokens, "args.tokens")
       .model(args.name)
-      .logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1, 1024, args.routedExperts);
+      .logprobs(args.tokens, args.cuSeqlens, args.temperature ?? 1, 1024, args.routedExperts, args.images);
     return args.quiet ? { logprobs: new Float32Array(0), entropy: new Float32Array(0) } : out;
   },
 
@@ -288,7 +294,8 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     const total = { loss: 0, tokens: 0, metrics: {} as Record<string, number> };
     const started = performance.now();
     for (const mb of args.microBatches) {
-      const { tokens, cuSeqlens, ...perToken } = mb;
+      // The routed experts (routing replay) go to the engine beside the per-token inputs.
+      const { tokens, cuSeqlens, images, routedExperts, ...perToken } = mb;
       const r = await model.policyStep(
         tokens,
         cuSeqlens,
@@ -296,6 +303,9 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
         args.counts,
         config,
         args.temperature ?? 1,
+        1024,
+        routedExperts,
+        images,
       );
       total.loss += r.loss;
       total.tokens += r.tokens;
@@ -428,6 +438,7 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     state.processGroup?.dispose();
     state.processGroup = undefined;
     // Rank 0 hosts the c10d store on the port the controller had it pick; the others connect to it.
+    state.meshes = 0;
     state.processGroup = await ProcessGroup.create({
       host: args.storeHost,
       port: args.storePort,
@@ -461,7 +472,9 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     const layout = state.mesh.info.layout;
     const d = replicaOf(layout, state.processGroup.rank);
     const replica = replicaRanks(layout, d);
-    if (replica.length > 1) state.replicaGroup = await state.processGroup.subgroup(replica, `replica${d}`);
+    // Named per mesh: a later mesh's group must not meet this one's keys in the store.
+    const name = `relay${state.meshes++}/${d}`;
+    if (replica.length > 1) state.replicaGroup = await state.processGroup.subgroup(replica, name);
     return { describe: state.mesh.info.describe, coordinates: state.mesh.coordinates };
   },
 

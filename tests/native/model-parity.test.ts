@@ -229,6 +229,7 @@ test("parameters come back by HF name; bad arguments name the field", async () =
     "LlamaForCausalLM",
     "MixtralForCausalLM",
     "Qwen2ForCausalLM",
+    "Qwen2_5_VLForConditionalGeneration",
     "Qwen3ForCausalLM",
     "Qwen3MoeForCausalLM",
   ]);

@@ -242,7 +242,7 @@ test("a rank that dies before a tensor-parallel forward: its peer's logprobs fai
     const [survivor, dead] = await runRanks(configs, 30_000, {}, "parallel-rank.js");
     assert.equal(dead?.exited, true);
     assert.equal(survivor?.ok, false);
-    assert.match(survivor?.error ?? "", /on rank 0 of 2 \(group tensor\/0, gloo/);
+    assert.match(survivor?.error ?? "", /on rank 0 of 2 \(group mesh0\/tensor\/0, gloo/);
     assert.ok((survivor?.elapsedMs ?? 0) < 10_000, `failed after ${survivor?.elapsedMs} ms`);
   } finally {
     dir.cleanup();

@@ -70,3 +70,49 @@ test("router metrics in the step metrics; replay makes training use the rollout'
   assert.ok(diff(replay.rows) < 1e-5);
   assert.ok(diff(off.rows) < 1e-5);
 });
+
+test("routing replay reaches the update: forced experts change the policy gradient, rows of -1 route as the router does", {
+  timeout: 60_000,
+}, async () => {
+  const local = localRank();
+  try {
+    const model = base.config.model.path;
+    const tokens = Int32Array.from([2, 3, 4, 5, 6, 7, 8, 9]);
+    const cuSeqlens = Int32Array.from([0, 4, 8]);
+    const predicted = tokens.length - 2;
+    const layers = 2;
+    const topK = 2;
+    const forced = (experts: number[]) =>
+      Int32Array.from({ length: tokens.length * layers * topK }, (_, i) => experts[i % topK] as number);
+    const update = async (name: string, routedExperts?: Int32Array) => {
+      await local.call(0, "model.load", { name, dir: model });
+      await local.call(0, "model.initOptimizer", { name, options: { lr: 1e-3 } });
+      const r = await local.call(0, "model.policyUpdate", {
+        name,
+        microBatches: [
+          {
+            tokens,
+            cuSeqlens,
+            oldLogprobs: new Float32Array(predicted).fill(-2),
+            advantages: Float32Array.from({ length: predicted }, (_, i) => (i % 2 ? 1 : -0.5)),
+            mask: new Float32Array(predicted).fill(1),
+            ...(routedExperts ? { routedExperts } : {}),
+          },
+        ],
+        counts: { tokens: predicted, sequences: 2 },
+        config: {},
+      });
+      await local.call(0, "model.free", { name });
+      return r.gradNorm;
+    };
+    const plain = await update("plain");
+    const normal = await update("normal", new Int32Array(tokens.length * layers * topK).fill(-1));
+    const low = await update("low", forced([0, 1]));
+    const high = await update("high", forced([6, 7]));
+    assert.equal(normal, plain);
+    assert.notEqual(low, plain);
+    assert.notEqual(low, high);
+  } finally {
+    local.dispose();
+  }
+});

@@ -171,6 +171,42 @@ at::Tensor replay_from_js(const Napi::Value& value, const ModelSlot& slot, int64
   return ids;
 }
 
+// images: undefined, or {pixels: Float32Array [patches * patch_dim], grids: Int32Array [images * 3]}
+// (transformers' pixel_values and image_grid_thw) -> host tensors, or null. The model checks the
+// sizes against its vision config.
+std::shared_ptr<const models::ImageInputs> images_from_js(const Napi::Value& value, const ModelSlot& slot) {
+  if (value.IsUndefined() || value.IsNull()) return nullptr;
+  if (!slot.model->accepts_images()) throw std::invalid_argument("images: this model takes no images");
+  if (!value.IsObject()) throw std::invalid_argument("images: expected {pixels: Float32Array, grids: Int32Array}");
+  const auto o = value.As<Napi::Object>();
+  const auto pixels = o.Get("pixels"), grids = o.Get("grids");
+  if (!pixels.IsTypedArray() || pixels.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    throw std::invalid_argument("images.pixels: expected a Float32Array");
+  }
+  if (!grids.IsTypedArray() || grids.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    throw std::invalid_argument("images.grids: expected an Int32Array of (t, h, w) per image");
+  }
+  auto out = std::make_shared<models::ImageInputs>();
+  const auto g = grids.As<Napi::Int32Array>();
+  if (g.ElementLength() % 3 != 0) throw std::invalid_argument("images.grids: needs 3 entries (t, h, w) per image");
+  int64_t patches = 0;
+  for (size_t i = 0; i < g.ElementLength(); i += 3) {
+    if (g[i] < 1 || g[i + 1] < 1 || g[i + 2] < 1) throw std::invalid_argument("images.grids: entries must be >= 1");
+    out->grids.insert(out->grids.end(), {g[i], g[i + 1], g[i + 2]});
+    patches += static_cast<int64_t>(g[i]) * g[i + 1] * g[i + 2];
+  }
+  const auto p = pixels.As<Napi::TypedArray>();
+  const auto values = static_cast<int64_t>(p.ElementLength());
+  if (patches == 0 ? values != 0 : values % patches != 0) {
+    throw std::invalid_argument("images.pixels: " + std::to_string(values) + " values do not divide into the grids' " +
+                                std::to_string(patches) + " patches");
+  }
+  out->pixels = tensor_from_typed_array(p, at::kFloat, {patches, patches == 0 ? 0 : values / patches}).clone();
+  return out;
+}
+
+using ImagesPtr = std::shared_ptr<const models::ImageInputs>;
+
 using train::GradScope;
 using train::next_token_rows;
 
@@ -178,13 +214,13 @@ using train::forward_logprobs;
 class LogprobsWork final : public ModelWork {
  public:
   LogprobsWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
-               double temperature, int64_t chunk, at::Tensor replay)
+               double temperature, int64_t chunk, at::Tensor replay, ImagesPtr images)
       : ModelWork(env, "tiller.modelLogprobs", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
-        temperature_(temperature), chunk_(chunk), replay_(std::move(replay)) {}
+        temperature_(temperature), chunk_(chunk), replay_(std::move(replay)), images_(std::move(images)) {}
 
   void RunLocked(ModelSlot& slot) override {
     at::NoGradGuard no_grad;
-    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_);
+    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_, images_.get());
     logprob_ = out.logprob.to(at::kCPU).contiguous();
     entropy_ = out.entropy.to(at::kCPU).contiguous();
   }
@@ -202,6 +238,7 @@ class LogprobsWork final : public ModelWork {
   double temperature_;
   int64_t chunk_;
   at::Tensor replay_;
+  ImagesPtr images_;
   at::Tensor logprob_, entropy_;
 };
 
@@ -210,9 +247,9 @@ class LogprobsWork final : public ModelWork {
 class ActivationsWork final : public ModelWork {
  public:
   ActivationsWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
-                  int64_t layer)
+                  int64_t layer, ImagesPtr images)
       : ModelWork(env, "tiller.modelActivations", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
-        layer_(layer) {}
+        layer_(layer), images_(std::move(images)) {}
 
   void RunLocked(ModelSlot& slot) override {
     at::NoGradGuard no_grad;
@@ -220,6 +257,7 @@ class ActivationsWork final : public ModelWork {
     std::vector<at::Tensor> outputs;
     auto batch = models::pack_batch(tokens_.to(model.device()), cu_);
     batch.layer_outputs = &outputs;
+    batch.images = images_.get();
     const auto final_hidden = model.forward(batch);
     const auto count = static_cast<int64_t>(outputs.size());
     if (layer_ < -1 || layer_ >= count) {
@@ -244,15 +282,17 @@ class ActivationsWork final : public ModelWork {
   at::Tensor tokens_;
   std::vector<int64_t> cu_;
   int64_t layer_;
+  ImagesPtr images_;
   at::Tensor values_;
 };
 
 class LossBackwardWork final : public ModelWork {
  public:
   LossBackwardWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
-                   at::Tensor weights, double temperature, int64_t chunk, at::Tensor replay)
+                   at::Tensor weights, double temperature, int64_t chunk, at::Tensor replay, ImagesPtr images)
       : ModelWork(env, "tiller.modelLossBackward", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
-        weights_(std::move(weights)), temperature_(temperature), chunk_(chunk), replay_(std::move(replay)) {}
+        weights_(std::move(weights)), temperature_(temperature), chunk_(chunk), replay_(std::move(replay)),
+        images_(std::move(images)) {}
 
   void RunLocked(ModelSlot& slot) override {
     if (slot.grads_pending) {
@@ -261,7 +301,7 @@ class LossBackwardWork final : public ModelWork {
     const auto& params = slot.model->named_parameters();
     GradScope scope(params);
     try {
-      const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_);
+      const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_, images_.get());
       if (out.logprob.size(0) != weights_.size(0)) {
         throw std::invalid_argument("weights: has " + std::to_string(weights_.size(0)) + " entries, expected " +
                                     std::to_string(out.logprob.size(0)) + " (tokens minus sequences)");
@@ -299,6 +339,7 @@ class LossBackwardWork final : public ModelWork {
   double temperature_;
   int64_t chunk_;
   at::Tensor replay_;
+  ImagesPtr images_;
   double loss_ = 0;
   models::NamedTensors grads_;
 };
@@ -306,10 +347,12 @@ class LossBackwardWork final : public ModelWork {
 class GenerateWork final : public ModelWork {
  public:
   GenerateWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::vector<std::vector<int64_t>> prompts,
-               rollout::GenerateOptions options)
-      : ModelWork(env, "tiller.modelGenerate", std::move(slot)), prompts_(std::move(prompts)), options_(std::move(options)) {}
+               rollout::GenerateOptions options, ImagesPtr images)
+      : ModelWork(env, "tiller.modelGenerate", std::move(slot)), prompts_(std::move(prompts)), options_(std::move(options)),
+        images_(std::move(images)) {}
 
   void RunLocked(ModelSlot& slot) override {
+    options_.images = images_.get();
     results_ = rollout::generate(*slot.model, prompts_, options_, &slot.decoder);
   }
 
@@ -338,6 +381,7 @@ class GenerateWork final : public ModelWork {
  private:
   std::vector<std::vector<int64_t>> prompts_;
   rollout::GenerateOptions options_;
+  ImagesPtr images_;
   std::vector<rollout::SequenceState> results_;
 };
 
@@ -346,10 +390,11 @@ class GenerateWork final : public ModelWork {
 class TrainStepWork final : public ModelWork {
  public:
   TrainStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
-                at::Tensor mask, double normaliser, double temperature, int64_t chunk, at::Tensor replay)
+                at::Tensor mask, double normaliser, double temperature, int64_t chunk, at::Tensor replay,
+                ImagesPtr images)
       : ModelWork(env, "tiller.modelTrainStep", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
         mask_(std::move(mask)), normaliser_(normaliser), temperature_(temperature), chunk_(chunk),
-        replay_(std::move(replay)) {}
+        replay_(std::move(replay)), images_(std::move(images)) {}
 
   void RunLocked(ModelSlot& slot) override {
     const auto predicted = tokens_.size(0) - static_cast<int64_t>(cu_.size()) + 1;
@@ -358,7 +403,7 @@ class TrainStepWork final : public ModelWork {
                                   std::to_string(predicted) + " (tokens minus sequences)");
     }
     GradScope scope(slot.model->named_parameters());
-    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_);
+    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_, images_.get());
     train::TokenLossInputs in;
     in.logprobs = out.logprob;                        // [tokens - sequences] fp32
     in.mask = mask_.to(out.logprob.device());         // [tokens - sequences]
@@ -385,6 +430,7 @@ class TrainStepWork final : public ModelWork {
   double normaliser_, temperature_;
   int64_t chunk_;
   at::Tensor replay_;
+  ImagesPtr images_;
   double loss_ = 0, tokens_counted_ = 0;
 };
 
@@ -394,14 +440,14 @@ class PolicyStepWork final : public ModelWork {
  public:
   PolicyStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
                  train::PolicyLossInputs inputs, train::PolicyLossConfig config, double temperature, int64_t chunk,
-                 at::Tensor replay)
+                 at::Tensor replay, ImagesPtr images)
       : ModelWork(env, "tiller.modelPolicyStep", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
         inputs_(std::move(inputs)), config_(config), temperature_(temperature), chunk_(chunk),
-        replay_(std::move(replay)) {}
+        replay_(std::move(replay)), images_(std::move(images)) {}
 
   void RunLocked(ModelSlot& slot) override {
     GradScope scope(slot.model->named_parameters());
-    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_);
+    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_, images_.get());
     auto in = inputs_;
     const auto device = out.logprob.device();
     in.logprobs = out.logprob;  // [tokens - sequences] fp32
@@ -438,6 +484,7 @@ class PolicyStepWork final : public ModelWork {
   double temperature_;
   int64_t chunk_;
   at::Tensor replay_;
+  ImagesPtr images_;
   double loss_ = 0, tokens_counted_ = 0;
   train::PolicyLossMetrics metrics_;
 };
@@ -545,7 +592,8 @@ class LoadWork final : public PromiseWork {
   std::shared_ptr<ModelSlot> slot_;
 };
 
-// modelCreate(configJson: string, tensors: {name, dtype, shape, data}[], device: string, dtype: string) -> handle
+// modelCreate(configJson: string, tensors: {name, dtype, shape, data}[], device: string, dtype: string,
+//             freezeVision?: boolean) -> handle
 Napi::Value ModelCreate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -562,14 +610,15 @@ Napi::Value ModelCreate(const Napi::CallbackInfo& info) {
                                               shape_from_js(t.Get("shape"), (field + ".shape").c_str()));
     }
     const auto device = parse_device(info[2].As<Napi::String>().Utf8Value());
-    const auto dtype = dtype_from_name(info[3].As<Napi::String>().Utf8Value());
+    models::BuildOptions options(device, dtype_from_name(info[3].As<Napi::String>().Utf8Value()));
+    options.freeze_vision = info[4].ToBoolean().Value();
     // The builder copies every tensor, so nothing aliases JS memory once this returns.
-    slot->model = models::build_model(models::HfConfig(slot->config), weights, {device, dtype});
+    slot->model = models::build_model(models::HfConfig(slot->config), weights, options);
     return wrap_slot(env, std::move(slot));
   });
 }
 
-// modelLoad(dir: string, device: string, dtype: string, mesh?: handle, sequenceParallel?: boolean)
+// modelLoad(dir: string, device: string, dtype: string, mesh?: handle, sequenceParallel?: boolean, freezeVision?: boolean)
 //   -> Promise<handle>; with a mesh, every rank of it loads its slices (a collective model).
 Napi::Value ModelLoad(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -585,6 +634,7 @@ Napi::Value ModelLoad(const Napi::CallbackInfo& info) {
       }
     }
     options.sequence_parallel = info[4].ToBoolean().Value();
+    options.freeze_vision = info[5].ToBoolean().Value();
     return queue_work<LoadWork>(env, info[0].As<Napi::String>().Utf8Value(), std::move(options));
   });
 }
@@ -633,21 +683,22 @@ Napi::Value ModelSave(const Napi::CallbackInfo& info) {
 }
 
 // modelTrainStep(handle, tokens, cuSeqlens, lossMask: Float32Array [tokens - sequences], tokenNormaliser,
-//                temperature, chunkTokens, routedExperts?: Int32Array) -> Promise<{loss, tokens}>
+//                temperature, chunkTokens, routedExperts?: Int32Array, images?) -> Promise<{loss, tokens}>
 Napi::Value ModelTrainStep(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto [slot, tokens, cu] = packed_args(info);
     auto replay = replay_from_js(info[7], *slot, tokens.numel());
+    auto images = images_from_js(info[8], *slot);
     return queue_work<TrainStepWork>(env, slot, tokens, cu, floats_from_js(info[3]), info[4].As<Napi::Number>().DoubleValue(),
                                      info[5].As<Napi::Number>().DoubleValue(), info[6].As<Napi::Number>().Int64Value(),
-                                     std::move(replay));
+                                     std::move(replay), std::move(images));
   });
 }
 
 // modelPolicyStep(handle, tokens, cuSeqlens, perToken: {oldLogprobs, advantages, mask, refLogprobs?, rolloutIsWeights?: Float32Array
 //                 [tokens - sequences]}, counts: {tokens, sequences}, config, temperature, chunkTokens,
-//                 routedExperts?: Int32Array) -> Promise<{loss, tokens, metrics}>
+//                 routedExperts?: Int32Array, images?) -> Promise<{loss, tokens, metrics}>
 Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -671,9 +722,10 @@ Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
       throw std::invalid_argument("perToken.refLogprobs: required when config.kl.type is not none");
     }
     auto replay = replay_from_js(info[8], *slot, tokens.numel());
+    auto images = images_from_js(info[9], *slot);
     return queue_work<PolicyStepWork>(env, slot, tokens, cu, std::move(in), config,
                                       info[6].As<Napi::Number>().DoubleValue(), info[7].As<Napi::Number>().Int64Value(),
-                                      std::move(replay));
+                                      std::move(replay), std::move(images));
   });
 }
 
@@ -765,41 +817,44 @@ Napi::Value ModelDispose(const Napi::CallbackInfo& info) {
   });
 }
 
-// modelLogprobs(handle, tokens, cuSeqlens, temperature, chunkTokens, routedExperts?: Int32Array)
+// modelLogprobs(handle, tokens, cuSeqlens, temperature, chunkTokens, routedExperts?: Int32Array, images?)
 //   -> Promise<{logprobs, entropy}>
 Napi::Value ModelLogprobs(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto [slot, tokens, cu] = packed_args(info);
     auto replay = replay_from_js(info[5], *slot, tokens.numel());
+    auto images = images_from_js(info[6], *slot);
     return queue_work<LogprobsWork>(env, slot, tokens, cu, info[3].As<Napi::Number>().DoubleValue(),
-                                    info[4].As<Napi::Number>().Int64Value(), std::move(replay));
+                                    info[4].As<Napi::Number>().Int64Value(), std::move(replay), std::move(images));
   });
 }
 
-// modelActivations(handle, tokens, cuSeqlens, layer) -> Promise<{values: Float32Array, shape: [tokens, hidden]}>
+// modelActivations(handle, tokens, cuSeqlens, layer, images?) -> Promise<{values: Float32Array, shape: [tokens, hidden]}>
 Napi::Value ModelActivations(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto [slot, tokens, cu] = packed_args(info);
-    return queue_work<ActivationsWork>(env, slot, tokens, cu, info[3].As<Napi::Number>().Int64Value());
+    auto images = images_from_js(info[4], *slot);
+    return queue_work<ActivationsWork>(env, slot, tokens, cu, info[3].As<Napi::Number>().Int64Value(), std::move(images));
   });
 }
 
 // modelLossBackward(handle, tokens, cuSeqlens, weights: Float32Array, temperature, chunkTokens,
-//                   routedExperts?: Int32Array) -> Promise<{loss, gradients}>
+//                   routedExperts?: Int32Array, images?) -> Promise<{loss, gradients}>
 Napi::Value ModelLossBackward(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto [slot, tokens, cu] = packed_args(info);
     auto replay = replay_from_js(info[6], *slot, tokens.numel());
+    auto images = images_from_js(info[7], *slot);
     return queue_work<LossBackwardWork>(env, slot, tokens, cu, floats_from_js(info[3]), info[4].As<Napi::Number>().DoubleValue(),
-                                        info[5].As<Napi::Number>().Int64Value(), std::move(replay));
+                                        info[5].As<Napi::Number>().Int64Value(), std::move(replay), std::move(images));
   });
 }
 
 // modelGenerate(handle, prompts: Int32Array[], {maxNewTokens, temperature, topK, topP, stopTokenIds, seed,
-//               sequenceOffset, recordExperts}) -> Promise<{tokens, logprobs, finishReason, experts?}[]>
+//               sequenceOffset, recordExperts, images?}) -> Promise<{tokens, logprobs, finishReason, experts?}[]>
 Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -823,7 +878,8 @@ Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < stops.Length(); ++i) {
       options.stop.stop_token_ids.push_back(stops.Get(i).As<Napi::Number>().Int64Value());
     }
-    return queue_work<GenerateWork>(env, slot, std::move(prompts), std::move(options));
+    auto images = images_from_js(o.Get("images"), *slot);
+    return queue_work<GenerateWork>(env, slot, std::move(prompts), std::move(options), std::move(images));
   });
 }
 

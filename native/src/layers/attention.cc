@@ -68,6 +68,26 @@ at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, con
   return at::cat(outs);
 }
 
+at::Tensor segment_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const std::vector<int64_t>& cu_seqlens, double scale) {
+  if (use_flash(q)) {
+    int64_t max_len = 0;
+    for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) max_len = std::max(max_len, cu_seqlens[i + 1] - cu_seqlens[i]);
+    const auto cu = at::tensor(cu_seqlens, at::kInt).to(q.device());
+    return std::get<0>(at::_flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, /*is_causal=*/false,
+                                                    /*return_debug_mask=*/false, scale));
+  }
+  std::vector<at::Tensor> outs;
+  for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
+    const auto a = cu_seqlens[i], b = cu_seqlens[i + 1];
+    const auto head_first = [&](const at::Tensor& x) { return x.slice(0, a, b).transpose(0, 1).unsqueeze(0); };
+    const auto out = at::scaled_dot_product_attention(head_first(q), head_first(k), head_first(v), {}, 0.0,
+                                                      /*is_causal=*/false, scale);
+    outs.push_back(out.squeeze(0).transpose(0, 1));  // [n, heads, D]
+  }
+  return at::cat(outs);
+}
+
 std::vector<KvView> append_to_cache(const at::Tensor& k, const at::Tensor& v, const std::vector<int64_t>& cu_seqlens,
                                     const KvView& cache, const CacheSpans& spans) {
   std::vector<KvView> prefixes;

@@ -35,6 +35,12 @@ at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, con
                                    const std::vector<int64_t>& cu_seqlens, const KvView& cache,
                                    const CacheSpans& spans, double scale, int64_t window = 0);
 
+// Bidirectional attention within each packed segment (vision encoders): q, k, v: [tokens, heads, D],
+// cu_seqlens: [segments + 1] on the host. -> [tokens, heads, D]. CUDA with bf16/fp16 runs flash
+// attention varlen in one call; otherwise one SDPA call per segment.
+at::Tensor segment_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const std::vector<int64_t>& cu_seqlens, double scale);
+
 // The two halves of cached_causal_attention, for layers that cache something other than per-head
 // K/V (MLA). Writes each packed sequence's new rows of k and v ([tokens, ...] matching the cache's
 // trailing dims) into its slot and returns per sequence the slot's rows 0 .. offset + n - 1 (views).

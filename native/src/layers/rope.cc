@@ -97,6 +97,23 @@ RopeTable rope_table_from(const RopeFrequencies& freqs, const at::Tensor& positi
   return {angles.cos() * freqs.attention_scaling, angles.sin() * freqs.attention_scaling};
 }
 
+RopeTable mrope_table(const RopeFrequencies& freqs, const at::Tensor& positions, const std::vector<int64_t>& sections) {
+  // positions: [3, n]; each frequency's column comes from the row its section names.
+  const auto inv_freq = freqs.inv_freq.to(positions.device());
+  const auto half = inv_freq.size(0);
+  std::vector<int64_t> row_of;
+  for (size_t s = 0; s < sections.size(); ++s) row_of.insert(row_of.end(), sections[s], static_cast<int64_t>(s % 3));
+  if (static_cast<int64_t>(row_of.size()) != half) {
+    throw std::invalid_argument("mrope_section: sums to " + std::to_string(row_of.size()) + ", expected rotary_dim / 2 = " +
+                                std::to_string(half));
+  }
+  const auto rows = at::tensor(row_of, at::kLong).to(positions.device());
+  const auto picked = positions.index_select(0, rows).t().to(at::kFloat);  // [n, half]: each column's position
+  const auto angles_half = picked * inv_freq.unsqueeze(0);
+  const auto angles = at::cat({angles_half, angles_half}, -1);
+  return {angles.cos() * freqs.attention_scaling, angles.sin() * freqs.attention_scaling};
+}
+
 RopeTable rope_table(const RopeConfig& config, const at::Tensor& positions, const std::vector<int64_t>& cu_seqlens,
                      const std::vector<int64_t>& context_lengths) {
   if (config.type != RopeType::Dynamic) return rope_table_from(rope_frequencies(config, 0), positions);

@@ -53,6 +53,11 @@ RopeTable rope_table(const RopeConfig& config, const at::Tensor& positions,
 // positions' device, so it can run inside a CUDA graph.
 RopeTable rope_table_from(const RopeFrequencies& freqs, const at::Tensor& positions);
 
+// Multimodal rope (Qwen2-VL's M-RoPE): positions [3, tokens] int64 (temporal, height, width).
+// Frequency i of the half table takes its angle from the position of the section it falls in;
+// `sections` (sizes summing to rotary_dim / 2) cycle temporal, height, width.
+RopeTable mrope_table(const RopeFrequencies& freqs, const at::Tensor& positions, const std::vector<int64_t>& sections);
+
 // x: [tokens, heads, head_dim], table rows per token -> same shape and dtype as x
 at::Tensor apply_rope(const at::Tensor& x, const RopeTable& table);
 

@@ -10,11 +10,21 @@
 
 #include "layers/attention.h"
 #include "layers/moe.h"
+#include "layers/rope.h"
 #include "parallel/tensor_parallel.h"
 
 namespace tiller::models {
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+// The images of a packed batch, for vision-language models: pixel patches laid out as
+// transformers' image processor lays them out (pixel_values) and each image's grid
+// (image_grid_thw), in the order their placeholder tokens appear in the batch.
+struct ImageInputs {
+  at::Tensor pixels;           // [patches, channels * temporal_patch * patch * patch] float32, host
+  std::vector<int64_t> grids;  // [images * 3]: (t, h, w) of each image, in patches
+  int64_t count() const { return static_cast<int64_t>(grids.size() / 3); }
+};
 
 // A packed batch: sequence i owns tokens cu_seqlens[i] .. cu_seqlens[i+1]-1 (no padding).
 struct PackedBatch {
@@ -33,6 +43,14 @@ struct PackedBatch {
   std::vector<at::Tensor>* layer_outputs = nullptr;
   // MoE models: routing replay, recording and statistics for this forward (layers/moe.h); null: none.
   layers::Routing* routing = nullptr;
+  // Vision-language models: the images of this batch's sequences (null: text only; a model that
+  // does not accept_images() refuses them).
+  const ImageInputs* images = nullptr;
+  // Set by a model that wraps the decoder (models/qwen2_5_vl.h): rows of the embedded input that
+  // are replaced ([n] int64 token indices, [n, hidden] values), and a rope table used instead of
+  // the one computed from `positions` (M-RoPE). Undefined / null: none.
+  at::Tensor embed_rows, embed_values;
+  const layers::RopeTable* rope = nullptr;
 };
 
 // Builds positions 0..n-1 per sequence (shifted by offsets when given) and the context lengths.
@@ -81,6 +99,11 @@ class CausalLM {
   virtual const at::Tensor& lm_head() const = 0;
   virtual KvShape kv_shape() const = 0;
   virtual MoeShape moe_shape() const { return {}; }
+  // Vision-language models take PackedBatch::images; text models refuse them.
+  virtual bool accepts_images() const { return false; }
+  // Per sequence of a prompt batch, what to add to a generated token's cache position to get its
+  // rope position (M-RoPE packs an image's tokens into fewer positions); empty: nothing.
+  virtual std::vector<int64_t> position_shift(const PackedBatch& /*prompts*/) const { return {}; }
   // True when rope frequencies do not depend on the context length (not dynamic NTK): the
   // forward then does no host work, which CUDA graph capture requires.
   virtual bool fixed_rope() const = 0;

@@ -157,14 +157,17 @@ class DenseDecoder final : public CausalLM {
     const PackedBatch padded = sp ? pad_for_sequence_parallel(input) : PackedBatch();
     const auto& batch = sp ? padded : input;
     const auto tokens = batch.tokens.size(0);
-    auto rope = static_rope_ ? layers::rope_table_from(*static_rope_, batch.positions)
-                             : layers::rope_table(c.rope, batch.positions, batch.cu_seqlens, batch.context_lengths);
+    auto rope = batch.rope             ? *batch.rope
+                : static_rope_           ? layers::rope_table_from(*static_rope_, batch.positions)
+                                         : layers::rope_table(c.rope, batch.positions, batch.cu_seqlens, batch.context_lengths);
     // Once per forward rather than in every layer's apply_rope.
     rope.cos = rope.cos.to(dtype_);
     rope.sin = rope.sin.to(dtype_);
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     const auto heads = local_heads_, kv_heads = local_kv_heads_;
     auto x = tp_.embed(embed_, batch.tokens, vocab_start_, sp);  // [tokens (or a token shard), hidden]
+    // A vision-language model's image rows (never under sequence parallelism: it refuses it).
+    if (batch.embed_rows.defined()) x = x.index_put({batch.embed_rows}, batch.embed_values);
     if (batch.layer_outputs) batch.layer_outputs->push_back(whole(x, sp, input));
     for (size_t l = 0; l < blocks_.size(); ++l) {
       const auto& b = blocks_[l];

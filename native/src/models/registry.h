@@ -25,6 +25,8 @@ struct BuildOptions {
   at::ScalarType dtype = at::kFloat;
   std::shared_ptr<parallel::Mesh> mesh;
   bool sequence_parallel = false;
+  // Vision-language models: the vision tower is loaded and saved but not trained (no gradients).
+  bool freeze_vision = false;
   int tensor_rank() const { return mesh ? mesh->coordinates().tensor : 0; }
   int tensor_size() const { return mesh ? mesh->layout().tensor : 1; }
   int expert_rank() const { return mesh ? mesh->expert().rank() : 0; }

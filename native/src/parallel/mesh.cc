@@ -64,9 +64,9 @@ std::vector<int> members(const Layout& l, const Coordinates& self,
   return out;
 }
 
-// A stable name per group: its kind and its lowest rank.
-std::string group_name(const char* kind, const std::vector<int>& ranks) {
-  return std::string(kind) + "/" + std::to_string(ranks.front());
+// A stable name per group: the mesh's generation on the world group, its kind and its lowest rank.
+std::string group_name(int generation, const char* kind, const std::vector<int>& ranks) {
+  return "mesh" + std::to_string(generation) + "/" + kind + "/" + std::to_string(ranks.front());
 }
 
 }  // namespace
@@ -81,9 +81,10 @@ std::shared_ptr<Mesh> Mesh::create(const ProcessGroup& world, const Layout& layo
   using C = const Coordinates&;
   // Made in the same order on every rank; each rank belongs to exactly one group of each kind,
   // so the groups of one kind partition the ranks and their connections cannot wait on each other.
+  const int generation = world.next_generation();
   const auto make = [&](const char* kind, const std::function<bool(C, C)>& same) {
     const auto ranks = members(layout, self, same);
-    return world.subgroup(ranks, group_name(kind, ranks));
+    return world.subgroup(ranks, group_name(generation, kind, ranks));
   };
   mesh->tensor_ = make("tensor", [](C a, C b) { return a.context == b.context && a.data == b.data && a.pipeline == b.pipeline; });
   mesh->context_ = make("context", [](C a, C b) { return a.tensor == b.tensor && a.data == b.data && a.pipeline == b.pipeline; });

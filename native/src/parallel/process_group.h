@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -93,6 +94,11 @@ class ProcessGroup {
   std::map<std::string, Traffic> traffic() const;
   void reset_traffic();
 
+  // A number for the next family of subgroups made on this group (0, 1, ...): every rank makes the
+  // same families in the same order, so the numbers agree, and a second mesh's subgroups get store
+  // keys of their own instead of meeting the first mesh's stale ones.
+  int next_generation() const { return generation_++; }
+
   // The group's ranks as ranks of the group it was made from (0..n-1 for a root group).
   const std::vector<int>& parent_ranks() const { return parent_ranks_; }
   const std::string& name() const { return name_; }
@@ -106,6 +112,7 @@ class ProcessGroup {
   std::string describe(const char* collective) const;  // "allReduce on rank r of n (...) failed: "
 
   mutable std::mutex mutex_;  // one collective at a time on this group
+  mutable std::atomic<int> generation_{0};
   std::map<std::string, Traffic> traffic_;
   int rank_ = 0;
   int world_size_ = 1;

@@ -108,6 +108,7 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
     flat.insert(flat.end(), prompts[i].begin(), prompts[i].end());
     cu.push_back(static_cast<int64_t>(flat.size()));
   }
+  if (options.images && !model.accepts_images()) throw std::invalid_argument("images: this model takes no images");
   Schedule schedule(lengths, options.stop);
   const bool mine = !prompts.empty() && !schedule.running().empty();
   if (!anyone(mine)) return schedule.sequences();
@@ -131,6 +132,9 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
   auto prefill = models::pack_batch(at::tensor(flat, at::kLong).to(model.device()), cu);
   prefill.cache = &cache;
   prefill.spans = {all_sequences, std::vector<int64_t>(prompts.size(), 0)};
+  prefill.images = options.images;
+  // Rope positions of generated tokens: their cache positions, shifted per sequence (M-RoPE).
+  const auto shift = model.position_shift(prefill);
   ExpertLog experts(record ? prompts.size() : 0);
   ExpertLog* log = record ? &experts : nullptr;
   step(model, prefill, all_sequences, options, schedule, log);
@@ -146,7 +150,9 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
       offsets.push_back(schedule.next_offset(i));
       decode_cu.push_back(static_cast<int64_t>(tokens.size()));
     }
-    auto decode = models::pack_batch(at::tensor(tokens, at::kLong).to(model.device()), decode_cu, offsets);
+    auto positions = offsets;
+    for (size_t j = 0; j < running.size() && !shift.empty(); ++j) positions[j] += shift[running[j]];
+    auto decode = models::pack_batch(at::tensor(tokens, at::kLong).to(model.device()), decode_cu, positions);
     decode.cache = &cache;
     decode.spans = {running, offsets};
     step(model, decode, running, options, schedule, log);

@@ -25,6 +25,9 @@ struct GenerateOptions {
   // MoE models: fill SequenceState::experts with the experts each token was routed to. Recording
   // takes the generic path (the CUDA decoder's captured graphs do not record).
   bool record_experts = false;
+  // Vision-language models: the prompts' images, in prompt order (null: text only). Read by the
+  // prefill; valid for the duration of the call.
+  const models::ImageInputs* images = nullptr;
 };
 
 // prompts: token ids, each non-empty. Returns one state per prompt (tokens, logprobs, finish reason).

@@ -50,10 +50,12 @@ bool writes_files(const ModelSession& session) { return !session.mesh || session
 
 layers::TokenLogprobs forward_logprobs(ModelSession& session, const at::Tensor& tokens_cpu,
                                        const std::vector<int64_t>& cu, double temperature, int64_t chunk_tokens,
-                                       const at::Tensor& replay) {
+                                       const at::Tensor& replay, const models::ImageInputs* images) {
   auto& model = *session.model;
+  if (images && !model.accepts_images()) throw std::invalid_argument("images: this model takes no images");
   const auto tokens = tokens_cpu.to(model.device());
   auto batch = models::pack_batch(tokens, cu);
+  batch.images = images;
   layers::Routing routing;
   const bool moe = model.moe_shape().layers > 0;
   if (moe) {

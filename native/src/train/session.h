@@ -61,10 +61,11 @@ NextTokenRows next_token_rows(const at::Tensor& tokens, const std::vector<int64_
 
 // The model's forward over a packed batch, then per-token logprobs and entropy (vocab-parallel
 // under TP). MoE models add their router statistics to the session's and replay `replay`
-// ([tokens, moe_layers, top_k], host) when defined. Collective under TP.
+// ([tokens, moe_layers, top_k], host) when defined. Vision-language models read `images` (the
+// batch's images in token order; null: none). Collective under TP.
 layers::TokenLogprobs forward_logprobs(ModelSession& session, const at::Tensor& tokens_cpu,
                                        const std::vector<int64_t>& cu, double temperature, int64_t chunk_tokens,
-                                       const at::Tensor& replay);
+                                       const at::Tensor& replay, const models::ImageInputs* images = nullptr);
 
 // Parameters require grad only while a backward runs, so that logprobs and generation never build
 // a graph. Gradients stay on the parameters when the scope ends (training steps accumulate them).
