@@ -101,7 +101,8 @@ test("RL on a tiny Qwen3-MoE in bf16: rollout-vs-training difference with routin
   );
   // Without recording, generation runs in the CUDA slot decoder, bit-identical to training. With
   // recording it takes the generic decoder (the slot decoder does not record experts yet), whose
-  // attention differs from the training forward's in the last bits of bf16.
+  // attention differs from the training forward's in the last bits of bf16: a probability near 1
+  // then moves by up to one bf16 step there, 2^-8 (measured 1.4e-3 once updates replay routing).
   assert.equal(diffs.off, 0);
-  assert.ok((diffs.replay as number) < 1e-3, `replay on: ${diffs.replay}`);
+  assert.ok((diffs.replay as number) < 2 ** -8, `replay on: ${diffs.replay}`);
 });
