@@ -60,12 +60,74 @@ at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, con
         /*return_debug_mask=*/false, scale, window_left(window), window_right(window)));
     return out.size(-1) == v.size(-1) ? out : out.slice(-1, 0, v.size(-1));
   }
-  std::vector<at::Tensor> outs;
-  for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
-    const auto a = cu_seqlens[i], b = cu_seqlens[i + 1];
-    outs.push_back(attend_causal_suffix(q.slice(0, a, b), k.slice(0, a, b), v.slice(0, a, b), scale, window));
+  const auto sequences = static_cast<int64_t>(cu_seqlens.size()) - 1;
+  if (sequences <= 1) {
+    return sequences == 1 ? attend_causal_suffix(q, k, v, scale, window) : at::empty({0, q.size(1), v.size(-1)}, q.options());
   }
-  return at::cat(outs);
+  // Sequences of similar length run as one padded, masked SDPA call each bucket: on the CPU the
+  // per-call cost dominates many short sequences (an RL batch is hundreds of them). Buckets keep
+  // the padded work within 1.5× the exact work, so one long sequence does not pad the short ones.
+  std::vector<int64_t> order(static_cast<size_t>(sequences));
+  for (int64_t i = 0; i < sequences; ++i) order[static_cast<size_t>(i)] = i;
+  const auto length = [&](int64_t i) { return cu_seqlens[static_cast<size_t>(i) + 1] - cu_seqlens[static_cast<size_t>(i)]; };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return length(x) < length(y); });
+  auto out = at::empty({q.size(0), q.size(1), v.size(-1)}, q.options());
+  for (size_t start = 0; start < order.size();) {
+    size_t end = start + 1;
+    double exact = static_cast<double>(length(order[start])) * static_cast<double>(length(order[start]));
+    while (end < order.size()) {
+      const double l = static_cast<double>(length(order[end]));
+      const double padded = static_cast<double>(end - start + 1) * l * l;
+      if (padded > 1.5 * (exact + l * l)) break;
+      exact += l * l;
+      ++end;
+    }
+    const auto count = static_cast<int64_t>(end - start);
+    if (count == 1) {
+      const auto i = order[start];
+      const auto a = cu_seqlens[static_cast<size_t>(i)], b = cu_seqlens[static_cast<size_t>(i) + 1];
+      out.slice(0, a, b).copy_(attend_causal_suffix(q.slice(0, a, b), k.slice(0, a, b), v.slice(0, a, b), scale, window));
+      start = end;
+      continue;
+    }
+    const auto max_len = length(order[end - 1]);
+    // rows[b, t]: the packed row of token t of the bucket's sequence b (row 0 where t is padding).
+    std::vector<int64_t> rows(static_cast<size_t>(count * max_len), 0), valid_rows;
+    std::vector<uint8_t> valid(static_cast<size_t>(count * max_len), 0);
+    for (int64_t j = 0; j < count; ++j) {
+      const auto i = order[start + static_cast<size_t>(j)];
+      const auto a = cu_seqlens[static_cast<size_t>(i)];
+      for (int64_t t = 0; t < length(i); ++t) {
+        rows[static_cast<size_t>(j * max_len + t)] = a + t;
+        valid[static_cast<size_t>(j * max_len + t)] = 1;
+        valid_rows.push_back(a + t);
+      }
+    }
+    const auto device = q.device();
+    const auto index = at::tensor(rows, at::kLong).to(device);
+    const auto keep = at::tensor(std::vector<int64_t>(valid.begin(), valid.end()), at::kLong).to(device).to(at::kBool);
+    const auto batch = [&](const at::Tensor& x) {  // [rows, heads, D] -> [count, heads, max_len, D]
+      return x.index_select(0, index).view({count, max_len, x.size(1), x.size(2)}).transpose(1, 2);
+    };
+    // Causal within each sequence, no padded key; a padded query sees key 0 (so no row is all
+    // -inf: no NaN to reach the kept rows' gradients) and is dropped below.
+    const auto opts = at::TensorOptions().dtype(at::kLong).device(device);
+    const auto query_pos = at::arange(max_len, opts).view({1, max_len, 1});
+    const auto key_pos = at::arange(max_len, opts).view({1, 1, max_len});
+    const auto key_valid = keep.view({count, 1, max_len});
+    auto visible = (key_pos <= query_pos).logical_and(key_valid);
+    if (window > 0) visible = visible.logical_and(key_pos > query_pos - window);
+    visible = visible.logical_or(key_pos.eq(0).logical_and(keep.view({count, max_len, 1}).logical_not()));
+    const auto attended = at::scaled_dot_product_attention(batch(q), batch(k), batch(v), visible.unsqueeze(1), 0.0,
+                                                           /*is_causal=*/false, scale,
+                                                           /*enable_gqa=*/q.size(1) != k.size(1));
+    // [count, heads, max_len, Dv] -> the kept rows, back to their packed places.
+    const auto flat = attended.transpose(1, 2).reshape({count * max_len, q.size(1), v.size(-1)});
+    const auto kept = flat.index_select(0, keep.nonzero().squeeze(1));
+    out = out.index_copy(0, at::tensor(valid_rows, at::kLong).to(device), kept);
+    start = end;
+  }
+  return out;
 }
 
 at::Tensor segment_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

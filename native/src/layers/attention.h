@@ -25,7 +25,7 @@ struct CacheSpans {
 // cu_seqlens: [sequences + 1] on the host. Each sequence attends causally to itself only; with
 // window > 0 a query sees only the keys of the last `window` positions, itself included (HF's
 // sliding_window). Returns [tokens, heads, value_dim]. CUDA with bf16/fp16 runs flash attention
-// varlen in one call; otherwise one SDPA call per sequence.
+// varlen in one call; otherwise one masked SDPA call per bucket of sequences of similar length.
 at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const std::vector<int64_t>& cu_seqlens, double scale, int64_t window = 0);
 
