@@ -167,6 +167,28 @@ std::vector<KvView> append_to_cache(const at::Tensor& k, const at::Tensor& v, co
 at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const std::vector<int64_t>& cu_seqlens, const KvView& cache,
                                    const CacheSpans& spans, double scale, int64_t window) {
+  const auto sequences = static_cast<int64_t>(cu_seqlens.size()) - 1;
+  if (sequences > 1 && q.size(0) == sequences) {
+    // A decode step (one new token per sequence): one write into the cache and one SDPA call over
+    // the slots' used prefixes, masked to each one's length (and window), instead of a call per
+    // sequence. Every row sees at least its own key, so no row is all -inf.
+    const auto device = q.device();
+    const auto slots = at::tensor(spans.slots, at::kLong).to(device);
+    const auto offsets = at::tensor(spans.offsets, at::kLong).to(device);
+    cache.k.index_put_({slots, offsets}, k);
+    cache.v.index_put_({slots, offsets}, v);
+    const auto max_used = *std::max_element(spans.offsets.begin(), spans.offsets.end()) + 1;
+    const auto keys = cache.k.index_select(0, slots).narrow(1, 0, max_used).transpose(1, 2);    // [B, kv, L, D]
+    const auto values = cache.v.index_select(0, slots).narrow(1, 0, max_used).transpose(1, 2);  // [B, kv, L, Dv]
+    const auto key_pos = at::arange(max_used, at::TensorOptions().dtype(at::kLong).device(device)).view({1, -1});
+    const auto query_pos = offsets.view({-1, 1});
+    auto visible = key_pos <= query_pos;
+    if (window > 0) visible = visible.logical_and(key_pos > query_pos - window);
+    const auto out = at::scaled_dot_product_attention(q.unsqueeze(2), keys, values, visible.view({sequences, 1, 1, max_used}),
+                                                      0.0, /*is_causal=*/false, scale,
+                                                      /*enable_gqa=*/q.size(1) != k.size(1));
+    return out.squeeze(2);  // [B, heads, Dv]
+  }
   const auto prefixes = append_to_cache(k, v, cu_seqlens, cache, spans);
   std::vector<at::Tensor> outs;
   for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
