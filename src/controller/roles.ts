@@ -3,7 +3,7 @@
 // rank of a data-parallel replica gets the same arguments, encoded once — and the reply that stands
 // for a replica comes from one rank of it (its leader). On one rank this is one call to rank 0.
 import { replicaRanks } from "../native/dist.js";
-import type { ImageInputs, RouterStats } from "../native/model.js";
+import { type ImageInputs, type RouterStats, routerLayerStats } from "../native/model.js";
 import type { WorkerCommand, WorkerCommandArgs, WorkerCommandResults } from "../protocol/messages.js";
 import { concatImages } from "../rl/images.js";
 
@@ -180,19 +180,8 @@ export function mergeRouterStats(parts: RouterStats[]): RouterStats {
       });
       entropySum += layer.entropy * p.tokens;
     }
-    let max = 0;
-    let sum = 0;
-    for (const c of counts) {
-      max = Math.max(max, c);
-      sum += c;
-    }
-    const mean = sum / Math.max(counts.length, 1);
-    return {
-      tokensPerExpert: counts,
-      loadImbalance: mean > 0 ? max / mean : 0,
-      entropy: tokens > 0 ? entropySum / tokens : 0,
-      droppedTokens: dropped,
-    };
+    // The parts' dropped counts add up (each was counted against its own top-k).
+    return { ...routerLayerStats(counts, entropySum, tokens, 0), droppedTokens: dropped };
   });
   return { tokens, layers };
 }

@@ -96,6 +96,31 @@ export interface RouterLayerStats {
   droppedTokens: number;
 }
 
+/**
+ * One MoE layer's statistics from its sums over `tokens` tokens: tokens per expert, the router
+ * entropy summed over tokens, topK experts per token (dropless: what falls short was dropped).
+ */
+export function routerLayerStats(
+  tokensPerExpert: Int32Array,
+  entropySum: number,
+  tokens: number,
+  topK: number,
+): RouterLayerStats {
+  let max = 0;
+  let sum = 0;
+  for (const c of tokensPerExpert) {
+    max = Math.max(max, c);
+    sum += c;
+  }
+  const mean = sum / Math.max(tokensPerExpert.length, 1);
+  return {
+    tokensPerExpert,
+    loadImbalance: mean > 0 ? max / mean : 0,
+    entropy: tokens > 0 ? entropySum / tokens : 0,
+    droppedTokens: tokens * topK - sum,
+  };
+}
+
 export interface RouterStats {
   /** Tokens seen by the forwards summed here. */
   tokens: number;
@@ -839,22 +864,9 @@ export class Model {
    */
   routerStats(): RouterStats {
     const raw = native().modelRouterStats(this.handle);
-    const layers = raw.tokensPerExpert.map((counts, l) => {
-      let max = 0;
-      let sum = 0;
-      for (const c of counts) {
-        max = Math.max(max, c);
-        sum += c;
-      }
-      const mean = sum / Math.max(counts.length, 1);
-      return {
-        tokensPerExpert: counts,
-        loadImbalance: mean > 0 ? max / mean : 0,
-        entropy: raw.tokens > 0 ? (raw.entropySum[l] ?? 0) / raw.tokens : 0,
-        // Dropless routing sends every token to topK experts: anything short of that was dropped.
-        droppedTokens: raw.tokens * this.moe.topK - sum,
-      };
-    });
+    const layers = raw.tokensPerExpert.map((counts, l) =>
+      routerLayerStats(counts, raw.entropySum[l] ?? 0, raw.tokens, this.moe.topK),
+    );
     return { tokens: raw.tokens, layers };
   }
 

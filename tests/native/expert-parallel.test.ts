@@ -7,18 +7,15 @@
 // generation in lockstep (ranks with different prompt counts and lengths, one with none) equal to
 // one device's; the folder saved at EP2 reloads on one device with identical tensors.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { type Layout, Model } from "../../src/index.js";
 import { writeTinyModel } from "../../src/rl/tasks/next-digit.js";
-import type { ParallelRankConfig } from "../helpers/parallel-rank.js";
+import { compareScenario, runLayout } from "../helpers/parallel-layout.js";
 import { runScenario, type ScenarioOptions, type ScenarioResult } from "../helpers/parallel-scenario.js";
-import { maxAbsDiff, relativeDiff } from "../helpers/parity.js";
+import { maxAbsDiff } from "../helpers/parity.js";
 import { tempDir } from "../helpers/python.js";
-import { freePort, runRanks } from "../helpers/ranks.js";
 
-const TOLERANCE = 1e-5;
 const VOCAB = 15;
 // Four micro-batches: every data rank runs as many forwards as the others (the dispatch is collective).
 const scenario: ScenarioOptions = { microBatches: 4, generate: false };
@@ -31,40 +28,19 @@ const prompts = [
 ];
 let expertTraffic: { calls: number; bytes: number }[] = [];
 
-async function runLayout(
-  dir: string,
-  layout: Layout,
-  world: number,
-  saveDir?: string,
-): Promise<ScenarioResult> {
-  const port = await freePort();
-  const out = join(dir, `ep-${world}.json`);
-  const configs: ParallelRankConfig[] = Array.from({ length: world }, (_, rank) => ({
-    port,
-    rank,
-    worldSize: world,
-    timeoutMs: 20_000,
-    layout,
-    modelDir: join(dir, "model"),
-    vocab: VOCAB,
-    out,
+async function runEp(dir: string, layout: Layout, world: number, saveDir?: string): Promise<ScenarioResult> {
+  const { result, ranks } = await runLayout(dir, VOCAB, layout, world, `ep-${world}`, {
     scenario,
     unevenGenerate: prompts,
     ...(saveDir ? { saveDir } : {}),
-  }));
-  const results = await runRanks(configs, 150_000, {}, "parallel-rank.js");
-  for (const r of results) assert.equal(r.ok, true, `rank ${r.rank}: ${r.error}`);
-  generatedByRank = results.map((r) => r.generated as number[][]);
-  expertTraffic = results.map(
+  });
+  generatedByRank = ranks.map((r) => r.generated as number[][]);
+  expertTraffic = ranks.map(
     (r) =>
       (r.traffic as Record<string, Record<string, { calls: number; bytes: number }>>).expert?.allToAll ?? {
         calls: 0,
         bytes: 0,
       },
-  );
-  const result = JSON.parse(readFileSync(out, "utf8")) as ScenarioResult;
-  result.pgLoss = result.pgLoss.map((_, i) =>
-    results.reduce((sum, r) => sum + ((r.pgLoss as number[])[i] ?? 0), 0),
   );
   return result;
 }
@@ -101,31 +77,6 @@ async function assertLockstepGeneration(dir: string, world: number): Promise<voi
   }
 }
 
-function compare(got: ScenarioResult, ref: ScenarioResult, what: string): void {
-  assert.ok(
-    maxAbsDiff(got.logprobs, ref.logprobs) <= TOLERANCE,
-    `${what}: logprobs ${maxAbsDiff(got.logprobs, ref.logprobs)}`,
-  );
-  assert.ok(maxAbsDiff(got.entropy, ref.entropy) <= TOLERANCE, `${what}: entropy`);
-  assert.deepEqual(Object.keys(got.gradients).sort(), Object.keys(ref.gradients).sort());
-  for (const [name, g] of Object.entries(ref.gradients)) {
-    const d = relativeDiff(got.gradients[name] ?? [], g);
-    assert.ok(d <= TOLERANCE, `${what}: gradient of ${name} differs by ${d} (relative)`);
-  }
-  for (let i = 0; i < ref.gradNorms.length; i++) {
-    const d = Math.abs((got.gradNorms[i] ?? 0) - (ref.gradNorms[i] ?? 0)) / (ref.gradNorms[i] ?? 1);
-    assert.ok(d <= TOLERANCE, `${what}: grad norm of update ${i} ${got.gradNorms[i]} vs ${ref.gradNorms[i]}`);
-    assert.ok(
-      Math.abs((got.pgLoss[i] ?? 0) - (ref.pgLoss[i] ?? 0)) <= TOLERANCE,
-      `${what}: pg_loss of update ${i}`,
-    );
-  }
-  for (const [name, p] of Object.entries(ref.parameters)) {
-    const d = maxAbsDiff(got.parameters[name] ?? [], p);
-    assert.ok(d <= TOLERANCE, `${what}: parameter ${name} after 3 updates differs by ${d}`);
-  }
-}
-
 test("Qwen3-MoE at EP2 (experts over the 2 data ranks) equals one device: logprobs, entropy, gradients, 3 ZeRO-1 updates, lockstep greedy generation; saved, it reloads on one device", {
   timeout: 240_000,
 }, async () => {
@@ -134,8 +85,8 @@ test("Qwen3-MoE at EP2 (experts over the 2 data ranks) equals one device: logpro
     await writeTinyModel(join(dir.path, "model"), { seed: 4, moe: { experts: 4, topK: 2 }, hiddenSize: 32 });
     const ref = await reference(dir.path);
     const saved = join(dir.path, "saved");
-    const got = await runLayout(dir.path, { expert: 2, data: 2 }, 2, saved);
-    compare(got, ref, "EP2");
+    const got = await runEp(dir.path, { expert: 2, data: 2 }, 2, saved);
+    compareScenario(got, ref, "EP2");
     // The tokens really went to the other rank's experts: all-to-alls on the expert group.
     for (const t of expertTraffic)
       assert.ok(t.calls > 0 && t.bytes > 0, `expert all-to-all traffic ${JSON.stringify(t)}`);
@@ -165,7 +116,11 @@ test("Qwen3-MoE at EP2 × EDP2 (4 ranks: expert gradients summed over the expert
   const dir = tempDir("expert-parallel-4");
   try {
     await writeTinyModel(join(dir.path, "model"), { seed: 6, moe: { experts: 4, topK: 2 }, hiddenSize: 32 });
-    compare(await runLayout(dir.path, { expert: 2, data: 4 }, 4), await reference(dir.path), "EP2 x EDP2");
+    compareScenario(
+      await runEp(dir.path, { expert: 2, data: 4 }, 4),
+      await reference(dir.path),
+      "EP2 x EDP2",
+    );
     await assertLockstepGeneration(dir.path, 4);
   } finally {
     dir.cleanup();

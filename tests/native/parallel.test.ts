@@ -9,74 +9,13 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { checkLayout, type Layout, Model } from "../../src/index.js";
 import { readSafetensors, type StoredTensor } from "../../src/native/io.js";
+import { compareScenario, runLayout } from "../helpers/parallel-layout.js";
 import type { ParallelRankConfig } from "../helpers/parallel-rank.js";
 import { runScenario, type ScenarioResult } from "../helpers/parallel-scenario.js";
-import { maxAbsDiff, relativeDiff } from "../helpers/parity.js";
+import { maxAbsDiff } from "../helpers/parity.js";
 import { tempDir } from "../helpers/python.js";
 import { freePort, runRanks } from "../helpers/ranks.js";
 import { type TinyDenseShape, writeTinyDense } from "../helpers/tiny-models.js";
-
-const TOLERANCE = 1e-5;
-
-async function runLayout(
-  dir: string,
-  vocab: number,
-  layout: Layout,
-  world: number,
-  tag: string,
-  saveDir?: string,
-): Promise<ScenarioResult> {
-  const port = await freePort();
-  const out = join(dir, `${tag}.json`);
-  const configs: ParallelRankConfig[] = Array.from({ length: world }, (_, rank) => ({
-    port,
-    rank,
-    worldSize: world,
-    timeoutMs: 20_000,
-    layout,
-    modelDir: join(dir, "model"),
-    vocab,
-    out,
-    ...(saveDir ? { saveDir } : {}),
-  }));
-  const results = await runRanks(configs, 150_000, {}, "parallel-rank.js");
-  for (const r of results) assert.equal(r.ok, true, `rank ${r.rank}: ${r.error}`);
-  const result = JSON.parse(readFileSync(out, "utf8")) as ScenarioResult;
-  // The metric of the mini-batch is the sum of the data ranks' shares.
-  result.pgLoss = result.pgLoss.map((_, i) =>
-    results.reduce((sum, r) => sum + ((r.pgLoss as number[])[i] ?? 0), 0),
-  );
-  return result;
-}
-
-function compare(got: ScenarioResult, ref: ScenarioResult, what: string): void {
-  assert.ok(
-    maxAbsDiff(got.logprobs, ref.logprobs) <= TOLERANCE,
-    `${what}: logprobs ${maxAbsDiff(got.logprobs, ref.logprobs)}`,
-  );
-  assert.ok(
-    maxAbsDiff(got.entropy, ref.entropy) <= TOLERANCE,
-    `${what}: entropy ${maxAbsDiff(got.entropy, ref.entropy)}`,
-  );
-  assert.deepEqual(Object.keys(got.gradients).sort(), Object.keys(ref.gradients).sort());
-  for (const [name, g] of Object.entries(ref.gradients)) {
-    const d = relativeDiff(got.gradients[name] ?? [], g);
-    assert.ok(d <= TOLERANCE, `${what}: gradient of ${name} differs by ${d} (relative)`);
-  }
-  for (let i = 0; i < ref.gradNorms.length; i++) {
-    const d = Math.abs((got.gradNorms[i] ?? 0) - (ref.gradNorms[i] ?? 0)) / (ref.gradNorms[i] ?? 1);
-    assert.ok(d <= TOLERANCE, `${what}: grad norm of update ${i} ${got.gradNorms[i]} vs ${ref.gradNorms[i]}`);
-    assert.ok(
-      Math.abs((got.pgLoss[i] ?? 0) - (ref.pgLoss[i] ?? 0)) <= TOLERANCE,
-      `${what}: pg_loss of update ${i}`,
-    );
-  }
-  for (const [name, p] of Object.entries(ref.parameters)) {
-    const d = maxAbsDiff(got.parameters[name] ?? [], p);
-    assert.ok(d <= TOLERANCE, `${what}: parameter ${name} after 3 updates differs by ${d}`);
-  }
-  assert.deepEqual(got.generated, ref.generated, `${what}: greedy generation`);
-}
 
 interface Case {
   shape: TinyDenseShape;
@@ -117,7 +56,7 @@ for (const { shape, layouts } of cases) {
         } finally {
           single.dispose();
         }
-        compare(await runLayout(dir.path, vocab, layout, world, "run"), ref, label);
+        compareScenario((await runLayout(dir.path, vocab, layout, world, "run")).result, ref, label);
       } finally {
         dir.cleanup();
       }
@@ -133,7 +72,9 @@ test("saved at TP2 x DP2, loaded at one device and at TP2: identical parameters 
     const config = await writeTinyDense(join(dir.path, "model"), { family: "qwen3", heads: 4, kvHeads: 2 });
     const vocab = config.vocab_size as number;
     const saved = join(dir.path, "saved");
-    const got = await runLayout(dir.path, vocab, { tensor: 2, data: 2 }, 4, "run", saved);
+    const { result: got } = await runLayout(dir.path, vocab, { tensor: 2, data: 2 }, 4, "run", {
+      saveDir: saved,
+    });
     const savedState = await readSafetensors(join(saved, "optimizer.safetensors"));
     // One device: the HF folder holds the trained parameters, the optimizer file its state.
     const single = await Model.load(saved);

@@ -121,6 +121,11 @@ at::Tensor run_experts(const at::Tensor& rows, const at::Tensor& ends, const Moe
 
 namespace {
 
+// The permutation that undoes `order` (a permutation of 0..n-1): inverse[order[i]] = i.
+at::Tensor inverse_permutation(const at::Tensor& order) {
+  return at::empty_like(order).scatter_(0, order, at::arange(order.numel(), order.options()));
+}
+
 // The experts' outputs for `rows` (sorted by global expert; `counts` [experts] int64 rows per
 // expert) when the experts live on the ranks of ep->group: rows go to their expert's rank, each
 // rank groups what it received by its local expert, runs them, and sends the outputs back in the
@@ -160,9 +165,7 @@ at::Tensor dispatch_experts(const at::Tensor& rows, const at::Tensor& counts, co
   const auto device = rows.device();
   const auto by_expert = at::tensor(order, at::kLong).to(device);
   const auto y = run_experts(arrived.index_select(0, by_expert), at::tensor(ends, at::kLong).to(device), w);
-  const auto inverse =
-      at::empty_like(by_expert).scatter_(0, by_expert, at::arange(by_expert.numel(), by_expert.options()));
-  return parallel::all_to_all(y.index_select(0, inverse), out_splits, in_splits, group);
+  return parallel::all_to_all(y.index_select(0, inverse_permutation(by_expert)), out_splits, in_splits, group);
 }
 
 }  // namespace
@@ -186,8 +189,7 @@ at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig
 
   // Back to (token, k) order and a weighted sum over k in float32, rounded once: no atomic adds,
   // so each token's output is deterministic and does not depend on the rest of the batch.
-  const auto pairs = order.numel();
-  const auto inverse = at::empty_like(order).scatter_(0, order, at::arange(pairs, order.options()));
+  const auto inverse = inverse_permutation(order);
   const auto per_pair = y.index_select(0, inverse).view({tokens, c.top_k, x.size(1)});
   const auto out = (per_pair.to(at::kFloat) * choice.weights.unsqueeze(-1)).sum(1).to(x.scalar_type());
 
