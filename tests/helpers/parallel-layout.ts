@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Layout } from "../../src/index.js";
+import type { Layout, Model } from "../../src/index.js";
 import type { ParallelRankConfig } from "./parallel-rank.js";
 import type { ScenarioResult } from "./parallel-scenario.js";
 import { maxAbsDiff, relativeDiff } from "./parity.js";
@@ -74,4 +74,29 @@ export function compareScenario(got: ScenarioResult, ref: ScenarioResult, what: 
     assert.ok(d <= TOLERANCE, `${what}: parameter ${name} after 3 updates differs by ${d}`);
   }
   assert.deepEqual(got.generated, ref.generated, `${what}: greedy generation`);
+}
+
+/**
+ * Each rank of replica d generated prompts[0..d) for 3 + 2d tokens after the scenario (replica 0
+ * nothing: it only joined the others' expert dispatches, and the replicas stopped at different
+ * steps): each equals the greedy tokens of `single`, the one-device model after the same scenario.
+ * `ranks`: the lines of runLayout.
+ */
+export async function assertLockstepGeneration(
+  single: Model,
+  prompts: number[][],
+  ranks: RankResult[],
+): Promise<void> {
+  for (const r of ranks) {
+    const d = (r.coordinates as { data: number }).data;
+    const want = await single.generate(
+      prompts.slice(0, d).map((p) => Int32Array.from(p)),
+      { maxNewTokens: 3 + 2 * d },
+    );
+    assert.deepEqual(
+      r.generated,
+      want.map((g) => Array.from(g.tokens)),
+      `rank ${r.rank} (replica ${d})'s generations`,
+    );
+  }
 }

@@ -22,8 +22,9 @@ export interface ParallelRankConfig {
   /** Passed to runScenario (expert parallelism: micro-batches a multiple of the data ranks, no generation). */
   scenario?: import("./parallel-scenario.js").ScenarioOptions;
   /**
-   * After the scenario, rank r greedily generates prompts[0..r) of `prompts` for 3 + 2r tokens and
-   * reports them (expert parallelism: ranks with different work, one with none, in lockstep).
+   * After the scenario, the ranks of data replica d greedily generate prompts[0..d) of `prompts` for
+   * 3 + 2d tokens and report them (expert parallelism: ranks with different work, one with none, in
+   * lockstep).
    */
   unevenGenerate?: number[][];
   /** Instead of the scenario: load this folder (and its optimizer.safetensors) and write the gathered state to `out`. */
@@ -73,8 +74,9 @@ try {
   }
   let generated: number[][] | undefined;
   if (config.unevenGenerate) {
-    const prompts = config.unevenGenerate.slice(0, config.rank).map((p) => Int32Array.from(p));
-    const out = await model.generate(prompts, { maxNewTokens: 3 + 2 * config.rank });
+    // One replica's tensor ranks generate the same prompts: the replica's data index picks them.
+    const prompts = config.unevenGenerate.slice(0, c.data).map((p) => Int32Array.from(p));
+    const out = await model.generate(prompts, { maxNewTokens: 3 + 2 * c.data });
     generated = out.map((g) => Array.from(g.tokens));
   }
   if (config.rank === 0) writeFileSync(config.out, JSON.stringify(result));

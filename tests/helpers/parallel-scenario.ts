@@ -43,8 +43,17 @@ export interface ScenarioOptions {
    * data ranks.
    */
   microBatches?: number;
-  /** Greedy generation at the end (default true; expert-parallel models do not generate). */
+  /** Greedy generation at the end (default true). */
   generate?: boolean;
+  /**
+   * AdamW's epsilon (the engine's 1e-8 by default). A parameter whose gradient is as small as the
+   * summation-order noise between layouts (≈ 1e-7 here) gets an update of either sign of up to lr
+   * when epsilon is tiny: its first Adam step is lr·g/(|g| + eps), whose slope in g is lr/eps.
+   * A larger epsilon bounds that (1e-5: 1e-7 of gradient noise moves a parameter by at most 1e-5),
+   * so that the parameters after three updates can be compared at 1e-5 in models with many such
+   * parameters, without choosing seeds. A sharding bug still moves many parameters by ≈ lr.
+   */
+  adamEps?: number;
 }
 
 /**
@@ -61,7 +70,12 @@ export async function runScenario(
   const sequences = scenarioSequences(vocab);
   const all = pack(sequences);
   const { logprobs, entropy } = await model.logprobs(all.tokens, all.cu);
-  model.initOptimizer({ lr: 1e-3, weightDecay: 0.01, maxGradNorm: 0.5 });
+  model.initOptimizer({
+    lr: 1e-3,
+    weightDecay: 0.01,
+    maxGradNorm: 0.5,
+    ...(options.adamEps !== undefined ? { eps: options.adamEps } : {}),
+  });
   // Micro-batches of two sequences (or `microBatches` contiguous shares); the last 3 predicted
   // tokens of each sequence count.
   const micro: number[][][] = [];

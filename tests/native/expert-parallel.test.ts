@@ -11,16 +11,17 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { type Layout, Model } from "../../src/index.js";
 import { writeTinyModel } from "../../src/rl/tasks/next-digit.js";
-import { compareScenario, runLayout } from "../helpers/parallel-layout.js";
+import { assertLockstepGeneration, compareScenario, runLayout } from "../helpers/parallel-layout.js";
 import { runScenario, type ScenarioOptions, type ScenarioResult } from "../helpers/parallel-scenario.js";
 import { maxAbsDiff } from "../helpers/parity.js";
 import { tempDir } from "../helpers/python.js";
+import type { RankResult } from "../helpers/ranks.js";
 
 const VOCAB = 15;
 // Four micro-batches: every data rank runs as many forwards as the others (the dispatch is collective).
 const scenario: ScenarioOptions = { microBatches: 4, generate: false };
 
-let generatedByRank: number[][][] = [];
+let rankLines: RankResult[] = [];
 const prompts = [
   [3, 5, 7, 2],
   [4, 4, 9],
@@ -34,7 +35,7 @@ async function runEp(dir: string, layout: Layout, world: number, saveDir?: strin
     unevenGenerate: prompts,
     ...(saveDir ? { saveDir } : {}),
   });
-  generatedByRank = ranks.map((r) => r.generated as number[][]);
+  rankLines = ranks;
   expertTraffic = ranks.map(
     (r) =>
       (r.traffic as Record<string, Record<string, { calls: number; bytes: number }>>).expert?.allToAll ?? {
@@ -45,36 +46,10 @@ async function runEp(dir: string, layout: Layout, world: number, saveDir?: strin
   return result;
 }
 
-async function reference(dir: string): Promise<ScenarioResult> {
+/** The scenario on one device; the trained model stays loaded for the generation check (dispose it). */
+async function reference(dir: string): Promise<{ ref: ScenarioResult; single: Model }> {
   const single = await Model.load(join(dir, "model"));
-  try {
-    return await runScenario(single, VOCAB, 0, 1, scenario);
-  } finally {
-    single.dispose();
-  }
-}
-
-/**
- * Rank r generated prompts[0..r) for 3 + 2r tokens (rank 0 nothing: it only joined the others'
- * dispatches, and every rank stopped at another step): each rank's tokens are one device's.
- */
-async function assertLockstepGeneration(dir: string, world: number): Promise<void> {
-  const single = await Model.load(join(dir, "model"));
-  try {
-    for (let rank = 0; rank < world; rank++) {
-      const want = await single.generate(
-        prompts.slice(0, rank).map((p) => Int32Array.from(p)),
-        { maxNewTokens: 3 + 2 * rank },
-      );
-      assert.deepEqual(
-        generatedByRank[rank],
-        want.map((g) => Array.from(g.tokens)),
-        `rank ${rank}'s generations`,
-      );
-    }
-  } finally {
-    single.dispose();
-  }
+  return { ref: await runScenario(single, VOCAB, 0, 1, scenario), single };
 }
 
 test("Qwen3-MoE at EP2 (experts over the 2 data ranks) equals one device: logprobs, entropy, gradients, 3 ZeRO-1 updates, lockstep greedy generation; saved, it reloads on one device", {
@@ -83,7 +58,7 @@ test("Qwen3-MoE at EP2 (experts over the 2 data ranks) equals one device: logpro
   const dir = tempDir("expert-parallel");
   try {
     await writeTinyModel(join(dir.path, "model"), { seed: 4, moe: { experts: 4, topK: 2 }, hiddenSize: 32 });
-    const ref = await reference(dir.path);
+    const { ref, single: trained } = await reference(dir.path);
     const saved = join(dir.path, "saved");
     const got = await runEp(dir.path, { expert: 2, data: 2 }, 2, saved);
     compareScenario(got, ref, "EP2");
@@ -91,7 +66,11 @@ test("Qwen3-MoE at EP2 (experts over the 2 data ranks) equals one device: logpro
     for (const t of expertTraffic)
       assert.ok(t.calls > 0 && t.bytes > 0, `expert all-to-all traffic ${JSON.stringify(t)}`);
     console.log(`EP2: ${expertTraffic[0]?.calls} all-to-alls, ${expertTraffic[0]?.bytes} bytes on rank 0`);
-    await assertLockstepGeneration(dir.path, 2);
+    try {
+      await assertLockstepGeneration(trained, prompts, rankLines);
+    } finally {
+      trained.dispose();
+    }
     // The saved folder holds every expert under the checkpoint's per-expert names.
     const single = await Model.load(saved);
     try {
@@ -116,12 +95,13 @@ test("Qwen3-MoE at EP2 × EDP2 (4 ranks: expert gradients summed over the expert
   const dir = tempDir("expert-parallel-4");
   try {
     await writeTinyModel(join(dir.path, "model"), { seed: 6, moe: { experts: 4, topK: 2 }, hiddenSize: 32 });
-    compareScenario(
-      await runEp(dir.path, { expert: 2, data: 4 }, 4),
-      await reference(dir.path),
-      "EP2 x EDP2",
-    );
-    await assertLockstepGeneration(dir.path, 4);
+    const { ref, single } = await reference(dir.path);
+    try {
+      compareScenario(await runEp(dir.path, { expert: 2, data: 4 }, 4), ref, "EP2 x EDP2");
+      await assertLockstepGeneration(single, prompts, rankLines);
+    } finally {
+      single.dispose();
+    }
   } finally {
     dir.cleanup();
   }

@@ -23,8 +23,8 @@ Expanded expand(const at::Tensor& latent, const at::Tensor& k_rope, const MlaWei
 
 }  // namespace
 
-at::Tensor mla_attention(const at::Tensor& x, const MlaWeights& w, const MlaConfig& c, const RopeTable& rope,
-                         const std::vector<int64_t>& cu_seqlens, const KvView* cache, const CacheSpans& spans) {
+at::Tensor mla_heads(const at::Tensor& x, const MlaWeights& w, const MlaConfig& c, const RopeTable& rope,
+                     const std::vector<int64_t>& cu_seqlens, const KvView* cache, const CacheSpans& spans) {
   const auto tokens = x.size(0);
   const auto rotate = [&](const at::Tensor& t) {
     return c.interleaved_rope ? apply_rope_interleaved(t, rope) : apply_rope(t, rope);
@@ -52,7 +52,7 @@ at::Tensor mla_attention(const at::Tensor& x, const MlaWeights& w, const MlaConf
     }
     out = at::cat(outs);
   }
-  return linear(out.reshape({tokens, c.heads * c.v_dim}), w.o, w.o_bias);
+  return out.reshape({tokens, c.heads * c.v_dim});
 }
 
 }  // namespace tiller::layers

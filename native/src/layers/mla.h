@@ -37,10 +37,14 @@ struct MlaWeights {
   at::Tensor o, o_bias;  // o_proj [hidden, heads * v] (+ bias)
 };
 
-// x: [tokens, hidden], rope: the table of qk_rope_dim rows per token -> [tokens, hidden].
-// Without `cache`, each sequence of cu_seqlens attends causally to itself; with it, each sequence's
-// latent and rope key are appended at `spans` and its queries attend over the whole cached prefix.
-at::Tensor mla_attention(const at::Tensor& x, const MlaWeights& w, const MlaConfig& c, const RopeTable& rope,
-                         const std::vector<int64_t>& cu_seqlens, const KvView* cache, const CacheSpans& spans);
+// x: [tokens, hidden], rope: the table of qk_rope_dim rows per token -> the attention of every
+// head before o_proj, [tokens, heads * v_head_dim] (the caller applies o_proj). Without `cache`,
+// each sequence of cu_seqlens attends causally to itself; with it, each sequence's latent and rope
+// key are appended at `spans` and its queries attend over the whole cached prefix.
+// Under tensor parallelism c.heads is this rank's heads and q_b/q_proj/kv_b hold their rows
+// (column-parallel by heads; o_proj is row-parallel); the down-projections, their norms and the
+// latent cache are replicated on every tensor rank.
+at::Tensor mla_heads(const at::Tensor& x, const MlaWeights& w, const MlaConfig& c, const RopeTable& rope,
+                     const std::vector<int64_t>& cu_seqlens, const KvView* cache, const CacheSpans& spans);
 
 }  // namespace tiller::layers

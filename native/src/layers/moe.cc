@@ -2,6 +2,7 @@
 
 #include "parallel/collectives.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <stdexcept>
@@ -170,18 +171,25 @@ at::Tensor dispatch_experts(const at::Tensor& rows, const at::Tensor& counts, co
 
 }  // namespace
 
-at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index,
-                       const ExpertParallel* ep) {
+namespace {
+
+struct LocalMoe {
+  at::Tensor out;  // [rows, hidden]
+  RouterChoice choice;
+  at::Tensor ends;  // [experts] int64: cumulative (token, expert) pairs through each expert
+};
+
+// The layer over the rows of x that this rank routes (the experts possibly on other ranks).
+LocalMoe moe_rows(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, const at::Tensor& replay,
+                  const ExpertParallel* ep) {
   const auto tokens = x.size(0);
-  at::Tensor replay;
-  if (routing && routing->replay.defined()) replay = routing->replay.select(1, index);  // [tokens, top_k]
-  const auto choice = route(x, w, c, replay);
+  auto choice = route(x, w, c, replay);
 
   // Sort the (token, expert) pairs by expert; stable, so an expert's rows keep token order.
   // Searching the sorted ids gives each expert's end row without atomics or a host sync.
   const auto flat = choice.experts.reshape(-1);  // [tokens * top_k]
   const auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const auto ends = at::searchsorted(sorted, at::arange(1, c.experts + 1, flat.options()));  // [experts]
+  auto ends = at::searchsorted(sorted, at::arange(1, c.experts + 1, flat.options()));  // [experts]
   const auto rows = x.index_select(0, at::floor_divide(order, c.top_k));
   const bool parallel = ep && ep->group && ep->group->world_size() > 1;
   const auto y = parallel ? dispatch_experts(rows, at::diff(ends, 1, 0, at::zeros({1}, ends.options())), w, *ep)
@@ -189,15 +197,54 @@ at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig
 
   // Back to (token, k) order and a weighted sum over k in float32, rounded once: no atomic adds,
   // so each token's output is deterministic and does not depend on the rest of the batch.
-  const auto inverse = inverse_permutation(order);
-  const auto per_pair = y.index_select(0, inverse).view({tokens, c.top_k, x.size(1)});
-  const auto out = (per_pair.to(at::kFloat) * choice.weights.unsqueeze(-1)).sum(1).to(x.scalar_type());
+  const auto per_pair = y.index_select(0, inverse_permutation(order)).view({tokens, c.top_k, x.size(1)});
+  auto out = (per_pair.to(at::kFloat) * choice.weights.unsqueeze(-1)).sum(1).to(x.scalar_type());
+  return {std::move(out), std::move(choice), std::move(ends)};
+}
+
+// rows of x, then `extra` rows of `fill` (differentiable in x).
+at::Tensor pad_rows(const at::Tensor& x, int64_t extra, double fill = 0) {
+  if (extra == 0) return x;
+  auto sizes = x.sizes().vec();
+  sizes[0] = extra;
+  return at::cat({x, at::full(sizes, fill, x.options())});
+}
+
+}  // namespace
+
+at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index,
+                       const ExpertParallel* ep, const MoeTokens& placement) {
+  at::Tensor replay;  // [batch tokens, top_k]
+  if (routing && routing->replay.defined()) replay = routing->replay.select(1, index);
+  auto* tp = ep && ep->tensor && ep->tensor->world_size() > 1 ? ep->tensor : nullptr;
+
+  // This rank's share of the batch: rows [begin, begin + length) of `total`, in chunks of `chunk`
+  // per tensor rank (the last shares may be short or empty).
+  const int size = tp ? tp->world_size() : 1, rank = tp ? tp->rank() : 0;
+  const bool split = tp && !placement.sharded;
+  const int64_t total = placement.sharded ? x.size(0) * size : x.size(0);
+  const int64_t chunk = placement.sharded ? x.size(0) : (total + size - 1) / size;
+  const int64_t begin = std::min<int64_t>(rank * chunk, total), length = std::min<int64_t>(chunk, total - begin);
+  const int64_t valid = placement.valid < 0 ? total : placement.valid;
+  at::Tensor local = x;
+  if (split && total > 0) local = parallel::scatter_first_dim(pad_rows(x, chunk * size - total), *tp).narrow(0, 0, length);
+  at::Tensor local_replay = replay;
+  if (tp && replay.defined()) {
+    // Replay rows exist for the batch's tokens only; padding rows route normally (-1).
+    const auto have = std::clamp<int64_t>(replay.size(0) - begin, 0, length);
+    local_replay = pad_rows(replay.narrow(0, std::min<int64_t>(begin, replay.size(0)), have), length - have, -1);
+  }
+  const auto r = moe_rows(local, w, c, local_replay, ep);
 
   if (routing) {
     const auto slot = static_cast<size_t>(index);
+    // The rows of this share that are tokens of the batch.
+    const auto real = std::clamp<int64_t>(valid - begin, 0, length);
     if (routing->record) {
       if (routing->chosen.size() <= slot) routing->chosen.resize(slot + 1);
-      routing->chosen[slot] = choice.experts;
+      routing->chosen[slot] =
+          tp ? parallel::all_gather_first_dim(pad_rows(r.choice.experts, chunk - length, -1), *tp).narrow(0, 0, valid)
+             : r.choice.experts;
     }
     if (routing->stats) {
       at::NoGradGuard no_grad;
@@ -205,12 +252,24 @@ at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig
         routing->tokens_per_expert.resize(slot + 1);
         routing->entropy_sum.resize(slot + 1);
       }
-      const auto p = choice.probs.detach();
-      routing->tokens_per_expert[slot] = at::diff(ends, 1, 0, at::zeros({1}, ends.options()));
-      routing->entropy_sum[slot] = -at::xlogy(p, p).sum();
+      auto counts = tp ? at::bincount(r.choice.experts.narrow(0, 0, real).reshape(-1), {}, c.experts)
+                       : at::diff(r.ends, 1, 0, at::zeros({1}, r.ends.options()));
+      const auto p = r.choice.probs.detach().narrow(0, 0, tp ? real : r.choice.probs.size(0));
+      auto entropy = -at::xlogy(p, p).sum();
+      if (tp) {
+        // Every tensor rank reports the whole batch's statistics, as one device does.
+        counts = counts.to(at::kLong).contiguous();
+        entropy = entropy.contiguous();
+        tp->all_reduce(counts, parallel::ReduceOp::kSum);
+        tp->all_reduce(entropy, parallel::ReduceOp::kSum);
+      }
+      routing->tokens_per_expert[slot] = counts;
+      routing->entropy_sum[slot] = entropy;
     }
   }
-  return out;
+  if (!split) return r.out;
+  if (total == 0) return r.out;
+  return parallel::gather_first_dim_replicated(pad_rows(r.out, chunk - length), *tp).narrow(0, 0, total);
 }
 
 }  // namespace tiller::layers

@@ -19,10 +19,27 @@ namespace tiller::layers {
 // Expert parallelism: this rank holds experts [first, first + local) of every MoE layer (the
 // stacked weights' rows), the group's ranks the rest in order. Tokens reach their experts by
 // Megatron's all-to-all dispatch and come back by its inverse; dropless, counts exchanged first.
+//
+// Under attention's tensor parallelism (expert tensor parallelism 1, Megatron's folding), the tensor
+// ranks hold the same tokens (or, with sequence parallelism, each its shard of them): each routes
+// and dispatches only its share, so every token reaches its experts once, and the outputs are
+// gathered back where the residual stream is replicated. The router then sees a share of the
+// tokens on each tensor rank: its gradient is partial and completed over the tensor group.
 struct ExpertParallel {
   parallel::ProcessGroup* group = nullptr;  // null or one rank: every expert is here
   int64_t first = 0;
   int64_t local = 0;
+  parallel::ProcessGroup* tensor = nullptr;  // attention's tensor group; null or one rank: none
+};
+
+// Where the layer's input rows sit relative to the batch under tensor parallelism.
+struct MoeTokens {
+  // x is this tensor rank's shard of the batch (sequence parallelism: rows rank·n .. of the padded
+  // batch); otherwise x holds every token, the same on each tensor rank.
+  bool sharded = false;
+  // Rows of the batch that are tokens (sequence-parallel padding follows them; it is routed but
+  // neither recorded nor counted); -1: all.
+  int64_t valid = -1;
 };
 
 enum class RouterKind {
@@ -83,8 +100,10 @@ RouterChoice route(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c,
 // x: [tokens, hidden] -> [tokens, hidden]. routing may be null. With `ep` over several ranks, w's
 // expert weights are this rank's `ep->local` experts and every rank of the group must call this
 // for the same layers in the same order (empty x too): the dispatch is collective.
+// Routing records and statistics are the whole batch's on every tensor rank (gathered and summed
+// over the tensor group), as on one device; replay rows are read at the batch's token positions.
 at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index,
-                       const ExpertParallel* ep = nullptr);
+                       const ExpertParallel* ep = nullptr, const MoeTokens& tokens = {});
 
 // rows: [n, hidden], (token, expert) pairs sorted by expert; ends: [experts] int64, the cumulative
 // row count through each expert -> [n, hidden], each row through its expert's SwiGLU. Grouped GEMM

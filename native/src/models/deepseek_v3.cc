@@ -86,47 +86,58 @@ bool is_moe(const ModelConfig& m, int64_t layer) {
   return std::find(m.moe_layers.begin(), m.moe_layers.end(), layer) != m.moe_layers.end();
 }
 
+// Under tensor parallelism (as Megatron's MLA): the query and key-value up-projections are
+// column-parallel by heads and o_proj row-parallel; the down-projections and their norms are
+// replicated, applied to every token but feeding only this rank's heads (partial gradients, summed
+// over the tensor group); dense MLPs and shared experts are split as the dense decoder's MLP;
+// routed experts are whole on their expert rank.
 std::vector<TensorSpec> deepseek_table(const DeepseekConfig& d) {
+  using parallel::Split;
   const auto& m = d.base;
   const auto& a = d.mla;
   const auto h = m.hidden_size, q_out = a.heads * (a.qk_nope_dim + a.qk_rope_dim);
-  std::vector<TensorSpec> table{{"model.embed_tokens.weight", {m.vocab_size, h}}};
+  const parallel::SplitSpec vocab{Split::kVocab}, column{Split::kColumn}, row{Split::kRow};
+  const parallel::SplitSpec heads{Split::kColumn, a.heads}, o_heads{Split::kRow, a.heads};
+  const parallel::SplitSpec latent{Split::kReplicated, 0, /*partial=*/true}, by_expert{Split::kExpert};
+  std::vector<TensorSpec> table{{"model.embed_tokens.weight", {m.vocab_size, h}, false, vocab}};
   for (int64_t i = 0; i < m.num_layers; ++i) {
     const auto p = "model.layers." + std::to_string(i) + ".";
     const auto attn = p + "self_attn.";
     table.push_back({p + "input_layernorm.weight", {h}});
     if (a.q_lora_rank > 0) {
-      table.push_back({attn + "q_a_proj.weight", {a.q_lora_rank, h}});
-      if (d.attention_bias) table.push_back({attn + "q_a_proj.bias", {a.q_lora_rank}});
-      table.push_back({attn + "q_a_layernorm.weight", {a.q_lora_rank}});
-      table.push_back({attn + "q_b_proj.weight", {q_out, a.q_lora_rank}});
+      table.push_back({attn + "q_a_proj.weight", {a.q_lora_rank, h}, false, latent});
+      if (d.attention_bias) table.push_back({attn + "q_a_proj.bias", {a.q_lora_rank}, false, latent});
+      table.push_back({attn + "q_a_layernorm.weight", {a.q_lora_rank}, false, latent});
+      table.push_back({attn + "q_b_proj.weight", {q_out, a.q_lora_rank}, false, heads});
     } else {
-      table.push_back({attn + "q_proj.weight", {q_out, h}});
+      table.push_back({attn + "q_proj.weight", {q_out, h}, false, heads});
     }
-    table.push_back({attn + "kv_a_proj_with_mqa.weight", {a.kv_lora_rank + a.qk_rope_dim, h}});
-    if (d.attention_bias) table.push_back({attn + "kv_a_proj_with_mqa.bias", {a.kv_lora_rank + a.qk_rope_dim}});
-    table.push_back({attn + "kv_a_layernorm.weight", {a.kv_lora_rank}});
-    table.push_back({attn + "kv_b_proj.weight", {a.heads * (a.qk_nope_dim + a.v_dim), a.kv_lora_rank}});
-    table.push_back({attn + "o_proj.weight", {h, a.heads * a.v_dim}});
+    table.push_back({attn + "kv_a_proj_with_mqa.weight", {a.kv_lora_rank + a.qk_rope_dim, h}, false, latent});
+    if (d.attention_bias) {
+      table.push_back({attn + "kv_a_proj_with_mqa.bias", {a.kv_lora_rank + a.qk_rope_dim}, false, latent});
+    }
+    table.push_back({attn + "kv_a_layernorm.weight", {a.kv_lora_rank}, false, latent});
+    table.push_back({attn + "kv_b_proj.weight", {a.heads * (a.qk_nope_dim + a.v_dim), a.kv_lora_rank}, false, heads});
+    table.push_back({attn + "o_proj.weight", {h, a.heads * a.v_dim}, false, o_heads});
     if (d.attention_bias) table.push_back({attn + "o_proj.bias", {h}});
     table.push_back({p + "post_attention_layernorm.weight", {h}});
     if (is_moe(m, i)) {
       const auto e = m.moe.experts, inter = m.moe.intermediate, shared = d.shared_intermediate;
-      table.push_back({p + "mlp.gate.weight", {e, h}});
+      table.push_back({p + "mlp.gate.weight", {e, h}, false, router_split()});
       table.push_back({p + "mlp.gate.e_score_correction_bias", {e}, /*buffer=*/true});
-      table.push_back({p + "mlp.experts.gate_up_proj", {e, 2 * inter, h}});
-      table.push_back({p + "mlp.experts.down_proj", {e, h, inter}});
-      table.push_back({p + "mlp.shared_experts.gate_proj.weight", {shared, h}});
-      table.push_back({p + "mlp.shared_experts.up_proj.weight", {shared, h}});
-      table.push_back({p + "mlp.shared_experts.down_proj.weight", {h, shared}});
+      table.push_back({p + "mlp.experts.gate_up_proj", {e, 2 * inter, h}, false, by_expert});
+      table.push_back({p + "mlp.experts.down_proj", {e, h, inter}, false, by_expert});
+      table.push_back({p + "mlp.shared_experts.gate_proj.weight", {shared, h}, false, column});
+      table.push_back({p + "mlp.shared_experts.up_proj.weight", {shared, h}, false, column});
+      table.push_back({p + "mlp.shared_experts.down_proj.weight", {h, shared}, false, row});
     } else {
-      table.push_back({p + "mlp.gate_proj.weight", {m.intermediate_size, h}});
-      table.push_back({p + "mlp.up_proj.weight", {m.intermediate_size, h}});
-      table.push_back({p + "mlp.down_proj.weight", {h, m.intermediate_size}});
+      table.push_back({p + "mlp.gate_proj.weight", {m.intermediate_size, h}, false, column});
+      table.push_back({p + "mlp.up_proj.weight", {m.intermediate_size, h}, false, column});
+      table.push_back({p + "mlp.down_proj.weight", {h, m.intermediate_size}, false, row});
     }
   }
   table.push_back({"model.norm.weight", {h}});
-  if (!m.tie_word_embeddings) table.push_back({"lm_head.weight", {m.vocab_size, h}});
+  if (!m.tie_word_embeddings) table.push_back({"lm_head.weight", {m.vocab_size, h}, false, vocab});
   return table;
 }
 
@@ -140,10 +151,14 @@ struct Block {
 
 class DeepseekV3 final : public CausalLM {
  public:
-  DeepseekV3(DeepseekConfig config, LoadedTensors tensors, at::Device device, at::ScalarType dtype)
+  DeepseekV3(DeepseekConfig config, LoadedTensors tensors, const BuildOptions& options)
       : config_(std::move(config)), params_(std::move(tensors.parameters)), buffers_(std::move(tensors.buffers)),
-        device_(device), dtype_(dtype) {
+        device_(options.device), dtype_(options.dtype) {
     placements_ = std::move(tensors.placements);
+    tp_ = parallel::TensorParallel(options.mesh, options.sequence_parallel);
+    local_mla_ = config_.mla;
+    local_mla_.heads = config_.mla.heads / tp_.size();
+    if (!config_.base.moe_layers.empty()) ep_ = moe_placement(config_.base.moe.experts, options, tp_);
     std::map<std::string, at::Tensor> by_name(params_.begin(), params_.end());
     by_name.insert(buffers_.begin(), buffers_.end());
     const auto get = [&](const std::string& name) {
@@ -152,6 +167,7 @@ class DeepseekV3 final : public CausalLM {
     };
     const auto& m = config_.base;
     embed_ = get("model.embed_tokens.weight");
+    vocab_start_ = embed_.size(0) * tp_.rank();
     norm_ = get("model.norm.weight");
     lm_head_ = m.tie_word_embeddings ? embed_ : get("lm_head.weight");
     if (m.rope.type != layers::RopeType::Dynamic) {
@@ -186,6 +202,17 @@ class DeepseekV3 final : public CausalLM {
   NamedTensors checkpoint_tensors() const override {
     return unstack_experts(CausalLM::checkpoint_tensors(), config_.base.expert_names);
   }
+  NamedTensors checkpoint_form(NamedTensors whole) const override {
+    return unstack_experts(whole, config_.base.expert_names);
+  }
+  parallel::ProcessGroup* expert_group() const override { return ep_.group; }
+  void idle_expert_step() const override {
+    at::NoGradGuard no_grad;
+    const auto none = at::zeros({0, config_.base.hidden_size}, embed_.options());
+    for (const auto& b : blocks_) {
+      if (b.moe_index >= 0) layers::moe_forward(none, b.moe, config_.base.moe, nullptr, b.moe_index, &ep_);
+    }
+  }
   const at::Tensor& lm_head() const override { return lm_head_; }
   KvShape kv_shape() const override {
     return {config_.base.num_layers, 1, config_.mla.kv_lora_rank, config_.mla.qk_rope_dim, /*latent=*/true};
@@ -198,27 +225,39 @@ class DeepseekV3 final : public CausalLM {
   at::Device device() const override { return device_; }
   at::ScalarType dtype() const override { return dtype_; }
 
-  at::Tensor forward(const PackedBatch& batch) const override {
-    if (batch.slot_cache) throw std::invalid_argument("DeepseekV3: the CUDA slot decoder does not run MLA");
+  at::Tensor forward(const PackedBatch& input) const override {
+    if (input.slot_cache) throw std::invalid_argument("DeepseekV3: the CUDA slot decoder does not run MLA");
     const auto& m = config_.base;
+    // As the dense decoder: sequence parallelism cuts the residual stream by tokens in training-side
+    // forwards; cached generation keeps it whole.
+    const bool sp = tp_.sequence_parallel() && !input.cache;
+    const PackedBatch padded = sp ? pad_for_sequence_parallel(input, tp_.size()) : PackedBatch();
+    const auto& batch = sp ? padded : input;
     auto rope = static_rope_ ? layers::rope_table_from(*static_rope_, batch.positions)
                              : layers::rope_table(m.rope, batch.positions, batch.cu_seqlens, batch.context_lengths);
     rope.cos = rope.cos.to(dtype_);
     rope.sin = rope.sin.to(dtype_);
-    auto x = at::embedding(embed_, batch.tokens);  // [tokens, hidden]
-    if (batch.layer_outputs) batch.layer_outputs->push_back(x);
+    const layers::MoeTokens moe_tokens{sp, input.tokens.size(0)};
+    const auto tokens = input.tokens.size(0);
+    auto x = tp_.embed(embed_, batch.tokens, vocab_start_, sp);  // [tokens (or a token shard), hidden]
+    if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, tokens));
     for (size_t l = 0; l < blocks_.size(); ++l) {
       const auto& b = blocks_[l];
       const auto* cache = batch.cache ? &(*batch.cache)[l] : nullptr;
-      const auto h = layers::rms_norm(x, b.input_norm, m.rms_norm_eps);
-      x = x + layers::mla_attention(h, b.attn, config_.mla, rope, batch.cu_seqlens, cache, batch.spans);
+      const auto h = tp_.enter(layers::rms_norm(x, b.input_norm, m.rms_norm_eps), sp);  // [tokens, hidden]
+      const auto heads = layers::mla_heads(h, b.attn, local_mla_, rope, batch.cu_seqlens, cache, batch.spans);
+      x = x + with_bias(tp_.exit(layers::linear(heads, b.attn.o, at::Tensor()), sp), b.attn.o_bias);
       const auto f = layers::rms_norm(x, b.post_norm, m.rms_norm_eps);
-      auto ffn = layers::swiglu(f, b.gate, b.up, b.down);
-      if (b.moe_index >= 0) ffn = layers::moe_forward(f, b.moe, m.moe, batch.routing, b.moe_index) + ffn;
+      // The dense MLP, or the shared experts beside the routed ones.
+      auto ffn = tp_.exit(layers::swiglu(tp_.enter(f, sp), b.gate, b.up, b.down), sp);
+      if (b.moe_index >= 0) ffn = layers::moe_forward(f, b.moe, m.moe, batch.routing, b.moe_index, &ep_, moe_tokens) + ffn;
       x = x + ffn;
-      if (batch.layer_outputs) batch.layer_outputs->push_back(x);
+      if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, tokens));
     }
-    return layers::rms_norm(x, norm_, m.rms_norm_eps);
+    const auto out = layers::rms_norm(x, norm_, m.rms_norm_eps);
+    if (!sp) return out;
+    // The column-parallel lm-head needs every token (see the dense decoder).
+    return tp_.enter(out, true).narrow(0, 0, tokens);
   }
 
  private:
@@ -227,8 +266,12 @@ class DeepseekV3 final : public CausalLM {
   at::Device device_;
   at::ScalarType dtype_;
   std::optional<layers::RopeFrequencies> static_rope_;
+  layers::MlaConfig local_mla_;  // this tensor rank's heads
+  layers::ExpertParallel ep_;
   at::Tensor embed_, norm_, lm_head_;
   std::vector<Block> blocks_;
+
+  static at::Tensor with_bias(const at::Tensor& y, const at::Tensor& bias) { return bias.defined() ? y + bias : y; }
 };
 
 // Drops multi-token-prediction tensors (model.layers.{i}.*, i >= layers), noting how many on stderr.
@@ -257,23 +300,29 @@ WeightMap without_mtp_layers(const WeightMap& weights, int64_t layers) {
 }
 
 std::unique_ptr<CausalLM> build_deepseek_v3(const HfConfig& c, const WeightMap& weights, const BuildOptions& options) {
-  if (options.expert_size() > 1) {
-    throw std::invalid_argument("layout.expert: " + std::to_string(options.expert_size()) +
-                                ": expert parallelism of DeepSeek-V3 / Moonlight is not supported yet (Qwen3-MoE and "
-                                "Mixtral are); use expert 1");
-  }
-  if (options.tensor_size() > 1) {
-    throw std::invalid_argument("DeepseekV3ForCausalLM: tensor parallelism of multi-head latent attention is not "
-                                "supported yet; use tensor 1");
-  }
-  const auto device = options.device;
-  const auto dtype = options.dtype;
   const auto config = deepseek_config(c);
   const auto& m = config.base;
   layers::check_moe_config(m.moe);
+  const int experts = options.expert_size(), size = options.tensor_size();
+  if (experts > 1 && m.moe.experts % experts != 0) {
+    throw std::invalid_argument("layout.expert: " + std::to_string(experts) + " does not divide the " +
+                                std::to_string(m.moe.experts) + " experts (n_routed_experts)");
+  }
+  if (size > 1) {
+    const auto refuse = [&](const std::string& what, int64_t n) {
+      if (n % size != 0) {
+        throw std::invalid_argument("layout.tensor: " + std::to_string(size) + " does not divide " + what + " (" +
+                                    std::to_string(n) + ")");
+      }
+    };
+    refuse("num_attention_heads", m.num_heads);
+    refuse("vocab_size", m.vocab_size);
+    if (static_cast<int64_t>(m.moe_layers.size()) < m.num_layers) refuse("intermediate_size", m.intermediate_size);
+    if (!m.moe_layers.empty()) refuse("moe_intermediate_size * n_shared_experts", config.shared_intermediate);
+  }
   auto stacked = stack_experts(without_mtp_layers(weights, m.num_layers), m.moe_layers, m.moe.experts, m.expert_names);
   auto loaded = load_tensors(deepseek_table(config), stacked, m.tie_word_embeddings, options);
-  return std::make_unique<DeepseekV3>(config, std::move(loaded), device, dtype);
+  return std::make_unique<DeepseekV3>(config, std::move(loaded), options);
 }
 
 const ArchitectureRegistrar registrar("DeepseekV3ForCausalLM", build_deepseek_v3);

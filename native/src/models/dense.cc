@@ -79,10 +79,7 @@ class DenseDecoder final : public CausalLM {
       : config_(std::move(config)), params_(std::move(loaded.parameters)), device_(options.device),
         dtype_(options.dtype) {
     tp_ = parallel::TensorParallel(options.mesh, options.sequence_parallel);
-    if (options.expert_size() > 1 && !config_.moe_layers.empty()) {
-      const auto local = config_.moe.experts / options.expert_size();
-      ep_ = {&options.mesh->expert(), options.expert_rank() * local, local};
-    }
+    if (!config_.moe_layers.empty()) ep_ = moe_placement(config_.moe.experts, options, tp_);
     placements_ = std::move(loaded.placements);
     // Per-rank shapes: the forward sees only this rank's heads (key/value heads replicated when
     // there are fewer than ranks) and its slice of the vocabulary.
@@ -166,6 +163,7 @@ class DenseDecoder final : public CausalLM {
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     const auto heads = local_heads_, kv_heads = local_kv_heads_;
     auto x = tp_.embed(embed_, batch.tokens, vocab_start_, sp);  // [tokens (or a token shard), hidden]
+    const layers::MoeTokens moe_tokens{sp, input.tokens.size(0)};
     // A vision-language model's image rows (never under sequence parallelism: it refuses it).
     if (batch.embed_rows.defined()) x = x.index_put({batch.embed_rows}, batch.embed_values);
     if (batch.layer_outputs) batch.layer_outputs->push_back(whole(x, sp, input));
@@ -186,7 +184,7 @@ class DenseDecoder final : public CausalLM {
       // A row-parallel bias is added once, after the partial sums are reduced.
       x = x + (tp_.size() == 1 ? linear(flat, b.o, b.o_bias) : with_bias(tp_.exit(linear(flat, b.o, at::Tensor()), sp), b.o_bias));
       const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
-      x = x + (b.moe_index >= 0 ? layers::moe_forward(m, b.moe, c.moe, batch.routing, b.moe_index, &ep_)
+      x = x + (b.moe_index >= 0 ? layers::moe_forward(m, b.moe, c.moe, batch.routing, b.moe_index, &ep_, moe_tokens)
                                 : tp_.exit(layers::swiglu(tp_.enter(m, sp), b.gate, b.up, b.down), sp));
       if (batch.layer_outputs) batch.layer_outputs->push_back(whole(x, sp, input));
     }
@@ -201,24 +199,11 @@ class DenseDecoder final : public CausalLM {
  private:
   static at::Tensor with_bias(const at::Tensor& y, const at::Tensor& bias) { return bias.defined() ? y + bias : y; }
 
-  // Appends a padding sequence so that the token count divides over the tensor ranks.
   PackedBatch pad_for_sequence_parallel(const PackedBatch& batch) const {
-    const auto tokens = batch.tokens.size(0);
-    const auto pad = (tp_.size() - tokens % tp_.size()) % tp_.size();
-    PackedBatch out = batch;
-    if (pad == 0) return out;
-    out.tokens = at::cat({batch.tokens, at::zeros({pad}, batch.tokens.options())});
-    out.positions = at::cat({batch.positions, at::arange(pad, batch.positions.options())});
-    out.cu_seqlens.push_back(tokens + pad);
-    out.context_lengths.push_back(pad);
-    return out;
+    return models::pad_for_sequence_parallel(batch, tp_.size());
   }
-
-  // A residual-stream value as the unsharded model holds it (for activations): gathered from the
-  // token shards and without the padding.
   at::Tensor whole(const at::Tensor& x, bool sp, const PackedBatch& input) const {
-    if (!sp) return x;
-    return parallel::all_gather_first_dim(x.detach(), *tp_.group()).narrow(0, 0, input.tokens.size(0));
+    return whole_residual(x, sp, tp_, input.tokens.size(0));
   }
 
   // q: [tokens, heads, D], k, v: [tokens, kv_heads, D] -> [tokens, heads, D]
@@ -284,6 +269,37 @@ ModelConfig read_common_config(const HfConfig& c) {
   return m;
 }
 
+PackedBatch pad_for_sequence_parallel(const PackedBatch& batch, int size) {
+  const auto tokens = batch.tokens.size(0);
+  const auto pad = (size - tokens % size) % size;
+  PackedBatch out = batch;
+  if (pad == 0) return out;
+  out.tokens = at::cat({batch.tokens, at::zeros({pad}, batch.tokens.options())});
+  out.positions = at::cat({batch.positions, at::arange(pad, batch.positions.options())});
+  out.cu_seqlens.push_back(tokens + pad);
+  out.context_lengths.push_back(pad);
+  return out;
+}
+
+at::Tensor whole_residual(const at::Tensor& x, bool sp, const parallel::TensorParallel& tp, int64_t tokens) {
+  if (!sp) return x;
+  return parallel::all_gather_first_dim(x.detach(), *tp.group()).narrow(0, 0, tokens);
+}
+
+layers::ExpertParallel moe_placement(int64_t experts, const BuildOptions& options, const parallel::TensorParallel& tp) {
+  layers::ExpertParallel ep;
+  ep.tensor = tp.group();
+  ep.local = experts;
+  if (options.expert_size() > 1) {
+    ep.local = experts / options.expert_size();
+    ep.group = &options.mesh->expert();
+    ep.first = options.expert_rank() * ep.local;
+  }
+  return ep;
+}
+
+parallel::SplitSpec router_split() { return {parallel::Split::kReplicated, 0, /*partial=*/true}; }
+
 std::vector<TensorSpec> tensor_table(const ModelConfig& c) {
   using parallel::Split;
   const auto q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
@@ -311,7 +327,7 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c) {
     table.push_back({p + "post_attention_layernorm.weight", {c.hidden_size}});
     if (std::find(c.moe_layers.begin(), c.moe_layers.end(), i) != c.moe_layers.end()) {
       const auto experts = c.moe.experts, inter = c.moe.intermediate;
-      table.push_back({p + "mlp.gate.weight", {experts, c.hidden_size}});
+      table.push_back({p + "mlp.gate.weight", {experts, c.hidden_size}, false, router_split()});
       const parallel::SplitSpec by_expert(parallel::Split::kExpert);
       table.push_back({p + "mlp.experts.gate_up_proj", {experts, 2 * inter, c.hidden_size}, false, by_expert});
       table.push_back({p + "mlp.experts.down_proj", {experts, c.hidden_size, inter}, false, by_expert});
@@ -368,10 +384,6 @@ std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap
   }
   const int size = options.tensor_size();
   if (size > 1) {
-    if (!config.moe_layers.empty()) {
-      throw std::invalid_argument("layout.tensor: " + std::to_string(size) +
-                                  ": tensor parallelism of mixture-of-experts models is not supported yet; use tensor 1");
-    }
     const auto refuse = [&](const std::string& what, int64_t n) {
       throw std::invalid_argument("layout.tensor: " + std::to_string(size) + " does not divide " + what + " (" +
                                   std::to_string(n) + ")");
@@ -383,7 +395,9 @@ std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap
                                   ") must divide one another (fewer key-value heads than ranks are replicated)");
     }
     if (config.vocab_size % size != 0) refuse("vocab_size", config.vocab_size);
-    if (config.intermediate_size % size != 0) refuse("intermediate_size", config.intermediate_size);
+    // Experts are whole on their expert rank (expert tensor parallelism 1); dense MLPs are split.
+    const bool dense_mlp = static_cast<int64_t>(config.moe_layers.size()) < config.num_layers;
+    if (dense_mlp && config.intermediate_size % size != 0) refuse("intermediate_size", config.intermediate_size);
   }
   auto loaded = load_tensors(tensor_table(config),
                              config.moe_layers.empty()

@@ -76,6 +76,17 @@ struct LoadedTensors {
 LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap& weights, bool tied,
                            const BuildOptions& options);
 
+// Shared by the decoders that run tensor parallelism:
+// appends a padding sequence so that the token count divides over `size` tensor ranks (sequence parallelism);
+PackedBatch pad_for_sequence_parallel(const PackedBatch& batch, int size);
+// a residual-stream value as the unsharded model holds it (for activations): gathered from the
+// token shards and without the padding (`tokens`: the batch's own);
+at::Tensor whole_residual(const at::Tensor& x, bool sp, const parallel::TensorParallel& tp, int64_t tokens);
+// the MoE layers' parallel placement of this rank: its experts, the expert group, the tensor group;
+layers::ExpertParallel moe_placement(int64_t experts, const BuildOptions& options, const parallel::TensorParallel& tp);
+// the router's split: replicated, each tensor rank routing its share of the tokens (partial gradient).
+parallel::SplitSpec router_split();
+
 // Stacks per-expert checkpoint tensors (models/experts.h), then loads and builds the decoder.
 std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, const BuildOptions& options);
 

@@ -128,6 +128,9 @@ at::Tensor reduce_scatter_first_dim(const at::Tensor& x, ProcessGroup& g) {
   return apply<Pair<reduce_scatter_rows, gather_rows>>(x, g);
 }
 at::Tensor scatter_first_dim(const at::Tensor& x, ProcessGroup& g) { return apply<Pair<own_rows, gather_rows>>(x, g); }
+at::Tensor gather_first_dim_replicated(const at::Tensor& x, ProcessGroup& g) {
+  return apply<Pair<gather_rows, own_rows>>(x, g);
+}
 
 at::Tensor all_gather_first_dim(const at::Tensor& x, ProcessGroup& g) {
   if (g.world_size() == 1) return x;

@@ -28,6 +28,10 @@ at::Tensor gather_first_dim(const at::Tensor& x, ProcessGroup& group);
 at::Tensor reduce_scatter_first_dim(const at::Tensor& x, ProcessGroup& group);
 // x: [n * size, ...] -> own rows [n, ...]; backward all-gathers dim 0.
 at::Tensor scatter_first_dim(const at::Tensor& x, ProcessGroup& group);
+// x: [n, ...] -> [n * size, ...]; backward keeps own rows. For values whose consumers run replicated
+// over the group (so their gradient is the same on every rank): the MoE experts' outputs of each
+// tensor rank's share of the tokens, gathered back for the replicated residual stream.
+at::Tensor gather_first_dim_replicated(const at::Tensor& x, ProcessGroup& group);
 
 // x: [sum(in_splits), ...] -> [sum(out_splits), ...] (ProcessGroup::all_to_all); backward sends
 // the gradient back with the splits swapped. The expert-parallel token dispatch and combine.

@@ -37,8 +37,9 @@ struct SplitSpec {
   // is its own unit). Fewer heads than ranks replicate them: rank r holds head r * heads / size,
   // as key/value heads when kv_heads < TP (Qwen3-235B's 4 KV heads at rollout TP 8).
   int64_t heads = 0;
-  // Replicated, but applied to head-sharded values (Qwen3's per-head q/k norms): each rank's
-  // gradient is a partial sum and is completed over the tensor group.
+  // Replicated, but applied to head-sharded values (Qwen3's per-head q/k norms, MLA's latent
+  // projections) or to a share of the tokens (the MoE router): each rank's gradient is a partial
+  // sum and is completed over the tensor group.
   bool per_head = false;
 };
 
