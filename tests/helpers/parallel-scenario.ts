@@ -54,6 +54,26 @@ export interface ScenarioOptions {
    * parameters, without choosing seeds. A sharding bug still moves many parameters by ≈ lr.
    */
   adamEps?: number;
+  /**
+   * MoE models: every forward replays a forced routing (routedExperts) made from the token ids
+   * alone, so one device and every layout force the same experts on the same tokens; tokens with
+   * id % 5 == 0 route as the router does (rows of -1).
+   */
+  forcedRouting?: boolean;
+}
+
+/** [tokens, moe layers, top_k] expert ids for `tokens` (see ScenarioOptions.forcedRouting). */
+export function forcedRouting(model: Model, tokens: Int32Array): Int32Array {
+  const { layers, experts, topK } = model.moe;
+  const out = new Int32Array(tokens.length * layers * topK);
+  tokens.forEach((t, i) => {
+    for (let l = 0; l < layers; l++) {
+      for (let k = 0; k < topK; k++) {
+        out[(i * layers + l) * topK + k] = t % 5 === 0 ? -1 : (t * 3 + l + k) % experts;
+      }
+    }
+  });
+  return out;
 }
 
 /**
@@ -69,7 +89,8 @@ export async function runScenario(
 ): Promise<ScenarioResult> {
   const sequences = scenarioSequences(vocab);
   const all = pack(sequences);
-  const { logprobs, entropy } = await model.logprobs(all.tokens, all.cu);
+  const routing = (tokens: Int32Array) => (options.forcedRouting ? forcedRouting(model, tokens) : undefined);
+  const { logprobs, entropy } = await model.logprobs(all.tokens, all.cu, 1, 1024, routing(all.tokens));
   model.initOptimizer({
     lr: 1e-3,
     weightDecay: 0.01,
@@ -107,7 +128,7 @@ export async function runScenario(
       const mask = new Float32Array(predicted);
       const advantages = new Float32Array(predicted);
       const old = new Float32Array(predicted);
-      const current = await model.logprobs(packed.tokens, packed.cu);
+      const current = await model.logprobs(packed.tokens, packed.cu, 1, 1024, routing(packed.tokens));
       let row = 0;
       batch.forEach((seq, s) => {
         const n = seq.length - 1;
@@ -125,6 +146,9 @@ export async function runScenario(
         { oldLogprobs: old, advantages, mask },
         counts,
         { entropyCoeff: 0.01, clipRatioLow: 0.2, clipRatioHigh: 0.28 },
+        1,
+        1024,
+        routing(packed.tokens),
       );
       pgLoss += step.metrics.pgLoss;
     }

@@ -11,7 +11,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { type Layout, Model } from "../../src/index.js";
 import { assertLockstepGeneration, compareScenario, runLayout } from "../helpers/parallel-layout.js";
-import { runScenario, type ScenarioOptions } from "../helpers/parallel-scenario.js";
+import { runScenario, type ScenarioOptions, type ScenarioResult } from "../helpers/parallel-scenario.js";
+import { maxAbsDiff, relativeDiff } from "../helpers/parity.js";
 import { tempDir } from "../helpers/python.js";
 import { type TinyMoeShape, writeTinyMoe } from "../helpers/tiny-models.js";
 
@@ -129,3 +130,50 @@ for (const { label, shape, layouts } of cases) {
     });
   }
 }
+
+test("routing replay at EP2 and at TP2 × EP2 trains on exactly the replayed experts: one device's logprobs, gradients and updates under the same forced routing, and not the router's", {
+  timeout: 240_000,
+}, async () => {
+  const dir = tempDir("moe-replay");
+  try {
+    const modelDir = join(dir.path, "model");
+    const config = await writeTinyMoe(modelDir, {
+      family: "qwen3_moe",
+      layers: 2,
+      experts: 4,
+      topK: 2,
+      seed: 12,
+    });
+    const vocab = config.vocab_size as number;
+    const forced: ScenarioOptions = { ...scenario, forcedRouting: true, generate: false };
+    const single = await Model.load(modelDir);
+    let ref: ScenarioResult;
+    let routed: ScenarioResult;
+    try {
+      ref = await runScenario(single, vocab, 0, 1, forced);
+    } finally {
+      single.dispose();
+    }
+    const fresh = await Model.load(modelDir);
+    try {
+      routed = await runScenario(fresh, vocab, 0, 1, { ...forced, forcedRouting: false });
+    } finally {
+      fresh.dispose();
+    }
+    // The forced experts are not the router's: the logprobs and the router's gradient move.
+    assert.ok(maxAbsDiff(ref.logprobs, routed.logprobs) > 1e-3, "forced routing changes the logprobs");
+    const router = "model.layers.0.mlp.gate.weight";
+    assert.ok(relativeDiff(ref.gradients[router] ?? [], routed.gradients[router] ?? []) > 1e-2);
+    for (const [name, layout, world] of [
+      ["EP2", { expert: 2, data: 2 }, 2],
+      ["TP2 x EP2", { tensor: 2, expert: 2, data: 2 }, 4],
+    ] as [string, Layout, number][]) {
+      const { result } = await runLayout(dir.path, vocab, layout, world, `replay-${world}`, {
+        scenario: forced,
+      });
+      compareScenario(result, ref, `replay at ${name}`);
+    }
+  } finally {
+    dir.cleanup();
+  }
+});
