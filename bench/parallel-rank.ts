@@ -57,6 +57,7 @@ try {
     for (const t of Object.values(kinds)) {
       t.calls /= c.steps;
       t.bytes /= c.steps;
+      t.seconds /= c.steps;
     }
   }
   process.stdout.write(`${JSON.stringify({ rank: c.rank, ok: true, stepSeconds, traffic })}\n`);

@@ -1,13 +1,14 @@
 // Multi-rank training steps on CPU worker processes (gloo, one thread each): TP2, TP2+SP and DP2
 // (ZeRO-1) against one rank on the same model in the same run, with the bytes each group's
-// collectives moved per step. No target on CPU (the GPU issue has them): the ratio is one rank's
+// collectives moved per step; a Qwen3-MoE shape at EP2 and TP2 × EP2 with its all-to-all bytes and
+// the dispatch's share of the step. No target on CPU (the GPU issue has them): the ratio is one rank's
 // step time over the layout's, and the traffic is what the layout costs.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Layout, MeshTraffic } from "../src/index.js";
 import { freePort, runRanks } from "../tests/helpers/ranks.js";
-import { writeTinyDense } from "../tests/helpers/tiny-models.js";
+import { writeTinyDense, writeTinyMoe } from "../tests/helpers/tiny-models.js";
 import type { BenchResult } from "./common.js";
 
 interface RankTiming {
@@ -89,8 +90,54 @@ export async function benchParallel(): Promise<BenchResult[]> {
         detail: `per step on rank 0: ${describeTraffic(ranks[0]?.traffic ?? {})}`,
       });
     }
+    out.push(...(await benchExpertLayouts(dir)));
     return out;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A Qwen3-MoE shape (4 layers, hidden 128, 8 experts, top-2) at EP2 and at TP2 × EP2 against one
+ * rank: the step time, the expert all-to-all bytes per step and the share of the step spent in
+ * them (gloo wall time, waiting for the slower peer included).
+ */
+async function benchExpertLayouts(dir: string): Promise<BenchResult[]> {
+  const modelDir = join(dir, "moe");
+  const config = await writeTinyMoe(modelDir, {
+    family: "qwen3_moe",
+    hidden: 128,
+    layers: 4,
+    experts: 8,
+    topK: 2,
+    vocab: 2048,
+    heads: 8,
+    kvHeads: 4,
+  });
+  const vocab = config.vocab_size as number;
+  const [one] = await timeLayout(modelDir, vocab, {}, 1);
+  const base = one?.stepSeconds ?? Number.NaN;
+  const out: BenchResult[] = [];
+  for (const [name, layout, world] of [
+    ["EP2 (attention DP2)", { expert: 2, data: 2 }, 2],
+    ["TP2 x EP2", { tensor: 2, expert: 2, data: 2 }, 4],
+  ] as [string, Layout, number][]) {
+    const ranks = await timeLayout(modelDir, vocab, layout, world);
+    const slowest = Math.max(...ranks.map((r) => r.stepSeconds));
+    const dispatch = ranks.map((r) => r.traffic.expert?.allToAll ?? { calls: 0, bytes: 0, seconds: 0 });
+    const share = Math.max(...dispatch.map((d, i) => d.seconds / (ranks[i]?.stepSeconds ?? Number.NaN)));
+    out.push({
+      name: `parallel/MoE ${name} train step (cpu, gloo, 8 x 128 tokens, 8 experts top-2)`,
+      value: slowest,
+      unit: "s",
+      baseline: base,
+      baselineName: "one rank",
+      ratio: base / slowest,
+      detail:
+        `expert all-to-all per step on rank 0: ${((dispatch[0]?.bytes ?? 0) / 2 ** 20).toFixed(2)} MiB in ` +
+        `${dispatch[0]?.calls ?? 0} calls; dispatch share of the step (max over ranks) ${(100 * share).toFixed(1)}%; ` +
+        describeTraffic(ranks[0]?.traffic ?? {}),
+    });
+  }
+  return out;
 }

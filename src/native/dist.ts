@@ -46,7 +46,8 @@ export interface MeshInfo {
 }
 
 /** Per group kind, per collective: calls and payload bytes per rank since the last reset. */
-export type MeshTraffic = Record<string, Record<string, { calls: number; bytes: number }>>;
+/** Per group kind, per collective: calls, bytes moved and wall seconds (waiting for peers included). */
+export type MeshTraffic = Record<string, Record<string, { calls: number; bytes: number; seconds: number }>>;
 
 const layoutSizes = ["tensor", "context", "pipeline", "expert", "data"] as const;
 

@@ -117,6 +117,8 @@ export interface TinyMoeShape {
   topGroups?: number;
   firstDense?: number;
   sharedExperts?: number;
+  hidden?: number;
+  vocab?: number;
   seed?: number;
 }
 
@@ -127,8 +129,8 @@ export interface TinyMoeShape {
  * updates, so they are drawn as the other projections are.)
  */
 export async function writeTinyMoe(dir: string, shape: TinyMoeShape): Promise<Record<string, unknown>> {
-  const hidden = 32;
-  const vocab = 96;
+  const hidden = shape.hidden ?? 32;
+  const vocab = shape.vocab ?? 96;
   const heads = shape.heads ?? 4;
   const kvHeads = shape.family === "deepseek_v3" ? heads : (shape.kvHeads ?? 2);
   const headDim = 8;

@@ -1,15 +1,18 @@
 // A multi-rank experiment through the controller: four CPU worker processes in one gloo process
 // group, GRPO on the quickstart task at TP2×DP2 against the same run on one rank of the same
 // controller; then the TP2×DP2 checkpoint resumed on one rank continues as the uninterrupted run;
-// then a Qwen3-MoE with its experts over the four ranks (expert parallelism) against one rank.
+// then a Qwen3-MoE with its experts over the four ranks (expert parallelism) against one rank, the
+// same at TP2 × EP2 with routing replay, and DeepSeek-V3 at EP4.
 import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { connect, type MetricsRow } from "../../src/index.js";
 import type { ExperimentConfig } from "../../src/rl/config.js";
-import { writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
+import { tokenizerFiles, writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
 import { tempDir } from "../helpers/python.js";
 import { killAll, tiller } from "../helpers/runtime.js";
+import { writeTinyMoe } from "../helpers/tiny-models.js";
 
 const dir = tempDir("parallel-experiment");
 let config: ExperimentConfig;
@@ -57,7 +60,7 @@ function assertRowsClose(got: MetricsRow, want: MetricsRow, what: string): void 
   }
 }
 
-test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run; Qwen3-MoE at EP4 too", {
+test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run; Qwen3-MoE at EP4 and at TP2×EP2 with routing replay, DeepSeek-V3 at EP4 too", {
   timeout: 600_000,
 }, async () => {
   const address = `ipc://${dir.path}/c.sock`;
@@ -206,6 +209,81 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
       }
     });
     await ep.close();
+
+    // The Qwen3-235B shape scaled down: attention TP2 × DP2 with the experts over EP2 on the same
+    // ranks (each tensor rank routes half the tokens), rollout routing recorded and replayed in
+    // training: three steps equal one rank's, rollout and training probabilities agree.
+    const moe16 = join(dir.path, "moe16");
+    // 16 embedding rows: the vocabulary splits over the two tensor ranks.
+    await writeTinyModel(moe16, { seed: 5, moe: { experts: 4, topK: 2 }, vocabSize: 16 });
+    const replayConfig = {
+      ...moeConfig,
+      model: { path: moe16 },
+      name: "moe-replay",
+      runDir: join(dir.path, "moe-replay-one"),
+      rollout: { ...config.rollout, routingReplay: "replay" as const },
+      algorithm: { recomputeOldLogprobs: true },
+      totalSteps: 3,
+    };
+    const oneReplay = await cluster.experiment(replayConfig);
+    const oneReplayRows = await oneReplay.run(3);
+    await oneReplay.close();
+    const tpEp = await cluster.experiment({
+      ...replayConfig,
+      name: "moe-tp-ep",
+      runDir: join(dir.path, "moe-tp-ep"),
+      parallel: { tensor: 2, expert: 2, data: 2 },
+    });
+    const tpEpRows = await tpEp.run(3);
+    await tpEp.close();
+    assert.equal(tpEpRows.length, 3);
+    tpEpRows.forEach((row, i) => {
+      assertRowsClose(row, oneReplayRows[i] as MetricsRow, `TP2×EP2 replay step ${i + 1}`);
+      assert.ok(
+        (row["training/rollout_probs_diff_max"] as number) < 1e-5,
+        `step ${i + 1}: rollout vs training`,
+      );
+    });
+
+    // DeepSeek-V3 (MLA, sigmoid group-limited routing, a shared expert, a dense first layer) with
+    // the recipe's layout: attention data-parallel, experts over every rank (EP4).
+    const dsModel = join(dir.path, "deepseek");
+    await writeTinyMoe(dsModel, {
+      family: "deepseek_v3",
+      layers: 2,
+      firstDense: 1,
+      experts: 8,
+      topK: 2,
+      groups: 4,
+      topGroups: 2,
+      vocab: 16,
+      seed: 13,
+    });
+    for (const [file, content] of Object.entries(tokenizerFiles())) {
+      writeFileSync(join(dsModel, file), JSON.stringify(content));
+    }
+    const dsConfig = {
+      ...config,
+      name: "ds",
+      model: { path: dsModel },
+      runDir: join(dir.path, "ds-one"),
+      totalSteps: 2,
+    };
+    const oneDs = await cluster.experiment(dsConfig);
+    const oneDsRows = await oneDs.run(2);
+    await oneDs.close();
+    const dsEp = await cluster.experiment({
+      ...dsConfig,
+      name: "ds-ep",
+      runDir: join(dir.path, "ds-ep"),
+      parallel: { expert: 4, data: 4 },
+    });
+    const dsEpRows = await dsEp.run(2);
+    await dsEp.close();
+    assert.equal(dsEpRows.length, 2);
+    dsEpRows.forEach((row, i) => {
+      assertRowsClose(row, oneDsRows[i] as MetricsRow, `DeepSeek-V3 EP4 step ${i + 1}`);
+    });
   } finally {
     await cluster.shutdown().catch(() => undefined);
     cluster.close();

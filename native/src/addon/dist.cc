@@ -436,6 +436,7 @@ Napi::Value MeshTraffic(const Napi::CallbackInfo& info) {
         auto entry = Napi::Object::New(env);
         entry["calls"] = static_cast<double>(t.calls);
         entry["bytes"] = static_cast<double>(t.bytes);
+        entry["seconds"] = t.seconds;
         per[name] = entry;
       }
       out[kind] = per;

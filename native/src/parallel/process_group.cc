@@ -345,7 +345,9 @@ void ProcessGroup::run(const char* collective, int64_t bytes, const std::functio
     std::optional<c10::cuda::CUDAGuard> guard;
     if (device_.is_cuda()) guard.emplace(device_);
 #endif
+    const auto started = std::chrono::steady_clock::now();
     issue_and_wait();
+    t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   } catch (const c10::Error& e) {
     throw std::runtime_error(describe(collective) + message_of(e));
   } catch (const std::exception& e) {

@@ -90,6 +90,7 @@ class ProcessGroup {
   // the output, reduce-scatter and all-to-all the input). For benchmarks and metrics; read and reset between steps.
   struct Traffic {
     int64_t calls = 0, bytes = 0;
+    double seconds = 0;  // wall time issuing and waiting (waiting for the slowest peer included)
   };
   std::map<std::string, Traffic> traffic() const;
   void reset_traffic();

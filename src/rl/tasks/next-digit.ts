@@ -33,7 +33,7 @@ const SPECIALS = ["<pad>", "<eos>"];
 const CHARS = "0123456789+=";
 
 /** A character-level HF tokenizer (WordLevel over single characters) with a plain chat template. */
-function tokenizerFiles(): Record<string, unknown> {
+export function tokenizerFiles(): Record<string, unknown> {
   const vocab: Record<string, number> = {};
   for (const t of [...SPECIALS, ...CHARS, "?"]) vocab[t] = Object.keys(vocab).length;
   const added = SPECIALS.map((content, id) => ({
