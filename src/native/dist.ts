@@ -154,6 +154,17 @@ export interface NativeDistAddon {
     op: ReduceOp,
     device: string,
   ): Promise<NativeTensor>;
+  /** addon/dist.cc TensorWork: async layers::dispatch_combine with identity experts -> [2, tokens, hidden] */
+  processGroupExpertDispatch(
+    handle: NativeProcessGroupHandle,
+    x: NativeTensor,
+    experts: NativeTensor,
+    weights: NativeTensor,
+    numExperts: number,
+    upstream: NativeTensor,
+    scaleByExpert: boolean,
+    device: string,
+  ): Promise<NativeTensor>;
   /** addon/dist.cc BarrierWork: async ProcessGroup::barrier() */
   processGroupBarrier(handle: NativeProcessGroupHandle): Promise<void>;
   /** addon/dist.cc SubgroupWork: async ProcessGroup::subgroup(ranks, name), in the parent's call order */
@@ -353,6 +364,42 @@ export class ProcessGroup {
       );
     }
     return native().processGroupReduceScatter(this.#live(), t, o, this.device);
+  }
+
+  /**
+   * The MoE token dispatcher alone, for its test (every rank calls it): each (token, k) pair of `x`
+   * ([tokens, hidden] float) goes to expert `experts[token, k]` ([tokens, topK] int32; numExperts
+   * spread evenly over the ranks) by all-to-all, through an identity expert, back by the inverse
+   * path, and is summed per token weighted by `weights` ([tokens, topK] float32). Resolves to the
+   * output and the gradient of sum(output · upstream) with respect to x. scaleByExpert: the experts
+   * multiply their rows by 1 + their global id instead (a row sent to the wrong expert shows).
+   */
+  async expertDispatch(
+    x: HostTensor,
+    experts: HostTensor,
+    weights: HostTensor,
+    numExperts: number,
+    upstream: HostTensor,
+    scaleByExpert = false,
+  ): Promise<{ output: HostTensor; grad: HostTensor }> {
+    checkInt(numExperts, "numExperts", 1, Number.MAX_SAFE_INTEGER, "a positive integer");
+    const both = await native().processGroupExpertDispatch(
+      this.#live(),
+      this.#tensor(x),
+      this.#tensor(experts),
+      this.#tensor(weights),
+      numExperts,
+      this.#tensor(upstream),
+      scaleByExpert,
+      this.device,
+    );
+    const [tokens = 0, hidden = 0] = x.shape;
+    const n = tokens * hidden;
+    const data = both.data as Float32Array;
+    return {
+      output: { data: data.slice(0, n), dtype: both.dtype, shape: [tokens, hidden] },
+      grad: { data: data.slice(n, 2 * n), dtype: both.dtype, shape: [tokens, hidden] },
+    };
   }
 
   /** Resolves once every rank has reached its barrier(). */

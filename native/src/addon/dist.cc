@@ -13,6 +13,7 @@
 #include "addon/registry.h"
 #include "addon/tensor.h"
 #include "addon/mesh.h"
+#include "layers/moe.h"
 #include "parallel/process_group.h"
 
 namespace tiller::addon {
@@ -275,6 +276,54 @@ Napi::Value ProcessGroupAllGather(const Napi::CallbackInfo& info) {
   });
 }
 
+// processGroupExpertDispatch(handle, x [tokens, hidden], experts [tokens, topK] int, weights [tokens, topK],
+// numExperts, upstream [tokens, hidden], scaleByExpert, device) -> Promise<tensor [2, tokens, hidden]>:
+// the MoE token dispatcher alone (layers::dispatch_combine) with experts spread evenly over the
+// group's ranks that return their rows (scaleByExpert: times 1 + the global expert id, so that a row
+// sent to the wrong expert shows): [0] the combined output, [1] the gradient of sum(output · upstream)
+// with respect to x.
+// The dispatcher's own test (tests/native/expert-dispatch.test.ts) calls it on every rank.
+Napi::Value ProcessGroupExpertDispatch(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    const bool scale = info[6].ToBoolean().Value();
+    const auto device = string_arg(info[7], "device");
+    auto x = tensor_from_js(info[1], device);
+    const auto experts = tensor_from_js(info[2], device).to(at::kLong);
+    const auto weights = tensor_from_js(info[3], device).to(at::kFloat);
+    const int64_t num_experts = int_arg(info[4], "numExperts");
+    const auto upstream = tensor_from_js(info[5], device);
+    const int size = slot->group->world_size();
+    if (x.dim() != 2 || experts.dim() != 2 || experts.size(0) != x.size(0) || weights.sizes() != experts.sizes() ||
+        upstream.sizes() != x.sizes()) {
+      throw std::invalid_argument("expertDispatch: x [tokens, hidden], experts and weights [tokens, topK], upstream like x");
+    }
+    if (num_experts <= 0 || num_experts % size != 0) {
+      throw std::invalid_argument("numExperts: " + std::to_string(num_experts) + " must be a positive multiple of the " +
+                                  std::to_string(size) + " ranks");
+    }
+    return queue_work<TensorWork>(env, "tiller.processGroupExpertDispatch", slot, x,
+                                  [experts, weights, upstream, num_experts, scale](ProcessGroup& g, at::Tensor& t) {
+                                    const auto local = num_experts / g.world_size();
+                                    const auto first = g.rank() * local;
+                                    layers::ExpertParallel ep{&g, first, local, nullptr};
+                                    at::AutoGradMode grad(true);
+                                    auto input = t.detach().clone().requires_grad_(true);
+                                    const auto run = [scale, first](const at::Tensor& rows, const at::Tensor& ends) {
+                                      if (!scale) return rows;
+                                      // Row i belongs to local expert e where ends[e-1] <= i < ends[e].
+                                      const auto index = at::arange(rows.size(0), ends.options());
+                                      const auto expert = at::searchsorted(ends, index, /*out_int32=*/false, /*right=*/true);
+                                      return rows * (expert + first + 1).to(rows.scalar_type()).unsqueeze(1);
+                                    };
+                                    const auto y = layers::dispatch_combine(input, experts, weights, num_experts, &ep, run);
+                                    (y * upstream).sum().backward();
+                                    return at::stack({y.detach(), input.grad()});
+                                  });
+  });
+}
+
 // processGroupReduceScatter(handle, tensor [worldSize * n, ...], op, device) -> Promise<tensor [n, ...]>
 Napi::Value ProcessGroupReduceScatter(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -481,6 +530,8 @@ void register_dist(Napi::Env env, Napi::Object exports) {
   exports["processGroupAllGather"] = Napi::Function::New(env, ProcessGroupAllGather, "processGroupAllGather");
   exports["processGroupReduceScatter"] =
       Napi::Function::New(env, ProcessGroupReduceScatter, "processGroupReduceScatter");
+  exports["processGroupExpertDispatch"] =
+      Napi::Function::New(env, ProcessGroupExpertDispatch, "processGroupExpertDispatch");
   exports["processGroupBarrier"] = Napi::Function::New(env, ProcessGroupBarrier, "processGroupBarrier");
   exports["processGroupSubgroup"] = Napi::Function::New(env, ProcessGroupSubgroup, "processGroupSubgroup");
   exports["processGroupInfo"] = Napi::Function::New(env, ProcessGroupInfo, "processGroupInfo");

@@ -131,7 +131,7 @@ at::Tensor inverse_permutation(const at::Tensor& order) {
 // expert) when the experts live on the ranks of ep->group: rows go to their expert's rank, each
 // rank groups what it received by its local expert, runs them, and sends the outputs back in the
 // order they came. -> [rows, hidden], in `rows`' order.
-at::Tensor dispatch_experts(const at::Tensor& rows, const at::Tensor& counts, const MoeWeights& w,
+at::Tensor dispatch_experts(const at::Tensor& rows, const at::Tensor& counts, const ExpertRows& run,
                             const ExpertParallel& ep) {
   auto& group = *ep.group;
   const int size = group.world_size();
@@ -165,7 +165,7 @@ at::Tensor dispatch_experts(const at::Tensor& rows, const at::Tensor& counts, co
   }
   const auto device = rows.device();
   const auto by_expert = at::tensor(order, at::kLong).to(device);
-  const auto y = run_experts(arrived.index_select(0, by_expert), at::tensor(ends, at::kLong).to(device), w);
+  const auto y = run(arrived.index_select(0, by_expert), at::tensor(ends, at::kLong).to(device));
   return parallel::all_to_all(y.index_select(0, inverse_permutation(by_expert)), out_splits, in_splits, group);
 }
 
@@ -176,30 +176,15 @@ namespace {
 struct LocalMoe {
   at::Tensor out;  // [rows, hidden]
   RouterChoice choice;
-  at::Tensor ends;  // [experts] int64: cumulative (token, expert) pairs through each expert
 };
 
 // The layer over the rows of x that this rank routes (the experts possibly on other ranks).
 LocalMoe moe_rows(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, const at::Tensor& replay,
                   const ExpertParallel* ep) {
-  const auto tokens = x.size(0);
   auto choice = route(x, w, c, replay);
-
-  // Sort the (token, expert) pairs by expert; stable, so an expert's rows keep token order.
-  // Searching the sorted ids gives each expert's end row without atomics or a host sync.
-  const auto flat = choice.experts.reshape(-1);  // [tokens * top_k]
-  const auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  auto ends = at::searchsorted(sorted, at::arange(1, c.experts + 1, flat.options()));  // [experts]
-  const auto rows = x.index_select(0, at::floor_divide(order, c.top_k));
-  const bool parallel = ep && ep->group && ep->group->world_size() > 1;
-  const auto y = parallel ? dispatch_experts(rows, at::diff(ends, 1, 0, at::zeros({1}, ends.options())), w, *ep)
-                          : run_experts(rows, ends, w);
-
-  // Back to (token, k) order and a weighted sum over k in float32, rounded once: no atomic adds,
-  // so each token's output is deterministic and does not depend on the rest of the batch.
-  const auto per_pair = y.index_select(0, inverse_permutation(order)).view({tokens, c.top_k, x.size(1)});
-  auto out = (per_pair.to(at::kFloat) * choice.weights.unsqueeze(-1)).sum(1).to(x.scalar_type());
-  return {std::move(out), std::move(choice), std::move(ends)};
+  auto out = dispatch_combine(x, choice.experts, choice.weights, c.experts, ep,
+                              [&w](const at::Tensor& rows, const at::Tensor& ends) { return run_experts(rows, ends, w); });
+  return {std::move(out), std::move(choice)};
 }
 
 // rows of x, then `extra` rows of `fill` (differentiable in x).
@@ -211,6 +196,24 @@ at::Tensor pad_rows(const at::Tensor& x, int64_t extra, double fill = 0) {
 }
 
 }  // namespace
+
+at::Tensor dispatch_combine(const at::Tensor& x, const at::Tensor& experts, const at::Tensor& weights,
+                            int64_t num_experts, const ExpertParallel* ep, const ExpertRows& run) {
+  const auto tokens = x.size(0), top_k = experts.size(1);
+  // Sort the (token, expert) pairs by expert; stable, so an expert's rows keep token order.
+  // Searching the sorted ids gives each expert's end row without atomics or a host sync.
+  const auto flat = experts.reshape(-1);  // [tokens * top_k]
+  const auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const auto ends = at::searchsorted(sorted, at::arange(1, num_experts + 1, flat.options()));  // [experts]
+  const auto rows = x.index_select(0, at::floor_divide(order, top_k));
+  const bool parallel = ep && ep->group && ep->group->world_size() > 1;
+  const auto y = parallel ? dispatch_experts(rows, at::diff(ends, 1, 0, at::zeros({1}, ends.options())), run, *ep)
+                          : run(rows, ends);
+  // Back to (token, k) order and a weighted sum over k in float32, rounded once: no atomic adds,
+  // so each token's output is deterministic and does not depend on the rest of the batch.
+  const auto per_pair = y.index_select(0, inverse_permutation(order)).view({tokens, top_k, x.size(1)});
+  return (per_pair.to(at::kFloat) * weights.unsqueeze(-1)).sum(1).to(x.scalar_type());
+}
 
 at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index,
                        const ExpertParallel* ep, const MoeTokens& placement) {
@@ -252,9 +255,8 @@ at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig
         routing->tokens_per_expert.resize(slot + 1);
         routing->entropy_sum.resize(slot + 1);
       }
-      auto counts = tp ? at::bincount(r.choice.experts.narrow(0, 0, real).reshape(-1), {}, c.experts)
-                       : at::diff(r.ends, 1, 0, at::zeros({1}, r.ends.options()));
-      const auto p = r.choice.probs.detach().narrow(0, 0, tp ? real : r.choice.probs.size(0));
+      auto counts = at::bincount(r.choice.experts.narrow(0, 0, real).reshape(-1), {}, c.experts);
+      const auto p = r.choice.probs.detach().narrow(0, 0, real);
       auto entropy = -at::xlogy(p, p).sum();
       if (tp) {
         // Every tensor rank reports the whole batch's statistics, as one device does.
@@ -267,8 +269,7 @@ at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig
       routing->entropy_sum[slot] = entropy;
     }
   }
-  if (!split) return r.out;
-  if (total == 0) return r.out;
+  if (!split || total == 0) return r.out;
   return parallel::gather_first_dim_replicated(pad_rows(r.out, chunk - length), *tp).narrow(0, 0, total);
 }
 

@@ -8,6 +8,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <vector>
 
 namespace tiller::parallel {
@@ -104,6 +105,18 @@ RouterChoice route(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c,
 // over the tensor group), as on one device; replay rows are read at the batch's token positions.
 at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, Routing* routing, int64_t index,
                        const ExpertParallel* ep = nullptr, const MoeTokens& tokens = {});
+
+// What an MoE layer's experts do to rows grouped by (local) expert: (rows, ends) -> outputs, as
+// run_experts below with the layer's weights.
+using ExpertRows = std::function<at::Tensor(const at::Tensor& rows, const at::Tensor& ends)>;
+
+// The token dispatcher on its own (moe_forward's, and its test, as Megatron's): each (token, k)
+// pair of x goes to expert experts[token, k] (num_experts in all; on its expert rank when ep spans
+// several ranks: counts exchanged, then the rows by all-to-all), through `run`, comes back by the
+// inverse path, and the pairs are summed per token weighted by `weights` ([tokens, top_k] float32)
+// in float32, rounded once to x's dtype. With an identity `run` and weights 1/top_k it returns x.
+at::Tensor dispatch_combine(const at::Tensor& x, const at::Tensor& experts, const at::Tensor& weights,
+                            int64_t num_experts, const ExpertParallel* ep, const ExpertRows& run);
 
 // rows: [n, hidden], (token, expert) pairs sorted by expert; ends: [experts] int64, the cumulative
 // row count through each expert -> [n, hidden], each row through its expert's SwiGLU. Grouped GEMM
