@@ -64,6 +64,18 @@ export const gpuTypes: Record<string, GpuType> = {
     source:
       "NVIDIA H200 SXM datasheet (989 TFLOP/s bf16 dense, 4.8 TB/s, NVLink 900 GB/s); nvidia-smi 143,771 MiB; 400 Gb/s per GPU between nodes (assumed)",
   },
+  "A100-80GB": {
+    name: "A100-80GB",
+    memoryBytes: 81920 * MiB,
+    bf16FlopsPerSecond: 312e12,
+    hbmBytesPerSecond: 2.039e12,
+    nvlinkBytesPerSecond: 300e9,
+    networkBytesPerSecond: 25e9,
+    pcieBytesPerSecond: 32e9,
+    gpusPerNode: 8,
+    source:
+      "NVIDIA A100 SXM 80GB datasheet (312 TFLOP/s bf16 dense, 2.0 TB/s, NVLink 600 GB/s); 81,920 MiB; 200 Gb/s per GPU between nodes (assumed)",
+  },
   B200: {
     name: "B200",
     memoryBytes: 183359 * MiB,

@@ -154,6 +154,8 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
   const microBatches = Math.max(1, Math.ceil((replicaSequences * seqMean) / batch.tokensPerMicroBatch));
   const microTokens = Math.min(batch.tokensPerMicroBatch, replicaSequences * seqMax);
   const rankTokens = microTokens / train.context;
+  // For traffic and time: a micro-batch's tokens at the mean lengths.
+  const trafficTokens = (replicaSequences * seqMean) / microBatches / train.context;
 
   // The rollout: its copy of the weights (none when it reads the training weights in place),
   // the KV cache at the concurrency that fits next to what training keeps on the GPU.
@@ -254,7 +256,7 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
       phases,
       peak,
       hostBytes: (offloadParameters ? params + reference : 0) + (c.offload.optimizer ? optimizer : 0),
-      traffic: stageTraffic(spec, c, train, s, rankTokens, microBatches, m),
+      traffic: stageTraffic(spec, c, train, s, trafficTokens, microBatches, m),
     };
   });
 
@@ -304,6 +306,9 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
   const engine = engineSupport(spec, train);
   if (c.dtype === "float32") notes.push("times assume the GPU type's bf16 matmul peak; float32 runs slower");
   if (engine.length > 0) notes.push(`the engine does not run this training layout yet: ${engine.join("; ")}`);
+  if (spec.moe && train.tensor > 1 && !train.sequenceParallel) {
+    notes.push("Megatron requires sequence parallelism for MoE models under tensor parallelism (train.sequenceParallel)");
+  }
   if (spec.moe && train.expertData === 1 && train.expert > 1) {
     notes.push(
       `expert state is not sharded: expert-data parallelism is 1 (${train.expert} expert ranks × expertTensor ${train.expertTensor} = tensor × context × data), so each rank keeps full fp32 masters and moments of its experts`,
@@ -433,6 +438,29 @@ function stageTraffic(
         a,
       ),
     );
+  }
+  if (l.expertTensor > 1 && moeLayers > 0 && spec.moe) {
+    // The dispatched rows gathered over the expert-tensor group before the experts, reduce-scattered after.
+    const tokens = rankTokens / (l.sequenceParallel ? l.tensor : 1);
+    const gathered = tokens * spec.moe.topK * spec.hidden * b * l.expertTensor;
+    const calls = moeLayers * (forwards + backwards);
+    for (const collective of ["allGather", "reduceScatter"] as const) {
+      out.push(
+        traffic(
+          {
+            group: "expertTensor",
+            collective,
+            ranks: l.expertTensor,
+            acrossNodes: spansNodes(l.expertTensor, 1, gpn),
+            calls,
+            payloadBytes: calls * gathered,
+            what: "dispatched tokens shared by the ranks that split each expert",
+          },
+          gpu,
+          a,
+        ),
+      );
+    }
   }
   if (l.context > 1) {
     const att = spec.attention;
