@@ -45,6 +45,7 @@ export * from "./native/model.js";
 export * from "./native/policy-loss.js";
 export * from "./native/train.js";
 export * as notebook from "./notebook/index.js";
+export * as planner from "./plan/index.js";
 export {
   formatPlan,
   formatSearch,
@@ -62,7 +63,6 @@ export {
   type StagePlan,
   search,
 } from "./plan/index.js";
-export * as planner from "./plan/index.js";
 export { ConfigError, type ExperimentConfig, type ResolvedConfig, resolveConfig } from "./rl/config.js";
 export * as rl from "./rl/index.js";
 export * from "./tokenizer/index.js";

@@ -3,7 +3,14 @@
 // --config reads a PlanConfig from a JSON file and flags override it.
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { type PlanConfig, type PlanSearchError, formatPlan, formatSearch, plan, search } from "../plan/index.js";
+import {
+  formatPlan,
+  formatSearch,
+  type PlanConfig,
+  type PlanSearchError,
+  plan,
+  search,
+} from "../plan/index.js";
 
 const options = {
   config: { type: "string" },
@@ -48,7 +55,8 @@ export const planHelp =
 function integer(value: string | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${flag}: ${JSON.stringify(value)} must be an integer ≥ 1`);
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new Error(`--${flag}: ${JSON.stringify(value)} must be an integer ≥ 1`);
   return n;
 }
 
@@ -58,7 +66,12 @@ function defined<T extends object>(o: T): Partial<T> {
 }
 
 /** The PlanConfig the arguments describe. */
-export function planConfigFromArgs(args: string[]): { config: PlanConfig; search: boolean; top: number; json: boolean } {
+export function planConfigFromArgs(args: string[]): {
+  config: PlanConfig;
+  search: boolean;
+  top: number;
+  json: boolean;
+} {
   const { values: v } = parseArgs({ args, options, allowPositionals: false });
   let base: Partial<PlanConfig> = {};
   if (v.config !== undefined) {
@@ -77,7 +90,8 @@ export function planConfigFromArgs(args: string[]): { config: PlanConfig; search
       optimizer: { optimizer: true },
     };
     offload = known[v.offload];
-    if (!offload) throw new Error(`--offload: ${JSON.stringify(v.offload)}; allowed: none, all, parameters, optimizer`);
+    if (!offload)
+      throw new Error(`--offload: ${JSON.stringify(v.offload)}; allowed: none, all, parameters, optimizer`);
   }
   const train = defined({
     tensor: integer(v.tp, "tp"),

@@ -159,7 +159,10 @@ function positiveInt(v: unknown, field: string): number {
 function oneOf<T extends string>(v: unknown, field: string, values: readonly T[], fallback: T): T {
   if (v === undefined) return fallback;
   if (typeof v !== "string" || !values.includes(v as T)) {
-    throw new PlanConfigError(field, `${JSON.stringify(v)}; allowed: ${values.map((x) => JSON.stringify(x)).join(", ")}`);
+    throw new PlanConfigError(
+      field,
+      `${JSON.stringify(v)}; allowed: ${values.map((x) => JSON.stringify(x)).join(", ")}`,
+    );
   }
   return v as T;
 }
@@ -182,13 +185,19 @@ function fromRecipe(r: string | ExperimentConfig): {
   let config: ExperimentConfig;
   if (typeof r === "string") {
     if (!Object.hasOwn(recipes, r)) {
-      throw new PlanConfigError("recipe", `${JSON.stringify(r)} is not a recipe; known: ${Object.keys(recipes).join(", ")}`);
+      throw new PlanConfigError(
+        "recipe",
+        `${JSON.stringify(r)} is not a recipe; known: ${Object.keys(recipes).join(", ")}`,
+      );
     }
     config = recipeByName(r);
   } else if (r !== null && typeof r === "object") {
     config = r;
   } else {
-    throw new PlanConfigError("recipe", `${JSON.stringify(r)}; expected a recipe name or an ExperimentConfig`);
+    throw new PlanConfigError(
+      "recipe",
+      `${JSON.stringify(r)}; expected a recipe name or an ExperimentConfig`,
+    );
   }
   let c: ReturnType<typeof resolveConfig>;
   try {
@@ -233,15 +242,20 @@ export function resolvePlanConfig(input: PlanConfig): ResolvedPlanConfig {
   }
   const r = input.recipe === undefined ? undefined : fromRecipe(input.recipe);
   const model = input.model ?? r?.modelPath;
-  if (model === undefined) throw new PlanConfigError("model", "missing; give an HF folder, a config.json path or the parsed config");
+  if (model === undefined)
+    throw new PlanConfigError("model", "missing; give an HF folder, a config.json path or the parsed config");
   if (input.gpu === undefined) {
-    throw new PlanConfigError("gpu", `missing; known: ${Object.keys(gpuTypes).join(", ")}, or a custom entry`);
+    throw new PlanConfigError(
+      "gpu",
+      `missing; known: ${Object.keys(gpuTypes).join(", ")}, or a custom entry`,
+    );
   }
   let gpu: GpuType;
   try {
     gpu = resolveGpu(input.gpu);
   } catch (error) {
-    throw new PlanConfigError("gpu", (error as Error).message.replace(/^gpu(\.\w+)?: /, ""));
+    const m = /^(gpu(?:\.\w+)?): (.*)$/s.exec((error as Error).message);
+    throw new PlanConfigError(m?.[1] ?? "gpu", m?.[2] ?? (error as Error).message);
   }
   const gpus = positiveInt(input.gpus ?? r?.gpus, "gpus");
   const given = input.batch ?? {};
@@ -265,7 +279,10 @@ export function resolvePlanConfig(input: PlanConfig): ResolvedPlanConfig {
     promptTokens,
     responseTokens,
     meanResponseTokens: positiveInt(merged.meanResponseTokens ?? responseTokens, "batch.meanResponseTokens"),
-    tokensPerMicroBatch: positiveInt(merged.tokensPerMicroBatch ?? promptTokens + responseTokens, "batch.tokensPerMicroBatch"),
+    tokensPerMicroBatch: positiveInt(
+      merged.tokensPerMicroBatch ?? promptTokens + responseTokens,
+      "batch.tokensPerMicroBatch",
+    ),
     miniBatchesPerStep: positiveInt(merged.miniBatchesPerStep ?? 1, "batch.miniBatchesPerStep"),
     epochsPerStep: positiveInt(merged.epochsPerStep ?? 1, "batch.epochsPerStep"),
   };
@@ -286,7 +303,10 @@ export function resolvePlanConfig(input: PlanConfig): ResolvedPlanConfig {
   if (o === "all") offload = { parameters: true, optimizer: true };
   else if (o !== undefined && o !== "none") {
     if (o === null || typeof o !== "object") {
-      throw new PlanConfigError("offload", `${JSON.stringify(o)}; allowed: "none", "all", {parameters?, optimizer?}`);
+      throw new PlanConfigError(
+        "offload",
+        `${JSON.stringify(o)}; allowed: "none", "all", {parameters?, optimizer?}`,
+      );
     }
     for (const k of Object.keys(o)) {
       if (k !== "parameters" && k !== "optimizer") {
@@ -305,23 +325,29 @@ export function resolvePlanConfig(input: PlanConfig): ResolvedPlanConfig {
     }
     for (const [k, v] of Object.entries(input.assumptions)) {
       if (!Object.hasOwn(defaultAssumptions, k)) {
-        throw new PlanConfigError(`assumptions.${k}`, `unknown; allowed: ${Object.keys(defaultAssumptions).join(", ")}`);
+        throw new PlanConfigError(
+          `assumptions.${k}`,
+          `unknown; allowed: ${Object.keys(defaultAssumptions).join(", ")}`,
+        );
       }
       const fraction = k.endsWith("Efficiency");
       if (typeof v !== "number" || !(v > 0) || (fraction && v > 1) || !Number.isFinite(v)) {
-        throw new PlanConfigError(`assumptions.${k}`, `${JSON.stringify(v)} must be ${fraction ? "in (0, 1]" : "a positive number"}`);
+        throw new PlanConfigError(
+          `assumptions.${k}`,
+          `${JSON.stringify(v)} must be ${fraction ? "in (0, 1]" : "a positive number"}`,
+        );
       }
       (assumptions as Record<string, number>)[k] = v;
     }
   }
+  for (const name of ["train", "rollout"] as const) {
+    const v = input[name];
+    if (v !== undefined && (v === null || typeof v !== "object" || Array.isArray(v))) {
+      throw new PlanConfigError(name, `${JSON.stringify(v)}; expected an object`);
+    }
+  }
   const train = { ...(r?.train ?? {}), ...(input.train ?? {}) };
   const rollout = input.rollout ?? {};
-  for (const [name, v] of [
-    ["train", train],
-    ["rollout", rollout],
-  ] as const) {
-    if (v === null || typeof v !== "object" || Array.isArray(v)) throw new PlanConfigError(name, "expected an object");
-  }
   return {
     model,
     gpu,

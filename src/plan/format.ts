@@ -10,7 +10,8 @@ const pad = (s: string, n: number) => s.padStart(n);
 
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (r: string[]) => r.map((x, i) => (i === 0 ? x.padEnd(widths[i] ?? 0) : pad(x, widths[i] ?? 0))).join("  ");
+  const line = (r: string[]) =>
+    r.map((x, i) => (i === 0 ? x.padEnd(widths[i] ?? 0) : pad(x, widths[i] ?? 0))).join("  ");
   return [line(header), ...rows.map(line)].join("\n");
 }
 
@@ -43,7 +44,8 @@ export function formatPlan(p: Plan): string {
       ["stage", "layers", "params", "grads", "optimizer", "activations", "step transient", "rollout", "peak"],
       p.stages.map((s) => {
         const st = s.static;
-        const params = st.parameters.embedding + st.parameters.dense + st.parameters.expert + st.parameters.vision;
+        const params =
+          st.parameters.embedding + st.parameters.dense + st.parameters.expert + st.parameters.vision;
         const o = st.optimizer;
         const roll = Object.values(s.phases.rollout).reduce((x, y) => x + y, 0);
         return [
@@ -84,7 +86,8 @@ export function formatPlan(p: Plan): string {
     );
   }
   lines.push("step time (estimate)");
-  for (const part of p.time.parts) lines.push(`  ${part.name.padEnd(13)} ${pad(part.seconds.toFixed(1), 8)} s  ${part.detail}`);
+  for (const part of p.time.parts)
+    lines.push(`  ${part.name.padEnd(13)} ${pad(part.seconds.toFixed(1), 8)} s  ${part.detail}`);
   lines.push(
     `  ${"total".padEnd(13)} ${pad(p.time.totalSeconds.toFixed(1), 8)} s  perf/mfu/actor ≈ ${p.time.mfuActor.toFixed(3)}`,
     "",
@@ -114,7 +117,10 @@ export function formatSearch(s: SearchResult): string {
       : `no layout fits (${s.candidates} tried)`,
   ];
   s.ranked.forEach(({ plan, why }, i) => {
-    lines.push(`${i + 1}. ${pad(plan.time.totalSeconds.toFixed(0), 6)} s/step  ${describeChoice(plan)}`, `     ${why}`);
+    lines.push(
+      `${i + 1}. ${pad(plan.time.totalSeconds.toFixed(0), 6)} s/step  ${describeChoice(plan)}`,
+      `     ${why}`,
+    );
   });
   if (first) lines.push(`assumptions: ${assumptionsText(first)}`);
   return lines.join("\n");

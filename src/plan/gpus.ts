@@ -131,7 +131,11 @@ export function resolveGpu(value: unknown, field = "gpu"): GpuType {
   const name = v.name ?? "custom";
   if (typeof name !== "string" || name === "") throw new TypeError(`${field}.name: expected a string`);
   const base = gpuTypes[name];
-  const out: Record<string, unknown> = { ...(base ?? {}), name, source: v.source ?? base?.source ?? "custom" };
+  const out: Record<string, unknown> = {
+    ...(base ?? {}),
+    name,
+    source: v.source ?? base?.source ?? "custom",
+  };
   for (const key of [...customFields, "hostMemoryBytesPerNode"] as const) {
     const x = v[key] ?? base?.[key];
     if (x === undefined) {

@@ -73,11 +73,12 @@ const allowed = (values: number[]) =>
   values.length > 12 ? `${values.slice(0, 12).join(", ")}, …` : values.join(", ");
 
 /**
- * Checks that `ranks` tensor-parallel ranks can split the model's tensors (the engine's rules:
- * heads, vocabulary and intermediate sizes divide; key/value heads fewer than ranks are replicated).
+ * Why `ranks` tensor-parallel ranks cannot split the model's tensors (the engine's rules: heads,
+ * vocabulary and intermediate sizes divide; key/value heads fewer than ranks are replicated);
+ * empty when they can.
  */
-function checkTensorSplit(spec: ModelSpec, ranks: number, field: string, expertsWhole: boolean): void {
-  if (ranks === 1) return;
+function tensorSplitProblems(spec: ModelSpec, ranks: number, expertsWhole: boolean): string[] {
+  if (ranks === 1) return [];
   const ok = (n: number) => n % ranks === 0;
   const a = spec.attention;
   const why: string[] = [];
@@ -91,25 +92,28 @@ function checkTensorSplit(spec: ModelSpec, ranks: number, field: string, experts
   if (spec.moe && spec.moe.sharedIntermediate > 0 && !ok(spec.moe.sharedIntermediate)) {
     why.push(`the shared experts' intermediate size ${spec.moe.sharedIntermediate}`);
   }
-  if (spec.moe && !expertsWhole && !ok(spec.moe.intermediate)) {
+  if (spec.moe && !expertsWhole && !ok(spec.moe.intermediate))
     why.push(`moe_intermediate_size ${spec.moe.intermediate}`);
-  }
   if (spec.moe && expertsWhole && !ok(spec.moe.experts)) why.push(`the ${spec.moe.experts} experts`);
-  if (why.length > 0) {
-    const fits = divisors(Math.max(ranks * 4, 64)).filter((d) => {
-      try {
-        checkTensorSplit(spec, d, field, expertsWhole);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-    throw new LayoutError(field, `${ranks} does not divide ${why.join(", ")}; allowed: ${allowed(fits)}`);
-  }
+  return why;
+}
+
+function checkTensorSplit(spec: ModelSpec, ranks: number, field: string, expertsWhole: boolean): void {
+  const why = tensorSplitProblems(spec, ranks, expertsWhole);
+  if (why.length === 0) return;
+  const fits = divisors(Math.max(ranks * 4, 64)).filter(
+    (d) => tensorSplitProblems(spec, d, expertsWhole).length === 0,
+  );
+  throw new LayoutError(field, `${ranks} does not divide ${why.join(", ")}; allowed: ${allowed(fits)}`);
 }
 
 /** Decoder layers per stage: the given first/last counts and an even split of the rest. */
-export function stageLayers(layers: number, pipeline: number, first?: number, last?: number): [number, number][] {
+export function stageLayers(
+  layers: number,
+  pipeline: number,
+  first?: number,
+  last?: number,
+): [number, number][] {
   const field = "train.firstStageLayers";
   if (pipeline > layers) {
     throw new LayoutError("train.pipeline", `${pipeline} stages exceed the ${layers} decoder layers`);
@@ -152,7 +156,8 @@ export function stageLayers(layers: number, pipeline: number, first?: number, la
     ["train.firstStageLayers", f],
     ["train.lastStageLayers", l],
   ] as const) {
-    if (!Number.isSafeInteger(v) || v < 1) throw new LayoutError(name, `${JSON.stringify(v)} must be an integer ≥ 1`);
+    if (!Number.isSafeInteger(v) || v < 1)
+      throw new LayoutError(name, `${JSON.stringify(v)} must be an integer ≥ 1`);
   }
   const rest = layers - f - l;
   if (middle === 0 ? rest !== 0 : rest < middle || rest % middle !== 0) {
@@ -193,9 +198,15 @@ export function resolveTrainLayout(spec: ModelSpec, gpus: number, input: TrainLa
   const expertTensor = size(input.expertTensor, "train.expertTensor");
   const modelRanks = tensor * context * pipeline;
   if (gpus % modelRanks !== 0) {
+    const [field, others] =
+      gpus % tensor !== 0
+        ? ["tensor", 1]
+        : gpus % (tensor * pipeline) !== 0
+          ? ["pipeline", tensor]
+          : ["context", tensor * pipeline];
     throw new LayoutError(
-      "train",
-      `tensor ${tensor} × context ${context} × pipeline ${pipeline} = ${modelRanks} does not divide the ${gpus} GPUs`,
+      `train.${field}`,
+      `tensor ${tensor} × context ${context} × pipeline ${pipeline} = ${modelRanks} does not divide the ${gpus} GPUs; allowed ${field}: ${allowed(divisors(gpus / others))}`,
     );
   }
   const data = gpus / modelRanks;
@@ -228,7 +239,10 @@ export function resolveTrainLayout(spec: ModelSpec, gpus: number, input: TrainLa
   }
   const sequenceParallel = input.sequenceParallel ?? false;
   if (typeof sequenceParallel !== "boolean") {
-    throw new LayoutError("train.sequenceParallel", `${JSON.stringify(sequenceParallel)} must be true or false`);
+    throw new LayoutError(
+      "train.sequenceParallel",
+      `${JSON.stringify(sequenceParallel)} must be true or false`,
+    );
   }
   if (sequenceParallel && tensor === 1) {
     throw new LayoutError("train.sequenceParallel", "shards over the tensor group: needs train.tensor > 1");
@@ -253,17 +267,26 @@ export function resolveTrainLayout(spec: ModelSpec, gpus: number, input: TrainLa
 }
 
 /** The rollout layout: tensor-parallel replicas over all GPUs (colocated with training). */
-export function resolveRolloutLayout(spec: ModelSpec, gpus: number, input: RolloutLayoutInput = {}): RolloutLayout {
+export function resolveRolloutLayout(
+  spec: ModelSpec,
+  gpus: number,
+  input: RolloutLayoutInput = {},
+): RolloutLayout {
   if (input === null || typeof input !== "object") throw new LayoutError("rollout", "expected an object");
   for (const k of Object.keys(input)) {
-    if (k !== "tensor" && k !== "expert") throw new LayoutError(`rollout.${k}`, "unknown; allowed: tensor, expert");
+    if (k !== "tensor" && k !== "expert")
+      throw new LayoutError(`rollout.${k}`, "unknown; allowed: tensor, expert");
   }
   const tensor = size(input.tensor, "rollout.tensor");
   if (gpus % tensor !== 0) {
-    throw new LayoutError("rollout.tensor", `${tensor} does not divide the ${gpus} GPUs; allowed: ${allowed(divisors(gpus))}`);
+    throw new LayoutError(
+      "rollout.tensor",
+      `${tensor} does not divide the ${gpus} GPUs; allowed: ${allowed(divisors(gpus))}`,
+    );
   }
   const expert = input.expert ?? false;
-  if (typeof expert !== "boolean") throw new LayoutError("rollout.expert", `${JSON.stringify(expert)} must be true or false`);
+  if (typeof expert !== "boolean")
+    throw new LayoutError("rollout.expert", `${JSON.stringify(expert)} must be true or false`);
   if (expert && !spec.moe) throw new LayoutError("rollout.expert", `${spec.architecture} has no experts`);
   checkTensorSplit(spec, tensor, "rollout.tensor", expert);
   return { tensor, expert, data: gpus / tensor };
@@ -276,10 +299,12 @@ export function engineSupport(spec: ModelSpec, layout: TrainLayout): string[] {
   if (layout.context > 1) why.push("context parallelism is not in the engine yet");
   if (layout.expertTensor > 1) why.push("expert tensor parallelism is not in the engine yet");
   if (spec.moe && layout.tensor > 1) why.push("tensor parallelism of MoE models is not in the engine yet");
-  if (spec.attention.kind === "mla" && layout.tensor > 1) why.push("tensor parallelism of MLA is not in the engine yet");
+  if (spec.attention.kind === "mla" && layout.tensor > 1)
+    why.push("tensor parallelism of MLA is not in the engine yet");
   if (spec.architecture === "DeepseekV3ForCausalLM" && layout.expert > 1) {
     why.push("expert parallelism of DeepSeek-V3 is not in the engine yet");
   }
-  if (spec.vision && layout.sequenceParallel) why.push("sequence parallelism of Qwen2.5-VL is refused by the engine");
+  if (spec.vision && layout.sequenceParallel)
+    why.push("sequence parallelism of Qwen2.5-VL is refused by the engine");
   return why;
 }

@@ -32,7 +32,8 @@ export function stageTensors(spec: ModelSpec, layout: TrainLayout, stage: number
   const [begin, end] = layout.stages[stage] as [number, number];
   const last = stage === layout.stages.length - 1;
   const out = spec.tensors.filter(
-    (t) => (t.layer >= begin && t.layer < end) || (t.layer < 0 && stage === 0) || (t.layer >= spec.layers && last),
+    (t) =>
+      (t.layer >= begin && t.layer < end) || (t.layer < 0 && stage === 0) || (t.layer >= spec.layers && last),
   );
   // Tied embeddings under pipeline parallelism: the last stage keeps its own copy for the head (Megatron's shared embedding).
   if (spec.tied && last && stage > 0) {
@@ -81,10 +82,16 @@ export interface StaticOptions {
 }
 
 const zeroKinds = (): Record<TensorKind, number> => ({ embedding: 0, dense: 0, expert: 0, vision: 0 });
-export const sumKinds = (r: Record<TensorKind, number>): number => r.embedding + r.dense + r.expert + r.vision;
+export const sumKinds = (r: Record<TensorKind, number>): number =>
+  r.embedding + r.dense + r.expert + r.vision;
 
 /** Static memory of one rank of `stage` (every rank of a stage holds the same amounts). */
-export function stageStatic(spec: ModelSpec, layout: TrainLayout, stage: number, o: StaticOptions): StaticMemory {
+export function stageStatic(
+  spec: ModelSpec,
+  layout: TrainLayout,
+  stage: number,
+  o: StaticOptions,
+): StaticMemory {
   const b = dtypeBytes(o.dtype);
   const parameterElements = zeroKinds();
   let bufferBytes = 0;
@@ -206,9 +213,13 @@ export function activationBytesPerToken(
   } else {
     const qk = a.qkNopeDim + a.qkRopeDim;
     attention =
-      2 * hs + 2 * a.qLoraRank + 2 * a.kvLoraRank + a.qkRopeDim + (2 * a.heads * qk + 2 * a.heads * a.vDim) / t;
+      2 * hs +
+      2 * a.qLoraRank +
+      2 * a.kvLoraRank +
+      a.qkRopeDim +
+      (2 * a.heads * qk + 2 * a.heads * a.vDim) / t;
   }
-  const moe = spec.moe && spec.moe.layers.includes(layer) ? spec.moe : undefined;
+  const moe = spec.moe?.layers.includes(layer) ? spec.moe : undefined;
   let ffn: number;
   let fp32 = 0;
   if (moe) {
@@ -224,6 +235,11 @@ export function activationBytesPerToken(
 }
 
 /** The same for a whole layer run without saving (one layer's working set during recompute or a forward-only pass). */
-export function layerWorkingBytesPerToken(spec: ModelSpec, layout: TrainLayout, layer: number, dtype: Dtype): number {
+export function layerWorkingBytesPerToken(
+  spec: ModelSpec,
+  layout: TrainLayout,
+  layer: number,
+  dtype: Dtype,
+): number {
   return activationBytesPerToken(spec, layout, layer, dtype, "none");
 }

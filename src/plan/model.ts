@@ -96,7 +96,8 @@ class ConfigReader {
   }
   int(key: string, fallback?: number, min = 1): number {
     const v = this.has(key) ? this.c[key] : fallback;
-    if (v === undefined) throw new RangeError(`${this.where}: ${key} is missing (an integer ≥ ${min} is required)`);
+    if (v === undefined)
+      throw new RangeError(`${this.where}: ${key} is missing (an integer ≥ ${min} is required)`);
     if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) {
       throw new RangeError(`${this.where}: ${key} is ${JSON.stringify(v)}; expected an integer ≥ ${min}`);
     }
@@ -129,7 +130,8 @@ export function readHfConfig(source: string | Json): { config: Json; where: stri
   }
   if (!existsSync(source)) throw new RangeError(`model: ${JSON.stringify(source)} does not exist`);
   const file = statSync(source).isDirectory() ? join(source, "config.json") : source;
-  if (!existsSync(file)) throw new RangeError(`model: ${file} does not exist (an HF folder has a config.json)`);
+  if (!existsSync(file))
+    throw new RangeError(`model: ${file} does not exist (an HF folder has a config.json)`);
   let config: unknown;
   try {
     config = JSON.parse(readFileSync(file, "utf8"));
@@ -190,7 +192,8 @@ function common(r: ConfigReader): Common {
     );
   }
   const headDim = r.has("head_dim") ? r.int("head_dim") : Math.floor(hidden / heads);
-  if (headDim < 1) throw new RangeError(`${r.where}: hidden_size ${hidden} < num_attention_heads ${heads}; set head_dim`);
+  if (headDim < 1)
+    throw new RangeError(`${r.where}: hidden_size ${hidden} < num_attention_heads ${heads}; set head_dim`);
   return {
     vocab: r.int("vocab_size"),
     hidden,
@@ -230,9 +233,17 @@ function head(c: Common): { first: PlanTensor[]; last: PlanTensor[] } {
   return { first: [t("model.embed_tokens.weight", [c.vocab, c.hidden], "embedding", -1, "vocab")], last };
 }
 
-function stackedExperts(p: string, layer: number, experts: number, inter: number, hidden: number): PlanTensor[] {
+function stackedExperts(
+  p: string,
+  layer: number,
+  experts: number,
+  inter: number,
+  hidden: number,
+): PlanTensor[] {
   return [
-    t(`${p}mlp.experts.gate_up_proj`, [experts, 2 * inter, hidden], "expert", layer, "expert", { innerDim: 1 }),
+    t(`${p}mlp.experts.gate_up_proj`, [experts, 2 * inter, hidden], "expert", layer, "expert", {
+      innerDim: 1,
+    }),
     t(`${p}mlp.experts.down_proj`, [experts, hidden, inter], "expert", layer, "expert", { innerDim: 2 }),
   ];
 }
@@ -256,7 +267,10 @@ type GqaArch =
 function gqaDecoder(arch: GqaArch, r: ConfigReader, forceQkvBias = false): ModelSpec {
   const c = common(r);
   const qwen3 = arch === "Qwen3ForCausalLM" || arch === "Qwen3MoeForCausalLM";
-  const qkvBias = forceQkvBias || arch === "Qwen2ForCausalLM" || (arch !== "MixtralForCausalLM" && r.flag("attention_bias", false));
+  const qkvBias =
+    forceQkvBias ||
+    arch === "Qwen2ForCausalLM" ||
+    (arch !== "MixtralForCausalLM" && r.flag("attention_bias", false));
   const oBias = (arch === "LlamaForCausalLM" || qwen3) && r.flag("attention_bias", false);
   let moe: MoeSpec | undefined;
   if (arch === "Qwen3MoeForCausalLM") {
@@ -264,7 +278,8 @@ function gqaDecoder(arch: GqaArch, r: ConfigReader, forceQkvBias = false): Model
     const step = r.int("decoder_sparse_step", 1);
     const denseOnly = new Set(r.intList("mlp_only_layers"));
     const layers = [];
-    for (let i = 0; i < c.layers; i++) if (!denseOnly.has(i) && experts > 0 && (i + 1) % step === 0) layers.push(i);
+    for (let i = 0; i < c.layers; i++)
+      if (!denseOnly.has(i) && experts > 0 && (i + 1) % step === 0) layers.push(i);
     moe = {
       experts,
       topK: r.int("num_experts_per_tok"),
@@ -305,7 +320,11 @@ function gqaDecoder(arch: GqaArch, r: ConfigReader, forceQkvBias = false): Model
         t(`${a}v_proj.bias`, [kvOut], "dense", i, "column", { heads: c.kvHeads }),
       );
     }
-    if (qwen3) tensors.push(t(`${a}q_norm.weight`, [c.headDim], "dense", i), t(`${a}k_norm.weight`, [c.headDim], "dense", i));
+    if (qwen3)
+      tensors.push(
+        t(`${a}q_norm.weight`, [c.headDim], "dense", i),
+        t(`${a}k_norm.weight`, [c.headDim], "dense", i),
+      );
     tensors.push(t(`${a}o_proj.weight`, [c.hidden, qOut], "dense", i, "row", { heads: c.heads }));
     if (oBias) tensors.push(t(`${a}o_proj.bias`, [c.hidden], "dense", i));
     tensors.push(t(`${p}post_attention_layernorm.weight`, [c.hidden], "dense", i));
@@ -420,11 +439,14 @@ function deepseekV3(r: ConfigReader): ModelSpec {
 // native/src/models/qwen2_5_vl.cc: the Qwen2 decoder (text_config or flat) plus the vision tower.
 function qwen25vl(config: Json, where: string): ModelSpec {
   const vision = config.vision_config;
-  if (vision === null || typeof vision !== "object") throw new RangeError(`${where}: vision_config is missing`);
+  if (vision === null || typeof vision !== "object")
+    throw new RangeError(`${where}: vision_config is missing`);
   const v = new ConfigReader(vision as Json, `${where} vision_config`);
   const text = (config.text_config as Json | undefined) ?? config;
   const top = new ConfigReader(config, where);
-  const tied = top.flag("tie_word_embeddings", false) || new ConfigReader(text, where).flag("tie_word_embeddings", false);
+  const tied =
+    top.flag("tie_word_embeddings", false) ||
+    new ConfigReader(text, where).flag("tie_word_embeddings", false);
   const textSpec = gqaDecoder(
     "Qwen2ForCausalLM",
     new ConfigReader({ ...text, tie_word_embeddings: tied }, where),

@@ -2,7 +2,13 @@
 // by category and phase, what each group communicates, and an estimated step time with its parts.
 // Static memory is exact (the engine's own accounting, memory.ts); activations, KV cache and times
 // are estimates whose formulas and efficiency assumptions travel with the plan.
-import { type Assumptions, type PlanBatch, type PlanConfig, type ResolvedPlanConfig, resolvePlanConfig } from "./config.js";
+import {
+  type Assumptions,
+  type PlanBatch,
+  type PlanConfig,
+  type ResolvedPlanConfig,
+  resolvePlanConfig,
+} from "./config.js";
 import { attentionForwardFlops, forwardFlopsPerToken } from "./flops.js";
 import type { GpuType } from "./gpus.js";
 import {
@@ -168,7 +174,9 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
     !rollout.expert;
   const offloadParameters = c.offload.parameters && !inPlace;
   if (c.offload.parameters && inPlace) {
-    notes.push("offload.parameters: the rollout reads the training weights in place, so they stay on the GPU");
+    notes.push(
+      "offload.parameters: the rollout reads the training weights in place, so they stay on the GPU",
+    );
   }
   const rolloutWeights = inPlace ? 0 : rolloutWeightBytes(spec, rollout, c.dtype);
   const kvPerToken = kvBytesPerToken(spec, rollout.tensor, c.dtype);
@@ -187,7 +195,8 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
 
   const lastStage = train.stages.length - 1;
   const chunk = c.logprobChunkTokens;
-  const logprobChunk = (withGrad: boolean) => chunk * (spec.vocab / train.tensor) * (b + 4 + (withGrad ? b : 0));
+  const logprobChunk = (withGrad: boolean) =>
+    chunk * (spec.vocab / train.tensor) * (b + 4 + (withGrad ? b : 0));
   const stages: StagePlan[] = train.stages.map((layers, s) => {
     const m = statics[s] as StaticMemory;
     let perMicroBatch = 0;
@@ -286,7 +295,8 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
     }
     perNode = Math.max(perNode, bytes);
   }
-  const hostFits = gpu.hostMemoryBytesPerNode === undefined ? undefined : perNode <= gpu.hostMemoryBytesPerNode;
+  const hostFits =
+    gpu.hostMemoryBytesPerNode === undefined ? undefined : perNode <= gpu.hostMemoryBytesPerNode;
 
   const rolloutPlan: RolloutPlan = {
     ...rollout,
@@ -307,7 +317,9 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
   if (c.dtype === "float32") notes.push("times assume the GPU type's bf16 matmul peak; float32 runs slower");
   if (engine.length > 0) notes.push(`the engine does not run this training layout yet: ${engine.join("; ")}`);
   if (spec.moe && train.tensor > 1 && !train.sequenceParallel) {
-    notes.push("Megatron requires sequence parallelism for MoE models under tensor parallelism (train.sequenceParallel)");
+    notes.push(
+      "Megatron requires sequence parallelism for MoE models under tensor parallelism (train.sequenceParallel)",
+    );
   }
   if (spec.moe && train.expertData === 1 && train.expert > 1) {
     notes.push(
@@ -319,7 +331,9 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
       architecture: spec.architecture,
       parameters: parameterCounts(spec),
       layers: spec.layers,
-      ...(spec.moe ? { moe: { experts: spec.moe.experts, topK: spec.moe.topK, layers: spec.moe.layers.length } } : {}),
+      ...(spec.moe
+        ? { moe: { experts: spec.moe.experts, topK: spec.moe.topK, layers: spec.moe.layers.length } }
+        : {}),
       notes: spec.notes,
     },
     cluster: { gpu, gpus, nodes: Math.ceil(gpus / gpu.gpusPerNode), usableBytesPerGpu: usable },
@@ -376,7 +390,11 @@ function stageTraffic(
   // Forward passes per step (old logprobs, reference, each epoch's update, a recompute's second
   // forward) and backward passes, each over every micro-batch of every mini-batch.
   const micro = microBatches * batch.miniBatchesPerStep;
-  const forwards = micro * ((c.oldLogprobs ? 1 : 0) + (c.reference ? 1 : 0) + batch.epochsPerStep * (c.recompute === "full" ? 2 : 1));
+  const forwards =
+    micro *
+    ((c.oldLogprobs ? 1 : 0) +
+      (c.reference ? 1 : 0) +
+      batch.epochsPerStep * (c.recompute === "full" ? 2 : 1));
   const backwards = micro * batch.epochsPerStep;
   const hidden = rankTokens * spec.hidden * b;
   if (l.tensor > 1) {
@@ -486,7 +504,7 @@ function stageTraffic(
     );
   }
   if (l.pipeline > 1) {
-    const act = rankTokens * spec.hidden * b / (l.sequenceParallel ? l.tensor : 1);
+    const act = (rankTokens * spec.hidden * b) / (l.sequenceParallel ? l.tensor : 1);
     const boundaries = (stage > 0 ? 1 : 0) + (stage < l.pipeline - 1 ? 1 : 0);
     const calls = boundaries * (forwards + backwards);
     out.push(
@@ -571,7 +589,9 @@ function estimateTime(
   const concurrent = Math.max(1, rollout.concurrentSequences);
   const perToken = forwardFlopsPerToken(spec);
   const waves = Math.ceil(rollout.sequencesPerReplica / concurrent);
-  const prefillFlops = rollout.sequencesPerReplica * (perToken * batch.promptTokens + attentionForwardFlops(spec, batch.promptTokens));
+  const prefillFlops =
+    rollout.sequencesPerReplica *
+    (perToken * batch.promptTokens + attentionForwardFlops(spec, batch.promptTokens));
   const prefillS = prefillFlops / tr / (peak * a.prefillComputeEfficiency);
   // Continuous batching: the replica's response tokens over the concurrent slots, at least the longest response.
   const decodeSteps = Math.max(
@@ -663,11 +683,15 @@ function estimateTime(
   const bubble = train.pipeline > 1 ? (train.pipeline - 1) / microBatches : 0;
   const forward = forwardFlopsOf(spec, sequences, seqMean);
   const computeS = (flops: number) => (flops / gpus / (peak * a.trainComputeEfficiency)) * (1 + bubble);
-  const slowest = stages.reduce((w, s) => {
-    const t = s.traffic.reduce((x, e) => x + e.seconds, 0);
-    return t > w.t ? { t, s } : w;
-  }, { t: -1, s: stages[0] as StagePlan }).s;
-  const commBy = (f: (e: GroupTraffic) => boolean) => slowest.traffic.filter(f).reduce((x, e) => x + e.seconds, 0);
+  const slowest = stages.reduce(
+    (w, s) => {
+      const t = s.traffic.reduce((x, e) => x + e.seconds, 0);
+      return t > w.t ? { t, s } : w;
+    },
+    { t: -1, s: stages[0] as StagePlan },
+  ).s;
+  const commBy = (f: (e: GroupTraffic) => boolean) =>
+    slowest.traffic.filter(f).reduce((x, e) => x + e.seconds, 0);
   const zero = commBy((e) => e.group === "data" || e.group === "expertData");
   const passComm = commBy((e) => e.group !== "data" && e.group !== "expertData");
   const forwardPasses = (c.oldLogprobs ? 1 : 0) + (c.reference ? 1 : 0);
@@ -676,10 +700,18 @@ function estimateTime(
   const totalPasses = forwardPasses + updateForwards + batch.epochsPerStep;
   const passCommShare = (n: number) => (passComm * n) / totalPasses;
   if (c.oldLogprobs) {
-    parts.push({ name: "old logprobs", seconds: computeS(forward) + passCommShare(1), detail: "one forward of the batch" });
+    parts.push({
+      name: "old logprobs",
+      seconds: computeS(forward) + passCommShare(1),
+      detail: "one forward of the batch",
+    });
   }
   if (c.reference) {
-    parts.push({ name: "reference", seconds: computeS(forward) + passCommShare(1), detail: "one forward of the batch under the reference" });
+    parts.push({
+      name: "reference",
+      seconds: computeS(forward) + passCommShare(1),
+      detail: "one forward of the batch under the reference",
+    });
   }
   const updateCompute = computeS(batch.epochsPerStep * (3 + (c.recompute === "full" ? 1 : 0)) * forward);
   const updateComm = passCommShare(updateForwards + batch.epochsPerStep) + zero;

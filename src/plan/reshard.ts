@@ -19,7 +19,15 @@ function share(extent: number, ranks: number, index: number, heads?: number): [n
   return [head * unit, (head + 1) * unit];
 }
 
-function box(t: PlanTensor, tensor: number, tensorIndex: number, expert: number, expertIndex: number, inner: number, innerIndex: number): Box {
+function box(
+  t: PlanTensor,
+  tensor: number,
+  tensorIndex: number,
+  expert: number,
+  expertIndex: number,
+  inner: number,
+  innerIndex: number,
+): Box {
   const out: Box = t.shape.map((n) => [0, n]);
   if (t.split === "expert") {
     out[0] = share(t.shape[0] as number, expert, expertIndex);
@@ -33,10 +41,19 @@ function box(t: PlanTensor, tensor: number, tensorIndex: number, expert: number,
 }
 
 const volume = (b: Box) => b.reduce((v, [s, e]) => v * Math.max(0, e - s), 1);
-const intersect = (a: Box, b: Box): Box => a.map(([s, e], i) => [Math.max(s, (b[i] as [number, number])[0]), Math.min(e, (b[i] as [number, number])[1])]);
+const intersect = (a: Box, b: Box): Box =>
+  a.map(([s, e], i) => [
+    Math.max(s, (b[i] as [number, number])[0]),
+    Math.min(e, (b[i] as [number, number])[1]),
+  ]);
 
 /** The largest number of bytes any rank receives to build its rollout slices (bytesPerElement: the rollout dtype's). */
-export function reshardBytes(spec: ModelSpec, train: TrainLayout, rollout: RolloutLayout, bytesPerElement: number): number {
+export function reshardBytes(
+  spec: ModelSpec,
+  train: TrainLayout,
+  rollout: RolloutLayout,
+  bytesPerElement: number,
+): number {
   const { tensor: T, context: C, data: D, expert: E, expertTensor: ET } = train;
   const stageRanks = T * C * D;
   const last = train.stages.length - 1;
@@ -58,12 +75,16 @@ export function reshardBytes(spec: ModelSpec, train: TrainLayout, rollout: Rollo
     let missing = 0;
     for (const x of spec.tensors) {
       const bytes = x.buffer ? 4 : bytesPerElement;
-      const want = x.split === "expert"
-        ? rollout.expert
-          ? box(x, 1, 0, rollout.tensor, rt, 1, 0)
-          : box(x, 1, 0, 1, 0, rollout.tensor, rt)
-        : box(x, rollout.tensor, rt, 1, 0, 1, 0);
-      const held = (x.layer >= begin && x.layer < end) || (x.layer < 0 && stage === 0) || (x.layer >= spec.layers && stage === last);
+      const want =
+        x.split === "expert"
+          ? rollout.expert
+            ? box(x, 1, 0, rollout.tensor, rt, 1, 0)
+            : box(x, 1, 0, 1, 0, rollout.tensor, rt)
+          : box(x, rollout.tensor, rt, 1, 0, 1, 0);
+      const held =
+        (x.layer >= begin && x.layer < end) ||
+        (x.layer < 0 && stage === 0) ||
+        (x.layer >= spec.layers && stage === last);
       const have = held ? volume(intersect(want, box(x, T, t, E, e, ET, et))) : 0;
       missing += (volume(want) - have) * bytes;
     }

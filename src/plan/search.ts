@@ -73,7 +73,10 @@ export function search(config: PlanConfig, options: { top?: number } = {}): Sear
     const v = fixed[key];
     return typeof v === "number" ? [v] : values;
   };
-  const tensors = pick("tensor", divisors(gpus).filter((t) => t <= c.gpu.gpusPerNode));
+  const tensors = pick(
+    "tensor",
+    divisors(gpus).filter((t) => t <= c.gpu.gpusPerNode),
+  );
   const rolloutTensors =
     config.rollout?.tensor !== undefined
       ? [config.rollout.tensor]
@@ -91,10 +94,16 @@ export function search(config: PlanConfig, options: { top?: number } = {}): Sear
   const fitting: Plan[] = [];
   let closest: Plan | undefined;
   for (const tensor of tensors) {
-    for (const pipeline of pick("pipeline", divisors(gpus / tensor).filter((p) => p <= spec.layers))) {
+    for (const pipeline of pick(
+      "pipeline",
+      divisors(gpus / tensor).filter((p) => p <= spec.layers),
+    )) {
       const stage = gpus / pipeline;
       const experts = spec.moe
-        ? pick("expert", divisors(stage).filter((e) => spec.moe && spec.moe.experts % e === 0))
+        ? pick(
+            "expert",
+            divisors(stage).filter((e) => spec.moe && spec.moe.experts % e === 0),
+          )
         : [1];
       for (const expert of experts) {
         const train: TrainLayoutInput = {
@@ -133,7 +142,10 @@ export function search(config: PlanConfig, options: { top?: number } = {}): Sear
   if (fitting.length === 0) {
     const gpu = `${gpus} × ${c.gpu.name}`;
     if (!closest) {
-      throw new PlanSearchError(`${spec.architecture} on ${gpu}: no layout the model's shape allows (${candidates} tried)`, Infinity);
+      throw new PlanSearchError(
+        `${spec.architecture} on ${gpu}: no layout the model's shape allows (${candidates} tried)`,
+        Infinity,
+      );
     }
     throw new PlanSearchError(
       `${spec.architecture} (${(closest.model.parameters.total / 1e9).toFixed(1)}B parameters) does not fit on ${gpu} in any of the ${valid} valid layouts: ` +

@@ -52,13 +52,17 @@ export function collectiveSeconds(
   return bus / bandwidth + calls * latency;
 }
 
-export function traffic(
-  entry: Omit<GroupTraffic, "seconds">,
-  gpu: GpuType,
-  a: Assumptions,
-): GroupTraffic {
+export function traffic(entry: Omit<GroupTraffic, "seconds">, gpu: GpuType, a: Assumptions): GroupTraffic {
   return {
     ...entry,
-    seconds: collectiveSeconds(entry.collective, entry.ranks, entry.acrossNodes, entry.calls, entry.payloadBytes, gpu, a),
+    seconds: collectiveSeconds(
+      entry.collective,
+      entry.ranks,
+      entry.acrossNodes,
+      entry.calls,
+      entry.payloadBytes,
+      gpu,
+      a,
+    ),
   };
 }

@@ -244,7 +244,8 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       state.vocabSizes.set(args.name, vocab);
     // The whole model's count on every rank (a sharded rank holds a slice): from the folder's
     // tensor headers or the shapes of the tensors sent, without copying a tensor.
-    const shapes = args.dir !== undefined ? (await inspectCheckpoint(args.dir)).tensors : (args.tensors ?? []);
+    const shapes =
+      args.dir !== undefined ? (await inspectCheckpoint(args.dir)).tensors : (args.tensors ?? []);
     const parameters = shapes.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
     return { name: args.name, parameters, device };
   },

@@ -24,7 +24,12 @@ interface Case {
 }
 
 const cases: Case[] = [
-  { label: "TP2 × DP2", layout: { tensor: 2, data: 2 }, world: 4, model: { dense: { family: "qwen3", heads: 4, kvHeads: 2 } } },
+  {
+    label: "TP2 × DP2",
+    layout: { tensor: 2, data: 2 },
+    world: 4,
+    model: { dense: { family: "qwen3", heads: 4, kvHeads: 2 } },
+  },
   {
     label: "TP2 + SP",
     layout: { tensor: 2, sequenceParallel: true },
@@ -79,7 +84,12 @@ for (const c of cases) {
         modelDir,
         vocab,
       }));
-      const ranks = (await runRanks(configs, 150_000, {}, "../plan/plan-rank.js")) as unknown as MeasuredRank[];
+      const ranks = (await runRanks(
+        configs,
+        150_000,
+        {},
+        "../plan/plan-rank.js",
+      )) as unknown as MeasuredRank[];
       for (const r of ranks) assert.equal(r.ok, true, `rank ${r.rank}: ${r.error}`);
 
       const p = planOf(modelDir, c);
@@ -97,7 +107,11 @@ for (const c of cases) {
         const dense = r.zero.data_context;
         if (dataRanks > 1) {
           assert.ok(dense, `${at}: no traffic on the data group`);
-          assert.equal(dense.reduceScatter?.bytes, zero("data", "reduceScatter"), `${at}: dense reduce-scatter bytes`);
+          assert.equal(
+            dense.reduceScatter?.bytes,
+            zero("data", "reduceScatter"),
+            `${at}: dense reduce-scatter bytes`,
+          );
           assert.equal(dense.allGather?.bytes, zero("data", "allGather"), `${at}: dense all-gather bytes`);
           assert.equal(
             (dense.reduceScatter?.bytes ?? 0) / 4 / dataRanks,
@@ -109,8 +123,16 @@ for (const c of cases) {
         const expert = r.zero.expert_data;
         if (p.train.expertData > 1) {
           assert.ok(expert, `${at}: no traffic on the expert-data group`);
-          assert.equal(expert.reduceScatter?.bytes, zero("expertData", "reduceScatter"), `${at}: expert reduce-scatter bytes`);
-          assert.equal(expert.allGather?.bytes, zero("expertData", "allGather"), `${at}: expert all-gather bytes`);
+          assert.equal(
+            expert.reduceScatter?.bytes,
+            zero("expertData", "reduceScatter"),
+            `${at}: expert reduce-scatter bytes`,
+          );
+          assert.equal(
+            expert.allGather?.bytes,
+            zero("expertData", "allGather"),
+            `${at}: expert all-gather bytes`,
+          );
           assert.equal(
             (expert.reduceScatter?.bytes ?? 0) / 4 / p.train.expertData,
             planned.optimizer.shardElements.expert,
@@ -118,7 +140,11 @@ for (const c of cases) {
           );
         } else {
           assert.equal(expert, undefined, `${at}: an expert-data group of one rank moves nothing`);
-          assert.equal(planned.optimizer.shardElements.expert * 4, r.parameters.expert, `${at}: unsharded expert state`);
+          assert.equal(
+            planned.optimizer.shardElements.expert * 4,
+            r.parameters.expert,
+            `${at}: unsharded expert state`,
+          );
         }
       }
       const o = planned.optimizer;
