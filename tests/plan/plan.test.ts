@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { repoRoot } from "../../scripts/setup.js";
 import { defaultPeakFlops, type StepBatch, stepMetrics } from "../../src/controller/step.js";
+import { planHtml, planMemorySpec, planRows } from "../../src/notebook/index.js";
 import {
   forwardFlopsPerToken,
   kvBytesPerToken,
@@ -350,4 +351,29 @@ test("tiller plan and tiller plan --search from the command line; a bad flag is 
   const none = cli("--model", deepseek, "--gpu", "H20-96GB", "--gpus", "8", "--search", ...batch);
   assert.equal(none.status, 1);
   assert.match(none.stderr, /plan --search: .* per GPU short/);
+});
+
+test("the notebook view: one stacked bar per stage summing to its peak, the usable memory as a line, a row per stage", () => {
+  const p = plan({
+    model: qwen235,
+    recipe: "qwen3-235b",
+    gpu: "H20-96GB",
+    gpus: 128,
+    train: { expertTensor: 1, sequenceParallel: true },
+    rollout: { tensor: 8 },
+    offload: "all",
+  });
+  const spec = planMemorySpec(p);
+  const bars = spec.data.filter((t) => t.type === "bar");
+  assert.ok(bars.some((t) => t.name === "optimizer") && bars.some((t) => t.name === "parameters"));
+  p.stages.forEach((s, i) => {
+    const stacked = bars.reduce((n, t) => n + (t.y[i] ?? 0), 0);
+    assert.ok(Math.abs(stacked - s.peak.bytes / 2 ** 30) < 0.01 * bars.length, `stage ${i}: ${stacked}`);
+  });
+  const limit = spec.data.find((t) => t.type === "scatter");
+  assert.equal(limit?.y[0], Number((p.cluster.usableBytesPerGpu / 2 ** 30).toFixed(2)));
+  assert.equal(planRows(p).length, 8);
+  const html = planHtml(p);
+  assert.match(html, /128 × H20-96GB, train TP4 × EP4 × DP4 × PP8 \(SP\): fits/);
+  assert.match(html, /step time/);
 });
