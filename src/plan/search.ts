@@ -41,7 +41,9 @@ function divisors(n: number): number[] {
 
 export function describeChoice(p: Plan): string {
   const c = p.config;
-  const offload = c.offload.parameters || c.offload.optimizer ? "offload all" : "no offload";
+  const o = c.offload;
+  const offload =
+    o.parameters && o.optimizer ? "offload all" : o.parameters ? "offload parameters" : o.optimizer ? "offload optimizer" : "no offload";
   return `train ${p.train.describe}, rollout TP${p.rollout.tensor}, ${offload}, recompute ${c.recompute}`;
 }
 
