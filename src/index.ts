@@ -45,6 +45,24 @@ export * from "./native/model.js";
 export * from "./native/policy-loss.js";
 export * from "./native/train.js";
 export * as notebook from "./notebook/index.js";
+export * as planner from "./plan/index.js";
+export {
+  formatPlan,
+  formatSearch,
+  type GpuType,
+  gpuTypes,
+  LayoutError,
+  modelSpec,
+  type Plan,
+  type PlanConfig,
+  PlanConfigError,
+  PlanSearchError,
+  parameterCounts,
+  plan,
+  type SearchResult,
+  type StagePlan,
+  search,
+} from "./plan/index.js";
 export { ConfigError, type ExperimentConfig, type ResolvedConfig, resolveConfig } from "./rl/config.js";
 export * as rl from "./rl/index.js";
 export * from "./tokenizer/index.js";

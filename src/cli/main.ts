@@ -2,6 +2,7 @@
 // The `tiller` command. Each subcommand is one function; `tiller help` lists them.
 import { engineInfo } from "../index.js";
 import { generateCommand, logprobsCommand } from "./model-commands.js";
+import { planCommand, planHelp } from "./plan.js";
 import { quickstart } from "./quickstart.js";
 import { controller, keys, worker } from "./runtime.js";
 
@@ -35,6 +36,10 @@ const commands: Record<string, { run: Command; help: string }> = {
   logprobs: {
     run: logprobsCommand,
     help: "--model DIR --input in.jsonl --output out.jsonl: per-token logprobs and entropy of {tokens}",
+  },
+  plan: {
+    run: planCommand,
+    help: `memory per rank, communication and step time of a layout, or --search for the layouts that fit: ${planHelp}`,
   },
   generate: {
     run: generateCommand,

@@ -20,6 +20,7 @@ import { join, resolve } from "node:path";
 import type { Table } from "apache-arrow";
 import type { ImageInputs } from "../native/model.js";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
+import type { ModelSpec } from "../plan/model.js";
 import {
   type ExperimentStage,
   experimentStages,
@@ -68,7 +69,6 @@ import { ModelRole, type PackedSequences, type RankCall, type RankCallEach, RunR
 import {
   concat,
   defaultPeakFlops,
-  type FlopShape,
   packSamples,
   readFlopShape,
   responseAligned,
@@ -233,10 +233,9 @@ export class ExperimentRun {
   #changes: RecordedChange[] = [];
   #branches = 0;
   #busy: string | undefined;
-  #parameters = 0;
   #device = "cpu";
   #deviceName: string | undefined;
-  #flopShape: FlopShape | undefined;
+  #flopShape: ModelSpec | undefined;
   /** Held-out prompts (data.val), all of them validated in file order. */
   #valDataset: PromptDataset | undefined;
   /** The model's image processor and placeholder, when it is a vision-language model. */
@@ -561,7 +560,6 @@ export class ExperimentRun {
     const loaded = await this.#actor.load(dir, this.#dtype, {
       ...(this.#config.model.freezeVisionTower ? { freezeVision: true } : {}),
     });
-    this.#parameters = loaded.parameters;
     this.#device = loaded.device;
     const { lr, beta1, beta2, eps, weightDecay, schedule, maxGradNorm } = this.#config.optimizer;
     await this.#actor.everywhere("model.initOptimizer", {
@@ -1483,7 +1481,6 @@ export class ExperimentRun {
       maxPromptTokens: this.#config.data.maxPromptTokens,
       gpus: this.#config.parallel.gpus,
       epochsPerStep: this.#config.epochsPerStep,
-      parameters: this.#parameters,
       ...(peak ? { peakFlopsPerDevice: peak } : {}),
       ...(this.#flopShape ? { flopShape: this.#flopShape } : {}),
     });

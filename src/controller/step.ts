@@ -1,8 +1,9 @@
 // A step's batch and what is computed from it alone: the samples and their stage results, packing
 // them for the workers, and the step's metrics row (verl's names) as a pure function of the batch.
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import type { ImageInputs } from "../native/model.js";
+import { trainingFlops } from "../plan/flops.js";
+import { gpuTypes } from "../plan/gpus.js";
+import { type ModelSpec, modelSpec } from "../plan/model.js";
 import type { ExperimentStage as StageName } from "../protocol/messages.js";
 import type { RolloutRecord } from "../rl/rollouts.js";
 
@@ -75,13 +76,24 @@ export function packSamples(samples: readonly Sample[]): { tokens: Int32Array; c
   return { tokens, cuSeqlens: cu };
 }
 
-export /** Peak dense bf16 FLOP/s by device name, for perf/mfu/actor when the config gives none. */
-function defaultPeakFlops(deviceName: string | undefined): number | undefined {
+/**
+ * Peak dense bf16 FLOP/s by device name (the planner's GPU table), for perf/mfu/actor when the
+ * config gives none.
+ */
+export function defaultPeakFlops(deviceName: string | undefined): number | undefined {
   if (!deviceName) return undefined;
-  if (/H100|H200|H800|H20\b|GH200/.test(deviceName)) return 989e12;
-  if (/A100|A800/.test(deviceName)) return 312e12;
-  if (/B200|GB200/.test(deviceName)) return 2250e12;
-  return undefined;
+  const type = /\bH20\b/.test(deviceName)
+    ? "H20-96GB"
+    : /H200/.test(deviceName)
+      ? "H200-141GB"
+      : /H100|H800|GH200/.test(deviceName)
+        ? "H100-80GB"
+        : /B200/.test(deviceName)
+          ? "B200"
+          : /A100|A800/.test(deviceName)
+            ? "A100-80GB"
+            : undefined;
+  return type ? gpuTypes[type]?.bf16FlopsPerSecond : undefined;
 }
 
 export function stats(values: ArrayLike<number>): { mean: number; max: number; min: number } {
@@ -105,38 +117,17 @@ export function putStats(into: Record<string, number>, prefix: string, values: A
   into[`${prefix}/min`] = s.min;
 }
 
-/** Model shape numbers from config.json, for the FLOP estimate of perf/mfu/actor. */
-export interface FlopShape {
-  layers: number;
-  heads: number;
-  headDim: number;
-}
-
-/** The shape, or why there is none (perf/mfu/actor is then left out, and the reason logged). */
-export function readFlopShape(modelPath: string): FlopShape | string {
-  const file = join(modelPath, "config.json");
-  let c: Record<string, unknown>;
+/**
+ * The model's shape for the FLOP model of perf/mfu/actor (src/plan/flops.ts: active parameters per
+ * token, attention by sequence length), read from config.json's shapes; or why there is none
+ * (perf/mfu/actor is then left out, and the reason logged).
+ */
+export function readFlopShape(modelPath: string): ModelSpec | string {
   try {
-    c = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+    return modelSpec(modelPath);
   } catch (error) {
-    return `${file}: ${(error as Error).message}`;
+    return (error as Error).message;
   }
-  // Vision-language folders nest the language model's fields (the FLOPs counted are its own).
-  if (typeof c.text_config === "object" && c.text_config !== null)
-    c = c.text_config as Record<string, unknown>;
-  const { num_hidden_layers: layers, num_attention_heads: heads, head_dim, hidden_size } = c;
-  const headDim =
-    head_dim ??
-    (typeof hidden_size === "number" && typeof heads === "number" ? hidden_size / heads : undefined);
-  for (const [name, v] of [
-    ["num_hidden_layers", layers],
-    ["num_attention_heads", heads],
-    ["head_dim", headDim],
-  ] as const) {
-    if (typeof v !== "number" || !(v > 0))
-      return `${file}: ${name} is ${JSON.stringify(v)}, not a positive number`;
-  }
-  return { layers, heads, headDim } as FlopShape;
 }
 
 /** verl's critic/vf_explained_var: 1 − var(returns − values) / (var(returns) + 1e-5), unbiased variances. */
@@ -160,11 +151,9 @@ export interface StepMetricsContext {
   maxPromptTokens: number;
   gpus: number;
   epochsPerStep: number;
-  /** The actor's parameter count (the whole model's), for perf/mfu/actor. */
-  parameters: number;
-  /** Peak FLOP/s of one device; perf/mfu/actor is left out without it. */
+  /** Peak FLOP/s of one device; perf/mfu/actor is left out without it (or without the shape). */
   peakFlopsPerDevice?: number;
-  flopShape?: FlopShape;
+  flopShape?: ModelSpec;
 }
 
 /**
@@ -229,11 +218,9 @@ export function stepMetrics(
     : 0;
   const peak = c.peakFlopsPerDevice;
   const updateS = batch.timings["timing_s/update_actor"];
-  if (peak && updateS && c.parameters) {
-    const shape = c.flopShape;
-    const squares = samples.reduce((n, s) => n + (s.prompt.length + s.response.length) ** 2, 0);
-    const attention = shape ? 12 * squares * shape.headDim * shape.heads * shape.layers : 0;
-    const flops = c.epochsPerStep * (6 * c.parameters * totalTokens + attention);
+  if (peak && updateS && c.flopShape) {
+    const lengths = samples.map((s) => s.prompt.length + s.response.length);
+    const flops = c.epochsPerStep * trainingFlops(c.flopShape, lengths);
     m["perf/mfu/actor"] = flops / (updateS * peak * c.gpus);
   }
   return m;

@@ -4,6 +4,7 @@
 export * from "./display.js";
 export * from "./export.js";
 export * from "./inspect.js";
+export * from "./plan-view.js";
 export * from "./plot.js";
 export * from "./progress.js";
 export * from "./report.js";

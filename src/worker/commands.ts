@@ -243,14 +243,10 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     if (typeof vocab === "number" && Number.isSafeInteger(vocab) && vocab > 0)
       state.vocabSizes.set(args.name, vocab);
     // The whole model's count on every rank (a sharded rank holds a slice): from the folder's
-    // tensor headers, without copying a tensor; a model sent as tensors counts those.
-    const parameters =
-      args.dir !== undefined
-        ? (await inspectCheckpoint(args.dir)).tensors.reduce(
-            (n, t) => n + t.shape.reduce((a, b) => a * b, 1),
-            0,
-          )
-        : model.parameters().reduce((n, t) => n + t.data.length, 0);
+    // tensor headers or the shapes of the tensors sent, without copying a tensor.
+    const shapes =
+      args.dir !== undefined ? (await inspectCheckpoint(args.dir)).tensors : (args.tensors ?? []);
+    const parameters = shapes.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
     return { name: args.name, parameters, device };
   },
 

@@ -75,6 +75,7 @@ test("tiller installs into a project of one's own by path, without the project h
 test("the notebooks are there", () => {
   assert.deepEqual(notebooks.sort(), [
     "inspect-rollouts.ipynb",
+    "plan.ipynb",
     "quickstart.ipynb",
     "stepwise-debugging.ipynb",
   ]);
@@ -123,6 +124,10 @@ for (const name of notebooks) {
     }
     if (name === "inspect-rollouts.ipynb") {
       assert.match(text, /trained 30 steps/);
+    }
+    if (name === "plan.ipynb") {
+      assert.match(text, /671\.0B parameters, 37\.6B active/);
+      assert.match(text, /Qwen3MoeForCausalLM on 8 × H200-141GB: \d+ layouts tried/);
     }
     if (name === "stepwise-debugging.ipynb") {
       const bars = code
