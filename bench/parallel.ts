@@ -57,6 +57,36 @@ function describeTraffic(traffic: MeshTraffic): string {
   return parts.length ? parts.join(", ") : "no collectives";
 }
 
+/**
+ * Each layout's step time against one rank's on the same model, one result per layout; `detail`
+ * says what the ranks' traffic shows.
+ */
+async function compareLayouts(
+  modelDir: string,
+  vocab: number,
+  what: string,
+  layouts: [string, Layout, number][],
+  detail: (ranks: RankTiming[]) => string,
+): Promise<BenchResult[]> {
+  const [one] = await timeLayout(modelDir, vocab, {}, 1);
+  const base = one?.stepSeconds ?? Number.NaN;
+  const out: BenchResult[] = [];
+  for (const [name, layout, world] of layouts) {
+    const ranks = await timeLayout(modelDir, vocab, layout, world);
+    const slowest = Math.max(...ranks.map((r) => r.stepSeconds));
+    out.push({
+      name: `parallel/${name} train step (cpu, gloo, ${what})`,
+      value: slowest,
+      unit: "s",
+      baseline: base,
+      baselineName: "one rank",
+      ratio: base / slowest,
+      detail: detail(ranks),
+    });
+  }
+  return out;
+}
+
 export async function benchParallel(): Promise<BenchResult[]> {
   const dir = mkdtempSync(join(tmpdir(), "tiller-bench-parallel-"));
   try {
@@ -69,29 +99,18 @@ export async function benchParallel(): Promise<BenchResult[]> {
       layers: 4,
       vocab: 2048,
     });
-    const vocab = config.vocab_size as number;
-    const [one] = await timeLayout(modelDir, vocab, {}, 1);
-    const base = one?.stepSeconds ?? Number.NaN;
-    const out: BenchResult[] = [];
-    for (const [name, layout] of [
-      ["TP2", { tensor: 2 }],
-      ["TP2+SP", { tensor: 2, sequenceParallel: true }],
-      ["DP2 (ZeRO-1)", { data: 2 }],
-    ] as [string, Layout][]) {
-      const ranks = await timeLayout(modelDir, vocab, layout, 2);
-      const slowest = Math.max(...ranks.map((r) => r.stepSeconds));
-      out.push({
-        name: `parallel/${name} train step (cpu, gloo, 8 x 128 tokens)`,
-        value: slowest,
-        unit: "s",
-        baseline: base,
-        baselineName: "one rank",
-        ratio: base / slowest,
-        detail: `per step on rank 0: ${describeTraffic(ranks[0]?.traffic ?? {})}`,
-      });
-    }
-    out.push(...(await benchExpertLayouts(dir)));
-    return out;
+    const dense = await compareLayouts(
+      modelDir,
+      config.vocab_size as number,
+      "8 x 128 tokens",
+      [
+        ["TP2", { tensor: 2 }, 2],
+        ["TP2+SP", { tensor: 2, sequenceParallel: true }, 2],
+        ["DP2 (ZeRO-1)", { data: 2 }, 2],
+      ],
+      (ranks) => `per step on rank 0: ${describeTraffic(ranks[0]?.traffic ?? {})}`,
+    );
+    return [...dense, ...(await benchExpertLayouts(dir))];
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -114,30 +133,22 @@ async function benchExpertLayouts(dir: string): Promise<BenchResult[]> {
     heads: 8,
     kvHeads: 4,
   });
-  const vocab = config.vocab_size as number;
-  const [one] = await timeLayout(modelDir, vocab, {}, 1);
-  const base = one?.stepSeconds ?? Number.NaN;
-  const out: BenchResult[] = [];
-  for (const [name, layout, world] of [
-    ["EP2 (attention DP2)", { expert: 2, data: 2 }, 2],
-    ["TP2 x EP2", { tensor: 2, expert: 2, data: 2 }, 4],
-  ] as [string, Layout, number][]) {
-    const ranks = await timeLayout(modelDir, vocab, layout, world);
-    const slowest = Math.max(...ranks.map((r) => r.stepSeconds));
-    const dispatch = ranks.map((r) => r.traffic.expert?.allToAll ?? { calls: 0, bytes: 0, seconds: 0 });
-    const share = Math.max(...dispatch.map((d, i) => d.seconds / (ranks[i]?.stepSeconds ?? Number.NaN)));
-    out.push({
-      name: `parallel/MoE ${name} train step (cpu, gloo, 8 x 128 tokens, 8 experts top-2)`,
-      value: slowest,
-      unit: "s",
-      baseline: base,
-      baselineName: "one rank",
-      ratio: base / slowest,
-      detail:
+  return compareLayouts(
+    modelDir,
+    config.vocab_size as number,
+    "8 x 128 tokens, 8 experts top-2",
+    [
+      ["MoE EP2 (attention DP2)", { expert: 2, data: 2 }, 2],
+      ["MoE TP2 x EP2", { tensor: 2, expert: 2, data: 2 }, 4],
+    ],
+    (ranks) => {
+      const dispatch = ranks.map((r) => r.traffic.expert?.allToAll ?? { calls: 0, bytes: 0, seconds: 0 });
+      const share = Math.max(...dispatch.map((d, i) => d.seconds / (ranks[i]?.stepSeconds ?? Number.NaN)));
+      return (
         `expert all-to-all per step on rank 0: ${((dispatch[0]?.bytes ?? 0) / 2 ** 20).toFixed(2)} MiB in ` +
         `${dispatch[0]?.calls ?? 0} calls; dispatch share of the step (max over ranks) ${(100 * share).toFixed(1)}%; ` +
-        describeTraffic(ranks[0]?.traffic ?? {}),
-    });
-  }
-  return out;
+        describeTraffic(ranks[0]?.traffic ?? {})
+      );
+    },
+  );
 }

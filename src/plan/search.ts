@@ -43,7 +43,13 @@ export function describeChoice(p: Plan): string {
   const c = p.config;
   const o = c.offload;
   const offload =
-    o.parameters && o.optimizer ? "offload all" : o.parameters ? "offload parameters" : o.optimizer ? "offload optimizer" : "no offload";
+    o.parameters && o.optimizer
+      ? "offload all"
+      : o.parameters
+        ? "offload parameters"
+        : o.optimizer
+          ? "offload optimizer"
+          : "no offload";
   return `train ${p.train.describe}, rollout TP${p.rollout.tensor}, ${offload}, recompute ${c.recompute}`;
 }
 

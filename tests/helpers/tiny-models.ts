@@ -4,6 +4,86 @@ import { mkdirSync } from "node:fs";
 import { Model, type NamedHostTensor } from "../../src/index.js";
 import { mulberry32 } from "../../src/rl/data.js";
 
+type TensorMaker = (name: string, dims: number[], around?: number, std?: number) => NamedHostTensor;
+
+/** Uniform random tensors of a given mean and standard deviation, drawn in call order from `seed`. */
+function tensorMaker(seed: number, defaultStd: number): TensorMaker {
+  const random = mulberry32(seed);
+  return (name, dims, around = 0, std = defaultStd) => {
+    const n = dims.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    for (let i = 0; i < n; i++) data[i] = around + std * (2 * random() - 1) * Math.sqrt(3);
+    return { name, dtype: "float32", shape: dims, data };
+  };
+}
+
+/** The config.json fields every tiny family shares. */
+function commonConfig(c: {
+  vocab: number;
+  hidden: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  tied: boolean;
+}) {
+  return {
+    vocab_size: c.vocab,
+    hidden_size: c.hidden,
+    num_hidden_layers: c.layers,
+    num_attention_heads: c.heads,
+    num_key_value_heads: c.kvHeads,
+    hidden_act: "silu",
+    max_position_embeddings: 128,
+    rms_norm_eps: 1e-6,
+    rope_theta: 10000,
+    tie_word_embeddings: c.tied,
+    eos_token_id: 1,
+    dtype: "float32",
+  };
+}
+
+/** Grouped-query attention's q/k/v/o weights of one layer (`a`: its self_attn prefix). */
+function attentionTensors(
+  tensor: TensorMaker,
+  a: string,
+  heads: number,
+  kvHeads: number,
+  headDim: number,
+  hidden: number,
+  std?: number,
+) {
+  return [
+    tensor(`${a}.q_proj.weight`, [heads * headDim, hidden], 0, std),
+    tensor(`${a}.k_proj.weight`, [kvHeads * headDim, hidden], 0, std),
+    tensor(`${a}.v_proj.weight`, [kvHeads * headDim, hidden], 0, std),
+    tensor(`${a}.o_proj.weight`, [hidden, heads * headDim], 0, std),
+  ];
+}
+
+/** A SwiGLU MLP's weights (`m`: its prefix). */
+function mlpTensors(tensor: TensorMaker, m: string, inter: number, hidden: number, std?: number) {
+  return [
+    tensor(`${m}.gate_proj.weight`, [inter, hidden], 0, std),
+    tensor(`${m}.up_proj.weight`, [inter, hidden], 0, std),
+    tensor(`${m}.down_proj.weight`, [hidden, inter], 0, std),
+  ];
+}
+
+/** Builds the model from `tensors` and saves it as an HF folder in `dir`. */
+async function saveTinyFolder(
+  dir: string,
+  config: Record<string, unknown>,
+  tensors: NamedHostTensor[],
+): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  const model = Model.create(config, tensors);
+  try {
+    await model.save(dir);
+  } finally {
+    model.dispose();
+  }
+}
+
 export interface TinyDenseShape {
   family: "qwen3" | "qwen2" | "llama";
   heads: number;
@@ -30,29 +110,12 @@ export async function writeTinyDense(dir: string, shape: TinyDenseShape): Promis
   const config: Record<string, unknown> = {
     architectures: [architecture],
     model_type: shape.family,
-    vocab_size: vocab,
-    hidden_size: hidden,
+    ...commonConfig({ vocab, hidden, layers, heads: shape.heads, kvHeads: shape.kvHeads, tied }),
     intermediate_size: inter,
-    num_hidden_layers: layers,
-    num_attention_heads: shape.heads,
-    num_key_value_heads: shape.kvHeads,
     head_dim: headDim,
-    hidden_act: "silu",
-    max_position_embeddings: 128,
-    rms_norm_eps: 1e-6,
-    rope_theta: 10000,
-    tie_word_embeddings: tied,
-    eos_token_id: 1,
-    dtype: "float32",
     ...(shape.family === "llama" ? { attention_bias: true } : {}),
   };
-  const random = mulberry32(shape.seed ?? 3);
-  const tensor = (name: string, dims: number[], around = 0, std = 0.08): NamedHostTensor => {
-    const n = dims.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    for (let i = 0; i < n; i++) data[i] = around + std * (2 * random() - 1) * Math.sqrt(3);
-    return { name, dtype: "float32", shape: dims, data };
-  };
+  const tensor = tensorMaker(shape.seed ?? 3, 0.08);
   const q = shape.heads * headDim;
   const kv = shape.kvHeads * headDim;
   const tensors = [
@@ -65,13 +128,8 @@ export async function writeTinyDense(dir: string, shape: TinyDenseShape): Promis
     tensors.push(
       tensor(`${p}.input_layernorm.weight`, [hidden], 1, 0.1),
       tensor(`${p}.post_attention_layernorm.weight`, [hidden], 1, 0.1),
-      tensor(`${p}.self_attn.q_proj.weight`, [q, hidden], 0, 0.3),
-      tensor(`${p}.self_attn.k_proj.weight`, [kv, hidden], 0, 0.3),
-      tensor(`${p}.self_attn.v_proj.weight`, [kv, hidden], 0, 0.3),
-      tensor(`${p}.self_attn.o_proj.weight`, [hidden, q], 0, 0.3),
-      tensor(`${p}.mlp.gate_proj.weight`, [inter, hidden], 0, 0.3),
-      tensor(`${p}.mlp.up_proj.weight`, [inter, hidden], 0, 0.3),
-      tensor(`${p}.mlp.down_proj.weight`, [hidden, inter], 0, 0.3),
+      ...attentionTensors(tensor, `${p}.self_attn`, shape.heads, shape.kvHeads, headDim, hidden, 0.3),
+      ...mlpTensors(tensor, `${p}.mlp`, inter, hidden, 0.3),
     );
     if (shape.family === "qwen3") {
       tensors.push(
@@ -88,13 +146,7 @@ export async function writeTinyDense(dir: string, shape: TinyDenseShape): Promis
     }
     if (shape.family === "llama") tensors.push(tensor(`${p}.self_attn.o_proj.bias`, [hidden], 0, 0.1));
   }
-  mkdirSync(dir, { recursive: true });
-  const model = Model.create(config, tensors);
-  try {
-    await model.save(dir);
-  } finally {
-    model.dispose();
-  }
+  await saveTinyFolder(dir, config, tensors);
   return config;
 }
 
@@ -139,27 +191,8 @@ export async function writeTinyMoe(dir: string, shape: TinyMoeShape): Promise<Re
   const experts = shape.experts ?? 4;
   const topK = shape.topK ?? 2;
   const layers = shape.layers ?? 2;
-  const random = mulberry32(shape.seed ?? 5);
-  const tensor = (name: string, dims: number[], around = 0, std = 0.3): NamedHostTensor => {
-    const n = dims.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    for (let i = 0; i < n; i++) data[i] = around + std * (2 * random() - 1) * Math.sqrt(3);
-    return { name, dtype: "float32", shape: dims, data };
-  };
-  const common = {
-    vocab_size: vocab,
-    hidden_size: hidden,
-    num_hidden_layers: layers,
-    num_attention_heads: heads,
-    num_key_value_heads: kvHeads,
-    hidden_act: "silu",
-    max_position_embeddings: 128,
-    rms_norm_eps: 1e-6,
-    rope_theta: 10000,
-    tie_word_embeddings: false,
-    eos_token_id: 1,
-    dtype: "float32",
-  };
+  const tensor = tensorMaker(shape.seed ?? 5, 0.3);
+  const common = commonConfig({ vocab, hidden, layers, heads, kvHeads, tied: false });
   let config: Record<string, unknown>;
   let moeLayers: number[];
   // Per-layer: the MoE block's name, its per-expert projection names, and a shared-expert width.
@@ -255,12 +288,7 @@ export async function writeTinyMoe(dir: string, shape: TinyMoeShape): Promise<Re
         tensor(`${a}.o_proj.weight`, [hidden, heads * mla.v]),
       );
     } else {
-      tensors.push(
-        tensor(`${a}.q_proj.weight`, [heads * headDim, hidden]),
-        tensor(`${a}.k_proj.weight`, [kvHeads * headDim, hidden]),
-        tensor(`${a}.v_proj.weight`, [kvHeads * headDim, hidden]),
-        tensor(`${a}.o_proj.weight`, [hidden, heads * headDim]),
-      );
+      tensors.push(...attentionTensors(tensor, a, heads, kvHeads, headDim, hidden));
       if (shape.family === "qwen3_moe") {
         tensors.push(
           tensor(`${a}.q_norm.weight`, [headDim], 1, 0.1),
@@ -269,11 +297,7 @@ export async function writeTinyMoe(dir: string, shape: TinyMoeShape): Promise<Re
       }
     }
     if (!moeLayers.includes(l)) {
-      tensors.push(
-        tensor(`${p}.mlp.gate_proj.weight`, [inter, hidden]),
-        tensor(`${p}.mlp.up_proj.weight`, [inter, hidden]),
-        tensor(`${p}.mlp.down_proj.weight`, [hidden, inter]),
-      );
+      tensors.push(...mlpTensors(tensor, `${p}.mlp`, inter, hidden));
       continue;
     }
     const [gate, up, down] = names as [string, string, string];
@@ -289,18 +313,10 @@ export async function writeTinyMoe(dir: string, shape: TinyMoeShape): Promise<Re
     if (shape.family === "deepseek_v3") {
       tensors.push(
         tensor(`${p}.mlp.gate.e_score_correction_bias`, [experts], 0, 0.05),
-        tensor(`${p}.mlp.shared_experts.gate_proj.weight`, [shared, hidden]),
-        tensor(`${p}.mlp.shared_experts.up_proj.weight`, [shared, hidden]),
-        tensor(`${p}.mlp.shared_experts.down_proj.weight`, [hidden, shared]),
+        ...mlpTensors(tensor, `${p}.mlp.shared_experts`, shared, hidden),
       );
     }
   }
-  mkdirSync(dir, { recursive: true });
-  const model = Model.create(config, tensors);
-  try {
-    await model.save(dir);
-  } finally {
-    model.dispose();
-  }
+  await saveTinyFolder(dir, config, tensors);
   return config;
 }

@@ -255,12 +255,14 @@ at::Tensor moe_forward(const at::Tensor& x, const MoeWeights& w, const MoeConfig
         routing->tokens_per_expert.resize(slot + 1);
         routing->entropy_sum.resize(slot + 1);
       }
-      auto counts = at::bincount(r.choice.experts.narrow(0, 0, real).reshape(-1), {}, c.experts);
+      // A scatter-add of ones, not bincount: bincount reads its input's maximum on the host (a
+      // device sync on every forward that collects statistics).
+      const auto chosen = r.choice.experts.narrow(0, 0, real).reshape(-1);
+      auto counts = at::zeros({c.experts}, chosen.options()).scatter_add_(0, chosen, at::ones_like(chosen));
       const auto p = r.choice.probs.detach().narrow(0, 0, real);
       auto entropy = -at::xlogy(p, p).sum();
       if (tp) {
         // Every tensor rank reports the whole batch's statistics, as one device does.
-        counts = counts.to(at::kLong).contiguous();
         entropy = entropy.contiguous();
         tp->all_reduce(counts, parallel::ReduceOp::kSum);
         tp->all_reduce(entropy, parallel::ReduceOp::kSum);

@@ -271,7 +271,6 @@ class DeepseekV3 final : public CausalLM {
   at::Tensor embed_, norm_, lm_head_;
   std::vector<Block> blocks_;
 
-  static at::Tensor with_bias(const at::Tensor& y, const at::Tensor& bias) { return bias.defined() ? y + bias : y; }
 };
 
 // Drops multi-token-prediction tensors (model.layers.{i}.*, i >= layers), noting how many on stderr.

@@ -151,7 +151,7 @@ class DenseDecoder final : public CausalLM {
     // Sequence parallelism cuts the residual stream by tokens in training-side forwards; cached
     // generation keeps it whole (same math, no padding of one-token decode steps).
     const bool sp = tp_.sequence_parallel() && !input.cache && !input.slot_cache;
-    const PackedBatch padded = sp ? pad_for_sequence_parallel(input) : PackedBatch();
+    const PackedBatch padded = sp ? pad_for_sequence_parallel(input, tp_.size()) : PackedBatch();
     const auto& batch = sp ? padded : input;
     const auto tokens = batch.tokens.size(0);
     auto rope = batch.rope             ? *batch.rope
@@ -166,7 +166,7 @@ class DenseDecoder final : public CausalLM {
     const layers::MoeTokens moe_tokens{sp, input.tokens.size(0)};
     // A vision-language model's image rows (never under sequence parallelism: it refuses it).
     if (batch.embed_rows.defined()) x = x.index_put({batch.embed_rows}, batch.embed_values);
-    if (batch.layer_outputs) batch.layer_outputs->push_back(whole(x, sp, input));
+    if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, input.tokens.size(0)));
     for (size_t l = 0; l < blocks_.size(); ++l) {
       const auto& b = blocks_[l];
       const auto h = tp_.enter(layers::rms_norm(x, b.input_norm, c.rms_norm_eps), sp);  // [tokens, hidden]
@@ -186,7 +186,7 @@ class DenseDecoder final : public CausalLM {
       const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
       x = x + (b.moe_index >= 0 ? layers::moe_forward(m, b.moe, c.moe, batch.routing, b.moe_index, &ep_, moe_tokens)
                                 : tp_.exit(layers::swiglu(tp_.enter(m, sp), b.gate, b.up, b.down), sp));
-      if (batch.layer_outputs) batch.layer_outputs->push_back(whole(x, sp, input));
+      if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, input.tokens.size(0)));
     }
     const auto out = layers::rms_norm(x, norm_, c.rms_norm_eps);
     if (!sp) return out;
@@ -197,15 +197,6 @@ class DenseDecoder final : public CausalLM {
   }
 
  private:
-  static at::Tensor with_bias(const at::Tensor& y, const at::Tensor& bias) { return bias.defined() ? y + bias : y; }
-
-  PackedBatch pad_for_sequence_parallel(const PackedBatch& batch) const {
-    return models::pad_for_sequence_parallel(batch, tp_.size());
-  }
-  at::Tensor whole(const at::Tensor& x, bool sp, const PackedBatch& input) const {
-    return whole_residual(x, sp, tp_, input.tokens.size(0));
-  }
-
   // q: [tokens, heads, D], k, v: [tokens, kv_heads, D] -> [tokens, heads, D]
   static at::Tensor attention(const PackedBatch& batch, size_t layer, const at::Tensor& q, const at::Tensor& k,
                               const at::Tensor& v, double scale, int64_t window) {

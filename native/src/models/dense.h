@@ -84,8 +84,10 @@ PackedBatch pad_for_sequence_parallel(const PackedBatch& batch, int size);
 at::Tensor whole_residual(const at::Tensor& x, bool sp, const parallel::TensorParallel& tp, int64_t tokens);
 // the MoE layers' parallel placement of this rank: its experts, the expert group, the tensor group;
 layers::ExpertParallel moe_placement(int64_t experts, const BuildOptions& options, const parallel::TensorParallel& tp);
-// the router's split: replicated, each tensor rank routing its share of the tokens (partial gradient).
+// the router's split: replicated, each tensor rank routing its share of the tokens (partial gradient);
 parallel::SplitSpec router_split();
+// y + bias, or y when there is no bias (a row-parallel bias is added once, after the reduction).
+inline at::Tensor with_bias(const at::Tensor& y, const at::Tensor& bias) { return bias.defined() ? y + bias : y; }
 
 // Stacks per-expert checkpoint tensors (models/experts.h), then loads and builds the decoder.
 std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, const BuildOptions& options);
