@@ -1,12 +1,14 @@
 // Multi-rank training steps on CPU worker processes (gloo, one thread each): TP2, TP2+SP and DP2
 // (ZeRO-1) against one rank on the same model in the same run, with the bytes each group's
 // collectives moved per step; a Qwen3-MoE shape at EP2 and TP2 × EP2 with its all-to-all bytes and
-// the dispatch's share of the step. No target on CPU (the GPU issue has them): the ratio is one rank's
+// the dispatch's share of the step; (`pipeline`) PP2 and PP4 with the measured bubble, the peak
+// step memory per stage and the bytes sent between stages, CP2 and CP4 with the peak step memory
+// per rank and the K/V all-gather bytes. No target on CPU (the GPU issue has them): the ratio is one rank's
 // step time over the layout's, and the traffic is what the layout costs.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Layout, MeshTraffic } from "../src/index.js";
+import type { Layout, MeshTraffic, ScheduleStats } from "../src/index.js";
 import { freePort, runRanks } from "../tests/helpers/ranks.js";
 import { writeTinyDense, writeTinyMoe } from "../tests/helpers/tiny-models.js";
 import type { BenchResult } from "./common.js";
@@ -16,13 +18,25 @@ interface RankTiming {
   error?: string;
   stepSeconds: number;
   traffic: MeshTraffic;
+  schedule: ScheduleStats;
+  /** How far the resident memory rose above its level before the step (bench/parallel-rank.ts). */
+  peakStepBytes: number;
 }
+
+interface Workload {
+  sequences: number;
+  length: number;
+  perMicroBatch: number;
+}
+
+const defaultWorkload: Workload = { sequences: 8, length: 128, perMicroBatch: 1 };
 
 async function timeLayout(
   modelDir: string,
   vocab: number,
   layout: Layout,
   world: number,
+  workload: Workload = defaultWorkload,
 ): Promise<RankTiming[]> {
   const port = await freePort();
   const configs = Array.from({ length: world }, (_, rank) => ({
@@ -32,14 +46,15 @@ async function timeLayout(
     layout,
     modelDir,
     vocab,
-    sequences: 8,
-    length: 128,
+    ...workload,
     steps: 3,
   }));
+  // A fixed mmap threshold: tensors above 64 KiB come from mmap and go back on free, so the
+  // resident set follows the live tensors (glibc's adaptive threshold would keep freed ones).
   const results = (await runRanks(
     configs,
     600_000,
-    {},
+    { MALLOC_MMAP_THRESHOLD_: "65536" },
     "../../bench/parallel-rank.js",
   )) as unknown as RankTiming[];
   for (const r of results) if (!r.ok) throw new Error(`rank failed: ${r.error}`);
@@ -66,13 +81,14 @@ async function compareLayouts(
   vocab: number,
   what: string,
   layouts: [string, Layout, number][],
-  detail: (ranks: RankTiming[]) => string,
+  detail: (ranks: RankTiming[], one: RankTiming | undefined) => string,
+  workload: Workload = defaultWorkload,
 ): Promise<BenchResult[]> {
-  const [one] = await timeLayout(modelDir, vocab, {}, 1);
+  const [one] = await timeLayout(modelDir, vocab, {}, 1, workload);
   const base = one?.stepSeconds ?? Number.NaN;
   const out: BenchResult[] = [];
   for (const [name, layout, world] of layouts) {
-    const ranks = await timeLayout(modelDir, vocab, layout, world);
+    const ranks = await timeLayout(modelDir, vocab, layout, world, workload);
     const slowest = Math.max(...ranks.map((r) => r.stepSeconds));
     out.push({
       name: `parallel/${name} train step (cpu, gloo, ${what})`,
@@ -81,7 +97,7 @@ async function compareLayouts(
       baseline: base,
       baselineName: "one rank",
       ratio: base / slowest,
-      detail: detail(ranks),
+      detail: detail(ranks, one),
     });
   }
   return out;
@@ -150,5 +166,83 @@ async function benchExpertLayouts(dir: string): Promise<BenchResult[]> {
         describeTraffic(ranks[0]?.traffic ?? {})
       );
     },
+  );
+}
+
+/**
+ * A Qwen3 shape of 8 layers split over 2 and 4 pipeline stages, 16 sequences of 128 tokens in 8
+ * micro-batches run 1F1B, against one rank: the step time; per stage the measured bubble (seconds
+ * waiting in point-to-point transfers over the rest of the schedule) beside the formula (p − 1)/m;
+ * the peak memory above the resident level of each stage against one rank's; the bytes each stage
+ * sends per step.
+ */
+export async function benchPipeline(): Promise<BenchResult[]> {
+  const dir = mkdtempSync(join(tmpdir(), "tiller-bench-pipeline-"));
+  try {
+    return [...(await pipelineLayouts(dir)), ...(await contextLayouts(dir))];
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function pipelineLayouts(dir: string): Promise<BenchResult[]> {
+  const modelDir = join(dir, "pipeline");
+  const config = await writeTinyDense(modelDir, {
+    family: "qwen3",
+    heads: 8,
+    kvHeads: 4,
+    hidden: 128,
+    layers: 8,
+    vocab: 2048,
+  });
+  const workload: Workload = { sequences: 16, length: 128, perMicroBatch: 2 };
+  const mib = (b: number) => (b / 2 ** 20).toFixed(1);
+  return compareLayouts(
+    modelDir,
+    config.vocab_size as number,
+    "16 x 128 tokens in 8 micro-batches",
+    [
+      ["PP2 (1F1B)", { pipeline: 2 }, 2],
+      ["PP4 (1F1B)", { pipeline: 4 }, 4],
+    ],
+    (ranks, one) => {
+      const p = ranks.length;
+      const m = ranks[0]?.schedule.microBatches ?? 0;
+      const bubbles = ranks.map(
+        (r) => r.schedule.waitSeconds / (r.schedule.seconds - r.schedule.waitSeconds),
+      );
+      return (
+        `bubble per stage ${bubbles.map((b) => b.toFixed(2)).join(" / ")} vs (p-1)/m = ${((p - 1) / m).toFixed(2)}; ` +
+        `peak step memory per stage ${ranks.map((r) => mib(r.peakStepBytes)).join(" / ")} MiB vs one rank ${mib(one?.peakStepBytes ?? Number.NaN)} MiB; ` +
+        `sent per step per stage ${ranks.map((r) => mib(r.schedule.bytesSent)).join(" / ")} MiB`
+      );
+    },
+    workload,
+  );
+}
+
+/**
+ * The same Qwen3 shape on 4 sequences of 1,024 tokens at CP2 and CP4 against one rank: the step
+ * time, the peak step memory per rank against one rank's, and the K/V all-gather bytes per step.
+ */
+async function contextLayouts(dir: string): Promise<BenchResult[]> {
+  const modelDir = join(dir, "pipeline");
+  const mib = (b: number) => (b / 2 ** 20).toFixed(1);
+  return compareLayouts(
+    modelDir,
+    2048,
+    "4 x 1024 tokens",
+    [
+      ["CP2", { context: 2 }, 2],
+      ["CP4", { context: 4 }, 4],
+    ],
+    (ranks, one) => {
+      const gather = ranks[0]?.traffic.context?.allGather ?? { calls: 0, bytes: 0, seconds: 0 };
+      return (
+        `peak step memory per rank ${ranks.map((r) => mib(r.peakStepBytes)).join(" / ")} MiB vs one rank ${mib(one?.peakStepBytes ?? Number.NaN)} MiB; ` +
+        `context all-gather per step on rank 0 ${mib(gather.bytes)} MiB in ${gather.calls} calls (${((100 * gather.seconds) / (ranks[0]?.stepSeconds ?? Number.NaN)).toFixed(1)}% of the step)`
+      );
+    },
+    { sequences: 4, length: 1024, perMicroBatch: 1 },
   );
 }

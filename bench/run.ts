@@ -6,7 +6,7 @@ import { benchController } from "./controller.js";
 import { benchGenerate } from "./generate.js";
 import { benchMatmul } from "./matmul.js";
 import { benchMoe } from "./moe.js";
-import { benchParallel } from "./parallel.js";
+import { benchParallel, benchPipeline } from "./parallel.js";
 import { benchTrain, benchTrainMoe } from "./train.js";
 
 const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
@@ -16,6 +16,7 @@ const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
   moe: benchMoe,
   "train-moe": benchTrainMoe,
   parallel: benchParallel,
+  pipeline: benchPipeline,
   controller: benchController,
 };
 

@@ -311,14 +311,19 @@ export class ExperimentRun {
         "critic",
       );
     }
-    for (const dim of ["pipeline", "context"] as const) {
-      if (config.parallel[dim] > 1) {
-        throw new UserError(
-          "BAD_ARGS",
-          `parallel.${dim}: ${config.parallel[dim]}: the engine runs tensor, sequence and data parallelism; ${dim} parallelism comes with the next engine issues`,
-          `parallel.${dim}`,
-        );
-      }
+    if (config.parallel.virtualPipeline > 1) {
+      throw new UserError(
+        "BAD_ARGS",
+        `parallel.virtualPipeline: ${config.parallel.virtualPipeline}: the engine runs one stage per pipeline rank (1F1B); interleaved stages are not in it yet`,
+        "parallel.virtualPipeline",
+      );
+    }
+    if (config.parallel.pipeline > 1 && config.rollout.routingReplay !== "off") {
+      throw new UserError(
+        "BAD_ARGS",
+        "rollout.routingReplay: not under pipeline parallelism yet (each stage routes its own layers, so no rank records them all)",
+        "rollout.routingReplay",
+      );
     }
     checkFolder(config.model.path, "model.path", "config.json");
     config.data.train.forEach((file, i) => {
@@ -381,6 +386,8 @@ export class ExperimentRun {
         expert: p.expert,
         data: p.data,
         sequenceParallel: p.sequenceParallel,
+        ...(p.firstStageLayers !== undefined ? { firstStageLayers: p.firstStageLayers } : {}),
+        ...(p.lastStageLayers !== undefined ? { lastStageLayers: p.lastStageLayers } : {}),
       },
       call,
       options.callEach,
@@ -971,14 +978,20 @@ export class ExperimentRun {
    * token counts (equal sequence counts per replica when they divide), packed into micro-batches
    * of at most tokensPerMicroBatch tokens; empty micro-batches dropped. One replica: one list.
    */
+  /** A micro-batch's token budget: per rank, so context parallelism (each rank holding 1/context of every sequence) multiplies it. */
+  get #microBatchTokens(): number {
+    return this.#config.tokensPerMicroBatch * this.#ranks.layout.context;
+  }
+
   #microBatches(samples: Sample[]): number[][][] {
     const replicas = this.#ranks.layout.data;
     const plan = planMicroBatches(
       samples.map((s) => s.prompt.length + s.response.length),
       {
-        tokensPerMicroBatch: this.#config.tokensPerMicroBatch,
+        tokensPerMicroBatch: this.#microBatchTokens,
         dataParallelRanks: replicas,
         equalSequencesPerRank: replicas > 1 && samples.length % replicas === 0,
+        minMicroBatches: this.#ranks.layout.pipeline,
       },
     );
     return plan.ranks.map((r) => r.microBatches.filter((mb) => mb.length > 0));
@@ -1190,7 +1203,7 @@ export class ExperimentRun {
     const withResponse = samples.filter((s) => s.response.length > 0);
     const plan = planMicroBatches(
       withResponse.map((s) => s.prompt.length + s.response.length),
-      { tokensPerMicroBatch: this.#config.tokensPerMicroBatch, dataParallelRanks: 1 },
+      { tokensPerMicroBatch: this.#microBatchTokens, dataParallelRanks: 1 },
     );
     const out = new Map<Sample, Float32Array>();
     for (const micro of (plan.ranks[0] as (typeof plan.ranks)[number]).microBatches) {
@@ -1213,7 +1226,7 @@ export class ExperimentRun {
     const chosen = mini.filter((s) => s.response.length > 0);
     const plan = planMicroBatches(
       chosen.map((s) => s.prompt.length + s.response.length),
-      { tokensPerMicroBatch: this.#config.tokensPerMicroBatch, dataParallelRanks: 1 },
+      { tokensPerMicroBatch: this.#microBatchTokens, dataParallelRanks: 1 },
     );
     const microBatches = (plan.ranks[0] as (typeof plan.ranks)[number]).microBatches
       .filter((mb) => mb.length > 0)

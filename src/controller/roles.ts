@@ -34,6 +34,9 @@ export interface RunLayout {
   expert: number;
   data: number;
   sequenceParallel: boolean;
+  /** Pipeline stages: decoder layers of the first and the last stage (absent: an even split). */
+  firstStageLayers?: number;
+  lastStageLayers?: number;
 }
 
 /**

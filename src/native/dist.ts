@@ -25,7 +25,17 @@ export interface Layout {
   data?: number;
   /** Norms and residual on token shards between tensor-parallel regions (tensor > 1). */
   sequenceParallel?: boolean;
+  /**
+   * Pipeline stages: decoder layers of the first and of the last stage (give both or neither);
+   * the middle stages share the rest evenly. Neither: an even split of the layers.
+   */
+  firstStageLayers?: number;
+  lastStageLayers?: number;
 }
+
+/** A layout with every size given (the stage split stays optional: absent is an even split). */
+export type ResolvedLayout = Required<Omit<Layout, "firstStageLayers" | "lastStageLayers">> &
+  Pick<Layout, "firstStageLayers" | "lastStageLayers">;
 
 export interface MeshCoordinates {
   tensor: number;
@@ -39,7 +49,7 @@ export interface MeshCoordinates {
 export interface MeshInfo {
   rank: number;
   worldSize: number;
-  layout: Required<Layout>;
+  layout: ResolvedLayout;
   coordinates: MeshCoordinates;
   /** "TP2 x DP2" */
   describe: string;
@@ -50,6 +60,7 @@ export interface MeshInfo {
 export type MeshTraffic = Record<string, Record<string, { calls: number; bytes: number; seconds: number }>>;
 
 const layoutSizes = ["tensor", "context", "pipeline", "expert", "data"] as const;
+const layoutOptions: readonly string[] = ["sequenceParallel", "firstStageLayers", "lastStageLayers"];
 
 /**
  * The world ranks of data-parallel replica d (one copy of the model: its tensor × context ×
@@ -73,12 +84,27 @@ export function replicaOf(layout: { tensor: number; context: number; data: numbe
 }
 
 /** Checks a layout against a world size; the error names the field and the numbers. */
-export function checkLayout(layout: Layout, worldSize: number): Required<Layout> {
+export function checkLayout(layout: Layout, worldSize: number): ResolvedLayout {
   if (layout === null || typeof layout !== "object") throw new TypeError("layout: expected an object");
   for (const key of Object.keys(layout)) {
-    if (!(layoutSizes as readonly string[]).includes(key) && key !== "sequenceParallel") {
-      throw new TypeError(`layout.${key}: unknown; allowed: ${layoutSizes.join(", ")}, sequenceParallel`);
+    if (!(layoutSizes as readonly string[]).includes(key) && !layoutOptions.includes(key)) {
+      throw new TypeError(
+        `layout.${key}: unknown; allowed: ${[...layoutSizes, ...layoutOptions].join(", ")}`,
+      );
     }
+  }
+  const stages: Pick<Layout, "firstStageLayers" | "lastStageLayers"> = {};
+  for (const key of ["firstStageLayers", "lastStageLayers"] as const) {
+    const v = layout[key];
+    if (v === undefined) continue;
+    if (!Number.isSafeInteger(v) || v < 1)
+      throw new RangeError(`layout.${key}: ${JSON.stringify(v)} must be an integer ≥ 1`);
+    stages[key] = v;
+  }
+  if ((stages.firstStageLayers === undefined) !== (stages.lastStageLayers === undefined)) {
+    throw new RangeError(
+      "layout.firstStageLayers: give both firstStageLayers and lastStageLayers, or neither",
+    );
   }
   const out = { tensor: 1, context: 1, pipeline: 1, expert: 1, data: 1, sequenceParallel: false };
   for (const key of layoutSizes) {
@@ -98,7 +124,7 @@ export function checkLayout(layout: Layout, worldSize: number): Required<Layout>
   if (stage % out.expert !== 0) {
     throw new RangeError(`layout.expert: ${out.expert} must divide tensor × context × data = ${stage}`);
   }
-  return out;
+  return { ...out, ...stages };
 }
 export type ReduceOp = "sum" | "avg" | "max" | "min";
 

@@ -154,6 +154,34 @@ export interface PolicyStepResult extends TrainStepResult {
   metrics: PolicyLossMetrics;
 }
 
+/** One micro-batch of Model.policySteps. */
+export interface PolicyMicroBatch {
+  tokens: TokenIds;
+  cuSeqlens: TokenIds;
+  perToken: PolicyStepInputs;
+  routedExperts?: Int32Array;
+  images?: ImageInputs;
+}
+
+/** What one policySteps call ran, as this rank measured it. */
+export interface ScheduleStats {
+  /** Pipeline stages (1 without pipeline parallelism). */
+  stages: number;
+  microBatches: number;
+  /** The whole schedule, forward and backward of every micro-batch. */
+  seconds: number;
+  /** Of which in point-to-point transfers with the neighbouring stages (the bubble included). */
+  waitSeconds: number;
+  /** Activations and their gradients sent to the neighbouring stages. */
+  bytesSent: number;
+}
+
+export interface PolicyStepsResult {
+  /** Per micro-batch, in order (on a pipeline, the last stage's; zeros on the others). */
+  results: PolicyStepResult[];
+  schedule: ScheduleStats;
+}
+
 export interface OptimizerStepResult {
   /** Global L2 norm of the accumulated gradients before clipping. */
   gradNorm: number;
@@ -219,6 +247,15 @@ export interface NativeModelAddon {
     routedExperts?: Int32Array,
     images?: ImageInputs,
   ): Promise<PolicyStepResult>;
+  /** addon/model.cc PolicyStepWork (batched): every micro-batch of a mini-batch, 1F1B on a pipeline */
+  modelPolicySteps(
+    handle: NativeModelHandle,
+    microBatches: PolicyMicroBatch[],
+    counts: GlobalCounts,
+    config: PolicyLossConfig,
+    temperature: number,
+    chunkTokens: number,
+  ): Promise<PolicyStepsResult>;
   /** addon/model.cc ModelOptimizerInit(handle, options) */
   modelOptimizerInit(handle: NativeModelHandle, options: OptimizerOptions): void;
   /** addon/model.cc OptimizerStepWork: async clip, schedule, AdamW, zero grads */
@@ -296,18 +333,19 @@ function checkIds(ids: unknown, field: string): TokenIds {
 }
 
 /** cuSeqlens: [sequences + 1], from 0 to tokens.length, every sequence at least 2 tokens long. */
-export function checkPacked(tokens: unknown, cuSeqlens: unknown): [TokenIds, TokenIds] {
-  const t = checkIds(tokens, "tokens");
-  const cu = checkIds(cuSeqlens, "cuSeqlens");
+/** Checks a packed batch; `prefix` goes before the field names in messages ("microBatches[2]."). */
+export function checkPacked(tokens: unknown, cuSeqlens: unknown, prefix = ""): [TokenIds, TokenIds] {
+  const t = checkIds(tokens, `${prefix}tokens`);
+  const cu = checkIds(cuSeqlens, `${prefix}cuSeqlens`);
   const values = Array.from(cu as ArrayLike<number | bigint>, Number);
   if (values.length < 2 || values[0] !== 0 || values[values.length - 1] !== t.length) {
     throw new RangeError(
-      `cuSeqlens: must run from 0 to tokens.length (${t.length}), found [${values.join(", ")}]`,
+      `${prefix}cuSeqlens: must run from 0 to tokens.length (${t.length}), found [${values.join(", ")}]`,
     );
   }
   for (let i = 1; i < values.length; i++) {
     if ((values[i] ?? 0) - (values[i - 1] ?? 0) < 2) {
-      throw new RangeError(`cuSeqlens: sequence ${i - 1} has fewer than 2 tokens`);
+      throw new RangeError(`${prefix}cuSeqlens: sequence ${i - 1} has fewer than 2 tokens`);
     }
   }
   return [t, cu];
@@ -637,6 +675,63 @@ export class Model {
       checkChunk(chunkTokens),
       checkRoutedExperts(routedExperts, this.moe, t.length),
       checkImages(images),
+    );
+  }
+
+  /**
+   * Every micro-batch of a mini-batch through the RL policy loss in one call, as policyStep does
+   * each: under pipeline parallelism the stages run them 1F1B (warm-up forwards, then one forward
+   * and one backward at a time), which per-micro-batch calls cannot. Gradients accumulate until
+   * optimizerStep().
+   */
+  async policySteps(
+    microBatches: PolicyMicroBatch[],
+    counts: GlobalCounts,
+    config: PolicyLossConfig = {},
+    temperature = 1,
+    chunkTokens = 1024,
+  ): Promise<PolicyStepsResult> {
+    if (!Array.isArray(microBatches)) throw new TypeError("microBatches: expected an array");
+    checkPolicyLossConfig(config);
+    const checked = microBatches.map((mb, i): PolicyMicroBatch => {
+      const at = `microBatches[${i}]`;
+      if (mb === null || typeof mb !== "object")
+        throw new TypeError(`${at}: expected {tokens, cuSeqlens, perToken}`);
+      const [t, cu] = checkPacked(mb.tokens, mb.cuSeqlens, `${at}.`);
+      const predicted = t.length - (cu.length - 1);
+      const perToken = mb.perToken;
+      if (perToken === null || typeof perToken !== "object") {
+        throw new TypeError(`${at}.perToken: expected {oldLogprobs, advantages, mask, refLogprobs?}`);
+      }
+      for (const key of ["oldLogprobs", "advantages", "mask"] as const) {
+        checkTokenArray(perToken[key], `${at}.perToken.${key}`, predicted, "tokens - sequences");
+      }
+      checkOptionalInputs(config, perToken.refLogprobs, `${at}.perToken`, predicted, "tokens - sequences");
+      if (perToken.rolloutIsWeights !== undefined) {
+        checkTokenArray(
+          perToken.rolloutIsWeights,
+          `${at}.perToken.rolloutIsWeights`,
+          predicted,
+          "tokens - sequences",
+        );
+      }
+      const routedExperts = checkRoutedExperts(mb.routedExperts, this.moe, t.length);
+      const images = checkImages(mb.images);
+      return {
+        tokens: t,
+        cuSeqlens: cu,
+        perToken,
+        ...(routedExperts ? { routedExperts } : {}),
+        ...(images ? { images } : {}),
+      };
+    });
+    return native().modelPolicySteps(
+      this.handle,
+      checked,
+      checkCounts(counts),
+      config,
+      checkTemperature(temperature, "temperature", false),
+      checkChunk(chunkTokens),
     );
   }
 

@@ -295,15 +295,10 @@ export function resolveRolloutLayout(
 /** Whether the training layout is one the engine runs today; the reasons when not. */
 export function engineSupport(spec: ModelSpec, layout: TrainLayout): string[] {
   const why: string[] = [];
-  if (layout.pipeline > 1) why.push("pipeline parallelism is not in the engine yet");
   if (layout.context > 1) why.push("context parallelism is not in the engine yet");
   if (layout.expertTensor > 1) why.push("expert tensor parallelism is not in the engine yet");
-  if (spec.moe && layout.tensor > 1) why.push("tensor parallelism of MoE models is not in the engine yet");
-  if (spec.attention.kind === "mla" && layout.tensor > 1)
-    why.push("tensor parallelism of MLA is not in the engine yet");
-  if (spec.architecture === "DeepseekV3ForCausalLM" && layout.expert > 1) {
-    why.push("expert parallelism of DeepSeek-V3 is not in the engine yet");
-  }
+  if (spec.vision && layout.pipeline > 1)
+    why.push("pipeline parallelism of Qwen2.5-VL is refused by the engine");
   if (spec.vision && layout.sequenceParallel)
     why.push("sequence parallelism of Qwen2.5-VL is refused by the engine");
   return why;

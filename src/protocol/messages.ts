@@ -3,7 +3,7 @@
 // Controller ⇄ worker: {type: "join" | "welcome" | "heartbeat" | "command" | "reply" | ...}.
 // Worker commands (what a rank can be told to do) are declared here once; the controller forwards
 // them and the worker's command table implements them.
-import type { RouterStats } from "../native/model.js";
+import type { RouterStats, ScheduleStats } from "../native/model.js";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
 import {
   anything,
@@ -237,6 +237,8 @@ export const workerCommandArgs = {
     expert: optional(integer({ min: 1 })),
     data: optional(integer({ min: 1 })),
     sequenceParallel: optional(boolean()),
+    firstStageLayers: optional(integer({ min: 1 })),
+    lastStageLayers: optional(integer({ min: 1 })),
   }),
   /** Waits; the test of a worker lost mid-command uses it. */
   "debug.sleep": object({ ms: integer({ min: 0, max: 3_600_000 }) }),
@@ -557,6 +559,8 @@ export interface WorkerCommandResults {
     /** Seconds in forward/backward and in the optimizer step. */
     backwardS: number;
     optimizerS: number;
+    /** The micro-batch schedule as this rank measured it (pipeline stages, transfer waits). */
+    schedule: ScheduleStats;
   };
   "model.save": { dir: string };
   "model.setTraining": { name: string };

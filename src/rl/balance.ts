@@ -94,6 +94,12 @@ export interface MicroBatchPlanOptions {
    * workload (attentionWorkload), which weighs long sequences more than their token count.
    */
   balance?: "tokens" | "attention";
+  /**
+   * At least this many micro-batches per rank where the sequences allow (pipeline parallelism:
+   * the stage count, so that 1F1B has a micro-batch for every stage), made by splitting the
+   * heaviest as below. Default 1.
+   */
+  minMicroBatches?: number;
 }
 
 export interface RankPlan {
@@ -156,6 +162,12 @@ export function planMicroBatches(
   const rankBins = rankSequences.map((indices) =>
     firstFitDecreasing(sequenceLengths, indices, tokensPerMicroBatch),
   );
+  const least = options.minMicroBatches ?? 1;
+  checkPartitionCount(least, "minMicroBatches");
+  // Split towards the pipeline's count as far as sequences allow; never pad up to it.
+  for (const bins of rankBins) {
+    while (bins.length < least && splitHeaviest(sequenceLengths, bins)) {}
+  }
   const microBatchesPerRank = Math.max(1, ...rankBins.map((bins) => bins.length));
   for (const bins of rankBins) {
     while (bins.length < microBatchesPerRank) {

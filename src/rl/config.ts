@@ -68,6 +68,13 @@ export interface ParallelLayout {
    * activation memory outside attention and the MLP falls by the tensor size. Default false.
    */
   sequenceParallel?: boolean;
+  /**
+   * Pipeline stages (pipeline > 1): decoder layers of the first and of the last stage, give both
+   * or neither; the middle stages share the rest evenly (verl's DeepSeek-V3 recipe: 3 and 2 of 61
+   * layers at pipeline 16). Neither: an even split, which the layer count must allow.
+   */
+  firstStageLayers?: number;
+  lastStageLayers?: number;
 }
 
 /** The shape numbers of a model that a parallel layout must divide (from its HF config.json). */
@@ -150,7 +157,11 @@ export interface ExperimentConfig {
   miniBatchesPerStep?: number;
   /** Passes over each mini-batch (verl's ppo_epochs). Default 1. */
   epochsPerStep?: number;
-  /** Token budget of one micro-batch (verl's ppo_max_token_len_per_gpu, use_dynamic_bsz). */
+  /**
+   * Token budget of one micro-batch per rank (verl's ppo_max_token_len_per_gpu, use_dynamic_bsz):
+   * under context parallelism each rank holds 1/context of every sequence, so a micro-batch holds
+   * context × this many tokens.
+   */
   tokensPerMicroBatch: number;
   algorithm?: {
     /** Default grpo. verl's reinforce_plus_plus(_baseline) are accepted for reinforce++(-baseline). */
@@ -303,7 +314,8 @@ export interface ResolvedConfig {
   reward: { fn?: RewardFnRef; workers: number; timeoutMs: number };
   totalSteps: number;
   checkpoint: { everySteps: number; keep: number };
-  parallel: Required<Omit<ParallelLayout, "data">> & { data: number; gpus: number };
+  parallel: Required<Omit<ParallelLayout, "data" | "firstStageLayers" | "lastStageLayers">> &
+    Pick<ParallelLayout, "firstStageLayers" | "lastStageLayers"> & { data: number; gpus: number };
   peakFlopsPerDevice?: number;
 }
 
@@ -462,6 +474,8 @@ function resolveParallel(value: unknown, shape: ModelShape | undefined): Resolve
     "virtualPipeline",
     "sequenceParallel",
     "gpus",
+    "firstStageLayers",
+    "lastStageLayers",
   ]);
   const tensor = int(p.tensor, `${field}.tensor`, 1, 1);
   const pipeline = int(p.pipeline, `${field}.pipeline`, 1, 1);
@@ -550,7 +564,45 @@ function resolveParallel(value: unknown, shape: ModelShape | undefined): Resolve
       "shards over the tensor group: needs parallel.tensor > 1",
     );
   }
-  return { tensor, pipeline, context, expert, expertTensor, virtualPipeline, sequenceParallel, data, gpus };
+  const stageSplit = resolveStageSplit(p, pipeline, shape);
+  return {
+    tensor,
+    pipeline,
+    context,
+    expert,
+    expertTensor,
+    virtualPipeline,
+    sequenceParallel,
+    data,
+    gpus,
+    ...stageSplit,
+  };
+}
+
+/** parallel.firstStageLayers / lastStageLayers: both or neither, with pipeline > 1, leaving the middle stages an even share. */
+function resolveStageSplit(
+  p: Record<string, unknown>,
+  pipeline: number,
+  shape: ModelShape | undefined,
+): { firstStageLayers?: number; lastStageLayers?: number } {
+  const field = "parallel";
+  if (p.firstStageLayers === undefined && p.lastStageLayers === undefined) return {};
+  const first = int(p.firstStageLayers, `${field}.firstStageLayers`, 1);
+  const last = int(p.lastStageLayers, `${field}.lastStageLayers`, 1);
+  if (pipeline === 1) {
+    throw new ConfigError(`${field}.firstStageLayers`, "a stage split needs parallel.pipeline > 1");
+  }
+  if (shape) {
+    const middle = pipeline - 2;
+    const rest = shape.layers - first - last;
+    if (middle === 0 ? rest !== 0 : rest < middle || rest % middle !== 0) {
+      throw new ConfigError(
+        `${field}.firstStageLayers`,
+        `first ${first} + last ${last} leave ${rest} of the ${shape.layers} layers (model.shape.layers) for ${middle} middle stages; each needs the same number, at least 1`,
+      );
+    }
+  }
+  return { firstStageLayers: first, lastStageLayers: last };
 }
 
 function defaultRunDir(name: string): string {

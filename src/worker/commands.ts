@@ -289,20 +289,21 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     const config = checkPolicyLossConfig(args.config as PolicyLossConfig);
     const total = { loss: 0, tokens: 0, metrics: {} as Record<string, number> };
     const started = performance.now();
-    for (const mb of args.microBatches) {
-      // The routed experts (routing replay) go to the engine beside the per-token inputs.
-      const { tokens, cuSeqlens, images, routedExperts, ...perToken } = mb;
-      const r = await model.policyStep(
+    // One call for the whole mini-batch: a pipeline runs the micro-batches 1F1B.
+    const { results, schedule } = await model.policySteps(
+      args.microBatches.map(({ tokens, cuSeqlens, images, routedExperts, ...perToken }) => ({
         tokens,
         cuSeqlens,
         perToken,
-        args.counts,
-        config,
-        args.temperature ?? 1,
-        1024,
-        routedExperts,
-        images,
-      );
+        ...(routedExperts ? { routedExperts } : {}),
+        ...(images ? { images } : {}),
+      })),
+      args.counts,
+      config,
+      args.temperature ?? 1,
+      1024,
+    );
+    for (const r of results) {
       total.loss += r.loss;
       total.tokens += r.tokens;
       for (const [k, v] of Object.entries(r.metrics)) total.metrics[k] = (total.metrics[k] ?? 0) + v;
@@ -317,6 +318,7 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       microBatches: args.microBatches.length,
       backwardS: (backwardDone - started) / 1000,
       optimizerS: (performance.now() - backwardDone) / 1000,
+      schedule,
     };
   },
 

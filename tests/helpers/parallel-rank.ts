@@ -79,9 +79,13 @@ try {
     const out = await model.generate(prompts, { maxNewTokens: 3 + 2 * c.data });
     generated = out.map((g) => Array.from(g.tokens));
   }
-  if (config.rank === 0) writeFileSync(config.out, JSON.stringify(result));
+  // The last pipeline stage has the logprobs and the loss (the one stage without a pipeline).
+  const lastStage = c.pipeline === mesh.info.layout.pipeline - 1;
+  // Context ranks compute the same loss (on the gathered logprobs): one of them reports it.
+  const leader = c.tensor === 0 && c.context === 0 && lastStage;
+  if (leader && c.data === 0) writeFileSync(config.out, JSON.stringify(result));
   // Each data rank's share of the policy-loss metric (the test sums them).
-  const pgLoss = c.tensor === 0 ? result.pgLoss : [];
+  const pgLoss = leader ? result.pgLoss : [];
   process.stdout.write(
     `${JSON.stringify({ rank: config.rank, ok: true, coordinates: c, describe: mesh.info.describe, pgLoss, generated, traffic: mesh.traffic() })}\n`,
   );

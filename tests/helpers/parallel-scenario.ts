@@ -2,7 +2,7 @@
 // rank of a mesh (tests/helpers/parallel-rank.ts), so that the two can be compared: logprobs and
 // entropy of a packed batch of uneven sequences, policy-loss gradients (entropy bonus on, so the
 // entropy's backward is exercised), three AdamW updates with clipping, greedy generation.
-import type { Model, NamedHostTensor } from "../../src/index.js";
+import type { Model, NamedHostTensor, PolicyMicroBatch } from "../../src/index.js";
 
 /** Sequences of uneven lengths (not multiples of 2 or 4, so sequence parallelism pads). */
 export function scenarioSequences(vocab: number): number[][] {
@@ -60,6 +60,11 @@ export interface ScenarioOptions {
    * id % 5 == 0 route as the router does (rows of -1).
    */
   forcedRouting?: boolean;
+  /**
+   * All of a rank's micro-batches of an update in one policySteps call (a pipeline runs them 1F1B)
+   * instead of one policyStep each.
+   */
+  batched?: boolean;
 }
 
 /** [tokens, moe layers, top_k] expert ids for `tokens` (see ScenarioOptions.forcedRouting). */
@@ -120,6 +125,7 @@ export async function runScenario(
   };
   for (let update = 0; update < 3; update++) {
     let pgLoss = 0;
+    const steps: PolicyMicroBatch[] = [];
     for (let m = 0; m < micro.length; m++) {
       if (m % dataSize !== dataRank) continue;
       const batch = micro[m] ?? [];
@@ -128,6 +134,7 @@ export async function runScenario(
       const mask = new Float32Array(predicted);
       const advantages = new Float32Array(predicted);
       const old = new Float32Array(predicted);
+      // On a pipeline only the last stage gets logprobs (and computes the loss); the others' inputs go unused.
       const current = await model.logprobs(packed.tokens, packed.cu, 1, 1024, routing(packed.tokens));
       let row = 0;
       batch.forEach((seq, s) => {
@@ -140,17 +147,32 @@ export async function runScenario(
         }
         row += n;
       });
-      const step = await model.policyStep(
-        packed.tokens,
-        packed.cu,
-        { oldLogprobs: old, advantages, mask },
-        counts,
-        { entropyCoeff: 0.01, clipRatioLow: 0.2, clipRatioHigh: 0.28 },
-        1,
-        1024,
-        routing(packed.tokens),
-      );
-      pgLoss += step.metrics.pgLoss;
+      const routed = routing(packed.tokens);
+      steps.push({
+        tokens: packed.tokens,
+        cuSeqlens: packed.cu,
+        perToken: { oldLogprobs: old, advantages, mask },
+        ...(routed ? { routedExperts: routed } : {}),
+      });
+    }
+    const loss = { entropyCoeff: 0.01, clipRatioLow: 0.2, clipRatioHigh: 0.28 };
+    if (options.batched) {
+      const { results } = await model.policySteps(steps, counts, loss, 1, 1024);
+      for (const r of results) pgLoss += r.metrics.pgLoss;
+    } else {
+      for (const mb of steps) {
+        const step = await model.policyStep(
+          mb.tokens,
+          mb.cuSeqlens,
+          mb.perToken,
+          counts,
+          loss,
+          1,
+          1024,
+          mb.routedExperts,
+        );
+        pgLoss += step.metrics.pgLoss;
+      }
     }
     result.pgLoss.push(pgLoss);
     if (update === 0) result.gradients = byName(await model.gather("gradients"));

@@ -113,6 +113,36 @@ test("a rank of single-sequence micro-batches pads with empty ones", () => {
   assert.deepEqual(idle.ranks.map((r) => r.microBatches).sort(), [[[]], [[0]]]);
 });
 
+test("minMicroBatches (a pipeline's stages) splits micro-batches until each rank has that many, as far as its sequences go", () => {
+  // One bin of all 6 sequences fits the budget; 4 stages want 4 micro-batches.
+  const plan = planMicroBatches([3, 3, 2, 2, 1, 1], {
+    tokensPerMicroBatch: 100,
+    dataParallelRanks: 1,
+    minMicroBatches: 4,
+  });
+  assert.equal(plan.microBatchesPerRank, 4);
+  const mbs = plan.ranks[0]?.microBatches ?? [];
+  assert.deepEqual(mbs.flat().sort(), [0, 1, 2, 3, 4, 5]);
+  assert.ok(
+    mbs.every((mb) => mb.length > 0),
+    "no empty micro-batch is made to reach the count",
+  );
+  // Fewer sequences than stages: as many micro-batches as sequences, no padding.
+  const few = planMicroBatches([3, 2], {
+    tokensPerMicroBatch: 100,
+    dataParallelRanks: 1,
+    minMicroBatches: 4,
+  });
+  assert.deepEqual(
+    few.ranks[0]?.microBatches.map((mb) => mb.length),
+    [1, 1],
+  );
+  assert.throws(
+    () => planMicroBatches([3], { tokensPerMicroBatch: 10, dataParallelRanks: 1, minMicroBatches: 0 }),
+    /minMicroBatches/,
+  );
+});
+
 test("a sequence over the budget is an error naming its index, length and the budget", () => {
   assert.throws(
     () => planMicroBatches([10, 300, 20], { tokensPerMicroBatch: 256, dataParallelRanks: 2 }),

@@ -415,7 +415,8 @@ class MeshCreateWork final : public CollectiveWork {
   std::shared_ptr<parallel::Mesh> mesh_;
 };
 
-// meshCreate(group, {tensor, context, pipeline, expert, data, sequenceParallel}) -> Promise<handle>;
+// meshCreate(group, {tensor, context, pipeline, expert, data, sequenceParallel, firstStageLayers?,
+// lastStageLayers?}) -> Promise<handle>;
 // every rank of the group calls it with the same layout.
 Napi::Value MeshCreate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -434,6 +435,13 @@ Napi::Value MeshCreate(const Napi::CallbackInfo& info) {
     layout.expert = size("expert");
     layout.data = size("data");
     layout.sequence_parallel = o.Get("sequenceParallel").ToBoolean().Value();
+    for (auto [key, field] : {std::pair{"firstStageLayers", &layout.first_stage_layers},
+                              std::pair{"lastStageLayers", &layout.last_stage_layers}}) {
+      const auto v = o.Get(key);
+      if (v.IsUndefined()) continue;
+      *field = int_arg(v, (std::string("layout.") + key).c_str());
+      if (*field < 1) throw std::invalid_argument(std::string("layout.") + key + ": must be >= 1, got " + std::to_string(*field));
+    }
     parallel::check_layout(layout, slot->group->world_size());
     return queue_work<MeshCreateWork>(env, slot, layout);
   });
@@ -453,6 +461,10 @@ Napi::Value MeshInfo(const Napi::CallbackInfo& info) {
     layout["expert"] = l.expert;
     layout["data"] = l.data;
     layout["sequenceParallel"] = l.sequence_parallel;
+    if (l.first_stage_layers > 0) {
+      layout["firstStageLayers"] = static_cast<double>(l.first_stage_layers);
+      layout["lastStageLayers"] = static_cast<double>(l.last_stage_layers);
+    }
     auto coords = Napi::Object::New(env);
     coords["tensor"] = c.tensor;
     coords["context"] = c.context;

@@ -298,6 +298,9 @@ class LossBackwardWork final : public ModelWork {
     if (slot.grads_pending) {
       throw std::invalid_argument("model: trainStep gradients are pending; call optimizerStep before lossBackward");
     }
+    if (slot.model->pipelined()) {
+      throw std::invalid_argument("lossBackward: not under pipeline parallelism (use trainStep or policyStep)");
+    }
     const auto& params = slot.model->named_parameters();
     GradScope scope(params);
     try {
@@ -403,16 +406,16 @@ class TrainStepWork final : public ModelWork {
                                   std::to_string(predicted) + " (tokens minus sequences)");
     }
     GradScope scope(slot.model->named_parameters());
-    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_, images_.get());
-    train::TokenLossInputs in;
-    in.logprobs = out.logprob;                        // [tokens - sequences] fp32
-    in.mask = mask_.to(out.logprob.device());         // [tokens - sequences]
-    in.token_normaliser = normaliser_;
-    const auto loss = train::masked_token_nll(in);
-    // Pending from here on: a backward that fails halfway may have added part of its gradients.
-    slot.grads_pending = true;
-    loss.backward();
-    loss_ = loss.item<double>();
+    const train::MicroBatch mb{tokens_, cu_, replay_, images_.get()};
+    train::train_micro_batches(slot, {mb}, temperature_, chunk_, [&](size_t, const layers::TokenLogprobs& out) {
+      train::TokenLossInputs in;
+      in.logprobs = out.logprob;                 // [tokens - sequences] fp32
+      in.mask = mask_.to(out.logprob.device());  // [tokens - sequences]
+      in.token_normaliser = normaliser_;
+      auto loss = train::masked_token_nll(in);
+      loss_ = loss.item<double>();
+      return loss;
+    });
     tokens_counted_ = mask_.sum().item<double>();
   }
 
@@ -434,59 +437,88 @@ class TrainStepWork final : public ModelWork {
   double loss_ = 0, tokens_counted_ = 0;
 };
 
-// One micro-batch of the RL policy loss (train/policy_loss.h): forward, loss over the whole
-// mini-batch's counts, backward; gradients accumulate as for TrainStepWork.
+// A micro-batch of the RL policy loss as the caller gave it.
+struct PolicyMicroBatch {
+  at::Tensor tokens;  // [tokens] int64, host
+  std::vector<int64_t> cu;
+  train::PolicyLossInputs inputs;  // per-token inputs (host) and the mini-batch's counts
+  at::Tensor replay;
+  ImagesPtr images;
+};
+
+// Micro-batches of the RL policy loss (train/policy_loss.h): forward, loss over the whole
+// mini-batch's counts, backward, through train_micro_batches (1F1B under pipeline parallelism);
+// gradients accumulate as for TrainStepWork. `batched`: the result lists every micro-batch and
+// the schedule's measurements; otherwise it is the one micro-batch's.
 class PolicyStepWork final : public ModelWork {
  public:
-  PolicyStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, at::Tensor tokens, std::vector<int64_t> cu,
-                 train::PolicyLossInputs inputs, train::PolicyLossConfig config, double temperature, int64_t chunk,
-                 at::Tensor replay, ImagesPtr images)
-      : ModelWork(env, "tiller.modelPolicyStep", std::move(slot)), tokens_(std::move(tokens)), cu_(std::move(cu)),
-        inputs_(std::move(inputs)), config_(config), temperature_(temperature), chunk_(chunk),
-        replay_(std::move(replay)), images_(std::move(images)) {}
+  PolicyStepWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, std::vector<PolicyMicroBatch> micro_batches,
+                 train::PolicyLossConfig config, double temperature, int64_t chunk, bool batched)
+      : ModelWork(env, batched ? "tiller.modelPolicySteps" : "tiller.modelPolicyStep", std::move(slot)),
+        micro_batches_(std::move(micro_batches)), config_(config), temperature_(temperature), chunk_(chunk),
+        batched_(batched) {}
 
   void RunLocked(ModelSlot& slot) override {
     GradScope scope(slot.model->named_parameters());
-    const auto out = forward_logprobs(slot, tokens_, cu_, temperature_, chunk_, replay_, images_.get());
-    auto in = inputs_;
-    const auto device = out.logprob.device();
-    in.logprobs = out.logprob;  // [tokens - sequences] fp32
-    in.entropy = out.entropy;
-    for (auto* t : {&in.old_logprobs, &in.advantages, &in.mask, &in.ref_logprobs, &in.rollout_is_weights}) {
-      if (t->defined()) *t = t->to(device);
-    }
-    // Sequence s predicts tokens cu[s] + 1 .. cu[s + 1] - 1, which sit at cu[s] - s .. cu[s + 1] - s - 1.
-    std::vector<int64_t> predicted(cu_.size());
-    for (size_t s = 0; s < cu_.size(); ++s) predicted[s] = cu_[s] - static_cast<int64_t>(s);
-    in.cu_seqlens = at::tensor(predicted, at::kLong);
-    const auto result = train::policy_loss(config_, in);
-    // Pending from here on: a backward that fails halfway may have added part of its gradients.
-    slot.grads_pending = true;
-    result.loss.backward();
-    loss_ = result.loss.item<double>();
-    metrics_ = result.metrics;
-    tokens_counted_ = inputs_.mask.sum().item<double>();
+    std::vector<train::MicroBatch> list;
+    for (const auto& mb : micro_batches_) list.push_back({mb.tokens, mb.cu, mb.replay, mb.images.get()});
+    results_.assign(micro_batches_.size(), {});
+    stats_ = train::train_micro_batches(slot, list, temperature_, chunk_, [&](size_t i, const layers::TokenLogprobs& out) {
+      const auto& mb = micro_batches_[i];
+      auto in = mb.inputs;
+      const auto device = out.logprob.device();
+      in.logprobs = out.logprob;  // [tokens - sequences] fp32
+      in.entropy = out.entropy;
+      for (auto* t : {&in.old_logprobs, &in.advantages, &in.mask, &in.ref_logprobs, &in.rollout_is_weights}) {
+        if (t->defined()) *t = t->to(device);
+      }
+      // Sequence s predicts tokens cu[s] + 1 .. cu[s + 1] - 1, which sit at cu[s] - s .. cu[s + 1] - s - 1.
+      std::vector<int64_t> predicted(mb.cu.size());
+      for (size_t q = 0; q < mb.cu.size(); ++q) predicted[q] = mb.cu[q] - static_cast<int64_t>(q);
+      in.cu_seqlens = at::tensor(predicted, at::kLong);
+      auto result = train::policy_loss(config_, in);
+      results_[i].loss = result.loss.item<double>();
+      results_[i].metrics = result.metrics;
+      return result.loss;
+    });
+    for (size_t i = 0; i < micro_batches_.size(); ++i) results_[i].tokens = micro_batches_[i].inputs.mask.sum().item<double>();
   }
 
   Napi::Value Result(Napi::Env env) override {
+    const auto one = [&](const Outcome& r) {
+      auto out = Napi::Object::New(env);
+      out["loss"] = r.loss;
+      out["tokens"] = r.tokens;
+      out["metrics"] = policy_metrics_to_js(env, r.metrics);
+      return out;
+    };
+    if (!batched_) return one(results_.at(0));
+    auto list = Napi::Array::New(env, results_.size());
+    for (size_t i = 0; i < results_.size(); ++i) list[i] = one(results_[i]);
+    auto schedule = Napi::Object::New(env);
+    schedule["stages"] = static_cast<double>(stats_.stages);
+    schedule["microBatches"] = static_cast<double>(stats_.micro_batches);
+    schedule["seconds"] = stats_.seconds;
+    schedule["waitSeconds"] = stats_.wait_seconds;
+    schedule["bytesSent"] = static_cast<double>(stats_.bytes_sent);
     auto out = Napi::Object::New(env);
-    out["loss"] = loss_;
-    out["tokens"] = tokens_counted_;
-    out["metrics"] = policy_metrics_to_js(env, metrics_);
+    out["results"] = list;
+    out["schedule"] = schedule;
     return out;
   }
 
  private:
-  at::Tensor tokens_;
-  std::vector<int64_t> cu_;
-  train::PolicyLossInputs inputs_;
+  struct Outcome {
+    double loss = 0, tokens = 0;
+    train::PolicyLossMetrics metrics;
+  };
+  std::vector<PolicyMicroBatch> micro_batches_;
   train::PolicyLossConfig config_;
   double temperature_;
   int64_t chunk_;
-  at::Tensor replay_;
-  ImagesPtr images_;
-  double loss_ = 0, tokens_counted_ = 0;
-  train::PolicyLossMetrics metrics_;
+  bool batched_;
+  std::vector<Outcome> results_;
+  train::ScheduleStats stats_;
 };
 
 // Clip, rate from the schedule, AdamW, drop the gradients. A non-finite norm skips the update
@@ -696,6 +728,36 @@ Napi::Value ModelTrainStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// One policy micro-batch from its JS values (field: where they sit, for messages).
+PolicyMicroBatch policy_micro_batch(const ModelSlot& slot, at::Tensor tokens, std::vector<int64_t> cu,
+                                    const Napi::Value& per_token_value, const Napi::Object& counts,
+                                    const train::PolicyLossConfig& config, const Napi::Value& replay,
+                                    const Napi::Value& images, const std::string& field) {
+  if (!per_token_value.IsObject()) {
+    throw std::invalid_argument(field + "perToken: expected {oldLogprobs, advantages, mask, refLogprobs?}");
+  }
+  const auto per_token = per_token_value.As<Napi::Object>();
+  const auto predicted = tokens.numel() - static_cast<int64_t>(cu.size()) + 1;
+  const auto where = field + "perToken";
+  PolicyMicroBatch mb;
+  auto& in = mb.inputs;
+  in.old_logprobs = float_tokens_field(per_token, "oldLogprobs", where.c_str(), predicted, true);
+  in.advantages = float_tokens_field(per_token, "advantages", where.c_str(), predicted, true);
+  in.mask = float_tokens_field(per_token, "mask", where.c_str(), predicted, true);
+  in.ref_logprobs = float_tokens_field(per_token, "refLogprobs", where.c_str(), predicted, false);
+  in.rollout_is_weights = float_tokens_field(per_token, "rolloutIsWeights", where.c_str(), predicted, false);
+  in.global_tokens = number_field(counts, "tokens", "counts", 1);
+  in.global_sequences = number_field(counts, "sequences", "counts", 1);
+  if (config.kl != train::KlPenalty::kNone && !in.ref_logprobs.defined()) {
+    throw std::invalid_argument(where + ".refLogprobs: required when config.kl.type is not none");
+  }
+  mb.replay = replay_from_js(replay, slot, tokens.numel());
+  mb.images = images_from_js(images, slot);
+  mb.tokens = std::move(tokens);
+  mb.cu = std::move(cu);
+  return mb;
+}
+
 // modelPolicyStep(handle, tokens, cuSeqlens, perToken: {oldLogprobs, advantages, mask, refLogprobs?, rolloutIsWeights?: Float32Array
 //                 [tokens - sequences]}, counts: {tokens, sequences}, config, temperature, chunkTokens,
 //                 routedExperts?: Int32Array, images?) -> Promise<{loss, tokens, metrics}>
@@ -703,29 +765,43 @@ Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto [slot, tokens, cu] = packed_args(info);
-    if (!info[3].IsObject()) throw std::invalid_argument("perToken: expected {oldLogprobs, advantages, mask, refLogprobs?}");
     if (!info[4].IsObject()) throw std::invalid_argument("counts: expected {tokens, sequences}");
     if (!info[5].IsObject()) throw std::invalid_argument("config: expected an object");
-    const auto per_token = info[3].As<Napi::Object>();
-    const auto predicted = tokens.numel() - static_cast<int64_t>(cu.size()) + 1;
-    train::PolicyLossInputs in;
-    in.old_logprobs = float_tokens_field(per_token, "oldLogprobs", "perToken", predicted, true);
-    in.advantages = float_tokens_field(per_token, "advantages", "perToken", predicted, true);
-    in.mask = float_tokens_field(per_token, "mask", "perToken", predicted, true);
-    in.ref_logprobs = float_tokens_field(per_token, "refLogprobs", "perToken", predicted, false);
-    in.rollout_is_weights = float_tokens_field(per_token, "rolloutIsWeights", "perToken", predicted, false);
-    const auto counts = info[4].As<Napi::Object>();
-    in.global_tokens = number_field(counts, "tokens", "counts", 1);
-    in.global_sequences = number_field(counts, "sequences", "counts", 1);
     auto config = policy_loss_config_from_js(info[5].As<Napi::Object>(), "config");
-    if (config.kl != train::KlPenalty::kNone && !in.ref_logprobs.defined()) {
-      throw std::invalid_argument("perToken.refLogprobs: required when config.kl.type is not none");
+    std::vector<PolicyMicroBatch> one;
+    one.push_back(policy_micro_batch(*slot, std::move(tokens), std::move(cu), info[3], info[4].As<Napi::Object>(), config,
+                                     info[8], info[9], ""));
+    return queue_work<PolicyStepWork>(env, slot, std::move(one), config, info[6].As<Napi::Number>().DoubleValue(),
+                                      info[7].As<Napi::Number>().Int64Value(), /*batched=*/false);
+  });
+}
+
+// modelPolicySteps(handle, microBatches: [{tokens, cuSeqlens, perToken, routedExperts?, images?}], counts, config,
+//                  temperature, chunkTokens) -> Promise<{results: [{loss, tokens, metrics}], schedule: {stages,
+//                  microBatches, seconds, waitSeconds, bytesSent}}>: every micro-batch of a mini-batch in one
+//                  call, so a pipeline can run them 1F1B.
+Napi::Value ModelPolicySteps(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    if (!info[1].IsArray()) throw std::invalid_argument("microBatches: expected an array");
+    if (!info[2].IsObject()) throw std::invalid_argument("counts: expected {tokens, sequences}");
+    if (!info[3].IsObject()) throw std::invalid_argument("config: expected an object");
+    auto config = policy_loss_config_from_js(info[3].As<Napi::Object>(), "config");
+    const auto array = info[1].As<Napi::Array>();
+    std::vector<PolicyMicroBatch> list;
+    for (uint32_t i = 0; i < array.Length(); ++i) {
+      const auto field = "microBatches[" + std::to_string(i) + "].";
+      const Napi::Value entry = array[i];
+      if (!entry.IsObject()) throw std::invalid_argument(field + ": expected {tokens, cuSeqlens, perToken}");
+      const auto o = entry.As<Napi::Object>();
+      auto tokens = ids_from_js(o.Get("tokens"), (field + "tokens").c_str());
+      auto cu = cu_from_js(o.Get("cuSeqlens"), tokens.numel());
+      list.push_back(policy_micro_batch(*slot, std::move(tokens), std::move(cu), o.Get("perToken"),
+                                        info[2].As<Napi::Object>(), config, o.Get("routedExperts"), o.Get("images"), field));
     }
-    auto replay = replay_from_js(info[8], *slot, tokens.numel());
-    auto images = images_from_js(info[9], *slot);
-    return queue_work<PolicyStepWork>(env, slot, tokens, cu, std::move(in), config,
-                                      info[6].As<Napi::Number>().DoubleValue(), info[7].As<Napi::Number>().Int64Value(),
-                                      std::move(replay), std::move(images));
+    return queue_work<PolicyStepWork>(env, slot, std::move(list), config, info[4].As<Napi::Number>().DoubleValue(),
+                                      info[5].As<Napi::Number>().Int64Value(), /*batched=*/true);
   });
 }
 
@@ -943,6 +1019,7 @@ Napi::Value ModelRouterStats(const Napi::CallbackInfo& info) {
     auto slot = slot_of(info[0]);
     std::lock_guard<std::mutex> lock(slot->mutex);
     auto& totals = slot->router_stats;
+    train::complete_router_stats(*slot);
     const auto layers = totals.tokens_per_expert.size();
     auto counts = Napi::Array::New(env, layers);
     auto entropy = Napi::Float64Array::New(env, layers);
@@ -976,6 +1053,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelGather"] = Napi::Function::New(env, ModelGather, "modelGather");
   exports["modelSave"] = Napi::Function::New(env, ModelSave, "modelSave");
   exports["modelTrainStep"] = Napi::Function::New(env, ModelTrainStep, "modelTrainStep");
+  exports["modelPolicySteps"] = Napi::Function::New(env, ModelPolicySteps, "modelPolicySteps");
   exports["modelPolicyStep"] = Napi::Function::New(env, ModelPolicyStep, "modelPolicyStep");
   exports["modelOptimizerInit"] = Napi::Function::New(env, ModelOptimizerInit, "modelOptimizerInit");
   exports["modelOptimizerStep"] = Napi::Function::New(env, ModelOptimizerStep, "modelOptimizerStep");

@@ -217,4 +217,22 @@ at::Tensor slot_decode_attention(const at::Tensor& q, const KvView& cache, const
                                                   window_left(window), window_right(window), index.keys_used));
 }
 
+at::Tensor context_parallel_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const parallel::ContextShards& shards, double scale, int64_t window) {
+  const auto keys = parallel::gather_context(k, shards), values = parallel::gather_context(v, shards);
+  std::vector<at::Tensor> out;
+  const int64_t pieces = 2 * static_cast<int64_t>(shards.size);
+  for (size_t s = 0; s + 1 < shards.padded_cu.size(); ++s) {
+    const auto c = shards.chunk[s];
+    int64_t row = shards.local_cu[s];
+    for (const int64_t piece : {static_cast<int64_t>(shards.rank), pieces - 1 - shards.rank}) {
+      const auto end = (piece + 1) * c;  // the chunk's end within its padded sequence
+      out.push_back(attend_causal_suffix(q.narrow(0, row, c), keys.narrow(0, shards.padded_cu[s], end),
+                                         values.narrow(0, shards.padded_cu[s], end), scale, window));
+      row += c;
+    }
+  }
+  return at::cat(out, 0);
+}
+
 }  // namespace tiller::layers

@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "parallel/context_parallel.h"
+
 namespace tiller::layers {
 
 // One layer's cache: slot s holds one sequence's keys and values at positions 0..max_len-1.
@@ -51,6 +53,12 @@ std::vector<KvView> append_to_cache(const at::Tensor& k, const at::Tensor& v, co
 // v: [m, kv_heads, Dv], m >= n; query j sits at key position m - n + j. -> [n, heads, Dv]
 at::Tensor attend_causal_suffix(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                 int64_t window = 0);
+
+// Context parallelism (parallel/context_parallel.h): q: [local rows, heads, D], k, v: [local rows,
+// kv_heads, D(v)] -> [local rows, heads, Dv]: K and V gathered over the context group, each local
+// chunk's queries against its sequence's keys up to the chunk's end.
+at::Tensor context_parallel_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const parallel::ContextShards& shards, double scale, int64_t window = 0);
 
 // Generation on CUDA with a slot cache: every layer's cache is [slots, max_len, kv_heads, head_dim]
 // seen as rows [slots * max_len, kv_heads, head_dim]. Only device tensors, so a decode step can be

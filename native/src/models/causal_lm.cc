@@ -25,7 +25,25 @@ const NamedTensors& CausalLM::named_buffers() const {
   return none;
 }
 
+int64_t CausalLM::stage_rows(const PackedBatch& batch) const {
+  const auto tokens = batch.tokens.size(0);
+  const bool sp = tp_.sequence_parallel() && !batch.cache && !batch.slot_cache;
+  return sp ? (tokens + tp_.size() - 1) / tp_.size() : tokens;
+}
+
+void CausalLM::check_stage_input(const PackedBatch& batch) const {
+  const auto rows = stage_rows(batch);
+  const auto& x = batch.stage_input;
+  if (!x.defined() || x.dim() != 2 || x.size(0) != rows || x.size(1) != hidden_size()) {
+    throw std::invalid_argument("stage_input: pipeline stage " + std::to_string(stage_.begin) + ".." +
+                                std::to_string(stage_.end) + " expects [" + std::to_string(rows) + ", " +
+                                std::to_string(hidden_size()) + "] from the previous stage" +
+                                (x.defined() ? ", got " + c10::str(x.sizes()) : ", got none"));
+  }
+}
+
 at::Tensor CausalLM::logits(const at::Tensor& rows) const {
+  if (!stage_.last) throw std::logic_error("logits: this pipeline stage holds no lm-head");
   const auto local = at::matmul(rows, lm_head().t());  // [n, vocab / tp]
   if (tp_.size() == 1) return local;
   return parallel::all_gather_first_dim(local.t().contiguous(), *tp_.group()).t();

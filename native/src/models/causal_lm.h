@@ -51,6 +51,12 @@ struct PackedBatch {
   // the one computed from `positions` (M-RoPE). Undefined / null: none.
   at::Tensor embed_rows, embed_values;
   const layers::RopeTable* rope = nullptr;
+  // Pipeline parallelism: on a stage after the first, the previous stage's output, which the
+  // forward starts from instead of the embedding ([CausalLM::stage_rows(batch), hidden]).
+  at::Tensor stage_input;
+  // Context parallelism: `tokens` and `positions` are this rank's chunks of the padded sequences
+  // (parallel/context_parallel.h), which attention reads; null: the whole sequences.
+  const parallel::ContextShards* context = nullptr;
 };
 
 // Builds positions 0..n-1 per sequence (shifted by offsets when given) and the context lengths.
@@ -93,9 +99,26 @@ class CausalLM {
   bool expert_parallel() const { return expert_group() != nullptr; }
   // Every MoE layer's dispatch with no tokens of this rank's, in forward order.
   virtual void idle_expert_step() const {}
-  // batch -> hidden states after the final norm: [tokens, hidden]
+  // batch -> hidden states after the final norm: [tokens, hidden]. On a pipeline stage that is not
+  // the last: the residual stream after this stage's layers, [stage_rows(batch), hidden], which
+  // is the next stage's PackedBatch::stage_input.
   virtual at::Tensor forward(const PackedBatch& batch) const = 0;
-  // [vocab, hidden]: the output projection (the embedding when tied).
+  // Pipeline parallelism: the decoder layers this rank holds, and whether it holds the embedding
+  // (the first stage) and the final norm and lm-head (the last). One stage: all of them.
+  const parallel::StageRange& stage() const { return stage_; }
+  bool pipelined() const { return !(stage_.first && stage_.last); }
+  // The ranks of this rank's pipeline, one per stage (group rank = stage); null on one stage.
+  parallel::ProcessGroup* pipeline_group() const { return pipelined() ? &tp_.mesh()->pipeline() : nullptr; }
+  // A tied word embedding (lm-head = embedding): under pipeline parallelism the first and the last
+  // stage each hold a copy, whose gradients are summed over Mesh::embedding() before each update.
+  bool tied_embeddings() const { return tied_; }
+  // Rows of the residual stream between stages for `batch`: its tokens, or under sequence
+  // parallelism (training-side forwards) this tensor rank's shard of the padded tokens.
+  int64_t stage_rows(const PackedBatch& batch) const;
+  virtual int64_t hidden_size() const = 0;
+  // Throws std::invalid_argument unless batch.stage_input is [stage_rows(batch), hidden_size()].
+  void check_stage_input(const PackedBatch& batch) const;
+  // [vocab, hidden]: the output projection (the embedding when tied); the last stage only.
   virtual const at::Tensor& lm_head() const = 0;
   virtual KvShape kv_shape() const = 0;
   virtual MoeShape moe_shape() const { return {}; }
@@ -124,6 +147,8 @@ class CausalLM {
   parallel::TensorParallel tp_;
   std::vector<parallel::TensorPlacement> placements_;
   int64_t vocab_start_ = 0;
+  parallel::StageRange stage_;
+  bool tied_ = false;
 };
 
 }  // namespace tiller::models

@@ -156,6 +156,7 @@ class DeepseekV3 final : public CausalLM {
         device_(options.device), dtype_(options.dtype) {
     placements_ = std::move(tensors.placements);
     tp_ = parallel::TensorParallel(options.mesh, options.sequence_parallel);
+    stage_ = options.stage(config_.base.num_layers);
     local_mla_ = config_.mla;
     local_mla_.heads = config_.mla.heads / tp_.size();
     if (!config_.base.moe_layers.empty()) ep_ = moe_placement(config_.base.moe.experts, options, tp_);
@@ -167,14 +168,16 @@ class DeepseekV3 final : public CausalLM {
     };
     const auto& m = config_.base;
     embed_ = get("model.embed_tokens.weight");
-    vocab_start_ = embed_.size(0) * tp_.rank();
     norm_ = get("model.norm.weight");
-    lm_head_ = m.tie_word_embeddings ? embed_ : get("lm_head.weight");
+    tied_ = m.tie_word_embeddings;
+    if (stage_.last) lm_head_ = m.tie_word_embeddings ? embed_ : get("lm_head.weight");
+    const auto& vocab_rows = embed_.defined() ? embed_ : lm_head_;
+    vocab_start_ = vocab_rows.defined() ? vocab_rows.size(0) * tp_.rank() : 0;
     if (m.rope.type != layers::RopeType::Dynamic) {
       static_rope_ = layers::rope_frequencies(m.rope, 0);
       static_rope_->inv_freq = static_rope_->inv_freq.to(device_);
     }
-    for (int64_t i = 0; i < m.num_layers; ++i) {
+    for (int64_t i = stage_.begin; i < stage_.end; ++i) {
       const auto p = "model.layers." + std::to_string(i) + ".";
       const auto a = p + "self_attn.";
       Block b;
@@ -208,15 +211,16 @@ class DeepseekV3 final : public CausalLM {
   parallel::ProcessGroup* expert_group() const override { return ep_.group; }
   void idle_expert_step() const override {
     at::NoGradGuard no_grad;
-    const auto none = at::zeros({0, config_.base.hidden_size}, embed_.options());
+    const auto none = at::zeros({0, config_.base.hidden_size}, at::TensorOptions().dtype(dtype_).device(device_));
     for (const auto& b : blocks_) {
       if (b.moe_index >= 0) layers::moe_forward(none, b.moe, config_.base.moe, nullptr, b.moe_index, &ep_);
     }
   }
   const at::Tensor& lm_head() const override { return lm_head_; }
   KvShape kv_shape() const override {
-    return {config_.base.num_layers, 1, config_.mla.kv_lora_rank, config_.mla.qk_rope_dim, /*latent=*/true};
+    return {stage_.layers(), 1, config_.mla.kv_lora_rank, config_.mla.qk_rope_dim, /*latent=*/true};
   }
+  int64_t hidden_size() const override { return config_.base.hidden_size; }
   MoeShape moe_shape() const override {
     const auto& m = config_.base;
     return {static_cast<int64_t>(m.moe_layers.size()), m.moe.experts, m.moe.top_k};
@@ -239,7 +243,10 @@ class DeepseekV3 final : public CausalLM {
     rope.sin = rope.sin.to(dtype_);
     const layers::MoeTokens moe_tokens{sp, input.tokens.size(0)};
     const auto tokens = input.tokens.size(0);
-    auto x = tp_.embed(embed_, batch.tokens, vocab_start_, sp);  // [tokens (or a token shard), hidden]
+    if (batch.layer_outputs && pipelined()) throw std::invalid_argument("activations: not under pipeline parallelism");
+    if (!stage_.first) check_stage_input(input);
+    // [tokens (or a token shard), hidden]: embedded here, or the previous pipeline stage's output.
+    auto x = stage_.first ? tp_.embed(embed_, batch.tokens, vocab_start_, sp) : input.stage_input;
     if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, tokens));
     for (size_t l = 0; l < blocks_.size(); ++l) {
       const auto& b = blocks_[l];
@@ -254,6 +261,7 @@ class DeepseekV3 final : public CausalLM {
       x = x + ffn;
       if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, tokens));
     }
+    if (!stage_.last) return x;
     const auto out = layers::rms_norm(x, norm_, m.rms_norm_eps);
     if (!sp) return out;
     // The column-parallel lm-head needs every token (see the dense decoder).
@@ -302,6 +310,9 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const HfConfig& c, const WeightMap& 
   const auto config = deepseek_config(c);
   const auto& m = config.base;
   layers::check_moe_config(m.moe);
+  if (options.context_size() > 1) {
+    throw std::invalid_argument("layout.context: context parallelism of DeepSeek-V3 (MLA) is not in the engine yet");
+  }
   const int experts = options.expert_size(), size = options.tensor_size();
   if (experts > 1 && m.moe.experts % experts != 0) {
     throw std::invalid_argument("layout.expert: " + std::to_string(experts) + " does not divide the " +
@@ -320,7 +331,8 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const HfConfig& c, const WeightMap& 
     if (!m.moe_layers.empty()) refuse("moe_intermediate_size * n_shared_experts", config.shared_intermediate);
   }
   auto stacked = stack_experts(without_mtp_layers(weights, m.num_layers), m.moe_layers, m.moe.experts, m.expert_names);
-  auto loaded = load_tensors(deepseek_table(config), stacked, m.tie_word_embeddings, options);
+  const auto stage = options.stage(m.num_layers);
+  auto loaded = load_tensors(deepseek_table(config), stacked, m.tie_word_embeddings, options, &stage);
   return std::make_unique<DeepseekV3>(config, std::move(loaded), options);
 }
 

@@ -79,6 +79,7 @@ class DenseDecoder final : public CausalLM {
       : config_(std::move(config)), params_(std::move(loaded.parameters)), device_(options.device),
         dtype_(options.dtype) {
     tp_ = parallel::TensorParallel(options.mesh, options.sequence_parallel);
+    stage_ = options.stage(config_.num_layers);
     if (!config_.moe_layers.empty()) ep_ = moe_placement(config_.moe.experts, options, tp_);
     placements_ = std::move(loaded.placements);
     // Per-rank shapes: the forward sees only this rank's heads (key/value heads replicated when
@@ -92,15 +93,18 @@ class DenseDecoder final : public CausalLM {
       return it == by_name.end() ? at::Tensor() : it->second;
     };
     embed_ = get("model.embed_tokens.weight");
-    vocab_start_ = embed_.size(0) * tp_.rank();
     norm_ = get("model.norm.weight");
-    lm_head_ = config_.tie_word_embeddings ? embed_ : get("lm_head.weight");
+    tied_ = config_.tie_word_embeddings;
+    if (stage_.last) lm_head_ = config_.tie_word_embeddings ? embed_ : get("lm_head.weight");
+    // Each stage holds its vocabulary shard of the embedding, the lm-head, both or (middle) neither.
+    const auto& vocab_rows = embed_.defined() ? embed_ : lm_head_;
+    vocab_start_ = vocab_rows.defined() ? vocab_rows.size(0) * tp_.rank() : 0;
     if (config_.rope.type != layers::RopeType::Dynamic) {
       // Fixed frequencies live on the device once, so the forward does no host work for rope.
       static_rope_ = layers::rope_frequencies(config_.rope, 0);
       static_rope_->inv_freq = static_rope_->inv_freq.to(device_);
     }
-    for (int64_t i = 0; i < config_.num_layers; ++i) {
+    for (int64_t i = stage_.begin; i < stage_.end; ++i) {
       const auto p = "model.layers." + std::to_string(i) + ".";
       Block b{get(p + "input_layernorm.weight"), get(p + "self_attn.q_proj.weight"),
               get(p + "self_attn.k_proj.weight"), get(p + "self_attn.v_proj.weight"),
@@ -131,13 +135,14 @@ class DenseDecoder final : public CausalLM {
   parallel::ProcessGroup* expert_group() const override { return ep_.group; }
   void idle_expert_step() const override {
     at::NoGradGuard no_grad;
-    const auto none = at::zeros({0, config_.hidden_size}, embed_.options());
+    const auto none = at::zeros({0, config_.hidden_size}, at::TensorOptions().dtype(dtype_).device(device_));
     for (const auto& b : blocks_) {
       if (b.moe_index >= 0) layers::moe_forward(none, b.moe, config_.moe, nullptr, b.moe_index, &ep_);
     }
   }
   const at::Tensor& lm_head() const override { return lm_head_; }
-  KvShape kv_shape() const override { return {config_.num_layers, local_kv_heads_, config_.head_dim, config_.head_dim}; }
+  KvShape kv_shape() const override { return {stage_.layers(), local_kv_heads_, config_.head_dim, config_.head_dim}; }
+  int64_t hidden_size() const override { return config_.hidden_size; }
   MoeShape moe_shape() const override {
     if (config_.moe_layers.empty()) return {};
     return {static_cast<int64_t>(config_.moe_layers.size()), config_.moe.experts, config_.moe.top_k};
@@ -162,7 +167,10 @@ class DenseDecoder final : public CausalLM {
     rope.sin = rope.sin.to(dtype_);
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     const auto heads = local_heads_, kv_heads = local_kv_heads_;
-    auto x = tp_.embed(embed_, batch.tokens, vocab_start_, sp);  // [tokens (or a token shard), hidden]
+    if (batch.layer_outputs && pipelined()) throw std::invalid_argument("activations: not under pipeline parallelism");
+    // [tokens (or a token shard), hidden]: embedded here, or the previous pipeline stage's output.
+    if (!stage_.first) check_stage_input(input);
+    auto x = stage_.first ? tp_.embed(embed_, batch.tokens, vocab_start_, sp) : input.stage_input;
     const layers::MoeTokens moe_tokens{sp, input.tokens.size(0)};
     // A vision-language model's image rows (never under sequence parallelism: it refuses it).
     if (batch.embed_rows.defined()) x = x.index_put({batch.embed_rows}, batch.embed_values);
@@ -188,6 +196,7 @@ class DenseDecoder final : public CausalLM {
                                 : tp_.exit(layers::swiglu(tp_.enter(m, sp), b.gate, b.up, b.down), sp));
       if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, input.tokens.size(0)));
     }
+    if (!stage_.last) return x;
     const auto out = layers::rms_norm(x, norm_, c.rms_norm_eps);
     if (!sp) return out;
     // The lm-head is column-parallel: it needs every token, gathered here (backward: reduce-scatter,
@@ -200,6 +209,7 @@ class DenseDecoder final : public CausalLM {
   // q: [tokens, heads, D], k, v: [tokens, kv_heads, D] -> [tokens, heads, D]
   static at::Tensor attention(const PackedBatch& batch, size_t layer, const at::Tensor& q, const at::Tensor& k,
                               const at::Tensor& v, double scale, int64_t window) {
+    if (batch.context) return layers::context_parallel_attention(q, k, v, *batch.context, scale, window);
     if (batch.slot_cache) {
       const auto& cache = (*batch.cache)[layer];
       layers::write_slot_cache(k, v, cache, batch.slot_cache->write_rows);
@@ -333,8 +343,20 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c) {
   return table;
 }
 
+bool in_stage(const std::string& name, const parallel::StageRange& stage, bool tied) {
+  if (stage.first && stage.last) return true;
+  static const std::string kLayers = "model.layers.";
+  if (name.rfind(kLayers, 0) == 0) {
+    const auto layer = std::stoll(name.substr(kLayers.size(), name.find('.', kLayers.size()) - kLayers.size()));
+    return layer >= stage.begin && layer < stage.end;
+  }
+  if (name == "model.norm.weight" || name == "lm_head.weight") return stage.last;
+  if (name == "model.embed_tokens.weight") return stage.first || (tied && stage.last);
+  return stage.first;
+}
+
 LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap& weights, bool tied,
-                           const BuildOptions& options) {
+                           const BuildOptions& options, const parallel::StageRange* stage) {
   const int rank = options.tensor_rank(), size = options.tensor_size();
   const bool sp = options.sequence_parallel && size > 1;
   std::set<std::string> expected;
@@ -347,6 +369,7 @@ LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap
       throw std::invalid_argument("weights: " + spec.name + " has shape " + shape_text(it->second.sizes()) +
                                   ", the config implies " + shape_text(spec.shape));
     }
+    if (stage && !in_stage(spec.name, *stage, tied)) continue;
     // Stacked experts are cut over the expert group, everything else over the tensor group.
     const bool by_expert = spec.split.split == parallel::Split::kExpert;
     const int r = by_expert ? options.expert_rank() : rank, n = by_expert ? options.expert_size() : size;
@@ -355,7 +378,10 @@ LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap
     auto& list = spec.buffer ? out.buffers : out.parameters;
     list.emplace_back(spec.name, slice.to(options.device, spec.buffer ? at::kFloat : options.dtype,
                                           /*non_blocking=*/false, /*copy=*/true).contiguous());
-    if (!spec.buffer) out.placements.push_back(parallel::place_tensor(spec.name, spec.shape, spec.split, r, n, sp));
+    if (spec.buffer) continue;
+    out.placements.push_back(parallel::place_tensor(spec.name, spec.shape, spec.split, r, n, sp));
+    // A tied embedding's copy on the last stage counts once in the gradient norm: on the first.
+    if (stage && !stage->first && spec.name == "model.embed_tokens.weight") out.placements.back().counts = false;
   }
   for (const auto& [name, _] : weights) {
     // A tied checkpoint may still carry lm_head.weight (a copy of the embedding): ignored.
@@ -372,6 +398,14 @@ std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap
   if (experts > 1 && !config.moe_layers.empty() && config.moe.experts % experts != 0) {
     throw std::invalid_argument("layout.expert: " + std::to_string(experts) + " does not divide the " +
                                 std::to_string(config.moe.experts) + " experts (num_experts)");
+  }
+  if (options.context_size() > 1) {
+    const auto refuse = [&](const std::string& why) {
+      throw std::invalid_argument("layout.context: " + std::to_string(options.context_size()) + ": " + why);
+    };
+    if (!config.moe_layers.empty()) refuse("context parallelism of MoE models is not in the engine yet");
+    if (config.rope.type == layers::RopeType::Dynamic) refuse("dynamic NTK rope reads whole sequences; not with context parallelism");
+    if (options.pipeline_size() > 1) refuse("context parallelism with pipeline stages is not in the engine yet");
   }
   const int size = options.tensor_size();
   if (size > 1) {
@@ -390,11 +424,12 @@ std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap
     const bool dense_mlp = static_cast<int64_t>(config.moe_layers.size()) < config.num_layers;
     if (dense_mlp && config.intermediate_size % size != 0) refuse("intermediate_size", config.intermediate_size);
   }
+  const auto stage = options.stage(config.num_layers);
   auto loaded = load_tensors(tensor_table(config),
                              config.moe_layers.empty()
                                  ? weights
                                  : stack_experts(weights, config.moe_layers, config.moe.experts, config.expert_names),
-                             config.tie_word_embeddings, options);
+                             config.tie_word_embeddings, options, &stage);
   return std::make_unique<DenseDecoder>(config, std::move(loaded), options);
 }
 

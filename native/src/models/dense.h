@@ -73,8 +73,15 @@ struct LoadedTensors {
 // (options' tensor rank and size; the whole tensor on one rank) to the device, parameters cast to
 // the dtype, buffers to float32. Only the slice is read: a memory-mapped checkpoint's other pages
 // are never touched.
+// Under pipeline parallelism (`stage` given) only the stage's tensors are copied (in_stage); the
+// others are still checked.
 LoadedTensors load_tensors(const std::vector<TensorSpec>& table, const WeightMap& weights, bool tied,
-                           const BuildOptions& options);
+                           const BuildOptions& options, const parallel::StageRange* stage = nullptr);
+
+// Whether pipeline stage `stage` holds the HF tensor `name`: decoder layer i's tensors
+// ("model.layers.<i>.…") on the stage of layer i, the final norm and the lm-head on the last, the
+// embedding on the first and (tied) on the last too, everything else on the first.
+bool in_stage(const std::string& name, const parallel::StageRange& stage, bool tied);
 
 // Shared by the decoders that run tensor parallelism:
 // appends a padding sequence so that the token count divides over `size` tensor ranks (sequence parallelism);

@@ -256,6 +256,7 @@ class Qwen2_5_VL final : public CausalLM {
   const NamedTensors& named_buffers() const override { return buffers_; }
   const at::Tensor& lm_head() const override { return text_->lm_head(); }
   KvShape kv_shape() const override { return text_->kv_shape(); }
+  int64_t hidden_size() const override { return text_->hidden_size(); }
   // The prefill computes positions on the host, so the CUDA slot decoder (graph capture) is not used.
   bool fixed_rope() const override { return false; }
   bool accepts_images() const override { return true; }
@@ -416,6 +417,13 @@ std::unique_ptr<CausalLM> build_qwen2_5_vl(const HfConfig& c, const WeightMap& w
   auto config = read_vl_config(c);
   if (options.sequence_parallel && options.tensor_size() > 1) {
     throw std::invalid_argument("layout.sequenceParallel: not supported for Qwen2.5-VL (image rows replace embedded tokens)");
+  }
+  if (options.context_size() > 1) {
+    throw std::invalid_argument("layout.context: not supported for Qwen2.5-VL yet (M-RoPE positions of image tokens)");
+  }
+  if (options.pipeline_size() > 1) {
+    throw std::invalid_argument("layout.pipeline: not supported for Qwen2.5-VL yet (the vision tower and M-RoPE positions "
+                                "would have to reach every stage)");
   }
   // transformers holds the tensors as model.visual.* and model.language_model.*; checkpoints (and
   // its save_pretrained) use visual.* and model.*: both are read, the latter is what we keep.

@@ -31,6 +31,13 @@ struct BuildOptions {
   int tensor_size() const { return mesh ? mesh->layout().tensor : 1; }
   int expert_rank() const { return mesh ? mesh->expert().rank() : 0; }
   int expert_size() const { return mesh ? mesh->expert().world_size() : 1; }
+  // This rank's pipeline stage of a model with `layers` decoder layers (all of them on one stage).
+  parallel::StageRange stage(int64_t layers) const {
+    if (!mesh) return {0, layers, true, true};
+    return parallel::stage_range(mesh->layout(), mesh->coordinates().pipeline, layers);
+  }
+  int pipeline_size() const { return mesh ? mesh->layout().pipeline : 1; }
+  int context_size() const { return mesh ? mesh->layout().context : 1; }
 };
 
 using Builder = std::function<std::unique_ptr<CausalLM>(const HfConfig&, const WeightMap&, const BuildOptions&)>;

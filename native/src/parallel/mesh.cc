@@ -15,6 +15,9 @@ std::string Layout::describe() const {
   add("EP", expert);
   add("DP", data);
   add("PP", pipeline);
+  if (pipeline > 1 && first_stage_layers > 0) {
+    out += " (first " + std::to_string(first_stage_layers) + ", last " + std::to_string(last_stage_layers) + " layers)";
+  }
   if (out.empty()) out = "one rank";
   if (sequence_parallel && tensor > 1) out += " (SP)";
   return out;
@@ -38,6 +41,40 @@ void check_layout(const Layout& l, int world_size) {
                                 " must divide tensor x context x data = " + std::to_string(stage) +
                                 " (experts fold over the ranks of a pipeline stage)");
   }
+}
+
+StageRange stage_range(const Layout& l, int stage, int64_t layers) {
+  const int p = l.pipeline;
+  if (stage < 0 || stage >= p) throw std::invalid_argument("stage " + std::to_string(stage) + " of " + std::to_string(p));
+  if (p > layers) {
+    throw std::invalid_argument("layout.pipeline: " + std::to_string(p) + " stages exceed the " + std::to_string(layers) +
+                                " decoder layers");
+  }
+  int64_t first = l.first_stage_layers, last = l.last_stage_layers;
+  if ((first > 0) != (last > 0)) {
+    throw std::invalid_argument("layout.firstStageLayers: give both firstStageLayers and lastStageLayers, or neither");
+  }
+  if (first == 0) {
+    if (layers % p != 0) {
+      throw std::invalid_argument("layout.pipeline: " + std::to_string(p) + " stages do not split the " +
+                                  std::to_string(layers) + " decoder layers evenly; set firstStageLayers and lastStageLayers");
+    }
+    first = last = layers / p;
+  }
+  const int64_t middle = p - 2, rest = layers - first - last;
+  if (p == 1 ? first != layers : middle == 0 ? rest != 0 : (rest < middle || rest % middle != 0)) {
+    throw std::invalid_argument("layout.firstStageLayers: first " + std::to_string(first) + " + last " +
+                                std::to_string(last) + " layers leave " + std::to_string(rest) + " for " +
+                                std::to_string(std::max<int64_t>(middle, 0)) + " middle stages of the " +
+                                std::to_string(layers) + " layers (each middle stage needs the same number, at least 1)");
+  }
+  const int64_t each = middle > 0 ? rest / middle : 0;
+  StageRange r;
+  r.first = stage == 0;
+  r.last = stage == p - 1;
+  r.begin = stage == 0 ? 0 : first + each * (stage - 1);
+  r.end = r.last ? layers : r.begin + (stage == 0 ? first : each);
+  return r;
 }
 
 Coordinates coordinates_of(const Layout& l, int rank) {
@@ -93,13 +130,23 @@ std::shared_ptr<Mesh> Mesh::create(const ProcessGroup& world, const Layout& layo
   mesh->data_context_ = make("data_context", [](C a, C b) { return a.tensor == b.tensor && a.pipeline == b.pipeline; });
   mesh->expert_ = make("expert", [](C a, C b) { return a.expert_data == b.expert_data && a.pipeline == b.pipeline; });
   mesh->expert_data_ = make("expert_data", [](C a, C b) { return a.expert == b.expert && a.pipeline == b.pipeline; });
+  // Only the end stages are members; the middle ones make no group of this kind.
+  const int last = layout.pipeline - 1;
+  if (layout.pipeline > 1 && (self.pipeline == 0 || self.pipeline == last)) {
+    mesh->embedding_ = make("embedding", [last](C a, C b) {
+      return a.tensor == b.tensor && a.context == b.context && a.data == b.data && (a.pipeline == 0 || a.pipeline == last);
+    });
+  }
   return mesh;
 }
 
 std::vector<std::pair<std::string, ProcessGroup*>> Mesh::groups() const {
-  return {{"tensor", tensor_.get()},         {"context", context_.get()}, {"data", data_.get()},
-          {"pipeline", pipeline_.get()},     {"expert", expert_.get()},   {"expert_data", expert_data_.get()},
-          {"data_context", data_context_.get()}};
+  std::vector<std::pair<std::string, ProcessGroup*>> out{
+      {"tensor", tensor_.get()},         {"context", context_.get()}, {"data", data_.get()},
+      {"pipeline", pipeline_.get()},     {"expert", expert_.get()},   {"expert_data", expert_data_.get()},
+      {"data_context", data_context_.get()}};
+  if (embedding_) out.emplace_back("embedding", embedding_.get());
+  return out;
 }
 
 }  // namespace tiller::parallel

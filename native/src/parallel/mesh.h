@@ -19,6 +19,9 @@ struct Layout {
   int tensor = 1, context = 1, pipeline = 1, expert = 1, data = 1;
   // Norms and residual on token shards between the tensor-parallel regions (needs tensor > 1 to matter).
   bool sequence_parallel = false;
+  // Pipeline stages: decoder layers of the first and last stage (0: an even split), the middle
+  // stages sharing the rest evenly (verl's DeepSeek-V3 recipe: first 3, last 2).
+  int64_t first_stage_layers = 0, last_stage_layers = 0;
   int world() const { return tensor * context * pipeline * data; }
   // "TP2 x DP2" style, for messages.
   std::string describe() const;
@@ -27,6 +30,16 @@ struct Layout {
 // Throws std::invalid_argument naming the field when a size is < 1, when the sizes do not
 // multiply to `world_size`, or when expert does not divide tensor × context × data.
 void check_layout(const Layout& layout, int world_size);
+
+// The decoder layers [begin, end) of pipeline stage `stage` of a model with `layers` layers.
+// Throws std::invalid_argument naming layout.pipeline / layout.firstStageLayers when they do not
+// split the layers (more stages than layers, a split that is not even, ends without a middle).
+struct StageRange {
+  int64_t begin = 0, end = 0;
+  bool first = true, last = true;  // holds the embedding / the final norm and the lm-head
+  int64_t layers() const { return end - begin; }
+};
+StageRange stage_range(const Layout& layout, int stage, int64_t layers);
 
 struct Coordinates {
   int tensor = 0, context = 0, data = 0, pipeline = 0, expert = 0, expert_data = 0;
@@ -53,7 +66,11 @@ class Mesh {
   ProcessGroup& expert_data() const { return *expert_data_; }
   // Data × context: the ranks that hold the same parameters (gradients are reduced over it).
   ProcessGroup& data_context() const { return *data_context_; }
-  // Every group by kind ("tensor", "context", "data", "pipeline", "expert", "expert_data", "data_context").
+  // The first and last stage of this rank's pipeline (Megatron's embedding group), which both hold
+  // the word embedding of a tied model; null on the middle stages and when there is one stage.
+  ProcessGroup* embedding() const { return embedding_.get(); }
+  // Every group by kind ("tensor", "context", "data", "pipeline", "expert", "expert_data", "data_context",
+  // and "embedding" on the end stages of a pipeline).
   std::vector<std::pair<std::string, ProcessGroup*>> groups() const;
 
  private:
@@ -61,7 +78,7 @@ class Mesh {
   Layout layout_;
   Coordinates coordinates_;
   int rank_ = 0;
-  std::unique_ptr<ProcessGroup> tensor_, context_, data_, pipeline_, expert_, expert_data_, data_context_;
+  std::unique_ptr<ProcessGroup> tensor_, context_, data_, pipeline_, expert_, expert_data_, data_context_, embedding_;
 };
 
 }  // namespace tiller::parallel

@@ -488,4 +488,41 @@ void ProcessGroup::barrier() {
   });
 }
 
+void ProcessGroup::exchange(const std::vector<Transfer>& sends, const std::vector<Transfer>& receives) {
+  int64_t bytes = 0;
+  for (const auto* list : {&sends, &receives}) {
+    for (const auto& t : *list) {
+      check_tensor(t.tensor, list == &sends ? "send" : "receive");
+      if (t.peer < 0 || t.peer >= world_size_ || t.peer == rank_) {
+        throw std::invalid_argument("exchange: peer " + std::to_string(t.peer) + " is not another rank of " +
+                                    std::to_string(world_size_));
+      }
+    }
+  }
+  for (const auto& t : sends) bytes += static_cast<int64_t>(t.tensor.nbytes());
+  if (sends.empty() && receives.empty()) return;
+  run("sendRecv", bytes, [&] {
+    auto& backend = *connection_->backend;
+    constexpr int kTag = 0;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    // NCCL runs point-to-point kernels on one stream: a send waits for its receive, so sends and
+    // receives between two ranks must be issued as one group or they wait on each other.
+    const bool group = backend_name_ == "nccl";
+    if (group) backend.startCoalescing();
+    for (const auto& t : sends) {
+      std::vector<at::Tensor> one{t.tensor};
+      works.push_back(backend.send(one, t.peer, kTag));
+    }
+    for (const auto& t : receives) {
+      std::vector<at::Tensor> one{t.tensor};
+      works.push_back(backend.recv(one, t.peer, kTag));
+    }
+    if (group) {
+      backend.endCoalescing()->wait(timeout_);
+    } else {
+      for (auto& w : works) w->wait(timeout_);
+    }
+  });
+}
+
 }  // namespace tiller::parallel

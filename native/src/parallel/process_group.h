@@ -78,6 +78,15 @@ class ProcessGroup {
                   const std::vector<int64_t>& in_splits);
   // Returns once every rank has called barrier().
   void barrier();
+  // Point to point (pipeline stages): each send's tensor goes to rank `peer`, each receive's
+  // tensor (allocated by the caller with the sender's shape and dtype) is filled from rank `peer`.
+  // All are issued before any is waited on, so two stages sending to each other at once do not
+  // deadlock; transfers between one pair in one direction match in call order.
+  struct Transfer {
+    at::Tensor tensor;
+    int peer = 0;
+  };
+  void exchange(const std::vector<Transfer>& sends, const std::vector<Transfer>& receives);
 
   // A group of some of this group's ranks on the same store, its keys under their own prefix
   // (`name`, unique per group: "tensor/0", "data/1", ...). `ranks`: ascending ranks of this group,
@@ -86,8 +95,8 @@ class ProcessGroup {
   // here); the others never do. A one-rank group has no backend: its collectives are local.
   std::unique_ptr<ProcessGroup> subgroup(const std::vector<int>& ranks, const std::string& name) const;
   // Collectives run on this group (one-rank groups run none): calls and payload bytes per rank,
-  // by kind ("allReduce", "broadcast", "allGather", "reduceScatter", "allToAll"; all-gather counts
-  // the output, reduce-scatter and all-to-all the input). For benchmarks and metrics; read and reset between steps.
+  // by kind ("allReduce", "broadcast", "allGather", "reduceScatter", "allToAll", "sendRecv"; all-gather
+  // counts the output, reduce-scatter and all-to-all the input, send/receive the bytes sent). For benchmarks and metrics; read and reset between steps.
   struct Traffic {
     int64_t calls = 0, bytes = 0;
     double seconds = 0;  // wall time issuing and waiting (waiting for the slowest peer included)

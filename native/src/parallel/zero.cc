@@ -106,7 +106,10 @@ ShardedAdamW::StepResult ShardedAdamW::step(double lr, double max_norm) {
     mesh_->expert_data().all_reduce(expert_squares, ReduceOp::kSum);
     mesh_->expert().all_reduce(expert_squares, ReduceOp::kSum);
   }
-  const auto total = (dense_squares + expert_squares).sqrt().reshape({});
+  // Pipeline stages hold disjoint parameters (a tied embedding's second copy is not counted).
+  auto squares = dense_squares + expert_squares;
+  if (mesh_->layout().pipeline > 1) mesh_->pipeline().all_reduce(squares, ReduceOp::kSum);
+  const auto total = squares.sqrt().reshape({});
   const double norm = total.item<double>();
   if (!std::isfinite(norm)) return {norm, false};
   // As train::clip_grad_norm: always multiply (by 1 under the limit).

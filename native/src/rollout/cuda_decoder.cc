@@ -18,7 +18,7 @@ bool cuda_decoder_supported(const models::CausalLM& model) {
   const auto dtype = model.dtype();
   // Tensor-parallel decode steps would capture collectives in the graphs: not yet.
   return model.device().is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && model.fixed_rope() &&
-         !model.kv_shape().latent && model.tensor_parallel().size() == 1;
+         !model.kv_shape().latent && model.tensor_parallel().size() == 1 && !model.pipelined();
 #else
   (void)model;
   return false;

@@ -5,14 +5,19 @@
 
 #include "parallel/process_group.h"
 #include "rollout/kv_cache.h"
+#include "train/pipeline.h"
 
 namespace tiller::rollout {
 namespace {
 
-// Samples a row per running sequence from logits [rows, vocab] on the device and records it. The
-// draw of sequence i's n-th token hashes (seed, sequence_offset + i, n): batch-invariant.
-void record(const at::Tensor& logits, const std::vector<int64_t>& sequences, const GenerateOptions& options,
-            Schedule& schedule) {
+struct Sampled {
+  at::Tensor tokens, logprobs;  // [rows] int64 / float32, host
+};
+
+// Samples a row per running sequence from logits [rows, vocab] on the device. The draw of
+// sequence i's n-th token hashes (seed, sequence_offset + i, n): batch-invariant.
+Sampled sample_rows(const at::Tensor& logits, const std::vector<int64_t>& sequences, const GenerateOptions& options,
+                    const Schedule& schedule) {
   auto uniforms = at::empty({static_cast<int64_t>(sequences.size())}, at::kDouble);
   auto* u = uniforms.data_ptr<double>();
   for (size_t j = 0; j < sequences.size(); ++j) {
@@ -21,11 +26,18 @@ void record(const at::Tensor& logits, const std::vector<int64_t>& sequences, con
                             schedule.sequences()[i].tokens.size());
   }
   const auto picked = sample(logits, options.sampling, uniforms);
-  const auto tokens = picked.tokens.to(at::kCPU);
-  const auto logprobs = picked.logprobs.to(at::kCPU, at::kFloat);
-  const auto t = tokens.accessor<int64_t, 1>();
-  const auto lp = logprobs.accessor<float, 1>();
+  return {picked.tokens.to(at::kCPU), picked.logprobs.to(at::kCPU, at::kFloat)};
+}
+
+void append(const Sampled& sampled, const std::vector<int64_t>& sequences, Schedule& schedule) {
+  const auto t = sampled.tokens.accessor<int64_t, 1>();
+  const auto lp = sampled.logprobs.accessor<float, 1>();
   for (size_t j = 0; j < sequences.size(); ++j) schedule.append(sequences[j], t[j], lp[j]);
+}
+
+void record(const at::Tensor& logits, const std::vector<int64_t>& sequences, const GenerateOptions& options,
+            Schedule& schedule) {
+  append(sample_rows(logits, sequences, options, schedule), sequences, schedule);
 }
 
 // Per sequence, the experts of every token through the model so far: [tokens, moe_layers, top_k].
@@ -43,20 +55,28 @@ void log_experts(const layers::Routing& routing, const models::PackedBatch& batc
   }
 }
 
-// Runs the model on `batch` and samples one token from the last position of each sequence.
+// Runs the model on `batch` and samples one token from the last position of each sequence. Under
+// pipeline parallelism the batch goes through every stage, the last samples, and every stage
+// appends the same tokens.
 void step(const models::CausalLM& model, models::PackedBatch& batch, const std::vector<int64_t>& sequences,
           const GenerateOptions& options, Schedule& schedule, ExpertLog* experts) {
   layers::Routing routing;
   routing.record = experts != nullptr;
   if (experts) batch.routing = &routing;
-  const auto hidden = model.forward(batch);  // [tokens, hidden]
+  const auto hidden = train::pipeline_forward(model, batch);  // [tokens, hidden] on the last stage
   if (experts) log_experts(routing, batch, sequences, *experts);
-  std::vector<int64_t> last;
-  for (size_t i = 1; i < batch.cu_seqlens.size(); ++i) last.push_back(batch.cu_seqlens[i] - 1);
-  const auto rows = hidden.index_select(0, at::tensor(last, at::kLong).to(hidden.device()));
-  // Sampling runs on the CPU in float32, so a seed gives the same tokens on any device.
-  const auto logits = model.logits(rows).to(at::kCPU, at::kFloat);  // [sequences, vocab]
-  record(logits, sequences, options, schedule);
+  const auto n = static_cast<int64_t>(sequences.size());
+  Sampled sampled{at::empty({n}, at::kLong), at::empty({n}, at::kFloat)};
+  if (model.stage().last) {
+    std::vector<int64_t> last;
+    for (size_t i = 1; i < batch.cu_seqlens.size(); ++i) last.push_back(batch.cu_seqlens[i] - 1);
+    const auto rows = hidden.index_select(0, at::tensor(last, at::kLong).to(hidden.device()));
+    // Sampling runs on the CPU in float32, so a seed gives the same tokens on any device.
+    const auto logits = model.logits(rows).to(at::kCPU, at::kFloat);  // [sequences, vocab]
+    sampled = sample_rows(logits, sequences, options, schedule);
+  }
+  train::from_last_stage(model, {&sampled.tokens, &sampled.logprobs});
+  append(sampled, sequences, schedule);
 }
 
 #ifdef TILLER_CUDA
@@ -120,6 +140,9 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
   }
   const auto moe = model.moe_shape();
   const bool record = options.record_experts && moe.layers > 0;
+  if (record && model.pipelined()) {
+    throw std::invalid_argument("recordExperts: not under pipeline parallelism yet (each stage routes its own layers)");
+  }
 #ifdef TILLER_CUDA
   if (decoder && cuda_decoder_supported(model) && !record && !experts_group) {
     return generate_cuda(model, prompts, options, *decoder, schedule);

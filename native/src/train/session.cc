@@ -1,10 +1,12 @@
 #include "train/session.h"
 
+#include <set>
 #include <stdexcept>
 
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "parallel/collectives.h"
+#include "parallel/context_parallel.h"
 #include "train/grad_clip.h"
 
 namespace tiller::train {
@@ -21,10 +23,16 @@ NextTokenRows next_token_rows(const at::Tensor& tokens, const std::vector<int64_
 namespace {
 
 void add_router_stats(RouterTotals& totals, const layers::Routing& routing, int64_t tokens) {
+  // A pipeline stage routes only its own MoE layers: the others' entries stay undefined.
+  if (totals.tokens_per_expert.size() < routing.tokens_per_expert.size()) {
+    totals.tokens_per_expert.resize(routing.tokens_per_expert.size());
+    totals.entropy_sum.resize(routing.tokens_per_expert.size());
+  }
   for (size_t l = 0; l < routing.tokens_per_expert.size(); ++l) {
-    if (totals.tokens_per_expert.size() <= l) {
-      totals.tokens_per_expert.push_back(routing.tokens_per_expert[l].clone());
-      totals.entropy_sum.push_back(routing.entropy_sum[l].clone());
+    if (!routing.tokens_per_expert[l].defined()) continue;
+    if (!totals.tokens_per_expert[l].defined()) {
+      totals.tokens_per_expert[l] = routing.tokens_per_expert[l].clone();
+      totals.entropy_sum[l] = routing.entropy_sum[l].clone();
     } else {
       totals.tokens_per_expert[l].add_(routing.tokens_per_expert[l]);
       totals.entropy_sum[l].add_(routing.entropy_sum[l]);
@@ -44,36 +52,171 @@ void agree(ModelSession& session, bool ok, const std::string& what) {
   if (flag.item<float>() < 0.5f && ok) throw std::runtime_error(what + " failed on another rank");
 }
 
+// The word embedding's gradient of a tied model on a pipeline: the first stage's copy has the
+// embedding's part, the last stage's the lm-head's; both get the sum (Megatron's embedding group).
+at::Tensor* tied_embedding_gradient(ModelSession& session) {
+  const auto& model = *session.model;
+  if (!model.tied_embeddings() || !model.pipelined() || !session.mesh->embedding()) return nullptr;
+  for (const auto& [name, p] : model.named_parameters()) {
+    if (name == "model.embed_tokens.weight") {
+      auto& grad = const_cast<at::Tensor&>(p).mutable_grad();
+      if (!grad.defined()) grad = at::zeros_like(p);
+      return &grad;
+    }
+  }
+  throw std::logic_error("tied model without model.embed_tokens.weight on an end stage");
+}
+
+void sum_tied_embedding_gradients(ModelSession& session) {
+  if (auto* grad = tied_embedding_gradient(session)) session.mesh->embedding()->all_reduce(*grad, parallel::ReduceOp::kSum);
+}
+
+// Every stage's named host tensors on every stage, in stage order; a name already given by an
+// earlier stage (a tied embedding's copy) is dropped. Each stage broadcasts a header (names,
+// dtypes, shapes as int64) and then its tensors, so no stage needs to know another's table.
+models::NamedTensors gather_stages(const models::CausalLM& model, models::NamedTensors local) {
+  auto* group = model.pipeline_group();
+  if (!group) return local;
+  const auto device = group->device();
+  const auto longs = at::TensorOptions().dtype(at::kLong).device(device);
+  models::NamedTensors out;
+  std::set<std::string> seen;
+  for (int stage = 0; stage < group->world_size(); ++stage) {
+    const bool mine = stage == group->rank();
+    std::vector<int64_t> header;
+    if (mine) {
+      header.push_back(static_cast<int64_t>(local.size()));
+      for (const auto& [name, t] : local) {
+        header.push_back(static_cast<int64_t>(t.scalar_type()));
+        header.push_back(t.dim());
+        for (auto d : t.sizes()) header.push_back(d);
+        header.push_back(static_cast<int64_t>(name.size()));
+        for (unsigned char ch : name) header.push_back(ch);
+      }
+    }
+    auto length = at::full({1}, static_cast<int64_t>(header.size()), longs);
+    group->broadcast(length, stage);
+    auto encoded = mine ? at::tensor(header, at::kLong).to(device) : at::empty({length.item<int64_t>()}, longs);
+    group->broadcast(encoded, stage);
+    const auto h = encoded.to(at::kCPU);
+    const auto* v = h.data_ptr<int64_t>();
+    size_t pos = 0;
+    const auto count = v[pos++];
+    for (int64_t i = 0; i < count; ++i) {
+      const auto dtype = static_cast<at::ScalarType>(v[pos++]);
+      const auto dims = v[pos++];
+      std::vector<int64_t> shape(v + pos, v + pos + dims);
+      pos += dims;
+      const auto name_length = v[pos++];
+      std::string name;
+      for (int64_t c = 0; c < name_length; ++c) name.push_back(static_cast<char>(v[pos++]));
+      auto t = mine ? local[i].second.to(device).contiguous() : at::empty(shape, at::TensorOptions().dtype(dtype).device(device));
+      group->broadcast(t, stage);
+      if (seen.insert(name).second) out.emplace_back(name, t.to(at::kCPU).contiguous());
+    }
+  }
+  return out;
+}
+
 bool writes_files(const ModelSession& session) { return !session.mesh || session.mesh->rank() == 0; }
 
 }  // namespace
 
-layers::TokenLogprobs forward_logprobs(ModelSession& session, const at::Tensor& tokens_cpu,
-                                       const std::vector<int64_t>& cu, double temperature, int64_t chunk_tokens,
-                                       const at::Tensor& replay, const models::ImageInputs* images) {
+at::Tensor stage_forward(ModelSession& session, const MicroBatch& mb, const at::Tensor& stage_input) {
   auto& model = *session.model;
-  if (images && !model.accepts_images()) throw std::invalid_argument("images: this model takes no images");
-  const auto tokens = tokens_cpu.to(model.device());
-  auto batch = models::pack_batch(tokens, cu);
-  batch.images = images;
+  if (mb.images && !model.accepts_images()) throw std::invalid_argument("images: this model takes no images");
+  const auto tokens = mb.tokens.to(model.device());
+  auto batch = models::pack_batch(tokens, mb.cu);
+  batch.images = mb.images;
+  batch.stage_input = stage_input;
   layers::Routing routing;
   const bool moe = model.moe_shape().layers > 0;
   if (moe) {
     routing.stats = true;
-    if (replay.defined()) routing.replay = replay.to(model.device());
+    if (mb.replay.defined()) routing.replay = mb.replay.to(model.device());
     batch.routing = &routing;
   }
-  const auto hidden = model.forward(batch);
+  auto hidden = model.forward(batch);
   if (moe) add_router_stats(session.router_stats, routing, tokens.size(0));
-  const auto next = next_token_rows(tokens, cu);
-  const auto rows = hidden.index_select(0, next.rows);
+  return hidden;
+}
+
+namespace {
+
+// Logprobs and entropy of `targets` at hidden rows `rows` through the lm-head (vocab-parallel under TP).
+layers::TokenLogprobs logprobs_at(const models::CausalLM& model, const at::Tensor& rows, const at::Tensor& targets,
+                                  double temperature, int64_t chunk_tokens) {
   const auto& tp = model.tensor_parallel();
-  if (tp.size() == 1) return layers::chunked_logprobs(rows, model.lm_head(), next.targets, temperature, chunk_tokens);
+  if (tp.size() == 1) return layers::chunked_logprobs(rows, model.lm_head(), targets, temperature, chunk_tokens);
   // The lm-head is column-parallel: its input enters the region by copy_to_group, unless sequence
   // parallelism already gathered it (that gather's backward reduce-scatter sums the shards' parts).
   const auto input = tp.sequence_parallel() ? rows : parallel::copy_to_group(rows, *tp.group());
-  return layers::vocab_parallel_logprobs(input, model.lm_head(), next.targets, temperature, chunk_tokens,
+  return layers::vocab_parallel_logprobs(input, model.lm_head(), targets, temperature, chunk_tokens,
                                          {tp.group(), model.vocab_start()});
+}
+
+// Context parallelism: the forward on this rank's chunks of the padded sequences, logprobs of its
+// rows, then every rank's gathered (backward: own rows) into the one-device order of predicted
+// tokens, so the loss is computed on every context rank alike and each rank's gradient covers
+// its own rows.
+layers::TokenLogprobs context_logprobs(ModelSession& session, const MicroBatch& mb, double temperature,
+                                       int64_t chunk_tokens) {
+  auto& model = *session.model;
+  if (mb.replay.defined() || mb.images) throw std::invalid_argument("context parallelism: no routing replay or images");
+  const auto& tp = model.tensor_parallel();
+  const auto shards = parallel::plan_context(mb.cu, session.mesh->context(), tp.sequence_parallel() ? tp.size() : 1);
+  // The padded packing on the host: each sequence's tokens then zeros; positions run on through the padding.
+  const auto rows = shards.padded_rows();
+  auto tokens = at::zeros({rows}, at::kLong), positions = at::empty({rows}, at::kLong), targets = at::zeros({rows}, at::kLong);
+  auto* t = tokens.data_ptr<int64_t>();
+  auto* p = positions.data_ptr<int64_t>();
+  auto* y = targets.data_ptr<int64_t>();
+  const auto* in = mb.tokens.data_ptr<int64_t>();
+  std::vector<int64_t> predicted;  // padded rows of the one-device prediction rows, in order
+  for (size_t s = 0; s + 1 < mb.cu.size(); ++s) {
+    const auto begin = shards.padded_cu[s], n = shards.lengths[s];
+    for (int64_t j = 0; j < shards.padded_cu[s + 1] - begin; ++j) {
+      p[begin + j] = j;
+      if (j < n) t[begin + j] = in[mb.cu[s] + j];
+      if (j + 1 < n) {
+        y[begin + j] = in[mb.cu[s] + j + 1];
+        predicted.push_back(begin + j);
+      }
+    }
+  }
+  const auto device = model.device();
+  const auto& local = shards.local_index;
+  models::PackedBatch batch;
+  batch.tokens = tokens.index_select(0, local).to(device);
+  batch.positions = positions.index_select(0, local).to(device);
+  batch.cu_seqlens = shards.local_cu;
+  for (size_t s = 0; s + 1 < shards.padded_cu.size(); ++s) {
+    batch.context_lengths.push_back(shards.padded_cu[s + 1] - shards.padded_cu[s]);
+  }
+  batch.context = &shards;
+  const auto hidden = model.forward(batch);  // [local rows, hidden]
+  const auto mine = logprobs_at(model, hidden, targets.index_select(0, local).to(device), temperature, chunk_tokens);
+  const auto order = at::tensor(predicted, at::kLong).to(device);
+  return {parallel::gather_context_replicated(mine.logprob, shards).index_select(0, order),
+          parallel::gather_context_replicated(mine.entropy, shards).index_select(0, order)};
+}
+
+}  // namespace
+
+layers::TokenLogprobs head_logprobs(ModelSession& session, const at::Tensor& hidden, const MicroBatch& mb,
+                                    double temperature, int64_t chunk_tokens) {
+  auto& model = *session.model;
+  const auto next = next_token_rows(mb.tokens.to(model.device()), mb.cu);
+  return logprobs_at(model, hidden.index_select(0, next.rows), next.targets, temperature, chunk_tokens);
+}
+
+layers::TokenLogprobs forward_logprobs(ModelSession& session, const at::Tensor& tokens_cpu,
+                                       const std::vector<int64_t>& cu, double temperature, int64_t chunk_tokens,
+                                       const at::Tensor& replay, const models::ImageInputs* images) {
+  const MicroBatch mb{tokens_cpu, cu, replay, images};
+  if (session.model->pipelined()) return pipeline_logprobs(session, mb, temperature, chunk_tokens);
+  if (session.mesh && session.mesh->layout().context > 1) return context_logprobs(session, mb, temperature, chunk_tokens);
+  return head_logprobs(session, stage_forward(session, mb, at::Tensor()), mb, temperature, chunk_tokens);
 }
 
 GradScope::GradScope(const models::NamedTensors& params) : params_(params) {
@@ -82,6 +225,30 @@ GradScope::GradScope(const models::NamedTensors& params) : params_(params) {
 
 GradScope::~GradScope() {
   for (const auto& [_, p] : params_) p.requires_grad_(false);
+}
+
+void complete_router_stats(ModelSession& session) {
+  const auto& model = *session.model;
+  auto* pipeline = model.pipeline_group();
+  const auto shape = model.moe_shape();
+  auto& totals = session.router_stats;
+  // Every stage ran the same forwards, so all agree on whether there is anything to add up.
+  if (!pipeline || shape.layers == 0 || totals.tokens == 0) return;
+  totals.tokens_per_expert.resize(shape.layers);
+  totals.entropy_sum.resize(shape.layers);
+  const auto options = at::TensorOptions().dtype(at::kDouble).device(pipeline->device());
+  auto packed = at::zeros({shape.layers, shape.experts + 1}, options);
+  for (int64_t l = 0; l < shape.layers; ++l) {
+    if (!totals.tokens_per_expert[l].defined()) continue;
+    packed[l].narrow(0, 0, shape.experts).copy_(totals.tokens_per_expert[l]);
+    packed[l][shape.experts].copy_(totals.entropy_sum[l]);
+  }
+  pipeline->all_reduce(packed, parallel::ReduceOp::kSum);
+  const auto device = model.device();
+  for (int64_t l = 0; l < shape.layers; ++l) {
+    totals.tokens_per_expert[l] = packed[l].narrow(0, 0, shape.experts).to(device, at::kLong);
+    totals.entropy_sum[l] = packed[l][shape.experts].to(device, at::kFloat);
+  }
 }
 
 void init_optimizer(ModelSession& session, AdamWConfig config, LrSchedule schedule, double max_grad_norm) {
@@ -104,6 +271,7 @@ OptimizerStepResult optimizer_step(ModelSession& session) {
   OptimizerStepResult out;
   out.lr = lr_at(session.schedule, session.updates);
   if (session.sharded) {
+    sum_tied_embedding_gradients(session);
     const auto r = session.sharded->step(out.lr, session.max_grad_norm);
     out.grad_norm = r.norm;
     out.skipped = !r.finite;
@@ -133,7 +301,7 @@ models::NamedTensors gather_parameters(ModelSession& session) {
     out.emplace_back(params[i].first, t.to(at::kCPU).contiguous().clone());
   }
   for (const auto& [name, b] : model.named_buffers()) out.emplace_back(name, b.detach().to(at::kCPU).contiguous().clone());
-  return out;
+  return gather_stages(model, std::move(out));
 }
 
 models::NamedTensors gather_gradients(ModelSession& session) {
@@ -152,10 +320,16 @@ models::NamedTensors gather_gradients(ModelSession& session) {
       const bool expert = placements[i].spec.split == parallel::Split::kExpert;
       (expert ? session.mesh->expert_data() : session.mesh->data_context()).all_reduce(g, parallel::ReduceOp::kSum);
       g = parallel::gather_tensor(g, placements[i], parallel::split_group(placements[i], *session.mesh));
+      // A tied embedding's two copies on a pipeline: its gradient is the sum of both.
+      if (model.tied_embeddings() && model.pipelined() && session.mesh->embedding() &&
+          params[i].first == "model.embed_tokens.weight") {
+        g = g.contiguous();
+        session.mesh->embedding()->all_reduce(g, parallel::ReduceOp::kSum);
+      }
     }
     out.emplace_back(params[i].first, g.to(at::kCPU).contiguous());
   }
-  return out;
+  return gather_stages(model, std::move(out));
 }
 
 void save_model(ModelSession& session, const std::string& dir, int64_t max_shard_bytes) {
@@ -163,7 +337,7 @@ void save_model(ModelSession& session, const std::string& dir, int64_t max_shard
   // Split tensors are gathered (one at a time, on every tensor rank); whole ones are as the model
   // holds them for the checkpoint (MoE experts unstacked).
   models::NamedTensors tensors;
-  if (model.tensor_parallel().size() > 1 || model.expert_parallel()) {
+  if (model.tensor_parallel().size() > 1 || model.expert_parallel() || model.pipelined()) {
     tensors = model.checkpoint_form(gather_parameters(session));
   } else if (writes_files(session)) {
     for (const auto& [name, p] : model.checkpoint_tensors()) tensors.emplace_back(name, p.detach().to(at::kCPU).contiguous());
@@ -199,7 +373,8 @@ void save_optimizer(ModelSession& session, const std::string& file) {
   if (session.grads_pending) {
     throw std::invalid_argument("model: gradients are pending; call optimizerStep before saving the optimizer");
   }
-  const auto state = session.sharded ? session.sharded->full_state() : session.optimizer->state();
+  const auto state = session.sharded ? gather_stages(*session.model, session.sharded->full_state())
+                                     : session.optimizer->state();
   bool ok = true;
   std::string error;
   if (writes_files(session)) {

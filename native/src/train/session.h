@@ -22,6 +22,7 @@
 #include "parallel/zero.h"
 #include "rollout/cuda_decoder.h"
 #include "train/optimizer.h"
+#include "train/pipeline.h"
 #include "train/schedule.h"
 
 namespace tiller::train {
@@ -67,6 +68,13 @@ layers::TokenLogprobs forward_logprobs(ModelSession& session, const at::Tensor& 
                                        const std::vector<int64_t>& cu, double temperature, int64_t chunk_tokens,
                                        const at::Tensor& replay, const models::ImageInputs* images = nullptr);
 
+// The two halves of forward_logprobs on a pipeline stage: the model's forward of `mb` (from
+// `stage_input` on a stage after the first; router statistics added to the session's), and the
+// logprobs of the last stage's hidden states.
+at::Tensor stage_forward(ModelSession& session, const MicroBatch& mb, const at::Tensor& stage_input);
+layers::TokenLogprobs head_logprobs(ModelSession& session, const at::Tensor& hidden, const MicroBatch& mb,
+                                    double temperature, int64_t chunk_tokens);
+
 // Parameters require grad only while a backward runs, so that logprobs and generation never build
 // a graph. Gradients stay on the parameters when the scope ends (training steps accumulate them).
 class GradScope {
@@ -79,6 +87,11 @@ class GradScope {
  private:
   const models::NamedTensors& params_;
 };
+
+// Under pipeline parallelism each stage counted only its own MoE layers: sums them over the
+// pipeline so every stage holds every layer's totals (a no-op otherwise). Collective over the
+// pipeline; called before the totals are read.
+void complete_router_stats(ModelSession& session);
 
 void init_optimizer(ModelSession& session, AdamWConfig config, LrSchedule schedule, double max_grad_norm);
 
@@ -93,7 +106,8 @@ OptimizerStepResult optimizer_step(ModelSession& session);
 
 // The whole tensors of the model (parameters, then buffers) or of its gradients (completed over
 // the tensor group and summed over the data group, as the optimizer will see them), by HF name,
-// on the host. Collective on a mesh; every rank gets them.
+// on the host; under pipeline parallelism every stage's, in layer order (a tied embedding once,
+// its gradient the sum of both copies'). Collective on a mesh; every rank gets them.
 models::NamedTensors gather_parameters(ModelSession& session);
 models::NamedTensors gather_gradients(ModelSession& session);
 

@@ -1,0 +1,127 @@
+// A pipeline-parallel experiment through the controller: two CPU worker processes in one gloo
+// process group, GRPO on the quickstart task with the decoder split over two stages (rollouts
+// through both stages with the last sampling, old logprobs from the last stage, the update 1F1B
+// over several micro-batches), against the same run on one rank; the PP2 checkpoint resumed on
+// one rank continues the same run. Then the same at CP2 (each sequence cut into 4 chunks over
+// the two ranks, K/V gathered for attention).
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { connect, type MetricsRow } from "../../src/index.js";
+import type { ExperimentConfig } from "../../src/rl/config.js";
+import { writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
+import { tempDir } from "../helpers/python.js";
+import { killAll, tiller } from "../helpers/runtime.js";
+
+const dir = tempDir("pipeline-experiment");
+after(() => {
+  killAll();
+  dir.cleanup();
+});
+
+const compared = [
+  "actor/pg_loss",
+  "actor/grad_norm",
+  "actor/entropy",
+  "critic/score/mean",
+  "actor/pg_clipfrac",
+];
+
+test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too", {
+  timeout: 400_000,
+}, async () => {
+  const model = join(dir.path, "model");
+  await writeTinyModel(model, { seed: 5, layers: 4 });
+  const config: ExperimentConfig = {
+    name: "stages",
+    runDir: join(dir.path, "one"),
+    seed: 3,
+    model: { path: model },
+    data: { train: writeNextDigitData(join(dir.path, "data")), maxPromptTokens: 8 },
+    promptsPerStep: 8,
+    rollout: { samplesPerPrompt: 4, maxResponseTokens: 3 },
+    // Several micro-batches per update, so the 1F1B schedule has some in flight.
+    tokensPerMicroBatch: 40,
+    miniBatchesPerStep: 2,
+    optimizer: { lr: 3e-3, maxGradNorm: 0.5 },
+    totalSteps: 4,
+  };
+  const address = `ipc://${dir.path}/c.sock`;
+  tiller(["controller", "--bind", address, "--cpu", "2"]);
+  const cluster = await connect(address, { timeoutMs: 60_000 });
+  try {
+    await cluster.waitForWorkers(2, 60_000);
+    const one = await cluster.experiment(config);
+    const oneRows = await one.run(4);
+    const oneTokens = await one.rollouts(3);
+    await one.close();
+
+    const staged = await cluster.experiment({
+      ...config,
+      name: "pp2",
+      runDir: join(dir.path, "pp2"),
+      parallel: { pipeline: 2 },
+      totalSteps: 3,
+    });
+    assert.deepEqual(
+      (await cluster.status()).workers.map((w) => [w.rank, w.mesh?.describe, w.mesh?.coordinates.pipeline]),
+      [
+        [0, "PP2", 0],
+        [1, "PP2", 1],
+      ],
+    );
+    const rows = await staged.run(3);
+    const responses = (t: Awaited<ReturnType<typeof staged.rollouts>>) =>
+      t
+        .getChild("response")
+        ?.toArray()
+        .map((r: Int32Array) => Array.from(r));
+    assert.deepEqual(responses(await staged.rollouts(3)), responses(oneTokens), "step 3's responses");
+    rows.forEach((row, i) => {
+      for (const key of compared) {
+        const a = row[key] as number;
+        const b = (oneRows[i] as MetricsRow)[key] as number;
+        assert.equal(typeof a, "number", `step ${i + 1}: ${key} missing`);
+        assert.ok(
+          Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)),
+          `step ${i + 1}: ${key} ${a} vs one rank ${b}`,
+        );
+      }
+    });
+    await staged.save();
+    await staged.close();
+
+    const resumed = await cluster.resume(join(dir.path, "pp2"), { totalSteps: 4, parallel: { gpus: 1 } });
+    assert.equal(resumed.stepsDone, 3);
+    const [row4] = await resumed.run(1);
+    for (const key of compared) {
+      const a = (row4 as MetricsRow)[key] as number;
+      const b = (oneRows[3] as MetricsRow)[key] as number;
+      assert.ok(Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)), `resumed step 4: ${key} ${a} vs ${b}`);
+    }
+    await resumed.close();
+
+    const context = await cluster.experiment({
+      ...config,
+      name: "cp2",
+      runDir: join(dir.path, "cp2"),
+      parallel: { context: 2 },
+      totalSteps: 3,
+    });
+    const cpRows = await context.run(3);
+    assert.deepEqual(responses(await context.rollouts(3)), responses(oneTokens), "CP2: step 3's responses");
+    cpRows.forEach((row, i) => {
+      for (const key of compared) {
+        const a = row[key] as number;
+        const b = (oneRows[i] as MetricsRow)[key] as number;
+        assert.ok(
+          Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)),
+          `CP2 step ${i + 1}: ${key} ${a} vs one rank ${b}`,
+        );
+      }
+    });
+    await context.close();
+  } finally {
+    await cluster.close();
+  }
+});
