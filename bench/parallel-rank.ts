@@ -6,7 +6,14 @@
 // malloc mmap threshold, so freed tensors leave the resident set: activations, gradients and
 // temporaries at their peak).
 import { readFileSync, writeFileSync } from "node:fs";
-import { type Layout, Mesh, Model, type PolicyMicroBatch, ProcessGroup } from "../src/index.js";
+import {
+  type Layout,
+  Mesh,
+  Model,
+  type PolicyMicroBatch,
+  ProcessGroup,
+  type RecomputeOptions,
+} from "../src/index.js";
 
 /** Resident kilobytes now and at the high-water mark since the last reset (Linux /proc). */
 function resident(): { now: number; peak: number } {
@@ -27,6 +34,7 @@ interface Config {
   steps: number;
   /** Sequences per micro-batch (default 1). */
   perMicroBatch?: number;
+  recompute?: RecomputeOptions;
 }
 
 const c = JSON.parse(process.argv[2] ?? "{}") as Config;
@@ -41,6 +49,7 @@ try {
   const mesh = await Mesh.create(pg, c.layout);
   const model = await Model.load(c.modelDir, { mesh });
   model.initOptimizer({ lr: 1e-4, maxGradNorm: 1 });
+  if (c.recompute) model.setTraining({ recompute: c.recompute });
   const data = mesh.info.layout.data;
   const mine = Array.from({ length: c.sequences }, (_, i) => i).filter(
     (i) => i % data === mesh.coordinates.data,

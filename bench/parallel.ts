@@ -8,7 +8,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Layout, MeshTraffic, ScheduleStats } from "../src/index.js";
+import type { Layout, MeshTraffic, RecomputeOptions, ScheduleStats } from "../src/index.js";
 import { freePort, runRanks } from "../tests/helpers/ranks.js";
 import { writeTinyDense, writeTinyMoe } from "../tests/helpers/tiny-models.js";
 import type { BenchResult } from "./common.js";
@@ -27,6 +27,7 @@ interface Workload {
   sequences: number;
   length: number;
   perMicroBatch: number;
+  recompute?: RecomputeOptions;
 }
 
 const defaultWorkload: Workload = { sequences: 8, length: 128, perMicroBatch: 1 };
@@ -203,6 +204,8 @@ async function pipelineLayouts(dir: string): Promise<BenchResult[]> {
     "16 x 128 tokens in 8 micro-batches",
     [
       ["PP2 (1F1B)", { pipeline: 2 }, 2],
+      // The last stage also runs the lm-head and the loss: one layer fewer there evens the stages.
+      ["PP2 (1F1B, stages 5 + 3)", { pipeline: 2, firstStageLayers: 5, lastStageLayers: 3 }, 2],
       ["PP4 (1F1B)", { pipeline: 4 }, 4],
     ],
     (ranks, one) => {
@@ -245,4 +248,44 @@ async function contextLayouts(dir: string): Promise<BenchResult[]> {
     },
     { sequences: 4, length: 1024, perMicroBatch: 1 },
   );
+}
+
+/**
+ * Activation recomputation on one rank: the Qwen3 shape of the pipeline bench (8 layers, hidden 128)
+ * on 4 sequences of 1,024 tokens, full and selective against none in the same run: the step time
+ * ratio (recomputation costs time) and the peak step memory (what it saves).
+ */
+export async function benchRecompute(): Promise<BenchResult[]> {
+  const dir = mkdtempSync(join(tmpdir(), "tiller-bench-recompute-"));
+  try {
+    const modelDir = join(dir, "model");
+    const config = await writeTinyDense(modelDir, {
+      family: "qwen3",
+      heads: 8,
+      kvHeads: 4,
+      hidden: 128,
+      layers: 8,
+      vocab: 2048,
+    });
+    const vocab = config.vocab_size as number;
+    const workload: Workload = { sequences: 4, length: 1024, perMicroBatch: 1 };
+    const [plain] = await timeLayout(modelDir, vocab, {}, 1, workload);
+    const mib = (b: number) => (b / 2 ** 20).toFixed(1);
+    const out: BenchResult[] = [];
+    for (const granularity of ["full", "selective"] as const) {
+      const [r] = await timeLayout(modelDir, vocab, {}, 1, { ...workload, recompute: { granularity } });
+      out.push({
+        name: `recompute/${granularity} train step (cpu, one rank, 4 x 1024 tokens, 8 layers)`,
+        value: r?.stepSeconds ?? Number.NaN,
+        unit: "s",
+        baseline: plain?.stepSeconds ?? Number.NaN,
+        baselineName: "no recomputation",
+        ratio: (plain?.stepSeconds ?? Number.NaN) / (r?.stepSeconds ?? Number.NaN),
+        detail: `peak step memory ${mib(r?.peakStepBytes ?? Number.NaN)} MiB vs ${mib(plain?.peakStepBytes ?? Number.NaN)} MiB without (${(100 * (1 - (r?.peakStepBytes ?? 0) / (plain?.peakStepBytes ?? 1))).toFixed(0)}% less)`,
+      });
+    }
+    return out;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

@@ -6,7 +6,7 @@ import { benchController } from "./controller.js";
 import { benchGenerate } from "./generate.js";
 import { benchMatmul } from "./matmul.js";
 import { benchMoe } from "./moe.js";
-import { benchParallel, benchPipeline } from "./parallel.js";
+import { benchParallel, benchPipeline, benchRecompute } from "./parallel.js";
 import { benchTrain, benchTrainMoe } from "./train.js";
 
 const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
@@ -17,6 +17,7 @@ const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
   "train-moe": benchTrainMoe,
   parallel: benchParallel,
   pipeline: benchPipeline,
+  recompute: benchRecompute,
   controller: benchController,
 };
 

@@ -33,9 +33,10 @@
 //   trainer.total_epochs=100                       totalSteps: 1400 (7473 rows // 512 = 14 an epoch)
 //   trainer.save_freq=-1                           checkpoint.everySteps: 0
 //
-// Not expressible here: override_transformer_config.num_layers_in_first_pipeline_stage=3 /
-// num_layers_in_last_pipeline_stage=2 (61 = 3 + 14 × 4 + 2; our layout only checks that 16 stages fit
-// in 61 layers), the commented-out full recompute (recompute_granularity / method / num_layers),
+//   override_transformer_config.num_layers_in_first_pipeline_stage=3 / _last_=2
+//                                                  parallel.firstStageLayers: 3, lastStageLayers: 2
+//                                                  (61 = 3 + 14 × 4 + 2, checked against the shape)
+// Not expressible here: the commented-out full recompute (recompute_granularity / method / num_layers),
 // param / grad / optimizer offload (ALL_OFFLOAD=True) and the reference's param offload,
 // use_dist_checkpointing with a Megatron dist_ckpt path (model.path is an HF folder), use_torch_compile,
 // rollout.tensor_model_parallel_size=32 (INFER_TP), rollout gpu_memory_utilization, validation
@@ -58,13 +59,15 @@ export const deepseekV3Shape: ModelShape = {
   experts: 256,
 };
 
-/** verl's layout: 512 GPUs, PP 16, TP 1, EP 32, ETP 1 (data parallel 32 is computed). */
+/** verl's layout: 512 GPUs, PP 16 (stages 3, 14 × 4, 2), TP 1, EP 32, ETP 1 (data parallel 32 is computed). */
 export const deepseekV3VerlLayout: ParallelLayout & { gpus: number } = {
   tensor: 1,
   pipeline: 16,
   context: 1,
   expert: 32,
   expertTensor: 1,
+  firstStageLayers: 3,
+  lastStageLayers: 2,
   gpus: 64 * 8,
 };
 

@@ -39,9 +39,10 @@
 //   trainer.total_training_steps=100               totalSteps: 100
 //   trainer.save_freq=20                           checkpoint.everySteps: 20
 //
-// Not expressible here: override_transformer_config.num_layers_in_first_pipeline_stage=5 /
-// num_layers_in_last_pipeline_stage=5 (94 = 5 + 6 × 14 + 5; our layout only checks that 8 stages fit
-// in 94 layers), param / grad / optimizer offload (offload=True) and the reference's param offload,
+//   override_transformer_config.num_layers_in_first_pipeline_stage=5 / _last_=5
+//                                                  parallel.firstStageLayers: 5, lastStageLayers: 5
+//                                                  (94 = 5 + 6 × 14 + 5, checked against the shape)
+// Not expressible here: param / grad / optimizer offload (offload=True) and the reference's param offload,
 // use_dist_checkpointing with the mcore dist_ckpt (model.path is an HF folder), gradient
 // checkpointing, rollout.tensor_model_parallel_size=8 (gen_tp), rollout gpu_memory_utilization /
 // enable_chunked_prefill / max_num_batched_tokens, the log-prob micro-batch sizes (4),
@@ -67,13 +68,15 @@ export const qwen3_235bShape: ModelShape = {
   experts: 128,
 };
 
-/** verl's layout: 256 GPUs, TP 4, PP 8, EP 4, ETP = TP (data parallel 8 is computed). */
+/** verl's layout: 256 GPUs, TP 4, PP 8 (stages 5, 6 × 14, 5), EP 4, ETP = TP (data parallel 8 is computed). */
 export const qwen3_235bVerlLayout: ParallelLayout & { gpus: number } = {
   tensor: 4,
   pipeline: 8,
   context: 1,
   expert: 4,
   expertTensor: 4,
+  firstStageLayers: 5,
+  lastStageLayers: 5,
   gpus: 32 * 8,
 };
 

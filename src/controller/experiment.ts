@@ -65,7 +65,14 @@ import {
   writeManifest,
 } from "../util/checkpoint.js";
 import { UserError } from "../util/errors.js";
-import { ModelRole, type PackedSequences, type RankCall, type RankCallEach, RunRanks } from "./roles.js";
+import {
+  ModelRole,
+  memoryMetrics,
+  type PackedSequences,
+  type RankCall,
+  type RankCallEach,
+  RunRanks,
+} from "./roles.js";
 import {
   concat,
   defaultPeakFlops,
@@ -581,6 +588,11 @@ export class ExperimentRun {
         ...(schedule ? { schedule } : {}),
       },
     });
+    if (this.#config.recompute.granularity !== "none") {
+      await this.#actor.everywhere("model.setTraining", { recompute: this.#config.recompute });
+    }
+    // Offloaded from the start: the first rollout has the device to itself.
+    if (this.#config.offload.optimizer) await this.#actor.everywhere("model.offload", {});
   }
 
   /** The value model from an HF folder (the actor's, or a checkpoint's critic/) with its AdamW. */
@@ -1263,6 +1275,9 @@ export class ExperimentRun {
    */
   async update(): Promise<StepBatch> {
     const batch = this.#current("update");
+    // An offloaded optimizer state comes back for the update and goes again after it.
+    const offload = this.#config.offload.optimizer;
+    if (offload) await this.#moveOptimizer(batch, "model.onload");
     await this.#timed(batch, "update", async () => {
       const { miniBatchesPerStep, epochsPerStep } = this.#config;
       const size = batch.samples.length / miniBatchesPerStep;
@@ -1376,8 +1391,20 @@ export class ExperimentRun {
           router.layers.reduce((a, l) => a + l.entropy, 0) / router.layers.length;
       }
       batch.metrics["timing_s/update_actor_engine"] = backwardS;
+      Object.assign(batch.metrics, memoryMetrics(await this.#actor.memory()));
     });
+    if (offload) await this.#moveOptimizer(batch, "model.offload");
     return batch;
+  }
+
+  /** The actor's optimizer state to the host or back on every rank: timing_s/offload or /onload, and the bytes. */
+  async #moveOptimizer(batch: StepBatch, command: "model.offload" | "model.onload"): Promise<void> {
+    const t0 = performance.now();
+    const moved = await this.#actor.everywhere(command, {});
+    const what = command === "model.offload" ? "offload" : "onload";
+    batch.timings[`timing_s/${what}`] =
+      (batch.timings[`timing_s/${what}`] ?? 0) + (performance.now() - t0) / 1000;
+    batch.metrics[`perf/${what}_bytes`] = moved.bytes;
   }
 
   /**

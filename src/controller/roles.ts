@@ -238,6 +238,8 @@ export class ModelRole {
     C extends
       | "model.initOptimizer"
       | "model.setTraining"
+      | "model.offload"
+      | "model.onload"
       | "model.save"
       | "model.saveOptimizer"
       | "model.loadOptimizer"
@@ -345,6 +347,14 @@ export class ModelRole {
     }
   }
 
+  /**
+   * Every rank's bytes (model.memory): now, and before the last update's optimizer step (with its
+   * gradients). In rank order.
+   */
+  async memory(): Promise<WorkerCommandResults["model.memory"][]> {
+    return this.ranks.all("model.memory", { name: this.name });
+  }
+
   /** Router statistics since the last call, over every replica's tokens. */
   async routerStats(): Promise<RouterStats> {
     const replies = await this.ranks.replicas("model.routerStats", () => ({ name: this.name }));
@@ -361,4 +371,30 @@ export class ModelRole {
     );
     return first as WorkerCommandResults["model.activations"];
   }
+}
+
+/**
+ * perf/memory/* of a step from every rank's model.memory: per kind the largest rank's bytes
+ * (parameters, gradients and optimizer state as they stood before the optimizer step, buffers),
+ * and on CUDA verl's perf/max_memory_allocated_gb / perf/max_memory_reserved_gb (GiB: the allocator's
+ * peak from the previous step's read to this update's optimizer step, and what it reserves).
+ */
+export function memoryMetrics(ranks: WorkerCommandResults["model.memory"][]): Record<string, number> {
+  const out: Record<string, number> = {};
+  const max = (key: string, v: number | undefined) => {
+    if (v === undefined) return;
+    out[key] = Math.max(out[key] ?? 0, v);
+  };
+  for (const r of ranks) {
+    const m = r.update ?? r.now;
+    max("perf/memory/parameters_bytes", m.parameters);
+    max("perf/memory/gradients_bytes", m.gradients);
+    max("perf/memory/optimizer_bytes", m.optimizer);
+    max("perf/memory/buffers_bytes", m.buffers);
+    if (m.device) {
+      max("perf/max_memory_allocated_gb", m.device.peak / 2 ** 30);
+      max("perf/max_memory_reserved_gb", m.device.reserved / 2 ** 30);
+    }
+  }
+  return out;
 }

@@ -154,6 +154,31 @@ export interface PolicyStepResult extends TrainStepResult {
   metrics: PolicyLossMetrics;
 }
 
+/** Activation recomputation in training forwards (Model.setTraining). */
+export interface RecomputeOptions {
+  granularity: "none" | "full" | "selective";
+  /** Decoder layers from the first that recompute (default all). */
+  layers?: number;
+}
+
+export interface TrainingOptions {
+  lr?: number;
+  maxGradNorm?: number;
+  recompute?: RecomputeOptions;
+}
+
+/** Model.memory(): bytes this rank holds. */
+export interface MemoryBytes {
+  parameters: number;
+  gradients: number;
+  /** Optimizer state on the device (0 while offloaded) and on the host (while offloaded). */
+  optimizer: number;
+  optimizerHost: number;
+  buffers: number;
+  /** CUDA: the caching allocator's bytes now, at the peak since the last read, and reserved. */
+  device?: { allocated: number; peak: number; reserved: number };
+}
+
 /** One micro-batch of Model.policySteps. */
 export interface PolicyMicroBatch {
   tokens: TokenIds;
@@ -263,7 +288,12 @@ export interface NativeModelAddon {
   /** addon/model.cc ModelProfileNext(handle, path): the next call runs under the Kineto profiler */
   modelProfileNext(handle: NativeModelHandle, path: string): void;
   /** addon/model.cc ModelSetTraining(handle, {lr?, maxGradNorm?}) */
-  modelSetTraining(handle: NativeModelHandle, options: { lr?: number; maxGradNorm?: number }): void;
+  modelSetTraining(handle: NativeModelHandle, options: TrainingOptions): void;
+  /** addon/model.cc ModelMemory: bytes by kind; on CUDA the allocator's (peak reset by the read) */
+  modelMemory(handle: NativeModelHandle): MemoryBytes;
+  /** addon/model.cc OffloadWork: the optimizer state to host memory / back */
+  modelOffload(handle: NativeModelHandle): Promise<{ bytes: number; seconds: number }>;
+  modelOnload(handle: NativeModelHandle): Promise<{ bytes: number; seconds: number }>;
   /** addon/model.cc SaveOptimizerWork: async, the optimizer state to one safetensors file (atomic) */
   modelSaveOptimizer(handle: NativeModelHandle, file: string): Promise<void>;
   /** addon/model.cc LoadOptimizerWork: async, a file modelSaveOptimizer wrote, into the optimizer */
@@ -799,15 +829,55 @@ export class Model {
     native().modelProfileNext(this.handle, path);
   }
 
-  /** Changes the peak learning rate (the schedule keeps its shape and position) and/or the clip norm. */
-  setTraining(options: { lr?: number; maxGradNorm?: number }): void {
+  /**
+   * Changes the peak learning rate (the schedule keeps its shape and position) and/or the clip
+   * norm, and/or activation recomputation: `recompute.granularity` "full" re-runs whole decoder
+   * layers in backward (the forward keeps only each layer's input), "selective" the attention core
+   * and the MoE experts; `layers` counts from the first layer (default all). Gradients are the same.
+   */
+  setTraining(options: TrainingOptions): void {
     for (const key of ["lr", "maxGradNorm"] as const) {
       const v = options[key];
       if (v !== undefined && !(typeof v === "number" && Number.isFinite(v) && v > 0)) {
         throw new RangeError(`options.${key}: ${JSON.stringify(v)} must be a positive number`);
       }
     }
+    const r = options.recompute;
+    if (r !== undefined) {
+      if (r === null || typeof r !== "object")
+        throw new TypeError("options.recompute: expected {granularity, layers?}");
+      if (!["none", "full", "selective"].includes(r.granularity)) {
+        throw new RangeError(
+          `options.recompute.granularity: ${JSON.stringify(r.granularity)}; allowed: "none", "full", "selective"`,
+        );
+      }
+      if (r.layers !== undefined && !(Number.isSafeInteger(r.layers) && r.layers >= 0)) {
+        throw new RangeError(`options.recompute.layers: ${JSON.stringify(r.layers)} must be an integer ≥ 0`);
+      }
+    }
     native().modelSetTraining(this.handle, options);
+  }
+
+  /**
+   * Bytes this rank holds by kind, counted from its tensors (parameters, gradients while they are
+   * pending, optimizer state, buffers); on CUDA also the caching allocator's current, peak (since
+   * the previous memory() call, which resets it) and reserved bytes.
+   */
+  memory(): MemoryBytes {
+    return native().modelMemory(this.handle);
+  }
+
+  /**
+   * Moves the optimizer state (fp32 masters, moments) to host memory (pinned on CUDA), freeing the
+   * device for rollout; onloadOptimizer() brings it back, and optimizerStep() does so by itself.
+   * Saving and loading the state work in either place. The bytes moved (0 if already there).
+   */
+  offloadOptimizer(): Promise<{ bytes: number; seconds: number }> {
+    return native().modelOffload(this.handle);
+  }
+
+  onloadOptimizer(): Promise<{ bytes: number; seconds: number }> {
+    return native().modelOnload(this.handle);
   }
 
   /**

@@ -225,6 +225,8 @@ function fromRecipe(r: string | ExperimentConfig): {
       expert: p.expert,
       expertTensor: p.expertTensor,
       sequenceParallel: p.sequenceParallel,
+      ...(p.firstStageLayers !== undefined ? { firstStageLayers: p.firstStageLayers } : {}),
+      ...(p.lastStageLayers !== undefined ? { lastStageLayers: p.lastStageLayers } : {}),
     },
     gpus: p.gpus,
     reference: c.algorithm.loss.kl !== undefined || c.algorithm.klReward !== undefined,

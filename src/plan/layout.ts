@@ -295,7 +295,11 @@ export function resolveRolloutLayout(
 /** Whether the training layout is one the engine runs today; the reasons when not. */
 export function engineSupport(spec: ModelSpec, layout: TrainLayout): string[] {
   const why: string[] = [];
-  if (layout.context > 1) why.push("context parallelism is not in the engine yet");
+  if (layout.context > 1 && (spec.moe || spec.attention.kind === "mla" || spec.vision)) {
+    why.push("context parallelism of MoE, MLA and vision models is not in the engine yet");
+  }
+  if (layout.context > 1 && layout.pipeline > 1)
+    why.push("context parallelism with pipeline stages is not in the engine yet");
   if (layout.expertTensor > 1) why.push("expert tensor parallelism is not in the engine yet");
   if (spec.vision && layout.pipeline > 1)
     why.push("pipeline parallelism of Qwen2.5-VL is refused by the engine");

@@ -3,7 +3,7 @@
 // Controller ⇄ worker: {type: "join" | "welcome" | "heartbeat" | "command" | "reply" | ...}.
 // Worker commands (what a rank can be told to do) are declared here once; the controller forwards
 // them and the worker's command table implements them.
-import type { RouterStats, ScheduleStats } from "../native/model.js";
+import type { MemoryBytes, RouterStats, ScheduleStats } from "../native/model.js";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
 import {
   anything,
@@ -183,7 +183,15 @@ export const workerCommandArgs = {
     name: modelName,
     lr: optional(number({ min: Number.MIN_VALUE })),
     maxGradNorm: optional(number({ min: Number.MIN_VALUE })),
+    recompute: optional(
+      object({ granularity: literal("none", "full", "selective"), layers: optional(integer({ min: 0 })) }),
+    ),
   }),
+  /** Bytes the model holds on this rank now, and as they stood before the last update's optimizer step. */
+  "model.memory": object({ name: modelName }),
+  /** The optimizer state to host memory and back. */
+  "model.offload": object({ name: modelName }),
+  "model.onload": object({ name: modelName }),
   /** The optimizer's state to one safetensors file / back (checkpoints). */
   "model.saveOptimizer": object({ name: modelName, file: string() }),
   "model.loadOptimizer": object({ name: modelName, file: string() }),
@@ -564,6 +572,9 @@ export interface WorkerCommandResults {
   };
   "model.save": { dir: string };
   "model.setTraining": { name: string };
+  "model.memory": { now: MemoryBytes; update?: MemoryBytes };
+  "model.offload": { bytes: number; seconds: number };
+  "model.onload": { bytes: number; seconds: number };
   "model.activations": { values: Float32Array; shape: [number, number] };
   "model.saveOptimizer": { file: string };
   "model.loadOptimizer": { file: string };

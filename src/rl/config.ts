@@ -163,6 +163,19 @@ export interface ExperimentConfig {
    * context × this many tokens.
    */
   tokensPerMicroBatch: number;
+  /**
+   * Activation recomputation of the actor's training forwards (Megatron's recompute_granularity /
+   * recompute_num_layers): "full" re-runs whole decoder layers in backward, "selective" the
+   * attention core and the MoE experts; `layers` from the first (default all). Gradients are the
+   * same; peak activation memory falls. Default "none".
+   */
+  recompute?: { granularity: "none" | "full" | "selective"; layers?: number };
+  /**
+   * The actor's optimizer state (fp32 masters and Adam moments) in host memory between updates
+   * (verl's optimizer_offload): onloaded before each update, offloaded after it, so rollout and
+   * logprob passes have the device. timing_s/offload and timing_s/onload measure it. Default false.
+   */
+  offload?: { optimizer?: boolean };
   algorithm?: {
     /** Default grpo. verl's reinforce_plus_plus(_baseline) are accepted for reinforce++(-baseline). */
     advantage?: AdvantageEstimator | "reinforce_plus_plus" | "reinforce_plus_plus_baseline";
@@ -286,6 +299,8 @@ export interface ResolvedConfig {
   miniBatchesPerStep: number;
   epochsPerStep: number;
   tokensPerMicroBatch: number;
+  recompute: { granularity: "none" | "full" | "selective"; layers?: number };
+  offload: { optimizer: boolean };
   algorithm: {
     advantage: AdvantageEstimator;
     gamma: number;
@@ -628,6 +643,8 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     "miniBatchesPerStep",
     "epochsPerStep",
     "tokensPerMicroBatch",
+    "recompute",
+    "offload",
     "algorithm",
     "optimizer",
     "critic",
@@ -738,6 +755,22 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
       `${tokensPerMicroBatch} is less than one sequence can hold (data.maxPromptTokens + rollout.maxResponseTokens = ${maxPromptTokens + maxResponseTokens})`,
     );
   }
+
+  const recomputeIn = c.recompute === undefined ? {} : obj(c.recompute, "recompute");
+  known(recomputeIn, "recompute", ["granularity", "layers"]);
+  const recompute: ResolvedConfig["recompute"] = {
+    granularity: oneOf(
+      recomputeIn.granularity,
+      "recompute.granularity",
+      ["none", "full", "selective"],
+      "none",
+    ),
+    ...(recomputeIn.layers !== undefined ? { layers: int(recomputeIn.layers, "recompute.layers", 0) } : {}),
+  };
+
+  const offloadIn = c.offload === undefined ? {} : obj(c.offload, "offload");
+  known(offloadIn, "offload", ["optimizer"]);
+  const offload = { optimizer: bool(offloadIn.optimizer, "offload.optimizer", false) };
 
   const algorithm = c.algorithm === undefined ? {} : obj(c.algorithm, "algorithm");
   known(algorithm, "algorithm", [
@@ -960,6 +993,8 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     miniBatchesPerStep,
     epochsPerStep: int(c.epochsPerStep, "epochsPerStep", 1, 1),
     tokensPerMicroBatch,
+    recompute,
+    offload,
     algorithm: resolvedAlgorithm,
     optimizer: resolvedOptimizer,
     reward: {

@@ -10,7 +10,7 @@ import { Critic, type ValueLossConfig } from "../native/critic.js";
 import { Mesh, ProcessGroup, replicaOf, replicaRanks } from "../native/dist.js";
 import { engineInfo } from "../native/engine.js";
 import { inspectCheckpoint } from "../native/io.js";
-import { Model, type OptimizerOptions } from "../native/model.js";
+import { type MemoryBytes, Model, type OptimizerOptions } from "../native/model.js";
 import {
   checkPolicyLossConfig,
   type PolicyLossConfig,
@@ -67,6 +67,8 @@ export class WorkerState {
   readonly models = new Map<string, Model>();
   /** Each model's vocab_size (from its config.json), to refuse out-of-vocabulary ids by position. */
   readonly vocabSizes = new Map<string, number>();
+  /** Each model's memory before its last update's optimizer step (gradients still held). */
+  readonly updateMemory = new Map<string, MemoryBytes>();
   /** PPO value models, by name. */
   readonly critics = new Map<string, Critic>();
   readonly device: string;
@@ -268,6 +270,15 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
 
   "model.routerStats": async (state, args) => state.model(args.name).routerStats(),
 
+  "model.offload": async (state, args) => state.model(args.name).offloadOptimizer(),
+  "model.onload": async (state, args) => state.model(args.name).onloadOptimizer(),
+
+  "model.memory": async (state, args) => {
+    const now = state.model(args.name).memory();
+    const update = state.updateMemory.get(args.name);
+    return update ? { now, update } : { now };
+  },
+
   "model.trainStep": async (state, args) =>
     checkTokenIds(state, args.name, args.tokens, "args.tokens")
       .model(args.name)
@@ -309,6 +320,7 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       for (const [k, v] of Object.entries(r.metrics)) total.metrics[k] = (total.metrics[k] ?? 0) + v;
     }
     const backwardDone = performance.now();
+    state.updateMemory.set(args.name, model.memory());
     const step = await model.optimizerStep();
     return {
       ...step,
@@ -356,6 +368,7 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     // Freeing a model that was never loaded is a mistake (a typo in the name), not a success.
     state.model(args.name).dispose();
     state.vocabSizes.delete(args.name);
+    state.updateMemory.delete(args.name);
     return { freed: state.models.delete(args.name) };
   },
 

@@ -22,7 +22,7 @@ export async function runLayout(
   layout: Layout,
   world: number,
   tag: string,
-  extra: Partial<Pick<ParallelRankConfig, "saveDir" | "scenario" | "unevenGenerate">> = {},
+  extra: Partial<Pick<ParallelRankConfig, "saveDir" | "scenario" | "unevenGenerate" | "recompute">> = {},
 ): Promise<{ result: ScenarioResult; ranks: RankResult[] }> {
   const port = await freePort();
   const out = join(dir, `${tag}.json`);

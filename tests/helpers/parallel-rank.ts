@@ -27,6 +27,8 @@ export interface ParallelRankConfig {
    * lockstep).
    */
   unevenGenerate?: number[][];
+  /** Activation recomputation for the training forwards (Model.setTraining). */
+  recompute?: import("../../src/index.js").RecomputeOptions;
   /** Instead of the scenario: load this folder (and its optimizer.safetensors) and write the gathered state to `out`. */
   loadOnly?: boolean;
 }
@@ -46,6 +48,7 @@ try {
   });
   mesh = await Mesh.create(pg, config.layout);
   model = await Model.load(config.modelDir, { mesh });
+  if (config.recompute) model.setTraining({ recompute: config.recompute });
   if (config.exitAfterLoad) {
     process.stdout.write(`${JSON.stringify({ rank: config.rank, ok: true, exited: true })}\n`);
     process.exit(3);

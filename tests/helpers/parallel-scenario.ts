@@ -30,6 +30,8 @@ export interface ScenarioResult {
   pgLoss: number[];
   parameters: Record<string, number[]>;
   generated: number[][];
+  /** ScenarioOptions.offloadOptimizer: per update, the bytes moved and where memory() saw the state. */
+  offloaded?: { moved: number; device: number; host: number }[];
 }
 
 function byName(list: NamedHostTensor[]): Record<string, number[]> {
@@ -65,6 +67,11 @@ export interface ScenarioOptions {
    * instead of one policyStep each.
    */
   batched?: boolean;
+  /**
+   * The optimizer state goes to host memory after each update (optimizerStep brings it back for the
+   * next); the result then records the bytes memory() reported on the host and on the device.
+   */
+  offloadOptimizer?: boolean;
 }
 
 /** [tokens, moe layers, top_k] expert ids for `tokens` (see ScenarioOptions.forcedRouting). */
@@ -178,6 +185,11 @@ export async function runScenario(
     if (update === 0) result.gradients = byName(await model.gather("gradients"));
     const opt = await model.optimizerStep();
     result.gradNorms.push(opt.gradNorm);
+    if (options.offloadOptimizer) {
+      const moved = await model.offloadOptimizer();
+      const m = model.memory();
+      (result.offloaded ??= []).push({ moved: moved.bytes, device: m.optimizer, host: m.optimizerHost });
+    }
   }
   result.parameters = byName(await model.gather("parameters"));
   if (options.generate === false) return result;

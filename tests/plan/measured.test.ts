@@ -45,6 +45,18 @@ const cases: Case[] = [
   { label: "EP2", layout: { expert: 2, data: 2 }, world: 2, model: { moe: { experts: 4, topK: 2 } } },
   { label: "EP2 × EDP2", layout: { expert: 2, data: 4 }, world: 4, model: { moe: { experts: 4, topK: 2 } } },
   { label: "EP4", layout: { expert: 4, data: 4 }, world: 4, model: { moe: { experts: 4, topK: 2 } } },
+  {
+    label: "PP2 × TP2",
+    layout: { pipeline: 2, tensor: 2 },
+    world: 4,
+    model: { dense: { family: "qwen3", heads: 4, kvHeads: 2, layers: 4 } },
+  },
+  {
+    label: "PP2, tied embedding (first and last stage)",
+    layout: { pipeline: 2 },
+    world: 2,
+    model: { dense: { family: "qwen3", heads: 4, kvHeads: 2, layers: 4, tied: true } },
+  },
 ];
 
 function planOf(dir: string, c: Case): Plan {
@@ -54,6 +66,7 @@ function planOf(dir: string, c: Case): Plan {
     gpus: c.world,
     train: {
       tensor: c.layout.tensor ?? 1,
+      pipeline: c.layout.pipeline ?? 1,
       expert: c.layout.expert ?? 1,
       sequenceParallel: c.layout.sequenceParallel ?? false,
     },
@@ -93,13 +106,15 @@ for (const c of cases) {
       for (const r of ranks) assert.equal(r.ok, true, `rank ${r.rank}: ${r.error}`);
 
       const p = planOf(modelDir, c);
-      const stage = p.stages[0];
-      assert.ok(stage && p.stages.length === 1);
-      const planned = stage.static;
+      assert.equal(p.stages.length, c.layout.pipeline ?? 1);
       const dataRanks = p.train.data * p.train.context;
-      const zero = (group: "data" | "expertData", collective: string) =>
-        stage.traffic.find((e) => e.group === group && e.collective === collective)?.payloadBytes;
       for (const r of ranks) {
+        // Each rank against its own pipeline stage's plan.
+        const stage = p.stages[r.stage];
+        assert.ok(stage, `rank ${r.rank}: stage ${r.stage} planned`);
+        const planned = stage.static;
+        const zero = (group: "data" | "expertData", collective: string) =>
+          stage.traffic.find((e) => e.group === group && e.collective === collective)?.payloadBytes;
         const at = `${c.label}, rank ${r.rank}`;
         assert.deepEqual(r.parameters, planned.parameters, `${at}: parameter bytes by kind`);
         assert.equal(r.gradients, planned.gradients, `${at}: gradient bytes`);
@@ -147,12 +162,15 @@ for (const c of cases) {
           );
         }
       }
-      const o = planned.optimizer;
-      console.log(
-        `${c.label}: per rank parameters ${JSON.stringify(planned.parameters)} B, gradients ${planned.gradients} B, ` +
-          `optimizer shard ${o.shardElements.dense} dense + ${o.shardElements.expert} expert elements ` +
-          `(${o.masters + o.moments + o.normMask} B) — planned = measured on all ${c.world} ranks`,
-      );
+      for (const [s, stage] of p.stages.entries()) {
+        const planned = stage.static;
+        const o = planned.optimizer;
+        console.log(
+          `${c.label}, stage ${s}: per rank parameters ${JSON.stringify(planned.parameters)} B, gradients ${planned.gradients} B, ` +
+            `optimizer shard ${o.shardElements.dense} dense + ${o.shardElements.expert} expert elements ` +
+            `(${o.masters + o.moments + o.normMask} B) — planned = measured on all ${c.world} ranks`,
+        );
+      }
     } finally {
       dir.cleanup();
     }

@@ -22,6 +22,8 @@ export interface MeasuredRank {
   /** Bytes of this rank's parameter slices by kind (the test's own classification by HF name). */
   parameters: Record<"embedding" | "dense" | "expert" | "vision", number>;
   gradients: number;
+  /** This rank's pipeline stage. */
+  stage: number;
   /** What one optimizer step moved on each group (mesh.traffic(), groups of one rank absent). */
   zero: Record<string, Record<string, { calls: number; bytes: number }>>;
 }
@@ -64,7 +66,9 @@ try {
   const zero = Object.fromEntries(
     Object.entries(traffic).filter(([group]) => group === "data_context" || group === "expert_data"),
   );
-  process.stdout.write(`${JSON.stringify({ rank: config.rank, ok: true, parameters, gradients, zero })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ rank: config.rank, ok: true, parameters, gradients, stage: mesh.coordinates.pipeline, zero })}\n`,
+  );
 } catch (error) {
   const message = error instanceof Error ? `${error.message}\n${error.stack}` : String(error);
   process.stdout.write(`${JSON.stringify({ rank: config.rank, ok: false, error: message })}\n`);

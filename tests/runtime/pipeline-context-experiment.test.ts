@@ -3,7 +3,7 @@
 // through both stages with the last sampling, old logprobs from the last stage, the update 1F1B
 // over several micro-batches), against the same run on one rank; the PP2 checkpoint resumed on
 // one rank continues the same run. Then the same at CP2 (each sequence cut into 4 chunks over
-// the two ranks, K/V gathered for attention).
+// the two ranks, K/V gathered for attention); then offload and recomputation on one rank.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -27,7 +27,7 @@ const compared = [
   "actor/pg_clipfrac",
 ];
 
-test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too", {
+test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too; offload and recompute on one rank change no metric", {
   timeout: 400_000,
 }, async () => {
   const model = join(dir.path, "model");
@@ -121,6 +121,42 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
       }
     });
     await context.close();
+
+    // Offload and recompute on one rank: the same rows, the state moved between stages, memory reported.
+    const managed = await cluster.experiment({
+      ...config,
+      name: "managed",
+      runDir: join(dir.path, "managed"),
+      offload: { optimizer: true },
+      recompute: { granularity: "full" },
+      totalSteps: 3,
+    });
+    const managedRows = await managed.run(3);
+    managedRows.forEach((row, i) => {
+      for (const key of compared) {
+        const a = row[key] as number;
+        const b = (oneRows[i] as MetricsRow)[key] as number;
+        assert.ok(
+          Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)),
+          `offload + recompute step ${i + 1}: ${key} ${a} vs ${b}`,
+        );
+      }
+      assert.ok(
+        (row["timing_s/offload"] as number) > 0 && (row["timing_s/onload"] as number) > 0,
+        "offload timed",
+      );
+      assert.ok((row["perf/offload_bytes"] as number) > 0, "the optimizer state moved to the host");
+      assert.ok(
+        (row["perf/memory/parameters_bytes"] as number) > 0 &&
+          (row["perf/memory/gradients_bytes"] as number) > 0,
+      );
+      assert.equal(
+        row["perf/memory/optimizer_bytes"],
+        row["perf/onload_bytes"],
+        "on the device for the update: what came back",
+      );
+    });
+    await managed.close();
   } finally {
     await cluster.close();
   }

@@ -156,6 +156,9 @@ test("deepseek-v3-671b: verl's 512-GPU layout, data parallel computed", () => {
     sequenceParallel: false,
     data: 32,
     gpus: 512,
+    // verl's num_layers_in_first/last_pipeline_stage: 61 = 3 + 14 × 4 + 2.
+    firstStageLayers: 3,
+    lastStageLayers: 2,
   });
   assert.equal(layoutProduct(c.parallel), 512);
   // Expert data parallel: tensor × context × data / (expert × expertTensor) = 32 / 32.
@@ -195,6 +198,8 @@ test("qwen3-235b: verl's 256-GPU layout (ETP = TP, as Megatron's default)", () =
   );
   assert.equal(c.parallel.data, 8);
   assert.equal(c.parallel.gpus, 256);
+  // verl's num_layers_in_first/last_pipeline_stage: 94 = 5 + 6 × 14 + 5.
+  assert.deepEqual([c.parallel.firstStageLayers, c.parallel.lastStageLayers], [5, 5]);
   assert.equal(layoutProduct(c.parallel), 256);
   assert.equal(c.promptsPerStep, 256);
   assert.equal(c.rollout.samplesPerPrompt, 4);

@@ -3,6 +3,7 @@
 // accumulated gradients, AdamW steps), MoE routing replay and router statistics,
 // and a weighted-NLL backward for parity tests. Long calls run as async work; each holds the
 // model's own mutex so that calls on one model never overlap.
+#include <chrono>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -832,16 +833,73 @@ Napi::Value ModelOptimizerStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// The optimizer state to host memory and back (train::offload_optimizer / reload_optimizer),
+// off the JS thread: the copies of a large state take a while.
+class OffloadWork final : public ModelWork {
+ public:
+  OffloadWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, bool to_host)
+      : ModelWork(env, to_host ? "tiller.modelOffload" : "tiller.modelOnload", std::move(slot)), to_host_(to_host) {}
+
+  void RunLocked(ModelSlot& slot) override {
+    const auto start = std::chrono::steady_clock::now();
+    bytes_ = to_host_ ? train::offload_optimizer(slot) : train::reload_optimizer(slot);
+    synchronize(slot.model->device());
+    seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    auto out = Napi::Object::New(env);
+    out["bytes"] = static_cast<double>(bytes_);
+    out["seconds"] = seconds_;
+    return out;
+  }
+
+ private:
+  bool to_host_;
+  int64_t bytes_ = 0;
+  double seconds_ = 0;
+};
+
+// modelOffload(handle) / modelOnload(handle) -> Promise<{bytes, seconds}>: the optimizer state to
+// host memory (pinned on CUDA) and back; bytes 0 when it was already there.
+Napi::Value ModelOffload(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value { return queue_work<OffloadWork>(env, slot_of(info[0]), true); });
+}
+
+Napi::Value ModelOnload(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value { return queue_work<OffloadWork>(env, slot_of(info[0]), false); });
+}
+
 // modelSetTraining(handle, {lr?, maxGradNorm?}): changes the peak rate (the schedule keeps its shape
 // and position) and the clipping norm between steps; the optimizer state is kept.
 Napi::Value ModelSetTraining(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto slot = slot_of(info[0]);
-    if (!info[1].IsObject()) throw std::invalid_argument("options: expected {lr?, maxGradNorm?}");
+    if (!info[1].IsObject()) throw std::invalid_argument("options: expected {lr?, maxGradNorm?, recompute?}");
     auto o = info[1].As<Napi::Object>();
     std::lock_guard<std::mutex> lock(slot->mutex);
-    if (!slot->has_optimizer()) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+    if (o.Has("recompute")) {
+      const auto r = o.Get("recompute");
+      if (!r.IsObject()) throw std::invalid_argument("options.recompute: expected {granularity, layers?}");
+      const auto ro = r.As<Napi::Object>();
+      layers::RecomputePolicy policy;
+      policy.granularity = layers::recompute_from_name(string_field(ro, "granularity", "options.recompute"),
+                                                       "options.recompute.granularity");
+      if (ro.Has("layers")) {
+        const double n = number_field(ro, "layers", "options.recompute", 0);
+        if (!(n >= 0) || n != static_cast<double>(static_cast<int64_t>(n))) {
+          throw std::invalid_argument("options.recompute.layers: must be an integer >= 0 (layers from the first)");
+        }
+        policy.layers = static_cast<int64_t>(n);
+      }
+      slot->model->set_recompute(policy);
+    }
+    if ((o.Has("lr") || o.Has("maxGradNorm")) && !slot->has_optimizer()) {
+      throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+    }
     if (o.Has("lr")) {
       const double lr = number_field(o, "lr", "options", 0);
       if (!(lr > 0)) throw std::invalid_argument("options.lr: must be > 0");
@@ -1038,6 +1096,32 @@ Napi::Value ModelRouterStats(const Napi::CallbackInfo& info) {
   });
 }
 
+// modelMemory(handle) -> {parameters, gradients, optimizer, optimizerHost, buffers, device?: {allocated, peak, reserved}}: bytes this
+// rank holds by kind, counted from the tensors; on CUDA also the caching allocator's current and peak
+// allocation (peak since the last read, which resets it).
+Napi::Value ModelMemory(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto slot = slot_of(info[0]);
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    const auto m = train::memory_of(*slot);
+    auto out = Napi::Object::New(env);
+    out["parameters"] = static_cast<double>(m.parameters);
+    out["gradients"] = static_cast<double>(m.gradients);
+    out["optimizer"] = static_cast<double>(m.optimizer);
+    out["buffers"] = static_cast<double>(m.buffers);
+    out["optimizerHost"] = static_cast<double>(m.optimizer_host);
+    if (m.device_allocated >= 0) {
+      auto device = Napi::Object::New(env);
+      device["allocated"] = static_cast<double>(m.device_allocated);
+      device["peak"] = static_cast<double>(m.device_peak);
+      device["reserved"] = static_cast<double>(m.device_reserved);
+      out["device"] = device;
+    }
+    return out;
+  });
+}
+
 // supportedArchitectures() -> string[]
 Napi::Value SupportedArchitectures(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -1058,6 +1142,9 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelOptimizerInit"] = Napi::Function::New(env, ModelOptimizerInit, "modelOptimizerInit");
   exports["modelOptimizerStep"] = Napi::Function::New(env, ModelOptimizerStep, "modelOptimizerStep");
   exports["modelProfileNext"] = Napi::Function::New(env, ModelProfileNext, "modelProfileNext");
+  exports["modelOffload"] = Napi::Function::New(env, ModelOffload, "modelOffload");
+  exports["modelOnload"] = Napi::Function::New(env, ModelOnload, "modelOnload");
+  exports["modelMemory"] = Napi::Function::New(env, ModelMemory, "modelMemory");
   exports["modelSetTraining"] = Napi::Function::New(env, ModelSetTraining, "modelSetTraining");
   exports["modelSaveOptimizer"] = Napi::Function::New(env, ModelSaveOptimizer, "modelSaveOptimizer");
   exports["modelLoadOptimizer"] = Napi::Function::New(env, ModelLoadOptimizer, "modelLoadOptimizer");

@@ -31,6 +31,13 @@ int64_t CausalLM::stage_rows(const PackedBatch& batch) const {
   return sp ? (tokens + tp_.size() - 1) / tp_.size() : tokens;
 }
 
+void CausalLM::set_recompute(const layers::RecomputePolicy& policy) {
+  if (policy.granularity != layers::Recompute::kNone && !supports_recompute()) {
+    throw std::invalid_argument("recompute: not for this model family yet (the dense decoders, Qwen3-MoE and Mixtral run it)");
+  }
+  recompute_ = policy;
+}
+
 void CausalLM::check_stage_input(const PackedBatch& batch) const {
   const auto rows = stage_rows(batch);
   const auto& x = batch.stage_input;

@@ -10,6 +10,7 @@
 
 #include "layers/attention.h"
 #include "layers/moe.h"
+#include "layers/recompute.h"
 #include "layers/rope.h"
 #include "parallel/tensor_parallel.h"
 
@@ -127,6 +128,11 @@ class CausalLM {
   // Per sequence of a prompt batch, what to add to a generated token's cache position to get its
   // rope position (M-RoPE packs an image's tokens into fewer positions); empty: nothing.
   virtual std::vector<int64_t> position_shift(const PackedBatch& /*prompts*/) const { return {}; }
+  // Activation recomputation in training forwards (layers/recompute.h): the decoder families say
+  // whether they run it; set_recompute refuses a policy the family cannot run.
+  virtual bool supports_recompute() const { return false; }
+  void set_recompute(const layers::RecomputePolicy& policy);
+  const layers::RecomputePolicy& recompute_policy() const { return recompute_; }
   // True when rope frequencies do not depend on the context length (not dynamic NTK): the
   // forward then does no host work, which CUDA graph capture requires.
   virtual bool fixed_rope() const = 0;
@@ -149,6 +155,7 @@ class CausalLM {
   int64_t vocab_start_ = 0;
   parallel::StageRange stage_;
   bool tied_ = false;
+  layers::RecomputePolicy recompute_;
 };
 
 }  // namespace tiller::models

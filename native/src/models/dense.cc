@@ -9,6 +9,7 @@
 #include "layers/attention.h"
 #include "layers/mlp.h"
 #include "layers/norm.h"
+#include "layers/recompute.h"
 #include "parallel/collectives.h"
 
 namespace tiller::models {
@@ -71,6 +72,14 @@ struct Block {
   at::Tensor post_norm, gate, up, down;
   int64_t moe_index = -1;  // place among the MoE layers; -1: the dense MLP
   layers::MoeWeights moe;
+};
+
+// What a recomputed layer reads in backward, after the forward that saved it has returned.
+struct RecomputeState {
+  PackedBatch batch;
+  std::optional<parallel::ContextShards> context;  // batch.context points here
+  layers::RopeTable rope;
+  layers::Routing routing;  // replay only: the recomputation counts no statistics
 };
 
 class DenseDecoder final : public CausalLM {
@@ -148,6 +157,7 @@ class DenseDecoder final : public CausalLM {
     return {static_cast<int64_t>(config_.moe_layers.size()), config_.moe.experts, config_.moe.top_k};
   }
   bool fixed_rope() const override { return static_rope_.has_value(); }
+  bool supports_recompute() const override { return true; }
   at::Device device() const override { return device_; }
   at::ScalarType dtype() const override { return dtype_; }
 
@@ -175,8 +185,27 @@ class DenseDecoder final : public CausalLM {
     // A vision-language model's image rows (never under sequence parallelism: it refuses it).
     if (batch.embed_rows.defined()) x = x.index_put({batch.embed_rows}, batch.embed_values);
     if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, input.tokens.size(0)));
-    for (size_t l = 0; l < blocks_.size(); ++l) {
+    // What a recomputation in backward reads (after this forward has returned): the batch as
+    // attention sees it, rope, and a routing that replays without counting again.
+    const bool recomputing = recompute_.granularity != layers::Recompute::kNone && at::GradMode::is_enabled();
+    std::shared_ptr<RecomputeState> saved;
+    if (recomputing) {
+      saved = std::make_shared<RecomputeState>();
+      saved->batch = batch;
+      if (batch.context) {
+        saved->context = *batch.context;
+        saved->batch.context = &*saved->context;
+      }
+      saved->rope = rope;
+      if (batch.routing) saved->routing.replay = batch.routing->replay;
+    }
+    // One decoder layer on x: `at` is the batch as attention reads it, `selective` recomputes the
+    // attention core and the experts in backward.
+    const auto layer = [this, &c, sp, tokens, scale, heads, kv_heads, moe_tokens](
+                           size_t l, const at::Tensor& x_in, const PackedBatch& at, const layers::RopeTable& rope,
+                           layers::Routing* routing, const std::shared_ptr<RecomputeState>& selective) {
       const auto& b = blocks_[l];
+      auto x = x_in;
       const auto h = tp_.enter(layers::rms_norm(x, b.input_norm, c.rms_norm_eps), sp);  // [tokens, hidden]
       auto q = linear(h, b.q, b.q_bias).view({tokens, heads, c.head_dim});
       auto k = linear(h, b.k, b.k_bias).view({tokens, kv_heads, c.head_dim});
@@ -187,13 +216,36 @@ class DenseDecoder final : public CausalLM {
       }
       q = layers::apply_rope(q, rope);
       k = layers::apply_rope(k, rope);
-      const auto attn = attention(batch, l, q, k, v, scale, c.sliding_window);
+      const auto window = c.sliding_window;
+      const auto attn = selective ? layers::recompute([l, scale, window, state = selective](const std::vector<at::Tensor>& in) {
+                                      return attention(state->batch, l, in[0], in[1], in[2], scale, window);
+                                    }, {q, k, v})
+                                  : attention(at, l, q, k, v, scale, window);
       const auto flat = attn.reshape({tokens, heads * c.head_dim});
       // A row-parallel bias is added once, after the partial sums are reduced.
       x = x + (tp_.size() == 1 ? linear(flat, b.o, b.o_bias) : with_bias(tp_.exit(linear(flat, b.o, at::Tensor()), sp), b.o_bias));
       const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
-      x = x + (b.moe_index >= 0 ? layers::moe_forward(m, b.moe, c.moe, batch.routing, b.moe_index, &ep_, moe_tokens)
-                                : tp_.exit(layers::swiglu(tp_.enter(m, sp), b.gate, b.up, b.down), sp));
+      if (b.moe_index < 0) return x + tp_.exit(layers::swiglu(tp_.enter(m, sp), b.gate, b.up, b.down), sp);
+      if (!selective) return x + layers::moe_forward(m, b.moe, c.moe, routing, b.moe_index, &ep_, moe_tokens);
+      // The experts' activations are recomputed too: the first run (no grad) counts the routing,
+      // the recomputation replays without counting.
+      return x + layers::recompute([this, &c, &b, moe_tokens, routing, state = selective](const std::vector<at::Tensor>& in) {
+                   auto* r = at::GradMode::is_enabled() ? &state->routing : routing;
+                   return layers::moe_forward(in[0], b.moe, c.moe, r, b.moe_index, &ep_, moe_tokens);
+                 }, {m});
+    };
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+      const auto global = stage_.begin + static_cast<int64_t>(l);
+      if (recomputing && recompute_.full(global)) {
+        // Whole layer: the forward keeps only its input, backward runs it again.
+        x = layers::recompute([layer, l, saved, routing = batch.routing](const std::vector<at::Tensor>& in) {
+              // The first run (no grad) counts the routing; the recomputation replays without counting.
+              auto* r = at::GradMode::is_enabled() ? &saved->routing : routing;
+              return layer(l, in[0], saved->batch, saved->rope, r, nullptr);
+            }, {x});
+      } else {
+        x = layer(l, x, batch, rope, batch.routing, recomputing && recompute_.selective(global) ? saved : nullptr);
+      }
       if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, input.tokens.size(0)));
     }
     if (!stage_.last) return x;

@@ -84,6 +84,7 @@ at::Tensor ShardedAdamW::flat_gradients(const Group& group) const {
 
 ShardedAdamW::StepResult ShardedAdamW::step(double lr, double max_norm) {
   TORCH_CHECK(lr >= 0, "ShardedAdamW::step: lr must be >= 0, got ", lr);
+  TORCH_CHECK(!offloaded_, "ShardedAdamW::step: the optimizer state is offloaded to the host; reload it first");
   c10::NoGradGuard no_grad;
   std::vector<at::Tensor> shards;
   const auto zero = at::zeros({1}, params_.front().second.options().dtype(at::kFloat));
@@ -217,9 +218,36 @@ void ShardedAdamW::load_full_state(const train::NamedTensors& state) {
   }
 }
 
+void ShardedAdamW::offload_to_host() {
+  if (offloaded_) return;
+  c10::NoGradGuard no_grad;
+  device_ = params_.front().second.device();
+  const bool pin = device_.is_cuda();
+  for (auto& g : groups_) {
+    for (auto* t : {&g.master, &g.exp_avg, &g.exp_avg_sq, &g.step, &g.counted}) {
+      auto host = at::empty(t->sizes(), t->options().device(at::kCPU).pinned_memory(pin));
+      host.copy_(*t);  // blocking: complete before the device memory is freed
+      *t = host;
+    }
+  }
+  offloaded_ = true;
+}
+
+void ShardedAdamW::reload() {
+  if (!offloaded_) return;
+  c10::NoGradGuard no_grad;
+  for (auto& g : groups_) {
+    for (auto* t : {&g.master, &g.exp_avg, &g.exp_avg_sq, &g.step, &g.counted}) {
+      *t = t->to(device_, /*non_blocking=*/t->is_pinned());
+    }
+  }
+  offloaded_ = false;
+}
+
 int64_t ShardedAdamW::state_bytes() const {
   int64_t bytes = 0;
-  for (const auto& g : groups_) bytes += (g.master.numel() + g.exp_avg.numel() + g.exp_avg_sq.numel()) * 4;
+  // Masters, both moments and the norm mask: 16 B per shard element, as the planner counts them.
+  for (const auto& g : groups_) bytes += (g.master.numel() + g.exp_avg.numel() + g.exp_avg_sq.numel() + g.counted.numel()) * 4;
   return bytes;
 }
 

@@ -38,8 +38,14 @@ class ShardedAdamW {
   // Takes this rank's part of a full state (as full_state() or train::AdamW::state() wrote it).
   void load_full_state(const train::NamedTensors& state);
 
-  // Bytes of optimizer state this rank holds (masters, moments), for memory accounting.
+  // Bytes of optimizer state this rank holds (masters, moments, the norm mask), for memory accounting.
   int64_t state_bytes() const;
+
+  // Moves the state to host memory (pinned on CUDA) and back, as train::AdamW does: offloaded
+  // between updates while the rollout uses the device. step() refuses while offloaded.
+  void offload_to_host();
+  void reload();
+  bool offloaded() const { return offloaded_; }
 
  private:
   struct Group {
@@ -62,6 +68,8 @@ class ShardedAdamW {
   std::shared_ptr<Mesh> mesh_;
   train::AdamWConfig config_;
   std::vector<Group> groups_;
+  bool offloaded_ = false;
+  at::Device device_{at::kCPU};  // where the state lives when not offloaded
 };
 
 }  // namespace tiller::parallel

@@ -1,6 +1,10 @@
 #include "train/session.h"
 
 #include <set>
+
+#ifdef TILLER_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 #include <stdexcept>
 
 #include "io/checkpoint.h"
@@ -227,6 +231,67 @@ GradScope::~GradScope() {
   for (const auto& [_, p] : params_) p.requires_grad_(false);
 }
 
+MemoryBytes memory_of(const ModelSession& session) {
+  MemoryBytes m;
+  const auto& model = *session.model;
+  for (const auto& [_, p] : model.named_parameters()) {
+    m.parameters += static_cast<int64_t>(p.nbytes());
+    if (p.grad().defined()) m.gradients += static_cast<int64_t>(p.grad().nbytes());
+  }
+  for (const auto& [_, b] : model.named_buffers()) m.buffers += static_cast<int64_t>(b.nbytes());
+  int64_t state = 0;
+  if (session.sharded) state = session.sharded->state_bytes();
+  if (session.optimizer) {
+    for (const auto& [_, t] : session.optimizer->state()) state += static_cast<int64_t>(t.nbytes());
+  }
+  (optimizer_offloaded(session) ? m.optimizer_host : m.optimizer) = state;
+#ifdef TILLER_CUDA
+  if (model.device().is_cuda()) {
+    const auto index = model.device().index();
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+    const auto total = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    m.device_allocated = stats.allocated_bytes[total].current;
+    m.device_peak = stats.allocated_bytes[total].peak;
+    m.device_reserved = stats.reserved_bytes[total].current;
+    c10::cuda::CUDACachingAllocator::resetPeakStats(index);
+  }
+#endif
+  return m;
+}
+
+bool optimizer_offloaded(const ModelSession& session) {
+  return (session.sharded && session.sharded->offloaded()) || (session.optimizer && session.optimizer->offloaded());
+}
+
+namespace {
+
+int64_t optimizer_state_bytes(const ModelSession& session) {
+  if (session.sharded) return session.sharded->state_bytes();
+  int64_t bytes = 0;
+  if (session.optimizer) {
+    for (const auto& [_, t] : session.optimizer->state()) bytes += static_cast<int64_t>(t.nbytes());
+  }
+  return bytes;
+}
+
+}  // namespace
+
+int64_t offload_optimizer(ModelSession& session) {
+  if (!session.has_optimizer()) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+  if (optimizer_offloaded(session)) return 0;
+  if (session.sharded) session.sharded->offload_to_host();
+  if (session.optimizer) session.optimizer->offload_to_cpu();
+  return optimizer_state_bytes(session);
+}
+
+int64_t reload_optimizer(ModelSession& session) {
+  if (!session.has_optimizer()) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+  if (!optimizer_offloaded(session)) return 0;
+  if (session.sharded) session.sharded->reload();
+  if (session.optimizer) session.optimizer->reload();
+  return optimizer_state_bytes(session);
+}
+
 void complete_router_stats(ModelSession& session) {
   const auto& model = *session.model;
   auto* pipeline = model.pipeline_group();
@@ -268,6 +333,7 @@ void init_optimizer(ModelSession& session, AdamWConfig config, LrSchedule schedu
 
 OptimizerStepResult optimizer_step(ModelSession& session) {
   if (!session.has_optimizer()) throw std::invalid_argument("model: no optimizer; call initOptimizer first");
+  reload_optimizer(session);  // an offloaded state comes back for the step (the caller may offload it again)
   OptimizerStepResult out;
   out.lr = lr_at(session.schedule, session.updates);
   if (session.sharded) {
@@ -373,8 +439,12 @@ void save_optimizer(ModelSession& session, const std::string& file) {
   if (session.grads_pending) {
     throw std::invalid_argument("model: gradients are pending; call optimizerStep before saving the optimizer");
   }
+  // The state's collectives run on the device: an offloaded state comes back for them, then goes again.
+  const bool offloaded = optimizer_offloaded(session);
+  reload_optimizer(session);
   const auto state = session.sharded ? gather_stages(*session.model, session.sharded->full_state())
                                      : session.optimizer->state();
+  if (offloaded) offload_optimizer(session);
   bool ok = true;
   std::string error;
   if (writes_files(session)) {
@@ -394,6 +464,8 @@ void load_optimizer(ModelSession& session, const std::string& file) {
   auto read = io::read_safetensors(file);
   const auto updates = read.metadata.find("updates");
   if (updates == read.metadata.end()) throw std::runtime_error("no \"updates\" in the metadata: not an optimizer state");
+  const bool offloaded = optimizer_offloaded(session);
+  reload_optimizer(session);
   if (session.sharded) {
     session.sharded->load_full_state(read.tensors);
     session.sharded->zero_grad();
@@ -403,6 +475,7 @@ void load_optimizer(ModelSession& session, const std::string& file) {
   }
   session.updates = std::stoll(updates->second);
   session.grads_pending = false;
+  if (offloaded) offload_optimizer(session);
 }
 
 }  // namespace tiller::train

@@ -93,6 +93,22 @@ class GradScope {
 // pipeline; called before the totals are read.
 void complete_router_stats(ModelSession& session);
 
+// Bytes a rank holds, by kind, counted from its tensors; on CUDA also the caching allocator's
+// current, peak (since the last call, which resets the peak) and reserved bytes (-1 elsewhere).
+struct MemoryBytes {
+  int64_t parameters = 0, gradients = 0, optimizer = 0, buffers = 0;
+  int64_t optimizer_host = 0;  // the optimizer state while offloaded (then optimizer is 0)
+  int64_t device_allocated = -1, device_peak = -1, device_reserved = -1;
+};
+MemoryBytes memory_of(const ModelSession& session);
+
+// Optimizer state to host memory (pinned on CUDA) between updates, and back; both return the bytes
+// moved (0 when already there). optimizer_step reloads by itself; saving and loading the state work
+// either way.
+int64_t offload_optimizer(ModelSession& session);
+int64_t reload_optimizer(ModelSession& session);
+bool optimizer_offloaded(const ModelSession& session);
+
 void init_optimizer(ModelSession& session, AdamWConfig config, LrSchedule schedule, double max_grad_norm);
 
 struct OptimizerStepResult {
