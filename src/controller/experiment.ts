@@ -318,6 +318,13 @@ export class ExperimentRun {
         "critic",
       );
     }
+    if (config.parallel.expertTensor > 1) {
+      throw new UserError(
+        "BAD_ARGS",
+        `parallel.expertTensor: ${config.parallel.expertTensor}: expert tensor parallelism is not in the engine; each expert runs whole on its expert rank (expertTensor 1, the DeepSeek-V3 recipe's setting)`,
+        "parallel.expertTensor",
+      );
+    }
     if (config.parallel.virtualPipeline > 1) {
       throw new UserError(
         "BAD_ARGS",

@@ -167,6 +167,18 @@ export interface TrainingOptions {
   recompute?: RecomputeOptions;
 }
 
+/** What Model.reshardFrom moved on this rank. */
+export interface ReshardStats {
+  tensors: number;
+  /** To and from the other ranks. */
+  bytesSent: number;
+  bytesReceived: number;
+  /** Regions this rank already held, copied in place. */
+  bytesCopied: number;
+  buckets: number;
+  seconds: number;
+}
+
 /** Model.memory(): bytes this rank holds. */
 export interface MemoryBytes {
   parameters: number;
@@ -291,6 +303,8 @@ export interface NativeModelAddon {
   modelSetTraining(handle: NativeModelHandle, options: TrainingOptions): void;
   /** addon/model.cc ModelMemory: bytes by kind; on CUDA the allocator's (peak reset by the read) */
   modelMemory(handle: NativeModelHandle): MemoryBytes;
+  /** addon/model.cc ReshardWork: `to`'s parameters from `from`'s weights, in `to`'s layout */
+  modelReshard(from: NativeModelHandle, to: NativeModelHandle, bucketBytes: number): Promise<ReshardStats>;
   /** addon/model.cc OffloadWork: the optimizer state to host memory / back */
   modelOffload(handle: NativeModelHandle): Promise<{ bytes: number; seconds: number }>;
   modelOnload(handle: NativeModelHandle): Promise<{ bytes: number; seconds: number }>;
@@ -865,6 +879,21 @@ export class Model {
    */
   memory(): MemoryBytes {
     return native().modelMemory(this.handle);
+  }
+
+  /**
+   * Sets this model's parameters to `source`'s weights: the same model held in another parallel
+   * layout over the same ranks (training → rollout). Each rank keeps what it already holds and
+   * receives every region it lacks once, from one of the ranks holding it, a bucket of tensors
+   * (`bucketBytes`, default 256 MiB) at a time. Collective: every rank calls it.
+   */
+  reshardFrom(source: Model, options: { bucketBytes?: number } = {}): Promise<ReshardStats> {
+    const bucket = options.bucketBytes ?? 256 * 2 ** 20;
+    if (!Number.isSafeInteger(bucket) || bucket < 1) {
+      throw new RangeError(`options.bucketBytes: ${JSON.stringify(bucket)} must be an integer ≥ 1`);
+    }
+    if (!(source instanceof Model)) throw new TypeError("source: expected a Model");
+    return native().modelReshard(source.handle, this.handle, bucket);
   }
 
   /**

@@ -51,6 +51,7 @@ const cases: Case[] = [
     shape: { family: "mixtral", experts: 4, topK: 2, seed: 9 },
     layouts: [
       ["EP2", { expert: 2, data: 2 }, 2],
+      ["EP4", { expert: 4, data: 4 }, 4],
       ["TP2 x EP2", { tensor: 2, expert: 2, data: 2 }, 4],
     ],
   },

@@ -56,6 +56,15 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
     const oneTokens = await one.rollouts(3);
     await one.close();
 
+    // What the engine does not run is refused before anything loads, naming the field.
+    await assert.rejects(
+      cluster.experiment({ ...config, name: "etp", parallel: { data: 2, expertTensor: 2 } }),
+      /parallel\.expertTensor: 2: expert tensor parallelism is not in the engine/,
+    );
+    await assert.rejects(
+      cluster.experiment({ ...config, name: "vpp", parallel: { pipeline: 2, virtualPipeline: 2 } }),
+      /parallel\.virtualPipeline: 2: the engine runs one stage per pipeline rank/,
+    );
     const staged = await cluster.experiment({
       ...config,
       name: "pp2",

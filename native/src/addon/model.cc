@@ -15,6 +15,7 @@
 #include "addon/registry.h"
 #include "addon/tensor.h"
 #include "addon/train_args.h"
+#include "sync/reshard.h"
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <set>
@@ -872,6 +873,55 @@ Napi::Value ModelOnload(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value { return queue_work<OffloadWork>(env, slot_of(info[0]), false); });
 }
 
+// Both models locked (in one step, so two reshards in opposite directions cannot deadlock), then
+// sync::reshard from the first into the second.
+class ReshardWork final : public PromiseWork {
+ public:
+  ReshardWork(Napi::Env env, std::shared_ptr<ModelSlot> from, std::shared_ptr<ModelSlot> to, int64_t bucket)
+      : PromiseWork(env, "tiller.modelReshard"), from_(std::move(from)), to_(std::move(to)), bucket_(bucket) {}
+
+ protected:
+  void Run() override {
+    std::scoped_lock lock(from_->mutex, to_->mutex);
+    if (!from_->mesh || !to_->mesh) throw std::invalid_argument("reshard: both models must be loaded with a mesh");
+    const auto& c = from_->config;
+    const auto& text = c.has("num_hidden_layers") ? c : c.at("text_config");
+    const auto layers = static_cast<int64_t>(text.at("num_hidden_layers").as_number());
+    stats_ = sync::reshard(*from_->model, *from_->mesh, *to_->model, *to_->mesh, layers, bucket_);
+    synchronize(to_->model->device());
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    auto out = Napi::Object::New(env);
+    out["tensors"] = static_cast<double>(stats_.tensors);
+    out["bytesSent"] = static_cast<double>(stats_.bytes_sent);
+    out["bytesReceived"] = static_cast<double>(stats_.bytes_received);
+    out["bytesCopied"] = static_cast<double>(stats_.bytes_copied);
+    out["buckets"] = static_cast<double>(stats_.buckets);
+    out["seconds"] = stats_.seconds;
+    return out;
+  }
+
+ private:
+  std::shared_ptr<ModelSlot> from_, to_;
+  int64_t bucket_;
+  sync::ReshardStats stats_;
+};
+
+// modelReshard(from, to, bucketBytes) -> Promise<{tensors, bytesSent, bytesReceived, bytesCopied, buckets, seconds}>:
+// `to`'s parameters become `from`'s weights in `to`'s layout. Collective over all ranks.
+Napi::Value ModelReshard(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto from = slot_of(info[0]);
+    auto to = slot_of(info[1]);
+    if (from == to) throw std::invalid_argument("to: the same model as from");
+    const auto bucket = info[2].As<Napi::Number>().Int64Value();
+    if (bucket < 1) throw std::invalid_argument("bucketBytes: must be >= 1");
+    return queue_work<ReshardWork>(env, std::move(from), std::move(to), bucket);
+  });
+}
+
 // modelSetTraining(handle, {lr?, maxGradNorm?}): changes the peak rate (the schedule keeps its shape
 // and position) and the clipping norm between steps; the optimizer state is kept.
 Napi::Value ModelSetTraining(const Napi::CallbackInfo& info) {
@@ -1142,6 +1192,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports["modelOptimizerInit"] = Napi::Function::New(env, ModelOptimizerInit, "modelOptimizerInit");
   exports["modelOptimizerStep"] = Napi::Function::New(env, ModelOptimizerStep, "modelOptimizerStep");
   exports["modelProfileNext"] = Napi::Function::New(env, ModelProfileNext, "modelProfileNext");
+  exports["modelReshard"] = Napi::Function::New(env, ModelReshard, "modelReshard");
   exports["modelOffload"] = Napi::Function::New(env, ModelOffload, "modelOffload");
   exports["modelOnload"] = Napi::Function::New(env, ModelOnload, "modelOnload");
   exports["modelMemory"] = Napi::Function::New(env, ModelMemory, "modelMemory");

@@ -130,6 +130,7 @@ std::shared_ptr<Mesh> Mesh::create(const ProcessGroup& world, const Layout& layo
   mesh->data_context_ = make("data_context", [](C a, C b) { return a.tensor == b.tensor && a.pipeline == b.pipeline; });
   mesh->expert_ = make("expert", [](C a, C b) { return a.expert_data == b.expert_data && a.pipeline == b.pipeline; });
   mesh->expert_data_ = make("expert_data", [](C a, C b) { return a.expert == b.expert && a.pipeline == b.pipeline; });
+  mesh->all_ = make("all", [](C, C) { return true; });
   // Only the end stages are members; the middle ones make no group of this kind.
   const int last = layout.pipeline - 1;
   if (layout.pipeline > 1 && (self.pipeline == 0 || self.pipeline == last)) {

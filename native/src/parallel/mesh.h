@@ -69,6 +69,9 @@ class Mesh {
   // The first and last stage of this rank's pipeline (Megatron's embedding group), which both hold
   // the word embedding of a tied model; null on the middle stages and when there is one stage.
   ProcessGroup* embedding() const { return embedding_.get(); }
+  // Every rank of the mesh (a group of its own over the world's ranks): transfers between two
+  // layouts of the same ranks (resharding) go over it.
+  ProcessGroup& all() const { return *all_; }
   // Every group by kind ("tensor", "context", "data", "pipeline", "expert", "expert_data", "data_context",
   // and "embedding" on the end stages of a pipeline).
   std::vector<std::pair<std::string, ProcessGroup*>> groups() const;
@@ -78,7 +81,7 @@ class Mesh {
   Layout layout_;
   Coordinates coordinates_;
   int rank_ = 0;
-  std::unique_ptr<ProcessGroup> tensor_, context_, data_, pipeline_, expert_, expert_data_, data_context_, embedding_;
+  std::unique_ptr<ProcessGroup> tensor_, context_, data_, pipeline_, expert_, expert_data_, data_context_, embedding_, all_;
 };
 
 }  // namespace tiller::parallel

@@ -35,10 +35,12 @@ void append(const Sampled& sampled, const std::vector<int64_t>& sequences, Sched
   for (size_t j = 0; j < sequences.size(); ++j) schedule.append(sequences[j], t[j], lp[j]);
 }
 
+#ifdef TILLER_CUDA
 void record(const at::Tensor& logits, const std::vector<int64_t>& sequences, const GenerateOptions& options,
             Schedule& schedule) {
   append(sample_rows(logits, sequences, options, schedule), sequences, schedule);
 }
+#endif
 
 // Per sequence, the experts of every token through the model so far: [tokens, moe_layers, top_k].
 using ExpertLog = std::vector<std::vector<int32_t>>;
