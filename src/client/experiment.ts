@@ -448,6 +448,10 @@ export class Experiment {
     this.#stopRequested = false;
     this.#stopAtStage = false;
     const listen = inNotebook() || process.listenerCount("SIGINT") > 0;
+    // tslab runs a cell's synchronous part under vm's breakOnSigint; a SIGINT listener added then
+    // leaves the kernel deaf to every later Interrupt (it hangs; tests/notebook/interrupt.test.ts).
+    // A turn of the event loop first: the cell's synchronous part has returned by then.
+    if (listen) await new Promise((resolve) => setImmediate(resolve));
     const onInterrupt = () => {
       void this.stop({ atStage: true }).catch(() => undefined);
     };

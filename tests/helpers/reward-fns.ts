@@ -16,11 +16,12 @@ export async function scripted(sample: RewardSample): Promise<RewardResult> {
 }
 
 /**
- * The next-digit verifier after a wait ($TILLER_TEST_REWARD_MS of the controller, default 300 ms):
- * a score stage long enough for an Interrupt to land inside it.
+ * The next-digit verifier after a wait ($TILLER_TEST_REWARD_MS of the controller, default 50 ms):
+ * a reward thread scores one response at a time, so a step of 32 responses scores for 1.6 s, long
+ * enough for an Interrupt to land inside the stage.
  */
 export async function slowNextDigit(sample: RewardSample): Promise<RewardResult> {
-  await sleep(Number(process.env.TILLER_TEST_REWARD_MS ?? 300));
+  await sleep(Number(process.env.TILLER_TEST_REWARD_MS ?? 50));
   return nextDigitScore(sample);
 }
 

@@ -107,7 +107,7 @@ test("stop() ends a run after a hook was added and removed, and the progress cou
 test("an Interrupt (SIGINT to the kernel) stops a run at the next stage boundary, run by the controller or driven from here", {
   timeout: 120_000,
 }, async () => {
-  // The score stage takes 300 ms (a slow verifier), so an Interrupt sent as it starts lands inside it.
+  // The score stage takes 1.6 s (a slow verifier), so an Interrupt sent as it starts lands inside it.
   const exp = await cluster.experiment({
     ...config,
     name: "interrupt",
