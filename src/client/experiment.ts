@@ -406,7 +406,8 @@ export class Experiment {
   }
 
   /**
-   * `steps` steps (default: up to totalSteps); stop() ends it after the step in progress. With
+   * `steps` steps (default: up to totalSteps); stop() ends it after the step in progress, the
+   * kernel's Interrupt (or stop({ atStage: true })) at that step's next stage boundary. With
    * hooks or pause points, steps are driven from here (a pause ends the run early).
    */
   async run(steps?: number, options: RunOptions = {}): Promise<MetricsRow[]> {
@@ -449,7 +450,7 @@ export class Experiment {
     this.#stopAtStage = false;
     const listen = inNotebook() || process.listenerCount("SIGINT") > 0;
     // tslab runs a cell's synchronous part under vm's breakOnSigint; a SIGINT listener added then
-    // leaves the kernel deaf to every later Interrupt (it hangs; tests/notebook/interrupt.test.ts).
+    // breaks the kernel's Interrupt (the kernel dies or hangs; tests/notebook/interrupt.test.ts).
     // A turn of the event loop first: the cell's synchronous part has returned by then.
     if (listen) await new Promise((resolve) => setImmediate(resolve));
     const onInterrupt = () => {
