@@ -123,7 +123,11 @@ for (const name of notebooks) {
       assert.match(text, /lr is now 0\.002/);
     }
     if (name === "inspect-rollouts.ipynb") {
-      assert.match(text, /trained 30 steps/);
+      // The count-up task (three-token answers) learns clearly within the notebook's 300 steps.
+      const m = /trained 300 steps; mean reward: first 10 steps ([\d.]+) → last 10 steps ([\d.]+)/.exec(text);
+      assert.ok(m, text);
+      console.log(`notebook inspect-rollouts: ${m[0]}`);
+      assert.ok(Number(m[2]) > Number(m[1]) + 0.3, m[0]);
     }
     if (name === "plan.ipynb") {
       assert.match(text, /671\.0B parameters, 37\.6B active/);
