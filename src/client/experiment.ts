@@ -516,10 +516,13 @@ export class Experiment {
     let tokens = 0;
     let chart: ((row: MetricsRow) => void) | undefined;
     let last: ProgressState | undefined;
+    let finishChart: (() => void) | undefined;
     if (options.chart) {
       const keys = options.chart;
       const log = MetricsLog.fromTable(await this.metrics());
-      const live = new LiveOutput();
+      // The chart grows with the run: one redraw a second at most.
+      const live = new LiveOutput(1000);
+      finishChart = () => live.flush();
       loadPlotly();
       chart = (row) => {
         log.append(row);
@@ -568,6 +571,7 @@ export class Experiment {
           });
         }
         bar?.done();
+        finishChart?.();
         await Promise.all(fetches);
       },
     ];
