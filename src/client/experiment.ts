@@ -7,7 +7,7 @@ import { inspect } from "node:util";
 import type { Table } from "apache-arrow";
 import { inNotebook, LiveOutput } from "../notebook/display.js";
 import { type ChartKeys, chartHtml, chartSpec, loadPlotly } from "../notebook/plot.js";
-import { Progress } from "../notebook/progress.js";
+import { Progress, type ProgressState } from "../notebook/progress.js";
 import { evaluationKeys } from "../notebook/views.js";
 import {
   type ExperimentOp,
@@ -173,8 +173,8 @@ export class Experiment {
   #pausedAt: HookPoint | undefined;
   /** stop() (or the kernel's Interrupt) was asked during a run driven from here. */
   #stopRequested = false;
-  /** A SIGINT came during run(): a driven step stops at its next stage boundary. */
-  #interrupted = false;
+  /** stop({ atStage: true }) or a SIGINT: a driven step stops at its next stage boundary. */
+  #stopAtStage = false;
 
   constructor(
     readonly cluster: Cluster,
@@ -307,11 +307,17 @@ export class Experiment {
    * stages one by one (calling hooks between them); otherwise the controller runs the step alone.
    */
   async step(options: RunOptions = {}): Promise<MetricsRow | Paused> {
-    if (!this.#driven) {
-      // One step shows no progress bar unless asked (a bar per step() is noise in a notebook).
-      return this.#listening({ progress: false, ...options }, async () => this.#op<MetricsRow>("step"));
-    }
-    return this.#drive(0, undefined, options);
+    return this.#interruptible(async () => {
+      if (!this.#driven) {
+        // One step shows no progress bar unless asked (a bar per step() is noise in a notebook).
+        const r = await this.#listening({ progress: false, ...options }, async () =>
+          this.#op<MetricsRow | Paused>("step"),
+        );
+        if (isPaused(r)) this.#pausedAt = r.pausedAt;
+        return r;
+      }
+      return this.#drive(0, undefined, options);
+    });
   }
 
   /** Goes on with a step that paused (or whose hook threw), from where it stopped. */
@@ -320,7 +326,8 @@ export class Experiment {
     if (!status.inProgress) throw new Error("continueStep: no step in progress; call step()");
     const done = status.inProgress.stagesDone;
     const next = stages.findIndex((s) => !done.includes(s));
-    return this.#drive(next, this.#pausedAt, options);
+    const pausedAt = this.#pausedAt;
+    return this.#interruptible(() => this.#drive(next, pausedAt, options));
   }
 
   async #drive(
@@ -333,7 +340,7 @@ export class Experiment {
     let ended: StageResult | undefined;
     for (let i = from; i < stages.length; i++) {
       const stage = stages[i] as Stage;
-      if (this.#interrupted && i > from) {
+      if (this.#stopAtStage && i > from) {
         const point = `before:${stage}` as const;
         this.#pausedAt = point;
         await this.refresh();
@@ -399,16 +406,20 @@ export class Experiment {
   }
 
   /**
-   * `steps` steps (default: up to totalSteps); stop() ends it after the step in progress. With
+   * `steps` steps (default: up to totalSteps); stop() ends it after the step in progress, the
+   * kernel's Interrupt (or stop({ atStage: true })) at that step's next stage boundary. With
    * hooks or pause points, steps are driven from here (a pause ends the run early).
    */
   async run(steps?: number, options: RunOptions = {}): Promise<MetricsRow[]> {
     const n = steps ?? Math.max(this.#status.totalSteps - this.stepsDone, 0);
-    this.#stopRequested = false;
-    const offInterrupt = this.#stopOnInterrupt();
-    try {
+    return this.#interruptible(async () => {
       if (!this.#driven) {
-        return await this.#listening(options, () => this.#op<MetricsRow[]>("run", { steps: n }), n);
+        const rows = await this.#listening(options, () => this.#op<MetricsRow[]>("run", { steps: n }), n);
+        // Stopped at a stage boundary (an Interrupt): the step is left in progress, as a pause.
+        const left = this.#status.inProgress;
+        const next = stages.find((stage) => !left?.stagesDone.includes(stage));
+        if (left && next) this.#pausedAt = `before:${next}`;
+        return rows;
       }
       const [wrapped, finish] = await this.#withDisplays(options, n);
       const rows: MetricsRow[] = [];
@@ -422,29 +433,35 @@ export class Experiment {
         await finish();
       }
       return rows;
-    } finally {
-      offInterrupt();
-    }
+    });
   }
 
   /**
-   * In a notebook the kernel's Interrupt is a SIGINT to the kernel process: tslab then abandons the
-   * cell, but the run would go on in the controller. While run() goes, a SIGINT asks it to stop:
-   * a controller-run step ends first, a step driven from here stops at its next stage boundary
-   * (continueStep() finishes it). Outside a notebook, Ctrl-C keeps Node's default (exit) unless the
-   * program listens for SIGINT itself.
+   * Runs a step() or run() that stop() and the kernel's Interrupt can end. In a notebook the
+   * Interrupt is a SIGINT to the kernel process: tslab then abandons the cell, but the run would go
+   * on in the controller. While one goes, a SIGINT asks it to stop at the step's next stage
+   * boundary, whether the controller runs the step or it is driven from here (hooks set); the
+   * step is left in progress (pausedAt says where; continueStep() finishes it, discard() drops
+   * it). Outside a notebook, Ctrl-C keeps Node's default (exit) unless the program listens for
+   * SIGINT itself.
    */
-  #stopOnInterrupt(): () => void {
-    if (!inNotebook() && process.listenerCount("SIGINT") === 0) return () => undefined;
+  async #interruptible<T>(fn: () => Promise<T>): Promise<T> {
+    this.#stopRequested = false;
+    this.#stopAtStage = false;
+    const listen = inNotebook() || process.listenerCount("SIGINT") > 0;
+    // tslab runs a cell's synchronous part under vm's breakOnSigint; a SIGINT listener added then
+    // breaks the kernel's Interrupt (the kernel dies or hangs; tests/notebook/interrupt.test.ts).
+    // A turn of the event loop first: the cell's synchronous part has returned by then.
+    if (listen) await new Promise((resolve) => setImmediate(resolve));
     const onInterrupt = () => {
-      this.#interrupted = true;
-      void this.stop().catch(() => undefined);
+      void this.stop({ atStage: true }).catch(() => undefined);
     };
-    process.on("SIGINT", onInterrupt);
-    return () => {
-      process.off("SIGINT", onInterrupt);
-      this.#interrupted = false;
-    };
+    if (listen) process.on("SIGINT", onInterrupt);
+    try {
+      return await fn();
+    } finally {
+      if (listen) process.off("SIGINT", onInterrupt);
+    }
   }
 
   /**
@@ -498,10 +515,14 @@ export class Experiment {
     let reward: number | undefined;
     let tokens = 0;
     let chart: ((row: MetricsRow) => void) | undefined;
+    let last: ProgressState | undefined;
+    let finishChart: (() => void) | undefined;
     if (options.chart) {
       const keys = options.chart;
       const log = MetricsLog.fromTable(await this.metrics());
-      const live = new LiveOutput();
+      // The chart grows with the run: one redraw a second at most.
+      const live = new LiveOutput(1000);
+      finishChart = () => live.flush();
       loadPlotly();
       chart = (row) => {
         log.append(row);
@@ -520,14 +541,15 @@ export class Experiment {
           reward = e.reward ?? reward;
           tokens += e.tokens ?? 0;
         }
-        bar?.update({
+        last = {
           stage: e.stage,
           step: Math.min(Math.max(e.step - startStep, 0), steps),
           totalSteps: Math.max(steps, 1),
           elapsedS: (performance.now() - started) / 1000,
           tokens,
           ...(reward !== undefined ? { reward } : {}),
-        });
+        };
+        bar?.update(last);
       },
       onMetrics: (row) => {
         options.onMetrics?.(row);
@@ -539,7 +561,17 @@ export class Experiment {
     return [
       wrapped,
       async () => {
+        // Stopped inside a step (an Interrupt, a pause): the bar says where and what comes next.
+        const left = this.#status.inProgress;
+        const next = stages.find((stage) => !left?.stagesDone.includes(stage));
+        if (bar && last && left && next) {
+          bar.update({
+            ...last,
+            stage: `step ${left.step} stopped before ${next}: continueStep() or discard()`,
+          });
+        }
         bar?.done();
+        finishChart?.();
         await Promise.all(fetches);
       },
     ];
@@ -623,10 +655,15 @@ export class Experiment {
     }
   }
 
-  /** Asks a run() in progress to stop after its current step. */
-  async stop(): Promise<void> {
+  /**
+   * Asks a run() or step() in progress to stop: after its current step, or with `atStage` at the
+   * step's next stage boundary (what the kernel's Interrupt asks), leaving that step in progress
+   * (`pausedAt`; continueStep() finishes it). A stop while nothing runs is dropped.
+   */
+  async stop(options: { atStage?: boolean } = {}): Promise<void> {
     this.#stopRequested = true;
-    this.#status = await this.#op<ExperimentStatus>("stop");
+    if (options.atStage) this.#stopAtStage = true;
+    this.#status = await this.#op<ExperimentStatus>("stop", options.atStage ? { atStage: true } : {});
   }
 
   /** One row per completed step, verl's metric names as columns. */

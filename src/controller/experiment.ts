@@ -129,6 +129,16 @@ export interface ExperimentHooks {
 let runCounter = 0;
 
 /** What a hook changed in a step (patchBatch), kept so that replay(step) changes it the same way. */
+/** Where a step run by the controller stopped for an Interrupt (the client's Paused). */
+export interface StepStopped {
+  step: number;
+  pausedAt: `before:${StageName}`;
+}
+
+function isStopped(r: Record<string, number> | StepStopped): r is StepStopped {
+  return typeof (r as StepStopped).pausedAt === "string";
+}
+
 interface RecordedPatch {
   /** The last stage done when the patch came. */
   after: StageName;
@@ -230,6 +240,8 @@ export class ExperimentRun {
   /** PPO's value model (algorithm.advantage "gae"), on the actor's rank. */
   readonly #critic: string;
   #stopRequested = false;
+  /** The kernel's Interrupt: the step in progress stops at its next stage boundary (left in progress). */
+  #stopAtStage = false;
   #snapshots = 0;
   #replaying = false;
   /** Per completed step of this branch: a digest of each response's tokens, and what hooks patched. */
@@ -672,9 +684,14 @@ export class ExperimentRun {
     return this.#busy;
   }
 
-  /** Asks run() to stop after the step in progress. */
-  requestStop(): void {
+  /**
+   * Asks run() to stop after the step in progress; with `atStage` (the kernel's Interrupt) a step
+   * run here stops at its next stage boundary too, left in progress (the stages can finish it, or
+   * discard() drops it).
+   */
+  requestStop(atStage = false): void {
     this.#stopRequested = true;
+    if (atStage) this.#stopAtStage = true;
   }
 
   /** Runs `fn` as the only operation in progress; a second one is refused, naming the first. */
@@ -683,6 +700,9 @@ export class ExperimentRun {
       throw new UserError("BUSY", `experiment is busy with ${this.#busy}; wait for it (or stop())`);
     }
     this.#busy = what;
+    // A stop asks the operation in progress to end; one that came while nothing ran is dropped.
+    this.#stopRequested = false;
+    this.#stopAtStage = false;
     try {
       return await fn();
     } finally {
@@ -735,7 +755,7 @@ export class ExperimentRun {
         temperature,
         topP,
         topK,
-        stopTokenIds: this.tokenizer.eosTokenIds,
+        stopTokenIds: this.tokenizer.stopTokenIds,
         seed,
         ...(this.#config.rollout.routingReplay !== "off" ? { recordExperts: true } : {}),
       },
@@ -766,7 +786,7 @@ export class ExperimentRun {
     if (this.#config.algorithm.advantage === "remax") {
       const greedy = await this.#actor.generate(
         ids,
-        { maxNewTokens: maxResponseTokens, temperature: 0, stopTokenIds: this.tokenizer.eosTokenIds },
+        { maxNewTokens: maxResponseTokens, temperature: 0, stopTokenIds: this.tokenizer.stopTokenIds },
         pixels,
       );
       // The greedy responses are scored like the sampled ones; their verifier score is the baseline.
@@ -1473,7 +1493,7 @@ export class ExperimentRun {
           temperature: v.temperature,
           topP: v.topP,
           topK: v.topK,
-          stopTokenIds: this.tokenizer.eosTokenIds,
+          stopTokenIds: this.tokenizer.stopTokenIds,
           // Its own stream: the same weights and step give the same validation, resumed or not.
           seed: mixSeed(mixSeed(this.#config.seed, step), 0x76616c),
         },
@@ -1568,8 +1588,27 @@ export class ExperimentRun {
    * after the stage they followed the first time, as the hooks that made them did.
    */
   async runStep(patches: readonly RecordedPatch[] = []): Promise<Record<string, number>> {
+    return (await this.#runStep(patches, false)) as Record<string, number>;
+  }
+
+  /**
+   * One whole step, as runStep(), or where it stopped when an Interrupt came (requestStop(true)):
+   * the step is then left in progress before that stage.
+   */
+  interruptibleStep(): Promise<Record<string, number> | StepStopped> {
+    return this.#runStep([], true);
+  }
+
+  async #runStep(
+    patches: readonly RecordedPatch[],
+    interruptible: boolean,
+  ): Promise<Record<string, number> | StepStopped> {
     const started = performance.now();
-    for (const name of stageNames) {
+    for (const [i, name] of stageNames.entries()) {
+      if (interruptible && i > 0 && this.#stopAtStage) {
+        this.#stopAtStage = false;
+        return { step: this.step + 1, pausedAt: `before:${name}` };
+      }
       this.#progress(name, started);
       await this.stage(name);
       for (const p of patches) {
@@ -1593,13 +1632,19 @@ export class ExperimentRun {
     return row;
   }
 
-  /** `steps` steps (default: up to totalSteps), stopping early when stop() is asked. */
+  /**
+   * `steps` steps (default: up to totalSteps), stopping early when stop() is asked: after the step
+   * in progress, or at its next stage boundary for an Interrupt (that step is then not in the rows).
+   */
   async run(steps?: number): Promise<Record<string, number>[]> {
     const n = steps ?? Math.max(this.#config.totalSteps - this.step, 0);
     if (!Number.isInteger(n) || n < 0) throw new RangeError(`steps: ${n} must be a non-negative integer`);
-    this.#stopRequested = false;
     const rows: Record<string, number>[] = [];
-    for (let i = 0; i < n && !this.#stopRequested; i++) rows.push(await this.runStep());
+    for (let i = 0; i < n && !this.#stopRequested; i++) {
+      const row = await this.interruptibleStep();
+      if (isStopped(row)) break;
+      rows.push(row);
+    }
     return rows;
   }
 

@@ -272,7 +272,7 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
       case "state":
         return experimentStatus(args.id, run);
       case "stop":
-        run.requestStop();
+        run.requestStop(args.atStage === true);
         return experimentStatus(args.id, run);
       case "metrics":
         return run.metrics.table();
@@ -289,7 +289,7 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
       }
       switch (op) {
         case "step":
-          return run.runStep();
+          return run.interruptibleStep();
         case "run":
           return run.run(args.steps);
         case "discard":

@@ -86,16 +86,49 @@ export function showBundle(bundle: MimeBundle): boolean {
 /**
  * One output that is replaced in place: the first `show` adds it to the running cell, later calls
  * send Jupyter's update_display_data for the same display id (also after the cell has finished).
+ * With `minIntervalMs`, updates closer together than that are merged: the latest is sent when the
+ * interval has passed, or by flush(). The kernel's iopub socket drops messages a slow front end has
+ * not taken yet (ZeroMQ's high-water mark), and a dropped last update leaves a stale output behind:
+ * a 300-step run's progress stayed at "step 113/300" in the saved notebook.
  */
 export class LiveOutput {
   readonly displayId = randomBytes(8).toString("hex");
   #shown = false;
   #publicDisplay: TslabDisplay | undefined;
+  #sentAtMs = Number.NEGATIVE_INFINITY;
+  #pending: MimeBundle | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
 
-  /** Shows or replaces the output. Returns false (and does nothing) outside a notebook. */
+  constructor(readonly minIntervalMs = 0) {}
+
+  /** Shows or replaces the output (now, or merged as above). Returns false (and does nothing) outside a notebook. */
   show(bundle: MimeBundle): boolean {
     const kernel = findKernel();
     if (!kernel) return false;
+    const since = performance.now() - this.#sentAtMs;
+    if (this.#shown && since < this.minIntervalMs) {
+      this.#pending = bundle;
+      this.#timer ??= setTimeout(() => this.flush(), this.minIntervalMs - since);
+      return true;
+    }
+    this.#send(kernel, bundle);
+    return true;
+  }
+
+  /** Sends the update held back by `minIntervalMs`, if any. */
+  flush(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const bundle = this.#pending;
+    this.#pending = undefined;
+    const kernel = bundle ? findKernel() : undefined;
+    if (bundle && kernel) this.#send(kernel, bundle);
+  }
+
+  #send(kernel: Kernel, bundle: MimeBundle): void {
+    this.#pending = undefined;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
     const write = bundleWriter(kernel);
     if (write) {
       write({ data: bundle, metadata: {}, transient: { display_id: this.displayId } }, this.#shown);
@@ -104,6 +137,6 @@ export class LiveOutput {
       publicFallback(bundle, this.#publicDisplay);
     }
     this.#shown = true;
-    return true;
+    this.#sentAtMs = performance.now();
   }
 }

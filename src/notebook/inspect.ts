@@ -226,10 +226,11 @@ export function inspectorData(table: Table, options: InspectOptions = {}): Inspe
       round: numberAt(c.round ?? null, row),
     };
     // Responses are stored at their own length, so a padding token in one was sampled (unless the
-    // tokenizer uses it as an end-of-sequence token too).
+    // tokenizer uses it as an end-of-sequence token too). Rollouts stop at a sampled pad, as at an
+    // eos; one before the last token is flagged (a table from a run that did not stop there).
     const pad = tokenizer?.padTokenId ?? null;
     const padAt = pad === null || tokenizer?.eosTokenIds.includes(pad) ? -1 : ids.indexOf(pad);
-    if (padAt >= 0) response.padAt = padAt;
+    if (padAt >= 0 && padAt < ids.length - 1) response.padAt = padAt;
     if (tokenizer && vocab && ids.length > 0) {
       const px: [number, string][] = [];
       tokenizer.tokenPieces(ids).forEach((piece, t) => {

@@ -280,7 +280,8 @@ export const inspectorScript = String.raw`function (root, data) {
   var padded = R.filter(function (r) { return r.padAt != null; }).length;
   if (padded) {
     var warn = testid(el("div", "ti-warnbar", padded + " of " + R.length + " responses contain the padding " +
-      "token before their end: the sampler should never produce it (look at the sampling settings, or report it)."),
+      "token before their end: tiller's rollouts stop at a sampled <pad> as at an eos, so these went on " +
+      "past it (a table from another sampler, or one whose stop ids leave the pad out)."),
       "pad-banner");
     root.appendChild(warn);
   }

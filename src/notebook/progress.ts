@@ -203,7 +203,8 @@ export class Progress {
     if (mode !== "auto") this.mode = mode;
     else if (inNotebook()) this.mode = "notebook";
     else this.mode = this.#stream.isTTY ? "tty" : "lines";
-    if (this.mode === "notebook") this.#live = new LiveOutput();
+    // Four updates a second at most in a notebook (every stage of every step would be more).
+    if (this.mode === "notebook") this.#live = new LiveOutput(250);
   }
 
   update(state: ProgressState): void {
@@ -226,8 +227,9 @@ export class Progress {
     }
   }
 
-  /** Ends the `\r` line on a terminal so that later output starts on a line of its own. */
+  /** Sends the last update held back in a notebook; ends the `\r` line on a terminal. */
   done(): void {
+    this.#live?.flush();
     if (this.#lineOpen) this.#stream.write("\n");
     this.#lineOpen = false;
   }

@@ -503,6 +503,8 @@ export const clientMethodArgs = {
     op: literal(...experimentOps),
     steps: optional(integer({ min: 0 })),
     step: optional(integer({ min: 1 })),
+    /** stop: at the step's next stage boundary (the kernel's Interrupt), not after the step. */
+    atStage: optional(boolean()),
     dir: optional(string()),
     /** set: settings to change (see ExperimentRun.set). */
     patch: optional(record()),

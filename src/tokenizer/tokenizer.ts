@@ -56,6 +56,12 @@ export class Tokenizer {
   readonly eosTokenIds: number[];
   readonly bosTokenId: number | null;
   readonly padTokenId: number | null;
+  /**
+   * Every id that ends a sampled response: the eos ids, and the padding token. A model can sample
+   * its pad (nothing in the logits forbids it; random or early weights do it often): read on as
+   * text, the response would go on past what the tokenizer treats as the end of the sequence.
+   */
+  readonly stopTokenIds: number[];
   /** Number of ids the tokenizer knows, added tokens included (transformers' `len(tokenizer)`). */
   readonly vocabSize: number;
 
@@ -76,6 +82,9 @@ export class Tokenizer {
       "generation_config.json: eos_token_id",
     );
     this.eosTokenIds = [...new Set([...(eos === null ? [] : [eos]), ...extraEos])];
+    this.stopTokenIds = [
+      ...new Set([...this.eosTokenIds, ...(this.padTokenId === null ? [] : [this.padTokenId])]),
+    ];
     const source = files.chatTemplate ?? defaultTemplate(files.config.chat_template);
     this.chatTemplate = source === null ? null : new ChatTemplate(source, special);
   }

@@ -32,7 +32,9 @@ notebook.inNotebook()`,
     `const progress = new notebook.Progress();
 progress.update({ ${state}, step: 1 });
 progress.update({ ${state}, step: 2 });`,
+    // Updates closer than 250 ms are merged; done() sends the one held back.
     `progress.update({ ${state}, step: 3 });
+progress.done();
 progress.mode`,
     `notebook.plot(log, "actor/pg_loss")`,
   ];

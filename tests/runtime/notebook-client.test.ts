@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import {
   type Experiment,
   isPaused,
@@ -18,6 +19,8 @@ import type { ExperimentConfig } from "../../src/rl/config.js";
 import { writeNextDigitData, writeNextDigitHeldOut, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
 import { tempDir } from "../helpers/python.js";
 import { killAll, tiller } from "../helpers/runtime.js";
+
+const slowReward = fileURLToPath(new URL("../helpers/reward-fns.js", import.meta.url));
 
 /** A finished step's row (a paused step fails the test). */
 function finishedRow(r: MetricsRow | Paused): MetricsRow {
@@ -101,21 +104,49 @@ test("stop() ends a run after a hook was added and removed, and the progress cou
   await exp.close();
 });
 
-test("an Interrupt (SIGINT to the kernel) stops a run: after its step, or a driven one at the next stage", {
+test("an Interrupt (SIGINT to the kernel) stops a run at the next stage boundary, run by the controller or driven from here", {
   timeout: 120_000,
 }, async () => {
-  const exp = await experiment("interrupt");
+  // The score stage takes 1.6 s (a slow verifier), so an Interrupt sent as it starts lands inside it.
+  const exp = await cluster.experiment({
+    ...config,
+    name: "interrupt",
+    runDir: join(dir.path, "interrupt"),
+    reward: { fn: { module: slowReward, exportName: "slowNextDigit" } },
+  });
   // tslab listens for SIGINT (to abandon the cell); a listener here stands for it, so that the
   // signal does not end this process.
   const kernelListener = () => undefined;
   process.on("SIGINT", kernelListener);
   try {
+    // Run by the controller (no hooks): the step in progress stops before its next stage.
     const rows = await exp.run(60, {
-      onMetrics: (row) => {
-        if (row.step === 2) process.emit("SIGINT");
+      onProgress: (e) => {
+        if (e.stage === "score" && e.step === 2) process.emit("SIGINT");
       },
     });
-    assert.ok(rows.length >= 2 && rows.length <= 4, `the run went on for ${rows.length} steps`);
+    assert.deepEqual(
+      rows.map((r) => r.step),
+      [1, 2],
+      "two whole steps, the third interrupted",
+    );
+    assert.equal(exp.pausedAt, "before:filter");
+    assert.deepEqual(exp.status.inProgress?.stagesDone, ["rollout", "score"]);
+    assert.equal(exp.status.busy, null, "the controller is free again");
+    const third = finishedRow(await exp.continueStep());
+    assert.equal(third.step, 3);
+    assert.ok(third["critic/score/mean"] !== undefined);
+
+    // One controller-run step() stops the same way and says where.
+    const interrupted = exp.step({
+      onProgress: (e) => {
+        if (e.stage === "score") process.emit("SIGINT");
+      },
+    });
+    assert.deepEqual(await interrupted, { step: 4, pausedAt: "before:filter" });
+    await exp.discard();
+
+    // Driven from here (a hook is set): it stops at the next stage boundary too.
     const off = exp.on("after:rollout", () => {
       process.emit("SIGINT");
     });
@@ -126,8 +157,43 @@ test("an Interrupt (SIGINT to the kernel) stops a run: after its step, or a driv
     const finished = finishedRow(await exp.continueStep());
     assert.equal(finished.step, exp.stepsDone);
     assert.ok(finished["critic/score/mean"] !== undefined);
+    // An Interrupt is for the run in progress: the next run goes on (two steps, no stop left over).
+    assert.equal((await exp.run(2)).length, 2);
   } finally {
     process.off("SIGINT", kernelListener);
+    await exp.close();
+  }
+});
+
+test("a sampled <pad> ends the response, as an eos does: none inside a response", {
+  timeout: 120_000,
+}, async () => {
+  // Random weights over a 16-token vocabulary sample <pad> (id 0) often; hot sampling, 4 tokens.
+  const exp = await cluster.experiment({
+    ...config,
+    name: "pad",
+    runDir: join(dir.path, "pad"),
+    promptsPerStep: 16,
+    rollout: { samplesPerPrompt: 8, maxResponseTokens: 4, temperature: 1.5 },
+  });
+  try {
+    await exp.step();
+    const rollouts = await exp.rollouts();
+    const responses = rollouts.getChild("response_tokens");
+    const finish = rollouts.getChild("finish_reason");
+    assert.ok(responses && finish, rollouts.schema.names.join(", "));
+    let endedByPad = 0;
+    for (let i = 0; i < rollouts.numRows; i++) {
+      const ids = Array.from(responses.get(i) as ArrayLike<number>);
+      const at = ids.indexOf(0);
+      assert.ok(at === -1 || at === ids.length - 1, `row ${i}: <pad> inside the response ${ids.join(" ")}`);
+      if (at === ids.length - 1) {
+        endedByPad++;
+        assert.equal(finish.get(i), "stop", `row ${i}: a response ended by <pad> stopped`);
+      }
+    }
+    assert.ok(endedByPad > 0, "some response sampled <pad> (the case this test is about)");
+  } finally {
     await exp.close();
   }
 });

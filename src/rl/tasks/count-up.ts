@@ -37,13 +37,15 @@ export function countUpRows(): Record<string, unknown>[] {
 export interface CountUpSetup {
   modelPath: string;
   dataFile: string;
-  /** A GRPO config that learns the task within about three minutes on two CPU cores. */
+  /** A GRPO config that learns the task within a minute on two CPU cores (360 steps). */
   config: ExperimentConfig;
 }
 
 /**
  * Writes the tiny model (once) and the prompts under `dir`; returns a GRPO config: 16 prompts × 8
  * answers of up to 5 tokens per step, the reward from countUpScore. `overrides` replace top-level settings.
+ * lr 5e-4 (2 CPU cores, 360 steps, ~40 s): mean reward over 10 steps 0.04 → 0.81 / 0.90 / 0.81 (run
+ * seeds 1 and 2, model seed 2); 3e-3 stalled at 0.13 with responses at the length limit, 1e-3 0.63.
  */
 export async function prepareCountUp(
   dir: string,
@@ -71,9 +73,9 @@ export async function prepareCountUp(
     rollout: { samplesPerPrompt: 8, maxResponseTokens: 5, temperature: 1 },
     tokensPerMicroBatch: 4096,
     algorithm: { advantage: "grpo", loss: { aggMode: "token-mean", clipRatioLow: 0.2, clipRatioHigh: 0.28 } },
-    optimizer: { lr: 3e-3, weightDecay: 0 },
+    optimizer: { lr: 5e-4, weightDecay: 0 },
     reward: { fn: { module: reward, exportName: "countUpScore" } },
-    totalSteps: 150,
+    totalSteps: 360,
     ...overrides,
   };
   return { modelPath, dataFile, config };
