@@ -510,8 +510,9 @@ test("the metrics report draws its plotly traces offline", { skip }, async () =>
   try {
     const traces = opened.page.locator(".tiller-chart .scatterlayer .trace");
     await traces.first().waitFor();
-    // score; pg_loss and entropy; the timings chart's throughput line (its stages are bars).
-    assert.equal(await traces.count(), 4);
+    // score; pg_loss and entropy; the timings chart's throughput line (its stages are bars); the
+    // memory chart's perf/memory/{parameters,gradients,optimizer,buffers}_bytes.
+    assert.equal(await traces.count(), 8);
     assert.ok(
       (await opened.page.locator(".tiller-chart .barlayer .trace").count()) >= 2,
       "stage timings stacked",
