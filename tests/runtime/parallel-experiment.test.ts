@@ -11,6 +11,7 @@ import { connect, type MetricsRow } from "../../src/index.js";
 import type { ExperimentConfig } from "../../src/rl/config.js";
 import { tokenizerFiles, writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
 import { tempDir } from "../helpers/python.js";
+import { assertRowsClose } from "../helpers/rows.js";
 import { killAll, tiller } from "../helpers/runtime.js";
 import { writeTinyMoe } from "../helpers/tiny-models.js";
 
@@ -39,26 +40,6 @@ after(() => {
   killAll();
   dir.cleanup();
 });
-
-const compared = [
-  "actor/pg_loss",
-  "actor/grad_norm",
-  "actor/entropy",
-  "critic/score/mean",
-  "actor/pg_clipfrac",
-];
-
-function assertRowsClose(got: MetricsRow, want: MetricsRow, what: string): void {
-  for (const key of compared) {
-    const a = got[key];
-    const b = want[key];
-    assert.equal(typeof a, "number", `${what}: ${key} missing`);
-    assert.ok(
-      Math.abs((a as number) - (b as number)) <= 1e-5 * Math.max(1, Math.abs(b as number)),
-      `${what}: ${key} ${a} vs one rank ${b}`,
-    );
-  }
-}
 
 test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run; Qwen3-MoE at EP4 and at TP2×EP2 with routing replay, DeepSeek-V3 at EP4 too", {
   timeout: 600_000,

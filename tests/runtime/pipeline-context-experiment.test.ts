@@ -11,6 +11,7 @@ import { connect, type MetricsRow } from "../../src/index.js";
 import type { ExperimentConfig } from "../../src/rl/config.js";
 import { writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
 import { tempDir } from "../helpers/python.js";
+import { assertRowsClose } from "../helpers/rows.js";
 import { killAll, tiller } from "../helpers/runtime.js";
 
 const dir = tempDir("pipeline-experiment");
@@ -18,14 +19,6 @@ after(() => {
   killAll();
   dir.cleanup();
 });
-
-const compared = [
-  "actor/pg_loss",
-  "actor/grad_norm",
-  "actor/entropy",
-  "critic/score/mean",
-  "actor/pg_clipfrac",
-];
 
 test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too; offload and recompute on one rank change no metric", {
   timeout: 400_000,
@@ -86,28 +79,14 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
         ?.toArray()
         .map((r: Int32Array) => Array.from(r));
     assert.deepEqual(responses(await staged.rollouts(3)), responses(oneTokens), "step 3's responses");
-    rows.forEach((row, i) => {
-      for (const key of compared) {
-        const a = row[key] as number;
-        const b = (oneRows[i] as MetricsRow)[key] as number;
-        assert.equal(typeof a, "number", `step ${i + 1}: ${key} missing`);
-        assert.ok(
-          Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)),
-          `step ${i + 1}: ${key} ${a} vs one rank ${b}`,
-        );
-      }
-    });
+    rows.forEach((row, i) => assertRowsClose(row, oneRows[i] as MetricsRow, `step ${i + 1}`));
     await staged.save();
     await staged.close();
 
     const resumed = await cluster.resume(join(dir.path, "pp2"), { totalSteps: 4, parallel: { gpus: 1 } });
     assert.equal(resumed.stepsDone, 3);
     const [row4] = await resumed.run(1);
-    for (const key of compared) {
-      const a = (row4 as MetricsRow)[key] as number;
-      const b = (oneRows[3] as MetricsRow)[key] as number;
-      assert.ok(Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)), `resumed step 4: ${key} ${a} vs ${b}`);
-    }
+    assertRowsClose(row4 as MetricsRow, oneRows[3] as MetricsRow, "resumed step 4");
     await resumed.close();
 
     const context = await cluster.experiment({
@@ -119,16 +98,7 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
     });
     const cpRows = await context.run(3);
     assert.deepEqual(responses(await context.rollouts(3)), responses(oneTokens), "CP2: step 3's responses");
-    cpRows.forEach((row, i) => {
-      for (const key of compared) {
-        const a = row[key] as number;
-        const b = (oneRows[i] as MetricsRow)[key] as number;
-        assert.ok(
-          Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)),
-          `CP2 step ${i + 1}: ${key} ${a} vs one rank ${b}`,
-        );
-      }
-    });
+    cpRows.forEach((row, i) => assertRowsClose(row, oneRows[i] as MetricsRow, `CP2 step ${i + 1}`));
     await context.close();
 
     // Offload and recompute on one rank: the same rows, the state moved between stages, memory reported.
@@ -142,14 +112,7 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
     });
     const managedRows = await managed.run(3);
     managedRows.forEach((row, i) => {
-      for (const key of compared) {
-        const a = row[key] as number;
-        const b = (oneRows[i] as MetricsRow)[key] as number;
-        assert.ok(
-          Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)),
-          `offload + recompute step ${i + 1}: ${key} ${a} vs ${b}`,
-        );
-      }
+      assertRowsClose(row, oneRows[i] as MetricsRow, `offload + recompute step ${i + 1}`);
       assert.ok(
         (row["timing_s/offload"] as number) > 0 && (row["timing_s/onload"] as number) > 0,
         "offload timed",
