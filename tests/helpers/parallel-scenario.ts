@@ -188,7 +188,10 @@ export async function runScenario(
     if (options.offloadOptimizer) {
       const moved = await model.offloadOptimizer();
       const m = model.memory();
-      (result.offloaded ??= []).push({ moved: moved.bytes, device: m.optimizer, host: m.optimizerHost });
+      result.offloaded = [
+        ...(result.offloaded ?? []),
+        { moved: moved.bytes, device: m.optimizer, host: m.optimizerHost },
+      ];
     }
   }
   result.parameters = byName(await model.gather("parameters"));

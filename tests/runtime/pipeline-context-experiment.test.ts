@@ -79,7 +79,7 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
         ?.toArray()
         .map((r: Int32Array) => Array.from(r));
     assert.deepEqual(responses(await staged.rollouts(3)), responses(oneTokens), "step 3's responses");
-    rows.forEach((row, i) => assertRowsClose(row, oneRows[i] as MetricsRow, `step ${i + 1}`));
+    for (const [i, row] of rows.entries()) assertRowsClose(row, oneRows[i] as MetricsRow, `step ${i + 1}`);
     await staged.save();
     await staged.close();
 
@@ -98,7 +98,8 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
     });
     const cpRows = await context.run(3);
     assert.deepEqual(responses(await context.rollouts(3)), responses(oneTokens), "CP2: step 3's responses");
-    cpRows.forEach((row, i) => assertRowsClose(row, oneRows[i] as MetricsRow, `CP2 step ${i + 1}`));
+    for (const [i, row] of cpRows.entries())
+      assertRowsClose(row, oneRows[i] as MetricsRow, `CP2 step ${i + 1}`);
     await context.close();
 
     // Offload and recompute on one rank: the same rows, the state moved between stages, memory reported.
