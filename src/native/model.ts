@@ -176,6 +176,8 @@ export interface ReshardStats {
   /** Regions this rank already held, copied in place. */
   bytesCopied: number;
   buckets: number;
+  /** Received regions checked against their sender's checksum (options.verify; else 0). */
+  verified: number;
   seconds: number;
 }
 
@@ -304,7 +306,12 @@ export interface NativeModelAddon {
   /** addon/model.cc ModelMemory: bytes by kind; on CUDA the allocator's (peak reset by the read) */
   modelMemory(handle: NativeModelHandle): MemoryBytes;
   /** addon/model.cc ReshardWork: `to`'s parameters from `from`'s weights, in `to`'s layout */
-  modelReshard(from: NativeModelHandle, to: NativeModelHandle, bucketBytes: number): Promise<ReshardStats>;
+  modelReshard(
+    from: NativeModelHandle,
+    to: NativeModelHandle,
+    bucketBytes: number,
+    verify: boolean,
+  ): Promise<ReshardStats>;
   /** addon/model.cc OffloadWork: the optimizer state to host memory / back */
   modelOffload(handle: NativeModelHandle): Promise<{ bytes: number; seconds: number }>;
   modelOnload(handle: NativeModelHandle): Promise<{ bytes: number; seconds: number }>;
@@ -885,15 +892,20 @@ export class Model {
    * Sets this model's parameters to `source`'s weights: the same model held in another parallel
    * layout over the same ranks (training → rollout). Each rank keeps what it already holds and
    * receives every region it lacks once, from one of the ranks holding it, a bucket of tensors
-   * (`bucketBytes`, default 256 MiB) at a time. Collective: every rank calls it.
+   * (`bucketBytes`, default 256 MiB) at a time. `verify` (debugging): each received region is
+   * checked against a checksum of its bits from its sender, and a mismatch throws naming the
+   * tensor, the rows and the sender. Collective: every rank calls it.
    */
-  reshardFrom(source: Model, options: { bucketBytes?: number } = {}): Promise<ReshardStats> {
+  reshardFrom(
+    source: Model,
+    options: { bucketBytes?: number; verify?: boolean } = {},
+  ): Promise<ReshardStats> {
     const bucket = options.bucketBytes ?? 256 * 2 ** 20;
     if (!Number.isSafeInteger(bucket) || bucket < 1) {
       throw new RangeError(`options.bucketBytes: ${JSON.stringify(bucket)} must be an integer ≥ 1`);
     }
     if (!(source instanceof Model)) throw new TypeError("source: expected a Model");
-    return native().modelReshard(source.handle, this.handle, bucket);
+    return native().modelReshard(source.handle, this.handle, bucket, options.verify === true);
   }
 
   /**

@@ -17,6 +17,8 @@ export interface ReshardRankConfig {
   rolloutDir: string;
   prompts: number[][];
   bucketBytes: number;
+  /** Check every received region against its sender's checksum. */
+  verify?: boolean;
   out: string;
 }
 
@@ -37,7 +39,10 @@ try {
   const train = await Model.load(config.trainDir, { mesh: trainMesh });
   const rollout = await Model.load(config.rolloutDir, { mesh: rolloutMesh });
   opened.push(train, rollout);
-  const stats = await rollout.reshardFrom(train, { bucketBytes: config.bucketBytes });
+  const stats = await rollout.reshardFrom(train, {
+    bucketBytes: config.bucketBytes,
+    verify: config.verify === true,
+  });
   const parameters = await rollout.gather("parameters");
   const generated = await rollout.generate(
     config.prompts.map((p) => Int32Array.from(p)),

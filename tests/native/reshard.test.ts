@@ -26,6 +26,8 @@ interface Case {
   moe?: boolean;
   /** Some rank must receive bytes (false: the layouts match, nothing moves). */
   moves: boolean;
+  /** Received regions checked against their senders' checksums. */
+  verify?: boolean;
 }
 
 const cases: Case[] = [
@@ -40,6 +42,7 @@ const cases: Case[] = [
     train: { pipeline: 2, tensor: 2 },
     rollout: { tensor: 2, data: 2 },
     moves: true,
+    verify: true,
   },
   {
     label: "train EP4 (Qwen3-MoE) -> rollout TP2 x DP2",
@@ -57,7 +60,7 @@ const cases: Case[] = [
 ];
 
 for (const c of cases) {
-  test(`${c.label}: every rollout shard is the trained slice exactly, greedy tokens are one device's, only missing regions move`, {
+  test(`${c.label}: every rollout shard is the trained slice exactly, greedy tokens are one device's, only missing regions move${c.verify ? ", every received region passes its sender's checksum" : ""}`, {
     timeout: 180_000,
   }, async () => {
     const dir = tempDir("reshard");
@@ -90,6 +93,7 @@ for (const c of cases) {
         rolloutDir,
         prompts,
         bucketBytes: 16_384, // several buckets for these tiny tensors
+        ...(c.verify ? { verify: true } : {}),
         out,
       }));
       const ranks = await runRanks(configs, 150_000, {}, "reshard-rank.js");
@@ -123,6 +127,11 @@ for (const c of cases) {
       const sent = stats.reduce((n, s) => n + s.bytesSent, 0);
       const received = stats.reduce((n, s) => n + s.bytesReceived, 0);
       assert.equal(sent, received, "every byte sent is received");
+      for (const [r, s] of stats.entries()) {
+        if (c.verify)
+          assert.equal(s.verified > 0, s.bytesReceived > 0, `rank ${r}: a checksum per received region`);
+        else assert.equal(s.verified, 0, `rank ${r}: nothing checked without verify`);
+      }
       if (c.moves) {
         assert.ok(received > 0, "some rank lacked regions");
         assert.ok(
@@ -148,7 +157,7 @@ for (const c of cases) {
         assert.equal(Math.max(...stats.map((s) => s.bytesReceived)), planned, "the planner's reshard bytes");
       }
       console.log(
-        `${c.label}: received per rank ${stats.map((s) => s.bytesReceived).join(" / ")} B, copied in place ${stats.map((s) => s.bytesCopied).join(" / ")} B, ${stats[0]?.buckets} buckets`,
+        `${c.label}: received per rank ${stats.map((s) => s.bytesReceived).join(" / ")} B, copied in place ${stats.map((s) => s.bytesCopied).join(" / ")} B, ${stats[0]?.buckets} buckets${c.verify ? `, regions verified ${stats.map((s) => s.verified).join(" / ")}` : ""}`,
       );
     } finally {
       dir.cleanup();

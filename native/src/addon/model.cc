@@ -877,8 +877,13 @@ Napi::Value ModelOnload(const Napi::CallbackInfo& info) {
 // sync::reshard from the first into the second.
 class ReshardWork final : public PromiseWork {
  public:
-  ReshardWork(Napi::Env env, std::shared_ptr<ModelSlot> from, std::shared_ptr<ModelSlot> to, int64_t bucket)
-      : PromiseWork(env, "tiller.modelReshard"), from_(std::move(from)), to_(std::move(to)), bucket_(bucket) {}
+  ReshardWork(Napi::Env env, std::shared_ptr<ModelSlot> from, std::shared_ptr<ModelSlot> to, int64_t bucket,
+              bool verify)
+      : PromiseWork(env, "tiller.modelReshard"),
+        from_(std::move(from)),
+        to_(std::move(to)),
+        bucket_(bucket),
+        verify_(verify) {}
 
  protected:
   void Run() override {
@@ -887,7 +892,7 @@ class ReshardWork final : public PromiseWork {
     const auto& c = from_->config;
     const auto& text = c.has("num_hidden_layers") ? c : c.at("text_config");
     const auto layers = static_cast<int64_t>(text.at("num_hidden_layers").as_number());
-    stats_ = sync::reshard(*from_->model, *from_->mesh, *to_->model, *to_->mesh, layers, bucket_);
+    stats_ = sync::reshard(*from_->model, *from_->mesh, *to_->model, *to_->mesh, layers, bucket_, verify_);
     synchronize(to_->model->device());
   }
 
@@ -898,6 +903,7 @@ class ReshardWork final : public PromiseWork {
     out["bytesReceived"] = static_cast<double>(stats_.bytes_received);
     out["bytesCopied"] = static_cast<double>(stats_.bytes_copied);
     out["buckets"] = static_cast<double>(stats_.buckets);
+    out["verified"] = static_cast<double>(stats_.verified);
     out["seconds"] = stats_.seconds;
     return out;
   }
@@ -905,11 +911,13 @@ class ReshardWork final : public PromiseWork {
  private:
   std::shared_ptr<ModelSlot> from_, to_;
   int64_t bucket_;
+  bool verify_;
   sync::ReshardStats stats_;
 };
 
-// modelReshard(from, to, bucketBytes) -> Promise<{tensors, bytesSent, bytesReceived, bytesCopied, buckets, seconds}>:
-// `to`'s parameters become `from`'s weights in `to`'s layout. Collective over all ranks.
+// modelReshard(from, to, bucketBytes, verify?) -> Promise<{tensors, bytesSent, bytesReceived, bytesCopied,
+// buckets, verified, seconds}>: `to`'s parameters become `from`'s weights in `to`'s layout; `verify`
+// checks every received region against its sender's checksum. Collective over all ranks.
 Napi::Value ModelReshard(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -918,7 +926,8 @@ Napi::Value ModelReshard(const Napi::CallbackInfo& info) {
     if (from == to) throw std::invalid_argument("to: the same model as from");
     const auto bucket = info[2].As<Napi::Number>().Int64Value();
     if (bucket < 1) throw std::invalid_argument("bucketBytes: must be >= 1");
-    return queue_work<ReshardWork>(env, std::move(from), std::move(to), bucket);
+    const bool verify = info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+    return queue_work<ReshardWork>(env, std::move(from), std::move(to), bucket, verify);
   });
 }
 

@@ -41,8 +41,23 @@ struct Piece {
 
 }  // namespace
 
+at::Tensor bit_checksum(const at::Tensor& t) {
+  at::NoGradGuard no_grad;
+  const auto flat = t.contiguous().reshape({-1});
+  at::Tensor bits;
+  switch (c10::elementSize(flat.scalar_type())) {
+    case 8: bits = flat.view(at::kLong); break;
+    case 4: bits = flat.view(at::kInt); break;
+    case 2: bits = flat.view(at::kShort); break;
+    default: bits = flat.view(at::kByte); break;
+  }
+  const auto values = bits.to(at::kDouble);
+  const auto weights = at::arange(values.numel(), values.options()).remainder(251).add_(1);
+  return at::stack({values.sum(), (values * weights).sum()});
+}
+
 ReshardStats reshard(const models::CausalLM& from, const parallel::Mesh& from_mesh, models::CausalLM& to,
-                     const parallel::Mesh& to_mesh, int64_t layers, int64_t bucket_bytes) {
+                     const parallel::Mesh& to_mesh, int64_t layers, int64_t bucket_bytes, bool verify) {
   const auto start = std::chrono::steady_clock::now();
   at::NoGradGuard no_grad;
   if (from_mesh.world_size() != to_mesh.world_size()) {
@@ -119,6 +134,7 @@ ReshardStats reshard(const models::CausalLM& from, const parallel::Mesh& from_me
       size_t index;
       int dim;
       Piece piece;
+      at::Tensor checksum;  // the sender's (verify)
     };
     std::vector<Landing> landings;
     for (const auto& plan : bucket) {
@@ -136,18 +152,37 @@ ReshardStats reshard(const models::CausalLM& from, const parallel::Mesh& from_me
           auto src = region(mine.at(name), plan.dim, held_mine.begin, piece).contiguous().to(group.device());
           stats.bytes_sent += static_cast<int64_t>(src.nbytes());
           sends.push_back({src, piece.to});
+          if (verify) sends.push_back({bit_checksum(src), piece.to});
         } else if (piece.to == me) {
           auto shape = region(target, plan.dim, want_mine.begin, piece).sizes().vec();
           auto buffer = at::empty(shape, target.options().device(group.device()));
           stats.bytes_received += static_cast<int64_t>(buffer.nbytes());
           receives.push_back({buffer, piece.from});
-          landings.push_back({buffer, plan.index, plan.dim, piece});
+          at::Tensor checksum;
+          if (verify) {
+            checksum = at::empty({2}, buffer.options().dtype(at::kDouble));
+            receives.push_back({checksum, piece.from});
+          }
+          landings.push_back({buffer, plan.index, plan.dim, piece, checksum});
         }
       }
     }
     group.exchange(sends, receives);
     for (const auto& l : landings) {
       const auto& [name, target] = targets[l.index];
+      if (verify) {
+        const auto mine = bit_checksum(l.buffer).cpu(), theirs = l.checksum.cpu();
+        const auto a = mine.data_ptr<double>(), b = theirs.data_ptr<double>();
+        if (a[0] != b[0] || a[1] != b[1]) {
+          throw std::runtime_error("reshard: " + name + " [" + std::to_string(l.piece.begin) + ", " +
+                                   std::to_string(l.piece.end) + ") of dim " + std::to_string(l.dim) +
+                                   " from rank " + std::to_string(l.piece.from) +
+                                   " arrived with other bits than sent (checksum " + std::to_string(a[0]) + "/" +
+                                   std::to_string(a[1]) + ", sender's " + std::to_string(b[0]) + "/" +
+                                   std::to_string(b[1]) + ")");
+        }
+        ++stats.verified;
+      }
       const auto want = holding(tl, me, name, placements[l.index], layers, false);
       region(target, l.dim, want.begin, l.piece).copy_(l.buffer);
     }
