@@ -237,6 +237,12 @@ export class ExperimentRun {
   readonly #ranks: RunRanks;
   readonly #actor: ModelRole;
   readonly #ref: ModelRole;
+  /**
+   * The rollout engine's copy of the actor under rollout.parallel's layout (its own mesh of the
+   * same ranks), resharded from the actor at every sync; undefined: the actor generates itself.
+   */
+  #rollout: ModelRole | undefined;
+  #rolloutLoaded = false;
   /** PPO's value model (algorithm.advantage "gae"), on the actor's rank. */
   readonly #critic: string;
   #stopRequested = false;
@@ -278,6 +284,19 @@ export class ExperimentRun {
     this.#ranks = ranks;
     this.#actor = new ModelRole(`actor.${tag}`, ranks);
     this.#ref = new ModelRole(`ref.${tag}`, ranks);
+    const r = config.rollout.parallel;
+    if (r) {
+      const layout = {
+        tensor: r.tensor,
+        data: r.data,
+        context: 1,
+        pipeline: 1,
+        expert: 1,
+        sequenceParallel: false,
+      };
+      // No relay for its replicas: the workers' relay groups are the training layout's.
+      this.#rollout = new ModelRole(`rollout.${tag}`, new RunRanks(layout, call, ranks.callEach));
+    }
     this.#critic = `critic.${tag}`;
     this.runDir = resolve(config.runDir);
     const shape = readFlopShape(config.model.path);
@@ -365,6 +384,13 @@ export class ExperimentRun {
     if (images && config.critic) {
       throw new UserError("BAD_ARGS", "critic: not supported for vision-language models yet", "critic");
     }
+    if (images && config.rollout.parallel) {
+      throw new UserError(
+        "BAD_ARGS",
+        "rollout.parallel: a rollout layout of its own is not supported for vision-language models yet; leave it out (the rollout then uses the training layout)",
+        "rollout.parallel",
+      );
+    }
     const encoder = new PromptEncoder(tokenizer, config.data.chatTemplate, images);
     const promptDataset = async (files: readonly string[], field: string, shuffle: boolean) => {
       const rows = (await Promise.all(files.map(readPromptRows))).flat();
@@ -427,6 +453,10 @@ export class ExperimentRun {
     try {
       // One mesh per run, its process groups made once; every rank's models load under it.
       if (ranks.multiRank) await ranks.all("dist.mesh", { ...ranks.layout });
+      if (run.#rollout) {
+        const { tensor, data } = run.#rollout.ranks.layout;
+        await ranks.all("dist.mesh", { tensor, data, key: "rollout" });
+      }
       await run.#loadActor(options.actorDir ?? config.model.path);
       if (needsReference(config)) await run.#ref.load(config.model.path, run.#dtype);
       if (config.critic) await run.#loadCritic(options.criticDir ?? config.critic.path);
@@ -521,6 +551,8 @@ export class ExperimentRun {
       writeFileSync(join(this.runDir, "config.json"), `${JSON.stringify(this.#config, null, 2)}\n`);
       await this.#actor.everywhere("model.free", {});
       await this.#loadActor(join(dir, "model"));
+      // The rollout copy follows the weights just loaded.
+      if (this.#rollout) await this.#reshardRollout();
     }
     await this.#actor.everywhere("model.loadOptimizer", { file: join(dir, "optimizer.safetensors") });
     if (this.#config.critic) {
@@ -593,6 +625,11 @@ export class ExperimentRun {
     const loaded = await this.#actor.load(dir, this.#dtype, {
       ...(this.#config.model.freezeVisionTower ? { freezeVision: true } : {}),
     });
+    if (this.#rollout && !this.#rolloutLoaded) {
+      // The same folder under the rollout's mesh: its slices are the actor's weights as they are.
+      await this.#rollout.load(dir, this.#dtype, { mesh: "rollout" });
+      this.#rolloutLoaded = true;
+    }
     this.#device = loaded.device;
     const { lr, beta1, beta2, eps, weightDecay, schedule, maxGradNorm } = this.#config.optimizer;
     await this.#actor.everywhere("model.initOptimizer", {
@@ -635,7 +672,9 @@ export class ExperimentRun {
   /** Frees the models on the workers and stops the reward threads. */
   async close(): Promise<void> {
     await this.rewards.close();
-    for (const role of needsReference(this.#config) ? [this.#actor, this.#ref] : [this.#actor]) {
+    const roles = [this.#actor, ...(needsReference(this.#config) ? [this.#ref] : [])];
+    if (this.#rollout) roles.push(this.#rollout);
+    for (const role of roles) {
       try {
         await role.everywhere("model.free", {});
       } catch (error) {
@@ -741,6 +780,31 @@ export class ExperimentRun {
     return result;
   }
 
+  /** The model that generates: the rollout's copy under its own layout, or the actor itself. */
+  get #generator(): ModelRole {
+    return this.#rollout ?? this.#actor;
+  }
+
+  /**
+   * The actor's weights into the rollout's copy (every rank together): each rank keeps what it
+   * holds and receives what it lacks once. The step's metrics: the busiest rank's time, the bytes
+   * received by all ranks, and their rate.
+   */
+  async #reshardRollout(): Promise<Record<string, number>> {
+    const rollout = this.#rollout as ModelRole;
+    const stats = await rollout.reshardFrom(this.#actor, this.#config.rollout.reshard);
+    const seconds = Math.max(...stats.map((s) => s.seconds));
+    const bytes = stats.reduce((n, s) => n + s.bytesReceived, 0);
+    return {
+      "timing_s/reshard": seconds,
+      "perf/reshard_bytes": bytes,
+      ...(seconds > 0 ? { "perf/reshard_gbps": bytes / seconds / 1e9 } : {}),
+      ...(this.#config.rollout.reshard.verify
+        ? { "perf/reshard_verified_regions": stats.reduce((n, s) => n + s.verified, 0) }
+        : {}),
+    };
+  }
+
   /** Samples `samplesPerPrompt` responses for each prompt; greedy ones too for ReMax. */
   async #generate(prompts: PromptItem[], step: number, round: number): Promise<Sample[]> {
     const { samplesPerPrompt, maxResponseTokens, temperature, topP, topK } = this.#config.rollout;
@@ -748,7 +812,7 @@ export class ExperimentRun {
     const repeated = ids.flatMap((p) => Array.from({ length: samplesPerPrompt }, () => p));
     const seed = mixSeed(mixSeed(this.#config.seed, step), round);
     const pixels = await promptImages(prompts, this.#images);
-    const generations = await this.#actor.generate(
+    const generations = await this.#generator.generate(
       repeated,
       {
         maxNewTokens: maxResponseTokens,
@@ -784,7 +848,7 @@ export class ExperimentRun {
       return sampleOf(g, repeated[i] as Int32Array, prompts[group] as PromptItem, group);
     });
     if (this.#config.algorithm.advantage === "remax") {
-      const greedy = await this.#actor.generate(
+      const greedy = await this.#generator.generate(
         ids,
         { maxNewTokens: maxResponseTokens, temperature: 0, stopTokenIds: this.tokenizer.stopTokenIds },
         pixels,
@@ -1435,13 +1499,19 @@ export class ExperimentRun {
   }
 
   /**
-   * Makes the rollout engine use the updated weights. Colocated on one rank with one layout, the
-   * rollout reads the trainer's parameters in place: nothing moves, so no perf/sync_bytes is
-   * written (a metric is measured or absent); resharding will measure it when it moves bytes.
+   * Makes the rollout engine use the updated weights. With the training layout, the rollout reads
+   * the trainer's parameters in place: nothing moves and no reshard metric is written (a metric is
+   * measured or absent). With its own layout (rollout.parallel), the weights are resharded into the
+   * rollout's copy: timing_s/reshard, perf/reshard_bytes (received over all ranks), perf/reshard_gbps.
    */
   async sync(): Promise<StepBatch> {
     const batch = this.#current("sync");
-    await this.#timed(batch, "sync", async () => {});
+    await this.#timed(batch, "sync", async () => {
+      if (!this.#rollout) return;
+      const { "timing_s/reshard": seconds, ...moved } = await this.#reshardRollout();
+      if (seconds !== undefined) batch.timings["timing_s/reshard"] = seconds;
+      Object.assign(batch.metrics, moved);
+    });
     const every = this.#config.validation?.everySteps ?? 0;
     if (
       this.#valDataset &&
@@ -1486,7 +1556,7 @@ export class ExperimentRun {
         Array.from({ length: n }, () => Int32Array.from(item.promptTokenIds)),
       );
       const pixels = await promptImages(items, this.#images);
-      const generations = await this.#actor.generate(
+      const generations = await this.#generator.generate(
         prompts,
         {
           maxNewTokens: this.#config.rollout.maxResponseTokens,
@@ -1855,8 +1925,8 @@ export class ExperimentRun {
 
   /**
    * Changes settings between steps, checked as a whole config (errors name the field). Shorthands:
-   * lr, maxGradNorm, temperature, entropyCoeff. The model, data, seed, layout and whether a
-   * reference model is used cannot change in a running experiment.
+   * lr, maxGradNorm, temperature, entropyCoeff. The model, data, seed, layouts (training and
+   * rollout) and whether a reference model is used cannot change in a running experiment.
    */
   async set(patch: Record<string, unknown>): Promise<ResolvedConfig> {
     const shorthand: Record<string, string[]> = {
@@ -1876,6 +1946,12 @@ export class ExperimentRun {
         throw new ConfigError(fixed, "cannot change in a running experiment; start a new one");
     }
     const next = resolveConfig(deepMerge(this.#config, expanded) as never);
+    if (JSON.stringify(next.rollout.parallel) !== JSON.stringify(this.#config.rollout.parallel)) {
+      throw new ConfigError(
+        "rollout.parallel",
+        "the rollout's layout cannot change in a running experiment; start a new one",
+      );
+    }
     if (needsReference(next) !== needsReference(this.#config)) {
       throw new ConfigError(
         "algorithm",

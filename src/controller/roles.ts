@@ -220,9 +220,10 @@ export class ModelRole {
   async load(
     dir: string,
     dtype: WorkerCommandArgs<"model.load">["dtype"],
-    extra: { freezeVision?: boolean } = {},
+    extra: { freezeVision?: boolean; mesh?: string } = {},
   ): Promise<WorkerCommandResults["model.load"]> {
-    const sharded = this.ranks.multiRank ? { sharded: true } : {};
+    // A named mesh (the rollout's) is made on every rank whatever its size: load under it then.
+    const sharded = this.ranks.multiRank || extra.mesh !== undefined ? { sharded: true } : {};
     const [first] = await this.ranks.all("model.load", {
       name: this.name,
       dir,
@@ -353,6 +354,17 @@ export class ModelRole {
    */
   async memory(): Promise<WorkerCommandResults["model.memory"][]> {
     return this.ranks.all("model.memory", { name: this.name });
+  }
+
+  /**
+   * This model's parameters from `source`'s weights (the same model under another layout of the
+   * same ranks), on every rank together; every rank's counts, in rank order.
+   */
+  async reshardFrom(
+    source: ModelRole,
+    options: { bucketBytes: number; verify: boolean },
+  ): Promise<WorkerCommandResults["model.reshard"][]> {
+    return this.ranks.all("model.reshard", { name: this.name, from: source.name, ...options });
   }
 
   /** Router statistics since the last call, over every replica's tokens. */

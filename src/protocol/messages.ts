@@ -3,7 +3,7 @@
 // Controller ⇄ worker: {type: "join" | "welcome" | "heartbeat" | "command" | "reply" | ...}.
 // Worker commands (what a rank can be told to do) are declared here once; the controller forwards
 // them and the worker's command table implements them.
-import type { MemoryBytes, RouterStats, ScheduleStats } from "../native/model.js";
+import type { MemoryBytes, ReshardStats, RouterStats, ScheduleStats } from "../native/model.js";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
 import {
   anything,
@@ -69,6 +69,8 @@ export const requestHeader = object({
 
 const ids = typedArray(Int32Array, BigInt64Array);
 const modelName = string({ maxLength: 200 });
+/** A second mesh of the run's ranks by name (the rollout's layout); absent: the run's mesh. */
+const meshKey = string({ pattern: /^[a-z][a-z0-9-]{0,31}$/ });
 const hostTensor = object({
   name: string({ maxLength: 500 }),
   dtype: literal("float32", "float64", "float16", "bfloat16"),
@@ -94,6 +96,8 @@ export const workerCommandArgs = {
     dtype: optional(literal("float32", "float16", "bfloat16")),
     /** Load this rank's slices under the worker's mesh (dist.mesh); every rank of it loads together. */
     sharded: optional(boolean()),
+    /** With sharded: the mesh made by dist.mesh with this key instead of the run's. */
+    mesh: optional(meshKey),
     /** Vision-language models: load the vision tower as frozen (no gradients, no optimizer state). */
     freezeVision: optional(boolean()),
   }),
@@ -196,6 +200,17 @@ export const workerCommandArgs = {
   "model.saveOptimizer": object({ name: modelName, file: string() }),
   "model.loadOptimizer": object({ name: modelName, file: string() }),
   "model.free": object({ name: modelName }),
+  /**
+   * `name`'s parameters set from `from`'s weights (the same model under another mesh of the same
+   * ranks: training → rollout), a bucket of tensors at a time; `verify` checks each received region
+   * against its sender's checksum. Every rank calls it together.
+   */
+  "model.reshard": object({
+    name: modelName,
+    from: modelName,
+    bucketBytes: optional(integer({ min: 1 })),
+    verify: optional(boolean()),
+  }),
   /** PPO's value model (native/critic.ts): load with its optimizer, values, one update, save. */
   "critic.load": object({
     name: modelName,
@@ -247,6 +262,8 @@ export const workerCommandArgs = {
     sequenceParallel: optional(boolean()),
     firstStageLayers: optional(integer({ min: 1 })),
     lastStageLayers: optional(integer({ min: 1 })),
+    /** Another mesh beside the run's (the rollout layout), by name; no relay group is made for it. */
+    key: optional(meshKey),
   }),
   /** Waits; the test of a worker lost mid-command uses it. */
   "debug.sleep": object({ ms: integer({ min: 0, max: 3_600_000 }) }),
@@ -575,6 +592,7 @@ export interface WorkerCommandResults {
   "model.save": { dir: string };
   "model.setTraining": { name: string };
   "model.memory": { now: MemoryBytes; update?: MemoryBytes };
+  "model.reshard": ReshardStats;
   "model.offload": { bytes: number; seconds: number };
   "model.onload": { bytes: number; seconds: number };
   "model.activations": { values: Float32Array; shape: [number, number] };

@@ -152,6 +152,18 @@ export interface ExperimentConfig {
      * the training forwards (old logprobs, update) use exactly those experts. Default "off".
      */
     routingReplay?: "off" | "record" | "replay";
+    /**
+     * The rollout engine's own layout over the run's GPUs (verl's rollout.tensor_model_parallel_size):
+     * tensor × data = parallel.gpus. When it differs from the training layout the rollout holds its
+     * own copy of the weights in this layout, resharded from the actor at every sync stage; absent
+     * (or equal to the training layout), the rollout reads the training weights in place.
+     */
+    parallel?: { tensor?: number; data?: number };
+    /**
+     * Resharding at sync: tensors move a bucket of about `bucketBytes` at a time (default 256 MiB);
+     * `verify` (debugging) checks every received region against a checksum from its sender.
+     */
+    reshard?: { bucketBytes?: number; verify?: boolean };
   };
   /** Optimizer updates per step: the step's responses are cut into this many mini-batches. Default 1. */
   miniBatchesPerStep?: number;
@@ -295,6 +307,9 @@ export interface ResolvedConfig {
     topP: number;
     topK: number;
     routingReplay: "off" | "record" | "replay";
+    /** Given only when the rollout's layout differs from the training layout. */
+    parallel?: { tensor: number; data: number };
+    reshard: { bucketBytes: number; verify: boolean };
   };
   miniBatchesPerStep: number;
   epochsPerStep: number;
@@ -378,6 +393,12 @@ function oneOf<T extends string>(value: unknown, field: string, allowed: readonl
     );
   }
   return value as T;
+}
+
+function bool(v: unknown, field: string, fallback: boolean): boolean {
+  if (v === undefined) return fallback;
+  if (typeof v !== "boolean") throw new ConfigError(field, `${show(v)} must be true or false`);
+  return v;
 }
 
 function obj(value: unknown, field: string): Record<string, unknown> {
@@ -531,21 +552,7 @@ function resolveParallel(value: unknown, shape: ModelShape | undefined): Resolve
   }
   if (shape) {
     const s = "model.shape";
-    if (shape.attentionHeads % tensor !== 0) {
-      throw new ConfigError(
-        `${field}.tensor`,
-        `${tensor} does not divide the ${shape.attentionHeads} attention heads (${s}.attentionHeads)`,
-      );
-    }
-    // Fewer KV heads than tensor ranks are replicated (each rank keeps the one its query heads use).
-    if (shape.kvHeads >= tensor ? shape.kvHeads % tensor !== 0 : tensor % shape.kvHeads !== 0) {
-      throw new ConfigError(
-        `${field}.tensor`,
-        shape.kvHeads >= tensor
-          ? `${tensor} does not divide the ${shape.kvHeads} KV heads (${s}.kvHeads)`
-          : `${shape.kvHeads} KV heads (${s}.kvHeads) do not divide ${tensor} tensor ranks, so they cannot be replicated evenly`,
-      );
-    }
+    checkTensorSplit(tensor, shape, `${field}.tensor`);
     const stages = pipeline * virtualPipeline;
     if (stages > shape.layers) {
       throw new ConfigError(
@@ -591,6 +598,80 @@ function resolveParallel(value: unknown, shape: ModelShape | undefined): Resolve
     data,
     gpus,
     ...stageSplit,
+  };
+}
+
+/** Attention heads (and KV heads, or their replication) split evenly over `tensor` ranks. */
+function checkTensorSplit(tensor: number, shape: ModelShape, field: string): void {
+  const s = "model.shape";
+  if (shape.attentionHeads % tensor !== 0) {
+    throw new ConfigError(
+      field,
+      `${tensor} does not divide the ${shape.attentionHeads} attention heads (${s}.attentionHeads)`,
+    );
+  }
+  // Fewer KV heads than tensor ranks are replicated (each rank keeps the one its query heads use).
+  if (shape.kvHeads >= tensor ? shape.kvHeads % tensor !== 0 : tensor % shape.kvHeads !== 0) {
+    throw new ConfigError(
+      field,
+      shape.kvHeads >= tensor
+        ? `${tensor} does not divide the ${shape.kvHeads} KV heads (${s}.kvHeads)`
+        : `${shape.kvHeads} KV heads (${s}.kvHeads) do not divide ${tensor} tensor ranks, so they cannot be replicated evenly`,
+    );
+  }
+  // The embedding and the lm-head split by rows over the tensor ranks (vocab-parallel).
+  if (shape.vocabSize % tensor !== 0) {
+    throw new ConfigError(
+      field,
+      `${tensor} does not divide the vocabulary of ${shape.vocabSize} (${s}.vocabSize)`,
+    );
+  }
+}
+
+/**
+ * rollout.parallel: {tensor, data} over all of parallel.gpus; undefined when it places the weights
+ * as the training layout does (the rollout then reads them in place).
+ */
+function resolveRolloutParallel(
+  value: unknown,
+  train: ResolvedConfig["parallel"],
+  shape: ModelShape | undefined,
+): { tensor: number; data: number } | undefined {
+  if (value === undefined) return undefined;
+  const field = "rollout.parallel";
+  const p = obj(value, field);
+  known(p, field, ["tensor", "data"]);
+  const tensor = int(p.tensor, `${field}.tensor`, 1, 1);
+  if (train.gpus % tensor !== 0) {
+    throw new ConfigError(
+      `${field}.tensor`,
+      `${tensor} does not divide the run's ${train.gpus} GPUs (parallel.gpus)`,
+    );
+  }
+  const data = int(p.data, `${field}.data`, 1, train.gpus / tensor);
+  if (tensor * data !== train.gpus) {
+    throw new ConfigError(
+      `${field}.data`,
+      `${tensor} × ${data} (tensor × data) ≠ the run's ${train.gpus} GPUs: the rollout is colocated with training on the same ranks`,
+    );
+  }
+  if (shape) checkTensorSplit(tensor, shape, `${field}.tensor`);
+  const same =
+    tensor === train.tensor &&
+    data === train.data &&
+    train.pipeline === 1 &&
+    train.context === 1 &&
+    train.expert === 1;
+  return same ? undefined : { tensor, data };
+}
+
+function resolveReshard(value: unknown): ResolvedConfig["rollout"]["reshard"] {
+  const field = "rollout.reshard";
+  const r = value === undefined ? {} : obj(value, field);
+  known(r, field, ["bucketBytes", "verify"]);
+  return {
+    bucketBytes: int(r.bucketBytes, `${field}.bucketBytes`, 1, 256 * 2 ** 20),
+    verify: bool(r.verify, `${field}.verify`, false),
   };
 }
 
@@ -703,11 +784,6 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
       `${show(data.train)} must be a file path or a non-empty list of them`,
     );
   }
-  const bool = (v: unknown, field: string, fallback: boolean) => {
-    if (v === undefined) return fallback;
-    if (typeof v !== "boolean") throw new ConfigError(field, `${show(v)} must be true or false`);
-    return v;
-  };
   const val = data.val === undefined ? [] : typeof data.val === "string" ? [data.val] : data.val;
   if (!Array.isArray(val) || !val.every((f) => typeof f === "string" && f !== "")) {
     throw new ConfigError("data.val", `${show(data.val)} must be a file path or a list of them`);
@@ -736,6 +812,8 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     "topP",
     "topK",
     "routingReplay",
+    "parallel",
+    "reshard",
   ]);
   const samplesPerPrompt = int(rollout.samplesPerPrompt, "rollout.samplesPerPrompt", 1);
   const maxResponseTokens = int(rollout.maxResponseTokens, "rollout.maxResponseTokens", 1);
@@ -989,6 +1067,7 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
         ["off", "record", "replay"] as const,
         "off",
       ),
+      reshard: resolveReshard(rollout.reshard),
     },
     miniBatchesPerStep,
     epochsPerStep: int(c.epochsPerStep, "epochsPerStep", 1, 1),
@@ -1009,6 +1088,8 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
     },
     parallel: resolveParallel(c.parallel, shape),
   };
+  const rolloutLayout = resolveRolloutParallel(rollout.parallel, resolved.parallel, shape);
+  if (rolloutLayout) resolved.rollout.parallel = rolloutLayout;
   if (c.peakFlopsPerDevice !== undefined) {
     resolved.peakFlopsPerDevice = num(c.peakFlopsPerDevice, "peakFlopsPerDevice", (v) => v > 0, "> 0");
   }

@@ -78,6 +78,8 @@ export class WorkerState {
   mesh: Mesh | undefined;
   /** This rank's data-parallel replica (tensor × context × pipeline ranks) when it has several: relays go over it. */
   replicaGroup: ProcessGroup | undefined;
+  /** Meshes beside the run's, by key (dist.mesh with a key: the rollout layout). */
+  readonly namedMeshes = new Map<string, Mesh>();
   /** Meshes made on this process group so far (every rank makes the same ones, in order). */
   meshes = 0;
 
@@ -173,6 +175,37 @@ export class WorkerState {
     return frames;
   }
 
+  /** The run's mesh, or the one dist.mesh made under `key`. */
+  meshFor(key: string | undefined, what: string): Mesh {
+    const mesh = key === undefined ? this.mesh : this.namedMeshes.get(key);
+    if (!mesh) {
+      throw new CommandError(
+        "WORKER_ERROR",
+        key === undefined
+          ? `${what}: no mesh; call dist.mesh first`
+          : `${what}: no mesh "${key}"; made: ${[...this.namedMeshes.keys()].join(", ") || "none"} (dist.mesh with key)`,
+      );
+    }
+    return mesh;
+  }
+
+  #disposeMeshes(): void {
+    this.mesh?.dispose();
+    this.mesh = undefined;
+    for (const m of this.namedMeshes.values()) m.dispose();
+    this.namedMeshes.clear();
+  }
+
+  /** Before a new process group: every mesh and group of the old one goes. */
+  resetGroups(): void {
+    this.replicaGroup?.dispose();
+    this.replicaGroup = undefined;
+    this.#disposeMeshes();
+    this.processGroup?.dispose();
+    this.processGroup = undefined;
+    this.meshes = 0;
+  }
+
   #relayGroup(): ProcessGroup {
     if (!this.replicaGroup) {
       throw new CommandError(
@@ -188,8 +221,7 @@ export class WorkerState {
     this.models.clear();
     this.replicaGroup?.dispose();
     this.replicaGroup = undefined;
-    this.mesh?.dispose();
-    this.mesh = undefined;
+    this.#disposeMeshes();
     for (const critic of this.critics.values()) critic.dispose();
     this.critics.clear();
     this.processGroup?.dispose();
@@ -229,13 +261,14 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       dtype: args.dtype ?? "float32",
       freezeVision: args.freezeVision ?? false,
     } as const;
-    if (args.sharded && !state.mesh)
-      throw new CommandError("WORKER_ERROR", "args.sharded: no mesh; call dist.mesh first");
+    if (args.mesh !== undefined && !args.sharded)
+      throw new CommandError("WORKER_ERROR", "args.mesh: needs args.sharded");
+    const mesh = args.sharded ? state.meshFor(args.mesh, "args.sharded") : undefined;
     if (args.sharded && args.dir === undefined)
       throw new CommandError("WORKER_ERROR", "args.sharded: needs args.dir");
     let model: Model;
     if (args.dir !== undefined) {
-      model = await Model.load(args.dir, args.sharded ? { ...placement, mesh: state.mesh } : placement);
+      model = await Model.load(args.dir, mesh ? { ...placement, mesh } : placement);
     } else if (args.config && args.tensors) model = Model.create(args.config, args.tensors, placement);
     else throw new CommandError("WORKER_ERROR", "args: give either dir, or config with tensors");
     state.models.set(args.name, model);
@@ -372,6 +405,15 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     return { freed: state.models.delete(args.name) };
   },
 
+  "model.reshard": async (state, args) => {
+    const target = state.model(args.name);
+    const source = state.model(args.from);
+    return target.reshardFrom(source, {
+      ...(args.bucketBytes !== undefined ? { bucketBytes: args.bucketBytes } : {}),
+      verify: args.verify === true,
+    });
+  },
+
   "critic.load": async (state, args) => {
     if (state.critics.has(args.name)) {
       throw new CommandError(
@@ -442,14 +484,8 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   },
 
   "dist.init": async (state, args) => {
-    state.replicaGroup?.dispose();
-    state.replicaGroup = undefined;
-    state.mesh?.dispose();
-    state.mesh = undefined;
-    state.processGroup?.dispose();
-    state.processGroup = undefined;
+    state.resetGroups();
     // Rank 0 hosts the c10d store on the port the controller had it pick; the others connect to it.
-    state.meshes = 0;
     state.processGroup = await ProcessGroup.create({
       host: args.storeHost,
       port: args.storePort,
@@ -475,10 +511,19 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   "dist.mesh": async (state, args) => {
     if (!state.processGroup)
       throw new CommandError("WORKER_ERROR", "dist.mesh: no process group; call dist.init first");
+    const { key, ...layoutArgs } = args;
+    if (key !== undefined) {
+      // A second layout over the same ranks (the rollout's): its own groups, named by generation.
+      state.namedMeshes.get(key)?.dispose();
+      state.namedMeshes.delete(key);
+      const mesh = await Mesh.create(state.processGroup, layoutArgs);
+      state.namedMeshes.set(key, mesh);
+      return { describe: mesh.info.describe, coordinates: mesh.coordinates };
+    }
     state.replicaGroup?.dispose();
     state.replicaGroup = undefined;
     state.mesh?.dispose();
-    state.mesh = await Mesh.create(state.processGroup, args);
+    state.mesh = await Mesh.create(state.processGroup, layoutArgs);
     // The replica's own group, for relays: its ranks call this together, right after the mesh.
     const layout = state.mesh.info.layout;
     const d = replicaOf(layout, state.processGroup.rank);

@@ -20,11 +20,11 @@ after(() => {
   dir.cleanup();
 });
 
-test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too; offload and recompute on one rank change no metric", {
+test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too, and trained at PP2 with rollouts at TP2 (resharded, verified, every sync); offload and recompute on one rank change no metric", {
   timeout: 400_000,
 }, async () => {
   const model = join(dir.path, "model");
-  await writeTinyModel(model, { seed: 5, layers: 4 });
+  await writeTinyModel(model, { seed: 5, layers: 4, vocabSize: 16 }); // 16: splits over 2 tensor ranks
   const config: ExperimentConfig = {
     name: "stages",
     runDir: join(dir.path, "one"),
@@ -101,6 +101,38 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
     for (const [i, row] of cpRows.entries())
       assertRowsClose(row, oneRows[i] as MetricsRow, `CP2 step ${i + 1}`);
     await context.close();
+
+    // Trained at PP2, rolled out at TP2: the rollout holds its own shards, resharded at every sync.
+    const split = await cluster.experiment({
+      ...config,
+      name: "pp2-tp2",
+      runDir: join(dir.path, "pp2-tp2"),
+      parallel: { pipeline: 2 },
+      rollout: { ...config.rollout, parallel: { tensor: 2 }, reshard: { bucketBytes: 8192, verify: true } },
+      totalSteps: 3,
+    });
+    const splitRows = await split.run(3);
+    assert.deepEqual(
+      responses(await split.rollouts(3)),
+      responses(oneTokens),
+      "train PP2 / rollout TP2: step 3's responses",
+    );
+    for (const [i, row] of splitRows.entries()) {
+      assertRowsClose(row, oneRows[i] as MetricsRow, `train PP2 / rollout TP2 step ${i + 1}`);
+      assert.ok((row["perf/reshard_bytes"] as number) > 0, "the rollout's missing regions moved");
+      assert.equal(
+        row["perf/reshard_bytes"],
+        splitRows[0]?.["perf/reshard_bytes"],
+        "the same bytes every step",
+      );
+      assert.ok((row["timing_s/reshard"] as number) > 0 && (row["perf/reshard_gbps"] as number) > 0);
+      assert.ok((row["perf/reshard_verified_regions"] as number) > 0, "received regions checked");
+    }
+    console.log(
+      `train PP2 -> rollout TP2: ${splitRows[0]?.["perf/reshard_bytes"]} B per sync over both ranks, ${Number(splitRows[0]?.["timing_s/reshard"]).toFixed(4)} s, ${splitRows[0]?.["perf/reshard_verified_regions"]} regions verified`,
+    );
+    assert.equal(oneRows[0]?.["perf/reshard_bytes"], undefined, "one layout: nothing resharded, no metric");
+    await split.close();
 
     // Offload and recompute on one rank: the same rows, the state moved between stages, memory reported.
     const managed = await cluster.experiment({

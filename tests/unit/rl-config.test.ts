@@ -132,3 +132,50 @@ test("rollout correction: verl's options parse; bypass contradicting recomputati
     /algorithm\.rolloutCorrection\.bypassMode/,
   );
 });
+
+test("rollout.parallel: its own layout over the run's GPUs, dropped when it places weights as training does; bad sizes name the field", () => {
+  const shape = { layers: 4, attentionHeads: 8, kvHeads: 2, hiddenSize: 64, vocabSize: 32 };
+  const at = (parallel: object, rollout: object) =>
+    resolveConfig({
+      ...base,
+      model: { ...base.model, shape },
+      parallel,
+      rollout: { ...base.rollout, ...rollout },
+    }).rollout;
+  const split = at({ pipeline: 2, tensor: 2 }, { parallel: { tensor: 4 } });
+  assert.deepEqual(split.parallel, { tensor: 4, data: 1 });
+  assert.deepEqual(split.reshard, { bucketBytes: 256 * 2 ** 20, verify: false });
+  assert.deepEqual(at({ tensor: 2, data: 2 }, { parallel: { tensor: 1 } }).parallel, { tensor: 1, data: 4 });
+  // The training layout's own placement: the rollout reads the trainer's weights in place.
+  assert.equal(at({ tensor: 2, data: 2 }, { parallel: { tensor: 2, data: 2 } }).parallel, undefined);
+  assert.equal(at({ tensor: 2 }, {}).parallel, undefined);
+  // Expert parallelism places experts differently from a data-parallel rollout of the same sizes.
+  const moe = { ...shape, experts: 4 };
+  assert.deepEqual(
+    resolveConfig({
+      ...base,
+      model: { ...base.model, shape: moe },
+      parallel: { data: 2, expert: 2 },
+      rollout: { ...base.rollout, parallel: { data: 2 } },
+    }).rollout.parallel,
+    { tensor: 1, data: 2 },
+  );
+  assert.throws(
+    () => at({ data: 4 }, { parallel: { tensor: 3 } }),
+    /rollout\.parallel\.tensor: 3 does not divide the run's 4 GPUs/,
+  );
+  assert.throws(
+    () => at({ data: 4 }, { parallel: { tensor: 2, data: 1 } }),
+    /rollout\.parallel\.data: 2 × 1 \(tensor × data\) ≠ the run's 4 GPUs/,
+  );
+  assert.throws(
+    () => at({ data: 16 }, { parallel: { tensor: 16 } }),
+    /rollout\.parallel\.tensor: 16 does not divide the 8 attention heads/,
+  );
+  assert.throws(() => at({ data: 2 }, { parallel: { expert: 2 } }), /rollout\.parallel\.expert: unknown/);
+  assert.throws(() => at({}, { reshard: { bucketBytes: 0 } }), /rollout\.reshard\.bucketBytes/);
+  assert.throws(
+    () => at({}, { reshard: { verify: "yes" } }),
+    /rollout\.reshard\.verify: "yes" must be true or false/,
+  );
+});
