@@ -902,6 +902,9 @@ export class ExperimentRun {
       );
       batch.rounds = 1;
     });
+    // The rollout's KV cache as the engine allocated it, on the busiest rank.
+    const ranks = await this.#generator.memory();
+    batch.metrics["perf/memory/kv_cache_bytes"] = Math.max(...ranks.map((r) => r.now.kvCache));
     return batch;
   }
 

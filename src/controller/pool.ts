@@ -3,6 +3,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import * as zmq from "zeromq";
+import type { MemoryBytes } from "../native/model.js";
 import { decode, liftBodies, totalBytes } from "../protocol/frames.js";
 import { applyServerKeys, type CurveClientKeys, type KeyPair } from "../protocol/keys.js";
 import {
@@ -11,6 +12,7 @@ import {
   type EventMap,
   type EventTopic,
   type WorkerCommand,
+  type WorkerCommandResults,
   type WorkerFailure,
   type WorkerJoin,
   type WorkerSummary,
@@ -59,6 +61,10 @@ interface WorkerRecord {
   models: Set<string>;
   /** Its place in the run's mesh, from its last dist.mesh (cleared by dist.init). */
   mesh?: WorkerSummary["mesh"];
+  /** The same in the rollout's layout (dist.mesh with key "rollout"). */
+  rolloutMesh?: WorkerSummary["rolloutMesh"];
+  /** Each loaded model's bytes as its last model.memory read them. */
+  memory: Map<string, { bytes: MemoryBytes; at: string }>;
   joinedAt: string;
 }
 
@@ -212,6 +218,8 @@ export class WorkerPool {
         running: [...r.running.values()],
         models: [...r.models],
         ...(r.mesh ? { mesh: r.mesh } : {}),
+        ...(r.rolloutMesh ? { rolloutMesh: r.rolloutMesh } : {}),
+        ...(r.memory.size > 0 ? { modelMemory: Object.fromEntries(r.memory) } : {}),
         joinedAt: r.joinedAt,
       };
     });
@@ -327,9 +335,24 @@ export class WorkerPool {
     // Track what each rank holds, so a reattaching client sees it.
     const name = (pending.args as { name?: unknown } | undefined)?.name;
     if (pending.command === "model.load" && typeof name === "string") pending.record.models.add(name);
-    if (pending.command === "model.free" && typeof name === "string") pending.record.models.delete(name);
-    if (pending.command === "dist.init") pending.record.mesh = undefined;
-    if (pending.command === "dist.mesh") pending.record.mesh = result as WorkerSummary["mesh"];
+    if (pending.command === "model.free" && typeof name === "string") {
+      pending.record.models.delete(name);
+      pending.record.memory.delete(name);
+    }
+    if (pending.command === "model.memory" && typeof name === "string") {
+      const bytes = (result as WorkerCommandResults["model.memory"]).now;
+      pending.record.memory.set(name, { bytes, at: new Date().toISOString() });
+    }
+    if (pending.command === "dist.init") {
+      pending.record.mesh = undefined;
+      pending.record.rolloutMesh = undefined;
+    }
+    if (pending.command === "dist.mesh") {
+      const mesh = result as WorkerSummary["mesh"];
+      const key = (pending.args as { key?: string }).key;
+      if (key === undefined) pending.record.mesh = mesh;
+      else if (key === "rollout") pending.record.rolloutMesh = mesh;
+    }
     pending.resolve(result);
   }
 
@@ -424,6 +447,7 @@ export class WorkerPool {
       stderrTail: "",
       running: new Map(),
       models: new Set(),
+      memory: new Map(),
       joinedAt: new Date().toISOString(),
     };
     this.#byRank.set(rank, record);

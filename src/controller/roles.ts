@@ -387,9 +387,10 @@ export class ModelRole {
 
 /**
  * perf/memory/* of a step from every rank's model.memory: per kind the largest rank's bytes
- * (parameters, gradients and optimizer state as they stood before the optimizer step, buffers),
- * and on CUDA verl's perf/max_memory_allocated_gb / perf/max_memory_reserved_gb (GiB: the allocator's
- * peak from the previous step's read to this update's optimizer step, and what it reserves).
+ * (parameters, gradients and optimizer state as they stood before the optimizer step, buffers, the
+ * update's activation peak: its allocator peak above its start less its gradients), and verl's
+ * perf/max_memory_allocated_gb / perf/max_memory_reserved_gb (GiB: the allocator's peak during this
+ * update's forwards and backwards, and what it reserves; on CPU every live CPU tensor counted).
  */
 export function memoryMetrics(ranks: WorkerCommandResults["model.memory"][]): Record<string, number> {
   const out: Record<string, number> = {};
@@ -403,6 +404,7 @@ export function memoryMetrics(ranks: WorkerCommandResults["model.memory"][]): Re
     max("perf/memory/gradients_bytes", m.gradients);
     max("perf/memory/optimizer_bytes", m.optimizer);
     max("perf/memory/buffers_bytes", m.buffers);
+    max("perf/memory/activations_peak_bytes", r.updateActivationsPeak);
     if (m.device) {
       max("perf/max_memory_allocated_gb", m.device.peak / 2 ** 30);
       max("perf/max_memory_reserved_gb", m.device.reserved / 2 ** 30);

@@ -189,7 +189,13 @@ export interface MemoryBytes {
   optimizer: number;
   optimizerHost: number;
   buffers: number;
-  /** CUDA: the caching allocator's bytes now, at the peak since the last read, and reserved. */
+  /** The KV cache of the last generate call (on CUDA the decoder keeps it between calls). */
+  kvCache: number;
+  /**
+   * The device allocator's bytes now, at the peak since the last read (which resets it), and
+   * reserved: CUDA's caching allocator, or on CPU the engine's count of every live CPU tensor of
+   * the process (reserved = allocated).
+   */
   device?: { allocated: number; peak: number; reserved: number };
 }
 
@@ -304,7 +310,7 @@ export interface NativeModelAddon {
   /** addon/model.cc ModelSetTraining(handle, {lr?, maxGradNorm?}) */
   modelSetTraining(handle: NativeModelHandle, options: TrainingOptions): void;
   /** addon/model.cc ModelMemory: bytes by kind; on CUDA the allocator's (peak reset by the read) */
-  modelMemory(handle: NativeModelHandle): MemoryBytes;
+  modelMemory(handle: NativeModelHandle, resetPeak: boolean): MemoryBytes;
   /** addon/model.cc ReshardWork: `to`'s parameters from `from`'s weights, in `to`'s layout */
   modelReshard(
     from: NativeModelHandle,
@@ -881,11 +887,13 @@ export class Model {
 
   /**
    * Bytes this rank holds by kind, counted from its tensors (parameters, gradients while they are
-   * pending, optimizer state, buffers); on CUDA also the caching allocator's current, peak (since
-   * the previous memory() call, which resets it) and reserved bytes.
+   * pending, optimizer state, buffers, the last generation's KV cache); also the device allocator's
+   * current, peak and reserved bytes (CUDA's caching allocator; on CPU every live CPU tensor of the
+   * process, counted by the engine). The peak runs from the previous call, which restarts it unless
+   * `resetPeak` is false (a status read that must not disturb a measurement).
    */
-  memory(): MemoryBytes {
-    return native().modelMemory(this.handle);
+  memory(options: { resetPeak?: boolean } = {}): MemoryBytes {
+    return native().modelMemory(this.handle, options.resetPeak !== false);
   }
 
   /**

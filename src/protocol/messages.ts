@@ -375,6 +375,13 @@ export interface WorkerSummary {
   models: string[];
   /** After dist.mesh: the layout ("TP2 x DP2") and this rank's coordinates in it. */
   mesh?: { describe: string; coordinates: Record<string, number> };
+  /** The rollout's own layout (rollout.parallel) and this rank's place in it, when a run has one. */
+  rolloutMesh?: { describe: string; coordinates: Record<string, number> };
+  /**
+   * Per model, the bytes this rank held at its last model.memory (the experiments read it every
+   * step: after the rollout and around each update), and when; status never waits on a busy worker.
+   */
+  modelMemory?: Record<string, { bytes: MemoryBytes; at: string }>;
   joinedAt: string;
 }
 
@@ -591,7 +598,16 @@ export interface WorkerCommandResults {
   };
   "model.save": { dir: string };
   "model.setTraining": { name: string };
-  "model.memory": { now: MemoryBytes; update?: MemoryBytes };
+  "model.memory": {
+    now: MemoryBytes;
+    /** As it stood after the last update's backward, before its optimizer step (gradients held). */
+    update?: MemoryBytes;
+    /**
+     * The last update's allocator peak above what the rank held when the update began, less the
+     * gradients it made: the saved activations, the logprob chunk and the temporaries at the peak.
+     */
+    updateActivationsPeak?: number;
+  };
   "model.reshard": ReshardStats;
   "model.offload": { bytes: number; seconds: number };
   "model.onload": { bytes: number; seconds: number };

@@ -69,6 +69,8 @@ export class WorkerState {
   readonly vocabSizes = new Map<string, number>();
   /** Each model's memory before its last update's optimizer step (gradients still held). */
   readonly updateMemory = new Map<string, MemoryBytes>();
+  /** The last update's allocator peak above its start, less its gradients (model.memory). */
+  readonly updateActivations = new Map<string, number>();
   /** PPO value models, by name. */
   readonly critics = new Map<string, Critic>();
   readonly device: string;
@@ -309,7 +311,12 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
   "model.memory": async (state, args) => {
     const now = state.model(args.name).memory();
     const update = state.updateMemory.get(args.name);
-    return update ? { now, update } : { now };
+    const activations = state.updateActivations.get(args.name);
+    return {
+      now,
+      ...(update ? { update } : {}),
+      ...(activations !== undefined ? { updateActivationsPeak: activations } : {}),
+    };
   },
 
   "model.trainStep": async (state, args) =>
@@ -332,6 +339,8 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     });
     const config = checkPolicyLossConfig(args.config as PolicyLossConfig);
     const total = { loss: 0, tokens: 0, metrics: {} as Record<string, number> };
+    // Restarts the allocator's peak: the one read after the backward is this update's.
+    const before = model.memory();
     const started = performance.now();
     // One call for the whole mini-batch: a pipeline runs the micro-batches 1F1B.
     const { results, schedule } = await model.policySteps(
@@ -353,7 +362,14 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       for (const [k, v] of Object.entries(r.metrics)) total.metrics[k] = (total.metrics[k] ?? 0) + v;
     }
     const backwardDone = performance.now();
-    state.updateMemory.set(args.name, model.memory());
+    const after = model.memory();
+    state.updateMemory.set(args.name, after);
+    if (after.device && before.device) {
+      state.updateActivations.set(
+        args.name,
+        after.device.peak - before.device.allocated - (after.gradients - before.gradients),
+      );
+    }
     const step = await model.optimizerStep();
     return {
       ...step,
@@ -402,6 +418,7 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     state.model(args.name).dispose();
     state.vocabSizes.delete(args.name);
     state.updateMemory.delete(args.name);
+    state.updateActivations.delete(args.name);
     return { freed: state.models.delete(args.name) };
   },
 

@@ -41,7 +41,7 @@ after(() => {
   dir.cleanup();
 });
 
-test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run; Qwen3-MoE at EP4 and at TP2×EP2 with routing replay, DeepSeek-V3 at EP4 too", {
+test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run; trained at TP2×DP2 with rollouts at TP4 too; Qwen3-MoE at EP4 and at TP2×EP2 with routing replay, DeepSeek-V3 at EP4 too", {
   timeout: 600_000,
 }, async () => {
   const address = `ipc://${dir.path}/c.sock`;
@@ -147,6 +147,36 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
     const [row4] = await resumed.run(1);
     assertRowsClose(row4 as MetricsRow, oneRows[3] as MetricsRow, "resumed step 4");
     await resumed.close();
+
+    // Trained at TP2×DP2, rolled out at TP4: the rollout's own shards, resharded at every sync.
+    const wide = await cluster.experiment({
+      ...config,
+      name: "wide",
+      runDir: join(dir.path, "wide"),
+      parallel: { tensor: 2, data: 2 },
+      rollout: { ...config.rollout, parallel: { tensor: 4 } },
+      totalSteps: 3,
+    });
+    const wideRows = await wide.run(3);
+    assert.deepEqual(
+      (await wide.rollouts(3))
+        .getChild("response")
+        ?.toArray()
+        .map((r: Int32Array) => Array.from(r)),
+      oneTokens
+        .getChild("response")
+        ?.toArray()
+        .map((r: Int32Array) => Array.from(r)),
+      "train TP2×DP2 / rollout TP4: step 3's responses",
+    );
+    for (const [i, row] of wideRows.entries()) {
+      assertRowsClose(row, oneRows[i] as MetricsRow, `train TP2×DP2 / rollout TP4 step ${i + 1}`);
+      assert.ok((row["perf/reshard_bytes"] as number) > 0, "the rollout's missing quarters moved");
+    }
+    console.log(
+      `train TP2×DP2 -> rollout TP4: ${wideRows[0]?.["perf/reshard_bytes"]} B per sync over 4 ranks`,
+    );
+    await wide.close();
 
     // Qwen3-MoE with its 4 experts over the 4 ranks (one each; attention, router and embeddings
     // data-parallel): rollouts in lockstep, logprobs and updates with all-to-all dispatch.

@@ -112,6 +112,20 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
       totalSteps: 3,
     });
     const splitRows = await split.run(3);
+    // The status shows both layouts, and every model's bytes as the last step read them.
+    const workers = (await cluster.status()).workers;
+    assert.deepEqual(
+      workers.map((w) => [w.mesh?.describe, w.rolloutMesh?.describe, w.rolloutMesh?.coordinates.tensor]),
+      [
+        ["PP2", "TP2", 0],
+        ["PP2", "TP2", 1],
+      ],
+    );
+    for (const w of workers) {
+      const held = Object.entries(w.modelMemory ?? {});
+      assert.equal(held.length, 2, `rank ${w.rank}: the actor and the rollout copy`);
+      for (const [name, m] of held) assert.ok(m.bytes.parameters > 0, `rank ${w.rank}: ${name}`);
+    }
     assert.deepEqual(
       responses(await split.rollouts(3)),
       responses(oneTokens),
@@ -132,6 +146,22 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
       `train PP2 -> rollout TP2: ${splitRows[0]?.["perf/reshard_bytes"]} B per sync over both ranks, ${Number(splitRows[0]?.["timing_s/reshard"]).toFixed(4)} s, ${splitRows[0]?.["perf/reshard_verified_regions"]} regions verified`,
     );
     assert.equal(oneRows[0]?.["perf/reshard_bytes"], undefined, "one layout: nothing resharded, no metric");
+    // Measured on CPU from the engine's count of live tensors: the update's activation peak, the
+    // process's allocator peak, the rollout's KV cache.
+    for (const [i, row] of oneRows.entries()) {
+      assert.ok((row["perf/memory/activations_peak_bytes"] as number) > 0, `step ${i + 1}: activation peak`);
+      assert.ok((row["perf/memory/kv_cache_bytes"] as number) > 0, `step ${i + 1}: KV cache`);
+      assert.ok(
+        (row["perf/max_memory_allocated_gb"] as number) * 2 ** 30 >=
+          (row["perf/memory/parameters_bytes"] as number) +
+            (row["perf/memory/activations_peak_bytes"] as number),
+        `step ${i + 1}: the allocator's peak holds the parameters and the activations`,
+      );
+    }
+    const r1 = oneRows[0] as MetricsRow;
+    console.log(
+      `one rank, step 1: parameters ${r1["perf/memory/parameters_bytes"]} B, activation peak ${r1["perf/memory/activations_peak_bytes"]} B, KV cache ${r1["perf/memory/kv_cache_bytes"]} B, allocator peak ${((r1["perf/max_memory_allocated_gb"] as number) * 2 ** 30).toFixed(0)} B`,
+    );
     await split.close();
 
     // Offload and recompute on one rank: the same rows, the state moved between stages, memory reported.

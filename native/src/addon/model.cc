@@ -358,6 +358,7 @@ class GenerateWork final : public ModelWork {
 
   void RunLocked(ModelSlot& slot) override {
     options_.images = images_.get();
+    options_.kv_cache_bytes = &slot.kv_cache_bytes;
     results_ = rollout::generate(*slot.model, prompts_, options_, &slot.decoder);
   }
 
@@ -1155,21 +1156,24 @@ Napi::Value ModelRouterStats(const Napi::CallbackInfo& info) {
   });
 }
 
-// modelMemory(handle) -> {parameters, gradients, optimizer, optimizerHost, buffers, device?: {allocated, peak, reserved}}: bytes this
-// rank holds by kind, counted from the tensors; on CUDA also the caching allocator's current and peak
-// allocation (peak since the last read, which resets it).
+// modelMemory(handle, resetPeak = true) -> {parameters, gradients, optimizer, optimizerHost, buffers, kvCache,
+// device?: {allocated, peak, reserved}}: bytes this rank holds by kind, counted from the tensors; also the
+// device allocator's current, peak (since the last read with resetPeak) and reserved bytes (CUDA's
+// caching allocator; on CPU the engine's count of live CPU tensors).
 Napi::Value ModelMemory(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto slot = slot_of(info[0]);
+    const bool reset = !(info.Length() > 1 && info[1].IsBoolean()) || info[1].As<Napi::Boolean>().Value();
     std::lock_guard<std::mutex> lock(slot->mutex);
-    const auto m = train::memory_of(*slot);
+    const auto m = train::memory_of(*slot, reset);
     auto out = Napi::Object::New(env);
     out["parameters"] = static_cast<double>(m.parameters);
     out["gradients"] = static_cast<double>(m.gradients);
     out["optimizer"] = static_cast<double>(m.optimizer);
     out["buffers"] = static_cast<double>(m.buffers);
     out["optimizerHost"] = static_cast<double>(m.optimizer_host);
+    out["kvCache"] = static_cast<double>(m.kv_cache);
     if (m.device_allocated >= 0) {
       auto device = Napi::Object::New(env);
       device["allocated"] = static_cast<double>(m.device_allocated);

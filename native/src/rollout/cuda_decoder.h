@@ -41,6 +41,8 @@ class CudaDecoder {
   at::Tensor decode(const std::vector<int64_t>& slots, const std::vector<int64_t>& tokens,
                     const std::vector<int64_t>& positions);
 
+  const std::vector<layers::KvView>& cache() const { return cache_; }
+
  private:
   struct Graph;
   at::Tensor run_decode(int64_t rows);  // the captured body: reads meta_, writes logits

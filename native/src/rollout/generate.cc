@@ -92,6 +92,7 @@ std::vector<SequenceState> generate_cuda(const models::CausalLM& model, const st
     decoder.reset();  // free the old cache and graphs before allocating the new ones
     decoder = std::make_unique<CudaDecoder>(model, slots, max_len);
   }
+  if (options.kv_cache_bytes) *options.kv_cache_bytes = kv_cache_bytes(decoder->cache());
   std::vector<int64_t> all(prompts.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
   record(decoder->prefill(prompts), all, options, schedule);
@@ -153,6 +154,7 @@ std::vector<SequenceState> generate(const models::CausalLM& model, const std::ve
   (void)decoder;
 #endif
   const auto cache = allocate_kv_cache(model, static_cast<int64_t>(prompts.size()), schedule.cache_length());
+  if (options.kv_cache_bytes) *options.kv_cache_bytes = kv_cache_bytes(cache);
 
   auto prefill = models::pack_batch(at::tensor(flat, at::kLong).to(model.device()), cu);
   prefill.cache = &cache;

@@ -28,6 +28,8 @@ struct GenerateOptions {
   // Vision-language models: the prompts' images, in prompt order (null: text only). Read by the
   // prefill; valid for the duration of the call.
   const models::ImageInputs* images = nullptr;
+  // Out (when given): the bytes of the KV cache the call used (the CUDA decoder's, kept between calls).
+  int64_t* kv_cache_bytes = nullptr;
 };
 
 // prompts: token ids, each non-empty. Returns one state per prompt (tokens, logprobs, finish reason).

@@ -13,4 +13,13 @@ std::vector<layers::KvView> allocate_kv_cache(const models::CausalLM& model, int
   return cache;
 }
 
+int64_t kv_cache_bytes(const std::vector<layers::KvView>& cache) {
+  int64_t bytes = 0;
+  for (const auto& kv : cache) {
+    if (kv.k.defined()) bytes += static_cast<int64_t>(kv.k.nbytes());
+    if (kv.v.defined()) bytes += static_cast<int64_t>(kv.v.nbytes());
+  }
+  return bytes;
+}
+
 }  // namespace tiller::rollout

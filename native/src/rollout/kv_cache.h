@@ -12,4 +12,7 @@ namespace tiller::rollout {
 // latent and the rope key: models/causal_lm.h KvShape), on the model's device and dtype.
 std::vector<layers::KvView> allocate_kv_cache(const models::CausalLM& model, int64_t slots, int64_t max_length);
 
+// The bytes of a cache's tensors.
+int64_t kv_cache_bytes(const std::vector<layers::KvView>& cache);
+
 }  // namespace tiller::rollout

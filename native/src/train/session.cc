@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "parallel/collectives.h"
 #include "parallel/context_parallel.h"
+#include "train/cpu_memory.h"
 #include "train/grad_clip.h"
 
 namespace tiller::train {
@@ -231,7 +232,7 @@ GradScope::~GradScope() {
   for (const auto& [_, p] : params_) p.requires_grad_(false);
 }
 
-MemoryBytes memory_of(const ModelSession& session) {
+MemoryBytes memory_of(const ModelSession& session, bool reset_peak) {
   MemoryBytes m;
   const auto& model = *session.model;
   for (const auto& [_, p] : model.named_parameters()) {
@@ -245,6 +246,15 @@ MemoryBytes memory_of(const ModelSession& session) {
     for (const auto& [_, t] : session.optimizer->state()) state += static_cast<int64_t>(t.nbytes());
   }
   (optimizer_offloaded(session) ? m.optimizer_host : m.optimizer) = state;
+  m.kv_cache = session.kv_cache_bytes;
+  if (model.device().is_cpu()) {
+    const auto cpu = cpu_tensor_bytes();
+    if (cpu.counting) {
+      m.device_allocated = m.device_reserved = cpu.current;
+      m.device_peak = cpu.peak;
+      if (reset_peak) reset_cpu_tensor_peak();
+    }
+  }
 #ifdef TILLER_CUDA
   if (model.device().is_cuda()) {
     const auto index = model.device().index();
@@ -253,7 +263,7 @@ MemoryBytes memory_of(const ModelSession& session) {
     m.device_allocated = stats.allocated_bytes[total].current;
     m.device_peak = stats.allocated_bytes[total].peak;
     m.device_reserved = stats.reserved_bytes[total].current;
-    c10::cuda::CUDACachingAllocator::resetPeakStats(index);
+    if (reset_peak) c10::cuda::CUDACachingAllocator::resetPeakStats(index);
   }
 #endif
   return m;

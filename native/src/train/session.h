@@ -49,6 +49,7 @@ struct ModelSession {
   std::unique_ptr<rollout::CudaDecoder> decoder;  // kept between generate calls on CUDA
   std::string profile_path;  // when set, the next call runs under the Kineto profiler
   RouterTotals router_stats;
+  int64_t kv_cache_bytes = 0;  // the last generate call's KV cache
 
   bool multi_rank() const { return mesh && mesh->world_size() > 1; }
   bool has_optimizer() const { return optimizer || sharded; }
@@ -93,14 +94,16 @@ class GradScope {
 // pipeline; called before the totals are read.
 void complete_router_stats(ModelSession& session);
 
-// Bytes a rank holds, by kind, counted from its tensors; on CUDA also the caching allocator's
-// current, peak (since the last call, which resets the peak) and reserved bytes (-1 elsewhere).
+// Bytes a rank holds, by kind, counted from its tensors; also the device allocator's current, peak
+// (since the last call with reset_peak, which restarts it) and reserved bytes: CUDA's caching allocator, or on
+// CPU the engine's counting allocator (train/cpu_memory.h; reserved = allocated), -1 without one.
 struct MemoryBytes {
   int64_t parameters = 0, gradients = 0, optimizer = 0, buffers = 0;
   int64_t optimizer_host = 0;  // the optimizer state while offloaded (then optimizer is 0)
   int64_t device_allocated = -1, device_peak = -1, device_reserved = -1;
+  int64_t kv_cache = 0;  // the KV cache of the last generate call (held between calls by the CUDA decoder)
 };
-MemoryBytes memory_of(const ModelSession& session);
+MemoryBytes memory_of(const ModelSession& session, bool reset_peak = true);
 
 // Optimizer state to host memory (pinned on CUDA) between updates, and back; both return the bytes
 // moved (0 when already there). optimizer_step reloads by itself; saving and loading the state work
