@@ -41,7 +41,7 @@ after(() => {
   dir.cleanup();
 });
 
-test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run; trained at TP2×DP2 with rollouts at TP4 too; Qwen3-MoE at EP4 and at TP2×EP2 with routing replay, DeepSeek-V3 at EP4 too", {
+test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; its checkpoint resumed on one rank continues the same run; trained at TP2×DP2 with rollouts at TP4 too; Qwen3-MoE at EP4, at TP2×EP2 with routing replay, and trained at EP4 with replayed rollouts at TP2×DP2, DeepSeek-V3 at EP4 too", {
   timeout: 600_000,
 }, async () => {
   const address = `ipc://${dir.path}/c.sock`;
@@ -253,6 +253,30 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
       assert.ok(
         (row["training/rollout_probs_diff_max"] as number) < 1e-5,
         `step ${i + 1}: rollout vs training`,
+      );
+    });
+
+    // Trained at EP4, rolled out at TP2 × DP2 (the DeepSeek-V3 recipe's flow, scaled down): the
+    // rollout's shards resharded from the expert ranks every sync, its recorded routing replayed.
+    const epTp = await cluster.experiment({
+      ...replayConfig,
+      name: "moe-ep-tp",
+      runDir: join(dir.path, "moe-ep-tp"),
+      parallel: { expert: 4, data: 4 },
+      rollout: { ...replayConfig.rollout, parallel: { tensor: 2, data: 2 } },
+    });
+    const epTpRows = await epTp.run(3);
+    await epTp.close();
+    epTpRows.forEach((row, i) => {
+      assertRowsClose(
+        row,
+        oneReplayRows[i] as MetricsRow,
+        `train EP4 / rollout TP2×DP2 replay step ${i + 1}`,
+      );
+      assert.ok((row["perf/reshard_bytes"] as number) > 0, "experts and attention slices moved");
+      assert.ok(
+        (row["training/rollout_probs_diff_max"] as number) < 1e-5,
+        `step ${i + 1}: rollout (TP2×DP2) vs training (EP4)`,
       );
     });
 
