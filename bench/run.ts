@@ -5,6 +5,7 @@ import type { BenchResult } from "./common.js";
 import { benchController } from "./controller.js";
 import { benchGenerate } from "./generate.js";
 import { benchMatmul } from "./matmul.js";
+import { benchMemory } from "./memory.js";
 import { benchMoe } from "./moe.js";
 import { benchParallel, benchPipeline, benchRecompute } from "./parallel.js";
 import { benchTrain, benchTrainMoe } from "./train.js";
@@ -19,6 +20,7 @@ const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
   pipeline: benchPipeline,
   recompute: benchRecompute,
   controller: benchController,
+  memory: benchMemory,
 };
 
 const only = process.argv.slice(2);
