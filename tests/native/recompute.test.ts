@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { test } from "node:test";
 import { Model, type RecomputeOptions } from "../../src/index.js";
+import { writeTinyVisionModel } from "../../src/rl/tasks/colour-square.js";
 import { compareScenario, runLayout } from "../helpers/parallel-layout.js";
 import { runScenario, scenarioSequences } from "../helpers/parallel-scenario.js";
 import { maxAbsDiff } from "../helpers/parity.js";
@@ -30,7 +31,7 @@ const settings: RecomputeOptions[] = [
   { granularity: "selective" },
 ];
 
-for (const family of ["qwen3", "qwen3_moe"] as const) {
+for (const family of ["qwen3", "qwen3_moe", "deepseek_v3"] as const) {
   test(`${family}: gradients with full, first-layer and selective recomputation equal the plain forward's`, {
     timeout: 120_000,
   }, async () => {
@@ -46,14 +47,26 @@ for (const family of ["qwen3", "qwen3_moe"] as const) {
               tied: true,
               seed: 41,
             })
-          : await writeTinyMoe(dir.path, {
-              family: "qwen3_moe",
-              layers: 3,
-              mlpOnlyLayers: [1],
-              experts: 4,
-              topK: 2,
-              seed: 42,
-            });
+          : family === "qwen3_moe"
+            ? await writeTinyMoe(dir.path, {
+                family: "qwen3_moe",
+                layers: 3,
+                mlpOnlyLayers: [1],
+                experts: 4,
+                topK: 2,
+                seed: 42,
+              })
+            : // MLA, group-limited sigmoid routing, a shared expert and a dense first layer.
+              await writeTinyMoe(dir.path, {
+                family: "deepseek_v3",
+                layers: 3,
+                firstDense: 1,
+                experts: 4,
+                topK: 2,
+                groups: 2,
+                topGroups: 1,
+                seed: 45,
+              });
       const vocab = config.vocab_size as number;
       const model = await Model.load(dir.path);
       try {
@@ -81,7 +94,7 @@ for (const family of ["qwen3", "qwen3_moe"] as const) {
   });
 }
 
-test("full recomputation at TP2+SP and selective at EP2 (MoE) equal one device: logprobs, gradients, 3 ZeRO-1 updates", {
+test("full recomputation at TP2+SP, selective at EP2 (Qwen3-MoE) and full at EP2 (DeepSeek-V3) equal one device: logprobs, gradients, 3 ZeRO-1 updates", {
   timeout: 240_000,
 }, async () => {
   const dir = tempDir("recompute-parallel");
@@ -103,6 +116,15 @@ test("full recomputation at TP2+SP and selective at EP2 (MoE) equal one device: 
         { granularity: "selective" },
         { batched: true, microBatches: 4, adamEps: 1e-5, generate: false },
       ],
+      [
+        "DeepSeek-V3 EP2, full",
+        (d: string) =>
+          writeTinyMoe(d, { family: "deepseek_v3", layers: 2, firstDense: 1, experts: 4, topK: 2, seed: 46 }),
+        { expert: 2, data: 2 },
+        2,
+        { granularity: "full" },
+        { batched: true, microBatches: 4, adamEps: 1e-5, generate: false },
+      ],
     ] as const) {
       const sub = join(dir.path, what.replace(/[^a-z0-9]+/gi, "-"));
       const modelDir = join(sub, "model");
@@ -122,17 +144,12 @@ test("full recomputation at TP2+SP and selective at EP2 (MoE) equal one device: 
   }
 });
 
-test("a family without recomputation refuses it, naming the field", { timeout: 60_000 }, async () => {
+test("a family without recomputation (Qwen2.5-VL) refuses it, naming the field", {
+  timeout: 60_000,
+}, async () => {
   const dir = tempDir("recompute-refused");
   try {
-    await writeTinyMoe(dir.path, {
-      family: "deepseek_v3",
-      layers: 2,
-      firstDense: 1,
-      experts: 4,
-      topK: 2,
-      seed: 45,
-    });
+    await writeTinyVisionModel(dir.path, 45);
     const model = await Model.load(dir.path);
     try {
       assert.throws(

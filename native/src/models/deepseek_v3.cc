@@ -13,6 +13,7 @@
 #include "layers/mla.h"
 #include "layers/mlp.h"
 #include "layers/norm.h"
+#include "layers/recompute.h"
 #include "models/dense.h"
 
 namespace tiller::models {
@@ -149,6 +150,13 @@ struct Block {
   layers::MoeWeights moe;
 };
 
+// What a recomputed layer reads in backward, after the forward that saved it has returned.
+struct DeepseekRecompute {
+  PackedBatch batch;
+  layers::RopeTable rope;
+  layers::Routing routing;  // replay only: the recomputation counts no statistics
+};
+
 class DeepseekV3 final : public CausalLM {
  public:
   DeepseekV3(DeepseekConfig config, LoadedTensors tensors, const BuildOptions& options)
@@ -217,6 +225,9 @@ class DeepseekV3 final : public CausalLM {
     }
   }
   const at::Tensor& lm_head() const override { return lm_head_; }
+  // "full": whole decoder layers; "selective": the attention (MLA's projections and core, as one
+  // function of the normed input) and the routed experts.
+  bool supports_recompute() const override { return true; }
   KvShape kv_shape() const override {
     return {stage_.layers(), 1, config_.mla.kv_lora_rank, config_.mla.qk_rope_dim, /*latent=*/true};
   }
@@ -248,17 +259,57 @@ class DeepseekV3 final : public CausalLM {
     // [tokens (or a token shard), hidden]: embedded here, or the previous pipeline stage's output.
     auto x = stage_.first ? tp_.embed(embed_, batch.tokens, vocab_start_, sp) : input.stage_input;
     if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, tokens));
-    for (size_t l = 0; l < blocks_.size(); ++l) {
+    const bool recomputing = recompute_.granularity != layers::Recompute::kNone && at::GradMode::is_enabled();
+    std::shared_ptr<DeepseekRecompute> saved;
+    if (recomputing) {
+      saved = std::make_shared<DeepseekRecompute>();
+      saved->batch = batch;
+      saved->rope = rope;
+      if (batch.routing) saved->routing.replay = batch.routing->replay;
+    }
+    // One decoder layer on x over `pb` (the batch as attention reads it); `selective` recomputes
+    // the attention and the routed experts in backward.
+    const auto layer = [this, sp, moe_tokens](size_t l, const at::Tensor& x_in, const PackedBatch& pb,
+                                              const layers::RopeTable& table, layers::Routing* routing,
+                                              const std::shared_ptr<DeepseekRecompute>& selective) {
+      const auto& cfg = config_.base;
       const auto& b = blocks_[l];
-      const auto* cache = batch.cache ? &(*batch.cache)[l] : nullptr;
-      const auto h = tp_.enter(layers::rms_norm(x, b.input_norm, m.rms_norm_eps), sp);  // [tokens, hidden]
-      const auto heads = layers::mla_heads(h, b.attn, local_mla_, rope, batch.cu_seqlens, cache, batch.spans);
+      const auto* cache = pb.cache ? &(*pb.cache)[l] : nullptr;
+      auto x = x_in;
+      const auto h = tp_.enter(layers::rms_norm(x, b.input_norm, cfg.rms_norm_eps), sp);  // [tokens, hidden]
+      const auto heads =
+          selective ? layers::recompute([this, &b, state = selective](const std::vector<at::Tensor>& in) {
+                        return layers::mla_heads(in[0], b.attn, local_mla_, state->rope, state->batch.cu_seqlens, nullptr,
+                                                 state->batch.spans);
+                      }, {h})
+                    : layers::mla_heads(h, b.attn, local_mla_, table, pb.cu_seqlens, cache, pb.spans);
       x = x + with_bias(tp_.exit(layers::linear(heads, b.attn.o, at::Tensor()), sp), b.attn.o_bias);
-      const auto f = layers::rms_norm(x, b.post_norm, m.rms_norm_eps);
+      const auto f = layers::rms_norm(x, b.post_norm, cfg.rms_norm_eps);
       // The dense MLP, or the shared experts beside the routed ones.
       auto ffn = tp_.exit(layers::swiglu(tp_.enter(f, sp), b.gate, b.up, b.down), sp);
-      if (b.moe_index >= 0) ffn = layers::moe_forward(f, b.moe, m.moe, batch.routing, b.moe_index, &ep_, moe_tokens) + ffn;
-      x = x + ffn;
+      if (b.moe_index >= 0) {
+        // The first run (no grad) counts the routing; a recomputation replays without counting.
+        const auto routed =
+            selective ? layers::recompute([this, &b, moe_tokens, routing, state = selective](const std::vector<at::Tensor>& in) {
+                          auto* r = at::GradMode::is_enabled() ? &state->routing : routing;
+                          return layers::moe_forward(in[0], b.moe, config_.base.moe, r, b.moe_index, &ep_, moe_tokens);
+                        }, {f})
+                      : layers::moe_forward(f, b.moe, cfg.moe, routing, b.moe_index, &ep_, moe_tokens);
+        ffn = routed + ffn;
+      }
+      return x + ffn;
+    };
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+      const auto global = stage_.begin + static_cast<int64_t>(l);
+      if (recomputing && recompute_.full(global)) {
+        // Whole layer: the forward keeps only its input, backward runs it again.
+        x = layers::recompute([layer, l, saved, routing = batch.routing](const std::vector<at::Tensor>& in) {
+              auto* r = at::GradMode::is_enabled() ? &saved->routing : routing;
+              return layer(l, in[0], saved->batch, saved->rope, r, nullptr);
+            }, {x});
+      } else {
+        x = layer(l, x, batch, rope, batch.routing, recomputing && recompute_.selective(global) ? saved : nullptr);
+      }
       if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, tokens));
     }
     if (!stage_.last) return x;
