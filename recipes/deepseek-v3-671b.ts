@@ -21,6 +21,7 @@
 //   data.max_response_length=4096                  rollout.maxResponseTokens: 4096
 //   rollout.n=4                                    rollout.samplesPerPrompt: 4
 //   rollout temperature 1.0, top_p 1.0, top_k -1   rollout: temperature 1, topP 1, topK 0 (off)
+//   rollout.tensor_model_parallel_size=32 (INFER_TP) rollout.parallel: { tensor: 32 } (× 16 replicas)
 //   actor.ppo_mini_batch_size=128 (prompts)        miniBatchesPerStep: 512 / 128 = 4
 //   actor.ppo_micro_batch_size_per_gpu=1           tokensPerMicroBatch: 6144 (2048 + 4096: one longest
 //                                                    sequence; verl's micro-batches are one sequence)
@@ -39,7 +40,7 @@
 // Not expressible here: the commented-out full recompute (recompute_granularity / method / num_layers),
 // param / grad / optimizer offload (ALL_OFFLOAD=True) and the reference's param offload,
 // use_dist_checkpointing with a Megatron dist_ckpt path (model.path is an HF folder), use_torch_compile,
-// rollout.tensor_model_parallel_size=32 (INFER_TP), rollout gpu_memory_utilization, validation
+// rollout gpu_memory_utilization, validation
 // (data.val_files, trainer.test_freq=5).
 //
 // The 80 GB variant (run_deepseek671b_math_megatron_80gb.sh: 256 H100, EP 16, first/last stages 4/1,
@@ -89,7 +90,14 @@ export function deepseekV3_671b(options: RecipeOptions = {}): ExperimentConfig {
     ),
     data: { train: options.trainFiles ?? "/data/gsm8k/train.parquet", maxPromptTokens },
     promptsPerStep,
-    rollout: { samplesPerPrompt: 4, maxResponseTokens, temperature: 1, topP: 1, topK: 0 },
+    rollout: {
+      samplesPerPrompt: 4,
+      maxResponseTokens,
+      temperature: 1,
+      topP: 1,
+      topK: 0,
+      parallel: { tensor: 32 },
+    },
     miniBatchesPerStep: miniBatchesOf(promptsPerStep, 128),
     epochsPerStep: 1,
     tokensPerMicroBatch: maxPromptTokens + maxResponseTokens,

@@ -44,7 +44,7 @@
 //                                                  (94 = 5 + 6 × 14 + 5, checked against the shape)
 // Not expressible here: param / grad / optimizer offload (offload=True) and the reference's param offload,
 // use_dist_checkpointing with the mcore dist_ckpt (model.path is an HF folder), gradient
-// checkpointing, rollout.tensor_model_parallel_size=8 (gen_tp), rollout gpu_memory_utilization /
+// checkpointing, rollout gpu_memory_utilization /
 // enable_chunked_prefill / max_num_batched_tokens, the log-prob micro-batch sizes (4),
 // data.truncation='left' (we drop over-long prompts), validation (aime-2024, val_kwargs, test_freq=10).
 import type { ExperimentConfig, ModelShape, ParallelLayout } from "../src/rl/config.js";
@@ -98,7 +98,15 @@ export function qwen3_235b(options: RecipeOptions = {}): ExperimentConfig {
     ),
     data: { train: options.trainFiles ?? home("verl", "dataset", "dapo-math-17k.parquet"), maxPromptTokens },
     promptsPerStep,
-    rollout: { samplesPerPrompt: 4, maxResponseTokens, temperature: 1, topP: 1, topK: 0 },
+    // verl's gen_tp=8: the rollout at TP8 over the same GPUs (resharded from TP4 × EP4 × PP8 each sync).
+    rollout: {
+      samplesPerPrompt: 4,
+      maxResponseTokens,
+      temperature: 1,
+      topP: 1,
+      topK: 0,
+      parallel: { tensor: 8 },
+    },
     miniBatchesPerStep,
     epochsPerStep: 1,
     tokensPerMicroBatch: maxPromptTokens + maxResponseTokens,

@@ -178,6 +178,8 @@ function fromRecipe(r: string | ExperimentConfig): {
   modelPath: string;
   batch: Partial<PlanBatch>;
   train: TrainLayoutInput;
+  /** The recipe's rollout.parallel, when it has one. */
+  rollout?: RolloutLayoutInput;
   gpus: number;
   reference: boolean;
   oldLogprobs: boolean;
@@ -229,6 +231,8 @@ function fromRecipe(r: string | ExperimentConfig): {
       ...(p.lastStageLayers !== undefined ? { lastStageLayers: p.lastStageLayers } : {}),
     },
     gpus: p.gpus,
+    // The recipe's rollout layout (rollout.parallel); none: the training layout's tensor size.
+    ...(c.rollout.parallel ? { rollout: { tensor: c.rollout.parallel.tensor } } : {}),
     reference: c.algorithm.loss.kl !== undefined || c.algorithm.klReward !== undefined,
     oldLogprobs: c.algorithm.recomputeOldLogprobs !== false,
   };
@@ -349,7 +353,7 @@ export function resolvePlanConfig(input: PlanConfig): ResolvedPlanConfig {
     }
   }
   const train = { ...(r?.train ?? {}), ...(input.train ?? {}) };
-  const rollout = input.rollout ?? {};
+  const rollout = input.rollout ?? r?.rollout ?? {};
   return {
     model,
     gpu,
