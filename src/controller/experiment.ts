@@ -894,6 +894,8 @@ export class ExperimentRun {
       metrics: {},
     };
     this.batch = batch;
+    // The rollout's own copy generates: the actor's parameters can wait on the host (offload.params).
+    if (this.#config.offload.params) await this.#moveState(batch, "model.offload", "parameters");
     await this.#timed(batch, "rollout", async () => {
       batch.samples = await this.#generate(
         this.dataset.nextBatch(this.#config.promptsPerStep),
@@ -1130,6 +1132,8 @@ export class ExperimentRun {
    */
   async oldLogprobs(): Promise<StepBatch> {
     const batch = this.#current("old_logprobs");
+    // The actor's parameters, away during the rollout (offload.params), are back for its passes.
+    if (this.#config.offload.params) await this.#moveState(batch, "model.onload", "parameters");
     await this.#timed(batch, "old_logprobs", async () => {
       const recompute = this.recomputesOldLogprobs;
       const n = batch.samples.length;
@@ -1371,7 +1375,7 @@ export class ExperimentRun {
     const batch = this.#current("update");
     // An offloaded optimizer state comes back for the update and goes again after it.
     const offload = this.#config.offload.optimizer;
-    if (offload) await this.#moveOptimizer(batch, "model.onload");
+    if (offload) await this.#moveState(batch, "model.onload");
     await this.#timed(batch, "update", async () => {
       const { miniBatchesPerStep, epochsPerStep } = this.#config;
       const size = batch.samples.length / miniBatchesPerStep;
@@ -1487,18 +1491,26 @@ export class ExperimentRun {
       batch.metrics["timing_s/update_actor_engine"] = backwardS;
       Object.assign(batch.metrics, memoryMetrics(await this.#actor.memory()));
     });
-    if (offload) await this.#moveOptimizer(batch, "model.offload");
+    if (offload) await this.#moveState(batch, "model.offload");
     return batch;
   }
 
-  /** The actor's optimizer state to the host or back on every rank: timing_s/offload or /onload, and the bytes. */
-  async #moveOptimizer(batch: StepBatch, command: "model.offload" | "model.onload"): Promise<void> {
+  /**
+   * The actor's optimizer state (or its parameters) to the host or back on every rank:
+   * timing_s/offload or /onload (both kinds add up), and the bytes as perf/offload_bytes /
+   * perf/onload_bytes (the optimizer's) or perf/offload_params_bytes / perf/onload_params_bytes.
+   */
+  async #moveState(
+    batch: StepBatch,
+    command: "model.offload" | "model.onload",
+    what: "optimizer" | "parameters" = "optimizer",
+  ): Promise<void> {
     const t0 = performance.now();
-    const moved = await this.#actor.everywhere(command, {});
-    const what = command === "model.offload" ? "offload" : "onload";
-    batch.timings[`timing_s/${what}`] =
-      (batch.timings[`timing_s/${what}`] ?? 0) + (performance.now() - t0) / 1000;
-    batch.metrics[`perf/${what}_bytes`] = moved.bytes;
+    const moved = await this.#actor.everywhere(command, { what });
+    const direction = command === "model.offload" ? "offload" : "onload";
+    batch.timings[`timing_s/${direction}`] =
+      (batch.timings[`timing_s/${direction}`] ?? 0) + (performance.now() - t0) / 1000;
+    batch.metrics[`perf/${direction}${what === "parameters" ? "_params" : ""}_bytes`] = moved.bytes;
   }
 
   /**

@@ -188,6 +188,8 @@ export interface MemoryBytes {
   /** Optimizer state on the device (0 while offloaded) and on the host (while offloaded). */
   optimizer: number;
   optimizerHost: number;
+  /** The parameters while offloaded (offloadParameters; then parameters is 0). */
+  parametersHost: number;
   buffers: number;
   /** The KV cache of the last generate call (on CUDA the decoder keeps it between calls). */
   kvCache: number;
@@ -319,8 +321,14 @@ export interface NativeModelAddon {
     verify: boolean,
   ): Promise<ReshardStats>;
   /** addon/model.cc OffloadWork: the optimizer state to host memory / back */
-  modelOffload(handle: NativeModelHandle): Promise<{ bytes: number; seconds: number }>;
-  modelOnload(handle: NativeModelHandle): Promise<{ bytes: number; seconds: number }>;
+  modelOffload(
+    handle: NativeModelHandle,
+    what: "optimizer" | "parameters",
+  ): Promise<{ bytes: number; seconds: number }>;
+  modelOnload(
+    handle: NativeModelHandle,
+    what: "optimizer" | "parameters",
+  ): Promise<{ bytes: number; seconds: number }>;
   /** addon/model.cc SaveOptimizerWork: async, the optimizer state to one safetensors file (atomic) */
   modelSaveOptimizer(handle: NativeModelHandle, file: string): Promise<void>;
   /** addon/model.cc LoadOptimizerWork: async, a file modelSaveOptimizer wrote, into the optimizer */
@@ -922,11 +930,25 @@ export class Model {
    * Saving and loading the state work in either place. The bytes moved (0 if already there).
    */
   offloadOptimizer(): Promise<{ bytes: number; seconds: number }> {
-    return native().modelOffload(this.handle);
+    return native().modelOffload(this.handle, "optimizer");
   }
 
   onloadOptimizer(): Promise<{ bytes: number; seconds: number }> {
-    return native().modelOnload(this.handle);
+    return native().modelOnload(this.handle, "optimizer");
+  }
+
+  /**
+   * Moves this rank's parameters to host memory (pinned on CUDA) while the model is idle (training
+   * weights during a rollout that holds its own copy): each storage is copied out and emptied, and
+   * refilled in place by onloadParameters() — or by the next call that reads the weights, which
+   * brings them back first. Refused while gradients are pending. The bytes moved (0 if already there).
+   */
+  offloadParameters(): Promise<{ bytes: number; seconds: number }> {
+    return native().modelOffload(this.handle, "parameters");
+  }
+
+  onloadParameters(): Promise<{ bytes: number; seconds: number }> {
+    return native().modelOnload(this.handle, "parameters");
   }
 
   /**

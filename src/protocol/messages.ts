@@ -193,9 +193,9 @@ export const workerCommandArgs = {
   }),
   /** Bytes the model holds on this rank now, and as they stood before the last update's optimizer step. */
   "model.memory": object({ name: modelName }),
-  /** The optimizer state to host memory and back. */
-  "model.offload": object({ name: modelName }),
-  "model.onload": object({ name: modelName }),
+  /** The optimizer state (default) or the parameters to host memory and back. */
+  "model.offload": object({ name: modelName, what: optional(literal("optimizer", "parameters")) }),
+  "model.onload": object({ name: modelName, what: optional(literal("optimizer", "parameters")) }),
   /** The optimizer's state to one safetensors file / back (checkpoints). */
   "model.saveOptimizer": object({ name: modelName, file: string() }),
   "model.loadOptimizer": object({ name: modelName, file: string() }),

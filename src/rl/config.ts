@@ -186,8 +186,11 @@ export interface ExperimentConfig {
    * The actor's optimizer state (fp32 masters and Adam moments) in host memory between updates
    * (verl's optimizer_offload): onloaded before each update, offloaded after it, so rollout and
    * logprob passes have the device. timing_s/offload and timing_s/onload measure it. Default false.
+   * `params`: the actor's parameters in host memory from the rollout to the old-logprob pass
+   * (verl's param_offload); needs rollout.parallel, whose own copy of the weights generates
+   * meanwhile. Default false.
    */
-  offload?: { optimizer?: boolean };
+  offload?: { optimizer?: boolean; params?: boolean };
   algorithm?: {
     /** Default grpo. verl's reinforce_plus_plus(_baseline) are accepted for reinforce++(-baseline). */
     advantage?: AdvantageEstimator | "reinforce_plus_plus" | "reinforce_plus_plus_baseline";
@@ -315,7 +318,7 @@ export interface ResolvedConfig {
   epochsPerStep: number;
   tokensPerMicroBatch: number;
   recompute: { granularity: "none" | "full" | "selective"; layers?: number };
-  offload: { optimizer: boolean };
+  offload: { optimizer: boolean; params: boolean };
   algorithm: {
     advantage: AdvantageEstimator;
     gamma: number;
@@ -847,8 +850,11 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
   };
 
   const offloadIn = c.offload === undefined ? {} : obj(c.offload, "offload");
-  known(offloadIn, "offload", ["optimizer"]);
-  const offload = { optimizer: bool(offloadIn.optimizer, "offload.optimizer", false) };
+  known(offloadIn, "offload", ["optimizer", "params"]);
+  const offload = {
+    optimizer: bool(offloadIn.optimizer, "offload.optimizer", false),
+    params: bool(offloadIn.params, "offload.params", false),
+  };
 
   const algorithm = c.algorithm === undefined ? {} : obj(c.algorithm, "algorithm");
   known(algorithm, "algorithm", [
@@ -1090,6 +1096,12 @@ export function resolveConfig(input: ExperimentConfig): ResolvedConfig {
   };
   const rolloutLayout = resolveRolloutParallel(rollout.parallel, resolved.parallel, shape);
   if (rolloutLayout) resolved.rollout.parallel = rolloutLayout;
+  if (resolved.offload.params && !rolloutLayout) {
+    throw new ConfigError(
+      "offload.params",
+      "the rollout generates with the training weights in place: give it a layout of its own (rollout.parallel) to offload the actor's parameters during the rollout",
+    );
+  }
   if (c.peakFlopsPerDevice !== undefined) {
     resolved.peakFlopsPerDevice = num(c.peakFlopsPerDevice, "peakFlopsPerDevice", (v) => v > 0, "> 0");
   }

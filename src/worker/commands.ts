@@ -305,8 +305,14 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
 
   "model.routerStats": async (state, args) => state.model(args.name).routerStats(),
 
-  "model.offload": async (state, args) => state.model(args.name).offloadOptimizer(),
-  "model.onload": async (state, args) => state.model(args.name).onloadOptimizer(),
+  "model.offload": async (state, args) => {
+    const model = state.model(args.name);
+    return args.what === "parameters" ? model.offloadParameters() : model.offloadOptimizer();
+  },
+  "model.onload": async (state, args) => {
+    const model = state.model(args.name);
+    return args.what === "parameters" ? model.onloadParameters() : model.onloadOptimizer();
+  },
 
   "model.memory": async (state, args) => {
     const now = state.model(args.name).memory();

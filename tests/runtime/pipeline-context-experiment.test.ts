@@ -20,7 +20,7 @@ after(() => {
   dir.cleanup();
 });
 
-test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too, and trained at PP2 with rollouts at TP2 (resharded, verified, every sync); offload and recompute on one rank change no metric", {
+test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too, and trained at PP2 with rollouts at TP2 (resharded, verified, every sync; the actor's parameters offloaded meanwhile); offload and recompute on one rank change no metric", {
   timeout: 400_000,
 }, async () => {
   const model = join(dir.path, "model");
@@ -109,6 +109,8 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
       runDir: join(dir.path, "pp2-tp2"),
       parallel: { pipeline: 2 },
       rollout: { ...config.rollout, parallel: { tensor: 2 }, reshard: { bucketBytes: 8192, verify: true } },
+      // The actor's parameters wait on the host while the rollout's copy generates.
+      offload: { params: true },
       totalSteps: 3,
     });
     const splitRows = await split.run(3);
@@ -141,6 +143,15 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
       );
       assert.ok((row["timing_s/reshard"] as number) > 0 && (row["perf/reshard_gbps"] as number) > 0);
       assert.ok((row["perf/reshard_verified_regions"] as number) > 0, "received regions checked");
+      assert.ok(
+        (row["perf/offload_params_bytes"] as number) > 0,
+        "the actor's parameters left for the rollout",
+      );
+      assert.equal(
+        row["perf/onload_params_bytes"],
+        row["perf/offload_params_bytes"],
+        "and came back for old logprobs",
+      );
     }
     console.log(
       `train PP2 -> rollout TP2: ${splitRows[0]?.["perf/reshard_bytes"]} B per sync over both ranks, ${Number(splitRows[0]?.["timing_s/reshard"]).toFixed(4)} s, ${splitRows[0]?.["perf/reshard_verified_regions"]} regions verified`,

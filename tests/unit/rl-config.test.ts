@@ -178,4 +178,18 @@ test("rollout.parallel: its own layout over the run's GPUs, dropped when it plac
     () => at({}, { reshard: { verify: "yes" } }),
     /rollout\.reshard\.verify: "yes" must be true or false/,
   );
+  // The actor's parameters may leave only when the rollout holds its own copy.
+  assert.throws(
+    () => resolveConfig({ ...base, parallel: { data: 2 }, offload: { params: true } }),
+    /offload\.params: the rollout generates with the training weights in place/,
+  );
+  assert.equal(
+    resolveConfig({
+      ...base,
+      parallel: { data: 2 },
+      rollout: { ...base.rollout, parallel: { tensor: 2 } },
+      offload: { params: true },
+    }).offload.params,
+    true,
+  );
 });

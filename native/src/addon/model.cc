@@ -118,10 +118,15 @@ class ModelWork : public PromiseWork {
 
  protected:
   virtual void RunLocked(ModelSlot& slot) = 0;
+  // Works that handle offloaded parameters themselves (offload, onload, dispose).
+  virtual bool skips_parameter_reload() const { return false; }
 
  private:
   void Run() final {
     std::lock_guard<std::mutex> lock(slot_->mutex);
+    // Offloaded parameters come back before anything reads them (an offload call brings them
+    // back only to send them away again: it checks first).
+    if (!skips_parameter_reload()) train::ensure_parameters(*slot_);
     if (slot_->profile_path.empty()) {
       RunLocked(*slot_);
       return;
@@ -839,12 +844,20 @@ Napi::Value ModelOptimizerStep(const Napi::CallbackInfo& info) {
 // off the JS thread: the copies of a large state take a while.
 class OffloadWork final : public ModelWork {
  public:
-  OffloadWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, bool to_host)
-      : ModelWork(env, to_host ? "tiller.modelOffload" : "tiller.modelOnload", std::move(slot)), to_host_(to_host) {}
+  OffloadWork(Napi::Env env, std::shared_ptr<ModelSlot> slot, bool to_host, bool parameters)
+      : ModelWork(env, to_host ? "tiller.modelOffload" : "tiller.modelOnload", std::move(slot)),
+        to_host_(to_host),
+        parameters_(parameters) {}
+
+  bool skips_parameter_reload() const override { return true; }
 
   void RunLocked(ModelSlot& slot) override {
     const auto start = std::chrono::steady_clock::now();
-    bytes_ = to_host_ ? train::offload_optimizer(slot) : train::reload_optimizer(slot);
+    if (parameters_) {
+      bytes_ = to_host_ ? train::offload_parameters(slot) : train::reload_parameters(slot);
+    } else {
+      bytes_ = to_host_ ? train::offload_optimizer(slot) : train::reload_optimizer(slot);
+    }
     synchronize(slot.model->device());
     seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
@@ -857,21 +870,35 @@ class OffloadWork final : public ModelWork {
   }
 
  private:
-  bool to_host_;
+  bool to_host_, parameters_;
   int64_t bytes_ = 0;
   double seconds_ = 0;
 };
 
 // modelOffload(handle) / modelOnload(handle) -> Promise<{bytes, seconds}>: the optimizer state to
 // host memory (pinned on CUDA) and back; bytes 0 when it was already there.
+// The second argument: "optimizer" (default) or "parameters".
+bool offload_parameters_arg(const Napi::CallbackInfo& info) {
+  if (info.Length() < 2 || info[1].IsUndefined()) return false;
+  const auto what = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : std::string();
+  if (what != "optimizer" && what != "parameters") {
+    throw std::invalid_argument("what: expected \"optimizer\" or \"parameters\"");
+  }
+  return what == "parameters";
+}
+
 Napi::Value ModelOffload(const Napi::CallbackInfo& info) {
   auto env = info.Env();
-  return guarded(env, [&]() -> Napi::Value { return queue_work<OffloadWork>(env, slot_of(info[0]), true); });
+  return guarded(env, [&]() -> Napi::Value {
+    return queue_work<OffloadWork>(env, slot_of(info[0]), true, offload_parameters_arg(info));
+  });
 }
 
 Napi::Value ModelOnload(const Napi::CallbackInfo& info) {
   auto env = info.Env();
-  return guarded(env, [&]() -> Napi::Value { return queue_work<OffloadWork>(env, slot_of(info[0]), false); });
+  return guarded(env, [&]() -> Napi::Value {
+    return queue_work<OffloadWork>(env, slot_of(info[0]), false, offload_parameters_arg(info));
+  });
 }
 
 // Both models locked (in one step, so two reshards in opposite directions cannot deadlock), then
@@ -890,6 +917,8 @@ class ReshardWork final : public PromiseWork {
   void Run() override {
     std::scoped_lock lock(from_->mutex, to_->mutex);
     if (!from_->mesh || !to_->mesh) throw std::invalid_argument("reshard: both models must be loaded with a mesh");
+    train::ensure_parameters(*from_);
+    train::ensure_parameters(*to_);
     const auto& c = from_->config;
     const auto& text = c.has("num_hidden_layers") ? c : c.at("text_config");
     const auto layers = static_cast<int64_t>(text.at("num_hidden_layers").as_number());
@@ -1099,6 +1128,7 @@ Napi::Value ModelParameters(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     auto slot = slot_of(info[0]);
     std::lock_guard<std::mutex> lock(slot->mutex);
+    train::ensure_parameters(*slot);
     auto tensors = slot->model->named_parameters();
     const auto& buffers = slot->model->named_buffers();
     tensors.insert(tensors.end(), buffers.begin(), buffers.end());
@@ -1173,6 +1203,7 @@ Napi::Value ModelMemory(const Napi::CallbackInfo& info) {
     out["optimizer"] = static_cast<double>(m.optimizer);
     out["buffers"] = static_cast<double>(m.buffers);
     out["optimizerHost"] = static_cast<double>(m.optimizer_host);
+    out["parametersHost"] = static_cast<double>(m.parameters_host);
     out["kvCache"] = static_cast<double>(m.kv_cache);
     if (m.device_allocated >= 0) {
       auto device = Napi::Object::New(env);

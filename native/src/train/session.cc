@@ -239,6 +239,10 @@ MemoryBytes memory_of(const ModelSession& session, bool reset_peak) {
     m.parameters += static_cast<int64_t>(p.nbytes());
     if (p.grad().defined()) m.gradients += static_cast<int64_t>(p.grad().nbytes());
   }
+  if (!session.parked_parameters.empty()) {
+    m.parameters_host = m.parameters;
+    m.parameters = 0;
+  }
   for (const auto& [_, b] : model.named_buffers()) m.buffers += static_cast<int64_t>(b.nbytes());
   int64_t state = 0;
   if (session.sharded) state = session.sharded->state_bytes();
@@ -300,6 +304,61 @@ int64_t reload_optimizer(ModelSession& session) {
   if (session.sharded) session.sharded->reload();
   if (session.optimizer) session.optimizer->reload();
   return optimizer_state_bytes(session);
+}
+
+namespace {
+
+// A byte tensor over a whole storage, on its device.
+at::Tensor storage_bytes(const c10::Storage& storage, size_t nbytes) {
+  return at::empty({0}, at::TensorOptions().dtype(at::kByte).device(storage.device()))
+      .set_(storage, 0, {static_cast<int64_t>(nbytes)}, {1});
+}
+
+}  // namespace
+
+int64_t offload_parameters(ModelSession& session) {
+  if (!session.parked_parameters.empty()) return 0;
+  if (session.grads_pending) {
+    throw std::invalid_argument("offload parameters: gradients are pending (an update is half done); step the optimizer first");
+  }
+  at::NoGradGuard no_grad;
+  const auto device = session.model->device();
+  std::set<const c10::StorageImpl*> seen;  // tied weights share one storage
+  int64_t bytes = 0;
+  for (const auto& [_, p] : session.model->named_parameters()) {
+    const auto storage = p.storage();
+    const auto nbytes = storage.nbytes();
+    if (nbytes == 0 || !seen.insert(storage.unsafeGetStorageImpl()).second) continue;
+    auto host = at::empty({static_cast<int64_t>(nbytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));
+    host.copy_(storage_bytes(storage, nbytes));
+    session.parked_parameters.push_back({storage, host, nbytes});
+    bytes += static_cast<int64_t>(nbytes);
+  }
+  // Only now the storages are emptied (their memory freed): every copy above was a blocking one.
+  for (auto& park : session.parked_parameters) {
+    auto* impl = park.storage.unsafeGetStorageImpl();
+    impl->set_data_ptr_noswap(c10::DataPtr(nullptr, impl->device()));
+    impl->set_nbytes(0);
+  }
+  session.decoder.reset();
+  return bytes;
+}
+
+int64_t reload_parameters(ModelSession& session) {
+  if (session.parked_parameters.empty()) return 0;
+  at::NoGradGuard no_grad;
+  int64_t bytes = 0;
+  for (auto& park : session.parked_parameters) {
+    auto* impl = park.storage.unsafeGetStorageImpl();
+    auto* allocator = impl->allocator() ? impl->allocator() : c10::GetAllocator(impl->device_type());
+    impl->set_data_ptr_noswap(allocator->allocate(park.nbytes));
+    impl->set_nbytes(park.nbytes);
+    storage_bytes(park.storage, park.nbytes).copy_(park.host);
+    bytes += static_cast<int64_t>(park.nbytes);
+  }
+  session.parked_parameters.clear();
+  session.decoder.reset();  // captured graphs hold the old addresses
+  return bytes;
 }
 
 void complete_router_stats(ModelSession& session) {

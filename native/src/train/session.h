@@ -50,6 +50,13 @@ struct ModelSession {
   std::string profile_path;  // when set, the next call runs under the Kineto profiler
   RouterTotals router_stats;
   int64_t kv_cache_bytes = 0;  // the last generate call's KV cache
+  // Parameter storages emptied by offload_parameters, each with its bytes on the host.
+  struct ParkedStorage {
+    c10::Storage storage;
+    at::Tensor host;  // [nbytes] uint8 (pinned on CUDA)
+    size_t nbytes = 0;
+  };
+  std::vector<ParkedStorage> parked_parameters;
 
   bool multi_rank() const { return mesh && mesh->world_size() > 1; }
   bool has_optimizer() const { return optimizer || sharded; }
@@ -100,6 +107,7 @@ void complete_router_stats(ModelSession& session);
 struct MemoryBytes {
   int64_t parameters = 0, gradients = 0, optimizer = 0, buffers = 0;
   int64_t optimizer_host = 0;  // the optimizer state while offloaded (then optimizer is 0)
+  int64_t parameters_host = 0;  // the parameters while offloaded (then parameters is 0)
   int64_t device_allocated = -1, device_peak = -1, device_reserved = -1;
   int64_t kv_cache = 0;  // the KV cache of the last generate call (held between calls by the CUDA decoder)
 };
@@ -111,6 +119,17 @@ MemoryBytes memory_of(const ModelSession& session, bool reset_peak = true);
 int64_t offload_optimizer(ModelSession& session);
 int64_t reload_optimizer(ModelSession& session);
 bool optimizer_offloaded(const ModelSession& session);
+
+// The parameters to host memory (pinned on CUDA) and back: each storage is copied out and emptied,
+// then refilled in place, so every tensor and view over it stays valid (the CUDA decoder's graphs,
+// which hold raw addresses, are rebuilt). Both return the bytes moved (0 when already there).
+// Refused while gradients are pending. ensure_parameters reloads if needed: every call that reads
+// the weights runs it first.
+int64_t offload_parameters(ModelSession& session);
+int64_t reload_parameters(ModelSession& session);
+inline void ensure_parameters(ModelSession& session) {
+  if (!session.parked_parameters.empty()) reload_parameters(session);
+}
 
 void init_optimizer(ModelSession& session, AdamWConfig config, LrSchedule schedule, double max_grad_norm);
 
