@@ -52,17 +52,25 @@ export async function benchMemory(): Promise<BenchResult[]> {
       advantages: new Float32Array(rows).fill(0.5),
       mask: new Float32Array(rows).fill(1),
     };
-    const chunk = 1024;
-    let measured = 0;
-    // The second update is the one measured: the first also allocates the optimizer state.
-    for (let k = 0; k < 2; k++) {
-      const before = model.memory();
-      await model.policySteps([{ tokens, cuSeqlens, perToken }], { tokens: rows, sequences }, {}, 1, chunk);
-      const after = model.memory();
-      measured =
-        (after.device?.peak ?? 0) - (before.device?.allocated ?? 0) - (after.gradients - before.gradients);
-      await model.optimizerStep();
-    }
+    // One update's activation peak at a logprob chunk of `chunk` rows; the second update is the one
+    // measured (the first also allocates the optimizer state).
+    const measure = async (chunk: number) => {
+      let measured = 0;
+      for (let k = 0; k < 2; k++) {
+        const before = model.memory();
+        await model.policySteps([{ tokens, cuSeqlens, perToken }], { tokens: rows, sequences }, {}, 1, chunk);
+        const after = model.memory();
+        measured =
+          (after.device?.peak ?? 0) - (before.device?.allocated ?? 0) - (after.gradients - before.gradients);
+        await model.optimizerStep();
+      }
+      return measured;
+    };
+    // The engine's default chunk on CUDA; on CPU a quarter of the rows, so twice it still fits.
+    const chunk = cuda ? 1024 : 256;
+    const measured = await measure(chunk);
+    // Twice the chunk: the difference is what `chunk` more rows of the logprob pass keep.
+    const perChunkRow = ((await measure(2 * chunk)) - measured) / chunk;
     // Generation: every prompt of the plan's length, every response to the limit.
     const promptTokens = 64;
     const responseTokens = 32;
@@ -102,6 +110,8 @@ export async function benchMemory(): Promise<BenchResult[]> {
     });
     const update = trained.stages[0]?.phases.update;
     const planned = (update?.activations ?? 0) + (update?.logprobChunk ?? 0);
+    const chunkMeasured = perChunkRow * chunk;
+    const layersMeasured = measured - chunkMeasured;
     const where = `${cuda ? "CUDA bf16, Qwen3-0.6B shape" : "CPU fp32, Qwen3 hidden 128 x 4 layers, vocab 1024"}, ${sequences} x ${length} tokens`;
     return [
       {
@@ -112,6 +122,24 @@ export async function benchMemory(): Promise<BenchResult[]> {
         baselineName: "plan (activations + logprob chunk)",
         ratio: measured / planned,
         detail: `${where}; planned activations ${((update?.activations ?? 0) / 2 ** 20).toFixed(1)} MiB + logprob chunk ${((update?.logprobChunk ?? 0) / 2 ** 20).toFixed(1)} MiB`,
+      },
+      {
+        name: "memory/update logprob chunk",
+        value: chunkMeasured / 2 ** 20,
+        unit: "MiB",
+        baseline: (update?.logprobChunk ?? 0) / 2 ** 20,
+        baselineName: "plan",
+        ratio: chunkMeasured / (update?.logprobChunk ?? 1),
+        detail: `${chunk} rows x ${vocab} vocabulary: ${(perChunkRow / vocab).toFixed(1)} B per logit measured (from the peak's growth at ${2 * chunk} rows)`,
+      },
+      {
+        name: "memory/update layer activations",
+        value: layersMeasured / 2 ** 20,
+        unit: "MiB",
+        baseline: (update?.activations ?? 0) / 2 ** 20,
+        baselineName: "plan",
+        ratio: layersMeasured / (update?.activations ?? 1),
+        detail: `the activation peak less the logprob chunk; ${(layersMeasured / n).toFixed(0)} B per token measured`,
       },
       {
         name: "memory/rollout KV cache",

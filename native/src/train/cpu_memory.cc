@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <unordered_map>
 
 namespace tiller::train {
 namespace {
@@ -20,30 +21,48 @@ void add(int64_t bytes) {
   }
 }
 
-// What a counted allocation carries: the default allocator's own pointer (freed with it) and its size.
-struct Counted {
-  c10::DataPtr inner;
-  int64_t bytes;
-};
+// Sizes of the live allocations, by address: the deleter gets the address only. Allocations keep
+// the default allocator's own address as their context, so raw_allocate / raw_deallocate (which
+// need data == context and a raw deleter) work as with the default allocator.
+std::mutex g_mutex;
+std::unordered_map<void*, int64_t> g_sizes;
+c10::DeleterFnPtr g_base_deleter = nullptr;
 
-void free_counted(void* context) {
-  auto* counted = static_cast<Counted*>(context);
-  g_current.fetch_sub(counted->bytes, std::memory_order_relaxed);
-  delete counted;  // frees the memory through the default allocator's deleter
+void free_counted(void* data) {
+  int64_t bytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    const auto it = g_sizes.find(data);
+    if (it != g_sizes.end()) {
+      bytes = it->second;
+      g_sizes.erase(it);
+    }
+  }
+  g_current.fetch_sub(bytes, std::memory_order_relaxed);
+  g_base_deleter(data);
 }
 
 class CountingCpuAllocator final : public c10::Allocator {
  public:
-  explicit CountingCpuAllocator(c10::Allocator* base) : base_(base) {}
+  explicit CountingCpuAllocator(c10::Allocator* base) : base_(base) { g_base_deleter = base->raw_deleter(); }
 
   c10::DataPtr allocate(size_t n) override {
     auto inner = base_->allocate(n);
-    void* data = inner.get();
+    // Only what the default allocator hands out as a plain pointer is counted (all of it, in practice).
+    if (n == 0 || !inner.get() || inner.get() != inner.get_context() || inner.get_deleter() != g_base_deleter) {
+      return inner;
+    }
     const auto device = inner.device();
-    auto* counted = new Counted{std::move(inner), static_cast<int64_t>(n)};
-    add(counted->bytes);
-    return {data, counted, &free_counted, device};
+    void* data = inner.release_context();
+    {
+      std::lock_guard<std::mutex> lock(g_mutex);
+      g_sizes[data] = static_cast<int64_t>(n);
+    }
+    add(static_cast<int64_t>(n));
+    return {data, data, &free_counted, device};
   }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &free_counted; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 
