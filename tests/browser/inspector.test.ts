@@ -511,8 +511,9 @@ test("the metrics report draws its plotly traces offline", { skip }, async () =>
     const traces = opened.page.locator(".tiller-chart .scatterlayer .trace");
     await traces.first().waitFor();
     // score; pg_loss and entropy; the timings chart's throughput line (its stages are bars); the
-    // memory chart's perf/memory/{parameters,gradients,optimizer,buffers}_bytes.
-    assert.equal(await traces.count(), 8);
+    // memory chart's perf/memory/{parameters,gradients,optimizer,buffers,activations_peak,kv_cache}_bytes
+    // and perf/max_memory_{allocated,reserved}_gb (on CPU too: the engine counts its CPU tensors).
+    assert.equal(await traces.count(), 12);
     assert.ok(
       (await opened.page.locator(".tiller-chart .barlayer .trace").count()) >= 2,
       "stage timings stacked",
