@@ -35,7 +35,14 @@ export interface PlanTensor {
 }
 
 export type Attention =
-  | { kind: "gqa"; heads: number; kvHeads: number; headDim: number }
+  | {
+      kind: "gqa";
+      heads: number;
+      kvHeads: number;
+      headDim: number;
+      /** Qwen3's per-head RMSNorm of queries and keys (its inputs are kept for backward). */
+      qkNorm?: boolean;
+    }
   | {
       kind: "mla";
       heads: number;
@@ -345,7 +352,13 @@ function gqaDecoder(arch: GqaArch, r: ConfigReader, forceQkvBias = false): Model
     layers: c.layers,
     intermediate: c.intermediate,
     tied: c.tied,
-    attention: { kind: "gqa", heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim },
+    attention: {
+      kind: "gqa",
+      heads: c.heads,
+      kvHeads: c.kvHeads,
+      headDim: c.headDim,
+      ...(qwen3 ? { qkNorm: true } : {}),
+    },
     ...(moe ? { moe } : {}),
     tensors,
     notes: [],
