@@ -64,14 +64,18 @@ std::pair<at::Tensor, at::Tensor> chunked_backward(
     const at::Tensor& kept = at::Tensor()) {
   const auto tokens = hidden.size(0);
   auto grad_hidden = at::empty_like(hidden);
-  auto grad_lm_head = at::zeros(lm_head.sizes(), lm_head.options().dtype(at::kFloat));
+  // The first chunk's product is the sum so far: no [vocab, hidden] zero fill.
+  at::Tensor grad_lm_head;
   for (int64_t a = 0; a < tokens; a += chunk) {
     const auto b = std::min(tokens, a + chunk);
     const auto h = hidden.slice(0, a, b);
     const auto g = grad_logits(kept.defined() ? kept.slice(0, a, b) : chunk_logits(h, lm_head), a, b);
     grad_hidden.slice(0, a, b).copy_(at::matmul(g, lm_head));
-    grad_lm_head.add_(at::matmul(g.t(), h).to(at::kFloat));
+    auto part = at::matmul(g.t(), h).to(at::kFloat);
+    if (grad_lm_head.defined()) grad_lm_head.add_(part);
+    else grad_lm_head = std::move(part);
   }
+  if (!grad_lm_head.defined()) grad_lm_head = at::zeros(lm_head.sizes(), lm_head.options().dtype(at::kFloat));
   return {grad_hidden, grad_lm_head.to(lm_head.scalar_type())};
 }
 
