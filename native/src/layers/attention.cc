@@ -190,6 +190,10 @@ at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, con
     return out.squeeze(2);  // [B, heads, Dv]
   }
   const auto prefixes = append_to_cache(k, v, cu_seqlens, cache, spans);
+  // A CPU prefill of fresh slots (nothing cached before): each prefix is the new keys alone, so
+  // this is the training forward's attention, whose buckets run one SDPA call for many prompts.
+  const bool fresh = std::all_of(spans.offsets.begin(), spans.offsets.end(), [](int64_t o) { return o == 0; });
+  if (!q.is_cuda() && sequences > 1 && fresh) return causal_varlen_attention(q, k, v, cu_seqlens, scale, window);
   std::vector<at::Tensor> outs;
   for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
     const auto& p = prefixes[i];
