@@ -119,8 +119,9 @@ TILLER_CPU_CLONES ExpSums row_exp_sums(const float* __restrict__ x, int64_t n, f
 }
 
 // g_j = (-p_j (gl + ge (lp_j + h))) * inv_t with lp_j = x_j * inv_t - lse, p_j = e^lp_j.
-TILLER_CPU_CLONES void row_grad(const float* __restrict__ x, int64_t n, float inv_t, float lse, float h, float gl,
-                                float ge, float* __restrict__ g) {
+// g may be x itself: each value is read before its gradient is written.
+TILLER_CPU_CLONES void row_grad(const float* x, int64_t n, float inv_t, float lse, float h, float gl, float ge,
+                                float* g) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     const Floats lp = load(x + i) * inv_t - lse;
@@ -162,9 +163,10 @@ RowStats logprob_rows_cpu(const at::Tensor& logits_in, const at::Tensor& targets
   return out;
 }
 
+// Into `grad` ([rows, vocab] fp32, contiguous; may be `logits_in` itself).
 at::Tensor logprob_rows_backward_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in, double temperature,
                                      const RowStats& stats, const at::Tensor& grad_logprob_in,
-                                     const at::Tensor& grad_entropy_in) {
+                                     const at::Tensor& grad_entropy_in, at::Tensor grad) {
   const auto logits = logits_in.contiguous();
   const auto targets = targets_in.to(at::kLong).contiguous();
   const auto lse_t = stats.lse.to(at::kFloat).contiguous();
@@ -173,7 +175,6 @@ at::Tensor logprob_rows_backward_cpu(const at::Tensor& logits_in, const at::Tens
   const auto h_t = has_entropy ? stats.entropy.to(at::kFloat).contiguous() : at::Tensor();
   const auto ge_t = has_entropy ? grad_entropy_in.to(at::kFloat).contiguous() : at::Tensor();
   const auto rows = logits.size(0), vocab = logits.size(1);
-  auto grad = at::empty_like(logits);
   const float inv_t = static_cast<float>(1.0 / temperature);
   const float* x = logits.data_ptr<float>();
   const int64_t* target = targets.data_ptr<int64_t>();
@@ -237,9 +238,18 @@ at::Tensor logprob_rows_backward(const at::Tensor& logits, const at::Tensor& tar
   }
 #endif
   if (cpu_fast_path(logits)) {
-    return logprob_rows_backward_cpu(logits, targets, temperature, stats, grad_logprob, grad_entropy);
+    return logprob_rows_backward_cpu(logits, targets, temperature, stats, grad_logprob, grad_entropy,
+                                     at::empty({logits.size(0), logits.size(1)}, logits.options()));
   }
   return logprob_rows_backward_reference(logits, targets, temperature, stats, grad_logprob, grad_entropy);
+}
+
+at::Tensor logprob_rows_backward_(at::Tensor& logits, const at::Tensor& targets, double temperature,
+                                  const RowStats& stats, const at::Tensor& grad_logprob, const at::Tensor& grad_entropy) {
+  if (cpu_fast_path(logits) && logits.is_contiguous()) {
+    return logprob_rows_backward_cpu(logits, targets, temperature, stats, grad_logprob, grad_entropy, logits);
+  }
+  return logits.copy_(logprob_rows_backward(logits, targets, temperature, stats, grad_logprob, grad_entropy));
 }
 
 }  // namespace tiller::kernels

@@ -118,9 +118,15 @@ struct ChunkedLogprobFunction : public torch::autograd::Function<ChunkedLogprobF
         hidden, lm_head, chunk,
         [&](const at::Tensor& logits, int64_t a, int64_t b) {
           const kernels::RowStats stats{at::Tensor(), entropy.slice(0, a, b), lse.slice(0, a, b)};
-          return kernels::logprob_rows_backward(logits, targets.slice(0, a, b), temperature, stats,
-                                                grad_logprob.slice(0, a, b),
-                                                grad_entropy.defined() ? grad_entropy.slice(0, a, b) : at::Tensor())
+          const auto g_lp = grad_logprob.slice(0, a, b);
+          const auto g_h = grad_entropy.defined() ? grad_entropy.slice(0, a, b) : at::Tensor();
+          if (kept.defined()) {
+            // The kept logits are read for the last time here: their gradient overwrites them.
+            auto rows = logits;
+            return kernels::logprob_rows_backward_(rows, targets.slice(0, a, b), temperature, stats, g_lp, g_h)
+                .to(hidden.scalar_type());
+          }
+          return kernels::logprob_rows_backward(logits, targets.slice(0, a, b), temperature, stats, g_lp, g_h)
               .to(hidden.scalar_type());
         },
         kept);
