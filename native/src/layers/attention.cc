@@ -178,8 +178,15 @@ at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, con
     cache.k.index_put_({slots, offsets}, k);
     cache.v.index_put_({slots, offsets}, v);
     const auto max_used = *std::max_element(spans.offsets.begin(), spans.offsets.end()) + 1;
-    const auto keys = cache.k.index_select(0, slots).narrow(1, 0, max_used).transpose(1, 2);    // [B, kv, L, D]
-    const auto values = cache.v.index_select(0, slots).narrow(1, 0, max_used).transpose(1, 2);  // [B, kv, L, Dv]
+    // Slots 0..B-1 in order (every sequence still running) are a view of the cache; otherwise
+    // only the used prefix of each slot is gathered, not its whole length.
+    bool in_order = true;
+    for (int64_t i = 0; i < sequences; ++i) in_order = in_order && spans.slots[static_cast<size_t>(i)] == i;
+    const auto used = [&](const at::Tensor& c) {  // [slots, max_len, kv, D] -> [B, kv, max_used, D]
+      const auto prefix = c.narrow(1, 0, max_used);
+      return (in_order ? prefix.narrow(0, 0, sequences) : prefix.index_select(0, slots)).transpose(1, 2);
+    };
+    const auto keys = used(cache.k), values = used(cache.v);
     const auto key_pos = at::arange(max_used, at::TensorOptions().dtype(at::kLong).device(device)).view({1, -1});
     const auto query_pos = offsets.view({-1, 1});
     auto visible = key_pos <= query_pos;
