@@ -91,6 +91,34 @@ at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, con
       continue;
     }
     const auto max_len = length(order[end - 1]);
+    if (length(order[start]) == max_len && (window <= 0 || window >= max_len)) {
+      // Sequences of one length: plain causal attention, no mask and nothing padded (an RL batch of
+      // one prompt length and fixed-length answers is one such bucket). Consecutive in the packed
+      // batch they are a view of it; otherwise their rows are gathered.
+      bool consecutive = true;
+      for (int64_t j = 1; j < count; ++j) consecutive = consecutive && order[start + static_cast<size_t>(j)] == order[start] + j;
+      const auto first = cu_seqlens[static_cast<size_t>(order[start])];
+      at::Tensor index;
+      if (!consecutive) {
+        std::vector<int64_t> rows;
+        rows.reserve(static_cast<size_t>(count * max_len));
+        for (int64_t j = 0; j < count; ++j) {
+          const auto a = cu_seqlens[static_cast<size_t>(order[start + static_cast<size_t>(j)])];
+          for (int64_t t = 0; t < max_len; ++t) rows.push_back(a + t);
+        }
+        index = at::tensor(rows, at::kLong).to(q.device());
+      }
+      const auto batch = [&](const at::Tensor& x) {  // [rows, heads, D] -> [count, heads, max_len, D]
+        const auto picked = consecutive ? x.narrow(0, first, count * max_len) : x.index_select(0, index);
+        return picked.view({count, max_len, x.size(1), x.size(2)}).transpose(1, 2);
+      };
+      const auto attended = at::scaled_dot_product_attention(batch(q), batch(k), batch(v), {}, 0.0, /*is_causal=*/true,
+                                                             scale, /*enable_gqa=*/q.size(1) != k.size(1));
+      const auto flat = attended.transpose(1, 2).reshape({count * max_len, q.size(1), v.size(-1)});
+      out = consecutive ? out.slice_scatter(flat, 0, first, first + count * max_len) : out.index_copy(0, index, flat);
+      start = end;
+      continue;
+    }
     // rows[b, t]: the packed row of token t of the bucket's sequence b (row 0 where t is padding).
     std::vector<int64_t> rows(static_cast<size_t>(count * max_len), 0), valid_rows;
     std::vector<uint8_t> valid(static_cast<size_t>(count * max_len), 0);
