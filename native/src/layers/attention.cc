@@ -91,7 +91,7 @@ at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, con
       continue;
     }
     const auto max_len = length(order[end - 1]);
-    if (length(order[start]) == max_len && (window <= 0 || window >= max_len)) {
+    if (!q.is_cuda() && length(order[start]) == max_len && (window <= 0 || window >= max_len)) {
       // Sequences of one length: plain causal attention, no mask and nothing padded (an RL batch of
       // one prompt length and fixed-length answers is one such bucket). Consecutive in the packed
       // batch they are a view of it; otherwise their rows are gathered.
