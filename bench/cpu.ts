@@ -75,15 +75,20 @@ async function trainStep(dir: string, threads: number): Promise<BenchResult> {
       await model.optimizerStep();
     };
     await step(); // warm-up: allocator, optimizer state
+    // The fastest step, as on HF's side: on a shared machine the others include time given away.
+    let seconds = Number.POSITIVE_INFINITY;
     let backwardMs = 0;
-    const start = performance.now();
     for (let i = 0; i < trainSteps; i++) {
       const t0 = performance.now();
       await model.trainStep(tokens, cu, mask, targets);
-      backwardMs += (performance.now() - t0) / trainSteps;
+      const t1 = performance.now();
       await model.optimizerStep();
+      const s = (performance.now() - t0) / 1000;
+      if (s < seconds) {
+        seconds = s;
+        backwardMs = t1 - t0;
+      }
     }
-    const seconds = (performance.now() - start) / 1000 / trainSteps;
     if (profileDir) {
       model.profileNext(join(profileDir, "cpu-train-step.trace.json"));
       await model.trainStep(tokens, cu, mask, targets);
@@ -97,7 +102,7 @@ async function trainStep(dir: string, threads: number): Promise<BenchResult> {
       baseline: hf.seconds_per_step,
       baselineName: "HF transformers + torch AdamW",
       ratio: hf.seconds_per_step / seconds,
-      detail: `ratio = HF time / tiller time, ≥ 1: tiller as fast or faster; forward+backward ${backwardMs.toFixed(0)} ms, optimizer ${(seconds * 1000 - backwardMs).toFixed(0)} ms`,
+      detail: `fastest of ${trainSteps} steps each side; ratio = HF time / tiller time, ≥ 1: tiller as fast or faster; forward+backward ${backwardMs.toFixed(0)} ms, optimizer ${(seconds * 1000 - backwardMs).toFixed(0)} ms`,
     };
   } finally {
     model.dispose();
@@ -124,10 +129,14 @@ async function generation(dir: string, threads: number): Promise<BenchResult> {
       Int32Array.from({ length: genPromptLength }, next),
     );
     await model.generate(input, { maxNewTokens: genNewTokens }); // warm-up
-    const start = performance.now();
-    const out = await model.generate(input, { maxNewTokens: genNewTokens });
-    const seconds = (performance.now() - start) / 1000;
-    const generated = out.reduce((n, g) => n + g.tokens.length, 0);
+    let seconds = Number.POSITIVE_INFINITY;
+    let generated = 0;
+    for (let i = 0; i < 2; i++) {
+      const start = performance.now();
+      const out = await model.generate(input, { maxNewTokens: genNewTokens });
+      seconds = Math.min(seconds, (performance.now() - start) / 1000);
+      generated = out.reduce((n, g) => n + g.tokens.length, 0);
+    }
     if (generated !== genPrompts * genNewTokens)
       throw new Error(`expected ${genPrompts * genNewTokens} tokens, got ${generated}`);
     if (profileDir) {
@@ -141,7 +150,7 @@ async function generation(dir: string, threads: number): Promise<BenchResult> {
       baseline: hf.seconds,
       baselineName: "HF transformers generate",
       ratio: hf.seconds / seconds,
-      detail: `ratio = HF time / tiller time, ≥ 1: tiller as fast or faster; ${((generated / seconds) | 0).toString()} tok/s against HF's ${((generated / hf.seconds) | 0).toString()}`,
+      detail: `faster of 2 runs each side; ratio = HF time / tiller time, ≥ 1: tiller as fast or faster; ${((generated / seconds) | 0).toString()} tok/s against HF's ${((generated / hf.seconds) | 0).toString()}`,
     };
   } finally {
     model.dispose();

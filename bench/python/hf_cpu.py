@@ -1,8 +1,8 @@
 # HF transformers baselines for bench/cpu.ts, fp32 on the CPU with THREADS intra-op threads:
-#   hf_cpu.py train DIR BATCH SEQ STEPS THREADS -> {"seconds_per_step"}: forward, causal-LM loss,
-#     backward, torch.optim.AdamW step on BATCH x SEQ random tokens.
-#   hf_cpu.py generate DIR PROMPTS PROMPT_LEN NEW_TOKENS THREADS -> {"seconds"}: greedy generation
-#     (dynamic cache, no early stop) of PROMPTS random prompts.
+#   hf_cpu.py train DIR BATCH SEQ STEPS THREADS -> {"seconds_per_step"}: the fastest of STEPS
+#     steps (forward, causal-LM loss, backward, torch.optim.AdamW step) on BATCH x SEQ random tokens.
+#   hf_cpu.py generate DIR PROMPTS PROMPT_LEN NEW_TOKENS THREADS -> {"seconds"}: the faster of two
+#     greedy generations (dynamic cache, no early stop) of PROMPTS random prompts.
 # TILLER_BENCH_PROFILE=DIR also writes a torch.profiler table of one more step/generation there.
 import json
 import os
@@ -44,12 +44,14 @@ if mode == "train":
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up: allocator, optimizer state
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         step()
-    seconds = (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
     profiled("train", step)
-    print(json.dumps({"seconds_per_step": seconds}))
+    # The fastest step: on a shared machine the others include time given to other processes.
+    print(json.dumps({"seconds_per_step": min(times)}))
 elif mode == "generate":
     prompts, prompt_len, new_tokens = a, b, c
     model.eval()
@@ -61,9 +63,11 @@ elif mode == "generate":
 
     with torch.no_grad():
         run()  # warm-up
-        start = time.perf_counter()
-        out = run()
-        seconds = time.perf_counter() - start
+        seconds = float("inf")
+        for _ in range(2):  # the faster of two, as for training
+            start = time.perf_counter()
+            out = run()
+            seconds = min(seconds, time.perf_counter() - start)
         profiled("generate", run)
     assert out.shape[1] == prompt_len + new_tokens
     print(json.dumps({"seconds": seconds}))
