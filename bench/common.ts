@@ -14,14 +14,21 @@ export interface BenchResult {
   detail: string;
 }
 
-/** Runs bench/python/<script> with the set-up Python; returns its last stdout line parsed as JSON. */
-export function pythonBaseline<T>(script: string, args: (string | number)[]): T {
+/**
+ * Runs bench/python/<script> with the set-up Python (and `env` added to the environment); returns
+ * its last stdout line parsed as JSON.
+ */
+export function pythonBaseline<T>(
+  script: string,
+  args: (string | number)[],
+  env: Record<string, string> = {},
+): T {
   const out = execFileSync(
     readSetupEnv().python,
     [join(repoRoot, "bench", "python", script), ...args.map(String)],
     {
       stdio: ["ignore", "pipe", "inherit"],
-      env: { ...process.env, HF_HUB_OFFLINE: "1", TOKENIZERS_PARALLELISM: "false" },
+      env: { ...process.env, HF_HUB_OFFLINE: "1", TOKENIZERS_PARALLELISM: "false", ...env },
     },
   ).toString();
   return JSON.parse(out.trim().split("\n").pop() ?? "null") as T;

@@ -3,6 +3,7 @@
 import { appendFileSync } from "node:fs";
 import type { BenchResult } from "./common.js";
 import { benchController } from "./controller.js";
+import { benchCpu } from "./cpu.js";
 import { benchGenerate } from "./generate.js";
 import { benchMatmul } from "./matmul.js";
 import { benchMemory } from "./memory.js";
@@ -21,6 +22,7 @@ const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
   recompute: benchRecompute,
   controller: benchController,
   memory: benchMemory,
+  cpu: benchCpu,
 };
 
 const only = process.argv.slice(2);

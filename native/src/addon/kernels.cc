@@ -1,6 +1,7 @@
 // Checks of the engine's own kernels against their ATen references, on a device: random inputs,
 // both paths, the largest differences back (tests/gpu/kernels.test.ts).
 #include <algorithm>
+#include <tuple>
 
 #include "addon/common.h"
 #include "addon/registry.h"
@@ -15,7 +16,8 @@ double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
 }
 
 // kernelCheckLogprobRows(device, dtype, rows, vocab, temperature, seed) ->
-//   {logprob, entropy, lse, gradLogits, gradLogitsNoEntropy: max |kernel - reference|, gradScale: max |reference grad|}
+//   {logprob, entropy, lse, gradLogits, gradLogitsNoEntropy: max |kernel - reference|, gradScale: max |reference grad|,
+//    exact: {kernel, reference: {logprob, entropy, gradLogits: max |that - fp64 values|}}}
 Napi::Value KernelCheckLogprobRows(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -44,6 +46,25 @@ Napi::Value KernelCheckLogprobRows(const Napi::CallbackInfo& info) {
     out["gradLogits"] = max_abs_diff(g, g_ref);
     out["gradLogitsNoEntropy"] = max_abs_diff(g0, g0_ref);
     out["gradScale"] = g_ref.to(at::kDouble).abs().max().item<double>();
+    // Both against the exact values (fp64 from the same logits): which of the two is closer.
+    const auto z = logits.to(at::kDouble) / temperature;
+    const auto log_p = at::log_softmax(z, -1);
+    const auto p = log_p.exp();
+    const auto entropy = -(p * log_p).sum(-1);
+    const auto logprob = log_p.gather(1, targets.unsqueeze(1)).squeeze(1);
+    auto g_exact = -p * (grad_logprob.to(at::kDouble).unsqueeze(1) +
+                         grad_entropy.to(at::kDouble).unsqueeze(1) * (log_p + entropy.unsqueeze(1)));
+    g_exact.scatter_add_(1, targets.unsqueeze(1), grad_logprob.to(at::kDouble).unsqueeze(1));
+    g_exact = g_exact / temperature;
+    auto exact = Napi::Object::New(env);
+    for (const auto& [name, stats, grad] : {std::tuple{"kernel", &ours, &g}, std::tuple{"reference", &ref, &g_ref}}) {
+      auto o = Napi::Object::New(env);
+      o["logprob"] = max_abs_diff(stats->logprob, logprob);
+      o["entropy"] = max_abs_diff(stats->entropy, entropy);
+      o["gradLogits"] = max_abs_diff(*grad, g_exact);
+      exact[name] = o;
+    }
+    out["exact"] = exact;
     return out;
   });
 }

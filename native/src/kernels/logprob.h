@@ -23,6 +23,11 @@ at::Tensor logprob_rows_backward(const at::Tensor& logits, const at::Tensor& tar
                                  const RowStats& stats, const at::Tensor& grad_logprob,
                                  const at::Tensor& grad_entropy);
 
+// As logprob_rows_backward, written over `logits` itself, whose values it consumes (no new
+// [rows, vocab] buffer: on the CPU a fresh one costs a page fault per 4 KiB). Returns `logits`.
+at::Tensor logprob_rows_backward_(at::Tensor& logits, const at::Tensor& targets, double temperature,
+                                  const RowStats& stats, const at::Tensor& grad_logprob, const at::Tensor& grad_entropy);
+
 // The ATen reference of both (also what CPU tensors use), for testing the CUDA kernels.
 RowStats logprob_rows_reference(const at::Tensor& logits, const at::Tensor& targets, double temperature);
 at::Tensor logprob_rows_backward_reference(const at::Tensor& logits, const at::Tensor& targets, double temperature,

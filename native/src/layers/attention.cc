@@ -91,6 +91,34 @@ at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, con
       continue;
     }
     const auto max_len = length(order[end - 1]);
+    if (!q.is_cuda() && length(order[start]) == max_len && (window <= 0 || window >= max_len)) {
+      // Sequences of one length: plain causal attention, no mask and nothing padded (an RL batch of
+      // one prompt length and fixed-length answers is one such bucket). Consecutive in the packed
+      // batch they are a view of it; otherwise their rows are gathered.
+      bool consecutive = true;
+      for (int64_t j = 1; j < count; ++j) consecutive = consecutive && order[start + static_cast<size_t>(j)] == order[start] + j;
+      const auto first = cu_seqlens[static_cast<size_t>(order[start])];
+      at::Tensor index;
+      if (!consecutive) {
+        std::vector<int64_t> rows;
+        rows.reserve(static_cast<size_t>(count * max_len));
+        for (int64_t j = 0; j < count; ++j) {
+          const auto a = cu_seqlens[static_cast<size_t>(order[start + static_cast<size_t>(j)])];
+          for (int64_t t = 0; t < max_len; ++t) rows.push_back(a + t);
+        }
+        index = at::tensor(rows, at::kLong).to(q.device());
+      }
+      const auto batch = [&](const at::Tensor& x) {  // [rows, heads, D] -> [count, heads, max_len, D]
+        const auto picked = consecutive ? x.narrow(0, first, count * max_len) : x.index_select(0, index);
+        return picked.view({count, max_len, x.size(1), x.size(2)}).transpose(1, 2);
+      };
+      const auto attended = at::scaled_dot_product_attention(batch(q), batch(k), batch(v), {}, 0.0, /*is_causal=*/true,
+                                                             scale, /*enable_gqa=*/q.size(1) != k.size(1));
+      const auto flat = attended.transpose(1, 2).reshape({count * max_len, q.size(1), v.size(-1)});
+      out = consecutive ? out.slice_scatter(flat, 0, first, first + count * max_len) : out.index_copy(0, index, flat);
+      start = end;
+      continue;
+    }
     // rows[b, t]: the packed row of token t of the bucket's sequence b (row 0 where t is padding).
     std::vector<int64_t> rows(static_cast<size_t>(count * max_len), 0), valid_rows;
     std::vector<uint8_t> valid(static_cast<size_t>(count * max_len), 0);
@@ -178,8 +206,15 @@ at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, con
     cache.k.index_put_({slots, offsets}, k);
     cache.v.index_put_({slots, offsets}, v);
     const auto max_used = *std::max_element(spans.offsets.begin(), spans.offsets.end()) + 1;
-    const auto keys = cache.k.index_select(0, slots).narrow(1, 0, max_used).transpose(1, 2);    // [B, kv, L, D]
-    const auto values = cache.v.index_select(0, slots).narrow(1, 0, max_used).transpose(1, 2);  // [B, kv, L, Dv]
+    // Slots 0..B-1 in order (every sequence still running) are a view of the cache; otherwise
+    // only the used prefix of each slot is gathered, not its whole length.
+    bool in_order = true;
+    for (int64_t i = 0; i < sequences; ++i) in_order = in_order && spans.slots[static_cast<size_t>(i)] == i;
+    const auto used = [&](const at::Tensor& c) {  // [slots, max_len, kv, D] -> [B, kv, max_used, D]
+      const auto prefix = c.narrow(1, 0, max_used);
+      return (in_order ? prefix.narrow(0, 0, sequences) : prefix.index_select(0, slots)).transpose(1, 2);
+    };
+    const auto keys = used(cache.k), values = used(cache.v);
     const auto key_pos = at::arange(max_used, at::TensorOptions().dtype(at::kLong).device(device)).view({1, -1});
     const auto query_pos = offsets.view({-1, 1});
     auto visible = key_pos <= query_pos;
@@ -190,6 +225,10 @@ at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, con
     return out.squeeze(2);  // [B, heads, Dv]
   }
   const auto prefixes = append_to_cache(k, v, cu_seqlens, cache, spans);
+  // A CPU prefill of fresh slots (nothing cached before): each prefix is the new keys alone, so
+  // this is the training forward's attention, whose buckets run one SDPA call for many prompts.
+  const bool fresh = std::all_of(spans.offsets.begin(), spans.offsets.end(), [](int64_t o) { return o == 0; });
+  if (!q.is_cuda() && sequences > 1 && fresh) return causal_varlen_attention(q, k, v, cu_seqlens, scale, window);
   std::vector<at::Tensor> outs;
   for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
     const auto& p = prefixes[i];

@@ -17,15 +17,25 @@ using torch::autograd::variable_list;
 at::Tensor chunk_logits(const at::Tensor& h, const at::Tensor& w) { return at::matmul(h, w.t()); }
 
 // Row statistics over all tokens, `per_chunk(logits, a, b)` giving those of rows a..b-1 from their
-// logits: [tokens x vocab] logits never exist at once.
+// logits: [tokens x vocab] logits never exist at once, unless `keep` is defined: then it is that
+// [tokens, vocab] tensor and each chunk's logits are written into its rows (for backward).
 kernels::RowStats chunked_stats(const at::Tensor& hidden, const at::Tensor& lm_head, int64_t chunk,
-                                const std::function<kernels::RowStats(const at::Tensor&, int64_t, int64_t)>& per_chunk) {
+                                const std::function<kernels::RowStats(const at::Tensor&, int64_t, int64_t)>& per_chunk,
+                                const at::Tensor& keep = at::Tensor()) {
   const auto tokens = hidden.size(0);
   const auto options = hidden.options().dtype(at::kFloat);
   kernels::RowStats out{at::empty({tokens}, options), at::empty({tokens}, options), at::empty({tokens}, options)};
   for (int64_t a = 0; a < tokens; a += chunk) {
     const auto b = std::min(tokens, a + chunk);
-    const auto s = per_chunk(chunk_logits(hidden.slice(0, a, b), lm_head), a, b);
+    const auto h = hidden.slice(0, a, b);
+    at::Tensor logits;
+    if (keep.defined()) {
+      logits = keep.slice(0, a, b);
+      at::mm_out(logits, h, lm_head.t());
+    } else {
+      logits = chunk_logits(h, lm_head);
+    }
+    const auto s = per_chunk(logits, a, b);
     out.logprob.slice(0, a, b).copy_(s.logprob);
     out.entropy.slice(0, a, b).copy_(s.entropy);
     out.lse.slice(0, a, b).copy_(s.lse);
@@ -33,33 +43,57 @@ kernels::RowStats chunked_stats(const at::Tensor& hidden, const at::Tensor& lm_h
   return out;
 }
 
+// On the CPU the forward's logits are kept for backward when all of them take at most this much:
+// recomputing them is the costliest matmul of a small model's step (the lm-head at Qwen3's 152k
+// vocabulary), and CPU memory is the plentiful kind. Larger batches recompute chunk by chunk.
+constexpr int64_t kKeepLogitsBytesCpu = int64_t{2} << 30;
+
+// Decided before the autograd function runs (inside it grad mode is off): only a forward that
+// records a backward keeps anything.
+bool keep_logits(const at::Tensor& hidden, const at::Tensor& lm_head) {
+  if (!hidden.device().is_cpu() || !at::GradMode::is_enabled()) return false;
+  if (!hidden.requires_grad() && !lm_head.requires_grad()) return false;
+  return hidden.size(0) * lm_head.size(0) * lm_head.element_size() <= kKeepLogitsBytesCpu;
+}
+
 // Gradients of hidden and lm_head from `grad_logits(logits, a, b)`, the gradient of rows a..b-1's
-// recomputed logits (in hidden's dtype), chunk by chunk.
+// logits (in hidden's dtype), chunk by chunk; the logits are recomputed unless `kept` holds them.
 std::pair<at::Tensor, at::Tensor> chunked_backward(
     const at::Tensor& hidden, const at::Tensor& lm_head, int64_t chunk,
-    const std::function<at::Tensor(const at::Tensor&, int64_t, int64_t)>& grad_logits) {
+    const std::function<at::Tensor(const at::Tensor&, int64_t, int64_t)>& grad_logits,
+    const at::Tensor& kept = at::Tensor()) {
   const auto tokens = hidden.size(0);
   auto grad_hidden = at::empty_like(hidden);
-  auto grad_lm_head = at::zeros(lm_head.sizes(), lm_head.options().dtype(at::kFloat));
+  // The first chunk's product is the sum so far: no [vocab, hidden] zero fill.
+  at::Tensor grad_lm_head;
   for (int64_t a = 0; a < tokens; a += chunk) {
     const auto b = std::min(tokens, a + chunk);
     const auto h = hidden.slice(0, a, b);
-    const auto g = grad_logits(chunk_logits(h, lm_head), a, b);
+    const auto g = grad_logits(kept.defined() ? kept.slice(0, a, b) : chunk_logits(h, lm_head), a, b);
     grad_hidden.slice(0, a, b).copy_(at::matmul(g, lm_head));
-    grad_lm_head.add_(at::matmul(g.t(), h).to(at::kFloat));
+    auto part = at::matmul(g.t(), h).to(at::kFloat);
+    if (grad_lm_head.defined()) grad_lm_head.add_(part);
+    else grad_lm_head = std::move(part);
   }
+  if (!grad_lm_head.defined()) grad_lm_head = at::zeros(lm_head.sizes(), lm_head.options().dtype(at::kFloat));
   return {grad_hidden, grad_lm_head.to(lm_head.scalar_type())};
 }
 
 struct ChunkedLogprobFunction : public torch::autograd::Function<ChunkedLogprobFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& lm_head,
-                               const at::Tensor& targets, double temperature, int64_t chunk) {
-    const auto s = chunked_stats(hidden, lm_head, chunk, [&](const at::Tensor& logits, int64_t a, int64_t b) {
-      return kernels::logprob_rows(logits, targets.slice(0, a, b), temperature);
-    });
+                               const at::Tensor& targets, double temperature, int64_t chunk, bool keep) {
+    const auto kept = keep
+                          ? at::empty({hidden.size(0), lm_head.size(0)}, hidden.options().dtype(lm_head.dtype()))
+                          : at::Tensor();
+    const auto s = chunked_stats(
+        hidden, lm_head, chunk,
+        [&](const at::Tensor& logits, int64_t a, int64_t b) {
+          return kernels::logprob_rows(logits, targets.slice(0, a, b), temperature);
+        },
+        kept);
     const auto &logprob = s.logprob, &entropy = s.entropy, &lse = s.lse;
-    // Logits are recomputed chunk by chunk in backward: [tokens, vocab] never exists at once.
-    ctx->save_for_backward({hidden, lm_head, targets, lse, entropy});
+    // Elsewhere the logits are recomputed chunk by chunk in backward: [tokens, vocab] never exists at once.
+    ctx->save_for_backward({hidden, lm_head, targets, lse, entropy, kept});
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["chunk"] = chunk;
     ctx->mark_non_differentiable({lse});
@@ -73,21 +107,30 @@ struct ChunkedLogprobFunction : public torch::autograd::Function<ChunkedLogprobF
     const auto& targets = saved[2];
     const auto& lse = saved[3];
     const auto& entropy = saved[4];
+    const auto& kept = saved[5];
     const double temperature = ctx->saved_data["temperature"].toDouble();
     const int64_t chunk = ctx->saved_data["chunk"].toInt();
     const auto tokens = hidden.size(0);
     const auto grad_logprob = grads[0].defined() ? grads[0] : at::zeros({tokens}, hidden.options().dtype(at::kFloat));
     // An entropy that no loss term used has no gradient: its pass over the logits is skipped.
     const auto& grad_entropy = grads[1];
-    const auto [grad_hidden, grad_lm_head] =
-        chunked_backward(hidden, lm_head, chunk, [&](const at::Tensor& logits, int64_t a, int64_t b) {
+    const auto [grad_hidden, grad_lm_head] = chunked_backward(
+        hidden, lm_head, chunk,
+        [&](const at::Tensor& logits, int64_t a, int64_t b) {
           const kernels::RowStats stats{at::Tensor(), entropy.slice(0, a, b), lse.slice(0, a, b)};
-          return kernels::logprob_rows_backward(logits, targets.slice(0, a, b), temperature, stats,
-                                                grad_logprob.slice(0, a, b),
-                                                grad_entropy.defined() ? grad_entropy.slice(0, a, b) : at::Tensor())
+          const auto g_lp = grad_logprob.slice(0, a, b);
+          const auto g_h = grad_entropy.defined() ? grad_entropy.slice(0, a, b) : at::Tensor();
+          if (kept.defined()) {
+            // The kept logits are read for the last time here: their gradient overwrites them.
+            auto rows = logits;
+            return kernels::logprob_rows_backward_(rows, targets.slice(0, a, b), temperature, stats, g_lp, g_h)
+                .to(hidden.scalar_type());
+          }
+          return kernels::logprob_rows_backward(logits, targets.slice(0, a, b), temperature, stats, g_lp, g_h)
               .to(hidden.scalar_type());
-        });
-    return {grad_hidden, grad_lm_head, at::Tensor(), at::Tensor(), at::Tensor()};
+        },
+        kept);
+    return {grad_hidden, grad_lm_head, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -186,7 +229,8 @@ TokenLogprobs chunked_logprobs(const at::Tensor& hidden, const at::Tensor& lm_he
                                double temperature, int64_t chunk_tokens) {
   TORCH_CHECK(temperature > 0, "temperature: must be positive, got ", temperature);
   TORCH_CHECK(chunk_tokens > 0, "chunk_tokens: must be positive, got ", chunk_tokens);
-  const auto out = ChunkedLogprobFunction::apply(hidden, lm_head, targets, temperature, chunk_tokens);
+  const auto out = ChunkedLogprobFunction::apply(hidden, lm_head, targets, temperature, chunk_tokens,
+                                                 keep_logits(hidden, lm_head));
   return {out[0], out[1]};
 }
 
