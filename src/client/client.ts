@@ -5,6 +5,8 @@ import { chmodSync, mkdirSync, openSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import * as zmq from "zeromq";
 import { processAlive, readControllerRecord } from "../controller/server.js";
+import type { PlanConfig } from "../plan/config.js";
+import type { Plan } from "../plan/plan.js";
 import { connectableFrom, endpointsOf } from "../protocol/endpoints.js";
 import { decode, encode } from "../protocol/frames.js";
 import { applyClientKeys, type CurveClientKeys } from "../protocol/keys.js";
@@ -282,6 +284,19 @@ export class Cluster {
 
   status(options: CallOptions = {}): Promise<ControllerState> {
     return this.call("status", {}, options);
+  }
+
+  /**
+   * The planner (src/plan) run by the controller for this cluster: `gpus` defaults to its ranks
+   * (the recipe's when a recipe is named), `gpu` to the type its workers report; paths are read on
+   * the controller's host. Errors name the config field.
+   */
+  plan(config: PlanConfig, options: CallOptions = {}): Promise<Plan> {
+    return this.call(
+      "plan",
+      { config: config as unknown as Record<string, unknown> },
+      options,
+    ) as Promise<Plan>;
   }
 
   initProcessGroup(backend?: "gloo" | "nccl"): Promise<ClientMethodResults["initProcessGroup"]> {

@@ -1,5 +1,8 @@
 // What the controller answers: one handler per client method, keyed by the method's name (search
 // for "initProcessGroup:" to find it). Arguments arrive checked against protocol/messages.ts.
+
+import { gpuTypes } from "../plan/gpus.js";
+import { type PlanConfig, plan } from "../plan/index.js";
 import type {
   ClientMethod,
   ClientMethodResults,
@@ -185,6 +188,38 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
   },
 
   initProcessGroup: async (ctx, args) => setUpProcessGroup(ctx, args.backend),
+
+  plan: async (ctx, args) => {
+    const config = { ...args.config } as unknown as PlanConfig;
+    if (typeof config.model === "string") ctx.access.path("config.model", config.model);
+    const recipe = config.recipe as { model?: { path?: unknown } } | string | undefined;
+    if (typeof recipe === "object" && typeof recipe.model?.path === "string") {
+      ctx.access.path("config.recipe.model.path", recipe.model.path);
+    }
+    if (config.gpus === undefined && config.recipe === undefined) config.gpus = ctx.pool.options.worldSize;
+    if (config.gpu === undefined) {
+      // The type the workers report ("NVIDIA H200" is the H200-141GB entry).
+      const device = ctx.pool.summaries().find((w) => w.device.startsWith("cuda"));
+      const reported = (await ctx.pool.call(device?.rank ?? 0, "worker.info", {})) as WorkerInfo;
+      const model = reported.deviceName?.replace(/^NVIDIA\s+/, "").split(/\s+/)[0];
+      const known = model ? Object.keys(gpuTypes).find((name) => name.split("-")[0] === model) : undefined;
+      if (!known) {
+        throw new ValidationError(
+          "config.gpu",
+          `the workers report ${reported.deviceName ? `"${reported.deviceName}"` : "no GPU"}, which is not a known type; name one of ${Object.keys(gpuTypes).join(", ")} or give a custom entry`,
+        );
+      }
+      config.gpu = known;
+    }
+    try {
+      return plan(config);
+    } catch (error) {
+      const field = (error as { field?: unknown }).field;
+      if (typeof field === "string")
+        throw new ValidationError(`config.${field}`, (error as Error).message.slice(field.length + 2));
+      throw error;
+    }
+  },
 
   "experiment.create": async (ctx, args) => {
     if ((args.config === undefined) === (args.resume === undefined)) {

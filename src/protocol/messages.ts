@@ -5,6 +5,7 @@
 // them and the worker's command table implements them.
 import type { MemoryBytes, ReshardStats, RouterStats, ScheduleStats } from "../native/model.js";
 import type { PolicyLossMetrics } from "../native/policy-loss.js";
+import type { Plan } from "../plan/plan.js";
 import {
   anything,
   array,
@@ -541,6 +542,11 @@ export const clientMethodArgs = {
     layer: optional(anything()),
     rows: optional(typedArray(Int32Array)),
   }),
+  /**
+   * A memory and step-time plan (src/plan: PlanConfig) for this cluster: `gpus` defaults to its
+   * ranks (to the recipe's when a recipe is named), `gpu` to the GPU type its workers report.
+   */
+  plan: object({ config: record() }),
   /** The experiments this controller holds. */
   "experiment.list": object({}),
   /** Starts again the local workers that were lost, on their old ranks. */
@@ -560,6 +566,7 @@ export interface ClientMethodResults {
   "experiment.create": ExperimentStatus;
   "experiment.call": unknown;
   "experiment.list": ExperimentStatus[];
+  plan: Plan;
 }
 
 /** What each worker command answers (per rank). */

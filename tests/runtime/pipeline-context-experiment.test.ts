@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { connect, type MetricsRow } from "../../src/index.js";
+import { plan } from "../../src/plan/index.js";
 import type { ExperimentConfig } from "../../src/rl/config.js";
 import { writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
 import { tempDir } from "../helpers/python.js";
@@ -20,7 +21,7 @@ after(() => {
   dir.cleanup();
 });
 
-test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too, and trained at PP2 with rollouts at TP2 (resharded, verified, every sync; the actor's parameters offloaded meanwhile); offload and recompute on one rank change no metric", {
+test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 steps, and its checkpoint resumed on one rank continues the same run; GRPO at CP2 gives them too, and trained at PP2 with rollouts at TP2 (resharded, verified, every sync; the actor's parameters offloaded meanwhile); offload and recompute on one rank change no metric; the controller plans for its two ranks", {
   timeout: 400_000,
 }, async () => {
   const model = join(dir.path, "model");
@@ -44,6 +45,20 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
   const cluster = await connect(address, { timeoutMs: 60_000 });
   try {
     await cluster.waitForWorkers(2, 60_000);
+    // The planner through the controller: this cluster's two ranks; CPU workers name no GPU type.
+    const planned = {
+      model,
+      gpu: "H100-80GB",
+      train: { pipeline: 2 },
+      dtype: "float32" as const,
+      batch: { promptsPerStep: 8, samplesPerPrompt: 4, promptTokens: 8, responseTokens: 3 },
+    };
+    assert.deepEqual(await cluster.plan(planned), JSON.parse(JSON.stringify(plan({ ...planned, gpus: 2 }))));
+    await assert.rejects(
+      cluster.plan({ ...planned, gpu: undefined as never }),
+      /config\.gpu: the workers report no GPU/,
+    );
+    await assert.rejects(cluster.plan({ ...planned, train: { pipeline: 3 } }), /config\.train\.pipeline/);
     const one = await cluster.experiment(config);
     const oneRows = await one.run(4);
     const oneTokens = await one.rollouts(3);
