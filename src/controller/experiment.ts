@@ -780,6 +780,11 @@ export class ExperimentRun {
     return result;
   }
 
+  /** Whether the actor routes tokens (an MoE model, or a shape the planner could not read). */
+  get #routed(): boolean {
+    return this.#flopShape ? this.#flopShape.moe !== undefined : true;
+  }
+
   /** The model that generates: the rollout's copy under its own layout, or the actor itself. */
   get #generator(): ModelRole {
     return this.#rollout ?? this.#actor;
@@ -904,9 +909,8 @@ export class ExperimentRun {
       );
       batch.rounds = 1;
     });
-    // The rollout's KV cache as the engine allocated it, on the busiest rank.
-    const ranks = await this.#generator.memory();
-    batch.metrics["perf/memory/kv_cache_bytes"] = Math.max(...ranks.map((r) => r.now.kvCache));
+    // The rollout's KV cache as the engine allocated it, on the busiest replica.
+    batch.metrics["perf/memory/kv_cache_bytes"] = this.#generator.lastKvCacheBytes;
     return batch;
   }
 
@@ -1384,8 +1388,8 @@ export class ExperimentRun {
           `update: ${batch.samples.length} responses do not split into miniBatchesPerStep = ${miniBatchesPerStep} equal mini-batches`,
         );
       }
-      // Router statistics of this update's forwards only (MoE models; dense ones report none).
-      await this.#actor.routerStats();
+      // Router statistics of this update's forwards only (MoE models: a dense one has none to ask for).
+      if (this.#routed) await this.#actor.routerStats();
       const sums: Record<string, number> = {};
       const add = (k: string, v: number) => {
         sums[k] = (sums[k] ?? 0) + v;
@@ -1476,7 +1480,7 @@ export class ExperimentRun {
       if (criticUpdates > 0) batch.timings["timing_s/update_critic"] = criticS;
       batch.metrics["actor/updates"] = updates;
       batch.metrics["actor/micro_batches"] = microBatchCount;
-      const router = await this.#actor.routerStats();
+      const router = this.#routed ? await this.#actor.routerStats() : { tokens: 0, layers: [] };
       if (router.layers.length > 0) {
         const imbalance = router.layers.map((l) => l.loadImbalance);
         router.layers.forEach((l, i) => {
@@ -1490,6 +1494,13 @@ export class ExperimentRun {
       }
       batch.metrics["timing_s/update_actor_engine"] = backwardS;
       Object.assign(batch.metrics, memoryMetrics(await this.#actor.memory()));
+      if (this.#rollout) {
+        // The rollout's own copy of the weights (also what cluster.status() shows for it).
+        const copy = await this.#rollout.memory();
+        batch.metrics["perf/memory/rollout_parameters_bytes"] = Math.max(
+          ...copy.map((r) => r.now.parameters),
+        );
+      }
     });
     if (offload) await this.#moveState(batch, "model.offload");
     return batch;

@@ -211,6 +211,9 @@ type PolicyUpdateResult = WorkerCommandResults["model.policyUpdate"];
  * replica (the caller balances them); everything else runs on every rank alike.
  */
 export class ModelRole {
+  /** The KV cache of the last generate call on the busiest replica's leader. */
+  lastKvCacheBytes = 0;
+
   constructor(
     readonly name: string,
     readonly ranks: RunRanks,
@@ -276,6 +279,7 @@ export class ModelRole {
       },
       { quietOthers: true },
     );
+    this.lastKvCacheBytes = Math.max(0, ...replies.map((r) => r?.kvCacheBytes ?? 0));
     return replies.flatMap((r) => r?.generations ?? []);
   }
 

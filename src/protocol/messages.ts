@@ -581,6 +581,8 @@ export interface WorkerCommandResults {
       finishReason: "stop" | "length";
       experts?: Int32Array;
     }[];
+    /** The KV cache this call used on this rank. */
+    kvCacheBytes: number;
   };
   "model.routerStats": RouterStats;
   "model.logprobs": { logprobs: Float32Array; entropy: Float32Array };

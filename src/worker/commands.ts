@@ -292,8 +292,13 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
     prompts.forEach((p, i) => {
       checkTokenIds(state, name, p, `args.prompts[${i}]`);
     });
-    const generations = await state.model(name).generate(prompts, options);
-    return { generations: quiet ? [] : generations };
+    const model = state.model(name);
+    const generations = await model.generate(prompts, options);
+    // Read without restarting the allocator's peak (the update's measurement owns it).
+    return {
+      generations: quiet ? [] : generations,
+      kvCacheBytes: model.memory({ resetPeak: false }).kvCache,
+    };
   },
 
   "model.logprobs": async (state, args) => {

@@ -158,6 +158,7 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
       );
       assert.ok((row["timing_s/reshard"] as number) > 0 && (row["perf/reshard_gbps"] as number) > 0);
       assert.ok((row["perf/reshard_verified_regions"] as number) > 0, "received regions checked");
+      assert.ok((row["perf/memory/rollout_parameters_bytes"] as number) > 0, "the rollout's own copy");
       assert.ok(
         (row["perf/offload_params_bytes"] as number) > 0,
         "the actor's parameters left for the rollout",
