@@ -136,7 +136,9 @@ test("the stages run alone, in order, each timed; out-of-order calls are refused
     const table = run.rollouts();
     assert.equal(table.numRows, 32);
     assert.equal(table.getChild("response")?.get(0), b.samples[0]?.responseText);
-    // metrics.arrow is on disk and reads back the same row.
+    // metrics.arrow is on disk (written off the step's path: flushed here, as every client reply does)
+    // and reads back the same row.
+    await run.flushMetrics();
     const onDisk = await MetricsLog.readFile(join(run.runDir, "metrics.arrow"));
     assert.equal(onDisk.last()?.["actor/pg_loss"], row["actor/pg_loss"]);
   });
