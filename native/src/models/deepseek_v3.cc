@@ -150,13 +150,6 @@ struct Block {
   layers::MoeWeights moe;
 };
 
-// What a recomputed layer reads in backward, after the forward that saved it has returned.
-struct DeepseekRecompute {
-  PackedBatch batch;
-  layers::RopeTable rope;
-  layers::Routing routing;  // replay only: the recomputation counts no statistics
-};
-
 class DeepseekV3 final : public CausalLM {
  public:
   DeepseekV3(DeepseekConfig config, LoadedTensors tensors, const BuildOptions& options)
@@ -259,19 +252,11 @@ class DeepseekV3 final : public CausalLM {
     // [tokens (or a token shard), hidden]: embedded here, or the previous pipeline stage's output.
     auto x = stage_.first ? tp_.embed(embed_, batch.tokens, vocab_start_, sp) : input.stage_input;
     if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, tokens));
-    const bool recomputing = recompute_.granularity != layers::Recompute::kNone && at::GradMode::is_enabled();
-    std::shared_ptr<DeepseekRecompute> saved;
-    if (recomputing) {
-      saved = std::make_shared<DeepseekRecompute>();
-      saved->batch = batch;
-      saved->rope = rope;
-      if (batch.routing) saved->routing.replay = batch.routing->replay;
-    }
     // One decoder layer on x over `pb` (the batch as attention reads it); `selective` recomputes
     // the attention and the routed experts in backward.
     const auto layer = [this, sp, moe_tokens](size_t l, const at::Tensor& x_in, const PackedBatch& pb,
                                               const layers::RopeTable& table, layers::Routing* routing,
-                                              const std::shared_ptr<DeepseekRecompute>& selective) {
+                                              const std::shared_ptr<RecomputeState>& selective) {
       const auto& cfg = config_.base;
       const auto& b = blocks_[l];
       const auto* cache = pb.cache ? &(*pb.cache)[l] : nullptr;
@@ -299,19 +284,9 @@ class DeepseekV3 final : public CausalLM {
       }
       return x + ffn;
     };
-    for (size_t l = 0; l < blocks_.size(); ++l) {
-      const auto global = stage_.begin + static_cast<int64_t>(l);
-      if (recomputing && recompute_.full(global)) {
-        // Whole layer: the forward keeps only its input, backward runs it again.
-        x = layers::recompute([layer, l, saved, routing = batch.routing](const std::vector<at::Tensor>& in) {
-              auto* r = at::GradMode::is_enabled() ? &saved->routing : routing;
-              return layer(l, in[0], saved->batch, saved->rope, r, nullptr);
-            }, {x});
-      } else {
-        x = layer(l, x, batch, rope, batch.routing, recomputing && recompute_.selective(global) ? saved : nullptr);
-      }
-      if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, tokens));
-    }
+    x = run_decoder_layers(x, blocks_.size(), stage_.begin, batch, rope, recompute_, layer, [&](const at::Tensor& y) {
+      if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(y, sp, tp_, tokens));
+    });
     if (!stage_.last) return x;
     const auto out = layers::rms_norm(x, norm_, m.rms_norm_eps);
     if (!sp) return out;

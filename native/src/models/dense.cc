@@ -74,14 +74,6 @@ struct Block {
   layers::MoeWeights moe;
 };
 
-// What a recomputed layer reads in backward, after the forward that saved it has returned.
-struct RecomputeState {
-  PackedBatch batch;
-  std::optional<parallel::ContextShards> context;  // batch.context points here
-  layers::RopeTable rope;
-  layers::Routing routing;  // replay only: the recomputation counts no statistics
-};
-
 class DenseDecoder final : public CausalLM {
  public:
   DenseDecoder(ModelConfig config, LoadedTensors loaded, const BuildOptions& options)
@@ -185,20 +177,6 @@ class DenseDecoder final : public CausalLM {
     // A vision-language model's image rows (never under sequence parallelism: it refuses it).
     if (batch.embed_rows.defined()) x = x.index_put({batch.embed_rows}, batch.embed_values);
     if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, input.tokens.size(0)));
-    // What a recomputation in backward reads (after this forward has returned): the batch as
-    // attention sees it, rope, and a routing that replays without counting again.
-    const bool recomputing = recompute_.granularity != layers::Recompute::kNone && at::GradMode::is_enabled();
-    std::shared_ptr<RecomputeState> saved;
-    if (recomputing) {
-      saved = std::make_shared<RecomputeState>();
-      saved->batch = batch;
-      if (batch.context) {
-        saved->context = *batch.context;
-        saved->batch.context = &*saved->context;
-      }
-      saved->rope = rope;
-      if (batch.routing) saved->routing.replay = batch.routing->replay;
-    }
     // One decoder layer on x: `at` is the batch as attention reads it, `selective` recomputes the
     // attention core and the experts in backward.
     const auto layer = [this, &c, sp, tokens, scale, heads, kv_heads, moe_tokens](
@@ -234,20 +212,9 @@ class DenseDecoder final : public CausalLM {
                    return layers::moe_forward(in[0], b.moe, c.moe, r, b.moe_index, &ep_, moe_tokens);
                  }, {m});
     };
-    for (size_t l = 0; l < blocks_.size(); ++l) {
-      const auto global = stage_.begin + static_cast<int64_t>(l);
-      if (recomputing && recompute_.full(global)) {
-        // Whole layer: the forward keeps only its input, backward runs it again.
-        x = layers::recompute([layer, l, saved, routing = batch.routing](const std::vector<at::Tensor>& in) {
-              // The first run (no grad) counts the routing; the recomputation replays without counting.
-              auto* r = at::GradMode::is_enabled() ? &saved->routing : routing;
-              return layer(l, in[0], saved->batch, saved->rope, r, nullptr);
-            }, {x});
-      } else {
-        x = layer(l, x, batch, rope, batch.routing, recomputing && recompute_.selective(global) ? saved : nullptr);
-      }
-      if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, input.tokens.size(0)));
-    }
+    x = run_decoder_layers(x, blocks_.size(), stage_.begin, batch, rope, recompute_, layer, [&](const at::Tensor& y) {
+      if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(y, sp, tp_, input.tokens.size(0)));
+    });
     if (!stage_.last) return x;
     const auto out = layers::rms_norm(x, norm_, c.rms_norm_eps);
     if (!sp) return out;
@@ -332,6 +299,37 @@ PackedBatch pad_for_sequence_parallel(const PackedBatch& batch, int size) {
   out.cu_seqlens.push_back(tokens + pad);
   out.context_lengths.push_back(pad);
   return out;
+}
+
+at::Tensor run_decoder_layers(at::Tensor x, size_t count, int64_t first, const PackedBatch& batch,
+                              const layers::RopeTable& rope, const layers::RecomputePolicy& policy,
+                              const DecoderLayerFn& layer, const std::function<void(const at::Tensor&)>& each) {
+  const bool recomputing = policy.granularity != layers::Recompute::kNone && at::GradMode::is_enabled();
+  std::shared_ptr<RecomputeState> saved;
+  if (recomputing) {
+    saved = std::make_shared<RecomputeState>();
+    saved->batch = batch;
+    if (batch.context) {
+      saved->context = *batch.context;
+      saved->batch.context = &*saved->context;
+    }
+    saved->rope = rope;
+    if (batch.routing) saved->routing.replay = batch.routing->replay;
+  }
+  for (size_t l = 0; l < count; ++l) {
+    const auto global = first + static_cast<int64_t>(l);
+    if (recomputing && policy.full(global)) {
+      // Whole layer: the forward keeps only its input, backward runs it again.
+      x = layers::recompute([layer, l, saved, routing = batch.routing](const std::vector<at::Tensor>& in) {
+            auto* r = at::GradMode::is_enabled() ? &saved->routing : routing;
+            return layer(l, in[0], saved->batch, saved->rope, r, nullptr);
+          }, {x});
+    } else {
+      x = layer(l, x, batch, rope, batch.routing, recomputing && policy.selective(global) ? saved : nullptr);
+    }
+    each(x);
+  }
+  return x;
 }
 
 at::Tensor whole_residual(const at::Tensor& x, bool sp, const parallel::TensorParallel& tp, int64_t tokens) {

@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -95,6 +96,30 @@ layers::ExpertParallel moe_placement(int64_t experts, const BuildOptions& option
 parallel::SplitSpec router_split();
 // y + bias, or y when there is no bias (a row-parallel bias is added once, after the reduction).
 inline at::Tensor with_bias(const at::Tensor& y, const at::Tensor& bias) { return bias.defined() ? y + bias : y; }
+
+// What a recomputed layer reads in backward, after the forward that saved it has returned: the
+// batch as attention reads it (its context-parallel plan copied with it), rope, and a routing that
+// replays without counting the statistics again.
+struct RecomputeState {
+  PackedBatch batch;
+  std::optional<parallel::ContextShards> context;  // batch.context points here
+  layers::RopeTable rope;
+  layers::Routing routing;
+};
+
+// One decoder layer l on x over `batch` (as attention reads it) and `rope`, recording its routing
+// into `routing`; `selective`, when given, is the state its recomputed parts read in backward.
+using DecoderLayerFn =
+    std::function<at::Tensor(size_t l, const at::Tensor& x, const PackedBatch& batch, const layers::RopeTable& rope,
+                             layers::Routing* routing, const std::shared_ptr<RecomputeState>& selective)>;
+
+// Runs a stage's `count` decoder layers (global indices first, first + 1, ...) on x under `policy`
+// (while grad is on): a "full" layer keeps only its input and runs again in backward, a "selective"
+// one gets the saved state; the first run counts the routing, a recomputation replays it without
+// counting. `each` sees every layer's output.
+at::Tensor run_decoder_layers(at::Tensor x, size_t count, int64_t first, const PackedBatch& batch,
+                              const layers::RopeTable& rope, const layers::RecomputePolicy& policy,
+                              const DecoderLayerFn& layer, const std::function<void(const at::Tensor&)>& each);
 
 // Stacks per-expert checkpoint tensors (models/experts.h), then loads and builds the decoder.
 std::unique_ptr<CausalLM> build_dense(const ModelConfig& config, const WeightMap& weights, const BuildOptions& options);
