@@ -2,29 +2,7 @@
 // reference beside it). The CPU build runs the reference on both sides, so this lives in tests/gpu.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { addon } from "../../src/native/binding.js";
-
-interface Check {
-  logprob: number;
-  entropy: number;
-  lse: number;
-  gradLogits: number;
-  gradLogitsNoEntropy: number;
-  gradScale: number;
-}
-
-const check = (
-  addon() as unknown as {
-    kernelCheckLogprobRows(
-      device: string,
-      dtype: string,
-      rows: number,
-      vocab: number,
-      t: number,
-      seed: number,
-    ): Check;
-  }
-).kernelCheckLogprobRows;
+import { checkLogprobRows as check } from "../helpers/kernel-check.js";
 
 for (const [dtype, vocab, temperature] of [
   ["float32", 1000, 1],

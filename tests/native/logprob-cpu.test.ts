@@ -2,30 +2,7 @@
 // chunked logprob function's kept logits (CPU) against recomputing them chunk by chunk.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { addon } from "../../src/native/binding.js";
-
-interface Check {
-  logprob: number;
-  entropy: number;
-  lse: number;
-  gradLogits: number;
-  gradLogitsNoEntropy: number;
-  gradScale: number;
-  exact: Record<"kernel" | "reference", { logprob: number; entropy: number; gradLogits: number }>;
-}
-
-const check = (
-  addon() as unknown as {
-    kernelCheckLogprobRows(
-      device: string,
-      dtype: string,
-      rows: number,
-      vocab: number,
-      t: number,
-      seed: number,
-    ): Check;
-  }
-).kernelCheckLogprobRows;
+import { checkLogprobRows as check } from "../helpers/kernel-check.js";
 
 // Vocabularies around the kernels' 16-wide lanes and 1,024-value blocks (tails of each), a real
 // one, and temperatures on both sides of 1.

@@ -11,7 +11,7 @@ import { connect, type MetricsRow } from "../../src/index.js";
 import type { ExperimentConfig } from "../../src/rl/config.js";
 import { tokenizerFiles, writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
 import { tempDir } from "../helpers/python.js";
-import { assertRowsClose } from "../helpers/rows.js";
+import { assertRowsClose, responses } from "../helpers/rows.js";
 import { killAll, tiller } from "../helpers/runtime.js";
 import { writeTinyMoe } from "../helpers/tiny-models.js";
 
@@ -125,16 +125,7 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
     );
     // The same responses (batch-invariant sampling over the replicas), the same metrics.
     const splitTokens = await split.rollouts(3);
-    assert.deepEqual(
-      splitTokens
-        .getChild("response")
-        ?.toArray()
-        .map((r: Int32Array) => Array.from(r)),
-      oneTokens
-        .getChild("response")
-        ?.toArray()
-        .map((r: Int32Array) => Array.from(r)),
-    );
+    assert.deepEqual(responses(splitTokens), responses(oneTokens));
     splitRows.forEach((row, i) => {
       assertRowsClose(row, oneRows[i] as MetricsRow, `step ${i + 1}`);
     });
@@ -159,14 +150,8 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
     });
     const wideRows = await wide.run(3);
     assert.deepEqual(
-      (await wide.rollouts(3))
-        .getChild("response")
-        ?.toArray()
-        .map((r: Int32Array) => Array.from(r)),
-      oneTokens
-        .getChild("response")
-        ?.toArray()
-        .map((r: Int32Array) => Array.from(r)),
+      responses(await wide.rollouts(3)),
+      responses(oneTokens),
       "train TP2×DP2 / rollout TP4: step 3's responses",
     );
     for (const [i, row] of wideRows.entries()) {
@@ -200,16 +185,7 @@ test("GRPO at TP2×DP2 on 4 workers gives one rank's rollouts and metrics rows; 
       parallel: { expert: 4, data: 4 },
     });
     const epRows = await ep.run(2);
-    assert.deepEqual(
-      (await ep.rollouts(2))
-        .getChild("response")
-        ?.toArray()
-        .map((r: Int32Array) => Array.from(r)),
-      oneMoeTokens
-        .getChild("response")
-        ?.toArray()
-        .map((r: Int32Array) => Array.from(r)),
-    );
+    assert.deepEqual(responses(await ep.rollouts(2)), responses(oneMoeTokens));
     epRows.forEach((row, i) => {
       assertRowsClose(row, oneMoeRows[i] as MetricsRow, `EP4 step ${i + 1}`);
       for (const key of ["router/load_imbalance/mean", "router/entropy/mean"]) {

@@ -12,7 +12,7 @@ import { plan } from "../../src/plan/index.js";
 import type { ExperimentConfig } from "../../src/rl/config.js";
 import { writeNextDigitData, writeTinyModel } from "../../src/rl/tasks/next-digit.js";
 import { tempDir } from "../helpers/python.js";
-import { assertRowsClose } from "../helpers/rows.js";
+import { assertRowsClose, responses } from "../helpers/rows.js";
 import { killAll, tiller } from "../helpers/runtime.js";
 
 const dir = tempDir("pipeline-experiment");
@@ -88,11 +88,6 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
       ],
     );
     const rows = await staged.run(3);
-    const responses = (t: Awaited<ReturnType<typeof staged.rollouts>>) =>
-      t
-        .getChild("response")
-        ?.toArray()
-        .map((r: Int32Array) => Array.from(r));
     assert.deepEqual(responses(await staged.rollouts(3)), responses(oneTokens), "step 3's responses");
     for (const [i, row] of rows.entries()) assertRowsClose(row, oneRows[i] as MetricsRow, `step ${i + 1}`);
     await staged.save();

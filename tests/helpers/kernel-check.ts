@@ -1,0 +1,27 @@
+// The addon's logprob-kernel check (addon/kernels.cc kernelCheckLogprobRows), typed once for the CPU
+// and the CUDA kernel tests: random logits of `rows` × `vocab` at temperature `t`, the kernel
+// against its ATen reference (max differences) and both against fp64 values.
+import { addon } from "../../src/native/binding.js";
+
+export interface LogprobRowsCheck {
+  logprob: number;
+  entropy: number;
+  lse: number;
+  gradLogits: number;
+  gradLogitsNoEntropy: number;
+  gradScale: number;
+  exact: Record<"kernel" | "reference", { logprob: number; entropy: number; gradLogits: number }>;
+}
+
+export const checkLogprobRows = (
+  addon() as unknown as {
+    kernelCheckLogprobRows(
+      device: string,
+      dtype: string,
+      rows: number,
+      vocab: number,
+      t: number,
+      seed: number,
+    ): LogprobRowsCheck;
+  }
+).kernelCheckLogprobRows;
