@@ -1,6 +1,7 @@
 // Rollout throughput: a Qwen3-0.6B-shaped model (random weights, bf16) generating 256 new tokens
 // after 128-token prompts, at batch 64 and 256, against HF transformers with its static cache on
 // the same GPU in the same run. Needs CUDA.
+import { join } from "node:path";
 import { engineInfo, Model } from "../src/index.js";
 import { type BenchResult, benchModel, pythonBaseline } from "./common.js";
 
@@ -34,6 +35,12 @@ export async function benchGenerate(): Promise<BenchResult[]> {
       await model.generate(input, { maxNewTokens: 1 });
       const prefillSeconds = (performance.now() - prefillStart) / 1000;
       const decodeMs = ((seconds - prefillSeconds) * 1000) / (newTokens - 1);
+      // A Kineto trace of a short generation (prefill + 31 decode steps) for finding where time goes.
+      const traceDir = process.env.TILLER_PROFILE_DIR;
+      if (traceDir) {
+        model.profileNext(join(traceDir, `generate-b${batch}.trace.json`));
+        await model.generate(input, { maxNewTokens: 32 });
+      }
       if (generated !== batch * newTokens)
         throw new Error(`expected ${batch * newTokens} tokens, got ${generated}`);
       const ours = generated / seconds;

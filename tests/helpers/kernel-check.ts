@@ -25,3 +25,24 @@ export const checkLogprobRows = (
     ): LogprobRowsCheck;
   }
 ).kernelCheckLogprobRows;
+
+export interface FusedPartCheck {
+  /** Elements whose bits differ between the fused forward and the ATen expression. */
+  mismatches: number;
+  elements: number;
+  /** max |fused input gradient - autograd's through the ATen expression| */
+  gradDiff: number;
+  gradScale: number;
+}
+
+/** addon/kernels.cc kernelCheckFused: the fused rope and SwiGLU kernels against ATen, `tokens` rows. */
+export const checkFused = (
+  addon() as unknown as {
+    kernelCheckFused(
+      device: string,
+      dtype: string,
+      tokens: number,
+      seed: number,
+    ): { available: boolean; rope: FusedPartCheck; siluMul: FusedPartCheck };
+  }
+).kernelCheckFused;

@@ -1,12 +1,17 @@
 // Checks of the engine's own kernels against their ATen references, on a device: random inputs,
 // both paths, the largest differences back (tests/gpu/kernels.test.ts).
 #include <algorithm>
+#include <functional>
+#include <vector>
 #include <tuple>
 
 #include "addon/common.h"
 #include "addon/registry.h"
 #include "addon/tensor.h"
+#include "kernels/fused.h"
 #include "kernels/logprob.h"
+#include "layers/mlp.h"
+#include "layers/rope.h"
 
 namespace tiller::addon {
 namespace {
@@ -69,8 +74,87 @@ Napi::Value KernelCheckLogprobRows(const Napi::CallbackInfo& info) {
   });
 }
 
+// Bits of `a` that differ from `b` (same shape and dtype): how many elements.
+int64_t mismatches(const at::Tensor& a, const at::Tensor& b) { return a.ne(b).sum().item<int64_t>(); }
+
+// Input gradients of `f` at `inputs` (each a fresh leaf) for the output gradients `grads`.
+std::vector<at::Tensor> gradients(const std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>& f,
+                                  const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& grads) {
+  std::vector<at::Tensor> leaves;
+  for (const auto& x : inputs) leaves.push_back(x.detach().requires_grad_(true));
+  const auto outs = f(leaves);
+  torch::autograd::backward(outs, grads);
+  std::vector<at::Tensor> out;
+  for (const auto& l : leaves) out.push_back(l.grad());
+  return out;
+}
+
+// kernelCheckFused(device, dtype, tokens, seed) -> {available, rope: {mismatches, elements, gradDiff, gradScale},
+//   siluMul: {mismatches, elements, gradDiff, gradScale}}: the fused kernels (layers/rope apply_rope_pair,
+//   layers/mlp silu_mul) against the ATen expressions they replace; forwards must match bit for bit.
+Napi::Value KernelCheckFused(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
+    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
+    const auto tokens = info[2].As<Napi::Number>().Int64Value();
+    at::manual_seed(info[3].As<Napi::Number>().Int64Value());
+    const auto opts = at::TensorOptions().dtype(at::kFloat);
+    const auto make = [&](std::vector<int64_t> shape, double scale) { return (at::randn(shape, opts) * scale).to(device, dtype); };
+    // Rope: Qwen3-like heads, angles of real positions (large ones included).
+    const int64_t heads = 16, kv_heads = 8, dim = 128;
+    const auto q = make({tokens, heads, dim}, 2), k = make({tokens, kv_heads, dim}, 2);
+    const auto positions = at::randint(32768, {tokens}, at::TensorOptions().dtype(at::kLong)).to(device);
+    layers::RopeConfig rope_config;
+    rope_config.rotary_dim = dim;
+    rope_config.theta = 1e6;
+    auto table = layers::rope_table_from(layers::rope_frequencies(rope_config, 0), positions);
+    table.cos = table.cos.to(dtype);
+    table.sin = table.sin.to(dtype);
+    const auto [q_fused, k_fused] = layers::apply_rope_pair(q, k, table);
+    const auto q_ref = layers::apply_rope(q, table), k_ref = layers::apply_rope(k, table);
+    const auto gq = make({tokens, heads, dim}, 1), gk = make({tokens, kv_heads, dim}, 1);
+    const auto rope_fused_grads = gradients([&](const std::vector<at::Tensor>& x) {
+      const auto [a, b] = layers::apply_rope_pair(x[0], x[1], table);
+      return std::vector<at::Tensor>{a, b};
+    }, {q, k}, {gq, gk});
+    const auto rope_ref_grads = gradients([&](const std::vector<at::Tensor>& x) {
+      return std::vector<at::Tensor>{layers::apply_rope(x[0], table), layers::apply_rope(x[1], table)};
+    }, {q, k}, {gq, gk});
+    auto rope = Napi::Object::New(env);
+    rope["mismatches"] = static_cast<double>(mismatches(q_fused, q_ref) + mismatches(k_fused, k_ref));
+    rope["elements"] = static_cast<double>(q.numel() + k.numel());
+    rope["gradDiff"] = std::max(max_abs_diff(rope_fused_grads[0], rope_ref_grads[0]),
+                                max_abs_diff(rope_fused_grads[1], rope_ref_grads[1]));
+    rope["gradScale"] = rope_ref_grads[0].to(at::kDouble).abs().max().item<double>();
+    // SwiGLU's product at a Qwen3-0.6B width.
+    const int64_t inter = 3072;
+    const auto gate = make({tokens, inter}, 3), up = make({tokens, inter}, 1), grad = make({tokens, inter}, 1);
+    const auto fused = layers::silu_mul(gate, up);
+    const auto ref = at::silu(gate) * up;
+    const auto fused_grads = gradients([](const std::vector<at::Tensor>& x) {
+      return std::vector<at::Tensor>{layers::silu_mul(x[0], x[1])};
+    }, {gate, up}, {grad});
+    const auto ref_grads = gradients([](const std::vector<at::Tensor>& x) {
+      return std::vector<at::Tensor>{at::silu(x[0]) * x[1]};
+    }, {gate, up}, {grad});
+    auto silu = Napi::Object::New(env);
+    silu["mismatches"] = static_cast<double>(mismatches(fused, ref));
+    silu["elements"] = static_cast<double>(fused.numel());
+    silu["gradDiff"] = std::max(max_abs_diff(fused_grads[0], ref_grads[0]), max_abs_diff(fused_grads[1], ref_grads[1]));
+    silu["gradScale"] = std::max(ref_grads[0].to(at::kDouble).abs().max().item<double>(),
+                                 ref_grads[1].to(at::kDouble).abs().max().item<double>());
+    auto out = Napi::Object::New(env);
+    out["available"] = kernels::fused_available(q);
+    out["rope"] = rope;
+    out["siluMul"] = silu;
+    return out;
+  });
+}
+
 void register_kernels(Napi::Env env, Napi::Object exports) {
   exports["kernelCheckLogprobRows"] = Napi::Function::New(env, KernelCheckLogprobRows, "kernelCheckLogprobRows");
+  exports["kernelCheckFused"] = Napi::Function::New(env, KernelCheckFused, "kernelCheckFused");
 }
 
 const Registrar registrar(register_kernels);

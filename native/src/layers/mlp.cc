@@ -1,13 +1,39 @@
 #include "layers/mlp.h"
 
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "kernels/fused.h"
+
 namespace tiller::layers {
+namespace {
+
+// silu(gate) * up as one kernel (kernels/fused.h); saves gate and up, where ATen's expression also
+// keeps silu(gate).
+struct SiluMul : torch::autograd::Function<SiluMul> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& gate, const at::Tensor& up) {
+    ctx->save_for_backward({gate, up});
+    return kernels::silu_mul_forward(gate, up);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [d_gate, d_up] = kernels::silu_mul_backward(grads[0], saved[0], saved[1]);
+    return {d_gate, d_up};
+  }
+};
+
+}  // namespace
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   return bias.defined() ? at::addmm(bias, x, weight.t()) : at::matmul(x, weight.t());
 }
 
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
+  return kernels::fused_available(gate) ? SiluMul::apply(gate, up) : at::silu(gate) * up;
+}
+
 at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, const at::Tensor& down) {
-  return at::matmul(at::silu(at::matmul(x, gate.t())) * at::matmul(x, up.t()), down.t());
+  return at::matmul(silu_mul(at::matmul(x, gate.t()), at::matmul(x, up.t())), down.t());
 }
 
 }  // namespace tiller::layers

@@ -9,6 +9,9 @@ namespace tiller::layers {
 // x: [..., in], weight: [out, in], bias: [out] or undefined -> [..., out]
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
 
+// silu(gate) * up, one fused kernel on CUDA (kernels/fused.h), the ATen expression elsewhere.
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
+
 // x: [tokens, hidden], gate/up: [inter, hidden], down: [hidden, inter] -> [tokens, hidden]
 at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, const at::Tensor& down);
 

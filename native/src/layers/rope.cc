@@ -4,6 +4,10 @@
 #include <cmath>
 #include <stdexcept>
 
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "kernels/fused.h"
+
 namespace tiller::layers {
 namespace {
 
@@ -133,6 +137,39 @@ at::Tensor apply_rope(const at::Tensor& x, const RopeTable& table) {
   const auto sin = table.sin.to(x.scalar_type()).unsqueeze(1);
   const auto rotated = at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
   return x * cos + rotated * sin;
+}
+
+namespace {
+
+// The fused rope as an autograd function: saves only the tables (shared by every layer).
+struct RopePair : torch::autograd::Function<RopePair> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                                                const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin) {
+    ctx->save_for_backward({cos, sin});
+    auto [q_out, k_out] = kernels::rope_pair_forward(q, k, cos, sin);
+    return {q_out, k_out};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto back = [&](const at::Tensor& g) { return g.defined() ? kernels::rope_backward(g, saved[0], saved[1]) : g; };
+    return {back(grads[0]), back(grads[1]), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> apply_rope_pair(const at::Tensor& q, const at::Tensor& k, const RopeTable& table) {
+  const auto fits = [&](const at::Tensor& x) {
+    return x.dim() == 3 && x.is_contiguous() && table.cos.dim() == 2 && table.cos.size(0) == x.size(0) &&
+           table.cos.size(1) == x.size(2) && table.cos.scalar_type() == x.scalar_type() &&
+           table.sin.scalar_type() == x.scalar_type();
+  };
+  if (kernels::fused_available(q) && fits(q) && fits(k)) {
+    const auto out = RopePair::apply(q, k, table.cos.contiguous(), table.sin.contiguous());
+    return {out[0], out[1]};
+  }
+  return {apply_rope(q, table), apply_rope(k, table)};
 }
 
 at::Tensor apply_rope_interleaved(const at::Tensor& x, const RopeTable& table) {

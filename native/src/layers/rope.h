@@ -2,6 +2,8 @@
 // dynamic NTK, YaRN, llama3) and their application to packed [tokens, heads, head_dim] tensors.
 #pragma once
 
+#include <utility>
+
 #include <torch/torch.h>
 
 #include <optional>
@@ -60,6 +62,10 @@ RopeTable mrope_table(const RopeFrequencies& freqs, const at::Tensor& positions,
 
 // x: [tokens, heads, head_dim], table rows per token -> same shape and dtype as x
 at::Tensor apply_rope(const at::Tensor& x, const RopeTable& table);
+
+// apply_rope of a layer's queries and keys at once: on CUDA one fused kernel with the same values
+// (kernels/fused.h; its backward the inverse rotation), elsewhere two apply_rope calls.
+std::pair<at::Tensor, at::Tensor> apply_rope_pair(const at::Tensor& q, const at::Tensor& k, const RopeTable& table);
 
 // DeepSeek's rope_interleave: rotates the pairs (x[2i], x[2i+1]) instead of (x[i], x[i + D/2]) and
 // returns them de-interleaved (every first element, then every second), as HF does. Queries and

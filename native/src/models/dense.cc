@@ -192,8 +192,7 @@ class DenseDecoder final : public CausalLM {
         q = layers::rms_norm(q, b.q_norm, c.rms_norm_eps);
         k = layers::rms_norm(k, b.k_norm, c.rms_norm_eps);
       }
-      q = layers::apply_rope(q, rope);
-      k = layers::apply_rope(k, rope);
+      std::tie(q, k) = layers::apply_rope_pair(q, k, rope);
       const auto window = c.sliding_window;
       const auto attn = selective ? layers::recompute([l, scale, window, state = selective](const std::vector<at::Tensor>& in) {
                                       return attention(state->batch, l, in[0], in[1], in[2], scale, window);
