@@ -192,8 +192,8 @@ export type Recompute = "none" | "full";
  * layer: the tensors the engine's autograd keeps (Megatron's accounting, arXiv 2205.05198, with
  * flash attention: no s² scores, fitted to the engine by bench/memory.ts): per layer the two norm
  * inputs and the two normed matmul inputs, the queries and keys after rope, values and attention
- * output (flash attention), Qwen3's q/k-norm inputs, and for each SwiGLU the gate, its SiLU, the up
- * projection and their product. In the activation dtype, tokens already cut by context
+ * output (flash attention), Qwen3's q/k-norm inputs, and for each SwiGLU the gate and up projections
+ * and their product (the fused silu·mul kernel of kernels/fused.cu keeps no SiLU output). In the activation dtype, tokens already cut by context
  * parallelism. Sequence parallelism cuts the hidden-sized tensors by the tensor ranks; a full
  * recompute keeps only each layer's input.
  */
@@ -230,10 +230,10 @@ export function activationBytesPerToken(
     // Router logits and probabilities in fp32; each token's topK copies through gate/up/act/down.
     fp32 = 2 * moe.experts * 4;
     const tokensShare = layout.sequenceParallel ? 1 / t : 1;
-    ffn = 2 * hs + moe.topK * tokensShare * (spec.hidden + (4 * moe.intermediate) / layout.expertTensor);
-    if (moe.sharedIntermediate > 0) ffn += (4 * moe.sharedIntermediate) / t;
+    ffn = 2 * hs + moe.topK * tokensShare * (spec.hidden + (3 * moe.intermediate) / layout.expertTensor);
+    if (moe.sharedIntermediate > 0) ffn += (3 * moe.sharedIntermediate) / t;
   } else {
-    ffn = 2 * hs + (4 * spec.intermediate) / t;
+    ffn = 2 * hs + (3 * spec.intermediate) / t;
   }
   return (attention + ffn) * b + fp32;
 }

@@ -30,15 +30,16 @@ for (const [dtype, tokens] of [
   ["float16", 77],
   ["float32", 33],
 ] as const) {
-  test(`fused rope and silu·mul forwards equal the ATen expressions bit for bit, gradients within a unit: ${dtype}, ${tokens} tokens`, () => {
+  test(`fused rope, silu·mul and MoE silu·mul-of-halves forwards equal the ATen expressions bit for bit, gradients within a unit: ${dtype}, ${tokens} tokens`, () => {
     const r = checkFused("cuda:0", dtype, tokens, 5);
     console.log(`fused ${dtype} T=${tokens}: ${JSON.stringify(r)}`);
     assert.equal(r.available, true);
     assert.equal(r.rope.mismatches, 0, `rope: ${r.rope.mismatches} of ${r.rope.elements} differ`);
     assert.equal(r.siluMul.mismatches, 0, `silu·mul: ${r.siluMul.mismatches} of ${r.siluMul.elements} differ`);
+    assert.equal(r.siluMulHalves.mismatches, 0, `silu·mul of halves: ${r.siluMulHalves.mismatches} differ`);
     // One rounding in the fused backward against several in autograd's: a few units of the dtype.
     const unit = dtype === "float32" ? 1e-6 : dtype === "float16" ? 2e-3 : 1.6e-2;
-    for (const part of [r.rope, r.siluMul])
+    for (const part of [r.rope, r.siluMul, r.siluMulHalves])
       assert.ok(part.gradDiff <= unit * Math.max(part.gradScale, 1), JSON.stringify(part));
   });
 }

@@ -43,6 +43,6 @@ export const checkFused = (
       dtype: string,
       tokens: number,
       seed: number,
-    ): { available: boolean; rope: FusedPartCheck; siluMul: FusedPartCheck };
+    ): { available: boolean; rope: FusedPartCheck; siluMul: FusedPartCheck; siluMulHalves: FusedPartCheck };
   }
 ).kernelCheckFused;

@@ -90,7 +90,7 @@ std::vector<at::Tensor> gradients(const std::function<std::vector<at::Tensor>(co
 }
 
 // kernelCheckFused(device, dtype, tokens, seed) -> {available, rope: {mismatches, elements, gradDiff, gradScale},
-//   siluMul: {mismatches, elements, gradDiff, gradScale}}: the fused kernels (layers/rope apply_rope_pair,
+//   siluMul, siluMulHalves: {mismatches, elements, gradDiff, gradScale}}: the fused kernels (layers/rope apply_rope_pair,
 //   layers/mlp silu_mul) against the ATen expressions they replace; forwards must match bit for bit.
 Napi::Value KernelCheckFused(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -144,7 +144,23 @@ Napi::Value KernelCheckFused(const Napi::CallbackInfo& info) {
     silu["gradDiff"] = std::max(max_abs_diff(fused_grads[0], ref_grads[0]), max_abs_diff(fused_grads[1], ref_grads[1]));
     silu["gradScale"] = std::max(ref_grads[0].to(at::kDouble).abs().max().item<double>(),
                                  ref_grads[1].to(at::kDouble).abs().max().item<double>());
+    // The MoE experts' form: gate and up as the two halves of one [tokens, 2 · inter] tensor.
+    const auto h = make({tokens, 2 * inter}, 3), grad_h = make({tokens, inter}, 1);
+    const auto halves_ref_fn = [inter](const std::vector<at::Tensor>& x) {
+      return std::vector<at::Tensor>{at::silu(x[0].slice(1, 0, inter)) * x[0].slice(1, inter)};
+    };
+    const auto halves_fn = [](const std::vector<at::Tensor>& x) {
+      return std::vector<at::Tensor>{layers::silu_mul_halves(x[0])};
+    };
+    const auto halves_grad = gradients(halves_fn, {h}, {grad_h})[0];
+    const auto halves_ref_grad = gradients(halves_ref_fn, {h}, {grad_h})[0];
+    auto halves = Napi::Object::New(env);
+    halves["mismatches"] = static_cast<double>(mismatches(halves_fn({h})[0], halves_ref_fn({h})[0]));
+    halves["elements"] = static_cast<double>(tokens * inter);
+    halves["gradDiff"] = max_abs_diff(halves_grad, halves_ref_grad);
+    halves["gradScale"] = halves_ref_grad.to(at::kDouble).abs().max().item<double>();
     auto out = Napi::Object::New(env);
+    out["siluMulHalves"] = halves;
     out["available"] = kernels::fused_available(q);
     out["rope"] = rope;
     out["siluMul"] = silu;

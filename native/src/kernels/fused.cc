@@ -19,5 +19,7 @@ at::Tensor silu_mul_forward(const at::Tensor&, const at::Tensor&) { no_cuda(); }
 std::pair<at::Tensor, at::Tensor> silu_mul_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   no_cuda();
 }
+at::Tensor silu_mul_halves_forward(const at::Tensor&) { no_cuda(); }
+at::Tensor silu_mul_halves_backward(const at::Tensor&, const at::Tensor&) { no_cuda(); }
 }  // namespace tiller::kernels
 #endif

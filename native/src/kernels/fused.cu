@@ -79,14 +79,18 @@ __global__ void rope_kernel(const T* __restrict__ q, const T* __restrict__ k, co
   *reinterpret_cast<Chunk*>(o + j + half) = o2;
 }
 
-// Each thread handles `W` consecutive elements (one 16-byte vector where aligned).
+// Each thread handles `W` consecutive elements (one 16-byte vector where aligned) of a [rows,
+// width] result whose gate and up inputs (and their gradients) sit in rows `ld` elements apart:
+// separate tensors (one row: width = ld = n) or the two halves of one [rows, 2 · width] tensor.
 template <typename T, int W>
-__global__ void silu_mul_forward_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
-                                        int64_t n) {
+__global__ void silu_mul_forward_kernel(const T* __restrict__ gate, const T* __restrict__ up, int64_t ld,
+                                        T* __restrict__ out, int64_t n, int64_t width) {
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * W;
   if (first >= n) return;
+  const int64_t row = first / width;
+  const int64_t in = row * ld + (first - row * width);
   struct alignas(sizeof(T) * W) Chunk { T v[W]; };
-  const Chunk g = *reinterpret_cast<const Chunk*>(gate + first), u = *reinterpret_cast<const Chunk*>(up + first);
+  const Chunk g = *reinterpret_cast<const Chunk*>(gate + in), u = *reinterpret_cast<const Chunk*>(up + in);
   Chunk o;
 #pragma unroll
   for (int i = 0; i < W; ++i) {
@@ -101,12 +105,14 @@ __global__ void silu_mul_forward_kernel(const T* __restrict__ gate, const T* __r
 template <typename T, int W>
 __global__ void silu_mul_backward_kernel(const T* __restrict__ grad, const T* __restrict__ gate,
                                          const T* __restrict__ up, T* __restrict__ d_gate, T* __restrict__ d_up,
-                                         int64_t n) {
+                                         int64_t ld, int64_t n, int64_t width) {
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * W;
   if (first >= n) return;
+  const int64_t row = first / width;
+  const int64_t in = row * ld + (first - row * width);
   struct alignas(sizeof(T) * W) Chunk { T v[W]; };
-  const Chunk gr = *reinterpret_cast<const Chunk*>(grad + first), g = *reinterpret_cast<const Chunk*>(gate + first),
-              u = *reinterpret_cast<const Chunk*>(up + first);
+  const Chunk gr = *reinterpret_cast<const Chunk*>(grad + first), g = *reinterpret_cast<const Chunk*>(gate + in),
+              u = *reinterpret_cast<const Chunk*>(up + in);
   Chunk dg, du;
 #pragma unroll
   for (int i = 0; i < W; ++i) {
@@ -115,8 +121,8 @@ __global__ void silu_mul_backward_kernel(const T* __restrict__ grad, const T* __
     du.v[i] = static_cast<T>(d * x * sig);
     dg.v[i] = static_cast<T>(d * static_cast<float>(u.v[i]) * sig * (1.0f + x * (1.0f - sig)));
   }
-  *reinterpret_cast<Chunk*>(d_gate + first) = dg;
-  *reinterpret_cast<Chunk*>(d_up + first) = du;
+  *reinterpret_cast<Chunk*>(d_gate + in) = dg;
+  *reinterpret_cast<Chunk*>(d_up + in) = du;
 }
 
 void check_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -162,16 +168,37 @@ void launch_rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Launches an element-wise SwiGLU kernel over n elements, 16-byte vectors where n and every
-// pointer allow.
-template <typename T, typename Wide, typename Narrow>
-void launch_elementwise(int64_t n, std::initializer_list<const void*> pointers, Wide wide, Narrow narrow) {
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// silu(gate) · up into out (n elements, rows of `width`), gate/up rows `ld` apart; 16-byte
+// vectors where the widths and every pointer allow.
+template <typename T>
+void silu_mul_launch(const T* gate, const T* up, int64_t ld, T* out, int64_t n, int64_t width) {
+  if (n == 0) return;
   constexpr int kWide = 16 / sizeof(T);
-  bool ok = n % kWide == 0;
-  for (const auto* p : pointers) ok = ok && reinterpret_cast<uintptr_t>(p) % 16 == 0;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  if (ok) wide(static_cast<unsigned>(blocks_for(n / kWide)), stream);
-  else narrow(static_cast<unsigned>(blocks_for(n)), stream);
+  if (width % kWide == 0 && ld % kWide == 0 && aligned16(gate) && aligned16(up) && aligned16(out)) {
+    silu_mul_forward_kernel<T, kWide><<<blocks_for(n / kWide), kThreads, 0, stream>>>(gate, up, ld, out, n, width);
+  } else {
+    silu_mul_forward_kernel<T, 1><<<blocks_for(n), kThreads, 0, stream>>>(gate, up, ld, out, n, width);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The gradients of silu_mul_launch's inputs, written with the inputs' layout.
+template <typename T>
+void silu_mul_backward_launch(const T* grad, const T* gate, const T* up, T* d_gate, T* d_up, int64_t ld, int64_t n,
+                              int64_t width) {
+  if (n == 0) return;
+  constexpr int kWide = 16 / sizeof(T);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (width % kWide == 0 && ld % kWide == 0 && aligned16(grad) && aligned16(gate) && aligned16(up) &&
+      aligned16(d_gate) && aligned16(d_up)) {
+    silu_mul_backward_kernel<T, kWide><<<blocks_for(n / kWide), kThreads, 0, stream>>>(grad, gate, up, d_gate, d_up, ld,
+                                                                                        n, width);
+  } else {
+    silu_mul_backward_kernel<T, 1><<<blocks_for(n), kThreads, 0, stream>>>(grad, gate, up, d_gate, d_up, ld, n, width);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -209,15 +236,8 @@ at::Tensor silu_mul_forward(const at::Tensor& gate, const at::Tensor& up) {
   const c10::cuda::CUDAGuard guard(g.device());
   auto out = at::empty_like(g);
   const auto n = g.numel();
-  if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "silu_mul", [&] {
-    using T = scalar_t;
-    constexpr int kWide = 16 / sizeof(T);
-    const T *gp = g.data_ptr<T>(), *up_ = u.data_ptr<T>();
-    T* op = out.data_ptr<T>();
-    launch_elementwise<T>(n, {gp, up_, op},
-        [&](unsigned blocks, cudaStream_t stream) { silu_mul_forward_kernel<T, kWide><<<blocks, kThreads, 0, stream>>>(gp, up_, op, n); },
-        [&](unsigned blocks, cudaStream_t stream) { silu_mul_forward_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(gp, up_, op, n); });
+    silu_mul_launch(g.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), n, out.data_ptr<scalar_t>(), n, n);
   });
   return out;
 }
@@ -228,17 +248,38 @@ std::pair<at::Tensor, at::Tensor> silu_mul_backward(const at::Tensor& grad, cons
   const c10::cuda::CUDAGuard guard(g.device());
   auto d_gate = at::empty_like(g), d_up = at::empty_like(u);
   const auto n = g.numel();
-  if (n == 0) return {d_gate, d_up};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "silu_mul_backward", [&] {
-    using T = scalar_t;
-    constexpr int kWide = 16 / sizeof(T);
-    const T *grp = gr.data_ptr<T>(), *gp = g.data_ptr<T>(), *up_ = u.data_ptr<T>();
-    T *dg = d_gate.data_ptr<T>(), *du = d_up.data_ptr<T>();
-    launch_elementwise<T>(n, {grp, gp, up_, dg, du},
-        [&](unsigned blocks, cudaStream_t stream) { silu_mul_backward_kernel<T, kWide><<<blocks, kThreads, 0, stream>>>(grp, gp, up_, dg, du, n); },
-        [&](unsigned blocks, cudaStream_t stream) { silu_mul_backward_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(grp, gp, up_, dg, du, n); });
+    silu_mul_backward_launch(gr.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
+                             d_gate.data_ptr<scalar_t>(), d_up.data_ptr<scalar_t>(), n, n, n);
   });
   return {d_gate, d_up};
+}
+
+at::Tensor silu_mul_halves_forward(const at::Tensor& h) {
+  TORCH_CHECK(h.dim() == 2 && h.size(1) % 2 == 0, "silu_mul_halves: h must be [rows, 2 * width]");
+  const auto x = h.contiguous();
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto width = x.size(1) / 2;
+  auto out = at::empty({x.size(0), width}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "silu_mul_halves", [&] {
+    const auto* base = x.data_ptr<scalar_t>();
+    silu_mul_launch(base, base + width, 2 * width, out.data_ptr<scalar_t>(), out.numel(), width);
+  });
+  return out;
+}
+
+at::Tensor silu_mul_halves_backward(const at::Tensor& grad, const at::Tensor& h) {
+  const auto x = h.contiguous(), g = grad.contiguous();
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto width = x.size(1) / 2;
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == x.size(0) && g.size(1) == width, "silu_mul_halves_backward: grad shape");
+  auto d_h = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "silu_mul_halves_backward", [&] {
+    const auto* base = x.data_ptr<scalar_t>();
+    auto* d = d_h.data_ptr<scalar_t>();
+    silu_mul_backward_launch(g.data_ptr<scalar_t>(), base, base + width, d, d + width, 2 * width, g.numel(), width);
+  });
+  return d_h;
 }
 
 }  // namespace tiller::kernels

@@ -28,4 +28,9 @@ at::Tensor silu_mul_forward(const at::Tensor& gate, const at::Tensor& up);
 std::pair<at::Tensor, at::Tensor> silu_mul_backward(const at::Tensor& grad, const at::Tensor& gate,
                                                     const at::Tensor& up);
 
+// The same over the two halves of h [rows, 2 · width] (gate columns, then up columns), as the MoE
+// experts' fused gate/up projection gives them: -> [rows, width]; the backward gives d h.
+at::Tensor silu_mul_halves_forward(const at::Tensor& h);
+at::Tensor silu_mul_halves_backward(const at::Tensor& grad, const at::Tensor& h);
+
 }  // namespace tiller::kernels

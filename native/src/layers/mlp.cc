@@ -22,7 +22,25 @@ struct SiluMul : torch::autograd::Function<SiluMul> {
   }
 };
 
+// The same over the two halves of one [rows, 2 · width] tensor; saves it.
+struct SiluMulHalves : torch::autograd::Function<SiluMulHalves> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h) {
+    ctx->save_for_backward({h});
+    return kernels::silu_mul_halves_forward(h);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    return {kernels::silu_mul_halves_backward(grads[0], ctx->get_saved_variables()[0])};
+  }
+};
+
 }  // namespace
+
+at::Tensor silu_mul_halves(const at::Tensor& h) {
+  const auto width = h.size(-1) / 2;
+  if (kernels::fused_available(h) && h.dim() == 2) return SiluMulHalves::apply(h);
+  return at::silu(h.slice(-1, 0, width)) * h.slice(-1, width);
+}
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   return bias.defined() ? at::addmm(bias, x, weight.t()) : at::matmul(x, weight.t());

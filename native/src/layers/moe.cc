@@ -1,5 +1,7 @@
 #include "layers/moe.h"
 
+#include "layers/mlp.h"
+
 #include "parallel/collectives.h"
 
 #include <algorithm>
@@ -30,10 +32,7 @@ at::Tensor grouped_linear(const at::Tensor& a, const at::Tensor& w, const at::Te
 }
 
 // h: [n, 2 * inter], gate columns then up columns -> [n, inter]
-at::Tensor gated(const at::Tensor& h) {
-  const auto inter = h.size(1) / 2;
-  return at::silu(h.slice(1, 0, inter)) * h.slice(1, inter);
-}
+at::Tensor gated(const at::Tensor& h) { return silu_mul_halves(h); }
 
 at::Tensor select_softmax(const at::Tensor& probs, int64_t top_k) {
   return std::get<1>(at::topk(probs, top_k, -1));
