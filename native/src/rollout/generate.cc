@@ -73,8 +73,10 @@ void step(const models::CausalLM& model, models::PackedBatch& batch, const std::
     std::vector<int64_t> last;
     for (size_t i = 1; i < batch.cu_seqlens.size(); ++i) last.push_back(batch.cu_seqlens[i] - 1);
     const auto rows = hidden.index_select(0, at::tensor(last, at::kLong).to(hidden.device()));
-    // Sampling runs on the CPU in float32, so a seed gives the same tokens on any device.
-    const auto logits = model.logits(rows).to(at::kCPU, at::kFloat);  // [sequences, vocab]
+    // Sampling runs where the logits are, in float32, as the CUDA decoder's does: the sampled
+    // token's logprob comes from the training forward's own kernel, and only tokens and logprobs
+    // cross to the host.
+    const auto logits = model.logits(rows).to(at::kFloat);  // [sequences, vocab]
     sampled = sample_rows(logits, sequences, options, schedule);
   }
   train::from_last_stage(model, {&sampled.tokens, &sampled.logprobs});
