@@ -1,8 +1,12 @@
 // Rollout throughput: a Qwen3-0.6B-shaped model (random weights, bf16) generating 256 new tokens
 // after 128-token prompts, at batch 64 and 256, against HF transformers with its static cache on
-// the same GPU in the same run. Needs CUDA.
+// the same GPU in the same run, and the decode steps against the HBM bandwidth limit: the bytes a
+// step must read (the weights it multiplies by, once, and every running sequence's KV cache) over
+// the device's copy bandwidth measured in the same run. Needs CUDA.
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { engineInfo, Model } from "../src/index.js";
+import { plan } from "../src/plan/index.js";
 import { type BenchResult, benchModel, pythonBaseline } from "./common.js";
 
 const promptLength = 128;
@@ -22,6 +26,29 @@ export async function benchGenerate(): Promise<BenchResult[]> {
   const dir = benchModel("qwen3-0.6b");
   const model = await Model.load(dir, { device: "cuda:0", dtype: "bfloat16" });
   const results: BenchResult[] = [];
+  // What a decode step reads at the least: the layers' and the lm-head's weights (the embedding is
+  // only gathered from, unless it is the lm-head) and the KV cache of every sequence's context.
+  const planned = plan({
+    model: dir,
+    gpu: "H200-141GB",
+    gpus: 1,
+    dtype: "bfloat16",
+    batch: {
+      promptsPerStep: 256,
+      samplesPerPrompt: 1,
+      promptTokens: promptLength,
+      responseTokens: newTokens,
+    },
+  });
+  const stage = planned.stages[0];
+  if (!stage) throw new Error("the plan has no stage");
+  const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as {
+    tie_word_embeddings?: boolean;
+  };
+  const weights = stage.static.parameters;
+  const weightBytes =
+    weights.dense + weights.expert + (config.tie_word_embeddings ? weights.embedding : weights.embedding / 2);
+  const copy = pythonBaseline<{ bytes_per_second: number }>("copy_bandwidth.py", ["cuda:0"]);
   try {
     for (const batch of [64, 256]) {
       const input = prompts(batch, 151936);
@@ -59,6 +86,18 @@ export async function benchGenerate(): Promise<BenchResult[]> {
         baselineName: "HF transformers static cache",
         ratio: ours / hf.tokens_per_second,
         detail: `${generated} tokens in ${seconds.toFixed(2)} s; prefill ${(prefillSeconds * 1000).toFixed(0)} ms, decode ${decodeMs.toFixed(2)} ms/step`,
+      });
+      // The mean decode step sees the prompt and half the new tokens.
+      const kvBytes = batch * (promptLength + newTokens / 2) * planned.rollout.kvBytesPerToken;
+      const limitMs = ((weightBytes + kvBytes) / copy.bytes_per_second) * 1000;
+      results.push({
+        name: `decode qwen3-0.6b bf16 batch ${batch}: against the bandwidth limit`,
+        value: (batch * 1000) / decodeMs,
+        unit: "tok/s",
+        baseline: (batch * 1000) / limitMs,
+        baselineName: "HBM limit (bytes read per step ÷ copy bandwidth)",
+        ratio: limitMs / decodeMs,
+        detail: `${decodeMs.toFixed(2)} ms per step against ${limitMs.toFixed(2)} ms: ${(weightBytes / 2 ** 20).toFixed(0)} MiB of weights + ${(kvBytes / 2 ** 20).toFixed(0)} MiB of KV cache at ${(copy.bytes_per_second / 1e12).toFixed(2)} TB/s`,
       });
     }
   } finally {
