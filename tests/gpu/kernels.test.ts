@@ -35,7 +35,11 @@ for (const [dtype, tokens] of [
     console.log(`fused ${dtype} T=${tokens}: ${JSON.stringify(r)}`);
     assert.equal(r.available, true);
     assert.equal(r.rope.mismatches, 0, `rope: ${r.rope.mismatches} of ${r.rope.elements} differ`);
-    assert.equal(r.siluMul.mismatches, 0, `silu·mul: ${r.siluMul.mismatches} of ${r.siluMul.elements} differ`);
+    assert.equal(
+      r.siluMul.mismatches,
+      0,
+      `silu·mul: ${r.siluMul.mismatches} of ${r.siluMul.elements} differ`,
+    );
     assert.equal(r.siluMulHalves.mismatches, 0, `silu·mul of halves: ${r.siluMulHalves.mismatches} differ`);
     // One rounding in the fused backward against several in autograd's: a few units of the dtype.
     const unit = dtype === "float32" ? 1e-6 : dtype === "float16" ? 2e-3 : 1.6e-2;

@@ -8,7 +8,6 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
-#include <initializer_list>
 #include <tuple>
 
 #include "kernels/fused.h"
