@@ -3,8 +3,8 @@
 // Joins the gloo group, routes its own tokens (rank r: 3r tokens, so rank 0 sends none but still
 // hosts experts) to the group's experts through ProcessGroup.expertDispatch, and prints one JSON
 // line with the inputs, the outputs and the gradients for the test to check.
-import { ProcessGroup } from "../../src/index.js";
 import { mulberry32 } from "../../src/rl/data.js";
+import { glooGroup } from "./ranks.js";
 
 export interface DispatchRankConfig {
   port: number;
@@ -18,13 +18,7 @@ export interface DispatchRankConfig {
 const config = JSON.parse(process.argv[2] ?? "{}") as DispatchRankConfig;
 const started = Date.now();
 try {
-  const pg = await ProcessGroup.create({
-    port: config.port,
-    rank: config.rank,
-    worldSize: config.worldSize,
-    backend: "gloo",
-    timeoutMs: 20_000,
-  });
+  const pg = await glooGroup(config);
   const { experts, topK, hidden } = config;
   const tokens = 3 * config.rank;
   const random = mulberry32(17 + config.rank);

@@ -3,8 +3,9 @@
 // Joins the group, builds the mesh, loads the folder with it, runs the scenario; rank 0 writes
 // the result to `out` (large arrays) and every rank prints one JSON line {rank, ok, ...}.
 import { writeFileSync } from "node:fs";
-import { type Layout, Mesh, Model, ProcessGroup } from "../../src/index.js";
+import { type Layout, Mesh, Model, type ProcessGroup } from "../../src/index.js";
 import { runScenario } from "./parallel-scenario.js";
+import { glooGroup } from "./ranks.js";
 
 export interface ParallelRankConfig {
   port: number;
@@ -39,13 +40,7 @@ let pg: ProcessGroup | undefined;
 let mesh: Mesh | undefined;
 let model: Model | undefined;
 try {
-  pg = await ProcessGroup.create({
-    port: config.port,
-    rank: config.rank,
-    worldSize: config.worldSize,
-    backend: "gloo",
-    timeoutMs: config.timeoutMs,
-  });
+  pg = await glooGroup(config);
   mesh = await Mesh.create(pg, config.layout);
   model = await Model.load(config.modelDir, { mesh });
   if (config.recompute) model.setTraining({ recompute: config.recompute });

@@ -4,6 +4,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { repoRoot } from "../../scripts/setup.js";
+import { ProcessGroup } from "../../src/index.js";
 import type { RankConfig } from "./dist-rank.js";
 
 export interface RankResult {
@@ -12,6 +13,23 @@ export interface RankResult {
   error?: string;
   elapsedMs?: number;
   [key: string]: unknown;
+}
+
+/**
+ * The gloo group a rank script opens from its config: its port, rank and world size, and a bounded
+ * timeout (the config's, else `timeoutMs`) so a peer that never comes fails the rank fast.
+ */
+export function glooGroup(
+  c: { port: number; rank: number; worldSize: number; timeoutMs?: number },
+  timeoutMs = 20_000,
+): Promise<ProcessGroup> {
+  return ProcessGroup.create({
+    port: c.port,
+    rank: c.rank,
+    worldSize: c.worldSize,
+    backend: "gloo",
+    timeoutMs: c.timeoutMs ?? timeoutMs,
+  });
 }
 
 /** A TCP port that was free a moment ago (the OS picks it; the store binds it right after). */

@@ -5,7 +5,8 @@
 // rollout model, then gathers the rollout model's parameters and greedily generates with it; the
 // rollout layout's first rank writes them to `out`, and every rank prints what it moved.
 import { writeFileSync } from "node:fs";
-import { type Layout, Mesh, Model, ProcessGroup } from "../../src/index.js";
+import { type Layout, Mesh, Model } from "../../src/index.js";
+import { glooGroup } from "./ranks.js";
 
 export interface ReshardRankConfig {
   port: number;
@@ -25,13 +26,7 @@ export interface ReshardRankConfig {
 const config = JSON.parse(process.argv[2] ?? "{}") as ReshardRankConfig;
 const opened: { dispose(): void }[] = [];
 try {
-  const pg = await ProcessGroup.create({
-    port: config.port,
-    rank: config.rank,
-    worldSize: config.worldSize,
-    backend: "gloo",
-    timeoutMs: 20_000,
-  });
+  const pg = await glooGroup(config);
   opened.push(pg);
   const trainMesh = await Mesh.create(pg, config.train);
   const rolloutMesh = await Mesh.create(pg, config.rollout);

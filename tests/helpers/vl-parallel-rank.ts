@@ -9,8 +9,9 @@ import {
   Mesh,
   Model,
   type NamedHostTensor,
-  ProcessGroup,
+  type ProcessGroup,
 } from "../../src/index.js";
+import { glooGroup } from "./ranks.js";
 
 export interface VlParallelRankConfig {
   port: number;
@@ -88,13 +89,7 @@ if (process.argv[1]?.endsWith("vl-parallel-rank.js")) {
   let mesh: Mesh | undefined;
   let model: Model | undefined;
   try {
-    pg = await ProcessGroup.create({
-      port: config.port,
-      rank: config.rank,
-      worldSize: config.worldSize,
-      backend: "gloo",
-      timeoutMs: config.timeoutMs,
-    });
+    pg = await glooGroup(config);
     mesh = await Mesh.create(pg, config.layout);
     model = await Model.load(config.modelDir, { mesh });
     const result = await runVlScenario(model, config.reference);
