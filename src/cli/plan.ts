@@ -37,6 +37,7 @@ const options = {
   "mini-batches": { type: "string" },
   epochs: { type: "string" },
   dtype: { type: "string" },
+  device: { type: "string" },
   offload: { type: "string" },
   recompute: { type: "string" },
   reference: { type: "boolean" },
@@ -49,7 +50,7 @@ const options = {
 export const planHelp =
   "(--model DIR|config.json | --recipe NAME) --gpu H20-96GB|H100-80GB|H200-141GB|B200 [--gpus N] [--tp --cp --pp --ep --etp N --sp " +
   "--first-stage-layers --last-stage-layers N] [--rollout-tp N --rollout-ep] [--prompts --samples --prompt-tokens --response-tokens " +
-  "--mean-response-tokens --micro-batch-tokens --mini-batches --epochs N] [--dtype] [--offload none|all|parameters|optimizer] " +
+  "--mean-response-tokens --micro-batch-tokens --mini-batches --epochs N] [--dtype] [--device cuda|cpu] [--offload none|all|parameters|optimizer] " +
   "[--recompute none|full] [--reference] [--no-old-logprobs] [--config plan.json] [--search [--top N]] [--json]";
 
 function integer(value: string | undefined, flag: string): number | undefined {
@@ -122,6 +123,7 @@ export function planConfigFromArgs(args: string[]): {
       gpu: v.gpu,
       gpus: integer(v.gpus, "gpus"),
       dtype: v.dtype as PlanConfig["dtype"],
+      device: v.device as PlanConfig["device"],
       offload,
       recompute: v.recompute as PlanConfig["recompute"],
       reference: v.reference,

@@ -288,8 +288,8 @@ export class Cluster {
 
   /**
    * The planner (src/plan) run by the controller for this cluster: `gpus` defaults to its ranks
-   * (the recipe's when a recipe is named), `gpu` to the type its workers report; paths are read on
-   * the controller's host. Errors name the config field.
+   * (the recipe's when a recipe is named), `gpu` to the type its workers report, `device` to "cpu"
+   * when no worker runs on CUDA; paths are read on the controller's host. Errors name the config field.
    */
   plan(config: PlanConfig, options: CallOptions = {}): Promise<Plan> {
     return this.call(

@@ -197,9 +197,11 @@ export const handlers: { [M in ClientMethod]: Handler<M> } = {
       ctx.access.path("config.recipe.model.path", recipe.model.path);
     }
     if (config.gpus === undefined && config.recipe === undefined) config.gpus = ctx.pool.options.worldSize;
+    const device = ctx.pool.summaries().find((w) => w.device.startsWith("cuda"));
+    // CPU workers run the CPU kernels: their activation model unless the config names one.
+    if (config.device === undefined && !device) config.device = "cpu";
     if (config.gpu === undefined) {
       // The type the workers report ("NVIDIA H200" is the H200-141GB entry).
-      const device = ctx.pool.summaries().find((w) => w.device.startsWith("cuda"));
       const reported = (await ctx.pool.call(device?.rank ?? 0, "worker.info", {})) as WorkerInfo;
       const model = reported.deviceName?.replace(/^NVIDIA\s+/, "").split(/\s+/)[0];
       const known = model ? Object.keys(gpuTypes).find((name) => name.split("-")[0] === model) : undefined;

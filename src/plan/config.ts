@@ -4,7 +4,7 @@ import { recipe as recipeByName, recipes } from "../../recipes/index.js";
 import { type ExperimentConfig, resolveConfig } from "../rl/config.js";
 import { type GpuType, gpuTypes, resolveGpu } from "./gpus.js";
 import type { RolloutLayoutInput, TrainLayoutInput } from "./layout.js";
-import type { Dtype, Recompute } from "./memory.js";
+import type { DeviceKind, Dtype, Recompute } from "./memory.js";
 
 /** The RL batch of one step; every size says what it counts. */
 export interface PlanBatch {
@@ -73,6 +73,13 @@ export interface PlanConfig {
   batch?: Partial<PlanBatch>;
   /** Parameter (and activation) dtype. Default bfloat16. */
   dtype?: Dtype;
+  /**
+   * Whose kernels the activation and logprob estimates follow: "cuda" (default: flash attention,
+   * fused norms, rope and SwiGLU, one chunk of logits) or "cpu" (the CPU engine, as CPU workers and
+   * the multi-rank tests run it: composite norms, the whole micro-batch's logits kept for backward;
+   * src/plan/cpu-activations.ts). Memory capacity and times still come from `gpu`.
+   */
+  device?: DeviceKind;
   /** What lives in host memory while the rollout runs (back on the GPU for the update). Default none. */
   offload?: OffloadInput;
   /** Activation recomputation of the training passes. Default none. */
@@ -98,6 +105,7 @@ export interface ResolvedPlanConfig {
   rollout: RolloutLayoutInput;
   batch: PlanBatch;
   dtype: Dtype;
+  device: DeviceKind;
   offload: { parameters: boolean; optimizer: boolean };
   recompute: Recompute;
   reference: boolean;
@@ -129,6 +137,7 @@ const topKeys = [
   "rollout",
   "batch",
   "dtype",
+  "device",
   "offload",
   "recompute",
   "reference",
@@ -362,6 +371,7 @@ export function resolvePlanConfig(input: PlanConfig): ResolvedPlanConfig {
     rollout,
     batch,
     dtype: oneOf(input.dtype, "dtype", ["bfloat16", "float16", "float32"] as const, "bfloat16"),
+    device: oneOf(input.device, "device", ["cuda", "cpu"] as const, "cuda"),
     offload,
     recompute: oneOf(input.recompute, "recompute", ["none", "full"] as const, "none"),
     reference: flag(input.reference, "reference", r?.reference ?? false),

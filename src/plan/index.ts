@@ -24,6 +24,7 @@ export {
   type TrainLayoutInput,
 } from "./layout.js";
 export {
+  type DeviceKind,
   type Dtype,
   kvBytesPerToken,
   localElements,

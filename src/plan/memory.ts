@@ -5,6 +5,7 @@
 // this rank's 1/d shard of fp32 masters, exp_avg and exp_avg_sq, and an fp32 mask of the elements
 // counted in the global norm. Activations, the logprob chunk and the KV cache are estimates from
 // the layer shapes (formulas beside each).
+import { cpuLayerBytesPerToken } from "./cpu-activations.js";
 import type { RolloutLayout, TrainLayout } from "./layout.js";
 import { type ModelSpec, numel, type PlanTensor, type TensorKind } from "./model.js";
 
@@ -187,6 +188,9 @@ export function kvBytesPerToken(spec: ModelSpec, rolloutTensor: number, dtype: D
 
 export type Recompute = "none" | "full";
 
+/** Whose kernels the activation model follows: the CUDA engine's (this file) or the CPU engine's (cpu-activations.ts). */
+export type DeviceKind = "cuda" | "cpu";
+
 /**
  * Estimated activation bytes one rank saves per token of a micro-batch for the backward, per decoder
  * layer: the tensors the engine's autograd keeps (Megatron's accounting, arXiv 2205.05198, with
@@ -195,7 +199,8 @@ export type Recompute = "none" | "full";
  * output (flash attention), Qwen3's q/k-norm inputs, and for each SwiGLU the gate and up projections
  * and their product (the fused silu·mul kernel of kernels/fused.cu keeps no SiLU output). In the activation dtype, tokens already cut by context
  * parallelism. Sequence parallelism cuts the hidden-sized tensors by the tensor ranks; a full
- * recompute keeps only each layer's input.
+ * recompute keeps only each layer's input. `device: "cpu"`: the CPU engine's kernels instead
+ * (cpu-activations.ts).
  */
 export function activationBytesPerToken(
   spec: ModelSpec,
@@ -203,11 +208,13 @@ export function activationBytesPerToken(
   layer: number,
   dtype: Dtype,
   recompute: Recompute,
+  device: DeviceKind = "cuda",
 ): number {
   const b = dtypeBytes(dtype);
   const t = layout.tensor;
   const hs = layout.sequenceParallel ? spec.hidden / t : spec.hidden;
   if (recompute === "full") return hs * b;
+  if (device === "cpu") return cpuLayerBytesPerToken(spec, layout, layer, dtype);
   const a = spec.attention;
   let attention: number;
   if (a.kind === "gqa") {
@@ -244,6 +251,7 @@ export function layerWorkingBytesPerToken(
   layout: TrainLayout,
   layer: number,
   dtype: Dtype,
+  device: DeviceKind = "cuda",
 ): number {
-  return activationBytesPerToken(spec, layout, layer, dtype, "none");
+  return activationBytesPerToken(spec, layout, layer, dtype, "none", device);
 }

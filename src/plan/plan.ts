@@ -9,6 +9,7 @@ import {
   type ResolvedPlanConfig,
   resolvePlanConfig,
 } from "./config.js";
+import { cpuLogprobBytes, cpuStageBytes, cpuWorkingBytes } from "./cpu-activations.js";
 import { attentionForwardFlops, forwardFlopsPerToken } from "./flops.js";
 import type { GpuType } from "./gpus.js";
 import {
@@ -160,6 +161,8 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
   const microBatches = Math.max(1, Math.ceil((replicaSequences * seqMean) / batch.tokensPerMicroBatch));
   const microTokens = Math.min(batch.tokensPerMicroBatch, replicaSequences * seqMax);
   const rankTokens = microTokens / train.context;
+  // Rows whose next token is predicted (all but each sequence's last), per context rank.
+  const rankRows = (microTokens - Math.min(perMicro, replicaSequences)) / train.context;
   // For traffic and time: a micro-batch's tokens at the mean lengths.
   const trafficTokens = (replicaSequences * seqMean) / microBatches / train.context;
 
@@ -195,27 +198,40 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
 
   const lastStage = train.stages.length - 1;
   const chunk = c.logprobChunkTokens;
+  const cpu = c.device === "cpu";
   // The fused logprob kernel keeps one chunk of logits in the activation dtype (its backward
   // recomputes the softmax from them): 1.8 B per bf16 logit measured on an H200 (bench/memory.ts).
-  const logprobChunk = chunk * (spec.vocab / train.tensor) * b;
+  // The CPU's pass keeps the micro-batch's logits whole (cpu-activations.ts).
+  const logprobChunk = cpu
+    ? cpuLogprobBytes(spec, train, c.dtype, rankRows, chunk)
+    : chunk * (spec.vocab / train.tensor) * b;
+  // A forward without backward (old and reference logprobs) holds one chunk's logits on either.
+  const forwardLogprobChunk = Math.min(chunk, rankRows) * (spec.vocab / train.tensor) * b;
   const stages: StagePlan[] = train.stages.map((layers, s) => {
     const m = statics[s] as StaticMemory;
-    let perMicroBatch = 0;
+    let perMicroBatch = cpu ? cpuStageBytes(spec, train, s, c.dtype, rankTokens, rankRows) : 0;
     let working = 0;
     for (let l = layers[0]; l < layers[1]; l++) {
-      perMicroBatch += activationBytesPerToken(spec, train, l, c.dtype, c.recompute) * rankTokens;
-      working = Math.max(working, layerWorkingBytesPerToken(spec, train, l, c.dtype) * rankTokens);
+      perMicroBatch += activationBytesPerToken(spec, train, l, c.dtype, c.recompute, c.device) * rankTokens;
+      working = Math.max(working, layerWorkingBytesPerToken(spec, train, l, c.dtype, c.device) * rankTokens);
     }
     const inFlight = train.pipeline > 1 ? Math.min(train.pipeline - s, microBatchesMemory) : 1;
+    const hasHead = s === lastStage;
+    // CPU: one layer's temporaries beside every saved activation, where larger than the logprob pass.
+    const transient = cpu
+      ? Math.max(
+          0,
+          cpuWorkingBytes(spec, train, s, c.dtype, rankTokens, rankRows) - (hasHead ? logprobChunk : 0),
+        )
+      : 0;
     const activations = {
       perMicroBatch,
       inFlight,
-      total: perMicroBatch * inFlight + (c.recompute === "full" ? working : 0),
+      total: perMicroBatch * inFlight + (c.recompute === "full" ? working : 0) + transient,
     };
     const params = paramBytes(m);
     const optimizer = optimizerBytes(m.optimizer);
     const reference = c.reference ? params : 0;
-    const hasHead = s === lastStage;
     const phases: Record<Phase, MemoryBreakdown> = {
       rollout: {
         parameters: offloadParameters ? 0 : params,
@@ -232,7 +248,7 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
         buffers: m.buffers,
         optimizer: c.offload.optimizer ? 0 : optimizer,
         activations: working,
-        logprobChunk: hasHead ? logprobChunk : 0,
+        logprobChunk: hasHead ? (cpu ? forwardLogprobChunk : logprobChunk) : 0,
       },
       update: {
         parameters: params,
@@ -316,6 +332,11 @@ export function planFor(spec: ModelSpec, c: ResolvedPlanConfig): Plan {
   const passes = (c.oldLogprobs ? 1 : 0) + (c.reference ? 1 : 0);
   const engine = engineSupport(spec, train);
   if (c.dtype === "float32") notes.push("times assume the GPU type's bf16 matmul peak; float32 runs slower");
+  if (cpu) {
+    notes.push(
+      `device cpu: activations and the logprob pass follow the CPU engine's kernels${c.dtype === "float32" ? "" : " (measured in float32 only)"}; memory capacity and times are the ${gpu.name}'s`,
+    );
+  }
   if (engine.length > 0) notes.push(`the engine does not run this training layout yet: ${engine.join("; ")}`);
   if (spec.moe && train.tensor > 1 && !train.sequenceParallel) {
     notes.push(

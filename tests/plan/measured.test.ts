@@ -1,10 +1,12 @@
-// The planner's static memory against what the engine holds, on CPU worker processes over gloo, for
-// the layouts the multi-rank tests run: per rank, the bytes of its parameter slices by kind and of
-// its gradients must equal the plan's exactly, and so must the ZeRO-1 buffers — measured from the
+// The planner against what the engine holds, on CPU worker processes over gloo, for the layouts the
+// multi-rank tests run. Static memory must be exact: per rank, the bytes of its parameter slices by
+// kind and of its gradients equal the plan's, and so do the ZeRO-1 buffers — measured from the
 // mesh's byte counters over one optimizer step (the reduce-scatter of each group's padded fp32
 // gradient buffer and the all-gather of its parameters), which give the padded group sizes and so
-// each rank's shard of masters and moments. Activation peaks are not compared here: the CPU build
-// reports no allocator peak (left for the GPU issue).
+// each rank's shard of masters and moments. Activations must be within ±10%: each rank's measured
+// peak of a 4 × 96-token micro-batch (the CPU allocator's, as the worker reports
+// perf/memory/activations_peak_bytes) against its stage's planned update activations plus the
+// logprob pass, planned with `device: "cpu"` (the CPU kernels' model, src/plan/cpu-activations.ts).
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -22,6 +24,10 @@ interface Case {
   world: number;
   model: { dense: TinyDenseShape } | { moe: { experts: number; topK: number } };
 }
+
+/** The micro-batch whose activation peak every rank measures: large enough that activations dominate the allocator's small change. */
+const measuredBatch = { sequences: 4, length: 96 };
+const tolerance = 0.1;
 
 const cases: Case[] = [
   {
@@ -60,9 +66,12 @@ const cases: Case[] = [
 ];
 
 function planOf(dir: string, c: Case): Plan {
+  const replicas = c.world / ((c.layout.tensor ?? 1) * (c.layout.pipeline ?? 1));
+  const { sequences, length } = measuredBatch;
   return plan({
     model: dir,
     gpu: "H100-80GB",
+    device: "cpu",
     gpus: c.world,
     train: {
       tensor: c.layout.tensor ?? 1,
@@ -72,12 +81,19 @@ function planOf(dir: string, c: Case): Plan {
     },
     rollout: { tensor: c.layout.tensor ?? 1 },
     dtype: "float32",
-    batch: { promptsPerStep: c.world, samplesPerPrompt: 1, promptTokens: 5, responseTokens: 7 },
+    // Each data-parallel replica's micro-batch is the measured one.
+    batch: {
+      promptsPerStep: sequences * replicas,
+      samplesPerPrompt: 1,
+      promptTokens: length / 2,
+      responseTokens: length / 2,
+      tokensPerMicroBatch: sequences * length,
+    },
   });
 }
 
 for (const c of cases) {
-  test(`planned static memory per rank equals the engine's at ${c.label}: parameters by kind, gradients, ZeRO-1 buffers`, {
+  test(`planned memory per rank against the engine's at ${c.label}: parameters by kind, gradients, ZeRO-1 buffers exact, activations ±10%`, {
     timeout: 180_000,
   }, async () => {
     const dir = tempDir("plan-measured");
@@ -89,6 +105,8 @@ for (const c of cases) {
           : await writeTinyModel(modelDir, { seed: 4, moe: c.model.moe, hiddenSize: 32 });
       const vocab = config.vocab_size as number;
       const port = await freePort();
+      const moe =
+        "moe" in c.model ? { ...c.model.moe, layers: config.num_hidden_layers as number } : undefined;
       const configs: PlanRankConfig[] = Array.from({ length: c.world }, (_, rank) => ({
         port,
         rank,
@@ -96,6 +114,8 @@ for (const c of cases) {
         layout: c.layout,
         modelDir,
         vocab,
+        activations: measuredBatch,
+        ...(moe ? { moe } : {}),
       }));
       const ranks = (await runRanks(
         configs,
@@ -116,6 +136,13 @@ for (const c of cases) {
         const zero = (group: "data" | "expertData", collective: string) =>
           stage.traffic.find((e) => e.group === group && e.collective === collective)?.payloadBytes;
         const at = `${c.label}, rank ${r.rank}`;
+        const update = stage.phases.update;
+        const plannedActivations = (update.activations ?? 0) + (update.logprobChunk ?? 0);
+        const ratio = r.activationsPeak / plannedActivations;
+        assert.ok(
+          Math.abs(ratio - 1) <= tolerance,
+          `${at}: activation peak ${r.activationsPeak} B measured, ${plannedActivations} B planned (stage ${r.stage}: activations ${update.activations} + logprob pass ${update.logprobChunk}); ratio ${ratio.toFixed(3)}, allowed 1 ± ${tolerance}`,
+        );
         assert.deepEqual(r.parameters, planned.parameters, `${at}: parameter bytes by kind`);
         assert.equal(r.gradients, planned.gradients, `${at}: gradient bytes`);
         // Dense ZeRO groups over data × context: the padded buffers and this rank's shard.
@@ -165,10 +192,15 @@ for (const c of cases) {
       for (const [s, stage] of p.stages.entries()) {
         const planned = stage.static;
         const o = planned.optimizer;
+        const update = stage.phases.update;
+        const plannedActivations = (update.activations ?? 0) + (update.logprobChunk ?? 0);
+        const measured = ranks.filter((r) => r.stage === s).map((r) => r.activationsPeak);
         console.log(
           `${c.label}, stage ${s}: per rank parameters ${JSON.stringify(planned.parameters)} B, gradients ${planned.gradients} B, ` +
             `optimizer shard ${o.shardElements.dense} dense + ${o.shardElements.expert} expert elements ` +
-            `(${o.masters + o.moments + o.normMask} B) — planned = measured on all ${c.world} ranks`,
+            `(${o.masters + o.moments + o.normMask} B) — planned = measured on all ${c.world} ranks; ` +
+            `activation peak planned ${plannedActivations} B, measured ${measured.join(", ")} B ` +
+            `(${measured.map((m) => (m / plannedActivations).toFixed(3)).join(", ")}×)`,
         );
       }
     } finally {

@@ -12,6 +12,7 @@ import {
   forwardFlopsPerToken,
   kvBytesPerToken,
   modelSpec,
+  type Plan,
   type PlanConfig,
   PlanSearchError,
   parameterCounts,
@@ -224,6 +225,7 @@ test("bad input names the field, the value and what is allowed", () => {
   );
   assert.throws(() => plan({ ...base, batch: { samplesPerPrompt: 8 } }), /batch\.promptsPerStep: missing/);
   assert.throws(() => plan({ ...base, offload: "some" as never }), /offload: "some"; allowed: "none", "all"/);
+  assert.throws(() => plan({ ...base, device: "tpu" as never }), /device: "tpu"; allowed: "cuda", "cpu"/);
   assert.throws(
     () => plan({ ...base, recompute: "half" as never }),
     /recompute: "half"; allowed: "none", "full"/,
@@ -249,6 +251,58 @@ test("bad input names the field, the value and what is allowed", () => {
   // A custom entry starting from a known type.
   const slowNet = plan({ ...base, gpu: { name: "H20-96GB", networkBytesPerSecond: 12.5e9 } });
   assert.equal(slowNet.cluster.gpu.networkBytesPerSecond, 12.5e9);
+});
+
+test("device: the CUDA kernels' model by default (the same plan as device cuda), the CPU kernels' on request", () => {
+  // Qwen3-30B-A3B at EP16 (one tensor rank): micro-batches of 4 sequences of 512 + 512 tokens.
+  const base: PlanConfig = {
+    model: qwen30,
+    gpu: "H20-96GB",
+    gpus: 16,
+    train: { expert: 16 },
+    batch: {
+      promptsPerStep: 64,
+      samplesPerPrompt: 1,
+      promptTokens: 512,
+      responseTokens: 512,
+      tokensPerMicroBatch: 4096,
+    },
+  };
+  const byDefault = plan(base);
+  const cuda = plan({ ...base, device: "cuda" });
+  assert.deepEqual(cuda, byDefault);
+  assert.equal(byDefault.config.device, "cuda");
+  const update = (p: Plan) => p.stages[0]?.phases.update as Record<string, number>;
+  // CUDA: one chunk of 1,024 rows of bf16 logits.
+  assert.equal(update(byDefault).logprobChunk, 1024 * 151_936 * 2);
+  const cpu = plan({ ...base, device: "cpu" });
+  assert.ok(
+    cpu.notes.some((n) =>
+      n.startsWith(
+        "device cpu: activations and the logprob pass follow the CPU engine's kernels (measured in float32 only)",
+      ),
+    ),
+  );
+  // CPU: every predicted row's logits kept for the backward (4,092 rows, 1.2 GB: under the 2 GiB
+  // limit), the row statistics and targets, the gradient of the lm-head's input rows, and, with
+  // four chunks, a chunk's fp32 lm-head product beside the fp32 sum it is added to.
+  const kept = 4092 * 151_936 * 2;
+  const lmHead = 2 * 151_936 * 2048 * 4;
+  assert.equal(update(cpu).logprobChunk, kept + lmHead + 4092 * 16 + 4092 * 2048 * 2);
+  // Composite norms, the log-sum-exp, no fused SwiGLU: more per token than the CUDA model.
+  const perLayer = (p: Plan) => (p.stages[0]?.activations.perMicroBatch ?? 0) / 48;
+  assert.ok(perLayer(cpu) > 1.1 * perLayer(byDefault), `${perLayer(cpu)} vs ${perLayer(byDefault)}`);
+  // Four times the rows: 5 GB of logits would pass the limit, so each chunk's are recomputed in
+  // the backward beside their gradient.
+  const long = plan({
+    ...base,
+    device: "cpu",
+    batch: { ...base.batch, promptsPerStep: 256, tokensPerMicroBatch: 16_384 },
+  });
+  assert.equal(update(long).logprobChunk, 2 * 1024 * 151_936 * 2 + lmHead + 16_368 * 16 + 16_368 * 2048 * 2);
+  // Static memory and times do not depend on the kernels.
+  assert.deepEqual(cpu.stages[0]?.static, byDefault.stages[0]?.static);
+  assert.deepEqual(cpu.time, byDefault.time);
 });
 
 test("perf/mfu/actor uses the planner's FLOP model: active parameters for MoE, attention by sequence length", () => {
@@ -347,6 +401,22 @@ test("tiller plan and tiller plan --search from the command line; a bad flag is 
   assert.match(ranked.stdout, /3\. +\d+ s\/step/);
   const json = cli("--model", qwen30, "--gpu", "H20-96GB", "--gpus", "16", "--json", ...batch);
   assert.equal(JSON.parse(json.stdout).model.architecture, "Qwen3MoeForCausalLM");
+  const onCpu = cli(
+    "--model",
+    qwen30,
+    "--gpu",
+    "H20-96GB",
+    "--gpus",
+    "16",
+    "--device",
+    "cpu",
+    "--json",
+    ...batch,
+  );
+  assert.equal(JSON.parse(onCpu.stdout).config.device, "cpu");
+  const badDevice = cli("--model", qwen30, "--gpu", "H20-96GB", "--gpus", "16", "--device", "tpu", ...batch);
+  assert.equal(badDevice.status, 1);
+  assert.match(badDevice.stderr, /device: "tpu"; allowed: "cuda", "cpu"/);
   const bad = cli("--model", qwen30, "--gpu", "H20-96GB", "--gpus", "16", "--tp", "two", ...batch);
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /--tp: "two" must be an integer ≥ 1/);

@@ -45,7 +45,8 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
   const cluster = await connect(address, { timeoutMs: 60_000 });
   try {
     await cluster.waitForWorkers(2, 60_000);
-    // The planner through the controller: this cluster's two ranks; CPU workers name no GPU type.
+    // The planner through the controller: this cluster's two ranks, the CPU kernels' activation
+    // model (CPU workers); they name no GPU type.
     const planned = {
       model,
       gpu: "H100-80GB",
@@ -53,7 +54,10 @@ test("GRPO at PP2 on 2 workers gives one rank's rollouts and metrics rows for 3 
       dtype: "float32" as const,
       batch: { promptsPerStep: 8, samplesPerPrompt: 4, promptTokens: 8, responseTokens: 3 },
     };
-    assert.deepEqual(await cluster.plan(planned), JSON.parse(JSON.stringify(plan({ ...planned, gpus: 2 }))));
+    assert.deepEqual(
+      await cluster.plan(planned),
+      JSON.parse(JSON.stringify(plan({ ...planned, gpus: 2, device: "cpu" }))),
+    );
     await assert.rejects(
       cluster.plan({ ...planned, gpu: undefined as never }),
       /config\.gpu: the workers report no GPU/,
