@@ -60,6 +60,15 @@ at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, con
         /*return_debug_mask=*/false, scale, window_left(window), window_right(window)));
     return out.size(-1) == v.size(-1) ? out : out.slice(-1, 0, v.size(-1));
   }
+  if (!q.is_cuda() && q.size(-1) != v.size(-1)) {
+    // MLA's values are narrower than its keys. The CPU flash kernel needs one head size for q, k
+    // and v, else SDPA takes its math path, which saves every score ([heads, length, length] per
+    // sequence); zero columns change neither the scores nor the kept part of the output.
+    const auto width = std::max(q.size(-1), v.size(-1));
+    return causal_varlen_attention(pad_last(q, width), pad_last(k, width), pad_last(v, width), cu_seqlens, scale,
+                                   window)
+        .slice(-1, 0, v.size(-1));
+  }
   const auto sequences = static_cast<int64_t>(cu_seqlens.size()) - 1;
   if (sequences <= 1) {
     return sequences == 1 ? attend_causal_suffix(q, k, v, scale, window) : at::empty({0, q.size(1), v.size(-1)}, q.options());
@@ -114,7 +123,11 @@ at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, con
       };
       const auto attended = at::scaled_dot_product_attention(batch(q), batch(k), batch(v), {}, 0.0, /*is_causal=*/true,
                                                              scale, /*enable_gqa=*/q.size(1) != k.size(1));
+      // The CPU kernel's output is [count, max_len, heads, Dv] in memory: this is a view of it.
       const auto flat = attended.transpose(1, 2).reshape({count * max_len, q.size(1), v.size(-1)});
+      // One bucket of the whole batch: the view is the result. The attention saves its output for
+      // backward and the o_proj its input, so a copy here would be kept twice.
+      if (consecutive && count * max_len == q.size(0)) return flat;
       out = consecutive ? out.slice_scatter(flat, 0, first, first + count * max_len) : out.index_copy(0, index, flat);
       start = end;
       continue;
@@ -137,18 +150,26 @@ at::Tensor causal_varlen_attention(const at::Tensor& q, const at::Tensor& k, con
     const auto batch = [&](const at::Tensor& x) {  // [rows, heads, D] -> [count, heads, max_len, D]
       return x.index_select(0, index).view({count, max_len, x.size(1), x.size(2)}).transpose(1, 2);
     };
-    // Causal within each sequence, no padded key; a padded query sees key 0 (so no row is all
-    // -inf: no NaN to reach the kept rows' gradients) and is dropped below.
-    const auto opts = at::TensorOptions().dtype(at::kLong).device(device);
-    const auto query_pos = at::arange(max_len, opts).view({1, max_len, 1});
-    const auto key_pos = at::arange(max_len, opts).view({1, 1, max_len});
-    const auto key_valid = keep.view({count, 1, max_len});
-    auto visible = (key_pos <= query_pos).logical_and(key_valid);
-    if (window > 0) visible = visible.logical_and(key_pos > query_pos - window);
-    visible = visible.logical_or(key_pos.eq(0).logical_and(keep.view({count, max_len, 1}).logical_not()));
-    const auto attended = at::scaled_dot_product_attention(batch(q), batch(k), batch(v), visible.unsqueeze(1), 0.0,
-                                                           /*is_causal=*/false, scale,
-                                                           /*enable_gqa=*/q.size(1) != k.size(1));
+    at::Tensor attended;
+    if (!q.is_cuda() && (window <= 0 || window >= max_len)) {
+      // Each sequence's padding follows its tokens, so plain causal attention already hides every
+      // padded key from the kept queries (and every query sees key 0). No mask: the CPU kernel
+      // would save it for backward as fp32 [count, 1, max_len, max_len], 4 B per score.
+      attended = at::scaled_dot_product_attention(batch(q), batch(k), batch(v), {}, 0.0, /*is_causal=*/true, scale,
+                                                  /*enable_gqa=*/q.size(1) != k.size(1));
+    } else {
+      // Causal within each sequence, no padded key; a padded query sees key 0 (so no row is all
+      // -inf: no NaN to reach the kept rows' gradients) and is dropped below.
+      const auto opts = at::TensorOptions().dtype(at::kLong).device(device);
+      const auto query_pos = at::arange(max_len, opts).view({1, max_len, 1});
+      const auto key_pos = at::arange(max_len, opts).view({1, 1, max_len});
+      const auto key_valid = keep.view({count, 1, max_len});
+      auto visible = (key_pos <= query_pos).logical_and(key_valid);
+      if (window > 0) visible = visible.logical_and(key_pos > query_pos - window);
+      visible = visible.logical_or(key_pos.eq(0).logical_and(keep.view({count, max_len, 1}).logical_not()));
+      attended = at::scaled_dot_product_attention(batch(q), batch(k), batch(v), visible.unsqueeze(1), 0.0,
+                                                  /*is_causal=*/false, scale, /*enable_gqa=*/q.size(1) != k.size(1));
+    }
     // [count, heads, max_len, Dv] -> the kept rows, back to their packed places.
     const auto flat = attended.transpose(1, 2).reshape({count * max_len, q.size(1), v.size(-1)});
     const auto kept = flat.index_select(0, keep.nonzero().squeeze(1));

@@ -13,6 +13,14 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// libtorch hands a backward zeros for an output no loss used (materialized gradients): the
+// entropy's then costs a pass over every chunk's logits and, in the vocabulary-parallel backward,
+// two more chunk-sized fp32 tensors. On the CPU the gradient stays undefined and that work is
+// skipped (the backwards below check for it).
+void skip_unused_output_grads(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden) {
+  if (hidden.device().is_cpu()) ctx->set_materialize_grads(false);
+}
+
 // The chunk's logits, as the output projection gives them (the model's dtype).
 at::Tensor chunk_logits(const at::Tensor& h, const at::Tensor& w) { return at::matmul(h, w.t()); }
 
@@ -94,6 +102,7 @@ struct ChunkedLogprobFunction : public torch::autograd::Function<ChunkedLogprobF
     const auto &logprob = s.logprob, &entropy = s.entropy, &lse = s.lse;
     // Elsewhere the logits are recomputed chunk by chunk in backward: [tokens, vocab] never exists at once.
     ctx->save_for_backward({hidden, lm_head, targets, lse, entropy, kept});
+    skip_unused_output_grads(ctx, hidden);
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["chunk"] = chunk;
     ctx->mark_non_differentiable({lse});
@@ -173,6 +182,7 @@ struct VocabParallelLogprobFunction : public torch::autograd::Function<VocabPara
     });
     const auto &logprob = s.logprob, &entropy = s.entropy, &lse = s.lse;
     ctx->save_for_backward({hidden, lm_head, local.index, local.inside, lse, entropy});
+    skip_unused_output_grads(ctx, hidden);
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["chunk"] = chunk;
     ctx->mark_non_differentiable({lse});
