@@ -89,9 +89,37 @@ std::vector<at::Tensor> gradients(const std::function<std::vector<at::Tensor>(co
   return out;
 }
 
-// kernelCheckFused(device, dtype, tokens, seed) -> {available, rope: {mismatches, elements, gradDiff, gradScale},
-//   siluMul, siluMulHalves: {mismatches, elements, gradDiff, gradScale}}: the fused kernels (layers/rope apply_rope_pair,
-//   layers/mlp silu_mul) against the ATen expressions they replace; forwards must match bit for bit.
+using TensorFn = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>;
+
+// One fused kernel against its ATen expression at `inputs`: {mismatches (elements of the outputs
+// whose bits differ), elements, gradDiff (max |input gradient difference|), gradScale (max
+// |reference input gradient|)} for the output gradients `grads`.
+Napi::Object compare_fused(Napi::Env env, const TensorFn& fused, const TensorFn& reference,
+                           const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& grads) {
+  const auto outs = fused(inputs), ref_outs = reference(inputs);
+  int64_t differ = 0, elements = 0;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    differ += mismatches(outs[i], ref_outs[i]);
+    elements += outs[i].numel();
+  }
+  const auto fused_grads = gradients(fused, inputs, grads), ref_grads = gradients(reference, inputs, grads);
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < fused_grads.size(); ++i) {
+    diff = std::max(diff, max_abs_diff(fused_grads[i], ref_grads[i]));
+    scale = std::max(scale, ref_grads[i].to(at::kDouble).abs().max().item<double>());
+  }
+  auto o = Napi::Object::New(env);
+  o["mismatches"] = static_cast<double>(differ);
+  o["elements"] = static_cast<double>(elements);
+  o["gradDiff"] = diff;
+  o["gradScale"] = scale;
+  return o;
+}
+
+// kernelCheckFused(device, dtype, tokens, seed) -> {available, rope, siluMul, siluMulHalves: each
+//   {mismatches, elements, gradDiff, gradScale}}: the fused kernels (layers/rope apply_rope_pair,
+//   layers/mlp silu_mul and silu_mul_halves) against the ATen expressions they replace; the
+//   forwards must match bit for bit.
 Napi::Value KernelCheckFused(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -111,59 +139,36 @@ Napi::Value KernelCheckFused(const Napi::CallbackInfo& info) {
     auto table = layers::rope_table_from(layers::rope_frequencies(rope_config, 0), positions);
     table.cos = table.cos.to(dtype);
     table.sin = table.sin.to(dtype);
-    const auto [q_fused, k_fused] = layers::apply_rope_pair(q, k, table);
-    const auto q_ref = layers::apply_rope(q, table), k_ref = layers::apply_rope(k, table);
-    const auto gq = make({tokens, heads, dim}, 1), gk = make({tokens, kv_heads, dim}, 1);
-    const auto rope_fused_grads = gradients([&](const std::vector<at::Tensor>& x) {
+    const TensorFn rope_fused = [&](const std::vector<at::Tensor>& x) {
       const auto [a, b] = layers::apply_rope_pair(x[0], x[1], table);
       return std::vector<at::Tensor>{a, b};
-    }, {q, k}, {gq, gk});
-    const auto rope_ref_grads = gradients([&](const std::vector<at::Tensor>& x) {
-      return std::vector<at::Tensor>{layers::apply_rope(x[0], table), layers::apply_rope(x[1], table)};
-    }, {q, k}, {gq, gk});
-    auto rope = Napi::Object::New(env);
-    rope["mismatches"] = static_cast<double>(mismatches(q_fused, q_ref) + mismatches(k_fused, k_ref));
-    rope["elements"] = static_cast<double>(q.numel() + k.numel());
-    rope["gradDiff"] = std::max(max_abs_diff(rope_fused_grads[0], rope_ref_grads[0]),
-                                max_abs_diff(rope_fused_grads[1], rope_ref_grads[1]));
-    rope["gradScale"] = rope_ref_grads[0].to(at::kDouble).abs().max().item<double>();
-    // SwiGLU's product at a Qwen3-0.6B width.
-    const int64_t inter = 3072;
-    const auto gate = make({tokens, inter}, 3), up = make({tokens, inter}, 1), grad = make({tokens, inter}, 1);
-    const auto fused = layers::silu_mul(gate, up);
-    const auto ref = at::silu(gate) * up;
-    const auto fused_grads = gradients([](const std::vector<at::Tensor>& x) {
-      return std::vector<at::Tensor>{layers::silu_mul(x[0], x[1])};
-    }, {gate, up}, {grad});
-    const auto ref_grads = gradients([](const std::vector<at::Tensor>& x) {
-      return std::vector<at::Tensor>{at::silu(x[0]) * x[1]};
-    }, {gate, up}, {grad});
-    auto silu = Napi::Object::New(env);
-    silu["mismatches"] = static_cast<double>(mismatches(fused, ref));
-    silu["elements"] = static_cast<double>(fused.numel());
-    silu["gradDiff"] = std::max(max_abs_diff(fused_grads[0], ref_grads[0]), max_abs_diff(fused_grads[1], ref_grads[1]));
-    silu["gradScale"] = std::max(ref_grads[0].to(at::kDouble).abs().max().item<double>(),
-                                 ref_grads[1].to(at::kDouble).abs().max().item<double>());
-    // The MoE experts' form: gate and up as the two halves of one [tokens, 2 · inter] tensor.
-    const auto h = make({tokens, 2 * inter}, 3), grad_h = make({tokens, inter}, 1);
-    const auto halves_ref_fn = [inter](const std::vector<at::Tensor>& x) {
-      return std::vector<at::Tensor>{at::silu(x[0].slice(1, 0, inter)) * x[0].slice(1, inter)};
     };
-    const auto halves_fn = [](const std::vector<at::Tensor>& x) {
+    const TensorFn rope_ref = [&](const std::vector<at::Tensor>& x) {
+      return std::vector<at::Tensor>{layers::apply_rope(x[0], table), layers::apply_rope(x[1], table)};
+    };
+    // SwiGLU's product at a Qwen3-0.6B width, and the MoE experts' form: gate and up as the two
+    // halves of one [tokens, 2 · inter] tensor.
+    const int64_t inter = 3072;
+    const TensorFn silu_fused = [](const std::vector<at::Tensor>& x) {
+      return std::vector<at::Tensor>{layers::silu_mul(x[0], x[1])};
+    };
+    const TensorFn silu_ref = [](const std::vector<at::Tensor>& x) {
+      return std::vector<at::Tensor>{at::silu(x[0]) * x[1]};
+    };
+    const TensorFn halves_fused = [](const std::vector<at::Tensor>& x) {
       return std::vector<at::Tensor>{layers::silu_mul_halves(x[0])};
     };
-    const auto halves_grad = gradients(halves_fn, {h}, {grad_h})[0];
-    const auto halves_ref_grad = gradients(halves_ref_fn, {h}, {grad_h})[0];
-    auto halves = Napi::Object::New(env);
-    halves["mismatches"] = static_cast<double>(mismatches(halves_fn({h})[0], halves_ref_fn({h})[0]));
-    halves["elements"] = static_cast<double>(tokens * inter);
-    halves["gradDiff"] = max_abs_diff(halves_grad, halves_ref_grad);
-    halves["gradScale"] = halves_ref_grad.to(at::kDouble).abs().max().item<double>();
+    const TensorFn halves_ref = [inter](const std::vector<at::Tensor>& x) {
+      return std::vector<at::Tensor>{at::silu(x[0].slice(1, 0, inter)) * x[0].slice(1, inter)};
+    };
     auto out = Napi::Object::New(env);
-    out["siluMulHalves"] = halves;
     out["available"] = kernels::fused_available(q);
-    out["rope"] = rope;
-    out["siluMul"] = silu;
+    out["rope"] = compare_fused(env, rope_fused, rope_ref, {q, k},
+                                {make({tokens, heads, dim}, 1), make({tokens, kv_heads, dim}, 1)});
+    out["siluMul"] = compare_fused(env, silu_fused, silu_ref, {make({tokens, inter}, 3), make({tokens, inter}, 1)},
+                                   {make({tokens, inter}, 1)});
+    out["siluMulHalves"] = compare_fused(env, halves_fused, halves_ref, {make({tokens, 2 * inter}, 3)},
+                                         {make({tokens, inter}, 1)});
     return out;
   });
 }
