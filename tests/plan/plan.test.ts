@@ -368,19 +368,9 @@ test("tiller plan and tiller plan --search from the command line; a bad flag is 
     "--response-tokens",
     "4096",
   ];
-  const one = cli(
-    "--model",
-    qwen30,
-    "--gpu",
-    "H20-96GB",
-    "--gpus",
-    "16",
-    "--ep",
-    "8",
-    "--rollout-tp",
-    "4",
-    ...batch,
-  );
+  // Qwen3-30B-A3B on 16 H20, the model and cluster every call but the --search ones plans.
+  const h20 = ["--model", qwen30, "--gpu", "H20-96GB", "--gpus", "16"];
+  const one = cli(...h20, "--ep", "8", "--rollout-tp", "4", ...batch);
   assert.equal(one.status, 0, one.stderr);
   assert.match(one.stdout, /memory per rank, GiB/);
   assert.match(one.stdout, /step time \(estimate\)/);
@@ -399,25 +389,14 @@ test("tiller plan and tiller plan --search from the command line; a bad flag is 
   assert.equal(ranked.status, 0, ranked.stderr);
   assert.match(ranked.stdout, /1\. +\d+ s\/step/);
   assert.match(ranked.stdout, /3\. +\d+ s\/step/);
-  const json = cli("--model", qwen30, "--gpu", "H20-96GB", "--gpus", "16", "--json", ...batch);
+  const json = cli(...h20, "--json", ...batch);
   assert.equal(JSON.parse(json.stdout).model.architecture, "Qwen3MoeForCausalLM");
-  const onCpu = cli(
-    "--model",
-    qwen30,
-    "--gpu",
-    "H20-96GB",
-    "--gpus",
-    "16",
-    "--device",
-    "cpu",
-    "--json",
-    ...batch,
-  );
+  const onCpu = cli(...h20, "--device", "cpu", "--json", ...batch);
   assert.equal(JSON.parse(onCpu.stdout).config.device, "cpu");
-  const badDevice = cli("--model", qwen30, "--gpu", "H20-96GB", "--gpus", "16", "--device", "tpu", ...batch);
+  const badDevice = cli(...h20, "--device", "tpu", ...batch);
   assert.equal(badDevice.status, 1);
   assert.match(badDevice.stderr, /device: "tpu"; allowed: "cuda", "cpu"/);
-  const bad = cli("--model", qwen30, "--gpu", "H20-96GB", "--gpus", "16", "--tp", "two", ...batch);
+  const bad = cli(...h20, "--tp", "two", ...batch);
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /--tp: "two" must be an integer ≥ 1/);
   const none = cli("--model", deepseek, "--gpu", "H20-96GB", "--gpus", "8", "--search", ...batch);

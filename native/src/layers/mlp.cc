@@ -36,18 +36,18 @@ struct SiluMulHalves : torch::autograd::Function<SiluMulHalves> {
 
 }  // namespace
 
-at::Tensor silu_mul_halves(const at::Tensor& h) {
-  const auto width = h.size(-1) / 2;
-  if (kernels::fused_available(h) && h.dim() == 2) return SiluMulHalves::apply(h);
-  return at::silu(h.slice(-1, 0, width)) * h.slice(-1, width);
-}
-
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   return bias.defined() ? at::addmm(bias, x, weight.t()) : at::matmul(x, weight.t());
 }
 
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
   return kernels::fused_available(gate) ? SiluMul::apply(gate, up) : at::silu(gate) * up;
+}
+
+at::Tensor silu_mul_halves(const at::Tensor& h) {
+  if (kernels::fused_available(h) && h.dim() == 2) return SiluMulHalves::apply(h);
+  const auto width = h.size(-1) / 2;
+  return silu_mul(h.slice(-1, 0, width), h.slice(-1, width));
 }
 
 at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, const at::Tensor& down) {
