@@ -121,6 +121,14 @@ export async function controller(args: string[]): Promise<void> {
     ...(ms("max-message-bytes") ? { maxMessageBytes: ms("max-message-bytes") } : {}),
     ...(stateFile ? { stateFile } : {}),
   });
+  // Signals are handled before anything is printed: whoever reads the first line may stop the
+  // controller at once, and it must then stop its workers rather than die with them running.
+  const stop = (signal: string) => {
+    console.log(`tiller controller: ${signal}, stopping workers`);
+    void c.shutdown();
+  };
+  process.once("SIGINT", () => stop("SIGINT"));
+  process.once("SIGTERM", () => stop("SIGTERM"));
   const what =
     local.kind === "cpu"
       ? `${local.count} CPU worker(s)`
@@ -137,12 +145,6 @@ export async function controller(args: string[]): Promise<void> {
         `(reward modules from ${c.access.rewardRoots.join(", ")})`,
     );
   }
-  const stop = (signal: string) => {
-    console.log(`tiller controller: ${signal}, stopping workers`);
-    void c.shutdown();
-  };
-  process.once("SIGINT", () => stop("SIGINT"));
-  process.once("SIGTERM", () => stop("SIGTERM"));
   await c.stopped;
 }
 
