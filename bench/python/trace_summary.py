@@ -11,6 +11,7 @@ from collections import defaultdict
 
 
 def short(name: str) -> str:
+    name = name.replace("(anonymous namespace)::", "")
     name = re.sub(r"<.*", "", name)  # templates
     name = re.sub(r"\(.*", "", name)
     return name[:90]

@@ -2,7 +2,7 @@
 // reference beside it). The CPU build runs the reference on both sides, so this lives in tests/gpu.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { checkLogprobRows as check, checkFused } from "../helpers/kernel-check.js";
+import { checkLogprobRows as check, checkDecode, checkFused, checkSample } from "../helpers/kernel-check.js";
 
 for (const [dtype, vocab, temperature] of [
   ["float32", 1000, 1],
@@ -45,5 +45,44 @@ for (const [dtype, tokens] of [
     const unit = dtype === "float32" ? 1e-6 : dtype === "float16" ? 2e-3 : 1.6e-2;
     for (const part of [r.rope, r.siluMul, r.siluMulHalves])
       assert.ok(part.gradDiff <= unit * Math.max(part.gradScale, 1), JSON.stringify(part));
+  });
+}
+
+for (const [dtype, rows, heads, kvHeads, dim, maxLen, window] of [
+  ["bfloat16", 64, 16, 8, 128, 384, 0], // Qwen3-0.6B's heads, the generate bench's lengths
+  ["bfloat16", 5, 32, 4, 128, 2500, 0], // Qwen3-30B-A3B's groups of 8, several key splits
+  ["float16", 7, 14, 2, 64, 77, 0], // Qwen2.5-0.5B's heads (groups of 7)
+  ["bfloat16", 9, 8, 8, 128, 1100, 300], // no GQA, a sliding window
+] as const) {
+  test(`decode attention kernel within bf16 rounding of fp64 as flash is, KV write equals index_copy_: ${dtype}, ${rows} rows, ${heads}/${kvHeads} heads, D ${dim}, ${maxLen} keys, window ${window}`, () => {
+    const r = checkDecode("cuda:0", dtype, rows, heads, kvHeads, dim, maxLen, window, 11);
+    console.log(
+      `decode ${dtype} rows=${rows} H=${heads}/${kvHeads} D=${dim} L=${maxLen} w=${window}: ${JSON.stringify(r)}`,
+    );
+    assert.equal(r.available, true);
+    // Both round the output to the dtype once: within two of its units of the fp64 values.
+    const unit = (dtype === "float16" ? 2 ** -10 : 2 ** -7) * Math.max(r.scale, 1);
+    assert.ok(r.kernel <= 2 * unit, JSON.stringify(r));
+    assert.ok(r.kernel <= Math.max(2 * r.flash, unit), `kernel ${r.kernel} vs flash ${r.flash}`);
+    assert.equal(r.kvWritten, true);
+    assert.equal(r.kvWriteMismatches, 0);
+  });
+}
+
+for (const [vocab, temperature] of [
+  [151936, 1],
+  [32000, 0.7],
+  [7, 1.3],
+] as const) {
+  test(`sampling kernel draws the fp64 inverse CDF's tokens, never one of zero mass: vocab ${vocab}, temperature ${temperature}`, () => {
+    const rows = 256;
+    const r = checkSample("cuda:0", rows, vocab, temperature, 5);
+    console.log(`sample V=${vocab} T=${temperature}: ${JSON.stringify(r)}`);
+    assert.equal(r.available, true);
+    // fp32 exponentials against fp64 ones: a draw within ~1e-7 of a token boundary may land on
+    // its neighbour; across 256 rows that happens about never.
+    assert.ok(r.mismatches <= 1, JSON.stringify(r));
+    assert.equal(r.zeroMassPicks, 0);
+    assert.equal(r.lastPicks, rows / 8, "draws just under 1 take the last token with mass");
   });
 }

@@ -46,3 +46,40 @@ export const checkFused = (
     ): { available: boolean; rope: FusedPartCheck; siluMul: FusedPartCheck; siluMulHalves: FusedPartCheck };
   }
 ).kernelCheckFused;
+
+/** addon/kernels.cc kernelCheckDecode: the decode-attention kernel and flash against fp64, and the KV write. */
+export const checkDecode = (
+  addon() as unknown as {
+    kernelCheckDecode(
+      device: string,
+      dtype: string,
+      rows: number,
+      heads: number,
+      kvHeads: number,
+      headDim: number,
+      maxLen: number,
+      window: number,
+      seed: number,
+    ): {
+      available: boolean;
+      kernel: number;
+      flash: number;
+      scale: number;
+      kvWritten: boolean;
+      kvWriteMismatches: number;
+    };
+  }
+).kernelCheckDecode;
+
+/** addon/kernels.cc kernelCheckSample: the sampling kernel's tokens against the fp64 inverse CDF. */
+export const checkSample = (
+  addon() as unknown as {
+    kernelCheckSample(
+      device: string,
+      rows: number,
+      vocab: number,
+      temperature: number,
+      seed: number,
+    ): { available: boolean; mismatches: number; zeroMassPicks: number; lastPicks: number };
+  }
+).kernelCheckSample;

@@ -1,15 +1,20 @@
 // Checks of the engine's own kernels against their ATen references, on a device: random inputs,
 // both paths, the largest differences back (tests/gpu/kernels.test.ts).
 #include <algorithm>
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <vector>
 #include <tuple>
 
 #include "addon/common.h"
 #include "addon/registry.h"
 #include "addon/tensor.h"
+#include "kernels/decode.h"
 #include "kernels/fused.h"
+#include "kernels/sample.h"
 #include "kernels/logprob.h"
+#include "layers/attention.h"
 #include "layers/mlp.h"
 #include "layers/rope.h"
 
@@ -173,7 +178,117 @@ Napi::Value KernelCheckFused(const Napi::CallbackInfo& info) {
   });
 }
 
+// kernelCheckDecode(device, dtype, rows, heads, kvHeads, headDim, maxLen, window, seed) ->
+//   {available, kernel, flash: max |that - fp64 attention|, scale: max |fp64 attention|,
+//    kvWriteMismatches: elements of the cache that differ from index_copy_'s}: the decode kernel
+//   and flash attention's varlen forward (what slot_decode_attention ran before it) on one random
+//   slot cache, each row with a random number of used keys (the first row all of them).
+Napi::Value KernelCheckDecode(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
+    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
+    const auto rows = info[2].As<Napi::Number>().Int64Value();
+    const auto heads = info[3].As<Napi::Number>().Int64Value();
+    const auto kv_heads = info[4].As<Napi::Number>().Int64Value();
+    const auto dim = info[5].As<Napi::Number>().Int64Value();
+    const auto max_len = info[6].As<Napi::Number>().Int64Value();
+    const auto window = info[7].As<Napi::Number>().Int64Value();
+    at::manual_seed(info[8].As<Napi::Number>().Int64Value());
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    const auto q = at::randn({rows, heads, dim}, f32).to(device, dtype);
+    const layers::KvView cache{at::randn({rows, max_len, kv_heads, dim}, f32).to(device, dtype),
+                               at::randn({rows, max_len, kv_heads, dim}, f32).to(device, dtype)};
+    // Row b uses slot rows - 1 - b (slots out of order), its first `used` positions.
+    auto used = at::randint(1, max_len + 1, {rows}, at::TensorOptions().dtype(at::kInt));
+    used[0].fill_(max_len);
+    const auto slots = at::arange(rows - 1, -1, -1, at::TensorOptions().dtype(at::kInt));
+    layers::SlotCacheIndex index;
+    index.decode = true;
+    index.max_len = max_len;
+    index.cu_q = at::arange(rows + 1, at::TensorOptions().dtype(at::kInt)).to(device);
+    index.key_starts = at::cat({slots * static_cast<int>(max_len), at::zeros({1}, slots.options())}).to(device);
+    index.keys_used = used.to(device);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+    auto out = Napi::Object::New(env);
+    out["available"] = kernels::decode_attention_available(q, kv_heads);
+    const auto k_rows = cache.k.view({-1, kv_heads, dim}), v_rows = cache.v.view({-1, kv_heads, dim});
+    const auto ours = kernels::decode_attention(q, k_rows, v_rows, index.key_starts, index.keys_used, max_len, scale, window);
+    const auto flash = std::get<0>(at::_flash_attention_forward(
+        q, k_rows, v_rows, index.cu_q, index.key_starts, 1, max_len, 0.0, false, false, scale,
+        window > 0 ? std::optional<int64_t>(window - 1) : std::nullopt,
+        window > 0 ? std::optional<int64_t>(0) : std::nullopt, index.keys_used));
+    // fp64 reference, row by row.
+    std::vector<at::Tensor> exact;
+    const auto qd = q.to(at::kDouble).cpu(), kd = cache.k.to(at::kDouble).cpu(), vd = cache.v.to(at::kDouble).cpu();
+    for (int64_t b = 0; b < rows; ++b) {
+      const int64_t n = used[b].item<int>(), lo = window > 0 ? std::max<int64_t>(0, n - window) : 0;
+      const auto slot = slots[b].item<int>();
+      const auto keys = kd[slot].slice(0, lo, n).repeat_interleave(heads / kv_heads, 1);    // [n', heads, D]
+      const auto values = vd[slot].slice(0, lo, n).repeat_interleave(heads / kv_heads, 1);
+      const auto scores = at::einsum("hd,nhd->hn", {qd[b], keys}) * scale;
+      exact.push_back(at::einsum("hn,nhd->hd", {at::softmax(scores, -1), values}));
+    }
+    const auto reference = at::stack(exact).to(device);
+    out["kernel"] = max_abs_diff(ours, reference);
+    out["flash"] = max_abs_diff(flash, reference);
+    out["scale"] = reference.abs().max().item<double>();
+    // The KV write: new rows for every slot at position used - 1, against index_copy_.
+    const auto new_k = at::randn({rows, kv_heads, dim}, f32).to(device, dtype);
+    const auto new_v = at::randn({rows, kv_heads, dim}, f32).to(device, dtype);
+    const auto write_rows = (slots.to(at::kLong) * max_len + used.to(at::kLong) - 1).to(device);
+    const layers::KvView copy{cache.k.clone(), cache.v.clone()};
+    const bool wrote = kernels::write_kv_rows(new_k, new_v, cache.k, cache.v, write_rows);
+    copy.k.view({-1, kv_heads, dim}).index_copy_(0, write_rows, new_k);
+    copy.v.view({-1, kv_heads, dim}).index_copy_(0, write_rows, new_v);
+    out["kvWritten"] = wrote;
+    out["kvWriteMismatches"] = static_cast<double>(mismatches(cache.k, copy.k) + mismatches(cache.v, copy.v));
+    return out;
+  });
+}
+
+// kernelCheckSample(device, rows, vocab, temperature, seed) -> {available, mismatches, zeroMassPicks,
+//   lastPicks}: the sampling kernel's tokens against the fp64 inverse CDF (searchsorted over the
+//   cumulative softmax) for the same uniforms; rows of random logits (half of them with most of the
+//   vocabulary at -inf), uniforms spread over [0, 1) and some just under 1. zeroMassPicks: tokens
+//   drawn at -inf; lastPicks: rows whose draw near 1 gave their last token with mass.
+Napi::Value KernelCheckSample(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
+    const auto rows = info[1].As<Napi::Number>().Int64Value();
+    const auto vocab = info[2].As<Napi::Number>().Int64Value();
+    const auto temperature = info[3].As<Napi::Number>().DoubleValue();
+    at::manual_seed(info[4].As<Napi::Number>().Int64Value());
+    auto logits = at::randn({rows, vocab}, at::TensorOptions().dtype(at::kFloat)) * 3;
+    const auto masked = at::rand({rows, vocab}) < 0.9;
+    masked.slice(0, 0, rows / 2).fill_(false);
+    logits.masked_fill_(masked, -std::numeric_limits<float>::infinity());
+    logits.select(1, 0).fill_(0);  // every row keeps a token with mass
+    auto uniforms = at::rand({rows}, at::TensorOptions().dtype(at::kDouble));
+    uniforms.slice(0, 0, rows / 8).fill_(1.0 - 1e-12);
+    auto out = Napi::Object::New(env);
+    const auto on_device = logits.to(device);
+    out["available"] = kernels::sample_kernel_available(on_device);
+    const auto tokens = kernels::sample_rows_cuda(on_device, uniforms, temperature).cpu();
+    const auto cdf = at::softmax(logits.to(at::kDouble) / temperature, -1).cumsum(-1);
+    const auto target = (uniforms * cdf.select(1, vocab - 1)).unsqueeze(1);
+    const auto expected = at::searchsorted(cdf, target, false, true).squeeze(1).clamp_max(vocab - 1);
+    const auto picked = logits.gather(1, tokens.unsqueeze(1)).squeeze(1);
+    // The last token with mass of each row, for the draws just under 1.
+    const auto with_mass = at::arange(vocab, at::TensorOptions().dtype(at::kLong)).unsqueeze(0) *
+                           logits.isfinite().to(at::kLong);
+    const auto last = std::get<0>(with_mass.max(1));
+    out["mismatches"] = static_cast<double>(mismatches(tokens, expected));
+    out["zeroMassPicks"] = static_cast<double>(picked.isinf().sum().item<int64_t>());
+    out["lastPicks"] = static_cast<double>(tokens.slice(0, 0, rows / 8).eq(last.slice(0, 0, rows / 8)).sum().item<int64_t>());
+    return out;
+  });
+}
+
 void register_kernels(Napi::Env env, Napi::Object exports) {
+  exports["kernelCheckDecode"] = Napi::Function::New(env, KernelCheckDecode, "kernelCheckDecode");
+  exports["kernelCheckSample"] = Napi::Function::New(env, KernelCheckSample, "kernelCheckSample");
   exports["kernelCheckLogprobRows"] = Napi::Function::New(env, KernelCheckLogprobRows, "kernelCheckLogprobRows");
   exports["kernelCheckFused"] = Napi::Function::New(env, KernelCheckFused, "kernelCheckFused");
 }

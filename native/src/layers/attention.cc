@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "kernels/decode.h"
+
 namespace tiller::layers {
 namespace {
 
@@ -259,9 +261,9 @@ at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, con
 }
 
 void write_slot_cache(const at::Tensor& k, const at::Tensor& v, const KvView& cache, const at::Tensor& rows) {
-  const auto kv_heads = cache.k.size(2), head_dim = cache.k.size(3);
-  cache.k.view({-1, kv_heads, head_dim}).index_copy_(0, rows, k);
-  cache.v.view({-1, kv_heads, head_dim}).index_copy_(0, rows, v);
+  if (kernels::write_kv_rows(k, v, cache.k, cache.v, rows)) return;  // CUDA: one launch for both
+  cache.k.view({-1, cache.k.size(2), cache.k.size(3)}).index_copy_(0, rows, k);
+  cache.v.view({-1, cache.v.size(2), cache.v.size(3)}).index_copy_(0, rows, v);
 }
 
 at::Tensor slot_decode_attention(const at::Tensor& q, const KvView& cache, const SlotCacheIndex& index, double scale,
@@ -270,6 +272,11 @@ at::Tensor slot_decode_attention(const at::Tensor& q, const KvView& cache, const
   const auto kv_heads = cache.k.size(2), head_dim = cache.k.size(3);
   const auto k = cache.k.view({-1, kv_heads, head_dim});
   const auto v = cache.v.view({-1, kv_heads, head_dim});
+  // The engine's decode kernel where it applies (kernels/decode.h: every key read once per GQA
+  // group); flash attention otherwise.
+  if (kernels::decode_attention_available(q, kv_heads) && cache.v.size(3) == head_dim) {
+    return kernels::decode_attention(q, k, v, index.key_starts, index.keys_used, index.max_len, scale, window);
+  }
   // One query per row sees every used key of its slot (within the window), so no causal mask is
   // needed; flash aligns the query with the row's last used key.
   return std::get<0>(at::_flash_attention_forward(q, k, v, index.cu_q, index.key_starts, /*max_q=*/1, index.max_len,

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "kernels/logprob.h"
+#include "kernels/sample.h"
 
 namespace tiller::rollout {
 
@@ -29,9 +30,14 @@ Sampled sample(const at::Tensor& logits, const SamplingParams& params, const at:
     const auto tokens = logits.argmax(-1);
     return {tokens, kernels::logprob_rows(logits, tokens, 1.0).logprob};
   }
+  const auto vocab = logits.size(-1);
+  if ((params.top_k <= 0 || params.top_k >= vocab) && params.top_p >= 1.0 && kernels::sample_kernel_available(logits)) {
+    // CUDA: the same inverse CDF in one kernel (kernels/sample.h) instead of the passes below.
+    const auto tokens = kernels::sample_rows_cuda(logits, uniforms, params.temperature);
+    return {tokens, kernels::logprob_rows(logits, tokens, params.temperature).logprob};
+  }
   const auto log_probs = at::log_softmax(logits / params.temperature, -1);  // [rows, vocab]
   auto filtered = log_probs.clone();
-  const auto vocab = logits.size(-1);
   const double minus_inf = -std::numeric_limits<double>::infinity();
   if (params.top_k > 0 && params.top_k < vocab) {
     const auto kth = std::get<0>(log_probs.topk(params.top_k, -1)).select(1, params.top_k - 1).unsqueeze(1);
