@@ -216,6 +216,37 @@ function decoderNotExact(modelPath: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Each response's values out of per-token outputs of packed micro-batches: plan[d][m] lists the
+ * samples that replica d's micro-batch m packed (prompt + response each), outOf(d, m) its outputs
+ * per predicted token; a response's values are those that predict its tokens.
+ */
+function responseValues(
+  samples: readonly Sample[],
+  plan: number[][][],
+  outOf: (d: number, m: number) => { logprobs: Float32Array; entropy: Float32Array },
+): { logprobs: Float32Array[]; entropy: Float32Array[] } {
+  const logprobs: Float32Array[] = new Array(samples.length);
+  const entropy: Float32Array[] = new Array(samples.length);
+  plan.forEach((list, d) => {
+    list.forEach((mb, m) => {
+      const out = outOf(d, m);
+      let at = 0;
+      for (const i of mb) {
+        const s = samples[i] as Sample;
+        const from = at + s.prompt.length - 1;
+        logprobs[i] = out.logprobs.slice(from, from + s.response.length);
+        entropy[i] = out.entropy.slice(from, from + s.response.length);
+        at += s.prompt.length + s.response.length - 1;
+      }
+    });
+  });
+  return { logprobs, entropy };
+}
+
+/** The least time between two writes of <runDir>/metrics.arrow (#persistMetrics). */
+const metricsWriteIntervalMs = 1000;
+
 /** How many sequences a step measures training/rollout_probs_diff_* on when old logprobs are not recomputed. */
 const probsDiffSample = 8;
 
@@ -261,6 +292,11 @@ export class ExperimentRun {
   /** The metrics file's write queue (#persistMetrics). */
   #metricsWritten: Promise<void> = Promise.resolve();
   #metricsQueued = false;
+  /** When (performance.now()) the next metrics.arrow write may start, and what starts a waiting one now. */
+  #metricsNextWriteAt = 0;
+  #metricsWriteNow: (() => void) | undefined;
+  /** A flush is waiting: the queued write starts without waiting out the interval. */
+  #metricsFlushAsked = false;
   #device = "cpu";
   #deviceName: string | undefined;
   #flopShape: ModelSpec | undefined;
@@ -588,7 +624,8 @@ export class ExperimentRun {
     for (const row of saved.rows) this.metrics.append(row);
     this.metrics.truncate(state.step);
     for (const k of [...this.#history.keys()]) if (k > state.step) this.#history.delete(k);
-    await this.#persistMetrics();
+    void this.#persistMetrics();
+    await this.flushMetrics();
   }
 
   /**
@@ -674,7 +711,7 @@ export class ExperimentRun {
 
   /** Frees the models on the workers and stops the reward threads. */
   async close(): Promise<void> {
-    await this.#metricsWritten;
+    await this.flushMetrics();
     await this.rewards.close();
     const roles = [this.#actor, ...(needsReference(this.#config) ? [this.#ref] : [])];
     if (this.#rollout) roles.push(this.#rollout);
@@ -740,16 +777,33 @@ export class ExperimentRun {
   /** Runs `fn` as the only operation in progress; a second one is refused, naming the first. */
   /**
    * Writes <runDir>/metrics.arrow with the rows as they are when the write starts, after the
-   * current turn of the event loop; writes asked for while one waits coalesce into it, and they
-   * run in order. The promise settles when the last asked-for write is on disk.
+   * current turn of the event loop and at most once per metricsWriteIntervalMs: writes asked for
+   * while one waits coalesce into it, and they run in order. The promise settles when the last
+   * asked-for write is on disk. A write encodes the whole table on the main thread (~2–6 ms at a
+   * hundred columns), which on a small CPU stalls the engine's threads in the next step's rollout;
+   * a step every few milliseconds would pay it every step. flushMetrics() starts a waiting write at once.
    */
   #persistMetrics(): Promise<void> {
     if (!this.#metricsQueued) {
       this.#metricsQueued = true;
       this.#metricsWritten = this.#metricsWritten
-        .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
+        .then(
+          () =>
+            new Promise<void>((resolve) => {
+              const wait = this.#metricsFlushAsked ? 0 : this.#metricsNextWriteAt - performance.now();
+              const start = () => {
+                clearTimeout(timer);
+                this.#metricsWriteNow = undefined;
+                resolve();
+              };
+              const timer = setTimeout(start, Math.max(wait, 0));
+              this.#metricsWriteNow = start;
+            }),
+        )
         .then(() => {
           this.#metricsQueued = false;
+          this.#metricsFlushAsked = false;
+          this.#metricsNextWriteAt = performance.now() + metricsWriteIntervalMs;
           return this.metrics.writeFile(join(this.runDir, "metrics.arrow"));
         })
         .catch((error: unknown) => {
@@ -761,8 +815,10 @@ export class ExperimentRun {
     return this.#metricsWritten;
   }
 
-  /** Every metrics row so far is in <runDir>/metrics.arrow. */
+  /** Every metrics row so far is in <runDir>/metrics.arrow once this settles (a waiting write starts now). */
   flushMetrics(): Promise<void> {
+    if (this.#metricsQueued) this.#metricsFlushAsked = true;
+    this.#metricsWriteNow?.();
     return this.#metricsWritten;
   }
 
@@ -777,7 +833,7 @@ export class ExperimentRun {
     try {
       const result = await fn();
       // What a client is told is done is on disk.
-      await this.#metricsWritten;
+      await this.flushMetrics();
       return result;
     } finally {
       this.#busy = undefined;
@@ -1102,22 +1158,30 @@ export class ExperimentRun {
       ),
       this.#config.rollout.temperature,
     );
-    const logprobs: Float32Array[] = new Array(samples.length);
-    const entropy: Float32Array[] = new Array(samples.length);
-    micro.forEach((list, d) => {
-      list.forEach((mb, m) => {
-        const out = replies[d]?.[m] as (typeof replies)[number][number];
-        let at = 0;
-        for (const i of mb) {
-          const s = samples[i] as Sample;
-          const from = at + s.prompt.length - 1;
-          logprobs[i] = out.logprobs.slice(from, from + s.response.length);
-          entropy[i] = out.entropy.slice(from, from + s.response.length);
-          at += s.prompt.length + s.response.length - 1;
-        }
-      });
+    return responseValues(samples, micro, (d, m) => replies[d]?.[m] as (typeof replies)[number][number]);
+  }
+
+  /**
+   * On-policy: each response's old logprobs and entropy from the update's forward (replica d's
+   * micro-batches as `plan[d]` packed them), then the old_logprobs stage's metrics over all of them.
+   */
+  #oldLogprobsFromForward(
+    batch: StepBatch,
+    samples: Sample[],
+    plan: number[][][],
+    forwardPerReplica: { logprobs: Float32Array; entropy: Float32Array }[][],
+  ): void {
+    const { logprobs, entropy } = responseValues(samples, plan, (d, m) => {
+      const out = forwardPerReplica[d]?.[m];
+      if (!out)
+        throw new Error(`update: replica ${d} sent no forward logprobs for micro-batch ${m} (on-policy)`);
+      return out;
     });
-    return { logprobs, entropy };
+    samples.forEach((s, i) => {
+      s.oldLogprobs = logprobs[i];
+      s.entropy = entropy[i];
+    });
+    this.#oldLogprobMetrics(batch, samples, logprobs);
   }
 
   /**
@@ -1164,8 +1228,31 @@ export class ExperimentRun {
   }
 
   /**
+   * Whether old logprobs can come from the update's own forward instead of a pass of their own:
+   * "auto", on-policy (one epoch over one mini-batch, so the update's forward runs at the weights
+   * old logprobs are measured at: old = its logprobs, detached, a ratio of exactly 1, as verl's and
+   * TRL's updates take them then), nothing needing them before the update (KL in the reward, rollout
+   * correction), and whole sequences on each rank (no context parallelism). The CUDA decoder's exact
+   * rollout logprobs keep their own path.
+   */
+  get #oldLogprobsFromUpdate(): boolean {
+    const c = this.#config;
+    return (
+      c.algorithm.recomputeOldLogprobs === "auto" &&
+      c.algorithm.rolloutCorrection === undefined &&
+      c.algorithm.klReward === undefined &&
+      c.epochsPerStep === 1 &&
+      c.miniBatchesPerStep === 1 &&
+      this.#ranks.layout.context === 1 &&
+      this.recomputesOldLogprobs
+    );
+  }
+
+  /**
    * Old logprobs: the actor's, before this step's updates. The rollout's own logprobs where they
-   * are exact, else a training forward. training/rollout_probs_diff_* compares the two on every
+   * are exact, else a training forward: this stage's own, or, on-policy (#oldLogprobsFromUpdate),
+   * the update's, which fills them and this stage's metrics in (the same values: the same forward
+   * at the same weights). training/rollout_probs_diff_* compares them with the rollout's on every
    * sequence when recomputed, and on a sample of probsDiffSample sequences when not (so a mismatch
    * never goes unseen); training/rollout_probs_diff_sequences says how many were compared.
    */
@@ -1174,36 +1261,51 @@ export class ExperimentRun {
     // The actor's parameters, away during the rollout (offload.params), are back for its passes.
     if (this.#config.offload.params) await this.#moveState(batch, "model.onload", "parameters");
     await this.#timed(batch, "old_logprobs", async () => {
-      const recompute = this.recomputesOldLogprobs;
-      const n = batch.samples.length;
-      const step = recompute ? 1 : Math.max(Math.floor(n / probsDiffSample), 1);
-      const measured = batch.samples
-        .filter((_, i) => i % step === 0)
-        .slice(0, recompute ? n : probsDiffSample);
-      const { logprobs, entropy } = await this.#responseLogprobs(this.#actor, measured);
-      let max = 0;
-      let sum = 0;
-      let tokens = 0;
-      measured.forEach((s, i) => {
-        const lp = logprobs[i] as Float32Array;
-        if (recompute) {
-          s.oldLogprobs = lp;
-          s.entropy = entropy[i];
-        }
-        for (let t = 0; t < lp.length; t++) {
-          const d = Math.abs(Math.exp(lp[t] as number) - Math.exp(s.rolloutLogprobs[t] as number));
-          if (d > max) max = d;
-          sum += d;
-          tokens++;
-        }
-      });
-      if (!recompute) for (const s of batch.samples) s.oldLogprobs = s.rolloutLogprobs;
-      batch.metrics["training/rollout_probs_diff_max"] = max;
-      batch.metrics["training/rollout_probs_diff_mean"] = tokens ? sum / tokens : 0;
-      batch.metrics["training/rollout_probs_diff_sequences"] = measured.length;
-      this.#rolloutCorrection(batch);
+      if (this.#oldLogprobsFromUpdate) {
+        batch.oldLogprobsFromUpdate = true;
+        return;
+      }
+      await this.#measureOldLogprobs(batch);
     });
     return batch;
+  }
+
+  /** The old-logprob pass (or, with exact rollout logprobs, its sample) and its metrics. */
+  async #measureOldLogprobs(batch: StepBatch): Promise<void> {
+    const recompute = this.recomputesOldLogprobs;
+    const n = batch.samples.length;
+    const step = recompute ? 1 : Math.max(Math.floor(n / probsDiffSample), 1);
+    const measured = batch.samples.filter((_, i) => i % step === 0).slice(0, recompute ? n : probsDiffSample);
+    const { logprobs, entropy } = await this.#responseLogprobs(this.#actor, measured);
+    if (recompute) {
+      measured.forEach((s, i) => {
+        s.oldLogprobs = logprobs[i];
+        s.entropy = entropy[i];
+      });
+    } else {
+      for (const s of batch.samples) s.oldLogprobs = s.rolloutLogprobs;
+    }
+    this.#oldLogprobMetrics(batch, measured, logprobs);
+  }
+
+  /** training/rollout_probs_diff_* of measured sequences' logprobs against the rollout's; the rollout correction. */
+  #oldLogprobMetrics(batch: StepBatch, measured: Sample[], logprobs: Float32Array[]): void {
+    let max = 0;
+    let sum = 0;
+    let tokens = 0;
+    measured.forEach((s, i) => {
+      const lp = logprobs[i] as Float32Array;
+      for (let t = 0; t < lp.length; t++) {
+        const d = Math.abs(Math.exp(lp[t] as number) - Math.exp(s.rolloutLogprobs[t] as number));
+        if (d > max) max = d;
+        sum += d;
+        tokens++;
+      }
+    });
+    batch.metrics["training/rollout_probs_diff_max"] = max;
+    batch.metrics["training/rollout_probs_diff_mean"] = tokens ? sum / tokens : 0;
+    batch.metrics["training/rollout_probs_diff_sequences"] = measured.length;
+    this.#rolloutCorrection(batch);
   }
 
   /**
@@ -1423,6 +1525,13 @@ export class ExperimentRun {
           `update: ${batch.samples.length} responses do not split into miniBatchesPerStep = ${miniBatchesPerStep} equal mini-batches`,
         );
       }
+      // Old logprobs left to this update: still on-policy (set() may have changed the epochs or
+      // mini-batches since), or measured now, at the same weights, before anything changes them.
+      let fromUpdate = batch.oldLogprobsFromUpdate === true;
+      if (fromUpdate && !this.#oldLogprobsFromUpdate) {
+        await this.#measureOldLogprobs(batch);
+        fromUpdate = false;
+      }
       // Router statistics of this update's forwards only (MoE models: a dense one has none to ask for).
       if (this.#routed) await this.#actor.routerStats();
       const sums: Record<string, number> = {};
@@ -1463,7 +1572,8 @@ export class ExperimentRun {
             // verl's trainer.critic_warmup: the actor waits while the step is below it.
             if (this.#config.critic.warmupSteps > batch.step) continue;
           }
-          const microBatches = this.#microBatches(mini).map((list) =>
+          const plan = this.#microBatches(mini);
+          const microBatches = plan.map((list) =>
             list.map((mb) => {
               const chosen = mb.map((i) => mini[i] as Sample);
               const { tokens: ids, cuSeqlens } = this.#packed(chosen);
@@ -1475,7 +1585,7 @@ export class ExperimentRun {
               return {
                 tokens: ids,
                 cuSeqlens,
-                oldLogprobs: aligned((s) => s.oldLogprobs),
+                ...(fromUpdate ? {} : { oldLogprobs: aligned((s) => s.oldLogprobs) }),
                 advantages: aligned((s) => s.advantages),
                 mask: aligned((s) => s.lossMask ?? new Float32Array(s.response.length).fill(1)),
                 ...(this.#config.algorithm.loss.kl ? { refLogprobs: aligned((s) => s.refLogprobs) } : {}),
@@ -1492,6 +1602,7 @@ export class ExperimentRun {
             config: this.#config.algorithm.loss as Record<string, unknown>,
             temperature: this.#config.rollout.temperature,
           });
+          if (fromUpdate) this.#oldLogprobsFromForward(batch, mini, plan, r.forwardPerReplica);
           updates++;
           microBatchCount += r.microBatches;
           backwardS += r.backwardS + r.optimizerS;
@@ -1507,6 +1618,10 @@ export class ExperimentRun {
           add("actor/skipped_updates", r.skipped ? 1 : 0);
           batch.metrics["actor/lr"] = r.lr;
         }
+      }
+      // No actor update ran (no token counted, a critic warming up): the weights are as they were.
+      if (fromUpdate && batch.samples.some((s) => s.oldLogprobs === undefined)) {
+        await this.#measureOldLogprobs(batch);
       }
       for (const [k, v] of Object.entries(sums)) {
         batch.metrics[k] = k === "actor/skipped_updates" ? v : updates ? v / updates : Number.NaN;

@@ -318,7 +318,7 @@ export class ModelRole {
   async policyUpdate(
     perReplica: PolicyMicroBatch[][],
     rest: Omit<WorkerCommandArgs<"model.policyUpdate">, "name" | "microBatches">,
-  ): Promise<PolicyUpdateResult> {
+  ): Promise<PolicyUpdateResult & { forwardPerReplica: NonNullable<PolicyUpdateResult["forward"]>[] }> {
     this.#checkLockstep(perReplica, "policyUpdate");
     const replies = (await this.ranks.replicas("model.policyUpdate", (d) => ({
       ...rest,
@@ -326,7 +326,13 @@ export class ModelRole {
       microBatches: perReplica[d] ?? [],
     }))) as PolicyUpdateResult[];
     const [first, ...others] = replies as [PolicyUpdateResult, ...PolicyUpdateResult[]];
-    const merged: PolicyUpdateResult = { ...first, metrics: { ...first.metrics } };
+    // On-policy micro-batches (sent without oldLogprobs): each replica's forward logprobs, its micro-batches in order.
+    const { forward: _, ...firstRest } = first;
+    const merged = {
+      ...firstRest,
+      metrics: { ...first.metrics },
+      forwardPerReplica: replies.map((r) => r.forward ?? []),
+    };
     const metrics = merged.metrics as unknown as Record<string, number>;
     for (const r of others) {
       merged.loss += r.loss;

@@ -37,6 +37,8 @@ export interface StepBatch {
   /** Generation rounds so far (dynamic sampling may add some). */
   rounds: number;
   stagesDone: StageName[];
+  /** The old_logprobs stage left the old logprobs to the update's own forward (on-policy). */
+  oldLogprobsFromUpdate?: boolean;
   timings: Record<string, number>;
   metrics: Record<string, number>;
 }

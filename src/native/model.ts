@@ -137,8 +137,12 @@ export interface TrainStepResult {
 
 /** Per predicted token (tokens − sequences entries each), as logprobs() returns them. */
 export interface PolicyStepInputs {
-  /** Logprobs under the policy that sampled (or the actor before this mini-batch's updates). */
-  oldLogprobs: Float32Array;
+  /**
+   * Logprobs under the policy that sampled (or the actor before this mini-batch's updates). Left
+   * out: on-policy, the old policy is the current one (old = this forward's logprobs, detached: a
+   * ratio of exactly 1), and the result carries those logprobs and their entropy.
+   */
+  oldLogprobs?: Float32Array;
   advantages: Float32Array;
   /** 1 for response tokens that count, 0 for prompt tokens and padding. */
   mask: Float32Array;
@@ -152,6 +156,9 @@ export interface PolicyStepResult extends TrainStepResult {
   /** This micro-batch's share: pgLoss − entropyCoeff · entropy + kl.coeff · klLoss. */
   loss: number;
   metrics: PolicyLossMetrics;
+  /** Without perToken.oldLogprobs: this forward's logprobs and entropy, [tokens - sequences] each. */
+  logprobs?: Float32Array;
+  entropy?: Float32Array;
 }
 
 /** Activation recomputation in training forwards (Model.setTraining). */
@@ -714,10 +721,13 @@ export class Model {
     const [t, cu] = checkPacked(tokens, cuSeqlens);
     const predicted = t.length - (cu.length - 1);
     if (perToken === null || typeof perToken !== "object") {
-      throw new TypeError("perToken: expected {oldLogprobs, advantages, mask, refLogprobs?}");
+      throw new TypeError("perToken: expected {oldLogprobs?, advantages, mask, refLogprobs?}");
     }
-    for (const key of ["oldLogprobs", "advantages", "mask"] as const) {
+    for (const key of ["advantages", "mask"] as const) {
       checkTokenArray(perToken[key], `perToken.${key}`, predicted, "tokens - sequences");
+    }
+    if (perToken.oldLogprobs !== undefined) {
+      checkTokenArray(perToken.oldLogprobs, "perToken.oldLogprobs", predicted, "tokens - sequences");
     }
     checkPolicyLossConfig(config);
     checkOptionalInputs(config, perToken.refLogprobs, "perToken", predicted, "tokens - sequences");
@@ -766,10 +776,13 @@ export class Model {
       const predicted = t.length - (cu.length - 1);
       const perToken = mb.perToken;
       if (perToken === null || typeof perToken !== "object") {
-        throw new TypeError(`${at}.perToken: expected {oldLogprobs, advantages, mask, refLogprobs?}`);
+        throw new TypeError(`${at}.perToken: expected {oldLogprobs?, advantages, mask, refLogprobs?}`);
       }
-      for (const key of ["oldLogprobs", "advantages", "mask"] as const) {
+      for (const key of ["advantages", "mask"] as const) {
         checkTokenArray(perToken[key], `${at}.perToken.${key}`, predicted, "tokens - sequences");
+      }
+      if (perToken.oldLogprobs !== undefined) {
+        checkTokenArray(perToken.oldLogprobs, `${at}.perToken.oldLogprobs`, predicted, "tokens - sequences");
       }
       checkOptionalInputs(config, perToken.refLogprobs, `${at}.perToken`, predicted, "tokens - sequences");
       if (perToken.rolloutIsWeights !== undefined) {

@@ -158,7 +158,8 @@ export const workerCommandArgs = {
       object({
         tokens: ids,
         cuSeqlens: ids,
-        oldLogprobs: typedArray(Float32Array),
+        /** Left out: on-policy (old = the update's own forward), whose logprobs come back in `forward`. */
+        oldLogprobs: optional(typedArray(Float32Array)),
         advantages: typedArray(Float32Array),
         mask: typedArray(Float32Array),
         refLogprobs: optional(typedArray(Float32Array)),
@@ -604,6 +605,11 @@ export interface WorkerCommandResults {
     optimizerS: number;
     /** The micro-batch schedule as this rank measured it (pipeline stages, transfer waits). */
     schedule: ScheduleStats;
+    /**
+     * Micro-batches sent without oldLogprobs (on-policy): per micro-batch, in order, the update
+     * forward's logprobs and entropy per predicted token (the old logprobs of that step).
+     */
+    forward?: { logprobs: Float32Array; entropy: Float32Array }[];
   };
   "model.save": { dir: string };
   "model.setTraining": { name: string };

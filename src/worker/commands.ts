@@ -382,6 +382,10 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       );
     }
     const step = await model.optimizerStep();
+    // On-policy micro-batches (no oldLogprobs): their forward's logprobs are the step's old ones.
+    const forward = results.every((r) => r.logprobs && r.entropy)
+      ? results.map((r) => ({ logprobs: r.logprobs as Float32Array, entropy: r.entropy as Float32Array }))
+      : undefined;
     return {
       ...step,
       loss: total.loss,
@@ -391,6 +395,7 @@ export const commandTable: { [C in WorkerCommand]: Handler<C> } = {
       backwardS: (backwardDone - started) / 1000,
       optimizerS: (performance.now() - backwardDone) / 1000,
       schedule,
+      ...(forward && results.length > 0 ? { forward } : {}),
     };
   },
 

@@ -84,9 +84,10 @@ test("the stages run alone, in order, each timed; out-of-order calls are refused
     assert.ok(b.samples.every((s) => s.score === 0 || s.score === 1));
     await run.filter();
     await run.oldLogprobs();
-    // On CPU the old logprobs are recomputed and compared with the rollout's.
+    // On CPU the old logprobs are recomputed and compared with the rollout's: on-policy (one
+    // epoch, one mini-batch), by the update's own forward (tests/native/old-logprobs.test.ts).
     assert.ok(run.recomputesOldLogprobs);
-    assert.ok((b.metrics["training/rollout_probs_diff_max"] as number) < 1e-5, JSON.stringify(b.metrics));
+    assert.equal(b.oldLogprobsFromUpdate, true);
     await run.ref();
     await run.advantages();
     // GRPO: each group's advantages sum to zero (or are all zero when its scores are equal).
@@ -95,6 +96,7 @@ test("the stages run alone, in order, each timed; out-of-order calls are refused
       groups.set(s.uid, (groups.get(s.uid) ?? 0) + (s.advantages?.[0] ?? Number.NaN));
     for (const sum of groups.values()) assert.ok(Math.abs(sum) < 1e-4, `group advantage sum ${sum}`);
     await run.update();
+    assert.ok((b.metrics["training/rollout_probs_diff_max"] as number) < 1e-5, JSON.stringify(b.metrics));
     await run.sync();
     assert.equal(run.step, 1);
     const row = run.metrics.last() as Record<string, number>;

@@ -14,6 +14,7 @@ import {
   RewardRunner,
   type RewardSample,
 } from "../../src/rl/rewards/index.js";
+import { callsPerMessage } from "../../src/rl/rewards/runner.js";
 
 test("normalizeFinalAnswer mirrors verl's math_dapo", () => {
   const cases: Array<[string, string]> = [
@@ -185,6 +186,51 @@ test("RewardRunner: hung and spinning calls time out, the pool keeps working; er
     again.map((o) => o.score),
     [3, 2, 1],
   );
+});
+
+test("RewardRunner: a worker gets several calls per message and times each; a hung one fails alone", async () => {
+  assert.equal(callsPerMessage(128, 4), 8);
+  assert.equal(callsPerMessage(3, 4), 1);
+  // One worker, 12 calls: three messages of 4; the hung call times out, the calls after it run
+  // on the fresh worker, each with its own timeout (a 60 ms call is not cut by the ones before it).
+  const runner = new RewardRunner({
+    fn: { module: fnsModule, exportName: "scripted" },
+    workers: 1,
+    timeoutMs: 300,
+  });
+  runners.push(runner);
+  const mk = (i: number, extra: Record<string, unknown>): RewardSample => ({
+    prompt: `${i}`,
+    response: "x".repeat(i + 1),
+    groundTruth: "",
+    dataSource: "t",
+    extra,
+  });
+  const samples = Array.from({ length: 12 }, (_, i) => mk(i, i === 5 ? { mode: "hang" } : { ms: 60 }));
+  const outcomes = await runner.score(samples);
+  assert.deepEqual(
+    outcomes.map((o) => o.status),
+    samples.map((_, i) => (i === 5 ? "timeout" : "ok")),
+  );
+  assert.deepEqual(
+    outcomes.map((o) => o.score),
+    samples.map((_, i) => (i === 5 ? 0 : i + 1)),
+  );
+  assert.equal(runner.replacedWorkers, 1);
+  // One call at a time: no two ran at once.
+  const spans = outcomes
+    .filter((o) => o.status === "ok")
+    .map((o) => [o.metrics.startedAt as number, o.metrics.endedAt as number] as const)
+    .sort((a, b) => a[0] - b[0]);
+  for (let i = 1; i < spans.length; i++)
+    assert.ok((spans[i]?.[0] as number) >= (spans[i - 1]?.[1] as number));
+  // A sample that cannot be sent fails alone; the others of its message are scored.
+  const mixed = await runner.score([mk(0, {}), mk(1, { f: () => 1 }), mk(2, {})]);
+  assert.deepEqual(
+    mixed.map((o) => o.status),
+    ["ok", "error", "ok"],
+  );
+  assert.match(mixed[1]?.reason ?? "", /not transferable/);
 });
 
 test("RewardRunner: concurrency never exceeds the worker count; bad exports are reported", async () => {

@@ -487,6 +487,11 @@ class PolicyStepWork final : public ModelWork {
       auto result = train::policy_loss(config_, in);
       results_[i].loss = result.loss.item<double>();
       results_[i].metrics = result.metrics;
+      if (!mb.inputs.old_logprobs.defined()) {
+        // On-policy: this forward's logprobs are the old ones, and the caller gets them back.
+        results_[i].logprobs = out.logprob.detach().to(at::kCPU).contiguous();
+        results_[i].entropy = out.entropy.detach().to(at::kCPU).contiguous();
+      }
       return result.loss;
     });
     for (size_t i = 0; i < micro_batches_.size(); ++i) results_[i].tokens = micro_batches_[i].inputs.mask.sum().item<double>();
@@ -498,6 +503,10 @@ class PolicyStepWork final : public ModelWork {
       out["loss"] = r.loss;
       out["tokens"] = r.tokens;
       out["metrics"] = policy_metrics_to_js(env, r.metrics);
+      if (r.logprobs.defined()) {
+        out["logprobs"] = typed_array_from_tensor(env, r.logprobs);
+        out["entropy"] = typed_array_from_tensor(env, r.entropy);
+      }
       return out;
     };
     if (!batched_) return one(results_.at(0));
@@ -519,6 +528,7 @@ class PolicyStepWork final : public ModelWork {
   struct Outcome {
     double loss = 0, tokens = 0;
     train::PolicyLossMetrics metrics;
+    at::Tensor logprobs, entropy;  // [tokens - sequences] fp32 host, when oldLogprobs was left out
   };
   std::vector<PolicyMicroBatch> micro_batches_;
   train::PolicyLossConfig config_;
@@ -742,14 +752,15 @@ PolicyMicroBatch policy_micro_batch(const ModelSlot& slot, at::Tensor tokens, st
                                     const train::PolicyLossConfig& config, const Napi::Value& replay,
                                     const Napi::Value& images, const std::string& field) {
   if (!per_token_value.IsObject()) {
-    throw std::invalid_argument(field + "perToken: expected {oldLogprobs, advantages, mask, refLogprobs?}");
+    throw std::invalid_argument(field + "perToken: expected {oldLogprobs?, advantages, mask, refLogprobs?}");
   }
   const auto per_token = per_token_value.As<Napi::Object>();
   const auto predicted = tokens.numel() - static_cast<int64_t>(cu.size()) + 1;
   const auto where = field + "perToken";
   PolicyMicroBatch mb;
   auto& in = mb.inputs;
-  in.old_logprobs = float_tokens_field(per_token, "oldLogprobs", where.c_str(), predicted, true);
+  // Left out: on-policy (train/policy_loss.h), and the result carries this forward's logprobs and entropy.
+  in.old_logprobs = float_tokens_field(per_token, "oldLogprobs", where.c_str(), predicted, false);
   in.advantages = float_tokens_field(per_token, "advantages", where.c_str(), predicted, true);
   in.mask = float_tokens_field(per_token, "mask", where.c_str(), predicted, true);
   in.ref_logprobs = float_tokens_field(per_token, "refLogprobs", where.c_str(), predicted, false);
@@ -766,9 +777,11 @@ PolicyMicroBatch policy_micro_batch(const ModelSlot& slot, at::Tensor tokens, st
   return mb;
 }
 
-// modelPolicyStep(handle, tokens, cuSeqlens, perToken: {oldLogprobs, advantages, mask, refLogprobs?, rolloutIsWeights?: Float32Array
-//                 [tokens - sequences]}, counts: {tokens, sequences}, config, temperature, chunkTokens,
-//                 routedExperts?: Int32Array, images?) -> Promise<{loss, tokens, metrics}>
+// modelPolicyStep(handle, tokens, cuSeqlens, perToken: {oldLogprobs?, advantages, mask, refLogprobs?, rolloutIsWeights?:
+//                 Float32Array [tokens - sequences]}, counts: {tokens, sequences}, config, temperature, chunkTokens,
+//                 routedExperts?: Int32Array, images?) -> Promise<{loss, tokens, metrics, logprobs?, entropy?}>:
+//                 without oldLogprobs the update is on-policy (old = this forward's logprobs) and the result
+//                 carries those logprobs and their entropy, [tokens - sequences] each.
 Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -785,7 +798,7 @@ Napi::Value ModelPolicyStep(const Napi::CallbackInfo& info) {
 }
 
 // modelPolicySteps(handle, microBatches: [{tokens, cuSeqlens, perToken, routedExperts?, images?}], counts, config,
-//                  temperature, chunkTokens) -> Promise<{results: [{loss, tokens, metrics}], schedule: {stages,
+//                  temperature, chunkTokens) -> Promise<{results: [{loss, tokens, metrics, logprobs?, entropy?}], schedule: {stages,
 //                  microBatches, seconds, waitSeconds, bytesSent}}>: every micro-batch of a mini-batch in one
 //                  call, so a pipeline can run them 1F1B.
 Napi::Value ModelPolicySteps(const Napi::CallbackInfo& info) {

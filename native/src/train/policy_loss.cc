@@ -145,7 +145,7 @@ PolicyLossResult policy_loss(const PolicyLossConfig& config, const PolicyLossInp
   TORCH_CHECK(config.kl_cov_ratio > 0, "policy_loss: klCovRatio must be > 0, got ", config.kl_cov_ratio);
   TORCH_CHECK(in.logprobs.defined() && in.logprobs.dim() == 1, "policy_loss: logprobs must be [T]");
   const auto tokens = in.logprobs.size(0);
-  check_token_tensor(in.old_logprobs, "old_logprobs", tokens);
+  if (in.old_logprobs.defined()) check_token_tensor(in.old_logprobs, "old_logprobs", tokens);
   check_token_tensor(in.advantages, "advantages", tokens);
   check_token_tensor(in.mask, "mask", tokens);
   TORCH_CHECK(in.cu_seqlens.defined() && in.cu_seqlens.dim() == 1 && in.cu_seqlens.size(0) >= 2,
@@ -158,7 +158,7 @@ PolicyLossResult policy_loss(const PolicyLossConfig& config, const PolicyLossInp
   const auto device = logprobs.device();
   const auto mask = in.mask.to(device, at::kFloat);
   const auto advantages = in.advantages.to(device, at::kFloat);
-  const auto old_logprobs = in.old_logprobs.to(device, at::kFloat);
+  const auto old_logprobs = in.old_logprobs.defined() ? in.old_logprobs.to(device, at::kFloat) : logprobs.detach();
   at::Tensor is_weights;
   if (in.rollout_is_weights.defined()) {
     check_token_tensor(in.rollout_is_weights, "rollout_is_weights", tokens);

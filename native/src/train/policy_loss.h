@@ -71,7 +71,10 @@ struct PolicyLossConfig {
 // Per-token tensors of one micro-batch, T = its predicted tokens; all [T] on one device.
 struct PolicyLossInputs {
   at::Tensor logprobs;      // fp32, log π(token) now; carries the graph
-  at::Tensor old_logprobs;  // fp32, under the policy that sampled (or the one before this mini-batch)
+  // fp32, under the policy that sampled (or the one before this mini-batch). Undefined: on-policy,
+  // the old policy is this one, so old = logprobs.detach() (a ratio of exactly 1), as verl's
+  // update does with one mini-batch and one epoch.
+  at::Tensor old_logprobs;
   at::Tensor advantages;    // fp32
   at::Tensor mask;          // 1 for response tokens that count, 0 for prompt/padding
   at::Tensor entropy;       // fp32 entropy of each prediction; needed when entropy_coeff != 0

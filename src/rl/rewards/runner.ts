@@ -1,6 +1,8 @@
 // Runs reward functions off the main thread: a pool of worker_threads, each running one call at a
 // time (so concurrency ≤ workers), a per-call timeout that terminates a hung worker and starts a
-// fresh one, and per-sample errors captured instead of thrown.
+// fresh one, and per-sample errors captured instead of thrown. A worker is sent a few queued calls
+// in one message (a message costs the main thread ~20 µs, a quickstart step scores 128 one-token
+// answers) and answers each as it finishes, which starts the next call's timeout.
 import { isAbsolute } from "node:path";
 import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
@@ -33,7 +35,16 @@ interface Job {
 
 interface Slot {
   worker: Worker;
-  job?: { id: number; job: Job; timer: NodeJS.Timeout; startedAt: number };
+  /** The calls sent to this worker, in the order it runs them: the first is running. */
+  jobs: { id: number; job: Job }[];
+  /** The running call's timeout and start. */
+  timer?: NodeJS.Timeout;
+  startedAt: number;
+}
+
+/** Queued calls per worker message: a share of the queue small enough to keep the workers balanced. */
+export function callsPerMessage(queued: number, workers: number): number {
+  return Math.max(1, Math.ceil(queued / (workers * 4)));
 }
 
 const workerUrl = new URL("./worker.js", import.meta.url);
@@ -86,47 +97,59 @@ export class RewardRunner {
     for (const job of this.queue.splice(0)) job.resolve(failed("error", "runner closed", 0));
     await Promise.all(
       this.slots.map(async (slot) => {
-        if (slot.job !== undefined) this.finish(slot, failed("error", "runner closed", 0));
+        while (slot.jobs.length > 0) this.finish(slot, failed("error", "runner closed", 0));
         await slot.worker.terminate();
       }),
     );
   }
 
   private spawn(): Slot {
-    const slot: Slot = { worker: new Worker(workerUrl) };
+    const slot: Slot = { worker: new Worker(workerUrl), jobs: [], startedAt: 0 };
     slot.worker.on("message", (msg: { id: number; ok: boolean; result?: RewardResult; error?: string }) => {
-      const current = slot.job;
+      const current = slot.jobs[0];
       if (current === undefined || current.id !== msg.id) return;
-      const durationMs = performance.now() - current.startedAt;
+      const durationMs = performance.now() - slot.startedAt;
       this.finish(
         slot,
         msg.ok ? fromResult(msg.result, durationMs) : failed("error", msg.error ?? "", durationMs),
       );
-      this.pump();
+      if (slot.jobs.length > 0) this.startTimer(slot);
+      else this.pump();
     });
     // An uncaught error inside the reward function's module (e.g. a throw in a timer) kills the
     // worker: fail its call and replace it.
     slot.worker.on("error", (error) => this.replace(slot, "error", `worker died: ${error.message}`));
     slot.worker.on("exit", (code) => {
-      if (!this.closed && slot.job !== undefined)
+      if (!this.closed && slot.jobs.length > 0)
         this.replace(slot, "error", `worker exited with code ${code}`);
     });
     return slot;
   }
 
+  /** Resolves the running call (the slot's first) with `outcome`. */
   private finish(slot: Slot, outcome: RewardOutcome): void {
-    const current = slot.job;
+    const current = slot.jobs.shift();
     if (current === undefined) return;
-    clearTimeout(current.timer);
-    slot.job = undefined;
+    clearTimeout(slot.timer);
+    slot.timer = undefined;
     current.job.resolve(outcome);
   }
 
+  /** The slot's first call starts now: its timeout runs from here. */
+  private startTimer(slot: Slot): void {
+    slot.startedAt = performance.now();
+    slot.timer = setTimeout(
+      () => this.replace(slot, "timeout", `reward function timed out after ${this.timeoutMs} ms`),
+      this.timeoutMs,
+    );
+  }
+
+  /** Fails the running call, puts the calls sent after it back at the queue's front, and starts a fresh worker. */
   private replace(slot: Slot, status: "timeout" | "error", reason: string): void {
     const index = this.slots.indexOf(slot);
     if (index < 0 || this.closed) return;
-    const startedAt = slot.job?.startedAt ?? performance.now();
-    this.finish(slot, failed(status, reason, performance.now() - startedAt));
+    this.finish(slot, failed(status, reason, performance.now() - slot.startedAt));
+    this.queue.unshift(...slot.jobs.splice(0).map((j) => j.job));
     slot.worker.removeAllListeners();
     slot.worker.on("error", () => {}); // late errors from the dying worker are not ours to report
     void slot.worker.terminate();
@@ -137,22 +160,36 @@ export class RewardRunner {
 
   private pump(): void {
     for (const slot of this.slots) {
-      if (this.queue.length === 0) return;
-      if (slot.job !== undefined) continue;
-      const job = this.queue.shift() as Job;
-      const id = this.nextId++;
-      const timer = setTimeout(
-        () => this.replace(slot, "timeout", `reward function timed out after ${this.timeoutMs} ms`),
-        this.timeoutMs,
-      );
-      slot.job = { id, job, timer, startedAt: performance.now() };
-      try {
-        slot.worker.postMessage({ id, ref: this.ref, sample: job.sample });
-      } catch (error) {
-        // The sample could not be cloned (a function or symbol in `extra`).
-        this.finish(slot, failed("error", `sample not transferable: ${(error as Error).message}`, 0));
-      }
+      while (this.queue.length > 0 && slot.jobs.length === 0) this.send(slot);
     }
+  }
+
+  /** Sends the next queued calls to an idle slot. */
+  private send(slot: Slot): void {
+    const jobs = this.queue.splice(0, callsPerMessage(this.queue.length, this.slots.length));
+    const calls = jobs.map((job) => ({ id: this.nextId++, sample: job.sample }));
+    try {
+      slot.worker.postMessage({ ref: this.ref, calls });
+    } catch (error) {
+      // A sample could not be cloned (a function or symbol in `extra`): it fails, the others go back.
+      const sendable = jobs.filter((job) => {
+        try {
+          structuredClone(job.sample);
+          return true;
+        } catch (cloneError) {
+          job.resolve(failed("error", `sample not transferable: ${(cloneError as Error).message}`, 0));
+          return false;
+        }
+      });
+      if (sendable.length === jobs.length) {
+        for (const job of jobs) job.resolve(failed("error", `not sent: ${(error as Error).message}`, 0));
+      } else {
+        this.queue.unshift(...sendable);
+      }
+      return;
+    }
+    slot.jobs = calls.map((c, i) => ({ id: c.id, job: jobs[i] as Job }));
+    this.startTimer(slot);
   }
 }
 

@@ -1,12 +1,12 @@
-// The reward worker thread: loads reward functions by {module, exportName} (cached) and answers
-// one call at a time. Messages: in {id, ref, sample}; out {id, ok: true, result} | {id, ok: false, error}.
+// The reward worker thread: loads reward functions by {module, exportName} (cached) and runs the
+// calls of a message one after another, answering each as it finishes.
+// Messages: in {ref, calls: [{id, sample}]}; out per call {id, ok: true, result} | {id, ok: false, error}.
 import { parentPort } from "node:worker_threads";
 import type { RewardFn, RewardFnRef, RewardSample } from "./types.js";
 
-interface Call {
-  id: number;
+interface Calls {
   ref: RewardFnRef;
-  sample: RewardSample;
+  calls: { id: number; sample: RewardSample }[];
 }
 
 const loaded = new Map<string, Promise<RewardFn>>();
@@ -33,13 +33,20 @@ function fnFor(ref: RewardFnRef): Promise<RewardFn> {
 
 const port = parentPort;
 if (port === null) throw new Error("rewards/worker.js must be run as a worker thread");
-port.on("message", async (call: Call) => {
-  try {
-    const fn = await fnFor(call.ref);
-    const result = await fn(call.sample);
-    port.postMessage({ id: call.id, ok: true, result });
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    port.postMessage({ id: call.id, ok: false, error: message });
-  }
+// Messages run in order, each call after the one before (the runner sends the next message only
+// when every call of this one is answered).
+let running = Promise.resolve();
+port.on("message", (message: Calls) => {
+  running = running.then(async () => {
+    for (const call of message.calls) {
+      try {
+        const fn = await fnFor(message.ref);
+        const result = await fn(call.sample);
+        port.postMessage({ id: call.id, ok: true, result });
+      } catch (error) {
+        const text = error instanceof Error ? error.message : String(error);
+        port.postMessage({ id: call.id, ok: false, error: text });
+      }
+    }
+  });
 });
