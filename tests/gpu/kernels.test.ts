@@ -2,7 +2,7 @@
 // reference beside it). The CPU build runs the reference on both sides, so this lives in tests/gpu.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { checkLogprobRows as check, checkDecode, checkFused, checkSample } from "../helpers/kernel-check.js";
+import { checkLogprobRows as check, checkDecode, checkFused, checkFusedLinear, checkMoeCombine, checkSample } from "../helpers/kernel-check.js";
 
 for (const [dtype, vocab, temperature] of [
   ["float32", 1000, 1],
@@ -45,6 +45,39 @@ for (const [dtype, tokens] of [
     const unit = dtype === "float32" ? 1e-6 : dtype === "float16" ? 2e-3 : 1.6e-2;
     for (const part of [r.rope, r.siluMul, r.siluMulHalves])
       assert.ok(part.gradDiff <= unit * Math.max(part.gradScale, 1), JSON.stringify(part));
+  });
+}
+
+for (const dtype of ["bfloat16", "float32"] as const) {
+  test(`packed q/k/v and gate/up (one GEMM each) equal separate GEMMs within the dtype's rounding, gradients too: ${dtype}`, () => {
+    const r = checkFusedLinear("cuda:0", dtype, 515, 3);
+    console.log(`fused linear ${dtype}: ${JSON.stringify(r)}`);
+    assert.equal(r.adjacent, true);
+    assert.equal(r.clonesAdjacent, false);
+    // cuBLAS may pick another kernel (and summation order) for the wider GEMM.
+    const unit = dtype === "float32" ? 1e-3 : 1.6e-2;
+    for (const part of [r.qkv, r.swiglu]) {
+      assert.ok(part.outDiff <= unit * part.outScale, JSON.stringify(part));
+      assert.ok(part.gradDiff <= unit * part.gradScale, JSON.stringify(part));
+    }
+  });
+}
+
+for (const [dtype, tokens, hidden, experts, topK] of [
+  ["bfloat16", 4096, 2048, 128, 8], // the MoE bench's layer: Qwen3-MoE's routing
+  ["bfloat16", 333, 100, 8, 2], // Mixtral's top-2, a width that is not a 16-byte multiple
+  ["float32", 64, 64, 16, 4],
+] as const) {
+  test(`MoE dispatch/combine gather kernels within the dtype's rounding of fp64 and deterministic run to run: ${dtype}, ${tokens} tokens, hidden ${hidden}, ${experts} experts top-${topK}`, () => {
+    const r = checkMoeCombine("cuda:0", dtype, tokens, hidden, experts, topK, 11);
+    console.log(`moe combine ${dtype} T=${tokens}: ${JSON.stringify(r)}`);
+    assert.equal(r.available, true);
+    assert.equal(r.repeatMismatches, 0);
+    // The expert matmul rounds in the dtype; the gathers add no rounding beyond one per output.
+    const unit = dtype === "float32" ? 1e-5 : 3e-2;
+    assert.ok(r.out <= unit * r.outScale, JSON.stringify(r));
+    assert.ok(r.gradX <= unit * r.gradXScale, JSON.stringify(r));
+    assert.ok(r.gradWeights <= unit * r.gradWeightsScale, JSON.stringify(r));
   });
 }
 

@@ -83,3 +83,50 @@ export const checkSample = (
     ): { available: boolean; mismatches: number; zeroMassPicks: number; lastPicks: number };
   }
 ).kernelCheckSample;
+
+export interface MoeCombineCheck {
+  available: boolean;
+  /** max |engine - fp64| of the combined output, d x and d weights */
+  out: number;
+  gradX: number;
+  gradWeights: number;
+  outScale: number;
+  gradXScale: number;
+  gradWeightsScale: number;
+  /** elements of output and gradients that differ between two identical runs */
+  repeatMismatches: number;
+}
+
+/** addon/kernels.cc kernelCheckMoeCombine: the MoE dispatch/combine (gather kernels on CUDA) against fp64. */
+export const checkMoeCombine = (
+  addon() as unknown as {
+    kernelCheckMoeCombine(
+      device: string,
+      dtype: string,
+      tokens: number,
+      hidden: number,
+      experts: number,
+      topK: number,
+      seed: number,
+    ): MoeCombineCheck;
+  }
+).kernelCheckMoeCombine;
+
+export interface FusedLinearPart {
+  outDiff: number;
+  outScale: number;
+  gradDiff: number;
+  gradScale: number;
+}
+
+/** addon/kernels.cc kernelCheckFusedLinear: q/k/v and gate/up packed in one storage (one GEMM) against separate tensors. */
+export const checkFusedLinear = (
+  addon() as unknown as {
+    kernelCheckFusedLinear(
+      device: string,
+      dtype: string,
+      tokens: number,
+      seed: number,
+    ): { adjacent: boolean; clonesAdjacent: boolean; qkv: FusedLinearPart; swiglu: FusedLinearPart };
+  }
+).kernelCheckFusedLinear;

@@ -12,10 +12,12 @@
 #include "addon/tensor.h"
 #include "kernels/decode.h"
 #include "kernels/fused.h"
+#include "kernels/gather.h"
 #include "kernels/sample.h"
 #include "kernels/logprob.h"
 #include "layers/attention.h"
 #include "layers/mlp.h"
+#include "layers/moe.h"
 #include "layers/rope.h"
 
 namespace tiller::addon {
@@ -178,6 +180,146 @@ Napi::Value KernelCheckFused(const Napi::CallbackInfo& info) {
   });
 }
 
+// kernelCheckFusedLinear(device, dtype, tokens, seed) -> {adjacent, clonesAdjacent, qkv, swiglu:
+//   {outDiff, outScale, gradDiff, gradScale}}: layers::linear_parts over q/k/v (with biases) and
+//   layers::swiglu over gate/up stored back to back in one storage (one GEMM each) against the
+//   same weights as separate tensors (a GEMM each); `adjacent` says the first were recognised,
+//   `clonesAdjacent` that the separate copies were not.
+Napi::Value KernelCheckFusedLinear(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
+    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
+    const auto tokens = info[2].As<Napi::Number>().Int64Value();
+    at::manual_seed(info[3].As<Napi::Number>().Int64Value());
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    const int64_t hidden = 96, q_rows = 128, kv_rows = 32, inter = 160;
+    const auto make = [&](std::vector<int64_t> shape) {
+      return (at::randn(shape, f32) / std::sqrt(static_cast<double>(hidden))).to(device, dtype);
+    };
+    // Views of one storage, as the dense decoder packs them.
+    const auto pack = [](const std::vector<at::Tensor>& parts) {
+      const auto whole = at::cat(parts, 0);
+      std::vector<at::Tensor> views;
+      int64_t row = 0;
+      for (const auto& p : parts) {
+        views.push_back(whole.narrow(0, row, p.size(0)).detach());
+        row += p.size(0);
+      }
+      return views;
+    };
+    const auto clones = [](const std::vector<at::Tensor>& parts) {
+      std::vector<at::Tensor> out;
+      for (const auto& p : parts) out.push_back(p.clone());
+      return out;
+    };
+    const auto qkv_w = pack({make({q_rows, hidden}), make({kv_rows, hidden}), make({kv_rows, hidden})});
+    const auto qkv_b = pack({make({q_rows}), make({kv_rows}), make({kv_rows})});
+    const auto mlp_w = pack({make({inter, hidden}), make({inter, hidden})});
+    const auto down = make({hidden, inter});
+    const auto x = make({tokens, hidden}) * std::sqrt(static_cast<double>(hidden));
+    const auto qkv = [](const std::vector<at::Tensor>& in) {
+      return layers::linear_parts(in[0], {in[1], in[2], in[3]}, {in[4], in[5], in[6]});
+    };
+    const auto mlp = [&down](const std::vector<at::Tensor>& in) {
+      return std::vector<at::Tensor>{layers::swiglu(in[0], in[1], in[2], down)};
+    };
+    const auto compare = [&](const TensorFn& f, const std::vector<at::Tensor>& packed,
+                             const std::vector<at::Tensor>& separate) {
+      const auto a = f(packed), b = f(separate);
+      std::vector<at::Tensor> grads;
+      for (const auto& o : b) grads.push_back(at::randn_like(o));
+      const auto ga = gradients(f, packed, grads), gb = gradients(f, separate, grads);
+      double out_diff = 0, out_scale = 0, grad_diff = 0, grad_scale = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        out_diff = std::max(out_diff, max_abs_diff(a[i], b[i]));
+        out_scale = std::max(out_scale, b[i].to(at::kDouble).abs().max().item<double>());
+      }
+      for (size_t i = 0; i < ga.size(); ++i) {
+        grad_diff = std::max(grad_diff, max_abs_diff(ga[i], gb[i]));
+        grad_scale = std::max(grad_scale, gb[i].to(at::kDouble).abs().max().item<double>());
+      }
+      auto o = Napi::Object::New(env);
+      o["outDiff"] = out_diff;
+      o["outScale"] = out_scale;
+      o["gradDiff"] = grad_diff;
+      o["gradScale"] = grad_scale;
+      return o;
+    };
+    std::vector<at::Tensor> qkv_packed{x}, qkv_separate{x};
+    for (const auto* list : {&qkv_w, &qkv_b}) {
+      for (const auto& t : *list) qkv_packed.push_back(t);
+      for (const auto& t : clones(*list)) qkv_separate.push_back(t);
+    }
+    std::vector<at::Tensor> mlp_packed{x, mlp_w[0], mlp_w[1]}, mlp_separate{x, mlp_w[0].clone(), mlp_w[1].clone()};
+    auto out = Napi::Object::New(env);
+    out["adjacent"] = layers::adjacent_rows(qkv_w).defined() && layers::adjacent_rows(qkv_b).defined() &&
+                      layers::adjacent_rows(mlp_w).defined();
+    out["clonesAdjacent"] = layers::adjacent_rows(clones(qkv_w)).defined();
+    out["qkv"] = compare(qkv, qkv_packed, qkv_separate);
+    out["swiglu"] = compare(mlp, mlp_packed, mlp_separate);
+    return out;
+  });
+}
+
+// kernelCheckMoeCombine(device, dtype, tokens, hidden, experts, topK, seed) ->
+//   {available, out, gradX, gradWeights: max |that - fp64|, outScale, gradXScale, gradWeightsScale:
+//    max |fp64 value|, repeatMismatches: elements of the output and gradients that differ between
+//    two identical runs}: layers::dispatch_combine with experts that scale x·W by 1 + expert/experts
+//   (so a row combined into the wrong token or with the wrong weight shows), against the same
+//   mixture computed directly in fp64 on the host.
+Napi::Value KernelCheckMoeCombine(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
+    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
+    const auto tokens = info[2].As<Napi::Number>().Int64Value();
+    const auto hidden = info[3].As<Napi::Number>().Int64Value();
+    const auto experts = info[4].As<Napi::Number>().Int64Value();
+    const auto top_k = info[5].As<Napi::Number>().Int64Value();
+    at::manual_seed(info[6].As<Napi::Number>().Int64Value());
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    const auto x = at::randn({tokens, hidden}, f32).to(device, dtype);
+    const auto w = (at::randn({hidden, hidden}, f32) / std::sqrt(static_cast<double>(hidden))).to(device, dtype);
+    const auto chosen = std::get<1>(at::rand({tokens, experts}, f32).topk(top_k, 1)).to(device);  // distinct per token
+    const auto weights = at::softmax(at::randn({tokens, top_k}, f32), 1).to(device);
+    const auto grad = at::randn({tokens, hidden}, f32).to(device, dtype);
+    const auto scale_of = [experts](const at::Tensor& e) { return 1.0 + e.to(at::kDouble) / static_cast<double>(experts); };
+    const auto run = [&](const at::Tensor& rows, const at::Tensor& ends) {
+      const auto row_ids = at::arange(rows.size(0), ends.options());
+      const auto expert = at::searchsorted(ends, row_ids, /*out_int32=*/false, /*right=*/true);
+      return at::matmul(rows, w) * scale_of(expert).to(rows.scalar_type()).unsqueeze(1);
+    };
+    const auto once = [&]() {
+      at::Tensor leaf_x = x.detach().requires_grad_(true), leaf_w = weights.detach().requires_grad_(true);
+      const auto out = layers::dispatch_combine(leaf_x, chosen, leaf_w, experts, nullptr, run);
+      out.backward(grad);
+      return std::vector<at::Tensor>{out.detach(), leaf_x.grad(), leaf_w.grad()};
+    };
+    const auto first = once(), second = once();
+    // fp64 on the host from the same (rounded) inputs.
+    at::Tensor xd = x.to(at::kCPU, at::kDouble).requires_grad_(true);
+    at::Tensor wd = weights.to(at::kCPU, at::kDouble).requires_grad_(true);
+    const auto per_pair = at::matmul(xd, w.to(at::kCPU, at::kDouble)).unsqueeze(1) *
+                          scale_of(chosen.to(at::kCPU)).unsqueeze(2);  // [tokens, top_k, hidden]
+    const auto ref = (per_pair * wd.unsqueeze(2)).sum(1);
+    ref.backward(grad.to(at::kCPU, at::kDouble));
+    const auto scale = [](const at::Tensor& t) { return t.abs().max().item<double>(); };
+    auto out = Napi::Object::New(env);
+    out["available"] = kernels::gather_available(x);
+    out["out"] = max_abs_diff(first[0].cpu(), ref.detach());
+    out["gradX"] = max_abs_diff(first[1].cpu(), xd.grad());
+    out["gradWeights"] = max_abs_diff(first[2].cpu(), wd.grad());
+    out["outScale"] = scale(ref.detach());
+    out["gradXScale"] = scale(xd.grad());
+    out["gradWeightsScale"] = scale(wd.grad());
+    int64_t differ = 0;
+    for (size_t i = 0; i < first.size(); ++i) differ += mismatches(first[i], second[i]);
+    out["repeatMismatches"] = static_cast<double>(differ);
+    return out;
+  });
+}
+
 // kernelCheckDecode(device, dtype, rows, heads, kvHeads, headDim, maxLen, window, seed) ->
 //   {available, kernel, flash: max |that - fp64 attention|, scale: max |fp64 attention|,
 //    kvWriteMismatches: elements of the cache that differ from index_copy_'s}: the decode kernel
@@ -291,6 +433,8 @@ void register_kernels(Napi::Env env, Napi::Object exports) {
   exports["kernelCheckSample"] = Napi::Function::New(env, KernelCheckSample, "kernelCheckSample");
   exports["kernelCheckLogprobRows"] = Napi::Function::New(env, KernelCheckLogprobRows, "kernelCheckLogprobRows");
   exports["kernelCheckFused"] = Napi::Function::New(env, KernelCheckFused, "kernelCheckFused");
+  exports["kernelCheckFusedLinear"] = Napi::Function::New(env, KernelCheckFusedLinear, "kernelCheckFusedLinear");
+  exports["kernelCheckMoeCombine"] = Napi::Function::New(env, KernelCheckMoeCombine, "kernelCheckMoeCombine");
 }
 
 const Registrar registrar(register_kernels);

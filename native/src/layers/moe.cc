@@ -1,7 +1,9 @@
 #include "layers/moe.h"
 
-#include "layers/mlp.h"
+#include <torch/csrc/autograd/custom_function.h>
 
+#include "kernels/gather.h"
+#include "layers/mlp.h"
 #include "parallel/collectives.h"
 
 #include <algorithm>
@@ -186,6 +188,43 @@ LocalMoe moe_rows(const at::Tensor& x, const MoeWeights& w, const MoeConfig& c, 
   return {std::move(out), std::move(choice)};
 }
 
+// The dispatch's gather of token rows into expert order (token_of_row [pairs]); its backward adds
+// each token's top_k row gradients (inverse [tokens, top_k]: the pair's row) in fp32, in order,
+// where index_select's backward is an index_add_ of bf16 rows with atomics.
+struct DispatchRows : torch::autograd::Function<DispatchRows> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& token_of_row,
+                            const at::Tensor& inverse) {
+    ctx->save_for_backward({inverse});
+    return x.index_select(0, token_of_row);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto inverse = ctx->get_saved_variables()[0];
+    return {kernels::gather_sum(grads[0].contiguous(), inverse, at::Tensor()), at::Tensor(), at::Tensor()};
+  }
+};
+
+// The combine: out[t] = Σ_k weights[t, k] · y[inverse[t, k]] in fp32, rounded once, without the
+// fp32 [tokens, top_k, hidden] copy. Backward: d y[r] = weight of r · d out[token of r] (one row
+// gather) and d weights[t, k] = d out[t] · y[inverse[t, k]] (fp32 dots).
+struct CombineRows : torch::autograd::Function<CombineRows> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& y, const at::Tensor& weights,
+                            const at::Tensor& inverse, const at::Tensor& token_of_row, const at::Tensor& order) {
+    ctx->save_for_backward({y, weights, inverse, token_of_row, order});
+    return kernels::gather_sum(y, inverse, weights);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &y = saved[0], &weights = saved[1], &inverse = saved[2], &token_of_row = saved[3], &order = saved[4];
+    const auto d_out = grads[0].contiguous();
+    const auto row_weight = weights.reshape(-1).index_select(0, order).unsqueeze(1);  // [pairs, 1]
+    const auto d_y = kernels::gather_sum(d_out, token_of_row.unsqueeze(1), row_weight);
+    const auto d_weights = ctx->needs_input_grad(1) ? kernels::gather_dot(d_out, y, inverse).to(weights.scalar_type()) : at::Tensor();
+    return {d_y, d_weights, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 // rows of x, then `extra` rows of `fill` (differentiable in x).
 at::Tensor pad_rows(const at::Tensor& x, int64_t extra, double fill = 0) {
   if (extra == 0) return x;
@@ -204,13 +243,17 @@ at::Tensor dispatch_combine(const at::Tensor& x, const at::Tensor& experts, cons
   const auto flat = experts.reshape(-1);  // [tokens * top_k]
   const auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   const auto ends = at::searchsorted(sorted, at::arange(1, num_experts + 1, flat.options()));  // [experts]
-  const auto rows = x.index_select(0, at::floor_divide(order, top_k));
+  const auto token_of_row = at::floor_divide(order, top_k);
+  const auto inverse = inverse_permutation(order).view({tokens, top_k});  // each pair's sorted row
+  const bool gather = kernels::gather_available(x);
+  const auto rows = gather ? DispatchRows::apply(x, token_of_row, inverse) : x.index_select(0, token_of_row);
   const bool parallel = ep && ep->group && ep->group->world_size() > 1;
   const auto y = parallel ? dispatch_experts(rows, at::diff(ends, 1, 0, at::zeros({1}, ends.options())), run, *ep)
                           : run(rows, ends);
   // Back to (token, k) order and a weighted sum over k in float32, rounded once: no atomic adds,
   // so each token's output is deterministic and does not depend on the rest of the batch.
-  const auto per_pair = y.index_select(0, inverse_permutation(order)).view({tokens, top_k, x.size(1)});
+  if (gather) return CombineRows::apply(y.contiguous(), weights, inverse, token_of_row, order);
+  const auto per_pair = y.index_select(0, inverse.reshape(-1)).view({tokens, top_k, x.size(1)});
   return (per_pair.to(at::kFloat) * weights.unsqueeze(-1)).sum(1).to(x.scalar_type());
 }
 

@@ -67,6 +67,26 @@ namespace {
 
 using layers::linear;
 
+// Moves the named parameters (those present; at least two, else nothing) into one storage, rows
+// back to back in the order given; each keeps its name and shape as a view of it.
+void pack_rows(NamedTensors& params, const std::vector<std::string>& names) {
+  std::vector<size_t> at;
+  for (const auto& name : names) {
+    const auto it = std::find_if(params.begin(), params.end(), [&](const auto& p) { return p.first == name; });
+    if (it != params.end()) at.push_back(static_cast<size_t>(it - params.begin()));
+  }
+  if (at.size() < 2) return;
+  std::vector<at::Tensor> parts;
+  for (auto i : at) parts.push_back(params[i].second);
+  const auto whole = at::cat(parts, 0);
+  int64_t row = 0;
+  for (auto i : at) {
+    const auto rows = params[i].second.size(0);
+    params[i].second = whole.narrow(0, row, rows).detach();
+    row += rows;
+  }
+}
+
 struct Block {
   at::Tensor input_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
   at::Tensor post_norm, gate, up, down;
@@ -88,6 +108,13 @@ class DenseDecoder final : public CausalLM {
     const int size = tp_.size();
     local_heads_ = config_.num_heads / size;
     local_kv_heads_ = std::max<int64_t>(1, config_.num_kv_heads / size);
+    for (int64_t i = stage_.begin; i < stage_.end; ++i) {
+      const auto p = "model.layers." + std::to_string(i) + ".";
+      // q/k/v and gate/up side by side: each projection group is then one GEMM (layers::linear_parts).
+      pack_rows(params_, {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"});
+      pack_rows(params_, {p + "self_attn.q_proj.bias", p + "self_attn.k_proj.bias", p + "self_attn.v_proj.bias"});
+      pack_rows(params_, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
+    }
     std::map<std::string, at::Tensor> by_name(params_.begin(), params_.end());
     const auto get = [&](const std::string& name) {
       const auto it = by_name.find(name);
@@ -185,12 +212,19 @@ class DenseDecoder final : public CausalLM {
       const auto& b = blocks_[l];
       auto x = x_in;
       const auto h = tp_.enter(layers::rms_norm(x, b.input_norm, c.rms_norm_eps), sp);  // [tokens, hidden]
-      auto q = linear(h, b.q, b.q_bias).view({tokens, heads, c.head_dim});
-      auto k = linear(h, b.k, b.k_bias).view({tokens, kv_heads, c.head_dim});
-      const auto v = linear(h, b.v, b.v_bias).view({tokens, kv_heads, c.head_dim});
+      const auto qkv = layers::linear_parts(h, {b.q, b.k, b.v}, {b.q_bias, b.k_bias, b.v_bias});
+      auto q = qkv[0].view({tokens, heads, c.head_dim});
+      auto k = qkv[1].view({tokens, kv_heads, c.head_dim});
+      auto v = qkv[2].view({tokens, kv_heads, c.head_dim});
       if (c.qk_norm) {
         q = layers::rms_norm(q, b.q_norm, c.rms_norm_eps);
         k = layers::rms_norm(k, b.k_norm, c.rms_norm_eps);
+      } else if (!q.is_contiguous()) {
+        // Column views of one GEMM's output: the fused rope wants whole rows, and v alone would
+        // otherwise keep the whole [tokens, q + k + v] alive until attention's backward.
+        q = q.contiguous();
+        k = k.contiguous();
+        v = v.contiguous();
       }
       std::tie(q, k) = layers::apply_rope_pair(q, k, rope);
       const auto window = c.sliding_window;
