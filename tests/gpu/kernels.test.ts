@@ -2,7 +2,14 @@
 // reference beside it). The CPU build runs the reference on both sides, so this lives in tests/gpu.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { checkLogprobRows as check, checkDecode, checkFused, checkFusedLinear, checkMoeCombine, checkSample } from "../helpers/kernel-check.js";
+import {
+  checkLogprobRows as check,
+  checkDecode,
+  checkFused,
+  checkFusedLinear,
+  checkMoeCombine,
+  checkSample,
+} from "../helpers/kernel-check.js";
 
 for (const [dtype, vocab, temperature] of [
   ["float32", 1000, 1],
