@@ -5,6 +5,7 @@ import { test } from "node:test";
 import {
   checkLogprobRows as check,
   checkDecode,
+  checkDecodeNorm,
   checkFused,
   checkFusedLinear,
   checkMoeCombine,
@@ -52,6 +53,24 @@ for (const [dtype, tokens] of [
     const unit = dtype === "float32" ? 1e-6 : dtype === "float16" ? 2e-3 : 1.6e-2;
     for (const part of [r.rope, r.siluMul, r.siluMulHalves])
       assert.ok(part.gradDiff <= unit * Math.max(part.gradScale, 1), JSON.stringify(part));
+  });
+}
+
+for (const [dtype, rows] of [
+  ["bfloat16", 256],
+  ["bfloat16", 3],
+  ["float16", 64],
+] as const) {
+  test(`decode norm kernels: the residual add equals ATen's bit for bit, the norms and q/k norm + rope within one rounding of the training forward's; the KV write from strided q/k/v views equals index_copy_: ${dtype}, ${rows} rows`, () => {
+    const r = checkDecodeNorm("cuda:0", dtype, rows, 9);
+    console.log(`decode norm ${dtype} rows=${rows}: ${JSON.stringify(r)}`);
+    assert.equal(r.available, true);
+    assert.equal(r.addSum, 0);
+    assert.equal(r.stridedKvWriteMismatches, 0);
+    // One rounding here against two or three in the ATen expressions: a couple of units.
+    const unit = dtype === "float16" ? 2e-3 : 1.6e-2;
+    for (const part of [r.norm, r.qkNormRope, r.rope])
+      assert.ok(part.diff <= 2 * unit * part.scale, JSON.stringify(part));
   });
 }
 

@@ -130,3 +130,27 @@ export const checkFusedLinear = (
     ): { adjacent: boolean; clonesAdjacent: boolean; qkv: FusedLinearPart; swiglu: FusedLinearPart };
   }
 ).kernelCheckFusedLinear;
+
+export interface DiffScale {
+  diff: number;
+  scale: number;
+}
+
+/** addon/kernels.cc kernelCheckDecodeNorm: the decode step's norm/rope kernels and the strided KV write against ATen. */
+export const checkDecodeNorm = (
+  addon() as unknown as {
+    kernelCheckDecodeNorm(
+      device: string,
+      dtype: string,
+      rows: number,
+      seed: number,
+    ): {
+      available: boolean;
+      addSum: number;
+      norm: DiffScale;
+      qkNormRope: DiffScale;
+      rope: DiffScale;
+      stridedKvWriteMismatches: number;
+    };
+  }
+).kernelCheckDecodeNorm;

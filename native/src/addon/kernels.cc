@@ -320,6 +320,78 @@ Napi::Value KernelCheckMoeCombine(const Napi::CallbackInfo& info) {
   });
 }
 
+// kernelCheckDecodeNorm(device, dtype, rows, seed) -> {available, addSum: elements of x + residual
+//   that differ from ATen's add, norm, qkNormRope, rope: {diff: max |kernel - ATen expression|,
+//   scale: max |ATen value|}, stridedKvWriteMismatches}: the decode step's norm kernels against
+//   the expressions the training forward runs (at::rms_norm, apply_rope_pair), on q/k/v as column
+//   views of one [rows, q + k + v] GEMM output, as the decoder has them; and the KV write from
+//   those strided views against index_copy_.
+Napi::Value KernelCheckDecodeNorm(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
+    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
+    const auto rows = info[2].As<Napi::Number>().Int64Value();
+    at::manual_seed(info[3].As<Napi::Number>().Int64Value());
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    const int64_t hidden = 1024, heads = 16, kv_heads = 8, dim = 128;
+    const double eps = 1e-6;
+    const auto make = [&](std::vector<int64_t> shape, double scale, double shift = 0) {
+      return (at::randn(shape, f32) * scale + shift).to(device, dtype);
+    };
+    const auto x = make({rows, hidden}, 1), residual = make({rows, hidden}, 1), w = make({hidden}, 0.1, 1);
+    const auto [sum, norm] = kernels::add_rms_norm(x, residual, w, eps);
+    const auto ref_sum = x + residual;
+    const auto ref_norm = at::rms_norm(ref_sum, {hidden}, w, eps);
+    const auto qkv = make({rows, (heads + 2 * kv_heads) * dim}, 2);
+    const auto q = qkv.narrow(1, 0, heads * dim).view({rows, heads, dim});
+    const auto k = qkv.narrow(1, heads * dim, kv_heads * dim).view({rows, kv_heads, dim});
+    const auto v = qkv.narrow(1, (heads + kv_heads) * dim, kv_heads * dim).view({rows, kv_heads, dim});
+    const auto q_norm = make({dim}, 0.1, 1), k_norm = make({dim}, 0.1, 1);
+    const auto positions = at::randint(32768, {rows}, at::TensorOptions().dtype(at::kLong)).to(device);
+    layers::RopeConfig rope_config;
+    rope_config.rotary_dim = dim;
+    rope_config.theta = 1e6;
+    auto table = layers::rope_table_from(layers::rope_frequencies(rope_config, 0), positions);
+    table.cos = table.cos.to(dtype);
+    table.sin = table.sin.to(dtype);
+    const auto [qn, kn] = kernels::qk_norm_rope(q, k, q_norm, k_norm, eps, table.cos, table.sin);
+    const auto [ref_q, ref_k] = layers::apply_rope_pair(at::rms_norm(q, {dim}, q_norm, eps), at::rms_norm(k, {dim}, k_norm, eps), table);
+    const auto [qr, kr] = kernels::qk_norm_rope(q, k, at::Tensor(), at::Tensor(), eps, table.cos, table.sin);
+    const auto [rope_q, rope_k] = layers::apply_rope_pair(q.contiguous(), k.contiguous(), table);
+    const auto part = [&](const std::vector<at::Tensor>& got, const std::vector<at::Tensor>& want) {
+      double diff = 0, scale = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        diff = std::max(diff, max_abs_diff(got[i], want[i]));
+        scale = std::max(scale, want[i].to(at::kDouble).abs().max().item<double>());
+      }
+      auto o = Napi::Object::New(env);
+      o["diff"] = diff;
+      o["scale"] = scale;
+      return o;
+    };
+    // The KV write from the strided views (kernel, or index_copy_ where it is not available).
+    const auto cache_rows = rows + 5;
+    const auto slots = at::randperm(cache_rows, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, rows).to(device);
+    auto k_cache = at::zeros({cache_rows, kv_heads, dim}, qkv.options()), v_cache = at::zeros_like(k_cache);
+    auto k_ref = at::zeros_like(k_cache), v_ref = at::zeros_like(k_cache);
+    if (!kernels::write_kv_rows(k, v, k_cache, v_cache, slots)) {
+      k_cache.index_copy_(0, slots, k);
+      v_cache.index_copy_(0, slots, v);
+    }
+    k_ref.index_copy_(0, slots, k);
+    v_ref.index_copy_(0, slots, v);
+    auto out = Napi::Object::New(env);
+    out["available"] = kernels::decode_norm_available(x);
+    out["addSum"] = static_cast<double>(mismatches(sum, ref_sum));
+    out["norm"] = part({norm}, {ref_norm});
+    out["qkNormRope"] = part({qn, kn}, {ref_q, ref_k});
+    out["rope"] = part({qr, kr}, {rope_q, rope_k});
+    out["stridedKvWriteMismatches"] = static_cast<double>(mismatches(k_cache, k_ref) + mismatches(v_cache, v_ref));
+    return out;
+  });
+}
+
 // kernelCheckDecode(device, dtype, rows, heads, kvHeads, headDim, maxLen, window, seed) ->
 //   {available, kernel, flash: max |that - fp64 attention|, scale: max |fp64 attention|,
 //    kvWriteMismatches: elements of the cache that differ from index_copy_'s}: the decode kernel
@@ -434,6 +506,7 @@ void register_kernels(Napi::Env env, Napi::Object exports) {
   exports["kernelCheckLogprobRows"] = Napi::Function::New(env, KernelCheckLogprobRows, "kernelCheckLogprobRows");
   exports["kernelCheckFused"] = Napi::Function::New(env, KernelCheckFused, "kernelCheckFused");
   exports["kernelCheckFusedLinear"] = Napi::Function::New(env, KernelCheckFusedLinear, "kernelCheckFusedLinear");
+  exports["kernelCheckDecodeNorm"] = Napi::Function::New(env, KernelCheckDecodeNorm, "kernelCheckDecodeNorm");
   exports["kernelCheckMoeCombine"] = Napi::Function::New(env, KernelCheckMoeCombine, "kernelCheckMoeCombine");
 }
 

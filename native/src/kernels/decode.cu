@@ -1,4 +1,5 @@
 // CUDA kernels of kernels/decode.h and kernels/sample.h.
+#include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -7,7 +8,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/decode.h"
 #include "kernels/sample.h"
@@ -202,10 +205,12 @@ void launch_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   }
 }
 
-// Thread t copies 16-byte vector t of the new rows (keys first, then values) into the cache.
+// Thread t copies 16-byte vector t of the new rows (keys first, then values) into the cache; the
+// source rows are k_ld / v_ld vectors apart.
 __global__ void write_kv_rows_kernel(const uint4* __restrict__ k, const uint4* __restrict__ v,
                                      uint4* __restrict__ k_cache, uint4* __restrict__ v_cache,
-                                     const int64_t* __restrict__ rows, int64_t tokens, int64_t per_token) {
+                                     const int64_t* __restrict__ rows, int64_t tokens, int64_t per_token,
+                                     int64_t k_ld, int64_t v_ld) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t n = tokens * per_token;
   if (t >= 2 * n) return;
@@ -213,8 +218,8 @@ __global__ void write_kv_rows_kernel(const uint4* __restrict__ k, const uint4* _
   const int64_t i = is_v ? t - n : t;
   const int64_t token = i / per_token, j = i % per_token;
   const int64_t dst = rows[token] * per_token + j;
-  if (is_v) v_cache[dst] = v[i];
-  else k_cache[dst] = k[i];
+  if (is_v) v_cache[dst] = v[token * v_ld + j];
+  else k_cache[dst] = k[token * k_ld + j];
 }
 
 // Sampling, one block of kSampleThreads per row (kernels/sample.h): pass 1 the max of z = x / T,
@@ -344,7 +349,12 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const a
 
 bool write_kv_rows(const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& k_cache, const at::Tensor& v_cache,
                    const at::Tensor& rows) {
-  const auto k = k_in.contiguous(), v = v_in.contiguous();
+  // Rows at any stride (the fused q/k/v GEMM's column views): each row's heads must be contiguous.
+  const auto rows_ok = [](const at::Tensor& t) {
+    return t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2) && (t.stride(0) * t.element_size()) % 16 == 0 &&
+           reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  };
+  const auto k = rows_ok(k_in) ? k_in : k_in.contiguous(), v = rows_ok(v_in) ? v_in : v_in.contiguous();
   const auto row_bytes = k.size(1) * k.size(2) * k.element_size();
   const bool vectors = k.is_cuda() && k.sizes() == v.sizes() && k_cache.is_contiguous() && v_cache.is_contiguous() &&
                        k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == v_cache.scalar_type() &&
@@ -359,9 +369,222 @@ bool write_kv_rows(const at::Tensor& k_in, const at::Tensor& v_in, const at::Ten
   write_kv_rows_kernel<<<(n + threads - 1) / threads, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const uint4*>(k.data_ptr()), reinterpret_cast<const uint4*>(v.data_ptr()),
       reinterpret_cast<uint4*>(k_cache.data_ptr()), reinterpret_cast<uint4*>(v_cache.data_ptr()),
-      rows.contiguous().data_ptr<int64_t>(), tokens, per_token);
+      rows.contiguous().data_ptr<int64_t>(), tokens, per_token, k.stride(0) * k.element_size() / 16,
+      v.stride(0) * v.element_size() / 16);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
+}
+
+
+namespace {
+
+template <typename T>
+struct alignas(16) Chunk16 {
+  T v[16 / sizeof(T)];
+};
+
+// A block of kNormThreads per row: x (+ residual, rounded as ATen's add rounds) -> the sum and its
+// RMS norm · weight. Thread t holds the 16-byte vectors t, t + kNormThreads, ... (C of them) in
+// registers, so each element is read once; a decode step's rows are few, so every load counts.
+constexpr int kNormThreads = 128;
+
+template <typename T, int C, bool Residual>
+__global__ void add_rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ weight,
+                                    T* __restrict__ sum_out, T* __restrict__ norm_out, int d, int64_t x_ld,
+                                    int64_t r_ld, float eps) {
+  constexpr int W = 16 / sizeof(T);
+  using Vec = Chunk16<T>;
+  const int64_t row = blockIdx.x;
+  const int vectors = d / W;
+  float v[C][W];
+  float squares = 0.f;
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int i = threadIdx.x + c * kNormThreads;
+    if (i >= vectors) continue;
+    const Vec a = reinterpret_cast<const Vec*>(x + row * x_ld)[i];
+    Vec sum;
+    if constexpr (Residual) {
+      const Vec b = reinterpret_cast<const Vec*>(residual + row * r_ld)[i];
+#pragma unroll
+      for (int e = 0; e < W; ++e) sum.v[e] = static_cast<T>(static_cast<float>(a.v[e]) + static_cast<float>(b.v[e]));
+      reinterpret_cast<Vec*>(sum_out + row * d)[i] = sum;
+    } else {
+      sum = a;
+    }
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      v[c][e] = static_cast<float>(sum.v[e]);
+      squares += v[c][e] * v[c][e];
+    }
+  }
+  __shared__ float partial[kNormThreads / 32];
+  squares = warp_sum(squares);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = squares;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kNormThreads / 32; ++w) total += partial[w];
+  const float r = rsqrtf(total / static_cast<float>(d) + eps);
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int i = threadIdx.x + c * kNormThreads;
+    if (i >= vectors) continue;
+    const Vec w = reinterpret_cast<const Vec*>(weight)[i];
+    Vec o;
+#pragma unroll
+    for (int e = 0; e < W; ++e) o.v[e] = static_cast<T>(v[c][e] * r * static_cast<float>(w.v[e]));
+    reinterpret_cast<Vec*>(norm_out + row * d)[i] = o;
+  }
+}
+
+// A warp per (row, head) of q then k: lane l holds elements [l·E, l·E + E) of the head's D = 32·E;
+// the rotate-half partner of an element sits E·16 further (or back), in lane l ^ 16.
+template <typename T, int E, bool Norm>
+__global__ void qk_norm_rope_kernel(const T* __restrict__ q, const T* __restrict__ k, int64_t q_ld, int64_t k_ld,
+                                    const T* __restrict__ q_norm, const T* __restrict__ k_norm,
+                                    const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ q_out,
+                                    T* __restrict__ k_out, int rows, int q_heads, int k_heads, float eps) {
+  constexpr int D = 32 * E;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int per_row = q_heads + k_heads;
+  if (item >= static_cast<int64_t>(rows) * per_row) return;
+  const int lane = threadIdx.x % 32;
+  const int row = static_cast<int>(item / per_row);
+  int head = static_cast<int>(item % per_row);
+  const bool is_q = head < q_heads;
+  if (!is_q) head -= q_heads;
+  const T* src = (is_q ? q + row * q_ld : k + row * k_ld) + static_cast<int64_t>(head) * D + lane * E;
+  T* dst = (is_q ? q_out + (static_cast<int64_t>(row) * q_heads + head) * D
+                 : k_out + (static_cast<int64_t>(row) * k_heads + head) * D) + lane * E;
+  float v[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) v[e] = static_cast<float>(src[e]);
+  if constexpr (Norm) {
+    float squares = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) squares += v[e] * v[e];
+    const float r = rsqrtf(warp_sum(squares) / static_cast<float>(D) + eps);
+    const T* w = (is_q ? q_norm : k_norm) + lane * E;
+#pragma unroll
+    for (int e = 0; e < E; ++e) v[e] = static_cast<float>(static_cast<T>(v[e] * r * static_cast<float>(w[e])));
+  }
+  const T* c = cos + static_cast<int64_t>(row) * D + lane * E;
+  const T* s = sin + static_cast<int64_t>(row) * D + lane * E;
+  const bool first_half = lane < 16;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const float partner = __shfl_xor_sync(0xffffffffu, v[e], 16);
+    const float rotated = first_half ? -partner : partner;
+    dst[e] = static_cast<T>(v[e] * static_cast<float>(c[e]) + rotated * static_cast<float>(s[e]));
+  }
+}
+
+}  // namespace
+
+bool decode_norm_available(const at::Tensor& x) {
+  const auto t = x.scalar_type();
+  return x.is_cuda() && (t == at::kBFloat16 || t == at::kHalf || t == at::kFloat);
+}
+
+bool qk_norm_rope_available(const at::Tensor& x, int64_t head_dim) {
+  return decode_norm_available(x) && (head_dim == 64 || head_dim == 128 || head_dim == 256);
+}
+
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight_in,
+                                               double eps) {
+  const bool add = residual.defined();
+  if (!decode_norm_available(x) || x.dim() != 2 || weight_in.numel() != x.size(1) ||
+      (add && (residual.sizes() != x.sizes() || residual.scalar_type() != x.scalar_type()))) {
+    throw std::invalid_argument("kernels/add_rms_norm: expects CUDA [rows, D] rows and a [D] weight");
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto weight = weight_in.to(x.scalar_type()).contiguous();
+  const int rows = static_cast<int>(x.size(0)), d = static_cast<int>(x.size(1));
+  const int w = 16 / static_cast<int>(x.element_size());
+  const auto aligned = [](const at::Tensor& t) {
+    return t.stride(1) == 1 && (t.stride(0) * t.element_size()) % 16 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  };
+  const int chunks = (d / w + kNormThreads - 1) / kNormThreads;
+  if (d % w != 0 || chunks > 8 || !aligned(x) || (add && !aligned(residual))) {
+    // Rows the vector kernel does not take: ATen's expressions.
+    const auto sum = add ? x + residual : x;
+    return {sum, at::rms_norm(sum, {d}, weight, eps)};
+  }
+  auto sum = add ? at::empty(x.sizes(), x.options()) : x;
+  auto norm = at::empty(x.sizes(), x.options());
+  if (rows == 0) return {sum, norm};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_rms_norm", [&] {
+    const auto* xp = x.data_ptr<scalar_t>();
+    const auto* rp = add ? residual.data_ptr<scalar_t>() : nullptr;
+    const auto* wp = weight.data_ptr<scalar_t>();
+    auto* sp = add ? sum.data_ptr<scalar_t>() : nullptr;
+    auto* np = norm.data_ptr<scalar_t>();
+    const auto r_ld = add ? residual.stride(0) : 0;
+    const auto launch = [&](auto c_tag) {
+      constexpr int C = decltype(c_tag)::value;
+      if (add) {
+        add_rms_norm_kernel<scalar_t, C, true><<<rows, kNormThreads, 0, stream>>>(xp, rp, wp, sp, np, d, x.stride(0), r_ld,
+                                                                                static_cast<float>(eps));
+      } else {
+        add_rms_norm_kernel<scalar_t, C, false><<<rows, kNormThreads, 0, stream>>>(xp, rp, wp, sp, np, d, x.stride(0), r_ld,
+                                                                                 static_cast<float>(eps));
+      }
+    };
+    if (chunks <= 1) launch(std::integral_constant<int, 1>{});
+    else if (chunks <= 2) launch(std::integral_constant<int, 2>{});
+    else if (chunks <= 4) launch(std::integral_constant<int, 4>{});
+    else launch(std::integral_constant<int, 8>{});
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {sum, norm};
+}
+
+std::pair<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_norm_in,
+                                               const at::Tensor& k_norm_in, double eps, const at::Tensor& cos_in,
+                                               const at::Tensor& sin_in) {
+  const auto d = q.dim() == 3 ? q.size(2) : 0;
+  const auto heads_ok = [d](const at::Tensor& x) { return x.dim() == 3 && x.size(2) == d && x.stride(2) == 1 && x.stride(1) == d; };
+  const bool norm = q_norm_in.defined();
+  if (!qk_norm_rope_available(q, d) || !heads_ok(q) || !heads_ok(k) ||
+      k.size(0) != q.size(0) || k.scalar_type() != q.scalar_type() || cos_in.dim() != 2 || cos_in.size(0) != q.size(0) ||
+      cos_in.size(1) != d || (norm && (q_norm_in.numel() != d || !k_norm_in.defined() || k_norm_in.numel() != d))) {
+    throw std::invalid_argument("kernels/qk_norm_rope: expects CUDA q [rows, Hq, D], k [rows, Hk, D] with contiguous heads, "
+                                "D 64/128/256, cos/sin [rows, D] and [D] norm weights");
+  }
+  const c10::cuda::CUDAGuard guard(q.device());
+  const auto dtype = q.scalar_type();
+  const auto cos = cos_in.to(dtype).contiguous(), sin = sin_in.to(dtype).contiguous();
+  const auto qw = norm ? q_norm_in.to(dtype).contiguous() : at::Tensor();
+  const auto kw = norm ? k_norm_in.to(dtype).contiguous() : at::Tensor();
+  const int rows = static_cast<int>(q.size(0)), hq = static_cast<int>(q.size(1)), hk = static_cast<int>(k.size(1));
+  auto q_out = at::empty(q.sizes(), q.options());
+  auto k_out = at::empty(k.sizes(), k.options());
+  if (rows == 0) return {q_out, k_out};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t items = static_cast<int64_t>(rows) * (hq + hk);
+  const auto blocks = static_cast<unsigned>((items + kNormThreads / 32 - 1) / (kNormThreads / 32));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "qk_norm_rope", [&] {
+    const auto launch = [&](auto e_tag, auto norm_tag) {
+      constexpr int E = decltype(e_tag)::value;
+      constexpr bool N = decltype(norm_tag)::value;
+      qk_norm_rope_kernel<scalar_t, E, N><<<blocks, kNormThreads, 0, stream>>>(
+          q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), q.stride(0), k.stride(0),
+          N ? qw.data_ptr<scalar_t>() : nullptr, N ? kw.data_ptr<scalar_t>() : nullptr, cos.data_ptr<scalar_t>(),
+          sin.data_ptr<scalar_t>(), q_out.data_ptr<scalar_t>(), k_out.data_ptr<scalar_t>(), rows, hq, hk,
+          static_cast<float>(eps));
+    };
+    const auto with_norm = [&](auto e_tag) {
+      if (norm) launch(e_tag, std::true_type{});
+      else launch(e_tag, std::false_type{});
+    };
+    if (d == 64) with_norm(std::integral_constant<int, 2>{});
+    else if (d == 128) with_norm(std::integral_constant<int, 4>{});
+    else with_norm(std::integral_constant<int, 8>{});
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {q_out, k_out};
 }
 
 bool sample_kernel_available(const at::Tensor& logits) {

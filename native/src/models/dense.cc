@@ -6,6 +6,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "kernels/decode.h"
 #include "layers/attention.h"
 #include "layers/mlp.h"
 #include "layers/norm.h"
@@ -211,12 +212,21 @@ class DenseDecoder final : public CausalLM {
                            layers::Routing* routing, const std::shared_ptr<RecomputeState>& selective) {
       const auto& b = blocks_[l];
       auto x = x_in;
-      const auto h = tp_.enter(layers::rms_norm(x, b.input_norm, c.rms_norm_eps), sp);  // [tokens, hidden]
+      // A CUDA decode step (one token per row, no grad, one rank) normalises with the decode
+      // kernels: q/k norms and rope in one launch, the residual add with the norm after it.
+      const bool decode = at.slot_cache && at.slot_cache->decode && tp_.size() == 1 && !at::GradMode::is_enabled() &&
+                          kernels::decode_norm_available(x);
+      const bool decode_rope = decode && rope.cos.size(1) == c.head_dim && kernels::qk_norm_rope_available(x, c.head_dim);
+      const auto h = decode ? kernels::add_rms_norm(x, at::Tensor(), b.input_norm, c.rms_norm_eps).second
+                            : tp_.enter(layers::rms_norm(x, b.input_norm, c.rms_norm_eps), sp);  // [tokens, hidden]
       const auto qkv = layers::linear_parts(h, {b.q, b.k, b.v}, {b.q_bias, b.k_bias, b.v_bias});
       auto q = qkv[0].view({tokens, heads, c.head_dim});
       auto k = qkv[1].view({tokens, kv_heads, c.head_dim});
       auto v = qkv[2].view({tokens, kv_heads, c.head_dim});
-      if (c.qk_norm) {
+      if (decode_rope) {
+        std::tie(q, k) = kernels::qk_norm_rope(q, k, c.qk_norm ? b.q_norm : at::Tensor(), c.qk_norm ? b.k_norm : at::Tensor(),
+                                               c.rms_norm_eps, rope.cos, rope.sin);
+      } else if (c.qk_norm) {
         q = layers::rms_norm(q, b.q_norm, c.rms_norm_eps);
         k = layers::rms_norm(k, b.k_norm, c.rms_norm_eps);
       } else if (!q.is_contiguous()) {
@@ -226,7 +236,7 @@ class DenseDecoder final : public CausalLM {
         k = k.contiguous();
         v = v.contiguous();
       }
-      std::tie(q, k) = layers::apply_rope_pair(q, k, rope);
+      if (!decode_rope) std::tie(q, k) = layers::apply_rope_pair(q, k, rope);
       const auto window = c.sliding_window;
       const auto attn = selective ? layers::recompute([l, scale, window, state = selective](const std::vector<at::Tensor>& in) {
                                       return attention(state->batch, l, in[0], in[1], in[2], scale, window);
@@ -234,8 +244,14 @@ class DenseDecoder final : public CausalLM {
                                   : attention(at, l, q, k, v, scale, window);
       const auto flat = attn.reshape({tokens, heads * c.head_dim});
       // A row-parallel bias is added once, after the partial sums are reduced.
-      x = x + (tp_.size() == 1 ? linear(flat, b.o, b.o_bias) : with_bias(tp_.exit(linear(flat, b.o, at::Tensor()), sp), b.o_bias));
-      const auto m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
+      const auto o = tp_.size() == 1 ? linear(flat, b.o, b.o_bias) : with_bias(tp_.exit(linear(flat, b.o, at::Tensor()), sp), b.o_bias);
+      at::Tensor m;
+      if (decode) {
+        std::tie(x, m) = kernels::add_rms_norm(x, o, b.post_norm, c.rms_norm_eps);
+      } else {
+        x = x + o;
+        m = layers::rms_norm(x, b.post_norm, c.rms_norm_eps);
+      }
       if (b.moe_index < 0) return x + tp_.exit(layers::swiglu(tp_.enter(m, sp), b.gate, b.up, b.down), sp);
       if (!selective) return x + layers::moe_forward(m, b.moe, c.moe, routing, b.moe_index, &ep_, moe_tokens);
       // The experts' activations are recomputed too: the first run (no grad) counts the routing,
