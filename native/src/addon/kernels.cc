@@ -27,18 +27,35 @@ double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
 }
 
+double max_abs(const at::Tensor& t) { return t.to(at::kDouble).abs().max().item<double>(); }
+
+// {diff: max |got[i] - want[i]| over all i, scale: max |want[i]|}
+std::pair<double, double> diff_and_scale(const std::vector<at::Tensor>& got, const std::vector<at::Tensor>& want) {
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    diff = std::max(diff, max_abs_diff(got[i], want[i]));
+    scale = std::max(scale, max_abs(want[i]));
+  }
+  return {diff, scale};
+}
+
+// A check's arguments: the device and dtype first, then numbers.
+at::Device device_arg(const Napi::CallbackInfo& info) { return parse_device(info[0].As<Napi::String>().Utf8Value()); }
+at::ScalarType dtype_arg(const Napi::CallbackInfo& info) { return dtype_from_name(info[1].As<Napi::String>().Utf8Value()); }
+int64_t int_arg(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Int64Value(); }
+
 // kernelCheckLogprobRows(device, dtype, rows, vocab, temperature, seed) ->
 //   {logprob, entropy, lse, gradLogits, gradLogitsNoEntropy: max |kernel - reference|, gradScale: max |reference grad|,
 //    exact: {kernel, reference: {logprob, entropy, gradLogits: max |that - fp64 values|}}}
 Napi::Value KernelCheckLogprobRows(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
-    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
-    const auto rows = info[2].As<Napi::Number>().Int64Value();
-    const auto vocab = info[3].As<Napi::Number>().Int64Value();
+    const auto device = device_arg(info);
+    const auto dtype = dtype_arg(info);
+    const auto rows = int_arg(info, 2);
+    const auto vocab = int_arg(info, 3);
     const auto temperature = info[4].As<Napi::Number>().DoubleValue();
-    at::manual_seed(info[5].As<Napi::Number>().Int64Value());
+    at::manual_seed(int_arg(info, 5));
     const auto logits = (at::randn({rows, vocab}, at::TensorOptions().dtype(at::kFloat)) * 3).to(device, dtype);
     const auto targets = at::randint(vocab, {rows}, at::TensorOptions().dtype(at::kLong)).to(device);
     const auto grad_logprob = at::randn({rows}, at::TensorOptions().dtype(at::kFloat)).to(device);
@@ -109,12 +126,7 @@ Napi::Object compare_fused(Napi::Env env, const TensorFn& fused, const TensorFn&
     differ += mismatches(outs[i], ref_outs[i]);
     elements += outs[i].numel();
   }
-  const auto fused_grads = gradients(fused, inputs, grads), ref_grads = gradients(reference, inputs, grads);
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < fused_grads.size(); ++i) {
-    diff = std::max(diff, max_abs_diff(fused_grads[i], ref_grads[i]));
-    scale = std::max(scale, ref_grads[i].to(at::kDouble).abs().max().item<double>());
-  }
+  const auto [diff, scale] = diff_and_scale(gradients(fused, inputs, grads), gradients(reference, inputs, grads));
   auto o = Napi::Object::New(env);
   o["mismatches"] = static_cast<double>(differ);
   o["elements"] = static_cast<double>(elements);
@@ -130,10 +142,10 @@ Napi::Object compare_fused(Napi::Env env, const TensorFn& fused, const TensorFn&
 Napi::Value KernelCheckFused(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
-    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
-    const auto tokens = info[2].As<Napi::Number>().Int64Value();
-    at::manual_seed(info[3].As<Napi::Number>().Int64Value());
+    const auto device = device_arg(info);
+    const auto dtype = dtype_arg(info);
+    const auto tokens = int_arg(info, 2);
+    at::manual_seed(int_arg(info, 3));
     const auto opts = at::TensorOptions().dtype(at::kFloat);
     const auto make = [&](std::vector<int64_t> shape, double scale) { return (at::randn(shape, opts) * scale).to(device, dtype); };
     // Rope: Qwen3-like heads, angles of real positions (large ones included).
@@ -188,10 +200,10 @@ Napi::Value KernelCheckFused(const Napi::CallbackInfo& info) {
 Napi::Value KernelCheckFusedLinear(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
-    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
-    const auto tokens = info[2].As<Napi::Number>().Int64Value();
-    at::manual_seed(info[3].As<Napi::Number>().Int64Value());
+    const auto device = device_arg(info);
+    const auto dtype = dtype_arg(info);
+    const auto tokens = int_arg(info, 2);
+    at::manual_seed(int_arg(info, 3));
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     const int64_t hidden = 96, q_rows = 128, kv_rows = 32, inter = 160;
     const auto make = [&](std::vector<int64_t> shape) {
@@ -229,16 +241,8 @@ Napi::Value KernelCheckFusedLinear(const Napi::CallbackInfo& info) {
       const auto a = f(packed), b = f(separate);
       std::vector<at::Tensor> grads;
       for (const auto& o : b) grads.push_back(at::randn_like(o));
-      const auto ga = gradients(f, packed, grads), gb = gradients(f, separate, grads);
-      double out_diff = 0, out_scale = 0, grad_diff = 0, grad_scale = 0;
-      for (size_t i = 0; i < a.size(); ++i) {
-        out_diff = std::max(out_diff, max_abs_diff(a[i], b[i]));
-        out_scale = std::max(out_scale, b[i].to(at::kDouble).abs().max().item<double>());
-      }
-      for (size_t i = 0; i < ga.size(); ++i) {
-        grad_diff = std::max(grad_diff, max_abs_diff(ga[i], gb[i]));
-        grad_scale = std::max(grad_scale, gb[i].to(at::kDouble).abs().max().item<double>());
-      }
+      const auto [out_diff, out_scale] = diff_and_scale(a, b);
+      const auto [grad_diff, grad_scale] = diff_and_scale(gradients(f, packed, grads), gradients(f, separate, grads));
       auto o = Napi::Object::New(env);
       o["outDiff"] = out_diff;
       o["outScale"] = out_scale;
@@ -271,13 +275,13 @@ Napi::Value KernelCheckFusedLinear(const Napi::CallbackInfo& info) {
 Napi::Value KernelCheckMoeCombine(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
-    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
-    const auto tokens = info[2].As<Napi::Number>().Int64Value();
-    const auto hidden = info[3].As<Napi::Number>().Int64Value();
-    const auto experts = info[4].As<Napi::Number>().Int64Value();
-    const auto top_k = info[5].As<Napi::Number>().Int64Value();
-    at::manual_seed(info[6].As<Napi::Number>().Int64Value());
+    const auto device = device_arg(info);
+    const auto dtype = dtype_arg(info);
+    const auto tokens = int_arg(info, 2);
+    const auto hidden = int_arg(info, 3);
+    const auto experts = int_arg(info, 4);
+    const auto top_k = int_arg(info, 5);
+    at::manual_seed(int_arg(info, 6));
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     const auto x = at::randn({tokens, hidden}, f32).to(device, dtype);
     const auto w = (at::randn({hidden, hidden}, f32) / std::sqrt(static_cast<double>(hidden))).to(device, dtype);
@@ -304,15 +308,14 @@ Napi::Value KernelCheckMoeCombine(const Napi::CallbackInfo& info) {
                           scale_of(chosen.to(at::kCPU)).unsqueeze(2);  // [tokens, top_k, hidden]
     const auto ref = (per_pair * wd.unsqueeze(2)).sum(1);
     ref.backward(grad.to(at::kCPU, at::kDouble));
-    const auto scale = [](const at::Tensor& t) { return t.abs().max().item<double>(); };
     auto out = Napi::Object::New(env);
     out["available"] = kernels::gather_available(x);
     out["out"] = max_abs_diff(first[0].cpu(), ref.detach());
     out["gradX"] = max_abs_diff(first[1].cpu(), xd.grad());
     out["gradWeights"] = max_abs_diff(first[2].cpu(), wd.grad());
-    out["outScale"] = scale(ref.detach());
-    out["gradXScale"] = scale(xd.grad());
-    out["gradWeightsScale"] = scale(wd.grad());
+    out["outScale"] = max_abs(ref.detach());
+    out["gradXScale"] = max_abs(xd.grad());
+    out["gradWeightsScale"] = max_abs(wd.grad());
     int64_t differ = 0;
     for (size_t i = 0; i < first.size(); ++i) differ += mismatches(first[i], second[i]);
     out["repeatMismatches"] = static_cast<double>(differ);
@@ -329,10 +332,10 @@ Napi::Value KernelCheckMoeCombine(const Napi::CallbackInfo& info) {
 Napi::Value KernelCheckDecodeNorm(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
-    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
-    const auto rows = info[2].As<Napi::Number>().Int64Value();
-    at::manual_seed(info[3].As<Napi::Number>().Int64Value());
+    const auto device = device_arg(info);
+    const auto dtype = dtype_arg(info);
+    const auto rows = int_arg(info, 2);
+    at::manual_seed(int_arg(info, 3));
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     const int64_t hidden = 1024, heads = 16, kv_heads = 8, dim = 128;
     const double eps = 1e-6;
@@ -360,11 +363,7 @@ Napi::Value KernelCheckDecodeNorm(const Napi::CallbackInfo& info) {
     const auto [qr, kr] = kernels::qk_norm_rope(q, k, at::Tensor(), at::Tensor(), eps, table.cos, table.sin);
     const auto [rope_q, rope_k] = layers::apply_rope_pair(q.contiguous(), k.contiguous(), table);
     const auto part = [&](const std::vector<at::Tensor>& got, const std::vector<at::Tensor>& want) {
-      double diff = 0, scale = 0;
-      for (size_t i = 0; i < got.size(); ++i) {
-        diff = std::max(diff, max_abs_diff(got[i], want[i]));
-        scale = std::max(scale, want[i].to(at::kDouble).abs().max().item<double>());
-      }
+      const auto [diff, scale] = diff_and_scale(got, want);
       auto o = Napi::Object::New(env);
       o["diff"] = diff;
       o["scale"] = scale;
@@ -400,15 +399,15 @@ Napi::Value KernelCheckDecodeNorm(const Napi::CallbackInfo& info) {
 Napi::Value KernelCheckDecode(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
-    const auto dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
-    const auto rows = info[2].As<Napi::Number>().Int64Value();
-    const auto heads = info[3].As<Napi::Number>().Int64Value();
-    const auto kv_heads = info[4].As<Napi::Number>().Int64Value();
-    const auto dim = info[5].As<Napi::Number>().Int64Value();
-    const auto max_len = info[6].As<Napi::Number>().Int64Value();
-    const auto window = info[7].As<Napi::Number>().Int64Value();
-    at::manual_seed(info[8].As<Napi::Number>().Int64Value());
+    const auto device = device_arg(info);
+    const auto dtype = dtype_arg(info);
+    const auto rows = int_arg(info, 2);
+    const auto heads = int_arg(info, 3);
+    const auto kv_heads = int_arg(info, 4);
+    const auto dim = int_arg(info, 5);
+    const auto max_len = int_arg(info, 6);
+    const auto window = int_arg(info, 7);
+    at::manual_seed(int_arg(info, 8));
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     const auto q = at::randn({rows, heads, dim}, f32).to(device, dtype);
     const layers::KvView cache{at::randn({rows, max_len, kv_heads, dim}, f32).to(device, dtype),
@@ -469,11 +468,11 @@ Napi::Value KernelCheckDecode(const Napi::CallbackInfo& info) {
 Napi::Value KernelCheckSample(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    const auto device = parse_device(info[0].As<Napi::String>().Utf8Value());
-    const auto rows = info[1].As<Napi::Number>().Int64Value();
-    const auto vocab = info[2].As<Napi::Number>().Int64Value();
+    const auto device = device_arg(info);
+    const auto rows = int_arg(info, 1);
+    const auto vocab = int_arg(info, 2);
     const auto temperature = info[3].As<Napi::Number>().DoubleValue();
-    at::manual_seed(info[4].As<Napi::Number>().Int64Value());
+    at::manual_seed(int_arg(info, 4));
     auto logits = at::randn({rows, vocab}, at::TensorOptions().dtype(at::kFloat)) * 3;
     const auto masked = at::rand({rows, vocab}) < 0.9;
     masked.slice(0, 0, rows / 2).fill_(false);

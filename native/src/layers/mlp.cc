@@ -96,15 +96,15 @@ struct FusedLinear : torch::autograd::Function<FusedLinear> {
       }
       g = at::cat(pieces, 1);
     }
-    const auto dx = at::mm(g, weight);
-    const auto dw = at::mm(g.t(), x);
+    const auto dx = ctx->needs_input_grad(0) ? at::mm(g, weight) : at::Tensor();
+    const auto dw = ctx->needs_input_grad(1) ? at::mm(g.t(), x) : at::Tensor();
     const auto db = ctx->saved_data["bias"].toBool() ? g.sum(0) : at::Tensor();
     torch::autograd::variable_list out(8);
     out[0] = dx;
     int64_t row = 0;
     for (size_t i = 0; i < parts.size(); ++i) {
       const auto rows = parts[i].size(0);
-      out[1 + i] = dw.narrow(0, row, rows);
+      if (dw.defined()) out[1 + i] = dw.narrow(0, row, rows);
       if (db.defined()) out[4 + i] = db.narrow(0, row, rows);
       row += rows;
     }
