@@ -24,7 +24,8 @@ after(() => {
   dir.cleanup();
 });
 
-const prompt = (i: number) => Int32Array.from({ length: 5 + (i % 4) }, (_, t) => (i * 131 + t * 17 + 7) % vocab);
+const prompt = (i: number) =>
+  Int32Array.from({ length: 5 + (i % 4) }, (_, t) => (i * 131 + t * 17 + 7) % vocab);
 
 for (const n of [1, 5, 8, 9, 13]) {
   test(`${n} prompts, greedy on the CPU: each token's logprob equals the training forward's to 1e-5, and each prompt alone gives the tokens it gave in the batch`, async () => {
