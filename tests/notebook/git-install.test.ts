@@ -62,6 +62,8 @@ test("tiller installs from a git URL into a fresh project, with no network, its 
 }, () => {
   execFileSync("git", ["init", "--bare", "--quiet", bare]);
   execFileSync("git", ["-C", repoRoot, "push", "--quiet", bare, "HEAD:refs/heads/main"]);
+  // The bare repository's HEAD names main (npm resolves refs against it).
+  execFileSync("git", ["-C", bare, "symbolic-ref", "HEAD", "refs/heads/main"]);
   mkdirSync(project);
   writeFileSync(
     join(project, "package.json"),
