@@ -70,17 +70,33 @@ test("tiller installs from a git URL into a fresh project, with no network, its 
     `${JSON.stringify({ name: "my-rl-project", version: "1.0.0", private: true, type: "module" }, null, 2)}\n`,
   );
   assert.ok(relative(repoRoot, project).startsWith(".."), "the project is outside the repository");
+  // Offline, npm cannot resolve tiller's dependencies by name (the cache holds their tarballs, not
+  // the registry's metadata), so the project starts with the lockfile a first online install
+  // writes: tiller at the commit, and tiller's own non-dev lock entries, hoisted as npm places them.
+  const ours = JSON.parse(readFileSync(join(repoRoot, "package-lock.json"), "utf8"));
+  const tillerPkg = JSON.parse(readFileSync(join(repoRoot, "package.json"), "utf8"));
+  const url = `git+file://${bare}#${commit}`;
+  const packages: Record<string, unknown> = {
+    "": { name: "my-rl-project", version: "1.0.0", dependencies: { tiller: url } },
+    "node_modules/tiller": {
+      version: tillerPkg.version,
+      resolved: url,
+      hasInstallScript: true,
+      license: tillerPkg.license,
+      dependencies: tillerPkg.dependencies,
+      bin: tillerPkg.bin,
+      engines: tillerPkg.engines,
+    },
+  };
+  for (const [key, entry] of Object.entries(ours.packages as Record<string, { dev?: boolean }>)) {
+    if (key.startsWith("node_modules/") && !entry.dev) packages[key] = entry;
+  }
+  const lockfile = { name: "my-rl-project", version: "1.0.0", lockfileVersion: 3, requires: true, packages };
+  writeFileSync(join(project, "package-lock.json"), `${JSON.stringify(lockfile, null, 2)}\n`);
   const started = Date.now();
   const log = run(
     "npm",
-    [
-      "install",
-      "--no-audit",
-      "--no-fund",
-      "--offline",
-      "--foreground-scripts",
-      `git+file://${bare}#${commit}`,
-    ],
+    ["install", "--no-audit", "--no-fund", "--offline", "--foreground-scripts", url],
     project,
     { ...plainEnv, TILLER_PYTHON: setupEnv.python, TILLER_ADDON: setupEnv.addon },
     880_000,
