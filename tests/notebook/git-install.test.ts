@@ -58,7 +58,7 @@ function run(command: string, args: string[], cwd: string, env: NodeJS.ProcessEn
 }
 
 test("tiller installs from a git URL into a fresh project, with no network, its set-up reusing this checkout's Python and addon", {
-  timeout: 900_000,
+  timeout: 300_000,
 }, () => {
   execFileSync("git", ["init", "--bare", "--quiet", bare]);
   execFileSync("git", ["-C", repoRoot, "push", "--quiet", bare, "HEAD:refs/heads/main"]);
@@ -99,7 +99,7 @@ test("tiller installs from a git URL into a fresh project, with no network, its 
     ["install", "--no-audit", "--no-fund", "--offline", "--foreground-scripts", url],
     project,
     { ...plainEnv, TILLER_PYTHON: setupEnv.python, TILLER_ADDON: setupEnv.addon },
-    880_000,
+    280_000,
   );
   writeFileSync(join(output, "npm-install.log"), log);
   console.log(`npm install git+file://… took ${((Date.now() - started) / 1000).toFixed(0)} s`);
