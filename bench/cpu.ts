@@ -2,7 +2,8 @@
 // user would pick instead, in the same run: a training step and greedy generation of a small Qwen3
 // (hidden 512, 8 layers, Qwen3's 151,936-row vocabulary) against HF transformers + torch AdamW,
 // and a GRPO step of the quickstart task against TRL's GRPOTrainer set up the same way.
-// TILLER_BENCH_CPU_VOCAB shrinks the vocabulary; TILLER_PROFILE_DIR writes a Kineto trace of each
+// TILLER_BENCH_CPU_VOCAB shrinks the vocabulary; TILLER_BENCH_CPU_PARTS=train,generate,grpo picks
+// parts (all by default); TILLER_PROFILE_DIR writes a Kineto trace of each
 // of tiller's measured calls and a torch.profiler table of HF's. TRL lives apart from the project's
 // Python (bench/python/trl-requirements.txt); without it the GRPO line says "skipped".
 import { execFileSync } from "node:child_process";
@@ -31,6 +32,7 @@ const grpoSteps = 30;
 const grpoWarmup = 5;
 const trlSite = process.env.TILLER_BENCH_TRL_SITE ?? join(benchRoot, "trl-site");
 const profileDir = process.env.TILLER_PROFILE_DIR;
+const parts = new Set((process.env.TILLER_BENCH_CPU_PARTS ?? "train,generate,grpo").split(","));
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
@@ -46,10 +48,14 @@ export async function benchCpu(): Promise<BenchResult[]> {
       JSON.stringify({ ...config, max_position_embeddings: 4096 }, null, 2),
     );
   }
-  const results = [await trainStep(dir, threads), await generation(dir, threads)];
-  const grpo = await grpoStep(threads);
-  if (typeof grpo === "string") console.log(`cpu grpo: ${grpo}`);
-  else results.push(grpo);
+  const results: BenchResult[] = [];
+  if (parts.has("train")) results.push(await trainStep(dir, threads));
+  if (parts.has("generate")) results.push(await generation(dir, threads));
+  if (parts.has("grpo")) {
+    const grpo = await grpoStep(threads);
+    if (typeof grpo === "string") console.log(`cpu grpo: ${grpo}`);
+    else results.push(grpo);
+  }
   return results;
 }
 

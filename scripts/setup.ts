@@ -2,9 +2,10 @@
 // the native addon against that torch, register the tslab Jupyter kernel in a project-local path,
 // and record what it found in .tiller/env.json. Safe to run again: every step checks first.
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { cpus } from "node:os";
-import { delimiter, join, resolve } from "node:path";
+import { basename, delimiter, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** PyTorch and friends, pinned to what the GPU machine runs (torch 2.11) and the HF reference. */
@@ -199,16 +200,77 @@ function resolvePython(): PythonProbe {
   return probe;
 }
 
+/**
+ * The folder of one of tiller's dependencies. In a checkout they are in ./node_modules; where tiller
+ * is installed as a dependency of a project, npm may have hoisted them to the project's node_modules.
+ */
+export function dependencyDir(name: string, root = repoRoot): string {
+  return dirname(createRequire(join(root, "package.json")).resolve(`${name}/package.json`));
+}
+
+/** Whether this copy of tiller was installed into a project's node_modules (not a checkout). */
+export function installedAsDependency(root = repoRoot): boolean {
+  const parent = dirname(root);
+  return basename(parent) === "node_modules" || basename(dirname(parent)) === "node_modules";
+}
+
+/** Where the addon goes: native/build/tiller.node, or under $TILLER_BUILD_DIR. */
+function buildDirectory(): string {
+  return join(repoRoot, "native", process.env.TILLER_BUILD_DIR ?? "build");
+}
+
+/** The torch version and CUDA-ness an addon file was built against, by loading it in a child Node. */
+function addonInfo(addon: string): { torchVersion: string; cudaCompiled: boolean; devices: string } {
+  const out = execFileSync(process.execPath, [
+    "-e",
+    `const i=require(${JSON.stringify(addon)}).engineInfo();console.log(JSON.stringify({torchVersion:i.torchVersion,cudaCompiled:i.cudaCompiled,devices:i.devices.map(d=>d.name).join(", ")}))`,
+  ]).toString();
+  return JSON.parse(out.trim().split("\n").pop() ?? "{}");
+}
+
+/**
+ * $TILLER_ADDON=FILE at set-up: an addon built already (by another checkout's `npm install`, or
+ * `npm run native`) instead of building one — a 10-20 minute compile on a small machine. It must
+ * load and be built against the torch chosen here; it is copied to native/build/tiller.node, so the
+ * installed copy needs no variable at run time.
+ */
+function usePrebuiltAddon(prebuilt: string, probe: PythonProbe): { cuda: boolean; addon: string } {
+  const torch = probe.torch;
+  if (!torch) throw new Error("no torch to check the addon against");
+  if (!existsSync(prebuilt)) throw new Error(`TILLER_ADDON=${prebuilt}: no such file`);
+  let info: ReturnType<typeof addonInfo>;
+  try {
+    info = addonInfo(prebuilt);
+  } catch (error) {
+    throw new Error(`TILLER_ADDON=${prebuilt} does not load: ${(error as Error).message}`);
+  }
+  if (info.torchVersion.split("+")[0] !== torch.version) {
+    throw new Error(
+      `TILLER_ADDON=${prebuilt} is built against torch ${info.torchVersion}, but ${probe.python} has torch ${torch.version}`,
+    );
+  }
+  const buildDir = buildDirectory();
+  const addon = join(buildDir, "tiller.node");
+  if (resolve(prebuilt) !== addon) {
+    mkdirSync(buildDir, { recursive: true });
+    copyFileSync(prebuilt, addon);
+  }
+  say(`using the prebuilt addon ${prebuilt} (torch ${info.torchVersion}; TILLER_ADDON), copied to ${addon}`);
+  return { cuda: info.cudaCompiled, addon };
+}
+
 function buildNative(probe: PythonProbe): { cuda: boolean; addon: string } {
   const torch = probe.torch;
   if (!torch) throw new Error("no torch to build against");
+  const prebuilt = process.env.TILLER_ADDON;
+  if (prebuilt) return usePrebuiltAddon(prebuilt, probe);
   const nvcc =
     findExecutable("nvcc", [
       join(process.env.CUDA_HOME ?? "/usr/local/cuda", "bin"),
       "/usr/local/cuda/bin",
     ]) ?? null;
   const { cuda, reason } = chooseCuda({ TILLER_CUDA: process.env.TILLER_CUDA }, torch.cudaVersion, nvcc);
-  const buildDir = join(repoRoot, "native", process.env.TILLER_BUILD_DIR ?? "build");
+  const buildDir = buildDirectory();
   say(`building the native addon (${cuda ? "CUDA" : "CPU"} build: ${reason}) in ${buildDir}`);
   const generator = findExecutable("ninja") ? ["-G", "Ninja"] : [];
   const cacheFile = join(buildDir, "CMakeCache.txt");
@@ -222,8 +284,8 @@ function buildNative(probe: PythonProbe): { cuda: boolean; addon: string } {
     buildDir,
     ...(cachedGenerator ? [] : generator),
     `-DTORCH_DIR=${torch.dir}`,
-    `-DNODE_API_HEADERS_DIR=${join(repoRoot, "node_modules", "node-api-headers", "include")}`,
-    `-DNODE_ADDON_API_DIR=${join(repoRoot, "node_modules", "node-addon-api")}`,
+    `-DNODE_API_HEADERS_DIR=${join(dependencyDir("node-api-headers"), "include")}`,
+    `-DNODE_ADDON_API_DIR=${dependencyDir("node-addon-api")}`,
     `-DTILLER_CUDA=${cuda ? "ON" : "OFF"}`,
     `-DTILLER_CXX11_ABI=${torch.cxx11Abi ? 1 : 0}`,
     ...(cuda && nvcc ? [`-DCMAKE_CUDA_COMPILER=${nvcc}`] : []),
@@ -240,13 +302,15 @@ function registerKernel(probe: PythonProbe): string | null {
     return null;
   }
   const prefix = join(repoRoot, ".jupyter");
-  const tslab = join(repoRoot, "node_modules", ".bin", "tslab");
-  if (!existsSync(tslab)) {
-    say("skipping the tslab kernel: node_modules/.bin/tslab is missing");
+  let tslab: string;
+  try {
+    tslab = join(dependencyDir("tslab"), "bin", "tslab");
+  } catch {
+    say("skipping the tslab kernel: the tslab package is not installed");
     return null;
   }
   run(tslab, ["install", "--python", probe.python, "--binary", tslab, "--prefix", prefix]);
-  linkSelf();
+  if (!installedAsDependency()) linkSelf();
   say(`registered the tslab kernel under ${prefix} (JUPYTER_PATH=${join(prefix, "share", "jupyter")})`);
   return join(prefix, "share", "jupyter");
 }
@@ -296,13 +360,8 @@ function main() {
   };
   mkdirSync(join(repoRoot, ".tiller"), { recursive: true });
   writeFileSync(envFile, `${JSON.stringify(env, null, 2)}\n`);
-  const info = execFileSync(process.execPath, [
-    "-e",
-    `const a=require(${JSON.stringify(native.addon)});const i=a.engineInfo();console.log("torch "+i.torchVersion+", "+i.devices.map(d=>d.name).join(", "))`,
-  ])
-    .toString()
-    .trim();
-  say(`addon loads: ${info}`);
+  const info = addonInfo(native.addon);
+  say(`addon loads: torch ${info.torchVersion}, ${info.devices}`);
   say(`done in ${((Date.now() - started) / 1000).toFixed(0)} s; wrote ${envFile}`);
 }
 

@@ -238,13 +238,23 @@ at::Tensor cached_causal_attention(const at::Tensor& q, const at::Tensor& k, con
       return (in_order ? prefix.narrow(0, 0, sequences) : prefix.index_select(0, slots)).transpose(1, 2);
     };
     const auto keys = used(cache.k), values = used(cache.v);
-    const auto key_pos = at::arange(max_used, at::TensorOptions().dtype(at::kLong).device(device)).view({1, -1});
-    const auto query_pos = offsets.view({-1, 1});
-    auto visible = key_pos <= query_pos;
-    if (window > 0) visible = visible.logical_and(key_pos > query_pos - window);
-    const auto out = at::scaled_dot_product_attention(q.unsqueeze(2), keys, values, visible.view({sequences, 1, 1, max_used}),
-                                                      0.0, /*is_causal=*/false, scale,
-                                                      /*enable_gqa=*/q.size(1) != k.size(1));
+    // On the CPU, every sequence at the same position (prompts of one length, all still running)
+    // and the window not cutting: each row sees every key, so no mask (the CPU kernel turns a
+    // boolean mask into an fp32 one each call).
+    const bool all_visible =
+        !q.is_cuda() &&
+        std::all_of(spans.offsets.begin(), spans.offsets.end(), [&](int64_t o) { return o + 1 == max_used; }) &&
+        (window <= 0 || window >= max_used);
+    std::optional<at::Tensor> mask;
+    if (!all_visible) {
+      const auto key_pos = at::arange(max_used, at::TensorOptions().dtype(at::kLong).device(device)).view({1, -1});
+      const auto query_pos = offsets.view({-1, 1});
+      auto visible = key_pos <= query_pos;
+      if (window > 0) visible = visible.logical_and(key_pos > query_pos - window);
+      mask = visible.view({sequences, 1, 1, max_used});
+    }
+    const auto out = at::scaled_dot_product_attention(q.unsqueeze(2), keys, values, mask, 0.0, /*is_causal=*/false,
+                                                      scale, /*enable_gqa=*/q.size(1) != k.size(1));
     return out.squeeze(2);  // [B, heads, Dv]
   }
   const auto prefixes = append_to_cache(k, v, cu_seqlens, cache, spans);
