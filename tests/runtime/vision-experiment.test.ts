@@ -29,7 +29,9 @@ test("a vision-language experiment runs through the controller and its worker", 
     assert.equal(metrics.length, 2);
     for (const m of metrics) {
       assert.ok(Number.isFinite(m["actor/pg_loss"]), "a policy update ran");
-      assert.equal(m["training/rollout_probs_diff_max"], 0);
+      // The CPU decode loop's lm-head streams its weight (rollout/cpu_logits) where the training
+      // forward runs sgemm: the same probabilities to fp32 rounding, not the same bits.
+      assert.ok(m["training/rollout_probs_diff_max"] <= 1e-6, `${m["training/rollout_probs_diff_max"]}`);
     }
     const rollouts = await exp.rollouts();
     assert.equal(rollouts.numRows, 16 * 8);
