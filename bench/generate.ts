@@ -26,29 +26,7 @@ export async function benchGenerate(): Promise<BenchResult[]> {
   const dir = benchModel("qwen3-0.6b");
   const model = await Model.load(dir, { device: "cuda:0", dtype: "bfloat16" });
   const results: BenchResult[] = [];
-  // What a decode step reads at the least: the layers' and the lm-head's weights (the embedding is
-  // only gathered from, unless it is the lm-head) and the KV cache of every sequence's context.
-  const planned = plan({
-    model: dir,
-    gpu: "H200-141GB",
-    gpus: 1,
-    dtype: "bfloat16",
-    batch: {
-      promptsPerStep: 256,
-      samplesPerPrompt: 1,
-      promptTokens: promptLength,
-      responseTokens: newTokens,
-    },
-  });
-  const stage = planned.stages[0];
-  if (!stage) throw new Error("the plan has no stage");
-  const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as {
-    tie_word_embeddings?: boolean;
-  };
-  const weights = stage.static.parameters;
-  const weightBytes =
-    weights.dense + weights.expert + (config.tie_word_embeddings ? weights.embedding : weights.embedding / 2);
-  const copy = pythonBaseline<{ bytes_per_second: number }>("copy_bandwidth.py", ["cuda:0"]);
+  const { weightBytes, kvBytesPerToken, bytesPerSecond } = decodeLimitInputs(dir);
   try {
     for (const batch of [64, 256]) {
       const input = prompts(batch, 151936);
@@ -95,8 +73,8 @@ export async function benchGenerate(): Promise<BenchResult[]> {
         detail: `${generated} tokens in ${seconds.toFixed(2)} s; prefill ${(prefillSeconds * 1000).toFixed(0)} ms, decode ${decodeMs.toFixed(2)} ms/step`,
       });
       // The mean decode step sees the prompt and half the new tokens.
-      const kvBytes = batch * (promptLength + newTokens / 2) * planned.rollout.kvBytesPerToken;
-      const limitMs = ((weightBytes + kvBytes) / copy.bytes_per_second) * 1000;
+      const kvBytes = batch * (promptLength + newTokens / 2) * kvBytesPerToken;
+      const limitMs = ((weightBytes + kvBytes) / bytesPerSecond) * 1000;
       results.push({
         name: `decode qwen3-0.6b bf16 batch ${batch}: against the bandwidth limit`,
         value: (batch * 1000) / decodeMs,
@@ -104,7 +82,7 @@ export async function benchGenerate(): Promise<BenchResult[]> {
         baseline: (batch * 1000) / limitMs,
         baselineName: "HBM limit (bytes read per step ÷ copy bandwidth)",
         ratio: limitMs / decodeMs,
-        detail: `${decodeMs.toFixed(2)} ms per step against ${limitMs.toFixed(2)} ms: ${(weightBytes / 2 ** 20).toFixed(0)} MiB of weights + ${(kvBytes / 2 ** 20).toFixed(0)} MiB of KV cache at ${(copy.bytes_per_second / 1e12).toFixed(2)} TB/s`,
+        detail: `${decodeMs.toFixed(2)} ms per step against ${limitMs.toFixed(2)} ms: ${(weightBytes / 2 ** 20).toFixed(0)} MiB of weights + ${(kvBytes / 2 ** 20).toFixed(0)} MiB of KV cache at ${(bytesPerSecond / 1e12).toFixed(2)} TB/s`,
       });
       results.push({
         name: `decode qwen3-0.6b bf16 batch ${batch}, temperature 1: against the bandwidth limit`,
@@ -116,8 +94,108 @@ export async function benchGenerate(): Promise<BenchResult[]> {
         detail: `${sampledDecodeMs.toFixed(2)} ms per step (greedy ${decodeMs.toFixed(2)}) against ${limitMs.toFixed(2)} ms`,
       });
     }
+    results.push(await nanoVllmShape(model, weightBytes, kvBytesPerToken, bytesPerSecond));
   } finally {
     model.dispose();
   }
   return results;
+}
+
+// What a decode step reads at the least: the layers' and the lm-head's weights (the embedding is
+// only gathered from, unless it is the lm-head) and the KV cache of every sequence's context; and
+// the device's copy bandwidth, measured now.
+function decodeLimitInputs(dir: string): {
+  weightBytes: number;
+  kvBytesPerToken: number;
+  bytesPerSecond: number;
+} {
+  const planned = plan({
+    model: dir,
+    gpu: "H200-141GB",
+    gpus: 1,
+    dtype: "bfloat16",
+    batch: {
+      promptsPerStep: 256,
+      samplesPerPrompt: 1,
+      promptTokens: promptLength,
+      responseTokens: newTokens,
+    },
+  });
+  const stage = planned.stages[0];
+  if (!stage) throw new Error("the plan has no stage");
+  const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as {
+    tie_word_embeddings?: boolean;
+  };
+  const weights = stage.static.parameters;
+  const weightBytes =
+    weights.dense + weights.expert + (config.tie_word_embeddings ? weights.embedding : weights.embedding / 2);
+  const copy = pythonBaseline<{ bytes_per_second: number }>("copy_bandwidth.py", ["cuda:0"]);
+  return {
+    weightBytes,
+    kvBytesPerToken: planned.rollout.kvBytesPerToken,
+    bytesPerSecond: copy.bytes_per_second,
+  };
+}
+
+/** `npm run bench generate-nano`: nano-vllm's shape alone (below). */
+export async function benchGenerateNano(): Promise<BenchResult> {
+  if (!engineInfo().cudaAvailable) throw new Error("skipped: needs a CUDA device");
+  const dir = benchModel("qwen3-0.6b");
+  const limits = decodeLimitInputs(dir);
+  const model = await Model.load(dir, { device: "cuda:0", dtype: "bfloat16" });
+  try {
+    return await nanoVllmShape(model, limits.weightBytes, limits.kvBytesPerToken, limits.bytesPerSecond);
+  } finally {
+    model.dispose();
+  }
+}
+
+// nano-vllm's benchmark shape: 256 sequences, prompt and output lengths drawn uniformly from
+// 100–1024, no stop tokens (its ignore_eos). Output tokens per second over the whole call, and the
+// decode part against the HBM limit of exactly these steps: each step reads the weights once and
+// the KV cache of the sequences still running, at their context length then.
+async function nanoVllmShape(
+  model: Model,
+  weightBytes: number,
+  kvBytesPerToken: number,
+  bytesPerSecond: number,
+): Promise<BenchResult> {
+  const count = 256;
+  let seed = 0x5eed;
+  const next = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const inputs = Array.from({ length: count }, () => 100 + next(925));
+  const outputs = Array.from({ length: count }, () => 100 + next(925));
+  const input = inputs.map((n) => Int32Array.from({ length: n }, () => next(151936)));
+  await model.generate(input, { maxNewTokens: outputs }); // warm-up: the larger cache and its graphs
+  const start = performance.now();
+  const out = await model.generate(input, { maxNewTokens: outputs });
+  const seconds = (performance.now() - start) / 1000;
+  const generated = out.reduce((n, g) => n + g.tokens.length, 0);
+  const expected = outputs.reduce((a, b) => a + b, 0);
+  if (generated !== expected)
+    throw new Error(`nano-vllm shape: expected ${expected} tokens, got ${generated}`);
+  const prefillStart = performance.now();
+  await model.generate(input, { maxNewTokens: 1 });
+  const prefillSeconds = (performance.now() - prefillStart) / 1000;
+  // Decode step s (1 .. longest output − 1) feeds token s of every sequence with more to make.
+  let limitSeconds = 0;
+  for (let step = 1; step < Math.max(...outputs); step++) {
+    let kv = 0;
+    for (let i = 0; i < count; i++)
+      if ((outputs[i] ?? 0) > step) kv += ((inputs[i] ?? 0) + step) * kvBytesPerToken;
+    limitSeconds += (weightBytes + kv) / bytesPerSecond;
+  }
+  const decodeSeconds = seconds - prefillSeconds;
+  return {
+    name: "generate qwen3-0.6b bf16, nano-vllm's shape: 256 sequences, prompts and outputs 100–1024 tokens, no stop",
+    value: generated / seconds,
+    unit: "tok/s",
+    baseline: generated / (limitSeconds + prefillSeconds),
+    baselineName: "HBM limit of its decode steps (+ the measured prefill)",
+    ratio: limitSeconds / decodeSeconds,
+    detail: `${generated} tokens in ${seconds.toFixed(2)} s (prefill ${(prefillSeconds * 1000).toFixed(0)} ms); decode ${decodeSeconds.toFixed(2)} s against ${limitSeconds.toFixed(2)} s at the HBM limit (ratio of the decode part)`,
+  };
 }

@@ -4,7 +4,7 @@ import { appendFileSync } from "node:fs";
 import type { BenchResult } from "./common.js";
 import { benchController } from "./controller.js";
 import { benchCpu } from "./cpu.js";
-import { benchGenerate } from "./generate.js";
+import { benchGenerate, benchGenerateNano } from "./generate.js";
 import { benchMatmul } from "./matmul.js";
 import { benchMemory } from "./memory.js";
 import { benchMoe } from "./moe.js";
@@ -14,6 +14,7 @@ import { benchTrain, benchTrainMoe } from "./train.js";
 const benches: Record<string, () => Promise<BenchResult | BenchResult[]>> = {
   matmul: benchMatmul,
   generate: benchGenerate,
+  "generate-nano": benchGenerateNano,
   train: benchTrain,
   moe: benchMoe,
   "train-moe": benchTrainMoe,

@@ -37,6 +37,8 @@ export interface ImageInputs {
 
 export interface NativeGenerateOptions {
   maxNewTokens: number;
+  /** One limit per prompt (overrides maxNewTokens) or absent. */
+  maxNewTokensEach?: number[];
   temperature: number;
   topK: number;
   topP: number;
@@ -520,7 +522,8 @@ export function checkImages(value: unknown, field = "images"): ImageInputs | und
 }
 
 export interface GenerateOptions {
-  maxNewTokens?: number;
+  /** New tokens per prompt at most: one number for all (default 16), or one per prompt. */
+  maxNewTokens?: number | number[];
   /** 0 (default) is greedy. */
   temperature?: number;
   /** 0 (default) keeps all tokens. */
@@ -1078,8 +1081,19 @@ export class Model {
     stopTokenIds.forEach((id, i) => {
       count(id, `stopTokenIds[${i}]`, 0);
     });
+    const limits = options.maxNewTokens ?? 16;
+    let maxNewTokensEach: number[] | undefined;
+    if (Array.isArray(limits)) {
+      if (limits.length !== prompts.length) {
+        throw new RangeError(
+          `maxNewTokens: ${limits.length} limits for ${prompts.length} prompts (one number, or one per prompt)`,
+        );
+      }
+      maxNewTokensEach = limits.map((n, i) => count(n, `maxNewTokens[${i}]`, 0));
+    }
     return native().modelGenerate(this.handle, prompts, {
-      maxNewTokens: count(options.maxNewTokens ?? 16, "maxNewTokens", 0),
+      maxNewTokens: maxNewTokensEach ? Math.max(0, ...maxNewTokensEach) : count(limits, "maxNewTokens", 0),
+      ...(maxNewTokensEach ? { maxNewTokensEach } : {}),
       temperature: checkTemperature(options.temperature ?? 0, "temperature", true),
       topK: count(options.topK ?? 0, "topK", 0),
       topP,

@@ -1089,7 +1089,7 @@ Napi::Value ModelLossBackward(const Napi::CallbackInfo& info) {
   });
 }
 
-// modelGenerate(handle, prompts: Int32Array[], {maxNewTokens, temperature, topK, topP, stopTokenIds, seed,
+// modelGenerate(handle, prompts: Int32Array[], {maxNewTokens, maxNewTokensEach?, temperature, topK, topP, stopTokenIds, seed,
 //               sequenceOffset, recordExperts, images?}) -> Promise<{tokens, logprobs, finishReason, experts?}[]>
 Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -1104,6 +1104,13 @@ Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
     auto o = info[2].As<Napi::Object>();
     rollout::GenerateOptions options;
     options.stop.max_new_tokens = o.Get("maxNewTokens").As<Napi::Number>().Int64Value();
+    if (o.Has("maxNewTokensEach")) {
+      auto each = o.Get("maxNewTokensEach").As<Napi::Array>();
+      if (each.Length() != prompts.size()) throw std::invalid_argument("maxNewTokens: one limit per prompt");
+      for (uint32_t i = 0; i < each.Length(); ++i) {
+        options.stop.max_new_tokens_each.push_back(each.Get(i).As<Napi::Number>().Int64Value());
+      }
+    }
     options.sampling.temperature = o.Get("temperature").As<Napi::Number>().DoubleValue();
     options.sampling.top_k = o.Get("topK").As<Napi::Number>().Int64Value();
     options.sampling.top_p = o.Get("topP").As<Napi::Number>().DoubleValue();

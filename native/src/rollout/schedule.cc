@@ -1,14 +1,20 @@
 #include "rollout/schedule.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 namespace tiller::rollout {
 
 Schedule::Schedule(const std::vector<int64_t>& prompt_lengths, StopRules rules) : rules_(std::move(rules)) {
-  for (auto n : prompt_lengths) {
+  if (!rules_.max_new_tokens_each.empty() && rules_.max_new_tokens_each.size() != prompt_lengths.size()) {
+    throw std::invalid_argument("maxNewTokens: " + std::to_string(rules_.max_new_tokens_each.size()) + " limits for " +
+                                std::to_string(prompt_lengths.size()) + " prompts");
+  }
+  for (size_t i = 0; i < prompt_lengths.size(); ++i) {
     SequenceState s;
-    s.prompt_length = n;
-    s.finished = rules_.max_new_tokens == 0;
+    s.prompt_length = prompt_lengths[i];
+    s.finished = rules_.limit(i) == 0;
     if (s.finished) s.finish_reason = "length";
     sequences_.push_back(std::move(s));
   }
@@ -29,13 +35,15 @@ int64_t Schedule::next_offset(int64_t i) const {
 
 void Schedule::append(int64_t i, int64_t token, float logprob) {
   auto& s = sequences_[i];
+  // The prefill samples every prompt; one with a limit of 0 keeps nothing.
+  if (s.finished) return;
   s.tokens.push_back(token);
   s.logprobs.push_back(logprob);
   const auto& stops = rules_.stop_token_ids;
   if (std::find(stops.begin(), stops.end(), token) != stops.end()) {
     s.finished = true;
     s.finish_reason = "stop";
-  } else if (static_cast<int64_t>(s.tokens.size()) >= rules_.max_new_tokens) {
+  } else if (static_cast<int64_t>(s.tokens.size()) >= rules_.limit(static_cast<size_t>(i))) {
     s.finished = true;
     s.finish_reason = "length";
   }
@@ -43,8 +51,8 @@ void Schedule::append(int64_t i, int64_t token, float logprob) {
 
 int64_t Schedule::cache_length() const {
   int64_t longest = 0;
-  for (const auto& s : sequences_) longest = std::max(longest, s.prompt_length);
-  return longest + rules_.max_new_tokens;
+  for (size_t i = 0; i < sequences_.size(); ++i) longest = std::max(longest, sequences_[i].prompt_length + rules_.limit(i));
+  return longest;
 }
 
 }  // namespace tiller::rollout

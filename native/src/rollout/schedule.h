@@ -10,7 +10,12 @@ namespace tiller::rollout {
 
 struct StopRules {
   int64_t max_new_tokens = 16;
+  // One limit per sequence (overrides max_new_tokens), or empty.
+  std::vector<int64_t> max_new_tokens_each;
   std::vector<int64_t> stop_token_ids;
+  int64_t limit(size_t sequence) const {
+    return max_new_tokens_each.empty() ? max_new_tokens : max_new_tokens_each.at(sequence);
+  }
 };
 
 struct SequenceState {
@@ -32,9 +37,10 @@ class Schedule {
   std::vector<int64_t> running() const;
   // Cache position of sequence i's next input token (its last generated token).
   int64_t next_offset(int64_t i) const;
-  // Records a sampled token; marks the sequence finished on a stop id or the length limit.
+  // Records a sampled token (none once finished); marks the sequence finished on a stop id or the
+  // length limit.
   void append(int64_t i, int64_t token, float logprob);
-  // Longest prompt plus max_new_tokens: the per-sequence cache length needed.
+  // The longest prompt plus its own limit: the per-sequence cache length needed.
   int64_t cache_length() const;
   const std::vector<SequenceState>& sequences() const { return sequences_; }
 
