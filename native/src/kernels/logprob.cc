@@ -13,11 +13,10 @@ namespace {
 // The CPU kernels: per row, one pass for the max and one for sum e^(z-m) and sum e^(z-m)(z-m)
 // (giving lse and the entropy), or one pass for the gradient, instead of the reference's ten
 // tensor-wide passes. Inner loops work on kLanes values at once; on x86-64 each such function is
-// built for AVX-512 (with FMA), AVX2 and the baseline and picked at load time by the CPU's features
-// (the project is built for the baseline). Not by "arch=…" clones: GCC picks those by CPU model,
-// so an AMD EPYC with AVX-512 ran the baseline build.
+// built for AVX-512, AVX2 and the baseline and picked at load time (the project is built for the
+// baseline).
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define TILLER_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define TILLER_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
 #else
 #define TILLER_CPU_CLONES
 #endif
