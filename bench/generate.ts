@@ -2,7 +2,8 @@
 // after 128-token prompts, at batch 64 and 256, against HF transformers with its static cache on
 // the same GPU in the same run, and the decode steps against the HBM bandwidth limit: the bytes a
 // step must read (the weights it multiplies by, once, and every running sequence's KV cache) over
-// the device's copy bandwidth measured in the same run. Needs CUDA.
+// the device's copy bandwidth measured in the same run; and nano-vllm's benchmark shape (random
+// prompt and output lengths) against the limit of its own decode steps. Needs CUDA.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { engineInfo, Model } from "../src/index.js";
