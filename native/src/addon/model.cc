@@ -1105,8 +1105,8 @@ Napi::Value ModelGenerate(const Napi::CallbackInfo& info) {
     rollout::GenerateOptions options;
     options.stop.max_new_tokens = o.Get("maxNewTokens").As<Napi::Number>().Int64Value();
     if (o.Has("maxNewTokensEach")) {
+      // Schedule refuses a count that is not one per prompt.
       auto each = o.Get("maxNewTokensEach").As<Napi::Array>();
-      if (each.Length() != prompts.size()) throw std::invalid_argument("maxNewTokens: one limit per prompt");
       for (uint32_t i = 0; i < each.Length(); ++i) {
         options.stop.max_new_tokens_each.push_back(each.Get(i).As<Napi::Number>().Int64Value());
       }

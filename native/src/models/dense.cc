@@ -207,16 +207,16 @@ class DenseDecoder final : public CausalLM {
     if (batch.layer_outputs) batch.layer_outputs->push_back(whole_residual(x, sp, tp_, input.tokens.size(0)));
     // One decoder layer on x: `at` is the batch as attention reads it, `selective` recomputes the
     // attention core and the experts in backward.
-    const auto layer = [this, &c, sp, tokens, scale, heads, kv_heads, moe_tokens](
+    // A CUDA decode step (one token per row, no grad, one rank) normalises with the decode
+    // kernels: q/k norms and rope in one launch, the residual add with the norm after it.
+    const bool decode = batch.slot_cache && batch.slot_cache->decode && tp_.size() == 1 && !at::GradMode::is_enabled() &&
+                        kernels::decode_norm_available(x);
+    const bool decode_rope = decode && rope.cos.size(1) == c.head_dim && kernels::qk_norm_rope_available(x, c.head_dim);
+    const auto layer = [this, &c, sp, tokens, scale, heads, kv_heads, moe_tokens, decode, decode_rope](
                            size_t l, const at::Tensor& x_in, const PackedBatch& at, const layers::RopeTable& rope,
                            layers::Routing* routing, const std::shared_ptr<RecomputeState>& selective) {
       const auto& b = blocks_[l];
       auto x = x_in;
-      // A CUDA decode step (one token per row, no grad, one rank) normalises with the decode
-      // kernels: q/k norms and rope in one launch, the residual add with the norm after it.
-      const bool decode = at.slot_cache && at.slot_cache->decode && tp_.size() == 1 && !at::GradMode::is_enabled() &&
-                          kernels::decode_norm_available(x);
-      const bool decode_rope = decode && rope.cos.size(1) == c.head_dim && kernels::qk_norm_rope_available(x, c.head_dim);
       const auto h = decode ? kernels::add_rms_norm(x, at::Tensor(), b.input_norm, c.rms_norm_eps).second
                             : tp_.enter(layers::rms_norm(x, b.input_norm, c.rms_norm_eps), sp);  // [tokens, hidden]
       const auto qkv = layers::linear_parts(h, {b.q, b.k, b.v}, {b.q_bias, b.k_bias, b.v_bias});
