@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cpu_vector.h"
+
 namespace tiller::kernels {
 namespace {
 
@@ -20,26 +22,12 @@ namespace {
 #else
 #define TILLER_CPU_CLONES
 #endif
-// The helpers below take and return vectors wider than the baseline's registers: always inlined
-// into the clones above, and internal, so no call between objects relies on their ABI.
-#define TILLER_VEC inline __attribute__((always_inline))
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+using cpu::Floats;
+using cpu::Ints;
+using cpu::kLanes;
+using cpu::load;
+using cpu::store;
 
-constexpr int64_t kLanes = 16;
-
-// kLanes floats (ints) as one value: the compiler's vector extension, lowered to the widest
-// registers of each clone (one zmm, two ymm or four xmm).
-typedef float Floats __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t Ints __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-TILLER_VEC Floats load(const float* p) {
-  Floats v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-TILLER_VEC void store(float* p, Floats v) { std::memcpy(p, &v, sizeof(v)); }
 TILLER_VEC Floats splat(float x) { return Floats{} + x; }
 // mask ? a : b, lane by lane (mask lanes all ones or all zeros, as comparisons give).
 TILLER_VEC Floats select(Ints mask, Floats a, Floats b) { return (Floats)((mask & (Ints)a) | (~mask & (Ints)b)); }

@@ -6,6 +6,8 @@
 #include <array>
 #include <cstring>
 
+#include "kernels/cpu_vector.h"
+
 namespace tiller::rollout {
 namespace {
 
@@ -17,19 +19,9 @@ namespace {
 #define TILLER_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
 #define TILLER_AVX2 __attribute__((target("avx2,fma")))
 #endif
-#define TILLER_VEC inline __attribute__((always_inline))
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-constexpr int64_t kLanes = 16;
-typedef float Floats __attribute__((vector_size(kLanes * sizeof(float))));
-
-TILLER_VEC Floats load(const float* p) {
-  Floats v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+using kernels::cpu::Floats;
+using kernels::cpu::kLanes;
+using kernels::cpu::load;
 
 typedef float Floats8 __attribute__((vector_size(8 * sizeof(float))));
 typedef float Floats4 __attribute__((vector_size(4 * sizeof(float))));
